@@ -1,0 +1,174 @@
+"""The typed result of parsing an xl.cfg file: DomainConfig and its device specs.
+
+Everything here is plain data (dataclasses) that round-trips through JSON (`to_dict` /
+`from_dict`), because the daemon stores it and `xenia create -n` prints it.
+Sizes are in MiB unless a field name says otherwise; `None` means "not given, use the
+default" where the default depends on the host or the domain type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+DOMAIN_TYPES = ("pv", "pvh", "hvm", "container")
+# xl's actions for on_poweroff / on_reboot / on_crash / on_watchdog / on_soft_reset.
+ACTIONS = (
+    "destroy",
+    "restart",
+    "rename-restart",
+    "preserve",
+    "coredump-destroy",
+    "coredump-restart",
+    "soft-reset",
+)
+
+
+@dataclass
+class DiskSpec:
+    """One entry of `disk = [...]`, see xl-disk-configuration(5)."""
+
+    vdev: str  # guest-visible name: xvda, hda, sdb, ...
+    target: str | None = None  # path (file, block device) or None for an empty cdrom
+    format: str = "raw"  # raw, qcow, qcow2, vhd, qed
+    access: str = "rw"  # rw, ro
+    devtype: str = "disk"  # disk, cdrom
+    backendtype: str | None = None  # phy, qdisk, tap, standalone
+    script: str | None = None
+    direct_io_safe: bool = False
+    discard: bool | None = None  # None: backend default
+    trusted: bool | None = None
+    # The spec string as written, for messages and for `block-list`.
+    spec: str = ""
+
+    @property
+    def readonly(self) -> bool:
+        return self.access == "ro"
+
+    @property
+    def is_cdrom(self) -> bool:
+        return self.devtype == "cdrom"
+
+
+@dataclass
+class RateLimit:
+    """`rate=` of a vif: bytes_per_interval bytes every interval_us microseconds."""
+
+    bytes_per_interval: int
+    interval_us: int = 50_000
+
+    @property
+    def bytes_per_second(self) -> int:
+        return self.bytes_per_interval * 1_000_000 // self.interval_us
+
+
+@dataclass
+class VifSpec:
+    """One entry of `vif = [...]`, see xl-network-configuration(5)."""
+
+    mac: str | None = None  # None: generated (00:16:3e:xx:xx:xx), then stored
+    bridge: str | None = None  # None: xenbr0
+    model: str | None = None  # None: virtio for pv/pvh, e1000 for hvm
+    type: str | None = None  # ioemu, vif
+    vifname: str | None = None
+    ip: str | None = None
+    script: str | None = None
+    backend: str | None = None
+    gatewaydev: str | None = None
+    rate: RateLimit | None = None
+    mtu: int | None = None
+    devid: int | None = None
+    spec: str = ""
+
+
+@dataclass
+class DomainConfig:
+    name: str
+    type: str = "pv"
+    uuid: str | None = None
+    memory: int = 128  # MiB, the initial target (xl's default is 128)
+    maxmem: int | None = None  # MiB; None: equal to memory
+    vcpus: int = 1
+    maxvcpus: int | None = None  # None: equal to vcpus
+    cpus: str | None = None  # hard affinity, xl CPULIST syntax
+    cpus_soft: str | None = None
+    cpu_weight: int | None = None
+    cap: int | None = None
+
+    # Direct kernel boot (pv, pvh; also allowed for hvm).
+    kernel: str | None = None
+    ramdisk: str | None = None
+    cmdline: str | None = None  # if None: built from root + extra
+    root: str | None = None
+    extra: str | None = None
+
+    on_poweroff: str = "destroy"
+    on_reboot: str = "restart"
+    on_crash: str = "destroy"
+    on_watchdog: str = "destroy"
+    on_soft_reset: str = "soft-reset"
+
+    disks: list[DiskSpec] = field(default_factory=list)
+    vifs: list[VifSpec] = field(default_factory=list)
+    pci: list[str] = field(default_factory=list)
+
+    # HVM (issue 5 wires these; parsed and kept now).
+    firmware: str | None = None
+    boot: str | None = None
+    acpi: bool = True
+    serial: list[str] = field(default_factory=list)
+    vnc: bool = False
+    vnclisten: str | None = None
+    vncdisplay: int | None = None
+    vncunused: bool = True
+    vncpasswd: str | None = None
+    sdl: bool = False
+    nographic: bool = False
+    usb: bool = False
+    usbdevice: list[str] = field(default_factory=list)
+
+    # Containers (issue 5).
+    rootfs: str | None = None
+    init: str | None = None
+
+    # Xenia extensions (documented in docs/xl-compat.md).
+    accel: str = "auto"  # auto, kvm, tcg
+    machine: str | None = None  # machine profile; None: the default profile for the type
+
+    # Where the config came from (file path or "<overrides>"), for messages.
+    source: str | None = None
+
+    def effective_cmdline(self) -> str:
+        """The kernel command line as xl builds it: cmdline, else "root=<root> <extra>"."""
+        if self.cmdline is not None:
+            return self.cmdline
+        parts = []
+        if self.root:
+            parts.append(f"root={self.root}")
+        if self.extra:
+            parts.append(self.extra)
+        return " ".join(parts)
+
+    @property
+    def effective_maxmem(self) -> int:
+        return self.maxmem if self.maxmem is not None else self.memory
+
+    @property
+    def effective_maxvcpus(self) -> int:
+        return self.maxvcpus if self.maxvcpus is not None else self.vcpus
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DomainConfig:
+        data = dict(data)
+        disks = [DiskSpec(**d) for d in data.pop("disks", [])]
+        vifs = []
+        for v in data.pop("vifs", []):
+            v = dict(v)
+            rate = v.pop("rate", None)
+            vifs.append(VifSpec(rate=RateLimit(**rate) if rate else None, **v))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(disks=disks, vifs=vifs, **{k: v for k, v in data.items() if k in known})

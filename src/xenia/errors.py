@@ -1,0 +1,90 @@
+"""The error tree. Every error Xenia raises on purpose is a XeniaError.
+
+Messages read "Failed <doing X>: <cause>" and, where the user can act, say how to fix it.
+The API maps each category to one HTTP status (api/errors.py); the CLI prints the message
+and exits non-zero, never with a traceback.
+"""
+
+from __future__ import annotations
+
+
+class XeniaError(Exception):
+    """Root of every error Xenia raises on purpose."""
+
+    http_status = 500
+    kind = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotFound(XeniaError):
+    http_status = 404
+    kind = "not-found"
+
+
+class AlreadyExists(XeniaError):
+    http_status = 409
+    kind = "already-exists"
+
+
+class InUse(XeniaError):
+    http_status = 409
+    kind = "in-use"
+
+
+class InvalidConfig(XeniaError):
+    http_status = 400
+    kind = "invalid-config"
+
+
+class ConfigSyntaxError(InvalidConfig):
+    """A config file (or override) that does not follow the xl.cfg grammar.
+
+    Carries the position so the message can name file, line and column.
+    """
+
+    def __init__(self, source: str, line: int, column: int, problem: str) -> None:
+        self.source = source
+        self.line = line
+        self.column = column
+        self.problem = problem
+        super().__init__(f"{source}:{line}:{column}: {problem}")
+
+
+class NotSupported(XeniaError):
+    http_status = 501
+    kind = "not-supported"
+
+
+class BackendError(XeniaError):
+    """A backend (QEMU, the kernel, a helper tool) failed."""
+
+    http_status = 502
+    kind = "backend"
+
+
+class Unreachable(XeniaError):
+    """The daemon (or a peer host) does not answer."""
+
+    http_status = 503
+    kind = "unreachable"
+
+
+KINDS: dict[str, type[XeniaError]] = {
+    cls.kind: cls
+    for cls in (
+        XeniaError,
+        NotFound,
+        AlreadyExists,
+        InUse,
+        InvalidConfig,
+        NotSupported,
+        BackendError,
+        Unreachable,
+    )
+}

@@ -1,0 +1,60 @@
+"""Where Xenia keeps its files.
+
+With XENIA_ROOT set (tests, several hosts on one machine) everything lives under it:
+$XENIA_ROOT/state (persistent) and $XENIA_ROOT/run (runtime). Otherwise the FHS places
+/var/lib/xenia and /run/xenia.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# sun_path is 108 bytes; QEMU's sockets live under the run dir, so it must stay short.
+MAX_SOCKET_PATH = 107
+
+
+@dataclass(frozen=True)
+class Paths:
+    state: Path
+    run: Path
+
+    @classmethod
+    def from_env(cls, root: str | None = None) -> Paths:
+        root = root if root is not None else os.environ.get("XENIA_ROOT")
+        if root:
+            base = Path(root).absolute()
+            return cls(state=base / "state", run=base / "run")
+        return cls(state=Path("/var/lib/xenia"), run=Path("/run/xenia"))
+
+    @property
+    def db(self) -> Path:
+        return self.state / "xenia.db"
+
+    @property
+    def images(self) -> Path:
+        return self.state / "images"
+
+    @property
+    def api_socket(self) -> Path:
+        return self.run / "xeniad.sock"
+
+    @property
+    def daemon_pidfile(self) -> Path:
+        return self.run / "xeniad.pid"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.state / "xeniad.log"
+
+    def domain_run(self, uuid: str) -> Path:
+        """Runtime dir of one domain: pidfile, QMP and console sockets, logs."""
+        return self.run / "domains" / uuid
+
+    def ensure(self) -> None:
+        for d in (self.state, self.run, self.images, self.run / "domains"):
+            d.mkdir(parents=True, exist_ok=True)
+        # Root-only: the run dir holds the API socket and the guests' consoles.
+        os.chmod(self.run, 0o700)
+        os.chmod(self.state, 0o700)
