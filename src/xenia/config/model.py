@@ -31,7 +31,7 @@ class DiskSpec:
 
     vdev: str  # guest-visible name: xvda, hda, sdb, ...
     target: str | None = None  # path (file, block device) or None for an empty cdrom
-    format: str = "raw"  # raw, qcow, qcow2, vhd, qed
+    format: str = "raw"  # raw, qcow, qcow2, vhd, qed; "empty" for an empty cdrom
     access: str = "rw"  # rw, ro
     devtype: str = "disk"  # disk, cdrom
     backendtype: str | None = None  # phy, qdisk, tap, standalone
@@ -41,6 +41,8 @@ class DiskSpec:
     trusted: bool | None = None
     # The spec string as written, for messages and for `block-list`.
     spec: str = ""
+    backend: str | None = None  # backend (driver) domain name; None: the host
+    specification: str | None = None  # xen, virtio (xl's `specification=`)
 
     @property
     def readonly(self) -> bool:
@@ -80,6 +82,8 @@ class VifSpec:
     mtu: int | None = None
     devid: int | None = None
     spec: str = ""
+    vlan: str | None = None  # xl's vlan= syntax, e.g. "10p/20"
+    trusted: bool | None = None  # trusted / untrusted flag; None: default
 
 
 @dataclass
@@ -93,6 +97,10 @@ class DomainConfig:
     maxvcpus: int | None = None  # None: equal to vcpus
     cpus: str | None = None  # hard affinity, xl CPULIST syntax
     cpus_soft: str | None = None
+    # `cpus = ["2", "3-8,^5"]` pins vCPU i to item i; then `cpus` covers them all (their
+    # union, or "all" when that needs the host's NUMA layout).
+    cpus_per_vcpu: list[str] | None = None
+    cpus_soft_per_vcpu: list[str] | None = None
     cpu_weight: int | None = None
     cap: int | None = None
 
