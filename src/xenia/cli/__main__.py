@@ -1,0 +1,3 @@
+from xenia.cli.main import main
+
+main()

@@ -1,0 +1,104 @@
+"""xeniad: the host daemon. One per host (per XENIA_ROOT); serves the API on a UNIX socket.
+
+Stopping xeniad never stops a guest: domains run as daemonized QEMU processes and the next
+xeniad adopts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import sys
+
+import uvicorn
+
+from xenia.api.app import make_app
+from xenia.drivers.qemu import QemuDriver
+from xenia.host.manager import DomainManager
+from xenia.paths import Paths
+from xenia.qemu import accel as accel_mod
+from xenia.store.sqlite import SqliteStore
+
+log = logging.getLogger("xenia.daemon")
+
+
+def bind_unix(path: str) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket is created 0600: root only
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(64)
+    return sock
+
+
+def take_lock(paths: Paths) -> int:
+    """One daemon per root: an exclusive lock on the pidfile."""
+    fd = os.open(paths.daemon_pidfile, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 32).decode(errors="replace").strip()
+        sys.exit(f"xeniad: already running (pid {other or '?'}) for {paths.run}")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+async def serve(paths: Paths, host_accel: str) -> None:
+    store = SqliteStore(paths.db)
+    manager = DomainManager(paths, store, [QemuDriver(paths, host_accel)])
+    choice = accel_mod.resolve("auto", host_accel)
+    if choice.name == "tcg":
+        log.warning("accelerator: TCG (%s)", choice.reason)
+    else:
+        log.info("accelerator: KVM")
+    await manager.adopt_all()
+    sock = bind_unix(str(paths.api_socket))
+    config = uvicorn.Config(make_app(manager), log_level="warning", lifespan="off",
+                            timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    log.info("xeniad listening on %s", paths.api_socket)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        await manager.detach_all()
+        store.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(paths.api_socket)
+        log.info("xeniad stopped; domains keep running")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="xeniad", description="Xenia host daemon")
+    parser.add_argument("--root", help="keep state and runtime files under this dir "
+                        "(default: $XENIA_ROOT, else /var/lib/xenia and /run/xenia)")
+    parser.add_argument("--accel", choices=accel_mod.ACCELS,
+                        default=os.environ.get("XENIA_ACCEL", "auto"),
+                        help="host default accelerator (default: auto = probe)")
+    parser.add_argument("--log-level", default=os.environ.get("XENIA_LOG_LEVEL", "info"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s xeniad[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    paths = Paths.from_env(args.root)
+    paths.ensure()
+    take_lock(paths)
+    try:
+        asyncio.run(serve(paths, args.accel))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The driver interface: one driver a domain type (qemu for pv/pvh/hvm, container later).
+
+A driver starts or adopts an `Instance`; the DomainManager owns lifecycle policy
+(on_poweroff/on_reboot/on_crash) and tells the instance what to do. Instances report
+guest events back through the `GuestEvents` callback.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from xenia.store.base import DomainRecord
+
+# What an instance reports: "poweroff", "reboot", "crash" (guest-initiated), or "exited"
+# (the process is gone without us asking).
+GuestEvents = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class Instance(abc.ABC):
+    """One running (or paused, or preserved) domain as seen by its driver."""
+
+    record: DomainRecord
+
+    @abc.abstractmethod
+    async def resume(self) -> None: ...
+
+    @abc.abstractmethod
+    async def pause(self) -> None: ...
+
+    @abc.abstractmethod
+    async def power_button(self) -> None:
+        """Ask the guest to shut down (ACPI power button)."""
+
+    @abc.abstractmethod
+    async def request_reboot(self, force: bool = False) -> None:
+        """Ask the guest to reboot (Ctrl-Alt-Del); force: hard reset."""
+
+    @abc.abstractmethod
+    async def reset(self) -> None:
+        """Restart the guest in place after it stopped (on_*=restart) and run it."""
+
+    @abc.abstractmethod
+    async def destroy(self) -> None:
+        """Stop at once and remove every runtime file."""
+
+    @abc.abstractmethod
+    async def detach(self) -> None:
+        """Let go of the instance without stopping it (daemon shutdown)."""
+
+    @abc.abstractmethod
+    async def dump_core(self, path: Path) -> None: ...
+
+    @abc.abstractmethod
+    def console_path(self) -> Path: ...
+
+    @abc.abstractmethod
+    def console_log(self) -> Path: ...
+
+    @abc.abstractmethod
+    def cpu_seconds(self) -> float: ...
+
+    @abc.abstractmethod
+    def running_now(self) -> bool:
+        """True if a vCPU is on a host CPU right now (xl's r), else blocked (b)."""
+
+    @property
+    @abc.abstractmethod
+    def alive(self) -> bool: ...
+
+
+class Driver(abc.ABC):
+    types: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def check(self, record: DomainRecord) -> None:
+        """CheckPrereq: raise a XeniaError if the domain cannot start here. No side effects."""
+
+    @abc.abstractmethod
+    async def start(self, record: DomainRecord, events: GuestEvents) -> Instance:
+        """Build the domain paused; on any failure leave nothing behind."""
+
+    @abc.abstractmethod
+    async def adopt(self, record: DomainRecord, events: GuestEvents) -> Instance | None:
+        """Re-attach to a domain started earlier; None if it no longer runs."""
+
+    @abc.abstractmethod
+    def host_info(self) -> dict[str, Any]: ...

@@ -1,0 +1,233 @@
+"""QemuDriver: pv, pvh and hvm domains as QEMU processes; QemuInstance drives one of them."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from xenia.drivers.base import Driver, GuestEvents, Instance
+from xenia.errors import BackendError, InvalidConfig, NotFound, NotSupported, XeniaError
+from xenia.host import hostinfo
+from xenia.paths import MAX_SOCKET_PATH, Paths
+from xenia.qemu import accel as accel_mod
+from xenia.qemu.binary import qemu_info
+from xenia.qemu.cmdline import RunFiles, build_argv
+from xenia.qemu.process import QemuProcess
+from xenia.store.base import DomainRecord
+
+log = logging.getLogger(__name__)
+
+
+def _check_readable(path: str | None, what: str, name: str, key: str) -> None:
+    if path is None:
+        return
+    p = Path(path)
+    if not p.is_absolute():
+        raise InvalidConfig(
+            f"Failed to create domain '{name}': {what} '{path}' is not an absolute path; "
+            f"give {key} as a full path"
+        )
+    if not p.exists():
+        raise NotFound(f"Failed to create domain '{name}': {what} '{path}' does not exist; "
+                       f"check {key} in the config")
+    if not p.is_file():
+        raise InvalidConfig(f"Failed to create domain '{name}': {what} '{path}' is not a file")
+    if not os.access(p, os.R_OK):
+        raise InvalidConfig(f"Failed to create domain '{name}': {what} '{path}' is not readable")
+
+
+class QemuInstance(Instance):
+    def __init__(self, record: DomainRecord, proc: QemuProcess, events: GuestEvents) -> None:
+        self.record = record
+        self.proc = proc
+        self._events = events
+        self._stopping = False
+        proc.on_exit(self._exited)
+
+    # -- events from QEMU ---------------------------------------------------------------
+    async def on_qmp_event(self, name: str, data: dict[str, Any]) -> None:
+        if name == "SHUTDOWN" and data.get("guest"):
+            kind = "reboot" if data.get("reason") == "guest-reset" else "poweroff"
+            await self._events(kind, data)
+        elif name == "GUEST_PANICKED":
+            await self._events("crash", data)
+
+    def _exited(self) -> None:
+        if self._stopping:
+            return
+        import asyncio
+
+        asyncio.get_running_loop().create_task(self._events("exited", {}))
+
+    # -- verbs ---------------------------------------------------------------------------
+    async def resume(self) -> None:
+        await self.proc.command("cont")
+
+    async def pause(self) -> None:
+        await self.proc.command("stop")
+
+    async def power_button(self) -> None:
+        await self.proc.command("system_powerdown")
+
+    async def request_reboot(self, force: bool = False) -> None:
+        if force:
+            await self.proc.command("system_reset")
+            return
+        # ACPI has no reboot button; Ctrl-Alt-Del is what a PC guest treats as a
+        # clean reboot request (Linux: init/systemd's ctrl-alt-del handling).
+        await self.proc.command(
+            "send-key",
+            {"keys": [{"type": "qcode", "data": k} for k in ("ctrl", "alt", "delete")]},
+        )
+
+    async def reset(self) -> None:
+        await self.proc.command("system_reset")
+        await self.proc.command("cont")
+
+    async def destroy(self) -> None:
+        self._stopping = True
+        try:
+            await self.proc.kill()
+        finally:
+            await self.proc.close()
+            self.proc.remove_files()
+
+    async def detach(self) -> None:
+        self._stopping = True
+        await self.proc.close()
+
+    async def dump_core(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        await self.proc.command(
+            "dump-guest-memory", {"paging": False, "protocol": f"file:{path}"}, timeout=600
+        )
+
+    def console_path(self) -> Path:
+        return self.proc.files.console
+
+    def console_log(self) -> Path:
+        return self.proc.files.console_log
+
+    def cpu_seconds(self) -> float:
+        return self.proc.cpu_seconds()
+
+    def running_now(self) -> bool:
+        return any(state == "R" for _, state in self.proc.vcpu_threads().values())
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.alive
+
+
+class QemuDriver(Driver):
+    types = ("pv", "pvh", "hvm")
+
+    def __init__(self, paths: Paths, host_accel: str = "auto") -> None:
+        self.paths = paths
+        self.host_accel = host_accel
+
+    def files(self, uuid: str) -> RunFiles:
+        return RunFiles(self.paths.domain_run(uuid))
+
+    def check(self, record: DomainRecord) -> None:
+        cfg, name = record.config, record.name
+        if cfg.type == "hvm" and not cfg.kernel:
+            raise NotSupported(
+                f"Failed to create domain '{name}': firmware boot of hvm domains is not "
+                "supported yet; give kernel= for a direct kernel boot"
+            )
+        if cfg.type in ("pv", "pvh") and not cfg.kernel:
+            raise InvalidConfig(
+                f"Failed to create domain '{name}': a {cfg.type} domain boots a kernel directly; "
+                "set kernel = \"/path/to/vmlinuz\" (and usually ramdisk) in the config "
+                "(`xenia image build tiny` makes one)"
+            )
+        _check_readable(cfg.kernel, "kernel", name, "kernel")
+        _check_readable(cfg.ramdisk, "ramdisk", name, "ramdisk")
+        total = hostinfo.total_mib()
+        if cfg.effective_maxmem > total:
+            raise InvalidConfig(
+                f"Failed to create domain '{name}': it asks for {cfg.effective_maxmem} MiB "
+                f"(maxmem) but the host has only {total} MiB; lower memory/maxmem"
+            )
+        avail = hostinfo.available_mib()
+        if cfg.memory > avail:
+            raise InvalidConfig(
+                f"Failed to create domain '{name}': it asks for {cfg.memory} MiB but only "
+                f"{avail} MiB of host memory are available; lower memory or free some"
+            )
+        qemu_info()  # raises NotSupported with an install hint when QEMU is missing
+        accel_mod.resolve(cfg.accel, self.host_accel)
+        files = self.files(record.uuid)
+        longest = max(len(str(files.qmp)), len(str(files.console)))
+        if longest > MAX_SOCKET_PATH:
+            raise InvalidConfig(
+                f"Failed to create domain '{name}': the run directory {files.dir} is too long "
+                f"for a UNIX socket path ({longest} > {MAX_SOCKET_PATH} bytes); use a "
+                "shorter XENIA_ROOT"
+            )
+
+    async def start(self, record: DomainRecord, events: GuestEvents) -> Instance:
+        cfg = record.config
+        info = qemu_info()
+        choice = accel_mod.resolve(cfg.accel, self.host_accel)
+        files = self.files(record.uuid)
+        if files.dir.exists():
+            raise BackendError(
+                f"Failed to start domain '{record.name}': run directory {files.dir} exists "
+                "already (a stale domain?)"
+            )
+        argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files, qemu=info.path)
+        proc = QemuProcess(record.name, record.uuid, files)
+        inst = QemuInstance(record, proc, events)
+        try:
+            await proc.launch(argv)
+            await proc.connect_qmp(inst.on_qmp_event)
+            if cfg.effective_maxmem > cfg.memory:
+                await proc.command("balloon", {"value": cfg.memory * 1024 * 1024})
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await inst.destroy()
+            proc.remove_files()
+            raise
+        record.runtime.update(
+            {
+                "accel": choice.name,
+                "accel_reason": choice.reason,
+                "machine": "q35",
+                "qemu_version": info.version_text,
+                "pid": proc.pid,
+            }
+        )
+        return inst
+
+    async def adopt(self, record: DomainRecord, events: GuestEvents) -> Instance | None:
+        proc = QemuProcess(record.name, record.uuid, self.files(record.uuid))
+        if not proc.adopt():
+            return None
+        inst = QemuInstance(record, proc, events)
+        try:
+            await proc.connect_qmp(inst.on_qmp_event)
+        except XeniaError as e:
+            log.warning("domain %s: QEMU pid %s runs but QMP fails: %s", record.name, proc.pid, e)
+            await proc.close()
+            return None
+        record.runtime["pid"] = proc.pid
+        return inst
+
+    def host_info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        try:
+            info = qemu_info()
+            out["qemu"] = info.path
+            out["qemu_version"] = info.version_text
+        except XeniaError as e:
+            out["qemu"] = None
+            out["qemu_error"] = e.message
+        choice = accel_mod.resolve("auto", self.host_accel)
+        out["accel"] = choice.name
+        out["accel_reason"] = choice.reason
+        return out

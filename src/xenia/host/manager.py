@@ -1,0 +1,438 @@
+"""DomainManager: the host engine — lifecycle, guest events, on_poweroff/on_reboot/on_crash.
+
+Every state change is written to the store before it is acted on. Domains are identified
+by UUID internally; users name them by name, domid or UUID (`resolve`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any
+
+from xenia.config.model import DomainConfig
+from xenia.drivers.base import Driver, Instance
+from xenia.errors import AlreadyExists, BackendError, InvalidConfig, NotFound, XeniaError
+from xenia.host import hostinfo
+from xenia.host.validate import check_config, check_name
+from xenia.paths import Paths
+from xenia.store.base import DomainRecord, Store
+
+log = logging.getLogger(__name__)
+
+DOM0_NAME = "Domain-0"
+# xl's six state columns: running, blocked, paused, shutdown, crashed, dying.
+STATE_COLUMNS = "rbpscd"
+
+
+def state_letters(state: str, running_now: bool) -> str:
+    letter = {
+        "running": "r" if running_now else "b",
+        "paused": "p",
+        "shutdown": "s",
+        "crashed": "c",
+        "dying": "d",
+    }.get(state)
+    if letter is None:
+        return "-" * 6
+    return "".join(c if c == letter else "-" for c in STATE_COLUMNS)
+
+
+class DomainManager:
+    def __init__(self, paths: Paths, store: Store, drivers: list[Driver]) -> None:
+        self.paths = paths
+        self.store = store
+        self.drivers = {t: d for d in drivers for t in d.types}
+        self._inst: dict[str, Instance] = {}
+        self._gone: dict[str, asyncio.Event] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._create_lock = asyncio.Lock()
+
+    # -- helpers -------------------------------------------------------------------------
+    def driver_for(self, cfg: DomainConfig) -> Driver:
+        drv = self.drivers.get(cfg.type)
+        if drv is None:
+            raise InvalidConfig(
+                f"Failed to create domain '{cfg.name}': no driver for type '{cfg.type}' "
+                f"(known: {', '.join(sorted(self.drivers))})"
+            )
+        return drv
+
+    def _lock(self, uuid: str) -> asyncio.Lock:
+        return self._locks.setdefault(uuid, asyncio.Lock())
+
+    def resolve(self, ref: str | int) -> DomainRecord:
+        """A domain by name, domid or UUID, as xl accepts them."""
+        ref = str(ref)
+        recs = self.store.list()
+        for rec in recs:
+            if rec.name == ref or rec.uuid == ref.lower():
+                return rec
+        if ref.isdigit():
+            for rec in recs:
+                if rec.domid == int(ref):
+                    return rec
+        if ref in (DOM0_NAME, "0"):
+            raise InvalidConfig(f"Failed to find domain '{ref}': Domain-0 is the host itself")
+        raise NotFound(f"Failed to find domain '{ref}': no such domain (see `xenia list`)")
+
+    def instance(self, rec: DomainRecord) -> Instance:
+        inst = self._inst.get(rec.uuid)
+        if inst is None or not inst.alive:
+            raise BackendError(f"Failed to reach domain '{rec.name}': its process is not running")
+        return inst
+
+    def _save(self, rec: DomainRecord) -> None:
+        self.store.put(rec)
+
+    # -- startup / shutdown of the daemon ------------------------------------------------
+    async def adopt_all(self) -> None:
+        """Re-attach to every domain in the store; forget those whose process is gone."""
+        for rec in self.store.list():
+            drv = self.drivers.get(rec.config.type)
+            inst = None
+            if drv is not None and rec.state != "creating":
+                try:
+                    inst = await drv.adopt(rec, self._events_for(rec.uuid))
+                except XeniaError as e:
+                    log.warning("could not adopt %s: %s", rec.name, e)
+            if inst is None:
+                log.warning("domain %s (%s) is gone; removing its record", rec.name, rec.uuid)
+                self._forget(rec)
+                continue
+            self._inst[rec.uuid] = inst
+            self._gone[rec.uuid] = asyncio.Event()
+            self._save(rec)
+            log.info("adopted domain %s (domid %d, pid %s)", rec.name, rec.domid,
+                     rec.runtime.get("pid"))
+            await self._catch_up(rec, inst)
+
+    async def _catch_up(self, rec: DomainRecord, inst: Instance) -> None:
+        """Apply a guest event that happened while no daemon was watching."""
+        status = await self._status(inst)
+        if rec.state == "running" and status == "shutdown":
+            await self._on_guest_event(rec.uuid, "poweroff", {"reason": "while-daemon-down"})
+        elif rec.state == "running" and status == "guest-panicked":
+            await self._on_guest_event(rec.uuid, "crash", {})
+        elif rec.state == "running" and status == "paused":
+            rec.state = "paused"
+            self._save(rec)
+        elif rec.state == "paused" and status == "running":
+            rec.state = "running"
+            self._save(rec)
+
+    async def _status(self, inst: Instance) -> str | None:
+        proc = getattr(inst, "proc", None)
+        if proc is None:
+            return None
+        with contextlib.suppress(XeniaError):
+            st = await proc.command("query-status")
+            return str(st.get("status"))
+        return None
+
+    async def detach_all(self) -> None:
+        for inst in list(self._inst.values()):
+            with contextlib.suppress(Exception):
+                await inst.detach()
+        self._inst.clear()
+
+    def _forget(self, rec: DomainRecord) -> None:
+        self.store.delete(rec.uuid)
+        self._inst.pop(rec.uuid, None)
+        ev = self._gone.pop(rec.uuid, None)
+        if ev is not None:
+            ev.set()
+        # Leftovers of a domain that died while no daemon watched.
+        run_dir = self.paths.domain_run(rec.uuid)
+        if run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    # -- create --------------------------------------------------------------------------
+    async def create(self, cfg: DomainConfig, paused: bool = False) -> DomainRecord:
+        check_config(cfg)
+        drv = self.driver_for(cfg)
+        async with self._create_lock:
+            for other in self.store.list():
+                if other.name == cfg.name:
+                    raise AlreadyExists(
+                        f"Failed to create domain '{cfg.name}': a domain with that name exists "
+                        f"already (domid {other.domid}); pick another name or destroy it first"
+                    )
+                if cfg.uuid and other.uuid == cfg.uuid.lower():
+                    raise AlreadyExists(
+                        f"Failed to create domain '{cfg.name}': domain '{other.name}' has UUID "
+                        f"{other.uuid} already"
+                    )
+            rec = DomainRecord(
+                uuid=(cfg.uuid or str(uuidlib.uuid4())).lower(),
+                name=cfg.name,
+                domid=0,
+                config=cfg,
+                state="creating",
+                created_at=time.time(),
+            )
+            drv.check(rec)
+            rec.domid = self.store.next_domid()
+            self._save(rec)  # written before acted on: a crash now leaves a record to reap
+        try:
+            return await self._start(rec, drv, paused)
+        except BaseException:
+            self.store.delete(rec.uuid)
+            raise
+
+    async def _start(self, rec: DomainRecord, drv: Driver, paused: bool) -> DomainRecord:
+        inst = await drv.start(rec, self._events_for(rec.uuid))
+        self._inst[rec.uuid] = inst
+        self._gone[rec.uuid] = asyncio.Event()
+        try:
+            if not paused:
+                await inst.resume()
+        except BaseException:
+            self._inst.pop(rec.uuid, None)
+            with contextlib.suppress(Exception):
+                await inst.destroy()
+            raise
+        rec.state = "paused" if paused else "running"
+        rec.started_at = time.time()
+        self._save(rec)
+        log.info("created domain %s (domid %d)", rec.name, rec.domid)
+        return rec
+
+    # -- guest events --------------------------------------------------------------------
+    def _events_for(self, uuid: str):  # type: ignore[no-untyped-def]
+        async def handler(kind: str, data: dict[str, Any]) -> None:
+            await self._on_guest_event(uuid, kind, data)
+
+        return handler
+
+    async def _on_guest_event(self, uuid: str, kind: str, data: dict[str, Any]) -> None:
+        async with self._lock(uuid):
+            rec = self.store.get(uuid)
+            if rec is None or rec.state == "dying":
+                return
+            cfg = rec.config
+            if kind == "exited":
+                log.warning("domain %s: QEMU exited unexpectedly", rec.name)
+                action = cfg.on_crash
+                if action.endswith("restart") or action == "soft-reset":
+                    await self._relaunch(rec)
+                else:
+                    self._forget(rec)
+                return
+            action = {"poweroff": cfg.on_poweroff, "reboot": cfg.on_reboot,
+                      "crash": cfg.on_crash}[kind]
+            log.info("domain %s: guest %s, applying %s", rec.name, kind, action)
+            await self._apply(rec, kind, action)
+
+    async def _apply(self, rec: DomainRecord, kind: str, action: str) -> None:
+        inst = self._inst.get(rec.uuid)
+        if inst is None:
+            return
+        if action.startswith("coredump-"):
+            path = self.paths.state / "dump" / f"{rec.name}-{time.strftime('%Y%m%dT%H%M%S')}.core"
+            try:
+                await inst.dump_core(path)
+                log.info("domain %s: core dumped to %s", rec.name, path)
+            except XeniaError as e:
+                log.warning("domain %s: core dump failed: %s", rec.name, e)
+            action = action.removeprefix("coredump-")
+        if action == "destroy":
+            await self._destroy_locked(rec)
+        elif action in ("restart", "soft-reset"):
+            await inst.reset()
+            rec.state = "running"
+            rec.started_at = time.time()
+            self._save(rec)
+        elif action == "preserve":
+            rec.state = "crashed" if kind == "crash" else "shutdown"
+            self._save(rec)
+        elif action == "rename-restart":
+            # As xl: the stopped domain keeps running state under a suffixed name, and a
+            # new domain with the original name starts from the same config.
+            cfg = DomainConfig.from_dict(rec.config.to_dict())
+            rec.name = f"{rec.name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            rec.state = "crashed" if kind == "crash" else "shutdown"
+            self._save(rec)
+            cfg.uuid = None
+            asyncio.get_running_loop().create_task(self._create_logged(cfg))
+
+    async def _create_logged(self, cfg: DomainConfig) -> None:
+        try:
+            await self.create(cfg)
+        except XeniaError as e:
+            log.error("rename-restart of %s failed: %s", cfg.name, e)
+
+    async def _relaunch(self, rec: DomainRecord) -> None:
+        inst = self._inst.pop(rec.uuid, None)
+        if inst is not None:
+            with contextlib.suppress(Exception):
+                await inst.destroy()
+        drv = self.driver_for(rec.config)
+        try:
+            await self._start(rec, drv, paused=False)
+        except XeniaError as e:
+            log.error("restart of %s failed: %s", rec.name, e)
+            self._forget(rec)
+
+    # -- verbs ---------------------------------------------------------------------------
+    async def destroy(self, ref: str) -> None:
+        rec = self.resolve(ref)
+        async with self._lock(rec.uuid):
+            rec = self.store.get(rec.uuid) or rec
+            await self._destroy_locked(rec)
+
+    async def _destroy_locked(self, rec: DomainRecord) -> None:
+        rec.state = "dying"
+        self._save(rec)
+        inst = self._inst.get(rec.uuid)
+        if inst is not None:
+            await inst.destroy()
+        self._forget(rec)
+        log.info("destroyed domain %s", rec.name)
+
+    async def shutdown(self, ref: str, wait: bool = False) -> None:
+        rec = self.resolve(ref)
+        if rec.state in ("shutdown", "crashed"):
+            raise InvalidConfig(
+                f"Failed to shut down domain '{rec.name}': it is {rec.state} already "
+                "(preserved); use `xenia destroy`"
+            )
+        inst = self.instance(rec)
+        if rec.state == "paused":
+            raise InvalidConfig(
+                f"Failed to shut down domain '{rec.name}': it is paused and cannot see the "
+                "power button; unpause it first"
+            )
+        await inst.power_button()
+        if wait:
+            await self.wait_stopped(rec.uuid)
+
+    async def wait_stopped(self, uuid: str, timeout: float | None = None) -> None:
+        """Until the domain is gone, or preserved in shutdown/crashed state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            rec = self.store.get(uuid)
+            if rec is None or rec.state in ("shutdown", "crashed"):
+                return
+            ev = self._gone.get(uuid)
+            if ev is None:
+                return
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise BackendError("Failed waiting for the domain to stop: timed out")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(ev.wait(), min(left or 0.5, 0.5))
+
+    async def reboot(self, ref: str, force: bool = False) -> None:
+        rec = self.resolve(ref)
+        inst = self.instance(rec)
+        if rec.state != "running":
+            raise InvalidConfig(f"Failed to reboot domain '{rec.name}': it is {rec.state}")
+        await inst.request_reboot(force)
+
+    async def pause(self, ref: str) -> None:
+        rec = self.resolve(ref)
+        async with self._lock(rec.uuid):
+            rec = self.store.get(rec.uuid) or rec
+            if rec.state != "running":
+                raise InvalidConfig(f"Failed to pause domain '{rec.name}': it is {rec.state}")
+            rec.state = "paused"
+            self._save(rec)
+            try:
+                await self.instance(rec).pause()
+            except BaseException:
+                rec.state = "running"
+                self._save(rec)
+                raise
+
+    async def unpause(self, ref: str) -> None:
+        rec = self.resolve(ref)
+        async with self._lock(rec.uuid):
+            rec = self.store.get(rec.uuid) or rec
+            if rec.state != "paused":
+                raise InvalidConfig(f"Failed to unpause domain '{rec.name}': it is {rec.state}")
+            rec.state = "running"
+            self._save(rec)
+            try:
+                await self.instance(rec).resume()
+            except BaseException:
+                rec.state = "paused"
+                self._save(rec)
+                raise
+
+    async def rename(self, ref: str, new_name: str) -> DomainRecord:
+        check_name(new_name)
+        rec = self.resolve(ref)
+        async with self._create_lock:
+            for other in self.store.list():
+                if other.name == new_name and other.uuid != rec.uuid:
+                    raise AlreadyExists(
+                        f"Failed to rename domain '{rec.name}' to '{new_name}': that name is "
+                        f"taken by domid {other.domid}"
+                    )
+            rec.name = new_name
+            rec.config.name = new_name
+            self._save(rec)
+        return rec
+
+    # -- queries -------------------------------------------------------------------------
+    def describe(self, rec: DomainRecord) -> dict[str, Any]:
+        inst = self._inst.get(rec.uuid)
+        running_now = inst.running_now() if inst is not None and inst.alive else False
+        return {
+            "name": rec.name,
+            "domid": rec.domid,
+            "uuid": rec.uuid,
+            "type": rec.config.type,
+            "memory": rec.config.memory,
+            "maxmem": rec.config.effective_maxmem,
+            "vcpus": rec.config.vcpus,
+            "state": rec.state,
+            "state_letters": state_letters(rec.state, running_now),
+            "cpu_time": inst.cpu_seconds() if inst is not None else 0.0,
+            "created_at": rec.created_at,
+            "started_at": rec.started_at,
+            "uptime": time.time() - rec.started_at if rec.started_at else 0.0,
+            "console": str(inst.console_path()) if inst is not None else None,
+            "console_log": str(inst.console_log()) if inst is not None else None,
+            "runtime": rec.runtime,
+            "config": rec.config.to_dict(),
+        }
+
+    def dom0(self) -> dict[str, Any]:
+        return {
+            "name": DOM0_NAME,
+            "domid": 0,
+            "uuid": "00000000-0000-0000-0000-000000000000",
+            "type": "host",
+            "memory": hostinfo.total_mib(),
+            "maxmem": hostinfo.total_mib(),
+            "vcpus": hostinfo.cpu_count(),
+            "state": "running",
+            "state_letters": "r-----",
+            "cpu_time": hostinfo.host_cpu_seconds(),
+            "started_at": hostinfo.boot_time(),
+            "uptime": time.time() - hostinfo.boot_time(),
+        }
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self.dom0()] + [self.describe(r) for r in self.store.list()]
+
+    def host_info(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(hostinfo.describe())
+        drv = self.drivers.get("pv")
+        if drv is not None:
+            out.update(drv.host_info())
+        out["domains"] = len(self.store.list())
+        out["xenia_root"] = str(self.paths.state.parent)
+        return out
+
+    def console_log_path(self, ref: str) -> Path:
+        rec = self.resolve(ref)
+        return self.instance(rec).console_log()

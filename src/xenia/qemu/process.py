@@ -1,0 +1,212 @@
+"""QemuProcess: the one owner of a QEMU process — launch, adopt, watch, stop, clean up.
+
+QEMU is started with -daemonize: the launching call returns only once QEMU has set up its
+devices and sockets (or failed, with its error on stderr), and the running QEMU is never
+our child. So a domain outlives xeniad, and a restarted xeniad adopts it the same way it
+watches one it started: through its pidfile and a pidfd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from xenia.errors import BackendError
+from xenia.qemu.cmdline import RunFiles
+from xenia.qemu.qmp import EventHandler, QMPSession
+
+log = logging.getLogger(__name__)
+
+LAUNCH_TIMEOUT = 60.0
+
+
+def read_pid(pidfile: Path) -> int | None:
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_matches(pid: int, uuid: str) -> bool:
+    """True if `pid` is alive and is the QEMU of domain `uuid` (guards against pid reuse)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"-uuid" in argv and uuid.encode() in argv
+
+
+def log_tail(path: Path, lines: int = 12) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class QemuProcess:
+    """A QEMU process for one domain, identified by the domain's UUID."""
+
+    def __init__(self, name: str, uuid: str, files: RunFiles) -> None:
+        self.name = name
+        self.uuid = uuid
+        self.files = files
+        self.pid: int | None = None
+        self.qmp: QMPSession | None = None
+        self._pidfd: int | None = None
+        self._exited = asyncio.Event()
+        self._on_exit: Callable[[], None] | None = None
+
+    # -- start / adopt -------------------------------------------------------------------
+    async def launch(self, argv: list[str]) -> None:
+        """Run QEMU (-daemonize) and return once it is up, paused, with QMP listening."""
+        self.files.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.files.dir, 0o700)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as e:
+            raise BackendError(f"Failed to start QEMU for {self.name}: {e}") from e
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), LAUNCH_TIMEOUT)
+        except TimeoutError as e:
+            proc.kill()
+            raise BackendError(
+                f"Failed to start QEMU for {self.name}: no answer in {LAUNCH_TIMEOUT:.0f} s"
+            ) from e
+        if proc.returncode != 0:
+            msg = (err.decode(errors="replace").strip() or log_tail(self.files.qemu_log)
+                   or f"exit status {proc.returncode}")
+            raise BackendError(f"Failed to start QEMU for {self.name}: {msg}")
+        pid = read_pid(self.files.pidfile)
+        if pid is None:
+            raise BackendError(f"Failed to start QEMU for {self.name}: no pidfile written")
+        self._watch(pid)
+
+    def adopt(self) -> bool:
+        """Take over a QEMU started earlier (maybe by another xeniad). False if it is gone."""
+        pid = read_pid(self.files.pidfile)
+        if pid is None or not pid_matches(pid, self.uuid):
+            return False
+        try:
+            self._watch(pid)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _watch(self, pid: int) -> None:
+        self.pid = pid
+        self._pidfd = os.pidfd_open(pid)
+        asyncio.get_running_loop().add_reader(self._pidfd, self._exit_seen)
+
+    def _exit_seen(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._pidfd is not None:
+            loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        self._exited.set()
+        if self._on_exit is not None:
+            self._on_exit()
+
+    def on_exit(self, callback: Callable[[], None]) -> None:
+        self._on_exit = callback
+
+    @property
+    def alive(self) -> bool:
+        return self.pid is not None and not self._exited.is_set()
+
+    async def connect_qmp(self, on_event: EventHandler | None = None) -> QMPSession:
+        session = QMPSession(self.name, self.files.qmp)
+        await session.connect(on_event)
+        self.qmp = session
+        return session
+
+    async def command(self, cmd: str, args: dict | None = None, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+        if self.qmp is None:
+            raise BackendError(f"Failed {cmd} on {self.name}: no QMP connection")
+        return await self.qmp.execute(cmd, args, timeout)
+
+    # -- stop ----------------------------------------------------------------------------
+    async def wait_exit(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._exited.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def kill(self, grace: float = 5.0) -> None:
+        """Stop QEMU now: QMP quit, then SIGTERM, then SIGKILL (xl destroy semantics)."""
+        if not self.alive:
+            return
+        if self.qmp is not None:
+            with contextlib.suppress(BackendError):
+                await self.qmp.execute("quit", timeout=grace)
+            if await self.wait_exit(grace):
+                return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self.pid is None:
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+            if await self.wait_exit(grace):
+                return
+        raise BackendError(f"Failed to stop QEMU of {self.name} (pid {self.pid})")
+
+    async def close(self) -> None:
+        """Drop our handles (QMP, pidfd) without touching the process."""
+        if self.qmp is not None:
+            await self.qmp.close()
+            self.qmp = None
+        if self._pidfd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def remove_files(self) -> None:
+        shutil.rmtree(self.files.dir, ignore_errors=True)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the QEMU process."""
+        if self.pid is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def vcpu_threads(self) -> dict[int, tuple[int, str]]:
+        """vCPU index -> (thread id, state letter) from the thread names QEMU sets."""
+        threads: dict[int, tuple[int, str]] = {}
+        if self.pid is None:
+            return threads
+        for task in Path(f"/proc/{self.pid}/task").glob("*"):
+            try:
+                comm = (task / "comm").read_text().strip()
+                state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            # debug-threads=on names them "CPU 0/TCG" or "CPU 0/KVM".
+            if comm.startswith("CPU ") and "/" in comm:
+                with contextlib.suppress(ValueError):
+                    threads[int(comm[4:].split("/")[0])] = (int(task.name), state)
+        return threads
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,83 @@
+"""A QMP session to one QEMU: commands, and events handed to a callback.
+
+Thin layer over `qemu.qmp.QMPClient` that turns every failure into a XeniaError with a
+message naming the command, so callers never see the library's exception types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
+
+from xenia.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+# The library logs every disconnect at ERROR; a guest powering off is not an error.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+
+EventHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class QMPSession:
+    """One QMP connection. `on_event` gets (event name, data) for every event."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+        self._client = QMPClient(name)
+        self._listener: EventListener | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    async def connect(self, on_event: EventHandler | None = None, timeout: float = 10.0) -> None:
+        try:
+            await asyncio.wait_for(self._client.connect(str(self.path)), timeout)
+        except (TimeoutError, QMPError, OSError) as e:
+            raise BackendError(
+                f"Failed to connect to QMP of {self.name} at {self.path}: {e}"
+            ) from e
+        if on_event is not None:
+            self._listener = EventListener()
+            self._client.register_listener(self._listener)
+            self._pump = asyncio.create_task(self._run_pump(on_event), name=f"qmp-{self.name}")
+
+    async def _run_pump(self, on_event: EventHandler) -> None:
+        assert self._listener is not None
+        async for ev in self._listener:
+            try:
+                await on_event(str(ev["event"]), dict(ev.get("data", {})))
+            except Exception:  # one bad handler must not stop the event stream
+                log.exception("handling QMP event %s of %s", ev.get("event"), self.name)
+
+    async def execute(self, cmd: str, args: dict[str, Any] | None = None,
+                      timeout: float = 30.0) -> Any:
+        try:
+            return await asyncio.wait_for(self._client.execute(cmd, args), timeout)
+        except ExecuteError as e:
+            raise BackendError(f"Failed {cmd} on {self.name}: {e.error.desc}") from e
+        except (TimeoutError, QMPError, OSError) as e:
+            raise BackendError(f"Failed {cmd} on {self.name}: QMP {type(e).__name__} {e}") from e
+
+    @property
+    def connected(self) -> bool:
+        return str(self._client.runstate) == "Runstate.RUNNING"
+
+    async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            self._pump = None
+        if self._listener is not None:
+            try:
+                self._client.remove_listener(self._listener)
+            except Exception:
+                pass
+            self._listener = None
+        try:
+            await asyncio.wait_for(self._client.disconnect(), 5)
+        except (TimeoutError, QMPError, OSError):
+            pass

@@ -1,0 +1,56 @@
+"""The state store interface (xenstore's place): SQLite on one host, etcd in a cluster.
+
+Records are written before they are acted on, so a crash at any point leaves a record
+that the next xeniad can reconcile with what is really running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from xenia.config.model import DomainConfig
+
+# Domain states as the store keeps them; `xenia list` maps them to xl's r b p s c d.
+STATES = ("creating", "running", "paused", "shutdown", "crashed", "dying")
+
+
+@dataclass
+class DomainRecord:
+    uuid: str
+    name: str
+    domid: int
+    config: DomainConfig
+    state: str = "creating"
+    created_at: float = 0.0
+    started_at: float = 0.0
+    # Runtime facts: accel, machine, QEMU version, pid, generated MACs, ...
+    runtime: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["config"] = self.config.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DomainRecord:
+        d = dict(d)
+        d["config"] = DomainConfig.from_dict(d["config"])
+        return cls(**d)
+
+
+class Store(Protocol):
+    def get(self, uuid: str) -> DomainRecord | None: ...
+
+    def list(self) -> list[DomainRecord]: ...
+
+    def put(self, rec: DomainRecord) -> None:
+        """Insert or replace; raises AlreadyExists if another record has the name or domid."""
+
+    def delete(self, uuid: str) -> None: ...
+
+    def next_domid(self) -> int:
+        """A domid never handed out before on this host (xl never reuses them either)."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,85 @@
+"""SqliteStore: the single-host state store (SQLite in WAL mode, synchronous=FULL)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+from xenia.errors import AlreadyExists
+from xenia.store.base import DomainRecord
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS domains (
+    uuid TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    domid INTEGER NOT NULL UNIQUE,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed state change survives a power cut, not just a process crash.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def get(self, uuid: str) -> DomainRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT record FROM domains WHERE uuid=?", (uuid,)).fetchone()
+        return DomainRecord.from_dict(json.loads(row[0])) if row else None
+
+    def list(self) -> list[DomainRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT record FROM domains ORDER BY domid").fetchall()
+        return [DomainRecord.from_dict(json.loads(r[0])) for r in rows]
+
+    def put(self, rec: DomainRecord) -> None:
+        data = json.dumps(rec.to_dict(), sort_keys=True)
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO domains(uuid, name, domid, record) VALUES(?,?,?,?) "
+                    "ON CONFLICT(uuid) DO UPDATE SET name=excluded.name, "
+                    "domid=excluded.domid, record=excluded.record",
+                    (rec.uuid, rec.name, rec.domid, data),
+                )
+            except sqlite3.IntegrityError as e:
+                raise AlreadyExists(
+                    f"Failed to store domain '{rec.name}': a domain with that name or id "
+                    "already exists"
+                ) from e
+
+    def delete(self, uuid: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM domains WHERE uuid=?", (uuid,))
+
+    def next_domid(self) -> int:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT value FROM meta WHERE key='next_domid'").fetchone()
+                domid = int(row[0]) if row else 1
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES('next_domid', ?)",
+                    (str(domid + 1),),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return domid
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
