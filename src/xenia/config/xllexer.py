@@ -140,7 +140,7 @@ class Lexer:
         if c in _DIGITS:
             end = self._span(start + 1, _NUMBER_CHARS)
             lexeme = text[start:end]
-            value = _number(lexeme)
+            value = number_value(lexeme)
             if value is None:
                 raise self.error(f"invalid number '{_clip(lexeme)}' (expected decimal, "
                                  "octal with a leading 0, or hex with 0x)", start)
@@ -213,7 +213,7 @@ class Lexer:
                          backslash)
 
 
-def _number(lexeme: str) -> int | None:
+def number_value(lexeme: str) -> int | None:
     """The value of a number lexeme as C's strtol(s, 0) reads all of it, or None."""
     if lexeme[:2] in ("0x", "0X"):
         digits = lexeme[2:]

@@ -1,0 +1,102 @@
+"""xl's CPULIST syntax (cpus=, cpus_soft=); the main function is normalize_cpulist.
+
+A CPULIST is comma-separated terms, applied left to right: `N`, `N-M`, `all`, each
+optionally prefixed by `node:`/`nodes:` (whole NUMA nodes) and by `^` (remove instead
+of add). `^all` is not allowed. Examples: "all", "0-3,5,^1", "nodes:0-3,^node:2".
+Nodes and `all` need the host's topology, so they are checked here but only resolved
+by the host engine.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import NamedTuple
+
+# Far above any real host; keeps a typo like 1000000000 from making a huge bitmap.
+MAX_CPU = 65535
+
+_TERM_RE = re.compile(r"(\^?)((?:nodes?:)?)(?:(all)|([0-9]+)(?:-([0-9]+))?)\Z")
+
+
+class _Term(NamedTuple):
+    remove: bool
+    nodes: bool
+    first: int | None  # None: all
+    last: int
+
+
+def _terms(text: str) -> list[_Term]:
+    """The terms of `text`; raises ValueError naming a bad one."""
+    terms: list[_Term] = []
+    # Like xl's strtok: empty items between commas vanish.
+    for raw in text.split(","):
+        term = raw.strip()
+        if not term:
+            continue
+        m = _TERM_RE.match(term)
+        if m is None:
+            raise ValueError(f"invalid CPU list term '{term}' "
+                             "(expected N, N-M, all, node:N or ^ before one of them)")
+        remove, nodes = bool(m.group(1)), bool(m.group(2))
+        if m.group(3):
+            if remove:
+                raise ValueError(f"can't combine '^' and 'all' in '{term}'")
+            terms.append(_Term(remove, nodes, None, 0))
+            continue
+        first = int(m.group(4)) if len(m.group(4)) <= 6 else MAX_CPU + 1
+        last = first if m.group(5) is None else (
+            int(m.group(5)) if len(m.group(5)) <= 6 else MAX_CPU + 1)
+        if last < first:
+            raise ValueError(f"invalid range '{term}' (end before start)")
+        if last > MAX_CPU:
+            raise ValueError(f"CPU or node number above {MAX_CPU} in '{term}'")
+        terms.append(_Term(remove, nodes, first, last))
+    if not terms:
+        raise ValueError("empty CPU list")
+    return terms
+
+
+def _mask(terms: list[_Term]) -> int | None:
+    """The CPUs as a bitmask, or None if that needs the host (nodes, all)."""
+    mask = 0
+    for remove, nodes, first, last in terms:
+        if nodes or first is None:
+            return None
+        bits = ((1 << (last - first + 1)) - 1) << first
+        mask = mask & ~bits if remove else mask | bits
+    return mask
+
+
+def normalize_cpulist(text: str) -> str:
+    """`text` checked and written without blanks or empty terms; raises ValueError."""
+    terms = _terms(text)
+    if _mask(terms) == 0:
+        raise ValueError(f"CPU list '{text}' selects no CPU")
+    return ",".join(t.strip() for t in text.split(",") if t.strip())
+
+
+def union_cpulists(items: Sequence[str]) -> str:
+    """One CPULIST covering every item: their union, or "all" if that needs the host."""
+    union = 0
+    for item in items:
+        mask = _mask(_terms(item))
+        if mask is None:
+            return "all"
+        union |= mask
+    return _render(union)
+
+
+def _render(mask: int) -> str:
+    """A bitmask as ranges, e.g. 0b101110 -> "1-3,5"."""
+    parts = []
+    cpu = 0
+    while mask >> cpu:
+        if not (mask >> cpu) & 1:
+            cpu += 1
+            continue
+        start = cpu
+        while (mask >> cpu) & 1:
+            cpu += 1
+        parts.append(str(start) if cpu - 1 == start else f"{start}-{cpu - 1}")
+    return ",".join(parts)
