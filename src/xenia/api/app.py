@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,6 +14,8 @@ import xenia
 from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig, XeniaError
 from xenia.host.manager import DomainManager
+
+log = logging.getLogger(__name__)
 
 
 class CreateRequest(BaseModel):
@@ -46,6 +49,15 @@ def make_app(manager: DomainManager) -> FastAPI:
     @app.exception_handler(XeniaError)
     async def _xenia_error(_: Request, exc: XeniaError) -> JSONResponse:
         return JSONResponse(error_body(exc), status_code=exc.http_status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        err = XeniaError(
+            f"Failed {request.method} {request.url.path}: internal error "
+            f"({type(exc).__name__}: {exc}); see the xeniad log"
+        )
+        return JSONResponse(error_body(err), status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,14 +1,19 @@
-"""Client of xeniad's API over its UNIX socket; starts a daemon when none answers."""
+"""Client of xeniad's API over its UNIX socket; starts a daemon when none answers.
+
+Plain http.client rather than httpx: importing httpx costs ~100 ms, and every CLI call pays
+import time (docs/decisions.md, "CLI start-up").
+"""
 
 from __future__ import annotations
 
+import http.client
+import json as jsonlib
 import os
+import socket
 import subprocess
 import sys
 import time
 from typing import Any
-
-import httpx
 
 from xenia.errors import KINDS, Unreachable, XeniaError
 from xenia.paths import Paths
@@ -17,32 +22,55 @@ AUTOSTART_ENV = "XENIA_NO_AUTOSTART"
 START_TIMEOUT = 20.0
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("xeniad", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class Client:
     def __init__(self, paths: Paths, autostart: bool = True) -> None:
         self.paths = paths
         self.autostart = autostart and not os.environ.get(AUTOSTART_ENV)
-        self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(paths.api_socket)),
-            base_url="http://xeniad",
-            timeout=httpx.Timeout(120.0, connect=5.0),
-        )
         self._checked = False
 
     def close(self) -> None:
-        self._http.close()
+        pass
+
+    def _raw(self, method: str, url: str, body: Any, timeout: float | None
+             ) -> tuple[int, bytes]:
+        conn = UnixHTTPConnection(str(self.paths.api_socket), timeout)
+        try:
+            data = None if body is None else jsonlib.dumps(body).encode()
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, url, body=data, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
 
     # -- daemon --------------------------------------------------------------------------
     def _answers(self) -> bool:
         try:
-            self._http.get("/v1/host", timeout=5.0)
+            self._raw("GET", "/v1/host", None, 5.0)
             return True
-        except httpx.TransportError:
+        except (OSError, http.client.HTTPException):
             return False
 
     def ensure_daemon(self) -> None:
         if self._checked:
             return
-        if not self._answers():
+        if not self.paths.api_socket.exists() or not self._answers():
             if not self.autostart:
                 raise Unreachable(
                     f"Failed to reach xeniad at {self.paths.api_socket}: it is not running; "
@@ -84,25 +112,26 @@ class Client:
 
     # -- requests ------------------------------------------------------------------------
     def request(self, method: str, url: str, json: Any = None,
-                timeout: float | None = 120.0) -> Any:
+                timeout: float | None = 300.0) -> Any:
         self.ensure_daemon()
         try:
-            resp = self._http.request(method, url, json=json, timeout=timeout)
-        except httpx.TransportError as e:
+            status, body = self._raw(method, url, json, timeout)
+        except (OSError, http.client.HTTPException) as e:
             raise Unreachable(f"Failed to reach xeniad at {self.paths.api_socket}: {e}") from e
-        if resp.status_code >= 400:
+        if status >= 400:
             try:
-                body = resp.json()
-                cls = KINDS.get(body.get("error", ""), XeniaError)
-                raise cls(body.get("message", resp.text))
+                err = jsonlib.loads(body)
+                cls = KINDS.get(err.get("error", ""), XeniaError)
+                message = err.get("message", body.decode(errors="replace"))
             except ValueError:
-                raise XeniaError(f"xeniad answered {resp.status_code}: {resp.text}") from None
-        return resp.json() if resp.content else None
+                cls, message = XeniaError, f"xeniad answered {status}: {body[:200]!r}"
+            raise cls(message)
+        return jsonlib.loads(body) if body else None
 
     def get(self, url: str) -> Any:
         return self.request("GET", url)
 
-    def post(self, url: str, json: Any = None, timeout: float | None = 120.0) -> Any:
+    def post(self, url: str, json: Any = None, timeout: float | None = 300.0) -> Any:
         return self.request("POST", url, json=json if json is not None else {}, timeout=timeout)
 
     def delete(self, url: str) -> Any:

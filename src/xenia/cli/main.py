@@ -7,6 +7,7 @@ line on stderr and a non-zero exit; never a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import click
 import xenia
 from xenia.cli import console as con
 from xenia.cli.client import Client
+from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig, XeniaError
 from xenia.paths import Paths
 
@@ -58,28 +60,25 @@ def cli(ctx: click.Context, no_autostart: bool) -> None:
 
 
 # -- create ------------------------------------------------------------------------------
-def _load(path: str, overrides: tuple[str, ...]):  # type: ignore[no-untyped-def]
-    import logging
-    import warnings
+class _WarningPrinter(logging.Handler):
+    """Prints the config loader's warnings (unknown keys, ...) as xl does: and goes on."""
 
+    def emit(self, record: logging.LogRecord) -> None:
+        warn(f"warning: {record.getMessage()}")
+
+
+def _load(path: str, overrides: tuple[str, ...]) -> DomainConfig:
     from xenia.config.build import load_config
 
     click.echo(f"Parsing config from {path}", err=True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        logging.getLogger("xenia.config").addHandler(_WarnHandler())
-        cfg = load_config(path, list(overrides))
-    for w in caught:
-        warn(f"warning: {w.message}")
-    return cfg
-
-
-class _WarnHandler:
-    level = 30
-
-    def handle(self, record):  # type: ignore[no-untyped-def]
-        warn(f"warning: {record.getMessage()}")
-        return True
+    logger = logging.getLogger("xenia.config")
+    handler = _WarningPrinter()
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        return load_config(path, list(overrides))
+    finally:
+        logger.removeHandler(handler)
 
 
 @cli.command()

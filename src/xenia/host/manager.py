@@ -106,6 +106,9 @@ class DomainManager:
                 continue
             self._inst[rec.uuid] = inst
             self._gone[rec.uuid] = asyncio.Event()
+            if rec.state == "dying":  # a destroy was cut short: finish it
+                await self._destroy_locked(rec)
+                continue
             self._save(rec)
             log.info("adopted domain %s (domid %d, pid %s)", rec.name, rec.domid,
                      rec.runtime.get("pid"))

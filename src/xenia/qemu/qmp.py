@@ -7,6 +7,7 @@ message naming the command, so callers never see the library's exception types.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -77,7 +78,6 @@ class QMPSession:
             except Exception:
                 pass
             self._listener = None
-        try:
+        # After QEMU quit, disconnect() re-raises the reader's EOFError; nothing to do.
+        with contextlib.suppress(Exception):
             await asyncio.wait_for(self._client.disconnect(), 5)
-        except (TimeoutError, QMPError, OSError):
-            pass

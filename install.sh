@@ -1,0 +1,36 @@
+#!/bin/sh
+# Xenia quick start: installs everything, builds the tiny guest image and runs the demo.
+#   sudo ./install.sh            install + demo
+#   sudo ./install.sh --no-demo  install only
+# Installs: Debian/Ubuntu packages (QEMU, Python venv), the xenia package into
+# /opt/xenia/venv with `xenia` and `xeniad` in /usr/local/bin, a systemd unit, and the
+# tiny guest image in /var/lib/xenia/images/tiny.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install.sh: run as root (sudo $0)" >&2
+    exit 1
+fi
+
+"$here/scripts/install-deps.sh"
+
+prefix=/opt/xenia
+echo "install.sh: installing xenia into $prefix/venv"
+[ -x "$prefix/venv/bin/python" ] || python3 -m venv "$prefix/venv"
+"$prefix/venv/bin/pip" install -q --upgrade pip
+"$prefix/venv/bin/pip" install -q "$here"
+ln -sf "$prefix/venv/bin/xenia" /usr/local/bin/xenia
+ln -sf "$prefix/venv/bin/xeniad" /usr/local/bin/xeniad
+
+install -m 0644 "$here/packaging/xeniad.service" /etc/systemd/system/xeniad.service
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload || true
+fi
+
+echo "install.sh: building the tiny guest image"
+/usr/local/bin/xenia image build tiny
+
+if [ "${1:-}" != "--no-demo" ]; then
+    "$here/scripts/demo.sh" "$here/examples/tiny.cfg"
+fi

@@ -1,0 +1,24 @@
+#!/bin/sh
+# Installs the test dependencies and runs the whole test suite (as root: guests, bridges).
+#   sudo ./run-tests.sh [pytest args]
+# Lint (ruff), types (mypy), unit tests, then integration tests with real QEMU guests.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "run-tests.sh: run as root (sudo $0): the tests start guests, bridges and taps" >&2
+    exit 1
+fi
+
+scripts/install-deps.sh --test
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e ".[test]"
+
+echo "run-tests.sh: ruff"
+.venv/bin/ruff check src tests bench
+echo "run-tests.sh: mypy"
+.venv/bin/mypy
+echo "run-tests.sh: pytest"
+exec .venv/bin/pytest -ra "$@"

@@ -1,0 +1,52 @@
+#!/bin/sh
+# Installs the system packages Xenia needs (as root). Idempotent.
+#   scripts/install-deps.sh           runtime packages
+#   scripts/install-deps.sh --test    runtime + what the test suite uses
+# On Debian 12 QEMU comes from bookworm-backports (QEMU 10): 7.2 corrupts live-migrated
+# TCG guests (docs/decisions.md). Debian 13 and Ubuntu 24.04 ship QEMU >= 8 themselves.
+set -eu
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: run as root (sudo $0)" >&2
+    exit 1
+fi
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+. /etc/os-release
+export DEBIAN_FRONTEND=noninteractive
+APT_OPTS="-y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+
+qemu_target=""
+if [ "${ID:-}" = debian ] && [ "${VERSION_CODENAME:-}" = bookworm ]; then
+    src=/etc/apt/sources.list.d/xenia-bookworm-backports.sources
+    if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        echo "install-deps: adding bookworm-backports for QEMU 10"
+        cat > "$src" <<SRC
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    fi
+    qemu_target="-t bookworm-backports"
+fi
+
+stamp=/var/lib/apt/periodic/xenia-update-stamp
+if [ ! -f "$stamp" ] || [ -n "$(find /etc/apt/sources.list.d -newer "$stamp" 2>/dev/null)" ] \
+   || [ "$(find "$stamp" -mmin +720 2>/dev/null)" ]; then
+    apt-get update -q
+    mkdir -p "$(dirname "$stamp")" && touch "$stamp"
+fi
+
+# shellcheck disable=SC2086
+apt-get install $APT_OPTS $qemu_target qemu-system-x86 qemu-utils
+# shellcheck disable=SC2086
+apt-get install $APT_OPTS --no-install-recommends \
+    python3 python3-venv python3-pip ca-certificates apt dpkg iproute2 kmod
+if [ "$want_test" = 1 ]; then
+    # shellcheck disable=SC2086
+    apt-get install $APT_OPTS --no-install-recommends git procps psmisc
+fi

@@ -1,0 +1,205 @@
+"""Test harness: a real xeniad under a private XENIA_ROOT, driven through the real CLI.
+
+Like Firecracker's VM factory: every QEMU a test starts is found and killed at the end
+(by pidfile and by the -uuid of each domain), and on failure the domains' console logs,
+QEMU logs and the daemon log are printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+READY = "xenia-tiny: ready"
+
+
+@dataclass
+class Image:
+    kernel: Path
+    initrd: Path
+
+
+def qemu_pids_with(text: str) -> list[int]:
+    """Pids of QEMU processes whose command line contains `text`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in argv and text.encode() in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Host:
+    """One xeniad with its own root, and the `xenia` CLI pointed at it."""
+
+    def __init__(self, image: Image, root: Path | None = None) -> None:
+        # Short root: QEMU's sockets live under it and sun_path holds 107 bytes.
+        self.root = root or Path(tempfile.mkdtemp(prefix="xt-", dir="/tmp"))
+        self.image = image
+        self.env = dict(os.environ, XENIA_ROOT=str(self.root), XENIA_NO_AUTOSTART="1")
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.cfgdir = self.root / "cfg"
+        self.cfgdir.mkdir(parents=True, exist_ok=True)
+
+    # -- daemon --------------------------------------------------------------------------
+    @property
+    def daemon_log(self) -> Path:
+        return self.root / "xeniad.test.log"
+
+    def start_daemon(self, timeout: float = 20.0) -> None:
+        log = open(self.daemon_log, "ab")  # noqa: SIM115
+        self.daemon = subprocess.Popen(
+            [sys.executable, "-m", "xenia.daemon"], env=self.env, stdout=log, stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        sock = self.root / "run" / "xeniad.sock"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sock.exists() and self.xenia("info", check=False).returncode == 0:
+                return
+            if self.daemon.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"xeniad did not come up:\n{self.daemon_log.read_text()}")
+
+    def kill_daemon(self, sig: int = signal.SIGKILL) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.send_signal(sig)
+            self.daemon.wait(timeout=20)
+        self.daemon = None
+
+    # -- CLI -----------------------------------------------------------------------------
+    def xenia(self, *args: str, check: bool = True, timeout: float = 180.0,
+              input: str | None = None) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [sys.executable, "-m", "xenia.cli", *args], env=self.env, capture_output=True,
+            text=True, timeout=timeout, input=input,
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(
+                f"xenia {' '.join(args)} failed ({res.returncode}):\n{res.stdout}{res.stderr}"
+            )
+        return res
+
+    def write_cfg(self, name: str, **keys: Any) -> Path:
+        cfg: dict[str, Any] = {
+            "name": name,
+            "type": "pv",
+            "kernel": str(self.image.kernel),
+            "ramdisk": str(self.image.initrd),
+            "extra": "console=ttyS0",
+            "memory": 256,
+            "vcpus": 1,
+        }
+        cfg.update(keys)
+        lines = []
+        for k, v in cfg.items():
+            if isinstance(v, str):
+                lines.append(f'{k} = "{v}"')
+            elif isinstance(v, list):
+                lines.append(f"{k} = [ " + ", ".join(f"'{x}'" for x in v) + " ]")
+            else:
+                lines.append(f"{k} = {v}")
+        path = self.cfgdir / f"{name}.cfg"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def create(self, name: str, wait_ready: bool = True, **keys: Any) -> dict[str, Any]:
+        self.xenia("create", str(self.write_cfg(name, **keys)))
+        if wait_ready:
+            self.wait_console(name, READY)
+        return self.domain(name)
+
+    def domains(self) -> list[dict[str, Any]]:
+        out = self.xenia("list", "-l").stdout
+        return json.loads(out)
+
+    def domain(self, name: str) -> dict[str, Any]:
+        for d in self.domains():
+            if d["name"] == name:
+                return d
+        raise AssertionError(f"no domain {name} in {[d['name'] for d in self.domains()]}")
+
+    def has_domain(self, name: str) -> bool:
+        return any(d["name"] == name for d in self.domains())
+
+    def console_log(self, name: str) -> str:
+        return self.xenia("console", "--log", name).stdout
+
+    def wait_console(self, name: str, text: str, timeout: float = 120.0,
+                     count: int = 1) -> str:
+        """Wait until `text` has appeared `count` times on the console log."""
+        deadline = time.monotonic() + timeout
+        log = ""
+        while time.monotonic() < deadline:
+            log = self.console_log(name)
+            if log.count(text) >= count:
+                return log
+            time.sleep(0.3)
+        raise AssertionError(f"'{text}' x{count} not on {name}'s console in {timeout}s:\n{log}")
+
+    def run(self, name: str, command: str, timeout: float = 60.0) -> str:
+        res = self.xenia("console", "--run", command, "--timeout", str(timeout), name,
+                         check=False, timeout=timeout + 30)
+        if res.returncode != 0:
+            raise AssertionError(f"'{command}' in {name} exited {res.returncode}:\n"
+                                 f"{res.stdout}{res.stderr}")
+        return res.stdout
+
+    def wait_gone(self, name: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.has_domain(name):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"domain {name} still there after {timeout}s")
+
+    # -- cleanup -------------------------------------------------------------------------
+    def dump_logs(self) -> None:
+        print(f"\n===== xeniad log ({self.daemon_log}) =====")
+        with contextlib.suppress(OSError):
+            print(self.daemon_log.read_text(errors="replace")[-20000:])
+        for d in sorted((self.root / "run" / "domains").glob("*")):
+            for f in ("console.log", "qemu.log"):
+                p = d / f
+                if p.exists():
+                    print(f"===== {p} =====")
+                    print(p.read_text(errors="replace")[-8000:])
+
+    def cleanup(self) -> None:
+        self.kill_daemon()
+        for pid in qemu_pids_with(str(self.root)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while qemu_pids_with(str(self.root)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        shutil.rmtree(self.root, ignore_errors=True)
