@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xenia.config.build import build_config, load_config
 from xenia.config.cpulist import normalize_cpulist, union_cpulists
@@ -392,3 +394,24 @@ def test_load_config_syntax_error(tmp_path: Path) -> None:
 def test_load_config_missing_file(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         load_config(tmp_path / "missing.cfg")
+
+
+# --- property: any values build or fail with InvalidConfig ---------------------------
+
+KNOWN_KEYS = ["name", "type", "builder", "uuid", "memory", "maxmem", "vcpus", "maxvcpus",
+              "cpus", "cpus_soft", "cpu_weight", "cap", "on_crash", "disk", "vif", "pci",
+              "serial", "vnc", "vncdisplay", "boot", "accel", "kernel", "unknown_key"]
+ATOMS = (st.integers(min_value=0, max_value=2**63 - 1)
+         | st.text(alphabet="0123456789abcdefhpvx,:=^-_/@ MBs", max_size=12))
+VALUES: st.SearchStrategy[Value] = st.recursive(
+    ATOMS, lambda children: st.lists(children, max_size=3), max_leaves=6)
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(st.sampled_from(KNOWN_KEYS), VALUES))
+def test_any_values_build_or_raise_invalid_config(values: dict[str, Value]) -> None:
+    values.setdefault("name", "g")
+    try:
+        build_config(values, "fuzz")
+    except InvalidConfig:
+        pass

@@ -6,6 +6,8 @@ import logging
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xenia.config.diskspec import parse_disk_args, parse_disk_spec
 from xenia.config.model import DiskSpec
@@ -278,3 +280,15 @@ def test_vdev_numbers(vdev: str, number: int) -> None:
 )
 def test_bad_vdevs(vdev: str) -> None:
     assert vdev_number(vdev) is None
+
+
+@settings(max_examples=400)
+@given(st.text(alphabet="abcdhprswxv0129:,=/ -\n", max_size=40) | st.text(max_size=40))
+def test_any_spec_parses_or_raises_invalid_config(spec: str) -> None:
+    try:
+        disk = parse_disk_spec(spec)
+    except InvalidConfig as e:
+        assert str(e).startswith("Failed to parse disk spec ")
+    else:
+        assert vdev_number(disk.vdev) is not None
+        assert disk.target or disk.is_cdrom

@@ -6,6 +6,8 @@ import logging
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xenia.config.model import RateLimit, VifSpec
 from xenia.config.vifspec import parse_rate, parse_vif_spec
@@ -231,3 +233,13 @@ def test_netdev_is_a_deprecated_gatewaydev(caplog: pytest.LogCaptureFixture) -> 
     with caplog.at_level(logging.WARNING, logger="xenia.config"):
         assert parse_vif_spec("netdev=eth1").gatewaydev == "eth1"
     assert "deprecated" in caplog.text
+
+
+@settings(max_examples=400)
+@given(st.text(alphabet="abmcdeinoprstuv0129:,=/@ BKMGb-x", max_size=40) | st.text(max_size=40))
+def test_any_spec_parses_or_raises_invalid_config(spec: str) -> None:
+    for strict in (False, True):
+        try:
+            parse_vif_spec(spec, strict=strict)
+        except InvalidConfig as e:
+            assert str(e).startswith("Failed to parse vif spec ")
