@@ -25,6 +25,7 @@ from typing import TypeVar
 from xenia.config.cpulist import normalize_cpulist, union_cpulists
 from xenia.config.diskspec import parse_disk_spec
 from xenia.config.model import ACTIONS, DiskSpec, DomainConfig
+from xenia.config.names import NAME_RULE, valid_name
 from xenia.config.vdev import vdev_number
 from xenia.config.vifspec import parse_vif_spec
 from xenia.config.xlcfg import Value, apply_overrides, read_config_file
@@ -35,7 +36,6 @@ log = logging.getLogger("xenia.config")
 
 T = TypeVar("T")
 
-_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 _BOOT_RE = re.compile(r"[acdn]+\Z")
 ACCELS = ("auto", "kvm", "tcg")
@@ -197,9 +197,8 @@ def _name(r: _Reader) -> str:
     if name is None:
         raise InvalidConfig(f"Failed to load domain config {r.source}: no 'name' given "
                             "(every domain needs name = \"...\")")
-    if not _NAME_RE.match(name) or name.startswith("-") or name == "Domain-0":
-        raise r.fail("name", f"invalid domain name '{name}' (1 to 64 letters, digits, "
-                             "'.', '-' or '_', not starting with '-', not Domain-0)")
+    if not valid_name(name):
+        raise r.fail("name", f"invalid domain name '{name}' ({NAME_RULE})")
     return name
 
 

@@ -7,21 +7,16 @@ slip past them.
 
 from __future__ import annotations
 
-import re
 import uuid as uuidlib
 
 from xenia.config.model import ACTIONS, DOMAIN_TYPES, DomainConfig
+from xenia.config.names import NAME_RULE, valid_name
 from xenia.errors import InvalidConfig
-
-NAME_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}$")
 
 
 def check_name(name: str) -> None:
-    if not NAME_RE.match(name or "") or name == "Domain-0":
-        raise InvalidConfig(
-            f"Failed to use domain name '{name}': a name is 1-64 letters, digits, '.', '_' "
-            "or '-', does not start with '-', and is not Domain-0"
-        )
+    if not valid_name(name or ""):
+        raise InvalidConfig(f"Failed to use domain name '{name}': a name is {NAME_RULE}")
 
 
 def check_config(cfg: DomainConfig) -> None:

@@ -1,0 +1,157 @@
+"""Issue 2: real PV guests booted from xl.cfg files, driven through the xenia CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import READY, Host, pid_alive
+
+pytestmark = pytest.mark.integration
+
+
+def guest_uptime(host: Host, name: str) -> float:
+    return float(host.run(name, "cat /proc/uptime").split()[0])
+
+
+def test_boot_run_command_and_list(host: Host) -> None:
+    dom = host.create("g1", vcpus=2, memory=256)
+    assert dom["state"] == "running"
+    out = host.run("g1", "uname -r; grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo")
+    lines = out.split()
+    assert lines[0].endswith("cloud-amd64")
+    assert lines[1] == "2"
+    assert 200_000 < int(lines[3]) <= 262_144  # kB, of 256 MiB
+    listing = host.xenia("list").stdout.splitlines()
+    assert listing[0].startswith("Name") and "State" in listing[0]
+    assert listing[1].startswith("Domain-0")
+    row = [line for line in listing if line.startswith("g1 ")][0].split()
+    assert row[1] == str(dom["domid"]) and row[2] == "256" and row[3] == "2"
+    assert row[4] in ("r-----", "-b----")
+    assert host.xenia("domid", "g1").stdout.strip() == str(dom["domid"])
+    assert host.xenia("domname", str(dom["domid"])).stdout.strip() == "g1"
+    assert "g1" in host.xenia("uptime").stdout
+    info = host.xenia("info").stdout
+    assert "accelerator" in info and "qemu_version" in info
+
+
+def test_console_on_pipes(host: Host) -> None:
+    host.create("g1")
+    res = host.xenia("console", "g1", input="echo piped-$((6*7))\n")
+    assert "piped-42" in res.stdout
+
+
+def test_create_dry_run_starts_nothing(host: Host) -> None:
+    cfg = host.write_cfg("dry", memory=300)
+    res = host.xenia("create", "-n", str(cfg), "vcpus=3")
+    data = json.loads(res.stdout)
+    assert data["name"] == "dry" and data["memory"] == 300 and data["vcpus"] == 3
+    assert not host.has_domain("dry")
+
+
+def test_pause_stops_the_guest_clock(host: Host) -> None:
+    host.create("g1")
+    t0 = guest_uptime(host, "g1")
+    host.xenia("pause", "g1")
+    assert host.domain("g1")["state_letters"] == "--p---"
+    time.sleep(4)
+    host.xenia("unpause", "g1")
+    paused_delta = guest_uptime(host, "g1") - t0
+    t1 = guest_uptime(host, "g1")
+    time.sleep(4)
+    running_delta = guest_uptime(host, "g1") - t1
+    # Paused for 4 s the guest saw only the command round trips; running it saw the 4 s.
+    assert running_delta >= 3.5
+    assert paused_delta < running_delta - 2.5, (paused_delta, running_delta)
+
+
+def test_shutdown_wait_returns_once_gone(host: Host) -> None:
+    dom = host.create("g1")
+    pid = dom["runtime"]["pid"]
+    host.xenia("shutdown", "-w", "g1", timeout=120)
+    assert not host.has_domain("g1")
+    assert not pid_alive(pid)
+    assert not Path(dom["console"]).parent.exists()
+
+
+def test_reboot_restarts_guest(host: Host) -> None:
+    dom = host.create("g1")
+    host.xenia("reboot", "g1")
+    host.wait_console("g1", READY, count=2)
+    after = host.domain("g1")
+    assert after["domid"] == dom["domid"] and after["state"] == "running"
+    assert after["runtime"]["pid"] == dom["runtime"]["pid"]
+    assert float(host.run("g1", "cat /proc/uptime").split()[0]) < 60
+
+
+def test_destroy_leaves_nothing_behind(host: Host) -> None:
+    dom = host.create("g1")
+    pid = dom["runtime"]["pid"]
+    run_dir = Path(dom["console"]).parent
+    host.xenia("destroy", "g1")
+    assert not host.has_domain("g1")
+    assert not pid_alive(pid)
+    assert not run_dir.exists()
+    assert list((host.root / "run" / "domains").iterdir()) == []
+
+
+def test_on_crash_restart_after_panic(host: Host) -> None:
+    dom = host.create("g1", on_crash="restart")
+    host.xenia("console", "g1", input="echo c > /proc/sysrq-trigger\n", check=False)
+    log = host.wait_console("g1", READY, count=2)
+    assert "Kernel panic" in log or "sysrq: Trigger a crash" in log
+    after = host.domain("g1")
+    assert after["state"] == "running" and after["uuid"] == dom["uuid"]
+    assert host.run("g1", "echo alive").strip() == "alive"
+
+
+def test_on_crash_destroy_is_default(host: Host) -> None:
+    dom = host.create("g1")
+    host.xenia("console", "g1", input="echo c > /proc/sysrq-trigger\n", check=False)
+    host.wait_gone("g1")
+    assert not pid_alive(dom["runtime"]["pid"])
+
+
+def test_on_poweroff_preserve(host: Host) -> None:
+    dom = host.create("g1", on_poweroff="preserve")
+    host.xenia("console", "g1", input="poweroff\n", check=False)
+    deadline = time.monotonic() + 60
+    while host.domain("g1")["state"] != "shutdown" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    d = host.domain("g1")
+    assert d["state"] == "shutdown" and d["state_letters"] == "---s--"
+    assert pid_alive(dom["runtime"]["pid"])  # kept for inspection
+    host.xenia("destroy", "g1")
+    assert not host.has_domain("g1") and not pid_alive(dom["runtime"]["pid"])
+
+
+def test_rename(host: Host) -> None:
+    host.create("g1")
+    host.xenia("rename", "g1", "g2")
+    assert host.has_domain("g2") and not host.has_domain("g1")
+    assert host.run("g2", "echo ok").strip() == "ok"
+
+
+def test_daemon_sigkill_readopts_three_domains(host: Host) -> None:
+    doms = [host.create(f"g{i}", wait_ready=False) for i in range(3)]
+    for d in doms:
+        host.wait_console(d["name"], READY)
+    host.kill_daemon(signal.SIGKILL)
+    for d in doms:
+        assert pid_alive(d["runtime"]["pid"]), "a guest died with the daemon"
+    host.start_daemon()
+    listed = {d["name"]: d for d in host.domains()}
+    for d in doms:
+        assert listed[d["name"]]["runtime"]["pid"] == d["runtime"]["pid"]
+        assert listed[d["name"]]["state"] == "running"
+        assert host.run(d["name"], "echo back").strip() == "back"
+    host.xenia("shutdown", "-w", "g0", timeout=120)
+    host.xenia("destroy", "g1")
+    assert [d["name"] for d in host.domains()] == ["g2"]
+    # The adopted QEMU's events still reach the new daemon: a guest poweroff is seen.
+    host.xenia("console", "g2", input="poweroff\n", check=False)
+    host.wait_gone("g2")
