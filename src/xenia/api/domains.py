@@ -1,0 +1,102 @@
+"""Domain routes: create, list, lifecycle verbs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from xenia.api.deps import Manager
+from xenia.config.model import DomainConfig
+from xenia.errors import InvalidConfig
+
+router = APIRouter(prefix="/v1")
+
+
+class CreateRequest(BaseModel):
+    config: dict[str, Any]
+    paused: bool = False
+
+
+class ShutdownRequest(BaseModel):
+    wait: bool = False
+
+
+class RebootRequest(BaseModel):
+    force: bool = False
+
+
+class RenameRequest(BaseModel):
+    name: str
+
+
+class WaitRequest(BaseModel):
+    timeout: float | None = None
+
+
+@router.get("/host")
+async def host(m: Manager) -> dict[str, Any]:
+    return m.host_info()
+
+
+@router.get("/domains")
+async def domains(m: Manager) -> list[dict[str, Any]]:
+    return m.list()
+
+
+@router.post("/domains", status_code=201)
+async def create(req: CreateRequest, m: Manager) -> dict[str, Any]:
+    try:
+        cfg = DomainConfig.from_dict(req.config)
+    except (TypeError, ValueError) as e:
+        raise InvalidConfig(f"Failed to read the domain config: {e}") from e
+    rec = await m.create(cfg, paused=req.paused)
+    return m.describe(rec)
+
+
+@router.get("/domains/{ref}")
+async def get(ref: str, m: Manager) -> dict[str, Any]:
+    return m.describe(m.resolve(ref))
+
+
+@router.delete("/domains/{ref}")
+async def destroy(ref: str, m: Manager) -> dict[str, Any]:
+    await m.destroy(ref)
+    return {}
+
+
+@router.post("/domains/{ref}/shutdown")
+async def shutdown(ref: str, req: ShutdownRequest, m: Manager) -> dict[str, Any]:
+    await m.shutdown(ref, wait=req.wait)
+    return {}
+
+
+@router.post("/domains/{ref}/reboot")
+async def reboot(ref: str, req: RebootRequest, m: Manager) -> dict[str, Any]:
+    await m.reboot(ref, force=req.force)
+    return {}
+
+
+@router.post("/domains/{ref}/pause")
+async def pause(ref: str, m: Manager) -> dict[str, Any]:
+    await m.pause(ref)
+    return {}
+
+
+@router.post("/domains/{ref}/unpause")
+async def unpause(ref: str, m: Manager) -> dict[str, Any]:
+    await m.unpause(ref)
+    return {}
+
+
+@router.post("/domains/{ref}/rename")
+async def rename(ref: str, req: RenameRequest, m: Manager) -> dict[str, Any]:
+    return m.describe(await m.rename(ref, req.name))
+
+
+@router.post("/domains/{ref}/wait")
+async def wait(ref: str, req: WaitRequest, m: Manager) -> dict[str, Any]:
+    rec = m.resolve(ref)
+    await m.wait_stopped(rec.uuid, req.timeout)
+    return {}

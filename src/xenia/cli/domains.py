@@ -1,0 +1,298 @@
+"""Domain lifecycle commands: create, list, console, shutdown, reboot, destroy, ..."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+import click
+
+import xenia
+from xenia.cli import console as con
+from xenia.cli.base import Ctx, cli, out, pass_ctx, warn
+from xenia.config.model import DomainConfig
+from xenia.errors import InvalidConfig, XeniaError
+
+
+# -- create ------------------------------------------------------------------------------
+class _WarningPrinter(logging.Handler):
+    """Prints the config loader's warnings (unknown keys, ...) as xl does: and goes on."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        warn(f"warning: {record.getMessage()}")
+
+
+def _load(path: str, overrides: tuple[str, ...]) -> DomainConfig:
+    from xenia.config.build import load_config
+
+    click.echo(f"Parsing config from {path}", err=True)
+    logger = logging.getLogger("xenia.config")
+    handler = _WarningPrinter()
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        return load_config(path, list(overrides))
+    finally:
+        logger.removeHandler(handler)
+
+
+@cli.command()
+@click.option("-c", "attach", is_flag=True, help="Attach to the console after creating.")
+@click.option("-p", "paused", is_flag=True, help="Leave the domain paused after creating.")
+@click.option("-n", "dryrun", is_flag=True, help="Dry run: print the parsed config as JSON.")
+@click.option("-q", "quiet", is_flag=True, help="Quiet.")
+@click.option("-f", "cfgfile", metavar="FILE", help="Config file (or give it as an argument).")
+@click.argument("args", nargs=-1)
+@pass_ctx
+def create(c: Ctx, attach: bool, paused: bool, dryrun: bool, quiet: bool,
+           cfgfile: str | None, args: tuple[str, ...]) -> None:
+    """Create a domain from an xl.cfg FILE, with KEY=VALUE overrides."""
+    rest = list(args)
+    if cfgfile is None:
+        if not rest or "=" in rest[0]:
+            raise InvalidConfig("Failed to create: no config file given (xenia create FILE)")
+        cfgfile = rest.pop(0)
+    cfg = _load(cfgfile, tuple(rest))
+    if dryrun:
+        out(json.dumps(cfg.to_dict(), indent=2))
+        return
+    # Built paused, the console attached, then resumed: so -c shows the boot from the start.
+    dom = c.client.post("/v1/domains", {"config": cfg.to_dict(), "paused": True})
+    if attach and not paused:
+        sock = con.connect(con.Path(dom["console"]))
+        c.client.post(f"/v1/domains/{dom['uuid']}/unpause")
+        sock.close()
+        con.attach(con.Path(dom["console"]))
+        return
+    if not paused:
+        c.client.post(f"/v1/domains/{dom['uuid']}/unpause")
+    if attach:
+        con.attach(con.Path(dom["console"]))
+
+
+# -- list and friends --------------------------------------------------------------------
+LIST_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
+
+
+def _rows(c: Ctx, refs: tuple[str, ...]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = c.client.get("/v1/domains")
+    if not refs:
+        return rows
+    picked = []
+    for ref in refs:
+        for row in rows:
+            if ref in (row["name"], str(row["domid"]), row["uuid"]):
+                picked.append(row)
+                break
+        else:
+            raise XeniaError(f"Failed to find domain '{ref}': no such domain")
+    return picked
+
+
+@cli.command("list")
+@click.option("-l", "--long", "long_", is_flag=True, help="JSON with each domain's config.")
+@click.option("-v", "--verbose", is_flag=True, help="Also show UUID and type.")
+@click.argument("domains", nargs=-1)
+@pass_ctx
+def list_(c: Ctx, long_: bool, verbose: bool, domains: tuple[str, ...]) -> None:
+    """List domains (xl list)."""
+    rows = _rows(c, domains)
+    if long_:
+        out(json.dumps([r for r in rows if r["domid"] != 0], indent=2))
+        return
+    header = LIST_HEADER + ("   UUID                                 Type" if verbose else "")
+    out(header)
+    for r in rows:
+        line = (f"{r['name']:<40} {r['domid']:5d} {r['memory']:5d} {r['vcpus']:5d}     "
+                f"{r['state_letters']}  {r['cpu_time']:8.1f}")
+        if verbose:
+            line += f"   {r['uuid']} {r['type']}"
+        out(line)
+
+
+def _fmt_uptime(seconds: float, short: bool) -> str:
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if short:
+        d = f"{days} day{'s' if days != 1 else ''}, " if days else ""
+        return f"{d}{hours:2d}:{minutes:02d}"
+    d = f"{days} day{'s' if days != 1 else ''}, " if days else ""
+    return f"{d}{hours:2d}:{minutes:02d}:{s:02d}"
+
+
+@cli.command()
+@click.option("-s", "short", is_flag=True, help="Short format (like uptime(1)).")
+@click.argument("domains", nargs=-1)
+@pass_ctx
+def uptime(c: Ctx, short: bool, domains: tuple[str, ...]) -> None:
+    """Print the uptime of domains."""
+    rows = _rows(c, domains)
+    if short:
+        now = time.strftime("%H:%M:%S")
+        for r in rows:
+            out(f"{now} up {_fmt_uptime(r['uptime'], True)}, {r['name']} ({r['domid']})")
+        return
+    out(f"{'Name':<33} {'ID':>4} Uptime")
+    for r in rows:
+        out(f"{r['name']:<33} {r['domid']:4d} {_fmt_uptime(r['uptime'], False)}")
+
+
+@cli.command()
+@click.argument("name")
+@pass_ctx
+def domid(c: Ctx, name: str) -> None:
+    """Print the domain id of a domain name."""
+    for r in c.client.get("/v1/domains"):
+        if r["name"] == name:
+            out(str(r["domid"]))
+            return
+    raise XeniaError(f"Failed to find domain '{name}': no such domain")
+
+
+@cli.command()
+@click.argument("domid_", metavar="DOMID")
+@pass_ctx
+def domname(c: Ctx, domid_: str) -> None:
+    """Print the name of a domain id."""
+    for r in c.client.get("/v1/domains"):
+        if str(r["domid"]) == domid_:
+            out(r["name"])
+            return
+    raise XeniaError(f"Failed to find domain id '{domid_}': no such domain")
+
+
+@cli.command()
+@pass_ctx
+def info(c: Ctx) -> None:
+    """Host information (xl info)."""
+    h = c.client.get("/v1/host")
+    keys = [
+        ("host", h.get("host")),
+        ("release", h.get("release")),
+        ("machine", h.get("machine")),
+        ("nr_cpus", h.get("nr_cpus")),
+        ("total_memory", h.get("total_memory")),
+        ("free_memory", h.get("free_memory")),
+        ("accelerator", h.get("accel")),
+        ("accel_reason", h.get("accel_reason")),
+        ("qemu_version", h.get("qemu_version") or h.get("qemu_error")),
+        ("qemu", h.get("qemu")),
+        ("domains", h.get("domains")),
+        ("xenia_version", xenia.__version__),
+        ("xenia_root", h.get("xenia_root")),
+    ]
+    for k, v in keys:
+        out(f"{k:<23}: {v}")
+
+
+# -- lifecycle verbs ---------------------------------------------------------------------
+def _all_or_one(c: Ctx, all_: bool, dom: str | None, verb: str) -> list[str]:
+    if all_:
+        return [r["uuid"] for r in c.client.get("/v1/domains") if r["domid"] != 0
+                and r["state"] in ("running", "paused")]
+    if not dom:
+        raise InvalidConfig(f"Failed to {verb}: name a domain, or give -a for all")
+    return [dom]
+
+
+@cli.command()
+@click.option("-w", "--wait", "wait", is_flag=True, help="Wait until the domain is gone.")
+@click.option("-a", "--all", "all_", is_flag=True, help="All domains.")
+@click.option("-F", "force", is_flag=True, help="Accepted for xl compatibility (always ACPI).")
+@click.argument("dom", required=False)
+@pass_ctx
+def shutdown(c: Ctx, wait: bool, all_: bool, force: bool, dom: str | None) -> None:
+    """Shut a domain down (ACPI power button)."""
+    targets = _all_or_one(c, all_, dom, "shut down")
+    for t in targets:
+        c.client.post(f"/v1/domains/{t}/shutdown", {"wait": False})
+    if wait:
+        for t in targets:
+            c.client.post(f"/v1/domains/{t}/wait", {}, timeout=None)
+
+
+@cli.command()
+@click.option("-w", "--wait", "wait", is_flag=True, help="Accepted for xl compatibility.")
+@click.option("-a", "--all", "all_", is_flag=True, help="All domains.")
+@click.option("-F", "force", is_flag=True, help="Hard reset when the guest ignores the request.")
+@click.argument("dom", required=False)
+@pass_ctx
+def reboot(c: Ctx, wait: bool, all_: bool, force: bool, dom: str | None) -> None:
+    """Reboot a domain (Ctrl-Alt-Del; -F: reset)."""
+    for t in _all_or_one(c, all_, dom, "reboot"):
+        c.client.post(f"/v1/domains/{t}/reboot", {"force": force})
+
+
+@cli.command()
+@click.argument("dom")
+@pass_ctx
+def destroy(c: Ctx, dom: str) -> None:
+    """Terminate a domain immediately."""
+    c.client.delete(f"/v1/domains/{dom}")
+
+
+@cli.command()
+@click.argument("dom")
+@pass_ctx
+def pause(c: Ctx, dom: str) -> None:
+    """Pause a domain."""
+    c.client.post(f"/v1/domains/{dom}/pause")
+
+
+@cli.command()
+@click.argument("dom")
+@pass_ctx
+def unpause(c: Ctx, dom: str) -> None:
+    """Unpause a paused domain."""
+    c.client.post(f"/v1/domains/{dom}/unpause")
+
+
+@cli.command()
+@click.argument("dom")
+@click.argument("new_name")
+@pass_ctx
+def rename(c: Ctx, dom: str, new_name: str) -> None:
+    """Rename a domain."""
+    c.client.post(f"/v1/domains/{dom}/rename", {"name": new_name})
+
+
+@cli.command("console")
+@click.option("-t", "ctype", type=click.Choice(["pv", "serial", "vuart"]), default=None,
+              help="Console type (all map to the serial console).")
+@click.option("-n", "num", type=int, default=0, help="Console number (only 0).")
+@click.option("--run", "run_cmd", metavar="CMD",
+              help="Xenia: run CMD in the guest's shell, print its output, exit with its status.")
+@click.option("--log", "show_log", is_flag=True,
+              help="Xenia: print what the console has shown since the domain started.")
+@click.option("--wait", "wait_for", metavar="TEXT",
+              help="Xenia: print the console until TEXT appears.")
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="Limit for --run and --wait, in seconds.")
+@click.argument("dom")
+@pass_ctx
+def console_cmd(c: Ctx, ctype: str | None, num: int, run_cmd: str | None, show_log: bool,
+                wait_for: str | None, timeout: float, dom: str) -> None:
+    """Attach to a domain's console (Ctrl-] detaches)."""
+    if num != 0:
+        raise InvalidConfig(f"Failed to attach console {num}: domains have one console (0)")
+    d = c.client.get(f"/v1/domains/{dom}")
+    if not d.get("console"):
+        raise XeniaError(f"Failed to attach to the console of '{dom}': it has none running")
+    if show_log or wait_for:
+        if not con.follow(con.Path(d["console_log"]), wait_for, timeout):
+            raise XeniaError(f"Failed waiting for '{wait_for}' on the console of '{dom}': "
+                             f"not seen in {timeout:.0f} s")
+        return
+    if run_cmd is not None:
+        text, rc = con.run(con.Path(d["console"]), run_cmd, timeout)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        sys.exit(rc)
+    con.attach(con.Path(d["console"]))
+
+
