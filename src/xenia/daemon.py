@@ -20,8 +20,10 @@ import uvicorn
 from xenia.api.app import make_app
 from xenia.drivers.qemu import QemuDriver
 from xenia.host.manager import DomainManager
+from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
 from xenia.qemu import accel as accel_mod
+from xenia.storage.manager import StorageManager
 from xenia.store.sqlite import SqliteStore
 
 log = logging.getLogger("xenia.daemon")
@@ -56,7 +58,12 @@ def take_lock(paths: Paths) -> int:
 
 async def serve(paths: Paths, host_accel: str) -> None:
     store = SqliteStore(paths.db)
-    manager = DomainManager(paths, store, [QemuDriver(paths, host_accel)])
+    storage = StorageManager(paths, store)
+    network = NetworkManager(paths, store)
+    await storage.start()
+    await network.start()
+    manager = DomainManager(paths, store, [QemuDriver(paths, host_accel)],
+                            storage=storage, network=network)
     choice = accel_mod.resolve("auto", host_accel)
     if choice.name == "tcg":
         log.warning("accelerator: TCG (%s)", choice.reason)
@@ -72,6 +79,8 @@ async def serve(paths: Paths, host_accel: str) -> None:
         await server.serve(sockets=[sock])
     finally:
         await manager.detach_all()
+        await network.stop()
+        await storage.stop()
         store.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(paths.api_socket)

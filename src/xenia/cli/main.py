@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from xenia.cli import domains, images  # noqa: F401 - registers the subcommands
+from xenia.cli import domains, images, network, storage  # noqa: F401 - registers commands
 from xenia.cli.base import cli
 from xenia.errors import XeniaError
 

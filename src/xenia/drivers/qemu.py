@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -58,9 +59,10 @@ class QemuInstance(Instance):
     def _exited(self) -> None:
         if self._stopping:
             return
-        import asyncio
+        asyncio.get_running_loop().create_task(self._report_exit())
 
-        asyncio.get_running_loop().create_task(self._events("exited", {}))
+    async def _report_exit(self) -> None:
+        await self._events("exited", {})
 
     # -- verbs ---------------------------------------------------------------------------
     async def resume(self) -> None:

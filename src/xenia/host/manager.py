@@ -19,7 +19,9 @@ from xenia.drivers.base import Driver, Instance
 from xenia.errors import AlreadyExists, BackendError, InvalidConfig, NotFound, XeniaError
 from xenia.host import hostinfo
 from xenia.host.validate import check_config, check_name
+from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
+from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,13 @@ def state_letters(state: str, running_now: bool) -> str:
 
 
 class DomainManager:
-    def __init__(self, paths: Paths, store: Store, drivers: list[Driver]) -> None:
+    def __init__(self, paths: Paths, store: Store, drivers: list[Driver],
+                 storage: StorageManager | None = None,
+                 network: NetworkManager | None = None) -> None:
         self.paths = paths
         self.store = store
+        self.storage = storage or StorageManager(paths, store)
+        self.network = network or NetworkManager(paths, store)
         self.drivers = {t: d for d in drivers for t in d.types}
         self._inst: dict[str, Instance] = {}
         self._gone: dict[str, asyncio.Event] = {}

@@ -51,7 +51,8 @@ class QMPSession:
         assert self._listener is not None
         async for ev in self._listener:
             try:
-                await on_event(str(ev["event"]), dict(ev.get("data", {})))
+                data: dict[str, Any] = dict(ev.get("data") or {})  # type: ignore[call-overload]
+                await on_event(str(ev["event"]), data)
             except Exception:  # one bad handler must not stop the event stream
                 log.exception("handling QMP event %s of %s", ev.get("event"), self.name)
 
@@ -60,7 +61,7 @@ class QMPSession:
         try:
             return await asyncio.wait_for(self._client.execute(cmd, args), timeout)
         except ExecuteError as e:
-            raise BackendError(f"Failed {cmd} on {self.name}: {e.error.desc}") from e
+            raise BackendError(f"Failed {cmd} on {self.name}: {e.error.error.desc}") from e
         except (TimeoutError, QMPError, OSError) as e:
             raise BackendError(f"Failed {cmd} on {self.name}: QMP {type(e).__name__} {e}") from e
 

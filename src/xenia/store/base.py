@@ -6,6 +6,7 @@ that the next xeniad can reconcile with what is really running.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,5 +53,15 @@ class Store(Protocol):
 
     def next_domid(self) -> int:
         """A domid never handed out before on this host (xl never reuses them either)."""
+
+    # Other objects (pools, volumes, networks, peer hosts): JSON documents by kind + name.
+    def obj_get(self, kind: str, name: str) -> dict[str, Any] | None: ...
+
+    def obj_list(self, kind: str) -> builtins.list[dict[str, Any]]: ...
+
+    def obj_put(self, kind: str, name: str, data: dict[str, Any], *, create: bool = False) -> None:
+        """Store a document; with create=True, AlreadyExists if the name is taken."""
+
+    def obj_delete(self, kind: str, name: str) -> None: ...
 
     def close(self) -> None: ...

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 from xenia.errors import AlreadyExists
 from xenia.store.base import DomainRecord
@@ -16,6 +18,12 @@ CREATE TABLE IF NOT EXISTS domains (
     name TEXT NOT NULL UNIQUE,
     domid INTEGER NOT NULL UNIQUE,
     record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
 );
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -79,6 +87,44 @@ class SqliteStore:
                 self._db.execute("ROLLBACK")
                 raise
         return domid
+
+    # -- other objects (pools, volumes, networks, hosts): JSON documents by kind + name --
+    def obj_get(self, kind: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT data FROM objects WHERE kind=? AND name=?", (kind, name)
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def obj_list(self, kind: str) -> builtins.list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT data FROM objects WHERE kind=? ORDER BY name", (kind,)
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def obj_put(self, kind: str, name: str, data: dict[str, Any], *, create: bool = False) -> None:
+        """Store a document; with create=True, AlreadyExists if the name is taken."""
+        text = json.dumps(data, sort_keys=True)
+        with self._lock:
+            if create:
+                try:
+                    self._db.execute(
+                        "INSERT INTO objects(kind, name, data) VALUES(?,?,?)", (kind, name, text)
+                    )
+                except sqlite3.IntegrityError as e:
+                    raise AlreadyExists(
+                        f"Failed to create {kind} '{name}': it exists already"
+                    ) from e
+            else:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO objects(kind, name, data) VALUES(?,?,?)",
+                    (kind, name, text),
+                )
+
+    def obj_delete(self, kind: str, name: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM objects WHERE kind=? AND name=?", (kind, name))
 
     def close(self) -> None:
         with self._lock:

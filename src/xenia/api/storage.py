@@ -1,0 +1,7 @@
+"""Storage routes: pools and volumes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/v1")

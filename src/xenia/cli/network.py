@@ -1,0 +1,3 @@
+"""`xenia network ...`."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""`xenia pool ...` and `xenia volume ...`."""
+
+from __future__ import annotations

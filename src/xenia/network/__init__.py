@@ -1,0 +1,1 @@
+"""Networks: Linux bridges (xenbr0), taps for guests, NAT networks with DHCP, rate limits."""
