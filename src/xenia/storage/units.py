@@ -81,12 +81,11 @@ def parse_size(text: str | int, doing: str) -> int:
 
 
 def format_size(size: int) -> str:
-    """Short binary size for tables: 0B, 512B, 196KiB, 1GiB, 1.5GiB."""
+    """Short binary size for tables: 0B, 512B, 196KiB, 1GiB, 1.5GiB, 1.06GiB."""
     value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if value < 1024 or unit == "PiB":
-            if unit == "B" or value == int(value):
-                return f"{int(value)}{unit}"
-            return f"{value:.1f}{unit}"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if value < 1024 or unit == "EiB":
+            text = f"{value:.2f}".rstrip("0").rstrip(".")
+            return f"{text}{unit}"
         value /= 1024
     raise AssertionError("unreachable")  # pragma: no cover
