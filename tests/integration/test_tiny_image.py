@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from xenia.errors import BackendError
 from xenia.images import ImageInfo, build_tiny, find_image, list_images
 from xenia.images.tiny import BOOT_MODULES, READY_LINE
 
@@ -94,10 +95,10 @@ class Guest:
             try:
                 s.connect(str(path))
                 return s
-            except OSError:
+            except OSError as e:
                 s.close()
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"QEMU did not start: {self.qemu_log.read_text()}")
+                    raise AssertionError(f"QEMU did not start: {self.qemu_log.read_text()}") from e
                 time.sleep(0.01)
 
     def _read(self) -> None:
@@ -248,6 +249,23 @@ def test_build_manifest_and_cache(tiny: ImageInfo, images_dir: Path, tmp_path: P
     assert sorted(p.name for p in other.iterdir()) == [".tiny.lock", "tiny"]
 
 
+def test_build_errors_say_how_to_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = tmp_path / "images"
+    # No Debian mirror reachable (apt honours http_proxy; nothing listens on port 9).
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    with pytest.raises(BackendError, match=r"^Failed building image tiny: .*cannot reach the "
+                       r"Debian mirror: check network access to deb\.debian\.org"):  # fmt: skip
+        build_tiny(images, cache_dir=tmp_path / "cache", progress=lambda _: None)
+    # No apt at all.
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    with pytest.raises(BackendError, match=r"^Failed building image tiny: apt-cache not found; "
+                       r"install apt"):  # fmt: skip
+        build_tiny(images, cache_dir=tmp_path / "cache", progress=lambda _: None)
+    # Nothing half-built is left behind.
+    assert sorted(p.name for p in images.iterdir()) == [".tiny.lock"]
+    assert list_images(images) == []
+
+
 def test_boot_shell_modules_network_powerdown(boot: Any, tiny: ImageInfo, tmp_path: Path) -> None:
     disk = tmp_path / "disk.raw"
     with open(disk, "wb") as f:
@@ -308,8 +326,11 @@ def test_boot_shell_modules_network_powerdown(boot: Any, tiny: ImageInfo, tmp_pa
 def test_cpu_hotplug_onlines_and_kernel_ip_format(boot: Any) -> None:
     guest = boot(
         append="ip=10.0.2.50::10.0.2.2:255.255.255.0:kiphost:eth0:off",
-        args=["-smp", "1,maxcpus=2", "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"],
-    )
+        args=[
+            "-smp", "1,maxcpus=2",
+            "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
+        ],
+    )  # fmt: skip
     guest.wait_ready()
     assert guest.run("hostname").strip() == "kiphost"
     assert "inet 10.0.2.50/24" in guest.run("ip -4 addr show eth0")
