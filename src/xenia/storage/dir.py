@@ -401,7 +401,7 @@ class DirDriver(PoolDriver):
             made_dirs = [d for d in (snapdir.parent, snapdir) if not d.exists()]
             for d in made_dirs:
                 d.mkdir(mode=0o700)
-            for d in reversed(made_dirs):
+                # Callbacks run last-in first-out: the inner directory goes first.
                 undo.callback(_rmdir_quiet, d)
             tmp = self._tmp(snapdir, snap, info.format)
             undo.callback(_unlink_quiet, tmp)
