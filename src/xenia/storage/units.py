@@ -75,7 +75,7 @@ def parse_size(text: str | int, doing: str) -> int:
     if size % SECTOR:
         raise InvalidConfig(
             f"Failed {doing}: {text!r} ({size} bytes) is not a multiple of {SECTOR} bytes; "
-            "disk sizes are whole sectors"
+            "disk sizes are whole sectors (use K, M, G, which are powers of 1024)"
         )
     return size
 
