@@ -68,9 +68,10 @@ def plan_rate(rate: RateLimit, mtu: int, doing: str = "to apply the vif rate") -
         raise InvalidConfig(f"Failed {doing}: rate {bps} B/s is too low to pass one "
                             f"{frame}-byte frame within tbf's {MAX_BUCKET_SECONDS:.0f} s bucket")
     # Xen's credit per interval is the burst; never below one frame or nothing passes.
-    # A huge interval (rate=1KB/s@1h) would overflow the kernel's u32: clamp, keeping
-    # the average rate.
-    burst = min(max(rate.bytes_per_interval, frame), int(bps * MAX_BUCKET_SECONDS))
+    # A huge interval (rate=1KB/s@1h) would overflow the kernel's u32s (bucket time,
+    # queue bytes): clamp, keeping the average rate.
+    burst = min(max(rate.bytes_per_interval, frame), int(bps * MAX_BUCKET_SECONDS),
+                U32_MAX // 2)
     limit = min(burst + max(int(bps * QUEUE_LATENCY_S), 2 * frame), U32_MAX)
     return TbfPlan(rate=bps, burst=burst, limit=limit)
 
