@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -57,7 +58,7 @@ def test_create_bad_input(client: TestClient, body: dict, status: int, text: str
 
 
 def test_list_table() -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": "natnet", "bridge": "natnet", "type": "nat", "subnet": "10.122.0.0/24",
          "dhcp": True, "taps": ["vif1.0", "vif2.0"], "state": "active"},
         {"name": "xenbr0", "bridge": "xenbr0", "type": "bridge", "subnet": None,
