@@ -497,6 +497,17 @@ def test_vifs_on_missing_and_host_bridges(xhost: Host, net: Scaffold,
     msg = fails(xhost, "network", "create", ext)
     assert f"this host has a device named '{ext}' already; guests can use that bridge" in msg
 
+    # A Xenia network whose bridge vanished: check_vif accepts it, plug brings it back.
+    name = net.network("b")
+    xhost.xenia("network", "create", name)
+    sh("ip", "link", "del", name)
+    nm.check_vif(VifSpec(bridge=name))
+    nm.plug(tap, VifSpec(bridge=name))
+    assert link_json(tap)["master"] == name  # type: ignore[index]
+    assert network(xhost, name)["state"] == "active"
+    nm.unplug(tap)
+    xhost.xenia("network", "delete", name)
+
 
 def test_uplink(xhost: Host, net: Scaffold) -> None:
     name = net.network("b")

@@ -6,6 +6,7 @@ import json
 import re
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -316,3 +317,28 @@ def test_vif_default_bridge_is_xenbr0(tmp_path: Path) -> None:
     assert nm._check_vif_spec(VifSpec(), "to attach vif") == "xenbr0"
     assert nm._check_vif_spec(VifSpec(bridge="natbr", rate=parse_rate("10Mb/s")),
                               "to attach vif") == "natbr"
+
+
+def test_tap_stats_are_from_the_guests_side(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from xenia.network import manager as mgr
+
+    class FakeIPRoute:
+        def __enter__(self) -> FakeIPRoute:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    tap = mgr.nl.Link(index=7, name="vif1.0", kind="tun", master=3, mtu=1500, address="",
+                      up=True, carrier=True, is_tap=True, alias=None)
+    counters = {"rx_bytes": 1, "rx_packets": 2, "tx_bytes": 3, "tx_packets": 4,
+                "rx_dropped": 5, "tx_dropped": 6}
+    monkeypatch.setattr(mgr, "IPRoute", FakeIPRoute)
+    monkeypatch.setattr(mgr.nl, "link", lambda ipr, name: tap if name == "vif1.0" else None)
+    monkeypatch.setattr(mgr.nl, "stats64", lambda ipr, index: counters)
+    nm = NetworkManager(Paths(tmp_path / "s", tmp_path / "r"), store=None)  # type: ignore[arg-type]
+    got: dict[str, Any] = nm.tap_stats("vif1.0")
+    # what the tap transmits, the guest receives
+    assert got == {"rx_bytes": 3, "rx_packets": 4, "tx_bytes": 1, "tx_packets": 2,
+                   "rx_dropped": 6, "tx_dropped": 5}
