@@ -91,11 +91,12 @@ class NetworkManager:
         self.nft = nft or Nft()
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
-        self._worker: int | None = None
+        # Set in the worker thread only: a call from there runs directly (no deadlock).
+        self._local = threading.local()
 
     # -- the worker thread ---------------------------------------------------------------
     def _mark_worker(self) -> None:
-        self._worker = threading.get_ident()
+        self._local.worker = True
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._executor_lock:
@@ -105,7 +106,7 @@ class NetworkManager:
             return self._executor
 
     def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if threading.get_ident() == self._worker:
+        if getattr(self._local, "worker", False):
             return fn(*args, **kwargs)
         return self._pool().submit(fn, *args, **kwargs).result()
 
@@ -129,7 +130,7 @@ class NetworkManager:
 
     # -- networks ------------------------------------------------------------------------
     def create_network(self, name: str, *, nat: bool = False, subnet: str | None = None,
-               interface: str | None = None) -> dict[str, Any]:
+                       interface: str | None = None) -> dict[str, Any]:
         """Create a network; returns it as get_network() shows it.
 
         nat=False: a plain bridge; `interface` is a host NIC to enslave as its uplink (it
@@ -437,6 +438,8 @@ class NetworkManager:
             address = rec.address
             if address is not None and address not in nl.ipv4_addresses(ipr, br.index):
                 problems.append(f"address {address} missing")
+            if rec.uplink and rec.uplink not in [p.name for p in ports]:
+                problems.append(f"uplink {rec.uplink} not attached")
         pid = None
         if rec.type == "nat":
             pid = self._dnsmasq(rec).pid()
