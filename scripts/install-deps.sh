@@ -45,8 +45,9 @@ fi
 apt-get install $APT_OPTS $qemu_target qemu-system-x86 qemu-utils
 # shellcheck disable=SC2086
 apt-get install $APT_OPTS --no-install-recommends \
-    python3 python3-venv python3-pip ca-certificates apt dpkg iproute2 kmod
+    python3 python3-venv python3-pip ca-certificates apt dpkg iproute2 kmod \
+    nftables dnsmasq-base
 if [ "$want_test" = 1 ]; then
     # shellcheck disable=SC2086
-    apt-get install $APT_OPTS --no-install-recommends git procps psmisc
+    apt-get install $APT_OPTS --no-install-recommends git procps psmisc busybox iperf3
 fi
