@@ -23,7 +23,11 @@ Guest contract (other code relies on this; the scripts are in `images/data/tiny-
   `xenia-tiny: ready` (READY_LINE) once everything below is done. Then a root login shell
   (busybox ash, with a controlling tty via cttyhack) runs on the console, respawned whenever
   it exits. Its prompt is `<cwd> # `, i.e. `/ # ` at start (PROMPT). Input sent right after
-  the ready line is buffered by the tty until the shell reads it.
+  the ready line is buffered by the tty until the shell reads it. For scripted use: the
+  shell echoes input (wrapping it at 80 columns) and after each prompt may send `ESC[6n`
+  (a cursor position query; no answer is needed), so bracket a command's output with
+  markers, e.g. `echo "BEG""IN"; cmd; echo "E""ND $?"`. A client connected to the console
+  must keep reading, or QEMU stalls the guest's UART (a panic took 43 s to print).
 - Kernel messages: just before the ready line the console loglevel drops to 4 (errors and
   worse) so they do not interleave with shell output; `xenia.loglevel=N` picks another
   level, and `loglevel=`, `debug` or `ignore_loglevel` on the command line keep the kernel's.
@@ -32,11 +36,15 @@ Guest contract (other code relies on this; the scripts are in `images/data/tiny-
 - Hostname: `xenia.hostname=NAME`, else the hostname field of `ip=`, else `tiny`.
 - Modules loaded at boot (those that exist in the kernel; see `ImageInfo.boot_modules` and
   `ImageInfo.missing_modules`): virtio_pci, virtio_mmio, virtio_blk, virtio_net,
-  virtio_balloon, virtio_scsi, virtio_console, virtio_rng, pvpanic_mmio (QEMU
-  `-device pvpanic`), pvpanic_pci, button, evdev, sd_mod, sr_mod, cdrom, isofs, ata_piix,
-  ata_generic, loop, with their dependencies. Also in the image, loaded on demand:
-  virtio_mem, virtio_input, vmw_vsock_virtio_transport, virtiofs, sg. After the fixed list
-  every device's modalias is probed once (coldplug).
+  virtio_balloon, virtio_console, virtio_rng, pvpanic_mmio (QEMU `-device pvpanic`),
+  pvpanic_pci, button, evdev, sd_mod, sr_mod, cdrom, isofs, ata_piix, ata_generic, loop,
+  virtio_scsi, with their dependencies (virtio_pci_modern_dev, virtio_pci_legacy_dev,
+  net_failover, failover, scsi_mod, libata, ...). Not in the Debian cloud kernel: ahci,
+  libahci, e1000, e1000e, 8139cp, 8139too (so no disk or cdrom on q35's built-in AHCI;
+  use virtio-blk/virtio-scsi, or IDE on `pc`). ext4 is built in and also mounts ext2.
+  Also in the image, loaded on demand: virtio_mem, virtio_input,
+  vmw_vsock_virtio_transport, virtiofs, sg. After the fixed list every device's modalias
+  is probed once (coldplug). The kernel stays untainted (modules keep their signatures).
 - Hotplug (busybox `uevent` on netlink; this kernel has no /proc/sys/kernel/hotplug): a
   hot-added CPU is onlined (`/sys$DEVPATH/online`), hot-added memory is onlined (also
   `auto_online_blocks=online`), a new device's module is loaded (`modprobe $MODALIAS`),
@@ -55,7 +63,8 @@ Guest contract (other code relies on this; the scripts are in `images/data/tiny-
   address gets /24.
 - Tools: busybox 1.35 with all its applets (sh, nc, md5sum, sha256sum, dd, mke2fs,
   mount, ping, ip, free, top, modprobe, udhcpc, ...) plus `mkfs.ext2` (runs mke2fs).
-  ext2/ext4 are built into the kernel (ext4 driver mounts ext2).
+- Files: /etc/xenia/release (image, kernel and package versions), /etc/xenia/modules
+  (the boot module groups); logs in /run/xenia (hotplug.log, acpid.log, udhcpc.ethN.log).
 """
 
 from __future__ import annotations
@@ -314,6 +323,10 @@ def build_tiny(
         # Another process may have built it while we waited for the lock.
         if not force and (info := _valid(target)) is not None:
             return info
+        # Leftovers of a build that was killed (the lock says none is running now).
+        for stale in images_dir.glob(f".{NAME}-*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
         cache = Path(cache_dir) if cache_dir is not None else images_dir / "cache"
         with tempfile.TemporaryDirectory(prefix=f".{NAME}-build-", dir=images_dir) as tmp:
             try:
