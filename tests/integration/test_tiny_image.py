@@ -3,7 +3,8 @@
 Everything the guest contract in xenia/images/tiny.py promises that other tests rely on is
 checked here: the ready line, the shell on ttyS0, modules, static and DHCP network config,
 vCPU hotplug onlining, ACPI power-off. QEMU runs under TCG with user networking only.
-The downloaded .debs are cached in /var/tmp/xenia-test-cache (XENIA_TEST_CACHE overrides).
+The downloaded .debs are cached in /var/tmp/xenia-test-cache/debs (XENIA_TEST_CACHE
+overrides the first part), the image itself is built afresh in a temporary directory.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from xenia.images.tiny import BOOT_MODULES, READY_LINE
 pytestmark = pytest.mark.integration
 
 QEMU = "qemu-system-x86_64"
-CACHE = Path(os.environ.get("XENIA_TEST_CACHE", "/var/tmp/xenia-test-cache"))
+# The .deb download cache, shared with conftest.py's tiny_image fixture.
+CACHE = Path(os.environ.get("XENIA_TEST_CACHE", "/var/tmp/xenia-test-cache")) / "debs"
 READY_TIMEOUT = 60.0  # seconds; ~3 s normally, but TCG on a loaded 2-core host is slow
 
 
