@@ -88,6 +88,16 @@ def test_reboot_restarts_guest(host: Host) -> None:
     assert float(host.run("g1", "cat /proc/uptime").split()[0]) < 60
 
 
+def test_forced_reboot_and_on_reboot_destroy(host: Host) -> None:
+    host.create("g1")
+    host.xenia("reboot", "-F", "g1")
+    host.wait_console("g1", READY, count=2)
+    dom = host.create("g2", on_reboot="destroy")
+    host.xenia("reboot", "g2")
+    host.wait_gone("g2")
+    assert not pid_alive(dom["runtime"]["pid"])
+
+
 def test_destroy_leaves_nothing_behind(host: Host) -> None:
     dom = host.create("g1")
     pid = dom["runtime"]["pid"]

@@ -8,7 +8,7 @@ guest events back through the `GuestEvents` callback.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from xenia.store.base import DomainRecord
 
 # What an instance reports: "poweroff", "reboot", "crash" (guest-initiated), or "exited"
 # (the process is gone without us asking).
-GuestEvents = Callable[[str, dict[str, Any]], Awaitable[None]]
+GuestEvents = Callable[[str, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 class Instance(abc.ABC):

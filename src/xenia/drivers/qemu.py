@@ -46,23 +46,32 @@ class QemuInstance(Instance):
         self.proc = proc
         self._events = events
         self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
         proc.on_exit(self._exited)
 
     # -- events from QEMU ---------------------------------------------------------------
     async def on_qmp_event(self, name: str, data: dict[str, Any]) -> None:
-        if name == "SHUTDOWN" and data.get("guest"):
-            kind = "reboot" if data.get("reason") == "guest-reset" else "poweroff"
-            await self._events(kind, data)
+        if name == "SHUTDOWN":
+            reason = data.get("reason")
+            # `xenia reboot -F` is a system_reset, which -action reboot=shutdown turns
+            # into this shutdown: it is a reboot for on_reboot's sake.
+            if reason in ("guest-reset", "host-qmp-system-reset"):
+                self._report("reboot", data)
+            elif data.get("guest"):
+                self._report("poweroff", data)
         elif name == "GUEST_PANICKED":
-            await self._events("crash", data)
+            self._report("crash", data)
 
     def _exited(self) -> None:
-        if self._stopping:
-            return
-        asyncio.get_running_loop().create_task(self._report_exit())
+        if not self._stopping:
+            self._report("exited", {})
 
-    async def _report_exit(self) -> None:
-        await self._events("exited", {})
+    def _report(self, kind: str, data: dict[str, Any]) -> None:
+        # In a task of its own: the manager's reaction (destroy, say) closes the QMP
+        # session, and must not cancel the event pump it would otherwise be running in.
+        task = asyncio.get_running_loop().create_task(self._events(kind, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- verbs ---------------------------------------------------------------------------
     async def resume(self) -> None:
@@ -76,6 +85,7 @@ class QemuInstance(Instance):
 
     async def request_reboot(self, force: bool = False) -> None:
         if force:
+            # A hard reset, seen by the manager as a guest reboot so on_reboot applies.
             await self.proc.command("system_reset")
             return
         # ACPI has no reboot button; Ctrl-Alt-Del is what a PC guest treats as a
@@ -86,8 +96,26 @@ class QemuInstance(Instance):
         )
 
     async def reset(self) -> None:
-        await self.proc.command("system_reset")
-        await self.proc.command("cont")
+        # With -action reboot=shutdown QEMU turns every reset request, system_reset too,
+        # into a shutdown; so reset is allowed for the duration of this one reset.
+        await self.proc.command("set-action", {"reboot": "reset"})
+        try:
+            await self.proc.command("system_reset")
+            # The reset is carried out by QEMU's main loop later; until then the VM is
+            # still "shutdown"/"guest-panicked" and `cont` is refused; then "prelaunch".
+            for _ in range(400):
+                status = (await self.proc.command("query-status"))["status"]
+                if status not in ("shutdown", "guest-panicked", "internal-error"):
+                    break
+                await asyncio.sleep(0.025)
+            else:
+                raise BackendError(
+                    f"Failed to restart {self.record.name}: the reset did not complete"
+                )
+        finally:
+            await self.proc.command("set-action", {"reboot": "shutdown"})
+        if status != "running":
+            await self.proc.command("cont")
 
     async def destroy(self) -> None:
         self._stopping = True
