@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 import xenia
@@ -33,7 +35,37 @@ def warn(text: str) -> None:
     click.echo(f"xenia: {text}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Which module defines which subcommand. Modules are imported only when their command
+# runs: every CLI call pays its import time, and that is part of `xenia create`'s
+# overhead over bare QEMU (docs/decisions.md, "CLI start-up").
+COMMAND_MODULES: dict[str, str] = {}
+
+
+def register(module: str, *names: str) -> None:
+    for name in names:
+        COMMAND_MODULES[name] = module
+
+
+class LazyGroup(click.Group):
+    def _load(self, module: str) -> None:
+        importlib.import_module(f"xenia.cli.{module}")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for module in sorted(set(COMMAND_MODULES.values())):
+            self._load(module)
+        return sorted(self.commands)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            module = COMMAND_MODULES.get(cmd_name)
+            if module is None:
+                self.list_commands(ctx)
+            else:
+                self._load(module)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(xenia.__version__, prog_name="xenia")
 @click.option("--no-autostart", is_flag=True,
               help="Do not start xeniad when none answers (also: XENIA_NO_AUTOSTART=1).")

@@ -59,18 +59,16 @@ def create(c: Ctx, attach: bool, paused: bool, dryrun: bool, quiet: bool,
     if dryrun:
         out(json.dumps(cfg.to_dict(), indent=2))
         return
+    if not attach:
+        c.client.post("/v1/domains", {"config": cfg.to_dict(), "paused": paused})
+        return
     # Built paused, the console attached, then resumed: so -c shows the boot from the start.
     dom = c.client.post("/v1/domains", {"config": cfg.to_dict(), "paused": True})
-    if attach and not paused:
+    if not paused:
         sock = con.connect(con.Path(dom["console"]))
         c.client.post(f"/v1/domains/{dom['uuid']}/unpause")
         sock.close()
-        con.attach(con.Path(dom["console"]))
-        return
-    if not paused:
-        c.client.post(f"/v1/domains/{dom['uuid']}/unpause")
-    if attach:
-        con.attach(con.Path(dom["console"]))
+    con.attach(con.Path(dom["console"]))
 
 
 # -- list and friends --------------------------------------------------------------------

@@ -11,9 +11,14 @@ import sys
 
 import click
 
-from xenia.cli import domains, images, network, storage  # noqa: F401 - registers commands
-from xenia.cli.base import cli
+from xenia.cli.base import cli, register
 from xenia.errors import XeniaError
+
+register("domains", "create", "list", "uptime", "domid", "domname", "info", "shutdown",
+         "reboot", "destroy", "pause", "unpause", "rename", "console")
+register("images", "image")
+register("storage", "pool", "volume")
+register("network", "network")
 
 
 def main() -> None:

@@ -1,0 +1,58 @@
+"""Shared bits of the benchmarks: machine description, results file, the tiny image."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "benchmarks.md"
+CACHE = Path("/var/tmp/xenia-test-cache")
+
+
+def tiny_image() -> tuple[Path, Path]:
+    from xenia.images.tiny import build_tiny
+
+    img = build_tiny(CACHE / "images", cache_dir=CACHE / "debs", progress=lambda s: None)
+    return Path(img.kernel), Path(img.initrd)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())[1]) // 1024  # type: ignore[index]
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+                          text=True).stdout.splitlines()[0]
+    from xenia.qemu.accel import probe
+
+    acc = probe()
+    return (f"{cpu}, {os.cpu_count()} CPUs, {mem} MiB, Linux {platform.release()}, "
+            f"{qemu}, accelerator {acc.name}")
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def write_section(title: str, body: str) -> None:
+    """Replace (or append) the section `## title` in docs/benchmarks.md."""
+    text = RESULTS.read_text() if RESULTS.exists() else (
+        "# Benchmarks\n\nEach section is written by its script in `bench/`; rerun it to "
+        "refresh. Ratios compare against a baseline run in the same process.\n"
+    )
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    section = f"## {title}\n\nRun {stamp} on: {machine()}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text)
+    else:
+        text = text.rstrip() + "\n\n" + section
+    RESULTS.write_text(text.rstrip() + "\n")
