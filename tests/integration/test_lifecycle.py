@@ -165,3 +165,54 @@ def test_daemon_sigkill_readopts_three_domains(host: Host) -> None:
     # The adopted QEMU's events still reach the new daemon: a guest poweroff is seen.
     host.xenia("console", "g2", input="poweroff\n", check=False)
     host.wait_gone("g2")
+
+
+def test_console_on_a_terminal_detaches_with_ctrl_bracket(host: Host) -> None:
+    import os
+    import pty
+    import select
+    import sys
+
+    host.create("g1")
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the CLI on a terminal
+        os.execve(sys.executable, [sys.executable, "-m", "xenia.cli", "console", "g1"],
+                  host.env)
+    out = b""
+
+    def read_until(token: bytes, timeout: float = 30) -> None:
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while token not in out and time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.2)
+            if r:
+                try:
+                    out += os.read(fd, 4096)
+                except OSError:
+                    break
+        assert token in out, out[-2000:]
+
+    read_until(b"Ctrl-] detaches")
+    os.write(fd, b"echo tty-$((40+2))\r")
+    read_until(b"tty-42")
+    os.write(fd, b"\x1d")
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert host.domain("g1")["state"] == "running"  # detaching leaves the guest alone
+
+
+def test_create_c_shows_the_boot_and_p_stays_paused(host: Host) -> None:
+    cfg = host.write_cfg("g1")
+    # On pipes the console stays until it has been quiet for 2 s: the whole boot.
+    res = host.xenia("create", "-c", str(cfg), input="", timeout=120)
+    assert "Linux version" in res.stdout and READY in res.stdout
+    assert res.stdout.index("Linux version") < res.stdout.index(READY)
+    paused = host.write_cfg("g2")
+    host.xenia("create", "-p", str(paused))
+    d = host.domain("g2")
+    assert d["state"] == "paused" and d["state_letters"] == "--p---"
+    time.sleep(2)
+    assert host.console_log("g2") == ""  # not a single instruction ran
+    host.xenia("unpause", "g2")
+    host.wait_console("g2", READY)
