@@ -62,8 +62,9 @@ async def serve(paths: Paths, host_accel: str) -> None:
     network = NetworkManager(paths, store)
     await storage.start()
     await network.start()
-    manager = DomainManager(paths, store, [QemuDriver(paths, host_accel)],
-                            storage=storage, network=network)
+    qemu = QemuDriver(paths, store, storage, network, host_accel)
+    manager = DomainManager(paths, store, [qemu], storage=storage, network=network)
+    storage.set_in_use_check(qemu.devices.path_in_use)
     choice = accel_mod.resolve("auto", host_accel)
     if choice.name == "tcg":
         log.warning("accelerator: TCG (%s)", choice.reason)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from xenia.config.model import DomainConfig
+from xenia.config.model import DiskSpec, DomainConfig, VifSpec
+from xenia.drivers.qemu_devices import QemuDevices, argv_devices
 from xenia.qemu.cmdline import RunFiles, build_argv, escape_opt, kernel_cmdline
+from xenia.store.base import DomainRecord
 
 GOLDEN = Path(__file__).parent / "golden"
 UUID = "6f1d3b9e-2c4a-4e8b-9a51-0c7d2e3f4a5b"
@@ -24,10 +26,31 @@ CASES = {
 }
 
 
+CASES["pv-devices"] = DomainConfig(
+    name="dev", kernel="/boot/vmlinuz", memory=512, vcpus=3, maxvcpus=4,
+    disks=[DiskSpec(vdev="xvda", target="/var/lib/xenia/pools/default/root.qcow2",
+                    format="qcow2"),
+           DiskSpec(vdev="xvdb", target="/srv/data,with,commas.img", access="ro"),
+           DiskSpec(vdev="sdc", target=None, format="empty", devtype="cdrom"),
+           DiskSpec(vdev="hdd", target="/srv/legacy.img")],
+    vifs=[VifSpec(mac="00:16:3e:12:34:56", bridge="xenbr0", mtu=9000),
+          VifSpec(mac="00:16:3e:12:34:57", bridge="natbr", model="e1000", devid=3)],
+)
+
+
+def argv_for(case: str) -> list[str]:
+    accel = "kvm" if case.endswith("kvm") else "tcg"
+    rec = DomainRecord(uuid=UUID, name=CASES[case].name, domid=7, config=CASES[case])
+    QemuDevices(None, None, None).prepare(rec)  # type: ignore[arg-type]
+    rec.runtime["taps"] = {str(v.devid): f"vif7.{v.devid}" for v in rec.config.vifs}
+    layout, devices = argv_devices(rec)
+    return build_argv(rec.config, uuid=UUID, accel=accel, files=FILES, layout=layout,
+                      devices=devices)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden_argv(case: str) -> None:
-    accel = "kvm" if case.endswith("kvm") else "tcg"
-    argv = build_argv(CASES[case], uuid=UUID, accel=accel, files=FILES)
+    argv = argv_for(case)
     text = "\n".join(argv) + "\n"
     path = GOLDEN / f"{case}.argv"
     if os.environ.get("XENIA_UPDATE_GOLDEN"):
@@ -36,7 +59,7 @@ def test_golden_argv(case: str) -> None:
 
 
 def test_every_device_is_json() -> None:
-    argv = build_argv(CASES["pv-basic"], uuid=UUID, accel="tcg", files=FILES)
+    argv = argv_for("pv-devices")
     for opt, val in zip(argv, argv[1:], strict=False):
         if opt in ("-device", "-blockdev", "-netdev", "-object"):
             assert isinstance(json.loads(val), dict)
@@ -56,11 +79,39 @@ def test_console_defaults_to_serial() -> None:
     assert kernel_cmdline(DomainConfig(name="x", cmdline="a b", extra="c")) == "a b console=ttyS0"
 
 
+def devices_of(argv: list[str]) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(v) for o, v in zip(argv, argv[1:], strict=False) if o == "-device"]
+
+
 def test_memory_and_cpus_for_hotplug() -> None:
-    argv = build_argv(CASES["pv-balloon-hotplug"], uuid=UUID, accel="tcg", files=FILES)
+    argv = argv_for("pv-balloon-hotplug")
     assert argv[argv.index("-m") + 1] == "size=1024M"
-    assert argv[argv.index("-smp") + 1] == "cpus=1,maxcpus=4"
-    ports = [json.loads(v) for o, v in zip(argv, argv[1:], strict=False)
-             if o == "-device" and "pcie-root-port" in v]
-    assert len(ports) >= 8
+    assert argv[argv.index("-smp") + 1] == "cpus=1,sockets=4,cores=1,threads=1,maxcpus=4"
+    ports = [d for d in devices_of(argv) if d["driver"] == "pcie-root-port"]
+    assert len(ports) == 8  # nothing cold-plugged: all spare
     assert len({p["addr"] for p in ports}) == len(ports)
+
+
+def test_devices_each_on_its_own_port() -> None:
+    devs = devices_of(argv_for("pv-devices"))
+    ports = {d["id"] for d in devs if d["driver"] == "pcie-root-port"}
+    on_ports = [d for d in devs if d.get("bus") in ports]
+    # xvda, xvdb, the SCSI controller (sdc, hdd) and two NICs; plus 8 spare ports.
+    assert sorted(d["id"] for d in on_ports) == ["disk-xvda", "disk-xvdb", "nic0", "nic3",
+                                                  "scsi0"]
+    assert len({d["bus"] for d in on_ports}) == 5 and len(ports) == 5 + 8
+    cpus = [d for d in devs if d["driver"] == "qemu64-x86_64-cpu"]
+    assert [c["socket-id"] for c in cpus] == [1, 2]  # vCPU 0 comes from -smp
+    scsi = {d["id"]: d for d in devs if d.get("bus") == "scsi0.0"}
+    assert scsi["disk-sdc"]["driver"] == "scsi-cd" and "drive" not in scsi["disk-sdc"]
+    assert scsi["disk-hdd"]["scsi-id"] != scsi["disk-sdc"]["scsi-id"]
+
+
+def test_hostile_paths_stay_inside_json() -> None:
+    argv = argv_for("pv-devices")
+    blockdevs = [json.loads(v) for o, v in zip(argv, argv[1:], strict=False)
+                 if o == "-blockdev"]
+    files = {b["filename"] for b in blockdevs if "filename" in b}
+    assert "/srv/data,with,commas.img" in files
+    ro = [b for b in blockdevs if b["node-name"].endswith("xvdb")]
+    assert all(b["read-only"] for b in ro)

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import xenia
-from xenia.api import domains, network, storage
+from xenia.api import devices, domains, network, storage
 from xenia.errors import InvalidConfig, XeniaError
 from xenia.host.manager import DomainManager
 
@@ -24,6 +24,7 @@ def make_app(manager: DomainManager) -> FastAPI:
     app = FastAPI(title="xeniad", version=xenia.__version__)
     app.state.manager = manager
     app.include_router(domains.router)
+    app.include_router(devices.router)
     app.include_router(storage.router)
     app.include_router(network.router)
 

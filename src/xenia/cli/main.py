@@ -16,6 +16,9 @@ from xenia.errors import XeniaError
 
 register("domains", "create", "list", "uptime", "domid", "domname", "info", "shutdown",
          "reboot", "destroy", "pause", "unpause", "rename", "console")
+register("devices", "block-attach", "block-detach", "block-list", "cd-insert", "cd-eject",
+         "network-attach", "network-detach", "network-list", "pci-list", "mem-set", "mem-max",
+         "vcpu-set")
 register("images", "image")
 register("storage", "pool", "volume")
 register("network", "network")

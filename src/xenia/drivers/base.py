@@ -76,7 +76,18 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def check(self, record: DomainRecord) -> None:
-        """CheckPrereq: raise a XeniaError if the domain cannot start here. No side effects."""
+        """CheckPrereq: raise a XeniaError if the domain cannot start here. No side effects.
+
+        Blocking (it may run qemu-img); the manager calls it in a worker thread.
+        """
+
+    @abc.abstractmethod
+    def prepare(self, record: DomainRecord) -> None:
+        """Fill in generated parts of the record (MACs, device placement) once, at create."""
+
+    @abc.abstractmethod
+    def release(self, record: DomainRecord) -> None:
+        """Remove the host-side parts of a domain that is gone (taps, cgroups). Blocking."""
 
     @abc.abstractmethod
     async def start(self, record: DomainRecord, events: GuestEvents) -> Instance:

@@ -10,14 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from xenia.drivers.base import Driver, GuestEvents, Instance
+from xenia.drivers.qemu_devices import QemuDevices, argv_devices
+from xenia.drivers.qemu_hotplug import HotplugMixin
 from xenia.errors import BackendError, InvalidConfig, NotFound, NotSupported, XeniaError
 from xenia.host import hostinfo
+from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.qemu import accel as accel_mod
 from xenia.qemu.binary import qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv
 from xenia.qemu.process import QemuProcess
-from xenia.store.base import DomainRecord
+from xenia.storage.manager import StorageManager
+from xenia.store.base import DomainRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +44,15 @@ def _check_readable(path: str | None, what: str, name: str, key: str) -> None:
         raise InvalidConfig(f"Failed to create domain '{name}': {what} '{path}' is not readable")
 
 
-class QemuInstance(Instance):
-    def __init__(self, record: DomainRecord, proc: QemuProcess, events: GuestEvents) -> None:
-        self.record = record
+class QemuInstance(HotplugMixin, Instance):
+    def __init__(self, record: DomainRecord, proc: QemuProcess, events: GuestEvents,
+                 devices: QemuDevices) -> None:
+        self.record = record  # as at start: for its name in messages, not for state
         self.proc = proc
+        self.devices = devices
         self._events = events
         self._stopping = False
+        self._deleted: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         proc.on_exit(self._exited)
 
@@ -61,6 +68,8 @@ class QemuInstance(Instance):
                 self._report("poweroff", data)
         elif name == "GUEST_PANICKED":
             self._report("crash", data)
+        elif name == "DEVICE_DELETED" and data.get("device"):
+            self.device_deleted(str(data["device"]))
 
     def _exited(self) -> None:
         if not self._stopping:
@@ -155,9 +164,11 @@ class QemuInstance(Instance):
 class QemuDriver(Driver):
     types = ("pv", "pvh", "hvm")
 
-    def __init__(self, paths: Paths, host_accel: str = "auto") -> None:
+    def __init__(self, paths: Paths, store: Store, storage: StorageManager,
+                 network: NetworkManager, host_accel: str = "auto") -> None:
         self.paths = paths
         self.host_accel = host_accel
+        self.devices = QemuDevices(store, storage, network)
 
     def files(self, uuid: str) -> RunFiles:
         return RunFiles(self.paths.domain_run(uuid))
@@ -199,6 +210,13 @@ class QemuDriver(Driver):
                 f"for a UNIX socket path ({longest} > {MAX_SOCKET_PATH} bytes); use a "
                 "shorter XENIA_ROOT"
             )
+        self.devices.check(record)
+
+    def prepare(self, record: DomainRecord) -> None:
+        self.devices.prepare(record)
+
+    def release(self, record: DomainRecord) -> None:
+        self.devices.unplug_host(record)
 
     async def start(self, record: DomainRecord, events: GuestEvents) -> Instance:
         cfg = record.config
@@ -210,9 +228,13 @@ class QemuDriver(Driver):
                 f"Failed to start domain '{record.name}': run directory {files.dir} exists "
                 "already (a stale domain?)"
             )
-        argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files, qemu=info.path)
+        record.runtime["accel"] = choice.name
+        await asyncio.to_thread(self.devices.plug_host, record)
+        layout, devices = argv_devices(record)
+        argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files, qemu=info.path,
+                          layout=layout, devices=devices)
         proc = QemuProcess(record.name, record.uuid, files)
-        inst = QemuInstance(record, proc, events)
+        inst = QemuInstance(record, proc, events, self.devices)
         try:
             await proc.launch(argv)
             await proc.connect_qmp(inst.on_qmp_event)
@@ -222,6 +244,7 @@ class QemuDriver(Driver):
             with contextlib.suppress(Exception):
                 await inst.destroy()
             proc.remove_files()
+            await asyncio.to_thread(self.devices.unplug_host, record)
             raise
         record.runtime.update(
             {
@@ -230,6 +253,8 @@ class QemuDriver(Driver):
                 "machine": "q35",
                 "qemu_version": info.version_text,
                 "pid": proc.pid,
+                # The guest RAM QEMU was given (-m): mem-max cannot go past it.
+                "boot_maxmem": cfg.effective_maxmem,
             }
         )
         return inst
@@ -238,7 +263,7 @@ class QemuDriver(Driver):
         proc = QemuProcess(record.name, record.uuid, self.files(record.uuid))
         if not proc.adopt():
             return None
-        inst = QemuInstance(record, proc, events)
+        inst = QemuInstance(record, proc, events, self.devices)
         try:
             await proc.connect_qmp(inst.on_qmp_event)
         except XeniaError as e:

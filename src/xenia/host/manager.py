@@ -11,10 +11,11 @@ import contextlib
 import logging
 import time
 import uuid as uuidlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from xenia.config.model import DomainConfig
+from xenia.config.model import DiskSpec, DomainConfig, VifSpec
 from xenia.drivers.base import Driver, Instance
 from xenia.errors import AlreadyExists, BackendError, InvalidConfig, NotFound, XeniaError
 from xenia.host import hostinfo
@@ -25,6 +26,7 @@ from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DOM0_NAME = "Domain-0"
 # xl's six state columns: running, blocked, paused, shutdown, crashed, dying.
@@ -150,6 +152,12 @@ class DomainManager:
         self._inst.clear()
 
     def _forget(self, rec: DomainRecord) -> None:
+        drv = self.drivers.get(rec.config.type)
+        if drv is not None:
+            try:
+                drv.release(rec)
+            except XeniaError as e:
+                log.warning("domain %s: cleaning up its host side failed: %s", rec.name, e)
         self.store.delete(rec.uuid)
         self._inst.pop(rec.uuid, None)
         ev = self._gone.pop(rec.uuid, None)
@@ -186,8 +194,9 @@ class DomainManager:
                 state="creating",
                 created_at=time.time(),
             )
-            drv.check(rec)
+            await asyncio.to_thread(drv.check, rec)
             rec.domid = self.store.next_domid()
+            drv.prepare(rec)
             self._save(rec)  # written before acted on: a crash now leaves a record to reap
         try:
             return await self._start(rec, drv, paused)
@@ -389,6 +398,88 @@ class DomainManager:
             rec.config.name = new_name
             self._save(rec)
         return rec
+
+    # -- devices -------------------------------------------------------------------------
+    async def _live(self, ref: str, doing: str, fn: Callable[[Any, DomainRecord],
+                    Awaitable[T]]) -> T:
+        """Run `fn(instance, record)` on a live domain under its lock, then save the record."""
+        rec = self.resolve(ref)
+        async with self._lock(rec.uuid):
+            rec = self.store.get(rec.uuid) or rec
+            if rec.state not in ("running", "paused"):
+                raise InvalidConfig(f"Failed {doing} '{rec.name}': it is {rec.state}")
+            result = await fn(self.instance(rec), rec)
+            self._save(rec)
+            return result
+
+    async def block_attach(self, ref: str, spec: DiskSpec) -> None:
+        await self._live(ref, "to attach a disk to", lambda i, r: i.attach_disk(r, spec))
+
+    async def block_detach(self, ref: str, vdev: str) -> None:
+        await self._live(ref, "to detach a disk from", lambda i, r: i.detach_disk(r, vdev))
+
+    async def cd_insert(self, ref: str, vdev: str, target: str, fmt: str) -> None:
+        await self._live(ref, "to insert a cdrom into",
+                         lambda i, r: i.cd_insert(r, vdev, target, fmt))
+
+    async def cd_eject(self, ref: str, vdev: str) -> None:
+        await self._live(ref, "to eject a cdrom of", lambda i, r: i.cd_eject(r, vdev))
+
+    async def network_attach(self, ref: str, vif: VifSpec) -> VifSpec:
+        await self._live(ref, "to attach a vif to", lambda i, r: i.attach_vif(r, vif))
+        return vif
+
+    async def network_detach(self, ref: str, devid: str) -> None:
+        await self._live(ref, "to detach a vif from", lambda i, r: i.detach_vif(r, devid))
+
+    async def pci_list(self, ref: str) -> list[dict[str, Any]]:
+        rec = self.resolve(ref)
+        return await self.instance(rec).pci_devices()  # type: ignore[attr-defined, no-any-return]
+
+    async def mem_set(self, ref: str, mib: int) -> None:
+        async def do(inst: Any, rec: DomainRecord) -> None:
+            top = rec.config.effective_maxmem
+            if mib > top:
+                raise InvalidConfig(
+                    f"Failed to set the memory of '{rec.name}' to {mib} MiB: that is above its "
+                    f"maximum of {top} MiB (raise it with `xenia mem-max` first)"
+                )
+            if mib < 16:
+                raise InvalidConfig(f"Failed to set the memory of '{rec.name}' to {mib} MiB: "
+                                    "below 16 MiB no Linux guest survives")
+            await inst.balloon(mib)
+            rec.config.memory = mib
+
+        await self._live(ref, "to set the memory of", do)
+
+    async def mem_max(self, ref: str, mib: int) -> None:
+        async def do(inst: Any, rec: DomainRecord) -> None:
+            boot = int(rec.runtime.get("boot_maxmem", rec.config.effective_maxmem))
+            if mib > boot:
+                raise InvalidConfig(
+                    f"Failed to set the maximum memory of '{rec.name}' to {mib} MiB: the domain "
+                    f"was started with {boot} MiB of guest RAM and cannot grow past it; set "
+                    "maxmem in the config and restart it"
+                )
+            if mib < rec.config.memory:
+                await inst.balloon(mib)
+                rec.config.memory = mib
+            rec.config.maxmem = mib
+
+        await self._live(ref, "to set the maximum memory of", do)
+
+    async def vcpu_set(self, ref: str, count: int) -> None:
+        async def do(inst: Any, rec: DomainRecord) -> None:
+            top = rec.config.effective_maxvcpus
+            if not 1 <= count <= top:
+                raise InvalidConfig(
+                    f"Failed to set the vCPUs of '{rec.name}' to {count}: it can have 1 to "
+                    f"{top} (maxvcpus); set maxvcpus in the config and restart it for more"
+                )
+            await inst.set_vcpus(rec, count)
+            rec.config.vcpus = count
+
+        await self._live(ref, "to set the vCPUs of", do)
 
     # -- queries -------------------------------------------------------------------------
     def describe(self, rec: DomainRecord) -> dict[str, Any]:

@@ -5,28 +5,26 @@ ever spliced into a comma-separated option. The few legacy options left (-charde
 -mon) only ever carry paths under our own run directory and validated names; those are
 escaped anyway (QEMU doubles a comma to escape it).
 
-Machine profile (see docs/decisions.md): q35 with a bank of pcie-root-ports, because the
-devices issue hot-plugs disks, NICs and vCPUs and microvm has no PCI hotplug. Every virtio
-device sits on a root port of its own so it can be unplugged again.
+Machine profile (see docs/decisions.md): q35 with a bank of pcie-root-ports, because disks,
+NICs and vCPUs are hot-plugged and microvm has no PCI hotplug. Every virtio device sits on
+a root port of its own (devices/layout.py) so it can be unplugged again.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from xenia.config.model import DomainConfig
+from xenia.devices import cpu
+from xenia.devices.layout import SPARE_ROOT_PORTS, Layout
 
-# Root ports beyond the cold-plugged devices, free for hotplug.
-SPARE_ROOT_PORTS = 8
-# Root ports are packed eight to a slot as functions of a multifunction device,
-# starting at slot 2 (slot 0 is the host bridge, slot 1 is left for VGA on HVM).
-# Fixed integrated devices: 0x1c rng, 0x1e balloon (0x1d is kept for a USB controller,
-# 0x1f is q35's LPC/SATA/SMBus). Addresses are explicit so both ends of a migration
-# build the same machine.
-FIRST_PORT_SLOT = 2
+# Fixed integrated devices on pcie.0: 0x1c rng, 0x1e balloon (0x1d is kept for a USB
+# controller, 0x1f is q35's LPC/SATA/SMBus; slot 1 for VGA on HVM; root ports from slot 2).
+# Addresses are explicit so both ends of a migration build the same machine.
 CONSOLE_CHARDEV = "console0"
 QMP_CHARDEV = "qmp0"
 
@@ -67,41 +65,6 @@ class RunFiles:
         return self.dir / "qemu.pid"
 
 
-@dataclass
-class PortAllocator:
-    """Hands out pcie-root-ports by id; ports are created up front, `count` of them."""
-
-    count: int
-    used: list[str] = field(default_factory=list)
-
-    def ids(self) -> list[str]:
-        return [f"rp{i}" for i in range(self.count)]
-
-    def take(self) -> str:
-        for rid in self.ids():
-            if rid not in self.used:
-                self.used.append(rid)
-                return rid
-        raise RuntimeError("no free pcie-root-port")
-
-    def devices(self) -> list[dict[str, Any]]:
-        devs = []
-        for i, rid in enumerate(self.ids()):
-            slot, fn = FIRST_PORT_SLOT + i // 8, i % 8
-            dev: dict[str, Any] = {
-                "driver": "pcie-root-port",
-                "id": rid,
-                "bus": "pcie.0",
-                "chassis": i + 1,
-                "port": 0x10 + i,
-                "addr": f"0x{slot:x}.{fn}",
-            }
-            if fn == 0:
-                dev["multifunction"] = True
-            devs.append(dev)
-        return devs
-
-
 def cpu_model(accel: str) -> str:
     # KVM: the host's CPU. TCG: qemu64, a stable model that migrates between any two
     # QEMUs; "max" would emulate more extensions and slow TCG down for nothing.
@@ -124,10 +87,16 @@ def build_argv(
     accel: str,
     files: RunFiles,
     qemu: str = "qemu-system-x86_64",
+    layout: Layout | None = None,
+    devices: Sequence[tuple[str, dict[str, Any]]] = (),
     incoming: str | None = None,
 ) -> list[str]:
-    """The full QEMU argv for a domain, started paused (-S) and daemonized."""
-    ports = PortAllocator(SPARE_ROOT_PORTS)
+    """The full QEMU argv for a domain, started paused (-S) and daemonized.
+
+    `devices` are (option, JSON) pairs for disks, NICs and controllers, already placed on
+    the root ports of `layout`.
+    """
+    layout = layout or Layout(SPARE_ROOT_PORTS)
     argv: list[str] = [
         qemu,
         "-name", f"guest={escape_opt(cfg.name)},debug-threads=on",
@@ -136,7 +105,7 @@ def build_argv(
         "-accel", "kvm" if accel == "kvm" else "tcg",
         "-cpu", cpu_model(accel),
         "-m", f"size={cfg.effective_maxmem}M",
-        "-smp", f"cpus={cfg.vcpus},maxcpus={cfg.effective_maxvcpus}",
+        "-smp", cpu.smp(cfg.effective_maxvcpus),
         "-nodefaults",
         "-no-user-config",
         "-display", "none",
@@ -158,7 +127,10 @@ def build_argv(
         if cfg.ramdisk:
             argv += ["-initrd", cfg.ramdisk]
         argv += ["-append", kernel_cmdline(cfg)]
-    for dev in ports.devices():
+    # vCPU 0 comes from -smp; the others are devices so that each can be unplugged.
+    for i in range(1, cfg.vcpus):
+        argv += ["-device", jarg(cpu.device(i, accel))]
+    for dev in layout.port_devices():
         argv += ["-device", jarg(dev)]
     argv += [
         "-device",
@@ -168,6 +140,8 @@ def build_argv(
         jarg({"driver": "virtio-rng-pci", "id": "rng0dev", "rng": "rng0", "bus": "pcie.0",
               "addr": "0x1c"}),
     ]
+    for opt, obj in devices:
+        argv += [opt, jarg(obj)]
     if incoming:
         argv += ["-incoming", incoming]
     argv += [

@@ -1,0 +1,1 @@
+"""Guest devices: disks, NICs, vCPUs — their QEMU JSON, checks, and hotplug plans."""

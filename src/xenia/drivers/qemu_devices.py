@@ -1,0 +1,186 @@
+"""QemuDevices: the disks and NICs of QEMU domains — checks, host side, QEMU JSON.
+
+The runtime part of a domain's devices lives in its record: runtime["slots"] and
+["nports"] (devices/layout.py) and runtime["taps"] (devid -> tap name). The config part
+(config.disks, config.vifs, with generated MACs filled in) is what a restart or a
+migration rebuilds the machine from, hot-plugged devices included.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from xenia.config.model import DiskSpec, VifSpec
+from xenia.devices import disk as diskdev
+from xenia.devices import nic as nicdev
+from xenia.devices.layout import SPARE_ROOT_PORTS, Layout
+from xenia.errors import AlreadyExists, InvalidConfig, XeniaError
+from xenia.network.manager import NetworkManager
+from xenia.storage.manager import StorageManager
+from xenia.store.base import DomainRecord, Store
+
+
+class QemuDevices:
+    def __init__(self, store: Store, storage: StorageManager, network: NetworkManager) -> None:
+        self.store = store
+        self.storage = storage
+        self.network = network
+
+    # -- disks ---------------------------------------------------------------------------
+    def disk_users(self, path: Path, me: str) -> list[tuple[str, bool]]:
+        """Other domains whose disks are `path`: [(name, read-only)]."""
+        real = os.path.realpath(path)
+        users = []
+        for rec in self.store.list():
+            if rec.uuid == me:
+                continue
+            for d in rec.config.disks:
+                if not diskdev.is_empty(d) and os.path.realpath(diskdev.target_path(d)) == real:
+                    users.append((rec.name, d.readonly or d.is_cdrom))
+        return users
+
+    def path_in_use(self, path: str) -> str | None:
+        """For the storage layer: which domain uses this image, if any."""
+        users = self.disk_users(Path(path), me="")
+        return users[0][0] if users else None
+
+    def check_disk(self, rec: DomainRecord, spec: DiskSpec) -> Path | None:
+        diskdev.bus_kind(spec, rec.config.type)  # a vdev QEMU can place
+        path = diskdev.resolve_target(spec, rec.name)
+        if path is None:
+            return None
+        diskdev.check_format(spec, path, rec.name, self.storage.image_info)
+        diskdev.check_sharing(spec, path, rec.name,
+                              lambda p: self.disk_users(p, rec.uuid),
+                              self.storage.dependents_of)
+        return path
+
+    def check_disks(self, rec: DomainRecord) -> None:
+        seen: set[str] = set()
+        for spec in rec.config.disks:
+            if spec.vdev in seen:
+                raise InvalidConfig(f"Failed to create domain '{rec.name}': two disks are "
+                                    f"named {spec.vdev}")
+            seen.add(spec.vdev)
+            self.check_disk(rec, spec)
+
+    # -- NICs ----------------------------------------------------------------------------
+    def check_vif(self, rec: DomainRecord, vif: VifSpec) -> None:
+        nicdev.model_of(vif, rec.config.type)
+        self.network.check_vif(vif)
+        if vif.mac is not None:
+            for other in self.store.list():
+                if other.uuid == rec.uuid:
+                    continue
+                for v in other.config.vifs:
+                    if v.mac and v.mac.lower() == vif.mac.lower():
+                        raise AlreadyExists(
+                            f"Failed to add vif with MAC {vif.mac} to '{rec.name}': domain "
+                            f"'{other.name}' has that MAC already; pick another or leave "
+                            "mac= out for a generated one"
+                        )
+            self.network.check_mac(vif.mac)
+
+    def check_vifs(self, rec: DomainRecord) -> None:
+        macs: set[str] = set()
+        for vif in rec.config.vifs:
+            self.check_vif(rec, vif)
+            if vif.mac:
+                if vif.mac.lower() in macs:
+                    raise AlreadyExists(f"Failed to create domain '{rec.name}': two of its "
+                                        f"vifs have MAC {vif.mac}")
+                macs.add(vif.mac.lower())
+
+    def next_devid(self, rec: DomainRecord) -> int:
+        used = {v.devid for v in rec.config.vifs if v.devid is not None}
+        devid = 0
+        while devid in used:
+            devid += 1
+        return devid
+
+    def fill_in_vif(self, rec: DomainRecord, vif: VifSpec) -> None:
+        """Give a vif its devid and MAC (generated once, then kept across reboots)."""
+        if vif.devid is None:
+            vif.devid = self.next_devid(rec)
+        if vif.mac is None:
+            taken = {v.mac for v in rec.config.vifs if v.mac}
+            while True:
+                mac = self.network.generate_mac()
+                if mac not in taken and self.network.mac_in_use(mac) is None:
+                    break
+            vif.mac = mac
+
+    def tap_for(self, rec: DomainRecord, vif: VifSpec) -> str:
+        assert vif.devid is not None
+        return self.network.tap_name(rec.domid, vif.devid, vif.vifname)
+
+    # -- whole domains -------------------------------------------------------------------
+    def check(self, rec: DomainRecord) -> None:
+        self.check_disks(rec)
+        self.check_vifs(rec)
+
+    def prepare(self, rec: DomainRecord) -> None:
+        """Fill in generated values and place devices on root ports (once, at create)."""
+        for vif in rec.config.vifs:
+            self.fill_in_vif(rec, vif)
+        if "slots" in rec.runtime:
+            return
+        layout = Layout(0)
+        for spec in rec.config.disks:
+            if diskdev.bus_kind(spec, rec.config.type) == "virtio":
+                layout.slots[diskdev.qdev_id(spec)] = ""
+        if any(diskdev.bus_kind(s, rec.config.type) == "scsi" for s in rec.config.disks):
+            layout.slots[diskdev.SCSI_CONTROLLER] = ""
+        for vif in rec.config.vifs:
+            assert vif.devid is not None
+            layout.slots[nicdev.qdev_id(vif.devid)] = ""
+        wanted = list(layout.slots)
+        layout = Layout(len(wanted) + SPARE_ROOT_PORTS)
+        for qdev in wanted:
+            layout.take(qdev)
+        layout.save(rec.runtime)
+
+    def plug_host(self, rec: DomainRecord) -> None:
+        """Create the taps of every vif; on failure none is left."""
+        taps: dict[str, str] = {}
+        try:
+            for vif in rec.config.vifs:
+                tap = self.tap_for(rec, vif)
+                self.network.plug(tap, vif)
+                taps[str(vif.devid)] = tap
+        except BaseException:
+            for tap in taps.values():
+                self.network.unplug(tap)
+            raise
+        rec.runtime["taps"] = taps
+
+    def unplug_host(self, rec: DomainRecord) -> None:
+        for tap in rec.runtime.get("taps", {}).values():
+            try:
+                self.network.unplug(tap)
+            except XeniaError:
+                pass
+
+
+def argv_devices(rec: DomainRecord) -> tuple[Layout, list[tuple[str, dict[str, Any]]]]:
+    """The -blockdev/-netdev/-device JSON of a domain's disks and NICs, as placed."""
+    dtype = rec.config.type
+    layout = Layout.from_runtime(rec.runtime)
+    out: list[tuple[str, dict[str, Any]]] = []
+    if diskdev.SCSI_CONTROLLER in layout.slots:
+        out.append(("-device", diskdev.scsi_controller(layout.slots[diskdev.SCSI_CONTROLLER])))
+    for spec in rec.config.disks:
+        path = None if diskdev.is_empty(spec) else diskdev.target_path(spec)
+        plan = diskdev.plan(spec, path, dtype, layout.slots.get(diskdev.qdev_id(spec)))
+        out += [("-blockdev", b) for b in plan.blockdevs]
+        out.append(("-device", plan.device))
+    taps = rec.runtime.get("taps", {})
+    for vif in rec.config.vifs:
+        assert vif.devid is not None
+        p = nicdev.plan(vif, vif.devid, taps[str(vif.devid)], dtype,
+                        layout.slots[nicdev.qdev_id(vif.devid)])
+        out += [("-netdev", p.netdev), ("-device", p.device)]
+    return layout, out
+

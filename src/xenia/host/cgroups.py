@@ -1,0 +1,581 @@
+"""Per-domain cgroups: CPU weight and cap, memory limit, freezer; the main class is DomainCgroup.
+
+Every domain (and, later, every container) gets a group `<root>/<key>` (root "xenia", key a
+safe name chosen by the caller, e.g. the domain UUID) in each cgroup hierarchy that serves
+one of the controllers we use. Which hierarchy serves what is found once from
+/proc/self/mountinfo (CgroupLayout.detect), so the same code works on
+
+- cgroup v1 hosts and hybrid hosts (this machine: cpu, cpuacct, memory, freezer, pids each
+  mounted under /sys/fs/cgroup/<name>, plus an almost empty v2 tree at .../unified): the
+  domain gets one directory per v1 hierarchy;
+- pure v2 hosts (/sys/fs/cgroup/cgroup.controllers exists): one directory, with the
+  controllers switched on for `<root>` through cgroup.subtree_control.
+
+A controller mounted on v1 wins over v2: in hybrid mode the v2 tree usually has none.
+
+xl's credit scheduler maps onto the CPU controller (sched-credit -w/-c, cpu_weight= and
+cap=): the weight (1..65535, default 256) becomes a relative share, the cap (percent of one
+physical CPU, 0 = none) a CFS bandwidth quota per 100 ms period.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xenia.errors import BackendError, InUse, InvalidConfig, NotFound, NotSupported
+
+ROOT_NAME = "xenia"
+
+# Controllers a domain group lives under. cpuacct gives the group's CPU time on v1; on v2
+# that is core (cpu.stat), as the freezer is (cgroup.freeze), so v2 lists both implicitly.
+CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "freezer")
+# Controllers that v2 must switch on in cgroup.subtree_control; the others are core there.
+_V2_ENABLE = ("cpu", "memory", "pids")
+_V2_CORE = frozenset({"cpuacct", "freezer"})
+_V1_KNOWN = frozenset({"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls",
+                       "net_prio", "blkio", "perf_event", "hugetlb", "pids", "rdma", "misc"})
+
+WEIGHT_MIN, WEIGHT_MAX, WEIGHT_DEFAULT = 1, 65535, 256
+CAP_MIN, CAP_MAX = 0, 65535  # xl keeps the cap in a uint16
+PERIOD_US = 100_000  # the CFS period the cap is a share of (also the kernel's default)
+_SHARES_MIN, _SHARES_MAX = 2, 262_144  # kernel limits of v1 cpu.shares
+_V2_WEIGHT_MIN, _V2_WEIGHT_MAX = 1, 10_000  # kernel limits of v2 cpu.weight
+# v1 reports "no memory limit" as PAGE_COUNTER_MAX pages, rounded to a page: ~2**63.
+_V1_UNLIMITED = 2**62
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
+# v1 groups hold a file "tasks": a group of that name could never be made.
+_RESERVED = frozenset({"tasks"})
+_POLL = 0.02
+
+
+# -- conversions (pure) ------------------------------------------------------------------
+def weight_to_shares(weight: int) -> int:
+    """xl credit weight -> v1 cpu.shares: default 256 -> the kernel's default 1024 (x4)."""
+    return max(_SHARES_MIN, min(_SHARES_MAX, weight * 4))
+
+
+def shares_to_weight(shares: int) -> int:
+    return max(WEIGHT_MIN, min(WEIGHT_MAX, round(shares / 4)))
+
+
+def weight_to_cpu_weight(weight: int) -> int:
+    """xl credit weight -> v2 cpu.weight: linear, 256 -> the kernel's default 100."""
+    return max(_V2_WEIGHT_MIN, min(_V2_WEIGHT_MAX, round(weight * 100 / WEIGHT_DEFAULT)))
+
+
+def cpu_weight_to_weight(cpu_weight: int) -> int:
+    """Inverse of weight_to_cpu_weight; lossy (v2 has fewer steps, and clamps at 10000)."""
+    return max(WEIGHT_MIN, min(WEIGHT_MAX, round(cpu_weight * WEIGHT_DEFAULT / 100)))
+
+
+def cap_to_quota(cap: int) -> int | None:
+    """xl cap (percent of one CPU, 0 = none) -> CFS quota in us per PERIOD_US, None = none."""
+    return None if cap == 0 else cap * PERIOD_US // 100
+
+
+def quota_to_cap(quota: int | None, period: int) -> int:
+    if quota is None or quota < 0:
+        return 0
+    return max(1, round(quota * 100 / period))
+
+
+# -- layout ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Hierarchy:
+    """One mounted cgroup hierarchy: where, which version, which controllers it serves."""
+
+    mount: Path
+    version: int  # 1 or 2
+    controllers: frozenset[str]
+    # v2 only: controllers listed in cgroup.controllers (the ones subtree_control can enable)
+    enableable: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class CgroupLayout:
+    """The host's cgroup hierarchies; `detect()` reads them from mountinfo."""
+
+    hierarchies: tuple[Hierarchy, ...]
+
+    @classmethod
+    def detect(cls, mountinfo: Path = Path("/proc/self/mountinfo")) -> CgroupLayout:
+        try:
+            text = mountinfo.read_text()
+        except OSError as e:
+            raise BackendError(f"Failed to find the host's cgroups: cannot read {mountinfo}: "
+                               f"{e.strerror}") from e
+        found: list[Hierarchy] = []
+        seen: set[frozenset[str]] = set()
+        for line in text.splitlines():
+            left, sep, right = line.partition(" - ")
+            if not sep:
+                continue
+            fields, sfields = left.split(), right.split()
+            if len(fields) < 5 or len(sfields) < 3:
+                continue
+            # mountinfo escapes blanks in paths as octal (\040)
+            mount = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+            fstype, options = sfields[0], set(sfields[2].split(","))
+            if fstype == "cgroup":
+                ctrls = frozenset(options & _V1_KNOWN)
+                # The same hierarchy may be mounted twice; the first mount serves it.
+                if ctrls and ctrls not in seen:
+                    seen.add(ctrls)
+                    found.append(Hierarchy(mount, 1, ctrls))
+            elif fstype == "cgroup2" and not any(h.version == 2 for h in found):
+                try:
+                    listed = frozenset((mount / "cgroup.controllers").read_text().split())
+                except OSError:
+                    listed = frozenset()
+                found.append(Hierarchy(mount, 2, listed | _V2_CORE, listed))
+        return cls(tuple(found))
+
+    @property
+    def unified(self) -> bool:
+        """True on a pure v2 host: no controller we use comes from a v1 hierarchy."""
+        used = self.used()
+        return bool(used) and all(h.version == 2 for h in used)
+
+    def hierarchy_for(self, controller: str) -> Hierarchy | None:
+        """The hierarchy serving `controller`, v1 first; None if the host has it nowhere."""
+        for version in (1, 2):
+            for h in self.hierarchies:
+                if h.version == version and controller in h.controllers:
+                    return h
+        return None
+
+    def used(self) -> list[Hierarchy]:
+        """The distinct hierarchies serving CONTROLLERS (a domain has a group in each)."""
+        out: list[Hierarchy] = []
+        for ctrl in CONTROLLERS:
+            h = self.hierarchy_for(ctrl)
+            if h is not None and h not in out:
+                out.append(h)
+        return out
+
+
+@functools.cache
+def host_layout() -> CgroupLayout:
+    """This host's layout, detected once: cgroup mounts do not move under a running daemon."""
+    return CgroupLayout.detect()
+
+
+# -- file access -------------------------------------------------------------------------
+def _check_name(what: str, value: str) -> None:
+    if not _NAME_RE.match(value) or value in _RESERVED:
+        raise InvalidConfig(
+            f"Failed to name a cgroup: {what} '{value}' is not a safe name "
+            "(1 to 128 letters, digits, '-' or '_', starting with a letter or digit)")
+
+
+def _fail(doing: str, path: Path, e: OSError) -> Exception:
+    """The XeniaError for an OSError on a cgroup file, with a hint where one helps."""
+    if e.errno == errno.ENOENT:
+        return NotFound(f"Failed {doing}: {path} does not exist (is the cgroup created?)")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return BackendError(f"Failed {doing}: {path}: {e.strerror}; cgroups need root and a "
+                            "read-write cgroupfs")
+    if e.errno == errno.EBUSY:
+        return InUse(f"Failed {doing}: {path} is busy ({e.strerror})")
+    return BackendError(f"Failed {doing}: {path}: {e.strerror or e}")
+
+
+def _write(path: Path, value: str, doing: str) -> None:
+    # One write() call: cgroupfs parses each write on its own.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise _fail(doing, path, e) from e
+
+
+def _read(path: Path, doing: str) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        raise _fail(doing, path, e) from e
+
+
+def _keyed(text: str, key: str) -> int | None:
+    """The number after `key` in a "key value" per line file (cgroup.events, memory.events)."""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == key:
+            return int(parts[1])
+    return None
+
+
+def _own_group(h: Hierarchy) -> Path:
+    """Where this process sits in hierarchy `h` (its root if that cannot be told)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return h.mount
+    for line in lines:
+        _, ctrls, rel = line.split(":", 2)
+        if (h.version == 2 and ctrls == "") or (
+                h.version == 1 and set(ctrls.split(",")) & h.controllers):
+            path = h.mount / rel.lstrip("/")
+            return path if path.is_dir() else h.mount
+    return h.mount
+
+
+# -- the domain's group -------------------------------------------------------------------
+class DomainCgroup:
+    """The cgroup(s) of one domain: `<hierarchy>/<root>/<key>` in every used hierarchy.
+
+    Constructing touches nothing; `create()` makes the directories. `name` is what error
+    messages call the domain (default: the key).
+    """
+
+    def __init__(self, key: str, *, name: str | None = None, root: str = ROOT_NAME,
+                 layout: CgroupLayout | None = None) -> None:
+        _check_name("key", key)
+        _check_name("root", root)
+        self.key = key
+        self.name = name or key
+        self.root = root
+        self.layout = layout if layout is not None else host_layout()
+        self._used = self.layout.used()
+
+    @classmethod
+    def create(cls, key: str, *, name: str | None = None, root: str = ROOT_NAME,
+               layout: CgroupLayout | None = None) -> DomainCgroup:
+        """Make the domain's groups (and `<root>` on first use); idempotent, so a restarted
+        daemon re-adopting a domain gets the existing groups back."""
+        cg = cls(key, name=name, root=root, layout=layout)
+        doing = f"to create the cgroup of '{cg.name}'"
+        if not cg._used:
+            raise NotSupported(f"Failed {doing}: this host has no cgroup hierarchy with any of "
+                               f"the controllers {', '.join(CONTROLLERS)} mounted")
+        for h in cg._used:
+            top = h.mount / root
+            try:
+                top.mkdir(exist_ok=True)
+            except OSError as e:
+                raise _fail(doing, top, e) from e
+            if h.version == 2:
+                # Controllers must be on in every ancestor's subtree_control before the
+                # domain's group has their files; the root first, then `<root>`.
+                wanted = [c for c in _V2_ENABLE if c in h.enableable]
+                for parent in (h.mount, top):
+                    _enable(parent, wanted, doing)
+            try:
+                (top / key).mkdir(exist_ok=True)
+            except OSError as e:
+                raise _fail(doing, top / key, e) from e
+        return cg
+
+    # -- paths ---------------------------------------------------------------------------
+    def _dir(self, h: Hierarchy) -> Path:
+        return h.mount / self.root / self.key
+
+    def path(self, controller: str) -> Path:
+        """The domain's directory in the hierarchy serving `controller`."""
+        return self._ctrl(controller, f"to find the cgroup of '{self.name}'")[1]
+
+    def _ctrl(self, controller: str, doing: str) -> tuple[Hierarchy, Path]:
+        h = self.layout.hierarchy_for(controller)
+        if h is None:
+            how = ("mount it (cgroup v1) or enable it in the kernel"
+                   if not any(x.version == 2 for x in self.layout.hierarchies)
+                   else "the kernel must have it and it must not be held by another "
+                        "hierarchy")
+            raise NotSupported(f"Failed {doing}: the {controller} controller is not "
+                               f"available in this host's cgroups ({how})")
+        return h, self._dir(h)
+
+    def exists(self) -> bool:
+        """True if the group exists in every used hierarchy."""
+        return bool(self._used) and all(self._dir(h).is_dir() for h in self._used)
+
+    def pids(self) -> set[int]:
+        """The processes (thread group ids) in the group, from all hierarchies."""
+        found: set[int] = set()
+        for h in self._used:
+            path = self._dir(h) / "cgroup.procs"
+            try:
+                found.update(int(x) for x in path.read_text().split())
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise _fail(f"to list the processes of '{self.name}'", path, e) from e
+        return found
+
+    # -- processes -----------------------------------------------------------------------
+    def attach(self, pid: int) -> None:
+        """Move process `pid` with all its threads (cgroup.procs moves the thread group)
+        into the group in every hierarchy; threads it starts later follow."""
+        doing = f"to attach process {pid} to the cgroup of '{self.name}'"
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise InvalidConfig(f"Failed {doing}: not a process id")
+        for h in self._used:
+            path = self._dir(h) / "cgroup.procs"
+            try:
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.write(fd, str(pid).encode())
+                finally:
+                    os.close(fd)
+            except ProcessLookupError as e:
+                raise NotFound(f"Failed {doing}: no such process") from e
+            except OSError as e:
+                raise _fail(doing, path, e) from e
+
+    # -- CPU -----------------------------------------------------------------------------
+    def set_weight(self, weight: int) -> None:
+        """xl's credit weight (1..65535, default 256): v1 cpu.shares = 4 x weight, v2
+        cpu.weight = weight x 100/256 clamped to 1..10000. Relative to other domains."""
+        doing = f"to set credit weight of '{self.name}'"
+        if isinstance(weight, bool) or not isinstance(weight, int) or not (
+                WEIGHT_MIN <= weight <= WEIGHT_MAX):
+            raise InvalidConfig(f"Failed {doing}: {weight} is out of range "
+                                f"{WEIGHT_MIN}..{WEIGHT_MAX}")
+        h, d = self._ctrl("cpu", doing)
+        if h.version == 1:
+            _write(d / "cpu.shares", str(weight_to_shares(weight)), doing)
+        else:
+            _write(d / "cpu.weight", str(weight_to_cpu_weight(weight)), doing)
+
+    def set_cap(self, cap: int) -> None:
+        """xl's cap: percent of one physical CPU the whole domain may use (0 = no cap,
+        100 = one CPU, 200 = two), enforced as a CFS quota per 100 ms period."""
+        doing = f"to set credit cap of '{self.name}'"
+        if isinstance(cap, bool) or not isinstance(cap, int) or not (CAP_MIN <= cap <= CAP_MAX):
+            raise InvalidConfig(f"Failed {doing}: {cap} is out of range {CAP_MIN}..{CAP_MAX}")
+        h, d = self._ctrl("cpu", doing)
+        quota = cap_to_quota(cap)
+        if h.version == 1:
+            # Period first: a quota is checked against the period in force.
+            _write(d / "cpu.cfs_period_us", str(PERIOD_US), doing)
+            _write(d / "cpu.cfs_quota_us", str(-1 if quota is None else quota), doing)
+        else:
+            _write(d / "cpu.max", f"{'max' if quota is None else quota} {PERIOD_US}", doing)
+
+    def get(self) -> dict[str, int]:
+        """{"weight", "cap"} read back from the kernel's files (on v2 the weight is
+        approximate: cpu.weight has fewer steps than xl's weight)."""
+        doing = f"to read credit parameters of '{self.name}'"
+        h, d = self._ctrl("cpu", doing)
+        if h.version == 1:
+            weight = shares_to_weight(int(_read(d / "cpu.shares", doing)))
+            period = int(_read(d / "cpu.cfs_period_us", doing))
+            quota = int(_read(d / "cpu.cfs_quota_us", doing))
+            return {"weight": weight, "cap": quota_to_cap(quota, period)}
+        weight = cpu_weight_to_weight(int(_read(d / "cpu.weight", doing)))
+        quota_s, _, period_s = _read(d / "cpu.max", doing).partition(" ")
+        v2quota = None if quota_s == "max" else int(quota_s)
+        return {"weight": weight, "cap": quota_to_cap(v2quota, int(period_s or PERIOD_US))}
+
+    def cpu_time(self) -> float:
+        """CPU seconds used by every process that has been in the group."""
+        doing = f"to read the CPU time of '{self.name}'"
+        h, d = self._ctrl("cpuacct", doing)
+        if h.version == 1:
+            return int(_read(d / "cpuacct.usage", doing)) / 1e9
+        usec = _keyed(_read(d / "cpu.stat", doing), "usage_usec")
+        return (usec or 0) / 1e6
+
+    # -- memory --------------------------------------------------------------------------
+    def set_memory_limit(self, limit: int | None) -> None:
+        """Hard limit on the group's memory in bytes (None: none). Past it the kernel
+        reclaims and then OOM-kills inside the group only. Swap is not limited."""
+        doing = f"to set the memory limit of '{self.name}'"
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 4096):
+            raise InvalidConfig(f"Failed {doing}: {limit} is not a size in bytes of at "
+                                "least 4096 (or None for no limit)")
+        h, d = self._ctrl("memory", doing)
+        name, value = (("memory.limit_in_bytes", "-1" if limit is None else str(limit))
+                       if h.version == 1 else
+                       ("memory.max", "max" if limit is None else str(limit)))
+        try:
+            _write(d / name, value, doing)
+        except InUse as e:
+            # v1 refuses a limit below what the group uses and cannot reclaim.
+            raise InUse(f"Failed {doing} to {limit} bytes: the group uses "
+                        f"{self.memory_usage()} bytes and the kernel could not reclaim "
+                        "enough; free memory in the domain first") from e
+
+    def memory_limit(self) -> int | None:
+        doing = f"to read the memory limit of '{self.name}'"
+        h, d = self._ctrl("memory", doing)
+        if h.version == 1:
+            value = int(_read(d / "memory.limit_in_bytes", doing))
+            return None if value >= _V1_UNLIMITED else value
+        text = _read(d / "memory.max", doing)
+        return None if text == "max" else int(text)
+
+    def memory_usage(self) -> int:
+        """Bytes the group uses now (page cache included, as the kernel counts it)."""
+        doing = f"to read the memory use of '{self.name}'"
+        h, d = self._ctrl("memory", doing)
+        return int(_read(d / ("memory.usage_in_bytes" if h.version == 1
+                              else "memory.current"), doing))
+
+    def oom_kills(self) -> int:
+        """How many processes the OOM killer has killed in the group."""
+        doing = f"to read the OOM kills of '{self.name}'"
+        h, d = self._ctrl("memory", doing)
+        text = _read(d / ("memory.oom_control" if h.version == 1 else "memory.events"), doing)
+        return _keyed(text, "oom_kill") or 0
+
+    # -- freezer -------------------------------------------------------------------------
+    def freeze(self, timeout: float = 5.0) -> None:
+        """Stop every task in the group; returns once the kernel says all are frozen."""
+        doing = f"to freeze '{self.name}'"
+        h, d = self._ctrl("freezer", doing)
+        deadline = time.monotonic() + timeout
+        while True:
+            if h.version == 1:
+                # Rewriting FROZEN retries tasks that were busy in the kernel last time.
+                _write(d / "freezer.state", "FROZEN", doing)
+            else:
+                _write(d / "cgroup.freeze", "1", doing)
+            if self.frozen():
+                return
+            if time.monotonic() >= deadline:
+                raise BackendError(f"Failed {doing}: tasks still not frozen after {timeout:g} "
+                                   "s (one may be stuck in the kernel); thaw it or try again")
+            time.sleep(_POLL)
+
+    def thaw(self) -> None:
+        doing = f"to thaw '{self.name}'"
+        h, d = self._ctrl("freezer", doing)
+        if h.version == 1:
+            _write(d / "freezer.state", "THAWED", doing)
+        else:
+            _write(d / "cgroup.freeze", "0", doing)
+
+    def frozen(self) -> bool:
+        """True once every task is frozen (a freeze under way is not frozen yet)."""
+        doing = f"to read the freezer state of '{self.name}'"
+        h, d = self._ctrl("freezer", doing)
+        if h.version == 1:
+            return _read(d / "freezer.state", doing) == "FROZEN"
+        return _keyed(_read(d / "cgroup.events", doing), "frozen") == 1
+
+    # -- removal -------------------------------------------------------------------------
+    def remove(self, timeout: float = 5.0, evict: bool = False) -> None:
+        """Remove the group (and any sub-groups) from every hierarchy; idempotent.
+
+        If processes are still in it, thaws it (on v1 frozen tasks cannot even die) and
+        waits up to `timeout` s for them to leave. If some remain: InUse, or with `evict`,
+        they are moved back to this process's own group (on v2 `<root>` cannot hold
+        processes) and the group goes anyway. The caller stops the domain first; this only cleans up.
+        """
+        doing = f"to remove the cgroup of '{self.name}'"
+        present = [h for h in self._used if self._dir(h).is_dir()]
+        if not present:
+            return
+        deadline = time.monotonic() + timeout
+        left = self.pids()
+        if left and self.layout.hierarchy_for("freezer") in present:
+            self.thaw()
+        while left and time.monotonic() < deadline:
+            time.sleep(_POLL)
+            left = self.pids()
+        if left and not evict:
+            raise InUse(f"Failed {doing}: processes {', '.join(map(str, sorted(left)))} are "
+                        "still in it; stop the domain first")
+        for h in present:
+            if left:
+                target = _own_group(h) / "cgroup.procs"
+                for pid in left:
+                    try:
+                        _write(target, str(pid), doing)
+                    except NotFound:
+                        continue  # exited meanwhile (or the target vanished: rmdir says)
+            for sub in _bottom_up(self._dir(h)):
+                _rmdir(sub, doing, deadline)
+
+    # -- misc ----------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"DomainCgroup({self.key!r}, root={self.root!r})"
+
+
+def _enable(group: Path, controllers: list[str], doing: str) -> None:
+    path = group / "cgroup.subtree_control"
+    on = set(_read(path, doing).split())
+    missing = [c for c in controllers if c not in on]
+    if missing:
+        _write(path, " ".join(f"+{c}" for c in missing), doing)
+
+
+def _bottom_up(top: Path) -> Iterator[Path]:
+    """`top`'s sub-groups deepest first, then `top` (cgroupfs directories only)."""
+    if not top.is_dir():
+        return
+    for dirpath, _dirs, _files in os.walk(top, topdown=False):
+        yield Path(dirpath)
+
+
+def _rmdir(path: Path, doing: str, deadline: float) -> None:
+    # A task that just exited can keep the group busy a moment after it leaves
+    # cgroup.procs (until it is reaped), so EBUSY is retried until the deadline.
+    while True:
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() >= deadline:
+                raise _fail(doing, path, e) from e
+            time.sleep(_POLL)
+
+
+# -- start-up housekeeping ----------------------------------------------------------------
+def domain_keys(*, root: str = ROOT_NAME, layout: CgroupLayout | None = None) -> set[str]:
+    """Keys of the domain groups under `<root>` in any used hierarchy."""
+    _check_name("root", root)
+    layout = layout if layout is not None else host_layout()
+    keys: set[str] = set()
+    for h in layout.used():
+        try:
+            entries = list((h.mount / root).iterdir())
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise _fail("to list domain cgroups", h.mount / root, e) from e
+        keys.update(p.name for p in entries if p.is_dir() and _NAME_RE.match(p.name))
+    return keys
+
+
+@dataclass
+class GcResult:
+    removed: list[str] = field(default_factory=list)  # empty groups of unknown keys, gone
+    busy: list[str] = field(default_factory=list)  # unknown keys whose groups have processes
+
+
+def collect_garbage(keep: Iterable[str], *, root: str = ROOT_NAME,
+                    layout: CgroupLayout | None = None) -> GcResult:
+    """Remove the empty groups whose key is not in `keep` (xeniad start-up: groups of
+    domains that are gone). Groups that still hold processes are left alone and listed in
+    `busy`: they belong to something the caller did not expect, which it should report."""
+    keep = set(keep)
+    result = GcResult()
+    for key in sorted(domain_keys(root=root, layout=layout) - keep):
+        cg = DomainCgroup(key, root=root, layout=layout)
+        # Checked before remove(), which would thaw a busy group (a paused domain's).
+        if cg.pids():
+            result.busy.append(key)
+            continue
+        try:
+            cg.remove(timeout=0.0)
+        except InUse:
+            result.busy.append(key)
+        else:
+            result.removed.append(key)
+    return result
