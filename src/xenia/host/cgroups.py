@@ -301,16 +301,18 @@ class DomainCgroup:
         return bool(self._used) and all(self._dir(h).is_dir() for h in self._used)
 
     def pids(self) -> set[int]:
-        """The processes (thread group ids) in the group, from all hierarchies."""
+        """The processes (thread group ids) in the group and its sub-groups, from all
+        hierarchies."""
         found: set[int] = set()
         for h in self._used:
-            path = self._dir(h) / "cgroup.procs"
-            try:
-                found.update(int(x) for x in path.read_text().split())
-            except FileNotFoundError:
-                continue
-            except OSError as e:
-                raise _fail(f"to list the processes of '{self.name}'", path, e) from e
+            for group in _bottom_up(self._dir(h)):
+                path = group / "cgroup.procs"
+                try:
+                    found.update(int(x) for x in path.read_text().split())
+                except FileNotFoundError:
+                    continue  # removed meanwhile
+                except OSError as e:
+                    raise _fail(f"to list the processes of '{self.name}'", path, e) from e
         return found
 
     # -- processes -----------------------------------------------------------------------
@@ -471,9 +473,11 @@ class DomainCgroup:
         """Remove the group (and any sub-groups) from every hierarchy; idempotent.
 
         If processes are still in it, thaws it (on v1 frozen tasks cannot even die) and
-        waits up to `timeout` s for them to leave. If some remain: InUse, or with `evict`,
+        waits up to `timeout` s for them to leave (timeout 0, no evict: fails at once and
+        leaves it as it is). If some remain: InUse, or with `evict`,
         they are moved back to this process's own group (on v2 `<root>` cannot hold
-        processes) and the group goes anyway. The caller stops the domain first; this only cleans up.
+        processes) and the group goes anyway. The caller stops the domain first; this
+        only cleans up.
         """
         doing = f"to remove the cgroup of '{self.name}'"
         present = [h for h in self._used if self._dir(h).is_dir()]
@@ -481,14 +485,18 @@ class DomainCgroup:
             return
         deadline = time.monotonic() + timeout
         left = self.pids()
-        if left and self.layout.hierarchy_for("freezer") in present:
+        # Not thawed when it would not help: a frozen group that is still in use stays so.
+        if left and (evict or timeout > 0) and (
+                self.layout.hierarchy_for("freezer") in present):
             self.thaw()
         while left and time.monotonic() < deadline:
             time.sleep(_POLL)
             left = self.pids()
         if left and not evict:
-            raise InUse(f"Failed {doing}: processes {', '.join(map(str, sorted(left)))} are "
-                        "still in it; stop the domain first")
+            listed = ", ".join(map(str, sorted(left)))
+            raise InUse(f"Failed {doing}: process{'es' if len(left) > 1 else ''} {listed} "
+                        f"{'are' if len(left) > 1 else 'is'} still in it; stop the domain "
+                        "first")
         for h in present:
             if left:
                 target = _own_group(h) / "cgroup.procs"
@@ -568,10 +576,6 @@ def collect_garbage(keep: Iterable[str], *, root: str = ROOT_NAME,
     result = GcResult()
     for key in sorted(domain_keys(root=root, layout=layout) - keep):
         cg = DomainCgroup(key, root=root, layout=layout)
-        # Checked before remove(), which would thaw a busy group (a paused domain's).
-        if cg.pids():
-            result.busy.append(key)
-            continue
         try:
             cg.remove(timeout=0.0)
         except InUse:
