@@ -62,6 +62,10 @@ class Instance(abc.ABC):
     @abc.abstractmethod
     def cpu_seconds(self) -> float: ...
 
+    def log_tail(self) -> str:
+        """The last lines of the backend's own log, for messages about its death."""
+        return ""
+
     @abc.abstractmethod
     def running_now(self) -> bool:
         """True if a vCPU is on a host CPU right now (xl's r), else blocked (b)."""

@@ -19,7 +19,7 @@ from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.qemu import accel as accel_mod
 from xenia.qemu.binary import qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv
-from xenia.qemu.process import QemuProcess
+from xenia.qemu.process import QemuProcess, log_tail
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
 
@@ -68,8 +68,15 @@ class QemuInstance(HotplugMixin, Instance):
                 self._report("poweroff", data)
         elif name == "GUEST_PANICKED":
             self._report("crash", data)
-        elif name == "DEVICE_DELETED" and data.get("device"):
-            self.device_deleted(str(data["device"]))
+        elif name == "DEVICE_DELETED":
+            # Unplugged CPUs are reported only through their lapic child's path
+            # (/machine/peripheral/vcpu2/lapic), without "device".
+            qdev = data.get("device")
+            path = str(data.get("path", ""))
+            if not qdev and path.startswith("/machine/peripheral/"):
+                qdev = path.split("/")[3]
+            if qdev:
+                self.device_deleted(str(qdev))
 
     def _exited(self) -> None:
         if not self._stopping:
@@ -149,6 +156,9 @@ class QemuInstance(HotplugMixin, Instance):
 
     def console_log(self) -> Path:
         return self.proc.files.console_log
+
+    def log_tail(self) -> str:
+        return log_tail(self.proc.files.qemu_log)
 
     def cpu_seconds(self) -> float:
         return self.proc.cpu_seconds()
@@ -255,6 +265,7 @@ class QemuDriver(Driver):
                 "pid": proc.pid,
                 # The guest RAM QEMU was given (-m): mem-max cannot go past it.
                 "boot_maxmem": cfg.effective_maxmem,
+                "vcpu_threads_created": cfg.vcpus,
             }
         )
         return inst

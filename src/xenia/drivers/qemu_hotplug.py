@@ -232,12 +232,27 @@ class HotplugMixin:
         """
         accel = rec.runtime.get("accel", "tcg")
         present = sorted(await self.vcpu_threads())
+        to_add = max(0, count - len(present))
+        # QEMU's multi-threaded TCG gives each vCPU thread it ever starts a translation
+        # context, never returned on unplug, and aborts past maxcpus of them
+        # ("tcg_register_thread: assertion failed: (n < tcg_max_ctxs)"; single-threaded
+        # TCG fails too). So under TCG a removed vCPU cannot come back in this QEMU.
+        created = int(rec.runtime.get("vcpu_threads_created", len(present)))
+        maxv = rec.config.effective_maxvcpus
+        if accel == "tcg" and to_add and created + to_add > maxv:
+            raise NotSupported(
+                f"Failed to add {to_add} vCPU(s) to '{rec.name}': under TCG, QEMU can start "
+                f"only {maxv} vCPU threads in a domain's life and {created} were started "
+                "already (removed vCPUs cannot be re-added: a QEMU limitation); shut the "
+                "domain down and create it again (or run it with KVM) to have them back"
+            )
         added: list[int] = []
         # Ascending order: adding a higher core first made the guest's onlining slow
         # (12.7 s measured, ../shared/notes/qemu-facts.md).
         for i in range(len(present), count):
             await self._cmd("device_add", cpudev.device(i, accel))
             added.append(i)
+            rec.runtime["vcpu_threads_created"] = created + len(added)
         for i in sorted((i for i in present if i >= count), reverse=True):
             if i == 0:
                 continue
@@ -259,7 +274,7 @@ class HotplugMixin:
                     "qdev": dev.get("qdev_id", ""),
                 })
                 if "pci_bridge" in dev:
-                    walk(dev["pci_bridge"].get("bus", {}))
+                    walk(dev["pci_bridge"])  # {"bus": {...}, "devices": [...]}
 
         for bus in await self._cmd("query-pci"):
             walk(bus)

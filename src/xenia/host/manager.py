@@ -236,7 +236,10 @@ class DomainManager:
                 return
             cfg = rec.config
             if kind == "exited":
-                log.warning("domain %s: QEMU exited unexpectedly", rec.name)
+                inst = self._inst.get(uuid)
+                tail = inst.log_tail() if inst is not None else ""
+                log.warning("domain %s: its process exited unexpectedly%s", rec.name,
+                            ":\n" + tail if tail else "")
                 action = cfg.on_crash
                 if action.endswith("restart") or action == "soft-reset":
                     await self._relaunch(rec)
