@@ -22,6 +22,7 @@ register("devices", "block-attach", "block-detach", "block-list", "cd-insert", "
 register("images", "image")
 register("storage", "pool", "volume")
 register("network", "network")
+register("top", "top")
 
 
 def main() -> None:
