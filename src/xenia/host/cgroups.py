@@ -29,7 +29,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xenia.errors import BackendError, InUse, InvalidConfig, NotFound, NotSupported
+from xenia.errors import (
+    BackendError,
+    InUse,
+    InvalidConfig,
+    NotFound,
+    NotSupported,
+    XeniaError,
+)
 
 ROOT_NAME = "xenia"
 
@@ -176,7 +183,7 @@ def _check_name(what: str, value: str) -> None:
             "(1 to 128 letters, digits, '-' or '_', starting with a letter or digit)")
 
 
-def _fail(doing: str, path: Path, e: OSError) -> Exception:
+def _fail(doing: str, path: Path, e: OSError) -> XeniaError:
     """The XeniaError for an OSError on a cgroup file, with a hint where one helps."""
     if e.errno == errno.ENOENT:
         return NotFound(f"Failed {doing}: {path} does not exist (is the cgroup created?)")
@@ -253,7 +260,8 @@ class DomainCgroup:
     def create(cls, key: str, *, name: str | None = None, root: str = ROOT_NAME,
                layout: CgroupLayout | None = None) -> DomainCgroup:
         """Make the domain's groups (and `<root>` on first use); idempotent, so a restarted
-        daemon re-adopting a domain gets the existing groups back."""
+        daemon re-adopting a domain gets the existing groups back (settings kept). If it
+        fails half-way, remove() cleans up what was made."""
         cg = cls(key, name=name, root=root, layout=layout)
         doing = f"to create the cgroup of '{cg.name}'"
         if not cg._used:
