@@ -25,6 +25,7 @@ def make_app(manager: DomainManager) -> FastAPI:
     app.state.manager = manager
     app.include_router(domains.router)
     app.include_router(devices.router)
+    app.include_router(devices.host_router)
     app.include_router(storage.router)
     app.include_router(network.router)
 

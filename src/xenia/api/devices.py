@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from xenia.api.deps import Manager
@@ -103,4 +103,79 @@ async def mem_max(ref: str, req: MemRequest, m: Manager) -> dict[str, Any]:
 @router.post("/vcpus")
 async def vcpu_set(ref: str, req: VcpuRequest, m: Manager) -> dict[str, Any]:
     await m.vcpu_set(ref, req.count)
+    return {}
+
+
+class PinRequest(BaseModel):
+    vcpu: str
+    hard: str
+
+
+class SchedRequest(BaseModel):
+    weight: int | None = None
+    cap: int | None = None
+
+
+class PciRequest(BaseModel):
+    bdf: str
+
+
+@router.post("/vcpu-pin")
+async def vcpu_pin(ref: str, req: PinRequest, m: Manager) -> dict[str, Any]:
+    await m.vcpu_pin(ref, req.vcpu, req.hard)
+    return {}
+
+
+@router.post("/sched-credit")
+async def sched_credit_set(ref: str, req: SchedRequest, m: Manager) -> dict[str, Any]:
+    await m.sched_credit_set(ref, req.weight, req.cap)
+    return m.sched_credit([ref])[0]
+
+
+@router.post("/pci", status_code=201)
+async def pci_attach(ref: str, req: PciRequest, m: Manager) -> dict[str, Any]:
+    await m.pci_attach(ref, req.bdf)
+    return {}
+
+
+@router.delete("/pci/{bdf}")
+async def pci_detach(ref: str, bdf: str, m: Manager) -> dict[str, Any]:
+    await m.pci_detach(ref, bdf)
+    return {}
+
+
+host_router = APIRouter(prefix="/v1")
+Domains = Annotated[list[str] | None, Query()]
+
+
+@host_router.get("/stats")
+async def stats(m: Manager) -> list[dict[str, Any]]:
+    return await m.stats()
+
+
+@host_router.get("/vcpus")
+async def vcpu_list(m: Manager, domain: Domains = None) -> list[dict[str, Any]]:
+    return await m.vcpu_list(domain or [])
+
+
+@host_router.get("/sched-credit")
+async def sched_credit(m: Manager, domain: Domains = None) -> list[dict[str, Any]]:
+    return m.sched_credit(domain or [])
+
+
+@host_router.get("/pci-assignable")
+async def pci_assignable_list(m: Manager) -> list[dict[str, Any]]:
+    return m.pci.list()
+
+
+@host_router.post("/pci-assignable", status_code=201)
+async def pci_assignable_add(req: PciRequest, m: Manager) -> dict[str, Any]:
+    return m.pci.add(req.bdf)
+
+
+@host_router.delete("/pci-assignable/{bdf}")
+async def pci_assignable_remove(bdf: str, m: Manager, rebind: bool = False) -> dict[str, Any]:
+    from xenia.host.pci import normalize_bdf
+
+    m.pci.remove(bdf, rebind, m.pci_user(normalize_bdf(bdf)))
     return {}

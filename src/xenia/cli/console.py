@@ -94,7 +94,10 @@ def run(path: Path, command: str, timeout: float = 60.0) -> tuple[str, int]:
     begin, end = f"__XENIA_BEGIN_{nonce}__", f"__XENIA_END_{nonce}__"
     typed_begin = begin[:9] + '""' + begin[9:]
     typed_end = end[:9] + '""' + end[9:]
-    line = f"echo {typed_begin}; {command}; echo {typed_end} $?\n"
+    # A command that ends in "&" runs in the background: "&;" would be a syntax error.
+    command = command.strip()
+    sep = " " if command.endswith("&") else "; "
+    line = f"echo {typed_begin}; {command}{sep}echo {typed_end} $?\n"
     sock = connect(path)
     buf = b""
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import quote
 
 import click
 
@@ -157,3 +158,93 @@ def mem_max(c: Ctx, dom: str, mem: str) -> None:
 def vcpu_set(c: Ctx, dom: str, count: int) -> None:
     """Set the number of vCPUs (hot-add or remove, up to maxvcpus)."""
     c.client.post(f"/v1/domains/{dom}/vcpus", {"count": count})
+
+
+@cli.command("vcpu-list")
+@click.argument("doms", nargs=-1)
+@pass_ctx
+def vcpu_list(c: Ctx, doms: tuple[str, ...]) -> None:
+    """List vCPUs: host CPU, state, time and affinity of each."""
+    query = "&".join(f"domain={quote(d)}" for d in doms)
+    rows = c.client.get("/v1/vcpus" + (f"?{query}" if query else ""))
+    out(f"{'Name':<32} {'ID':>5} {'VCPU':>5} {'CPU':>5} {'State':>5} {'Time(s)':>9} "
+        "Affinity (Hard / Soft)")
+    for r in rows:
+        out(f"{r['name']:<32} {r['domid']:>5} {r['vcpu']:>5} {r['cpu']:>5} {r['state']:>5} "
+            f"{r['time']:>9.1f} {r['hard']} / {r['soft']}")
+
+
+@cli.command("vcpu-pin")
+@click.option("-f", "--force", is_flag=True, help="Accepted for xl compatibility.")
+@click.argument("dom")
+@click.argument("vcpu")
+@click.argument("hard")
+@click.argument("soft", required=False)
+@pass_ctx
+def vcpu_pin(c: Ctx, force: bool, dom: str, vcpu: str, hard: str, soft: str | None) -> None:
+    """Pin VCPU (a number or 'all') to the host CPUs in HARD (xl CPULIST; '-' keeps it)."""
+    if hard != "-":
+        c.client.post(f"/v1/domains/{dom}/vcpu-pin", {"vcpu": vcpu, "hard": hard})
+    if soft not in (None, "-"):
+        click.echo("xenia: soft affinity is not enforced on Linux hosts; ignored", err=True)
+
+
+@cli.command("sched-credit")
+@click.option("-d", "--domain", "dom", help="Domain to show or change.")
+@click.option("-w", "--weight", type=int, help="Weight 1..65535 (256 default).")
+@click.option("-c", "--cap", type=int, help="Cap in percent of one CPU (0: none).")
+@pass_ctx
+def sched_credit(c: Ctx, dom: str | None, weight: int | None, cap: int | None) -> None:
+    """Show or set credit-scheduler weight and cap (through cgroups)."""
+    if weight is not None or cap is not None:
+        if not dom:
+            raise InvalidConfig("Failed to set weight/cap: name the domain with -d")
+        c.client.post(f"/v1/domains/{dom}/sched-credit", {"weight": weight, "cap": cap})
+        return
+    rows = c.client.get("/v1/sched-credit" + (f"?domain={quote(dom)}" if dom else ""))
+    out(f"{'Name':<32} {'ID':>5} {'Weight':>6} {'Cap':>4}")
+    for r in rows:
+        out(f"{r['name']:<32} {r['domid']:>5} {r['weight']:>6} {r['cap']:>4}")
+
+
+@cli.command("pci-assignable-add")
+@click.argument("bdf")
+@pass_ctx
+def pci_assignable_add(c: Ctx, bdf: str) -> None:
+    """Make a host PCI device assignable (bind it to vfio-pci)."""
+    c.client.post("/v1/pci-assignable", {"bdf": bdf})
+
+
+@cli.command("pci-assignable-list")
+@pass_ctx
+def pci_assignable_list(c: Ctx) -> None:
+    """List assignable host PCI devices."""
+    for r in c.client.get("/v1/pci-assignable"):
+        out(r["bdf"])
+
+
+@cli.command("pci-assignable-remove")
+@click.option("-r", "rebind", is_flag=True, help="Give the device back to its old driver.")
+@click.argument("bdf")
+@pass_ctx
+def pci_assignable_remove(c: Ctx, rebind: bool, bdf: str) -> None:
+    """Make a device not assignable any more."""
+    c.client.delete(f"/v1/pci-assignable/{quote(bdf)}?rebind={'true' if rebind else 'false'}")
+
+
+@cli.command("pci-attach")
+@click.argument("dom")
+@click.argument("bdf")
+@pass_ctx
+def pci_attach(c: Ctx, dom: str, bdf: str) -> None:
+    """Pass an assignable host PCI device through to a domain."""
+    c.client.post(f"/v1/domains/{dom}/pci", {"bdf": bdf})
+
+
+@cli.command("pci-detach")
+@click.argument("dom")
+@click.argument("bdf")
+@pass_ctx
+def pci_detach(c: Ctx, dom: str, bdf: str) -> None:
+    """Take a passed-through PCI device away from a domain."""
+    c.client.delete(f"/v1/domains/{dom}/pci/{quote(bdf)}")

@@ -18,7 +18,8 @@ register("domains", "create", "list", "uptime", "domid", "domname", "info", "shu
          "reboot", "destroy", "pause", "unpause", "rename", "console")
 register("devices", "block-attach", "block-detach", "block-list", "cd-insert", "cd-eject",
          "network-attach", "network-detach", "network-list", "pci-list", "mem-set", "mem-max",
-         "vcpu-set")
+         "vcpu-set", "vcpu-list", "vcpu-pin", "sched-credit", "pci-assignable-add",
+         "pci-assignable-list", "pci-assignable-remove", "pci-attach", "pci-detach")
 register("images", "image")
 register("storage", "pool", "volume")
 register("network", "network")

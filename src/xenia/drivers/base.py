@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from xenia.errors import NotSupported
 from xenia.store.base import DomainRecord
 
 # What an instance reports: "poweroff", "reboot", "crash" (guest-initiated), or "exited"
@@ -66,6 +67,30 @@ class Instance(abc.ABC):
         """The last lines of the backend's own log, for messages about its death."""
         return ""
 
+    # Optional verbs: a driver that cannot do one says so.
+    def _unsupported(self, what: str) -> NotSupported:
+        return NotSupported(f"Failed to {what} of '{self.record.name}': its type "
+                            f"({self.record.config.type}) does not support it")
+
+    async def stats(self, rec: DomainRecord) -> dict[str, Any]:
+        """Counters for `xenia top` (see DomainManager.stats for the keys)."""
+        return {"cpu_time": self.cpu_seconds()}
+
+    async def vcpu_rows(self, rec: DomainRecord) -> list[dict[str, Any]]:
+        raise self._unsupported("list the vCPUs")
+
+    async def pin_vcpus(self, rec: DomainRecord, vcpu: str, hard: str) -> None:
+        raise self._unsupported("pin the vCPUs")
+
+    async def pci_devices(self) -> list[dict[str, Any]]:
+        raise self._unsupported("list the PCI devices")
+
+    async def pci_attach(self, rec: DomainRecord, bdf: str) -> None:
+        raise self._unsupported("attach a host PCI device")
+
+    async def pci_detach(self, rec: DomainRecord, bdf: str) -> None:
+        raise self._unsupported("detach a host PCI device")
+
     @abc.abstractmethod
     def running_now(self) -> bool:
         """True if a vCPU is on a host CPU right now (xl's r), else blocked (b)."""
@@ -103,3 +128,10 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def host_info(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def sched_get(self, record: DomainRecord) -> dict[str, int]:
+        """{"weight", "cap"} as xl's credit scheduler shows them."""
+
+    @abc.abstractmethod
+    def sched_set(self, record: DomainRecord, weight: int | None, cap: int | None) -> None: ...

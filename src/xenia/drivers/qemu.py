@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from xenia.drivers import qemu_cpu
 from xenia.drivers.base import Driver, GuestEvents, Instance
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
 from xenia.drivers.qemu_hotplug import HotplugMixin
@@ -160,6 +161,39 @@ class QemuInstance(HotplugMixin, Instance):
     def log_tail(self) -> str:
         return log_tail(self.proc.files.qemu_log)
 
+    async def stats(self, rec: DomainRecord) -> dict[str, Any]:
+        """Counters for `xenia top`: memory, disks (query-blockstats), NICs (taps)."""
+        out: dict[str, Any] = {"cpu_time": self.cpu_seconds(), "vcpus": rec.config.vcpus}
+        try:
+            out["memory_kib"] = (await self.balloon_actual_mib()) * 1024
+        except XeniaError:
+            out["memory_kib"] = rec.config.memory * 1024
+        rd_ops = wr_ops = rd_b = wr_b = 0
+        try:
+            for dev in await self.proc.command("query-blockstats", {"query-nodes": False}):
+                # qdev: /machine/peripheral/disk-xvda/virtio-backend; cdroms count too.
+                if "/disk-" not in str(dev.get("qdev", "")):
+                    continue
+                st = dev.get("stats", {})
+                rd_ops += int(st.get("rd_operations", 0))
+                wr_ops += int(st.get("wr_operations", 0))
+                rd_b += int(st.get("rd_bytes", 0))
+                wr_b += int(st.get("wr_bytes", 0))
+        except XeniaError:
+            pass
+        out.update(vbds=len(rec.config.disks), vbd_rd_ops=rd_ops, vbd_wr_ops=wr_ops,
+                   vbd_rd_bytes=rd_b, vbd_wr_bytes=wr_b)
+        rx = tx = 0
+        for tap in rec.runtime.get("taps", {}).values():
+            try:
+                st = await asyncio.to_thread(self.devices.network.tap_stats, tap)
+            except XeniaError:
+                continue
+            rx += st.get("rx_bytes", 0)
+            tx += st.get("tx_bytes", 0)
+        out.update(nets=len(rec.config.vifs), net_rx_bytes=rx, net_tx_bytes=tx)
+        return out
+
     def cpu_seconds(self) -> float:
         return self.proc.cpu_seconds()
 
@@ -227,6 +261,13 @@ class QemuDriver(Driver):
 
     def release(self, record: DomainRecord) -> None:
         self.devices.unplug_host(record)
+        qemu_cpu.remove_cgroup(record)
+
+    def sched_get(self, record: DomainRecord) -> dict[str, int]:
+        return qemu_cpu.sched_get(record)
+
+    def sched_set(self, record: DomainRecord, weight: int | None, cap: int | None) -> None:
+        qemu_cpu.sched_set(record, weight, cap)
 
     async def start(self, record: DomainRecord, events: GuestEvents) -> Instance:
         cfg = record.config
@@ -248,13 +289,16 @@ class QemuDriver(Driver):
         try:
             await proc.launch(argv)
             await proc.connect_qmp(inst.on_qmp_event)
+            assert proc.pid is not None
+            await asyncio.to_thread(qemu_cpu.setup_cgroup, record, proc.pid)
+            qemu_cpu.pin_threads(record, await inst.vcpu_threads())
             if cfg.effective_maxmem > cfg.memory:
                 await proc.command("balloon", {"value": cfg.memory * 1024 * 1024})
         except BaseException:
             with contextlib.suppress(Exception):
                 await inst.destroy()
             proc.remove_files()
-            await asyncio.to_thread(self.devices.unplug_host, record)
+            await asyncio.to_thread(self.release, record)
             raise
         record.runtime.update(
             {

@@ -17,6 +17,7 @@ from xenia.devices import disk as diskdev
 from xenia.devices import nic as nicdev
 from xenia.devices.layout import SPARE_ROOT_PORTS, Layout
 from xenia.errors import AlreadyExists, InvalidConfig, XeniaError
+from xenia.host.pci import PciAssign
 from xenia.network.manager import NetworkManager
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
@@ -120,6 +121,11 @@ class QemuDevices:
     def check(self, rec: DomainRecord) -> None:
         self.check_disks(rec)
         self.check_vifs(rec)
+        pci = PciAssign(self.store)
+        for i, spec in enumerate(rec.config.pci):
+            # pci = ["BDF[,options]"]: the BDF is what QEMU needs; options are xl's.
+            rec.config.pci[i] = pci.check_attachable(spec.split(",")[0].split("@")[0],
+                                                     rec.name)
 
     def prepare(self, rec: DomainRecord) -> None:
         """Fill in generated values and place devices on root ports (once, at create)."""
@@ -136,6 +142,8 @@ class QemuDevices:
         for vif in rec.config.vifs:
             assert vif.devid is not None
             layout.slots[nicdev.qdev_id(vif.devid)] = ""
+        for bdf in rec.config.pci:
+            layout.slots[hostdev_id(bdf)] = ""
         wanted = list(layout.slots)
         layout = Layout(len(wanted) + SPARE_ROOT_PORTS)
         for qdev in wanted:
@@ -182,5 +190,12 @@ def argv_devices(rec: DomainRecord) -> tuple[Layout, list[tuple[str, dict[str, A
         p = nicdev.plan(vif, vif.devid, taps[str(vif.devid)], dtype,
                         layout.slots[nicdev.qdev_id(vif.devid)])
         out += [("-netdev", p.netdev), ("-device", p.device)]
+    for bdf in rec.config.pci:
+        out.append(("-device", {"driver": "vfio-pci", "host": bdf, "id": hostdev_id(bdf),
+                                "bus": layout.slots[hostdev_id(bdf)]}))
     return layout, out
+
+
+def hostdev_id(bdf: str) -> str:
+    return "hostdev-" + bdf.replace(":", "-").replace(".", "-")
 

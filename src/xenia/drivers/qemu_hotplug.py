@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from pathlib import Path
 from typing import Any
 
 from xenia.config.model import DiskSpec, VifSpec
@@ -18,7 +17,8 @@ from xenia.devices import cpu as cpudev
 from xenia.devices import disk as diskdev
 from xenia.devices import nic as nicdev
 from xenia.devices.layout import Layout
-from xenia.drivers.qemu_devices import QemuDevices
+from xenia.drivers import qemu_cpu
+from xenia.drivers.qemu_devices import QemuDevices, hostdev_id
 from xenia.errors import (
     AlreadyExists,
     BackendError,
@@ -253,13 +253,47 @@ class HotplugMixin:
             await self._cmd("device_add", cpudev.device(i, accel))
             added.append(i)
             rec.runtime["vcpu_threads_created"] = created + len(added)
+        if added:
+            threads = await self.vcpu_threads()
+            qemu_cpu.pin_threads(rec, {i: threads[i] for i in added if i in threads})
         for i in sorted((i for i in present if i >= count), reverse=True):
             if i == 0:
                 continue
             await self._device_del(cpudev.qdev_id(i), f"vCPU {i} of '{rec.name}'")
         return added
 
+    async def vcpu_rows(self, rec: DomainRecord) -> list[dict[str, Any]]:
+        assert self.proc.pid is not None
+        return qemu_cpu.vcpu_rows(rec, self.proc.pid, await self.vcpu_threads())
+
+    async def pin_vcpus(self, rec: DomainRecord, vcpu: str, hard: str) -> None:
+        if vcpu != "all" and not vcpu.isdigit():
+            raise InvalidConfig(f"Failed to pin vCPU '{vcpu}' of '{rec.name}': give a vCPU "
+                                "number or 'all'")
+        qemu_cpu.pin(rec, await self.vcpu_threads(), vcpu, hard)
+
     # -- PCI -----------------------------------------------------------------------------
+    async def pci_attach(self, rec: DomainRecord, bdf: str) -> None:
+        if bdf in rec.config.pci:
+            raise AlreadyExists(f"Failed to attach {bdf} to '{rec.name}': attached already")
+        qdev = hostdev_id(bdf)
+        layout = Layout.from_runtime(rec.runtime)
+        port = layout.take(qdev)
+        await self._cmd("device_add", {"driver": "vfio-pci", "host": bdf, "id": qdev,
+                                       "bus": port})
+        rec.config.pci.append(bdf)
+        layout.save(rec.runtime)
+
+    async def pci_detach(self, rec: DomainRecord, bdf: str) -> None:
+        if bdf not in rec.config.pci:
+            raise NotFound(f"Failed to detach {bdf} from '{rec.name}': it is not attached")
+        qdev = hostdev_id(bdf)
+        await self._device_del(qdev, f"{bdf} from '{rec.name}'")
+        rec.config.pci.remove(bdf)
+        layout = Layout.from_runtime(rec.runtime)
+        layout.release(qdev)
+        layout.save(rec.runtime)
+
     async def pci_devices(self) -> list[dict[str, Any]]:
         """Every guest-visible PCI function: bus:slot.fn, ids, class, QEMU id."""
         out: list[dict[str, Any]] = []
@@ -280,10 +314,3 @@ class HotplugMixin:
             walk(bus)
         return out
 
-
-def vfio_attach_device(host_bdf: str, qdev: str, port: str) -> dict[str, Any]:
-    return {"driver": "vfio-pci", "host": host_bdf, "id": qdev, "bus": port}
-
-
-def iommu_groups() -> Path:
-    return Path("/sys/kernel/iommu_groups")

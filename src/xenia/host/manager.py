@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 from xenia.config.model import DiskSpec, DomainConfig, VifSpec
 from xenia.drivers.base import Driver, Instance
-from xenia.errors import AlreadyExists, BackendError, InvalidConfig, NotFound, XeniaError
+from xenia.errors import AlreadyExists, BackendError, InUse, InvalidConfig, NotFound, XeniaError
 from xenia.host import hostinfo
+from xenia.host.pci import PciAssign, normalize_bdf
 from xenia.host.validate import check_config, check_name
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
@@ -53,6 +54,7 @@ class DomainManager:
         self.paths = paths
         self.store = store
         self.storage = storage or StorageManager(paths, store)
+        self.pci = PciAssign(store)
         self.network = network or NetworkManager(paths, store)
         self.drivers = {t: d for d in drivers for t in d.types}
         self._inst: dict[str, Instance] = {}
@@ -435,9 +437,28 @@ class DomainManager:
     async def network_detach(self, ref: str, devid: str) -> None:
         await self._live(ref, "to detach a vif from", lambda i, r: i.detach_vif(r, devid))
 
+    async def pci_attach(self, ref: str, bdf_text: str) -> None:
+        rec = self.resolve(ref)
+        bdf = self.pci.check_attachable(bdf_text, rec.name)
+        for other in self.store.list():
+            if bdf in other.config.pci:
+                raise InUse(f"Failed to attach {bdf} to '{rec.name}': domain '{other.name}' "
+                            "has it")
+        await self._live(ref, "to attach a PCI device to", lambda i, r: i.pci_attach(r, bdf))
+
+    async def pci_detach(self, ref: str, bdf_text: str) -> None:
+        bdf = normalize_bdf(bdf_text)
+        await self._live(ref, "to detach a PCI device from", lambda i, r: i.pci_detach(r, bdf))
+
+    def pci_user(self, bdf: str) -> str | None:
+        for rec in self.store.list():
+            if bdf in rec.config.pci:
+                return rec.name
+        return None
+
     async def pci_list(self, ref: str) -> list[dict[str, Any]]:
         rec = self.resolve(ref)
-        return await self.instance(rec).pci_devices()  # type: ignore[attr-defined, no-any-return]
+        return await self.instance(rec).pci_devices()
 
     async def mem_set(self, ref: str, mib: int) -> None:
         async def do(inst: Any, rec: DomainRecord) -> None:
@@ -483,6 +504,64 @@ class DomainManager:
             rec.config.vcpus = count
 
         await self._live(ref, "to set the vCPUs of", do)
+
+    async def vcpu_list(self, refs: list[str]) -> list[dict[str, Any]]:
+        recs = [self.resolve(r) for r in refs] if refs else self.store.list()
+        rows: list[dict[str, Any]] = []
+        for rec in recs:
+            inst = self._inst.get(rec.uuid)
+            if inst is None or not inst.alive or rec.state not in ("running", "paused"):
+                continue
+            rows += await inst.vcpu_rows(rec)
+        return rows
+
+    async def vcpu_pin(self, ref: str, vcpu: str, hard: str) -> None:
+        await self._live(ref, "to pin the vCPUs of", lambda i, r: i.pin_vcpus(r, vcpu, hard))
+
+    def sched_credit(self, refs: list[str]) -> list[dict[str, Any]]:
+        recs = [self.resolve(r) for r in refs] if refs else self.store.list()
+        out = []
+        for rec in recs:
+            got = self.driver_for(rec.config).sched_get(rec)
+            out.append({"name": rec.name, "domid": rec.domid, **got})
+        return out
+
+    async def sched_credit_set(self, ref: str, weight: int | None, cap: int | None) -> None:
+        async def do(inst: Any, rec: DomainRecord) -> None:
+            await asyncio.to_thread(self.driver_for(rec.config).sched_set, rec, weight, cap)
+
+        await self._live(ref, "to set the scheduling of", do)
+
+    async def stats(self) -> list[dict[str, Any]]:
+        """Counters of every domain for `xenia top` (Domain-0 first)."""
+        now = time.time()
+        host_kib = hostinfo.total_mib() * 1024
+        d0 = self.dom0()
+        rows: list[dict[str, Any]] = [{
+            "name": d0["name"], "domid": 0, "type": "host", "state_letters": "r-----",
+            "cpu_time": d0["cpu_time"], "vcpus": d0["vcpus"], "memory_kib": host_kib,
+            "maxmem_kib": host_kib, "host_memory_kib": host_kib, "nets": 0,
+            "net_rx_bytes": 0, "net_tx_bytes": 0, "vbds": 0, "vbd_rd_ops": 0,
+            "vbd_wr_ops": 0, "vbd_rd_bytes": 0, "vbd_wr_bytes": 0, "timestamp": now,
+        }]
+        for rec in self.store.list():
+            inst = self._inst.get(rec.uuid)
+            row: dict[str, Any] = {
+                "name": rec.name, "domid": rec.domid, "type": rec.config.type,
+                "state_letters": self.describe(rec)["state_letters"],
+                "maxmem_kib": rec.config.effective_maxmem * 1024, "host_memory_kib": host_kib,
+                "timestamp": now, "cpu_time": 0.0, "vcpus": rec.config.vcpus,
+                "memory_kib": rec.config.memory * 1024, "nets": 0, "net_rx_bytes": 0,
+                "net_tx_bytes": 0, "vbds": 0, "vbd_rd_ops": 0, "vbd_wr_ops": 0,
+                "vbd_rd_bytes": 0, "vbd_wr_bytes": 0,
+            }
+            if inst is not None and inst.alive:
+                try:
+                    row.update(await inst.stats(rec))
+                except XeniaError as e:
+                    log.debug("stats of %s: %s", rec.name, e)
+            rows.append(row)
+        return rows
 
     # -- queries -------------------------------------------------------------------------
     def describe(self, rec: DomainRecord) -> dict[str, Any]:
