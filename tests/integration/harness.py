@@ -203,3 +203,20 @@ class Host:
         while qemu_pids_with(str(self.root)) and time.monotonic() < deadline:
             time.sleep(0.1)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def wait_until(fn, timeout: float = 30.0, interval: float = 0.3, what: str = ""):  # type: ignore[no-untyped-def]
+    """Poll fn() until it returns something truthy; that value is returned."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or fn}: last {last!r}")
+
+
+def volume(host: Host, name: str, size: str, fmt: str = "qcow2") -> Path:
+    host.xenia("volume", "create", "-f", fmt, name, size)
+    return Path(host.xenia("volume", "path", name).stdout.strip())
