@@ -195,6 +195,15 @@ class Host:
                     print(p.read_text(errors="replace")[-8000:])
 
     def cleanup(self) -> None:
+        # Through the daemon first: destroying a domain removes its taps, deleting a
+        # network its bridge, nft table and dnsmasq — host-wide things a kill would leak.
+        if self.daemon is not None and self.daemon.poll() is None:
+            with contextlib.suppress(Exception):
+                for d in self.domains():
+                    self.xenia("destroy", d["name"], check=False, timeout=60)
+                nets = json.loads(self.xenia("network", "list", "--json").stdout or "[]")
+                for n in nets:
+                    self.xenia("network", "delete", n["name"], check=False, timeout=60)
         self.kill_daemon()
         for pid in qemu_pids_with(str(self.root)):
             with contextlib.suppress(ProcessLookupError):

@@ -194,8 +194,8 @@ class HotplugMixin:
         for v in rec.config.vifs:
             if str(v.devid) == ref or (v.mac and v.mac.lower() == ref.lower()):
                 return v
-        raise NotFound(f"Failed to find vif '{ref}' of '{rec.name}': give its devid or MAC "
-                       f"(see `xenia network-list {rec.name}`)")
+        raise NotFound(f"Failed to find vif '{ref}' of '{rec.name}': it has no such vif "
+                       f"(give its devid or MAC, see `xenia network-list {rec.name}`)")
 
     async def detach_vif(self, rec: DomainRecord, ref: str) -> None:
         vif = self._vif(rec, ref)
