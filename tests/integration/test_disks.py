@@ -36,8 +36,8 @@ def test_hot_attached_disk_can_be_formatted_and_used(host: Host) -> None:
     assert "vdb" not in partitions(host, "g1")
     host.xenia("block-attach", "g1", f"format=raw,vdev=xvdb,access=rw,target={path}")
     wait_until(lambda: "vda" in partitions(host, "g1"), what="the disk in the guest")
-    out = host.run("g1", "mkfs.ext2 -q /dev/vda >/dev/null 2>&1 && mkdir -p /m && mount /dev/vda /m && "
-                         "echo hello > /m/f && sync && cat /m/f && umount /m")
+    out = host.run("g1", "mkfs.ext2 -q /dev/vda >/dev/null 2>&1 && mkdir -p /m && "
+                         "mount /dev/vda /m && echo hello > /m/f && sync && cat /m/f && umount /m")
     assert out.strip() == "hello"
     assert "xvdb" in host.xenia("block-list", "g1").stdout
     host.xenia("block-detach", "g1", "xvdb")

@@ -14,7 +14,7 @@ from xenia.drivers.base import Driver, GuestEvents, Instance
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
 from xenia.drivers.qemu_hotplug import HotplugMixin
 from xenia.errors import BackendError, InvalidConfig, NotFound, NotSupported, XeniaError
-from xenia.host import hostinfo
+from xenia.host import affinity, hostinfo
 from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.qemu import accel as accel_mod
@@ -255,6 +255,10 @@ class QemuDriver(Driver):
                 "shorter XENIA_ROOT"
             )
         self.devices.check(record)
+        for v in range(cfg.effective_maxvcpus):
+            text = qemu_cpu.hard_affinity_text(record, v)
+            if text is not None:
+                affinity.resolve_cpulist(text, doing=f"apply cpus= of '{name}'")
 
     def prepare(self, record: DomainRecord) -> None:
         self.devices.prepare(record)
