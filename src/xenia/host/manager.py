@@ -283,6 +283,10 @@ class DomainManager:
             rec.state = "crashed" if kind == "crash" else "shutdown"
             self._save(rec)
             cfg.uuid = None
+            # The preserved domain keeps its NICs and their MACs; the new one gets its own.
+            for vif in cfg.vifs:
+                vif.mac = None
+                vif.devid = None
             asyncio.get_running_loop().create_task(self._create_logged(cfg))
 
     async def _create_logged(self, cfg: DomainConfig) -> None:
@@ -297,6 +301,8 @@ class DomainManager:
             with contextlib.suppress(Exception):
                 await inst.destroy()
         drv = self.driver_for(rec.config)
+        with contextlib.suppress(XeniaError):
+            await asyncio.to_thread(drv.release, rec)  # the dead QEMU's taps and cgroup
         try:
             await self._start(rec, drv, paused=False)
         except XeniaError as e:
