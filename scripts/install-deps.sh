@@ -49,5 +49,5 @@ apt-get install $APT_OPTS --no-install-recommends \
     nftables dnsmasq-base
 if [ "$want_test" = 1 ]; then
     # shellcheck disable=SC2086
-    apt-get install $APT_OPTS --no-install-recommends git procps psmisc busybox iperf3
+    apt-get install $APT_OPTS --no-install-recommends git procps psmisc busybox iperf3 genisoimage
 fi

@@ -76,6 +76,32 @@ class Instance(abc.ABC):
         """Counters for `xenia top` (see DomainManager.stats for the keys)."""
         return {"cpu_time": self.cpu_seconds()}
 
+    async def set_memory(self, rec: DomainRecord, mib: int) -> None:
+        """mem-set: the domain's memory target (balloon for VMs, a limit for containers)."""
+        raise self._unsupported("set the memory")
+
+    async def set_vcpus(self, rec: DomainRecord, count: int) -> list[int]:
+        """vcpu-set: make `count` vCPUs available; returns the ones added."""
+        raise self._unsupported("set the vCPUs")
+
+    async def attach_disk(self, rec: DomainRecord, spec: Any) -> None:
+        raise self._unsupported("attach a disk")
+
+    async def detach_disk(self, rec: DomainRecord, ref: str) -> None:
+        raise self._unsupported("detach a disk")
+
+    async def cd_insert(self, rec: DomainRecord, ref: str, target: str, fmt: str) -> None:
+        raise self._unsupported("insert a cdrom")
+
+    async def cd_eject(self, rec: DomainRecord, ref: str) -> None:
+        raise self._unsupported("eject a cdrom")
+
+    async def attach_vif(self, rec: DomainRecord, vif: Any) -> None:
+        raise self._unsupported("attach a network interface")
+
+    async def detach_vif(self, rec: DomainRecord, ref: str) -> None:
+        raise self._unsupported("detach a network interface")
+
     async def vcpu_rows(self, rec: DomainRecord) -> list[dict[str, Any]]:
         raise self._unsupported("list the vCPUs")
 

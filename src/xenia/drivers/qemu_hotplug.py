@@ -213,7 +213,8 @@ class HotplugMixin:
         layout.save(rec.runtime)
 
     # -- memory --------------------------------------------------------------------------
-    async def balloon(self, mib: int) -> None:
+    async def set_memory(self, rec: DomainRecord, mib: int) -> None:
+        """The balloon target: the guest gives back (or takes) memory down (up) to it."""
         await self._cmd("balloon", {"value": mib * 1024 * 1024})
 
     async def balloon_actual_mib(self) -> int:

@@ -477,7 +477,7 @@ class DomainManager:
             if mib < 16:
                 raise InvalidConfig(f"Failed to set the memory of '{rec.name}' to {mib} MiB: "
                                     "below 16 MiB no Linux guest survives")
-            await inst.balloon(mib)
+            await inst.set_memory(rec, mib)
             rec.config.memory = mib
 
         await self._live(ref, "to set the memory of", do)
@@ -492,7 +492,7 @@ class DomainManager:
                     "maxmem in the config and restart it"
                 )
             if mib < rec.config.memory:
-                await inst.balloon(mib)
+                await inst.set_memory(rec, mib)
                 rec.config.memory = mib
             rec.config.maxmem = mib
 
