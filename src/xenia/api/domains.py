@@ -100,3 +100,26 @@ async def wait(ref: str, req: WaitRequest, m: Manager) -> dict[str, Any]:
     rec = m.resolve(ref)
     await m.wait_stopped(rec.uuid, req.timeout)
     return {}
+
+
+class SaveRequest(BaseModel):
+    file: str
+    keep: bool = False
+    paused: bool = False
+
+
+class RestoreRequest(BaseModel):
+    file: str
+    paused: bool = False
+    name: str | None = None
+
+
+@router.post("/domains/{ref}/save")
+async def save(ref: str, req: SaveRequest, m: Manager) -> dict[str, Any]:
+    return await m.save(ref, req.file, req.keep, req.paused)
+
+
+@router.post("/restore", status_code=201)
+async def restore(req: RestoreRequest, m: Manager) -> dict[str, Any]:
+    rec = await m.restore(req.file, req.paused, {"name": req.name} if req.name else None)
+    return m.describe(rec)

@@ -102,6 +102,12 @@ class Instance(abc.ABC):
     async def detach_vif(self, rec: DomainRecord, ref: str) -> None:
         raise self._unsupported("detach a network interface")
 
+    async def save_state(self, path: Path, meta: dict[str, Any]) -> int:
+        raise self._unsupported("save the state")
+
+    async def receive_file(self, path: Path, offset: int) -> None:
+        raise self._unsupported("restore the state")
+
     async def vcpu_rows(self, rec: DomainRecord) -> list[dict[str, Any]]:
         raise self._unsupported("list the vCPUs")
 
@@ -145,8 +151,12 @@ class Driver(abc.ABC):
         """Remove the host-side parts of a domain that is gone (taps, cgroups). Blocking."""
 
     @abc.abstractmethod
-    async def start(self, record: DomainRecord, events: GuestEvents) -> Instance:
-        """Build the domain paused; on any failure leave nothing behind."""
+    async def start(self, record: DomainRecord, events: GuestEvents,
+                    incoming: str | None = None) -> Instance:
+        """Build the domain paused; on any failure leave nothing behind.
+
+        `incoming`: wait for a saved/migrated state instead of booting (VMs only).
+        """
 
     @abc.abstractmethod
     async def adopt(self, record: DomainRecord, events: GuestEvents) -> Instance | None:

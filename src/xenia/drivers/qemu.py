@@ -13,12 +13,13 @@ from xenia.drivers import qemu_cpu
 from xenia.drivers.base import Driver, GuestEvents, Instance
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
 from xenia.drivers.qemu_hotplug import HotplugMixin
+from xenia.drivers.qemu_migrate import MigrateMixin
 from xenia.errors import BackendError, InvalidConfig, NotFound, NotSupported, XeniaError
 from xenia.host import affinity, hostinfo
 from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.qemu import accel as accel_mod
-from xenia.qemu.binary import qemu_info
+from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv
 from xenia.qemu.process import QemuProcess, log_tail
 from xenia.storage.manager import StorageManager
@@ -45,7 +46,7 @@ def _check_readable(path: str | None, what: str, name: str, key: str) -> None:
         raise InvalidConfig(f"Failed to create domain '{name}': {what} '{path}' is not readable")
 
 
-class QemuInstance(HotplugMixin, Instance):
+class QemuInstance(HotplugMixin, MigrateMixin, Instance):
     def __init__(self, record: DomainRecord, proc: QemuProcess, events: GuestEvents,
                  devices: QemuDevices) -> None:
         self.record = record  # as at start: for its name in messages, not for state
@@ -273,7 +274,10 @@ class QemuDriver(Driver):
     def sched_set(self, record: DomainRecord, weight: int | None, cap: int | None) -> None:
         qemu_cpu.sched_set(record, weight, cap)
 
-    async def start(self, record: DomainRecord, events: GuestEvents) -> Instance:
+    async def start(self, record: DomainRecord, events: GuestEvents,
+                    incoming: str | None = None) -> Instance:
+        """Launch paused. With `incoming` ("defer"), QEMU waits for a migration stream
+        (restore, live migration) instead of booting."""
         cfg = record.config
         info = qemu_info()
         choice = accel_mod.resolve(cfg.accel, self.host_accel)
@@ -286,8 +290,10 @@ class QemuDriver(Driver):
         record.runtime["accel"] = choice.name
         await asyncio.to_thread(self.devices.plug_host, record)
         layout, devices = argv_devices(record)
+        machine = record.runtime.get("machine") or machine_alias("q35")
+        record.runtime["machine"] = machine
         argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files, qemu=info.path,
-                          layout=layout, devices=devices)
+                          layout=layout, devices=devices, incoming=incoming, machine=machine)
         proc = QemuProcess(record.name, record.uuid, files)
         inst = QemuInstance(record, proc, events, self.devices)
         try:
@@ -296,7 +302,7 @@ class QemuDriver(Driver):
             assert proc.pid is not None
             await asyncio.to_thread(qemu_cpu.setup_cgroup, record, proc.pid)
             qemu_cpu.pin_threads(record, await inst.vcpu_threads())
-            if cfg.effective_maxmem > cfg.memory:
+            if cfg.effective_maxmem > cfg.memory and incoming is None:
                 await proc.command("balloon", {"value": cfg.memory * 1024 * 1024})
         except BaseException:
             with contextlib.suppress(Exception):
@@ -308,7 +314,6 @@ class QemuDriver(Driver):
             {
                 "accel": choice.name,
                 "accel_reason": choice.reason,
-                "machine": "q35",
                 "qemu_version": info.version_text,
                 "pid": proc.pid,
                 # The guest RAM QEMU was given (-m): mem-max cannot go past it.

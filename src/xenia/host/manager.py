@@ -21,6 +21,7 @@ from xenia.errors import AlreadyExists, BackendError, InUse, InvalidConfig, NotF
 from xenia.host import hostinfo
 from xenia.host.pci import PciAssign, normalize_bdf
 from xenia.host.validate import check_config, check_name
+from xenia.migration.savefile import verify as verify_savefile
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
 from xenia.storage.manager import StorageManager
@@ -175,53 +176,75 @@ class DomainManager:
     # -- create --------------------------------------------------------------------------
     async def create(self, cfg: DomainConfig, paused: bool = False) -> DomainRecord:
         check_config(cfg)
+        rec = DomainRecord(
+            uuid=(cfg.uuid or str(uuidlib.uuid4())).lower(),
+            name=cfg.name,
+            domid=0,
+            config=cfg,
+            state="creating",
+            created_at=time.time(),
+        )
+        return await self.build(rec, paused=paused)
+
+    async def build(self, rec: DomainRecord, *, paused: bool = False,
+                    incoming: str | None = None,
+                    receive: Callable[[Instance], Awaitable[None]] | None = None,
+                    doing: str = "create") -> DomainRecord:
+        """Admit a new domain record (checks, domid, placement), start it, and run it.
+
+        With `incoming`, QEMU waits for a state instead of booting and `receive(instance)`
+        feeds it (restore, migration) before the domain is resumed. On any failure
+        nothing is left: no process, no host-side device, no record.
+        """
+        cfg = rec.config
         drv = self.driver_for(cfg)
         async with self._create_lock:
             for other in self.store.list():
-                if other.name == cfg.name:
+                if other.name == rec.name:
                     raise AlreadyExists(
-                        f"Failed to create domain '{cfg.name}': a domain with that name exists "
-                        f"already (domid {other.domid}); pick another name or destroy it first"
+                        f"Failed to {doing} domain '{rec.name}': a domain with that name "
+                        f"exists already (domid {other.domid}); pick another name or destroy "
+                        "it first"
                     )
-                if cfg.uuid and other.uuid == cfg.uuid.lower():
+                if other.uuid == rec.uuid:
                     raise AlreadyExists(
-                        f"Failed to create domain '{cfg.name}': domain '{other.name}' has UUID "
-                        f"{other.uuid} already"
+                        f"Failed to {doing} domain '{rec.name}': domain '{other.name}' has "
+                        f"UUID {other.uuid} already"
                     )
-            rec = DomainRecord(
-                uuid=(cfg.uuid or str(uuidlib.uuid4())).lower(),
-                name=cfg.name,
-                domid=0,
-                config=cfg,
-                state="creating",
-                created_at=time.time(),
-            )
             await asyncio.to_thread(drv.check, rec)
             rec.domid = self.store.next_domid()
             drv.prepare(rec)
             self._save(rec)  # written before acted on: a crash now leaves a record to reap
         try:
-            return await self._start(rec, drv, paused)
+            return await self._start(rec, drv, paused, incoming, receive)
         except BaseException:
             self.store.delete(rec.uuid)
             raise
 
-    async def _start(self, rec: DomainRecord, drv: Driver, paused: bool) -> DomainRecord:
-        inst = await drv.start(rec, self._events_for(rec.uuid))
+    async def _start(self, rec: DomainRecord, drv: Driver, paused: bool,
+                     incoming: str | None = None,
+                     receive: Callable[[Instance], Awaitable[None]] | None = None
+                     ) -> DomainRecord:
+        inst = await drv.start(rec, self._events_for(rec.uuid), incoming=incoming)
         self._inst[rec.uuid] = inst
         self._gone[rec.uuid] = asyncio.Event()
         try:
+            if receive is not None:
+                await receive(inst)
             if not paused:
                 await inst.resume()
         except BaseException:
             self._inst.pop(rec.uuid, None)
+            self._gone.pop(rec.uuid, None)
             with contextlib.suppress(Exception):
                 await inst.destroy()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(drv.release, rec)
             raise
         rec.state = "paused" if paused else "running"
         rec.started_at = time.time()
         self._save(rec)
-        log.info("created domain %s (domid %d)", rec.name, rec.domid)
+        log.info("started domain %s (domid %d)", rec.name, rec.domid)
         return rec
 
     # -- guest events --------------------------------------------------------------------
@@ -568,6 +591,76 @@ class DomainManager:
                     log.debug("stats of %s: %s", rec.name, e)
             rows.append(row)
         return rows
+
+    # -- save / restore ------------------------------------------------------------------
+    def portable(self, rec: DomainRecord) -> dict[str, Any]:
+        """The record as another host (or a later restore) needs it: no host-local facts."""
+        data = rec.to_dict()
+        runtime = {k: v for k, v in rec.runtime.items()
+                   if k in ("slots", "nports", "machine", "boot_maxmem", "pins")}
+        data["runtime"] = runtime
+        return data
+
+    async def save(self, ref: str, path: str, keep: bool, leave_paused: bool) -> dict[str, Any]:
+        """xl save: the domain's state into a self-describing, checksummed file.
+
+        Afterwards the domain is destroyed (xl's default), kept running (-c) or kept
+        paused (-p).
+        """
+        target = Path(path)
+        if not target.is_absolute():
+            raise InvalidConfig(f"Failed to save to '{path}': give an absolute path")
+        if not target.parent.is_dir():
+            raise NotFound(f"Failed to save to {target}: directory {target.parent} does not "
+                           "exist")
+        rec = self.resolve(ref)
+        async with self._lock(rec.uuid):
+            rec = self.store.get(rec.uuid) or rec
+            if rec.state not in ("running", "paused"):
+                raise InvalidConfig(f"Failed to save '{rec.name}': it is {rec.state}")
+            inst = self.instance(rec)
+            info = self.host_info()
+            meta = {"record": self.portable(rec), "saved_at": time.time(),
+                    "qemu_version": info.get("qemu_version"), "host": info.get("host"),
+                    "was_paused": rec.state == "paused"}
+            t0 = time.monotonic()
+            size = await inst.save_state(target, meta)
+            took = time.monotonic() - t0
+            if keep:
+                if rec.state == "running":
+                    await inst.resume()
+            elif leave_paused:
+                rec.state = "paused"
+                self._save(rec)
+            else:
+                await self._destroy_locked(rec)
+        log.info("saved domain %s to %s (%d bytes, %.2f s)", rec.name, target, size, took)
+        return {"file": str(target), "bytes": size, "seconds": took}
+
+    async def restore(self, path: str, paused: bool = False,
+                      overrides: dict[str, Any] | None = None) -> DomainRecord:
+        """xl restore: a new domain from a save file, continuing where it stopped."""
+        target = Path(path)
+        header = await asyncio.to_thread(verify_savefile, target)
+        try:
+            rec = DomainRecord.from_dict(dict(header.meta["record"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidConfig(f"Failed to restore from {target}: bad domain record ({e})") \
+                from e
+        if overrides and overrides.get("name"):
+            check_name(overrides["name"])
+            rec.name = rec.config.name = overrides["name"]
+        check_config(rec.config)
+        rec.state = "creating"
+        rec.created_at = time.time()
+        rec.domid = 0
+
+        async def receive(inst: Instance) -> None:
+            await inst.receive_file(target, header.offset)
+
+        was_paused = bool(header.meta.get("was_paused"))
+        return await self.build(rec, paused=paused or was_paused, incoming="defer",
+                                receive=receive, doing="restore")
 
     # -- queries -------------------------------------------------------------------------
     def describe(self, rec: DomainRecord) -> dict[str, Any]:

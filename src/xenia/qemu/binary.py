@@ -50,3 +50,27 @@ def qemu_info(binary: str = QEMU_BINARY) -> QemuInfo:
         raise BackendError(f"Failed to read QEMU's version from: {out.strip()[:200]!r}")
     first = out.strip().splitlines()[0] if out.strip() else ""
     return QemuInfo(path, (int(m[1]), int(m[2]), int(m[3])), first)
+
+
+@functools.lru_cache(maxsize=8)
+def machine_alias(alias: str = "q35", binary: str = QEMU_BINARY) -> str:
+    """The versioned machine an alias stands for ("q35" -> "pc-q35-10.0").
+
+    A domain records the versioned name at creation: a migration destination or a restore
+    on a newer QEMU must build the same machine, not the newest the alias points to.
+    """
+    path = find_qemu(binary)
+    try:
+        out = subprocess.run([path, "-machine", "help"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise BackendError(f"Failed to list QEMU's machine types: {e}") from e
+    m = re.search(rf"^{re.escape(alias)}\s.*\(alias of ([\w.-]+)\)", out, re.M)
+    return m.group(1) if m else alias
+
+
+def machine_types(binary: str = QEMU_BINARY) -> set[str]:
+    path = find_qemu(binary)
+    out = subprocess.run([path, "-machine", "help"], capture_output=True, text=True,
+                         timeout=30, check=False).stdout
+    return {line.split()[0] for line in out.splitlines()[1:] if line.strip()}

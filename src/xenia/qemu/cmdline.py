@@ -90,6 +90,7 @@ def build_argv(
     layout: Layout | None = None,
     devices: Sequence[tuple[str, dict[str, Any]]] = (),
     incoming: str | None = None,
+    machine: str = "q35",
 ) -> list[str]:
     """The full QEMU argv for a domain, started paused (-S) and daemonized.
 
@@ -101,7 +102,7 @@ def build_argv(
         qemu,
         "-name", f"guest={escape_opt(cfg.name)},debug-threads=on",
         "-uuid", uuid,
-        "-machine", "q35",
+        "-machine", machine,
         "-accel", "kvm" if accel == "kvm" else "tcg",
         "-cpu", cpu_model(accel),
         "-m", f"size={cfg.effective_maxmem}M",

@@ -1,0 +1,78 @@
+"""Save, restore and live migration verbs of a QEMU domain (mixed into QemuInstance)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from xenia.errors import BackendError, XeniaError
+from xenia.migration import savefile, stream
+from xenia.qemu.process import QemuProcess
+
+# Saving to a local file: no reason to hold QEMU to its default 128 MiB/s network cap.
+FILE_BANDWIDTH = 64 * 1024**3
+
+
+class MigrateMixin:
+    proc: QemuProcess
+
+    async def status(self) -> str:
+        return str((await self.proc.command("query-status"))["status"])
+
+    async def save_state(self, path: Path, meta: dict[str, Any]) -> int:
+        """Stop the guest and write its state into a save file at `path` (atomically).
+
+        Leaves the guest stopped (QEMU's "postmigrate"); the caller resumes or destroys.
+        Returns the file's size. On failure the guest runs on as before and no file is left.
+        """
+        was_running = await self.status() == "running"
+        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        await self.proc.command("stop")
+        try:
+            header = savefile.begin(tmp, meta)
+            await stream.set_caps(self.proc, auto_converge=False, postcopy_ram=False)
+            await stream.set_params(self.proc, max_bandwidth=FILE_BANDWIDTH, tls_creds="")
+            await self.proc.command("migrate", {"uri": f"file:{tmp},offset={header.offset}"})
+            await stream.wait(self.proc, what=f"saving to {path}")
+            size = savefile.finish(tmp, header)
+            os.replace(tmp, path)
+            return size
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            with contextlib.suppress(XeniaError):
+                await self.proc.command("migrate_cancel")
+            if was_running:
+                with contextlib.suppress(XeniaError):
+                    await self.proc.command("cont")
+            raise
+
+    async def receive_file(self, path: Path, offset: int) -> None:
+        """On a QEMU started with -incoming defer: load the state from a save file."""
+        await self.proc.command("migrate-incoming", {"uri": f"file:{path},offset={offset}"})
+        await stream.wait_incoming(self.proc, what=f"restoring from {path}")
+
+    async def receive_stream(self, uri: str, caps: dict[str, bool],
+                             params: dict[str, Any]) -> None:
+        """On a QEMU started with -incoming defer: listen for a live migration."""
+        if caps:
+            await stream.set_caps(self.proc, **caps)
+        if params:
+            await stream.set_params(self.proc, **params)
+        await self.proc.command("migrate-incoming", {"uri": uri})
+
+    async def send_stream(self, uri: str, caps: dict[str, bool], params: dict[str, Any],
+                          on_progress: Callable[[stream.Progress], None] | None,
+                          postcopy_after: float | None = None) -> stream.Progress:
+        """Live-migrate to a listening destination; returns the final progress."""
+        await stream.set_caps(self.proc, **caps)
+        await stream.set_params(self.proc, **params)
+        await self.proc.command("migrate", {"uri": uri})
+        return await stream.wait(self.proc, on_progress=on_progress, what="migrating")
+
+    async def cancel_migration(self) -> None:
+        with contextlib.suppress(BackendError):
+            await self.proc.command("migrate_cancel")

@@ -1,0 +1,1 @@
+"""Save/restore and live migration (sender and receiver)."""

@@ -1,0 +1,133 @@
+"""The save file: a self-describing, checksummed container around QEMU's migration stream.
+
+Layout:
+    MAGIC (16 bytes) | header length (8, big endian) | header JSON | zero padding to
+    STREAM_ALIGN | QEMU migration stream (written by QEMU itself via `file:PATH,offset=N`)
+    | trailer: TRAILER_MAGIC (16) + stream length (8) + SHA-256 of header JSON and stream (32)
+
+The header carries the domain's config and device placement (everything needed to build
+the same machine again), the QEMU version and machine type. `verify()` refuses a
+truncated or corrupted file before anything is started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xenia.errors import InvalidConfig, NotFound
+
+MAGIC = b"XENIA-SAVE\x00v1\x00\x00\n"
+TRAILER_MAGIC = b"XENIA-SAVE-END\x00\n"
+STREAM_ALIGN = 4096
+FORMAT_VERSION = 1
+assert len(MAGIC) == 16 and len(TRAILER_MAGIC) == 16
+_TRAILER_LEN = 16 + 8 + 32
+
+
+@dataclass
+class SaveHeader:
+    offset: int  # where QEMU's stream starts
+    meta: dict[str, Any]
+
+
+def begin(path: Path, meta: dict[str, Any]) -> SaveHeader:
+    """Write magic and header; return the offset at which QEMU must write its stream."""
+    meta = dict(meta, format_version=FORMAT_VERSION)
+    blob = json.dumps(meta, sort_keys=True).encode()
+    head = MAGIC + struct.pack(">Q", len(blob)) + blob
+    offset = -(-len(head) // STREAM_ALIGN) * STREAM_ALIGN
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(head + bytes(offset - len(head)))
+    return SaveHeader(offset, meta)
+
+
+def finish(path: Path, header: SaveHeader) -> int:
+    """After QEMU wrote its stream: append the trailer (length + checksum). Returns size."""
+    size = path.stat().st_size
+    stream_len = size - header.offset
+    if stream_len <= 0:
+        raise InvalidConfig(f"Failed to save to {path}: QEMU wrote no state")
+    digest = _digest(path, header.offset, stream_len)
+    with open(path, "ab") as f:
+        f.write(TRAILER_MAGIC + struct.pack(">Q", stream_len) + digest)
+        f.flush()
+        os.fsync(f.fileno())
+    return size + _TRAILER_LEN
+
+
+def _read_header(f: Any, path: Path) -> tuple[bytes, dict[str, Any], int]:
+    magic = f.read(16)
+    if magic != MAGIC:
+        raise InvalidConfig(f"Failed to restore from {path}: not a Xenia save file (bad magic)")
+    raw = f.read(8)
+    if len(raw) != 8:
+        raise InvalidConfig(f"Failed to restore from {path}: the file is truncated")
+    (n,) = struct.unpack(">Q", raw)
+    if n > 16 * 1024 * 1024:
+        raise InvalidConfig(f"Failed to restore from {path}: corrupted header length")
+    blob = f.read(n)
+    if len(blob) != n:
+        raise InvalidConfig(f"Failed to restore from {path}: the file is truncated")
+    try:
+        meta = json.loads(blob)
+    except ValueError as e:
+        raise InvalidConfig(f"Failed to restore from {path}: corrupted header ({e})") from e
+    offset = -(-(24 + n) // STREAM_ALIGN) * STREAM_ALIGN
+    return blob, meta, offset
+
+
+def _digest(path: Path, offset: int, stream_len: int) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        blob, _, _ = _read_header(f, path)
+        h.update(blob)
+        f.seek(offset)
+        left = stream_len
+        while left:
+            chunk = f.read(min(left, 4 * 1024 * 1024))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    return h.digest()
+
+
+def verify(path: Path) -> SaveHeader:
+    """Check magic, completeness and checksum; the header if the file is intact."""
+    try:
+        size = path.stat().st_size
+        f = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        raise NotFound(f"Failed to restore from {path}: no such file") from None
+    except OSError as e:
+        raise InvalidConfig(f"Failed to restore from {path}: {e}") from e
+    with f:
+        _, meta, offset = _read_header(f, path)
+        if size < offset + _TRAILER_LEN:
+            raise InvalidConfig(f"Failed to restore from {path}: the file is truncated "
+                                "(no trailer: the save did not finish or the copy was cut)")
+        f.seek(size - _TRAILER_LEN)
+        trailer = f.read(_TRAILER_LEN)
+    if trailer[:16] != TRAILER_MAGIC:
+        raise InvalidConfig(f"Failed to restore from {path}: the file is truncated or "
+                            "corrupted (no end marker)")
+    (stream_len,) = struct.unpack(">Q", trailer[16:24])
+    if offset + stream_len + _TRAILER_LEN != size:
+        raise InvalidConfig(
+            f"Failed to restore from {path}: the file is truncated or has trailing data "
+            f"({size} bytes, {offset + stream_len + _TRAILER_LEN} expected)"
+        )
+    if _digest(path, offset, stream_len) != trailer[24:]:
+        raise InvalidConfig(f"Failed to restore from {path}: checksum mismatch, the file is "
+                            "corrupted")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise InvalidConfig(f"Failed to restore from {path}: save format version "
+                            f"{meta.get('format_version')} is not supported")
+    return SaveHeader(offset, meta)

@@ -1,0 +1,96 @@
+"""Driving QEMU's migration over QMP: capabilities, parameters, progress, cancel.
+
+Used by save (to a file), restore (from a file) and live migration (over TCP/TLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from xenia.errors import BackendError
+from xenia.qemu.process import QemuProcess
+
+DONE = ("completed",)
+FAILED = ("failed", "cancelled")
+
+
+@dataclass
+class Progress:
+    status: str
+    passes: int = 0
+    transferred: int = 0
+    remaining: int = 0
+    total: int = 0
+    dirty_rate: int = 0  # pages/s
+    throttle: int = 0  # auto-converge CPU throttle %
+    downtime_ms: int | None = None
+    total_ms: int | None = None
+    setup_ms: int | None = None
+
+    @classmethod
+    def from_qmp(cls, info: dict[str, Any]) -> Progress:
+        ram = info.get("ram", {})
+        return cls(
+            status=str(info.get("status", "none")),
+            passes=int(ram.get("dirty-sync-count", 0)),
+            transferred=int(ram.get("transferred", 0)),
+            remaining=int(ram.get("remaining", 0)),
+            total=int(ram.get("total", 0)),
+            dirty_rate=int(ram.get("dirty-pages-rate", 0)),
+            throttle=int(info.get("cpu-throttle-percentage", 0)),
+            downtime_ms=info.get("downtime"),
+            total_ms=info.get("total-time"),
+            setup_ms=info.get("setup-time"),
+        )
+
+
+async def set_caps(proc: QemuProcess, **caps: bool) -> None:
+    await proc.command("migrate-set-capabilities", {"capabilities": [
+        {"capability": k.replace("_", "-"), "state": v} for k, v in caps.items()]})
+
+
+async def set_params(proc: QemuProcess, **params: Any) -> None:
+    await proc.command("migrate-set-parameters",
+                       {k.replace("_", "-"): v for k, v in params.items()})
+
+
+async def wait(proc: QemuProcess, *, on_progress: Callable[[Progress], None] | None = None,
+               interval: float = 0.1, timeout: float | None = None,
+               what: str = "migration") -> Progress:
+    """Poll query-migrate until the migration ends; raise BackendError if it failed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        info = await proc.command("query-migrate")
+        prog = Progress.from_qmp(info)
+        if on_progress is not None:
+            on_progress(prog)
+        if prog.status in DONE:
+            return prog
+        if prog.status in FAILED:
+            why = info.get("error-desc") or prog.status
+            raise BackendError(f"Failed {what}: {why}")
+        if deadline is not None and time.monotonic() > deadline:
+            raise BackendError(f"Failed {what}: it did not finish in {timeout:.0f} s")
+        await asyncio.sleep(interval)
+
+
+async def wait_incoming(proc: QemuProcess, timeout: float | None = None,
+                        what: str = "restore") -> None:
+    """On the receiving QEMU: until the incoming migration completed (or failed)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        info = await proc.command("query-migrate")
+        status = info.get("status")
+        if status == "completed":
+            return
+        if status in FAILED:
+            raise BackendError(f"Failed {what}: {info.get('error-desc') or status}")
+        if not proc.alive:
+            raise BackendError(f"Failed {what}: QEMU exited while receiving the state")
+        if deadline is not None and time.monotonic() > deadline:
+            raise BackendError(f"Failed {what}: no complete state in {timeout:.0f} s")
+        await asyncio.sleep(0.05)
