@@ -1,0 +1,81 @@
+"""Issue 4 item 1: save and restore real guests; the guest continues where it stopped."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.integration.harness import Host
+
+pytestmark = pytest.mark.integration
+
+COUNTER = "(i=0; while :; do i=$((i+1)); echo $i > /tmp/cnt; sleep 0.1; done) >/dev/null 2>&1 &"
+
+
+def counter(host: Host, name: str) -> int:
+    return int(host.run(name, "cat /tmp/cnt").strip())
+
+
+def test_save_restore_continues_the_guest(host: Host) -> None:
+    dom = host.create("g1")
+    host.run("g1", "echo marker-$((7*6)) > /tmp/state; " + COUNTER)
+    time.sleep(1.5)
+    before = counter(host, "g1")
+    save = host.root / "g1.save"
+    host.xenia("save", "g1", str(save))
+    assert not host.has_domain("g1")  # xl save destroys the domain
+    time.sleep(2)
+    # A daemon restart in between: the file carries everything.
+    host.kill_daemon()
+    host.start_daemon()
+    host.xenia("restore", str(save))
+    after = counter(host, "g1")
+    # No reboot (the tmpfs file survived) and no gap: it resumed right where it stopped.
+    assert before <= after <= before + 5, (before, after)
+    assert host.run("g1", "cat /tmp/state").strip() == "marker-42"
+    time.sleep(1)
+    assert counter(host, "g1") > after  # and it runs on
+    d = host.domain("g1")
+    assert d["uuid"] == dom["uuid"] and d["domid"] != dom["domid"]
+    assert host.run("g1", "cat /proc/sys/kernel/tainted").strip() == "0"
+
+
+def test_save_c_and_p(host: Host) -> None:
+    host.create("g1")
+    host.run("g1", COUNTER)
+    host.xenia("save", "-c", "g1", str(host.root / "a.save"))
+    assert host.domain("g1")["state"] == "running"
+    time.sleep(1)
+    c = counter(host, "g1")
+    host.xenia("save", "-p", "g1", str(host.root / "b.save"))
+    assert host.domain("g1")["state"] == "paused"
+    # Restoring while the original still exists: its name and UUID are taken.
+    res = host.xenia("restore", str(host.root / "a.save"), check=False)
+    assert res.returncode != 0 and "exists already" in res.stderr
+    host.xenia("destroy", "g1")
+    host.xenia("restore", "-p", str(host.root / "b.save"))
+    assert host.domain("g1")["state"] == "paused"
+    host.xenia("unpause", "g1")
+    assert counter(host, "g1") >= c
+
+
+def test_broken_save_files_are_refused(host: Host) -> None:
+    host.create("g1")
+    save = host.root / "g.save"
+    host.xenia("save", "g1", str(save))
+    data = save.read_bytes()
+    cut = host.root / "cut.save"
+    cut.write_bytes(data[: len(data) // 2])
+    res = host.xenia("restore", str(cut), check=False)
+    assert res.returncode != 0 and "truncated" in res.stderr
+    bad = host.root / "bad.save"
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x55
+    bad.write_bytes(bytes(flipped))
+    res = host.xenia("restore", str(bad), check=False)
+    assert res.returncode != 0 and "checksum mismatch" in res.stderr
+    assert host.domains() == []
+    assert list((host.root / "run" / "domains").iterdir()) == []
+    host.xenia("restore", str(save))  # the intact one still works
+    assert host.run("g1", "echo ok").strip() == "ok"
