@@ -22,6 +22,8 @@ from xenia.drivers.qemu import QemuDriver
 from xenia.host.manager import DomainManager
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
+from xenia.peers import listener as peers
+from xenia.peers.address import ListenSpec
 from xenia.qemu import accel as accel_mod
 from xenia.storage.manager import StorageManager
 from xenia.store.sqlite import SqliteStore
@@ -56,7 +58,7 @@ def take_lock(paths: Paths) -> int:
     return fd
 
 
-async def serve(paths: Paths, host_accel: str) -> None:
+async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None) -> None:
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
     network = NetworkManager(paths, store)
@@ -72,12 +74,15 @@ async def serve(paths: Paths, host_accel: str) -> None:
         log.info("accelerator: KVM")
     await manager.adopt_all()
     sock = bind_unix(str(paths.api_socket))
-    config = uvicorn.Config(make_app(manager), log_level="warning", lifespan="off",
+    app = make_app(manager)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     log.info("xeniad listening on %s", paths.api_socket)
     try:
-        await server.serve(sockets=[sock])
+        # The host identity, and the same app on TCP (TLS + tokens) with --listen.
+        async with peers.serve_peers(app, paths, store, listen):
+            await server.serve(sockets=[sock])
     finally:
         await manager.detach_all()
         await network.stop()
@@ -96,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
                         default=os.environ.get("XENIA_ACCEL", "auto"),
                         help="host default accelerator (default: auto = probe)")
     parser.add_argument("--log-level", default=os.environ.get("XENIA_LOG_LEVEL", "info"))
+    peers.add_arguments(parser)
     args = parser.parse_args(argv)
+    listen = peers.listen_from_args(parser, args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.INFO),
         format="%(asctime)s xeniad[%(process)d] %(levelname)s %(name)s: %(message)s",
@@ -105,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     paths.ensure()
     take_lock(paths)
     try:
-        asyncio.run(serve(paths, args.accel))
+        asyncio.run(serve(paths, args.accel, listen))
     except KeyboardInterrupt:
         pass
 

@@ -88,3 +88,21 @@ KINDS: dict[str, type[XeniaError]] = {
         Unreachable,
     )
 }
+
+
+class Unauthorized(XeniaError):
+    """A request without valid credentials, or a peer that failed to prove who it is."""
+
+    http_status = 401
+    kind = "unauthorized"
+
+
+class PermissionDenied(XeniaError):
+    """Valid credentials, but not for this: e.g. token management over TCP."""
+
+    http_status = 403
+    kind = "permission-denied"
+
+
+# Registered here, not in the tuple above, so this addition merges without touching it.
+KINDS.update({cls.kind: cls for cls in (Unauthorized, PermissionDenied)})

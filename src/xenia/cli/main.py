@@ -25,6 +25,7 @@ register("images", "image")
 register("storage", "pool", "volume")
 register("network", "network")
 register("top", "top")
+register("hosts", "host")
 
 
 def main() -> None:

@@ -1,0 +1,219 @@
+"""`xenia host ...`: this host's identity and tokens, and the peer hosts it knows.
+
+xl has no such command: Xen's xend relocation server trusted an address list
+(xend-relocation-hosts-allow) and sent guests in clear text. Here peers authenticate with a
+token over TLS pinned to the peer's certificate fingerprint, like SSH's known_hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from xenia.cli.base import Ctx, cli, out, pass_ctx, warn
+from xenia.errors import InvalidConfig
+from xenia.peers import fingerprint as fp
+from xenia.peers.address import split_hostport
+
+LIST_HEADERS = ("NAME", "ADDRESS", "REACHABLE", "AUTH", "QEMU", "ACCEL", "FREE(MiB)",
+                "DOMAINS")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in [list(headers), *rows]]
+
+
+def _yes_no(v: Any) -> str:
+    return "-" if v is None else ("yes" if v else "no")
+
+
+def format_list(rows: list[dict[str, Any]]) -> list[str]:
+    """The lines `xenia host list` prints."""
+    return table(LIST_HEADERS, [
+        [r["name"], r["address"], _yes_no(r.get("reachable")),
+         _yes_no(r.get("authenticated")) if r.get("reachable") else "-",
+         str(r.get("qemu_version") or "-"), str(r.get("accel") or "-"),
+         "-" if r.get("free_memory") is None else str(r["free_memory"]),
+         "-" if r.get("domains") is None else str(r["domains"])]
+        for r in rows
+    ])
+
+
+@cli.group()
+def host() -> None:
+    """This host's identity and tokens; the peer hosts it knows (for migration)."""
+
+
+@host.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def info(c: Ctx, as_json: bool) -> None:
+    """This host's certificate fingerprint (what peers pin), listener and tokens."""
+    i = c.client.get("/v1/host/identity")
+    if as_json:
+        out(json.dumps(i, indent=2))
+        return
+    listen = i.get("listen")
+    if listen:
+        listen += " (TLS)" if i.get("tls") else " (PLAIN HTTP, --insecure-no-tls)"
+    for k, v in (("host", i.get("host")), ("fingerprint", f"SHA256 {i['fingerprint']}"),
+                 ("subject", i.get("subject")), ("names", ", ".join(i.get("sans") or [])),
+                 ("valid_until", i.get("not_after")), ("certificate", i.get("certificate_path")),
+                 ("listen", listen or "off (start xeniad with --listen ADDR:PORT)"),
+                 ("tokens", i.get("tokens")), ("peers", i.get("peers"))):
+        out(f"{k:<12}: {v}")
+
+
+@host.command("cert")
+@pass_ctx
+def cert(c: Ctx) -> None:
+    """Print this host's certificate (PEM)."""
+    out(c.client.get("/v1/host/certificate")["pem"].rstrip())
+
+
+# -- tokens ------------------------------------------------------------------------------
+@host.group("token")
+def token() -> None:
+    """Tokens other hosts present to this one (give one to each peer's `host add`)."""
+
+
+@token.command("create")
+@click.option("--name", "-n", help="A name to list and revoke it by (default: token-XXXXXX).")
+@pass_ctx
+def token_create(c: Ctx, name: str | None) -> None:
+    """Make a token and print it: it is shown this once, only its hash is kept."""
+    t = c.client.post("/v1/host/tokens", {"name": name})
+    out(t["token"])
+    warn(f"token '{t['name']}' created; it is shown only now. Revoke it with "
+         f"`xenia host token revoke {t['name']}`.")
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def token_list(c: Ctx, as_json: bool) -> None:
+    """List tokens by name (the tokens themselves are not kept)."""
+    rows: list[dict[str, Any]] = c.client.get("/v1/host/tokens")
+    if as_json:
+        out(json.dumps(rows, indent=2))
+        return
+    import time
+
+    for line in table(("NAME", "CREATED"), [
+            [r["name"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"]))]
+            for r in rows]):
+        out(line)
+
+
+@token.command("revoke")
+@click.argument("name")
+@pass_ctx
+def token_revoke(c: Ctx, name: str) -> None:
+    """Revoke a token: hosts presenting it are refused from now on."""
+    c.client.delete("/v1/host/tokens/" + quote(name, safe=""))
+    out(f"Revoked token {name}")
+
+
+# -- peers -------------------------------------------------------------------------------
+def _read_token(token: str | None, token_file: str | None, name: str) -> str:
+    if (token is None) == (token_file is None):
+        raise InvalidConfig(f"Failed to add host '{name}': give exactly one of --token and "
+                            "--token-file (a token from `xenia host token create` there)")
+    if token_file is not None:
+        try:
+            text = (sys.stdin.read() if token_file == "-"
+                    else Path(token_file).read_text())
+        except OSError as e:
+            raise InvalidConfig(f"Failed to read the token from {token_file}: "
+                                f"{e.strerror or e}") from e
+        token = text.strip()
+    assert token is not None
+    return token
+
+
+def choose_fingerprint(name: str, probe: dict[str, Any], trust: bool, interactive: bool
+                       ) -> str:
+    """The fingerprint to pin when none was given: shown, then trusted or confirmed."""
+    warn(f"host '{name}' at {probe['address']} presents a certificate for "
+         f"'{probe.get('subject')}' ({', '.join(probe.get('sans') or [])})")
+    warn(f"its SHA-256 fingerprint is {probe['fingerprint']}")
+    if trust:
+        return str(probe["fingerprint"])
+    if not interactive:
+        raise InvalidConfig(
+            f"Failed to add host '{name}': its certificate fingerprint cannot be confirmed "
+            "without a terminal; compare it with `xenia host info` on that host and pass "
+            "--fingerprint FP, or pass --trust to pin whatever it presents"
+        )
+    if not click.confirm("Is this the fingerprint `xenia host info` shows on that host?",
+                         default=False, err=True):
+        raise InvalidConfig(f"Failed to add host '{name}': its certificate was not confirmed")
+    return str(probe["fingerprint"])
+
+
+@host.command("add")
+@click.argument("name")
+@click.argument("address", metavar="ADDRESS[:PORT]")
+@click.option("--token", help="A token made on that host (`xenia host token create`).")
+@click.option("--token-file", metavar="FILE", help="Read the token from FILE ('-': stdin).")
+@click.option("--fingerprint", metavar="SHA256",
+              help="Its certificate fingerprint, as `xenia host info` shows it there.")
+@click.option("--trust", is_flag=True,
+              help="Pin the certificate it presents now, without asking (no --fingerprint).")
+@click.option("--insecure-no-tls", is_flag=True,
+              help="It listens with --insecure-no-tls: plain HTTP, nothing to pin.")
+@pass_ctx
+def add(c: Ctx, name: str, address: str, token: str | None, token_file: str | None,
+        fingerprint: str | None, trust: bool, insecure_no_tls: bool) -> None:
+    """Add peer NAME at ADDRESS: its certificate is pinned and the token must work."""
+    split_hostport(address, what="host address")
+    secret = _read_token(token, token_file, name)
+    if insecure_no_tls and (fingerprint or trust):
+        raise InvalidConfig(f"Failed to add host '{name}': --insecure-no-tls has no "
+                            "certificate to pin; drop --fingerprint/--trust")
+    if fingerprint:
+        fingerprint = fp.normalize(fingerprint)
+    elif not insecure_no_tls:
+        probe = c.client.post("/v1/peers/probe", {"address": address}, timeout=60.0)
+        fingerprint = choose_fingerprint(name, probe, trust, sys.stdin.isatty())
+    p = c.client.post("/v1/peers", {"name": name, "address": address, "token": secret,
+                                    "fingerprint": fingerprint, "tls": not insecure_no_tls},
+                      timeout=60.0)
+    pinned = f" (fingerprint {p['fingerprint']})" if p.get("fingerprint") else " (plain HTTP)"
+    out(f"Added host {p['name']} at {p['address']}{pinned}: QEMU {p.get('qemu_version')}, "
+        f"{p.get('accel')}, {p.get('free_memory')} MiB free, {p.get('domains')} domains")
+
+
+@host.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def list_(c: Ctx, as_json: bool) -> None:
+    """List peers: reachable, token accepted, and what their /v1/host says."""
+    rows: list[dict[str, Any]] = c.client.get("/v1/peers")
+    if as_json:
+        out(json.dumps(rows, indent=2))
+        return
+    for line in format_list(rows):
+        out(line)
+    for r in rows:
+        if r.get("error"):
+            warn(f"host {r['name']}: {r['error']}")
+
+
+@host.command("remove")
+@click.argument("name")
+@pass_ctx
+def remove(c: Ctx, name: str) -> None:
+    """Forget peer NAME (its token stays valid there until revoked there)."""
+    c.client.delete("/v1/peers/" + quote(name, safe=""))
+    out(f"Removed host {name}")

@@ -1,0 +1,139 @@
+"""serve_peers(): the host identity, and the API on TCP (TLS + tokens) beside the UNIX socket.
+
+xeniad runs two uvicorn servers in one event loop over the same FastAPI app: the UNIX
+socket's, bare (root-only socket), and this module's, on TCP, with the app behind
+TokenAuth and TLS from the host identity. The TCP server leaves signals to the UNIX one:
+uvicorn's handlers would otherwise replace each other, and one stop must stop both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import uvicorn
+from fastapi import FastAPI
+
+from xenia.errors import BackendError, XeniaError
+from xenia.paths import Paths
+from xenia.peers.address import LISTEN_ENV, ListenSpec, listen_from_env_or, parse_listen
+from xenia.peers.auth import TokenAuth
+from xenia.peers.service import PeerService
+from xenia.store.base import Store
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 10.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen", metavar="ADDR:PORT",
+        help="also serve the API to other hosts on TCP, with TLS and token authentication "
+             f"(default: ${LISTEN_ENV}, else off); e.g. 10.0.0.2:8443, [::]:8443")
+    parser.add_argument(
+        "--insecure-no-tls", action="store_true",
+        help="serve --listen as plain HTTP (tokens still required, but readable on the "
+             "wire); only for isolated test networks")
+
+
+def listen_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
+                     ) -> ListenSpec | None:
+    try:
+        return parse_listen(listen_from_env_or(args.listen), args.insecure_no_tls)
+    except XeniaError as e:
+        parser.error(e.message)
+
+
+class _TcpServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The UNIX socket's server owns SIGINT/SIGTERM; serve_peers stops this one after it.
+        yield
+
+
+def bind_tcp(spec: ListenSpec) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(spec.bind_host, spec.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        family, kind, proto, _, addr = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise BackendError(f"Failed to listen on {spec}: {e.strerror or e}") from e
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and spec.bind_host == "::":
+            # [::] means every address, IPv4 ones included.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(addr)
+        sock.listen(64)
+    except OSError as e:
+        sock.close()
+        raise BackendError(
+            f"Failed to listen on {spec}: {e.strerror or e}; give a free port and an address "
+            "of this host to --listen (or $XENIA_LISTEN)"
+        ) from e
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def serve_peers(app: FastAPI, paths: Paths, store: Store,
+                      listen: ListenSpec | None) -> AsyncIterator[PeerService]:
+    """Make sure the identity exists; serve the API on TCP while the block runs."""
+    svc = PeerService(paths, store, listen)
+    app.state.peers = svc
+    try:
+        ident = svc.identity()
+        log.info("host certificate fingerprint (SHA-256): %s", ident.fingerprint)
+    except XeniaError as e:
+        if listen is not None and listen.tls:
+            raise SystemExit(f"xeniad: {e.message}") from e
+        # Without a TLS listener the identity is only shown; the local API still works.
+        log.warning("%s", e.message)
+    if listen is None:
+        yield svc
+        return
+    try:
+        sock = bind_tcp(listen)
+    except XeniaError as e:
+        raise SystemExit(f"xeniad: {e.message}") from e
+    config = uvicorn.Config(TokenAuth(app, svc.tokens.verify), log_level="warning",
+                            lifespan="off", timeout_graceful_shutdown=2, proxy_headers=False,
+                            server_header=False)
+    config.load()
+    if listen.tls:
+        # Our own context rather than uvicorn's ssl_* options: uvicorn's default cipher
+        # string ("TLSv1") leaves out TLS 1.2's AEAD suites; this one is Python's default.
+        config.ssl = svc.identity().ssl_server_context()
+    else:
+        log.warning("!!! INSECURE: the API on %s is plain HTTP (--insecure-no-tls): tokens and "
+                    "everything else cross the network readable and changeable by anyone on "
+                    "the path. Use it only on an isolated test network. !!!", listen)
+    server = _TcpServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="xeniad-tcp")
+    deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+    while not server.started and not task.done():
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.01)
+    if not server.started:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 5)
+        sock.close()
+        raise SystemExit(f"xeniad: Failed to serve the API on {listen}: the server did not start")
+    log.info("xeniad listening on %s (%s, token required)", listen,
+             "TLS" if listen.tls else "plain HTTP")
+    try:
+        yield svc
+    finally:
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(task, 10)
+        except Exception:
+            log.exception("the TCP listener did not stop cleanly")
+        sock.close()
