@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import xenia
-from xenia.api import devices, domains, network, peers, storage
+from xenia.api import devices, domains, migration, network, peers, storage
 from xenia.errors import InvalidConfig, XeniaError
 from xenia.host.manager import DomainManager
 
@@ -26,6 +26,7 @@ def make_app(manager: DomainManager) -> FastAPI:
     app.include_router(domains.router)
     app.include_router(devices.router)
     app.include_router(devices.host_router)
+    app.include_router(migration.router)
     app.include_router(storage.router)
     app.include_router(network.router)
     app.include_router(peers.router)

@@ -20,7 +20,7 @@ register("devices", "block-attach", "block-detach", "block-list", "cd-insert", "
          "network-attach", "network-detach", "network-list", "pci-list", "mem-set", "mem-max",
          "vcpu-set", "vcpu-list", "vcpu-pin", "sched-credit", "pci-assignable-add",
          "pci-assignable-list", "pci-assignable-remove", "pci-attach", "pci-detach")
-register("migrate", "save", "restore")
+register("migrate", "save", "restore", "migrate")
 register("images", "image")
 register("storage", "pool", "volume")
 register("network", "network")

@@ -7,7 +7,7 @@ import os
 import click
 
 from xenia.cli.base import Ctx, cli, out, pass_ctx
-from xenia.errors import InvalidConfig
+from xenia.errors import InvalidConfig, XeniaError
 
 
 @cli.command()
@@ -48,3 +48,82 @@ def restore(c: Ctx, paused: bool, no_wait: bool, debug: bool, vncviewer: bool,
     d = c.client.post("/v1/restore", {"file": os.path.abspath(files[-1]), "paused": paused,
                                       "name": name}, timeout=None)
     out(f"Restored {d['name']} (domid {d['domid']})")
+
+
+def _render(job: dict[str, object]) -> str:
+    p = job.get("progress") or {}
+    assert isinstance(p, dict)
+    mib = 2**20
+    if job["status"] in ("checking", "preparing"):
+        return f"{job['status']}..."
+    if job["status"] == "mirroring":
+        return "copying disks (live mirror)..."
+    total = int(p.get("total") or 0)
+    done = total - int(p.get("remaining") or 0)
+    pct = 100 * done / total if total else 0.0
+    rate = int(p.get("dirty_rate") or 0) * 4096 / mib
+    throttle = int(p.get("throttle") or 0)
+    extra = f", throttle {throttle}%" if throttle else ""
+    return (f"{job['status']}: pass {p.get('passes', 0)}, {pct:5.1f}% of RAM, "
+            f"{int(p.get('transferred') or 0) / mib:.0f} MiB sent, "
+            f"{int(p.get('remaining') or 0) / mib:.0f} MiB left, dirtying {rate:.1f} MiB/s"
+            f"{extra}")
+
+
+@cli.command()
+@click.option("--copy-storage", is_flag=True, help="Mirror the disks to the host (no shared "
+              "storage).")
+@click.option("--downtime", "downtime", type=int, metavar="MS",
+              help="Maximum downtime at the switch-over (QEMU's default: 300 ms).")
+@click.option("--bandwidth", "bandwidth", type=int, metavar="MIBS",
+              help="Bandwidth limit in MiB/s.")
+@click.option("--postcopy", is_flag=True, help="Switch to post-copy if pre-copy is slow.")
+@click.option("--auto-converge", is_flag=True, help="Throttle a guest that dirties memory "
+              "faster than the link carries it.")
+@click.option("--no-tls", is_flag=True, help="Send the migration stream unencrypted.")
+@click.option("--cancel", "cancel", is_flag=True, help="Cancel the migration of DOM.")
+@click.option("-l", "live_flag", is_flag=True, hidden=True)  # xl: migrations are live anyway
+@click.argument("dom")
+@click.argument("host", required=False)
+@pass_ctx
+def migrate(c: Ctx, copy_storage: bool, downtime: int | None, bandwidth: int | None,
+            postcopy: bool, auto_converge: bool, no_tls: bool, cancel: bool,
+            live_flag: bool, dom: str, host: str | None) -> None:
+    """Live-migrate DOM to HOST (a peer added with `xenia host add`)."""
+    import sys
+    import time
+
+    if cancel:
+        job = c.client.post(f"/v1/domains/{dom}/migrate/cancel", timeout=120)
+        out(f"Cancelled the migration of {dom}; it keeps running here")
+        return
+    if not host:
+        raise InvalidConfig("Failed to migrate: name the destination host (xenia host list)")
+    job = c.client.post(f"/v1/domains/{dom}/migrate", {
+        "host": host, "copy_storage": copy_storage, "downtime_ms": downtime,
+        "bandwidth_mibs": bandwidth, "postcopy": postcopy, "auto_converge": auto_converge,
+        "tls": not no_tls})
+    tty = sys.stderr.isatty()
+    last = ""
+    try:
+        while job["finished"] is None:
+            time.sleep(0.2)
+            job = c.client.get(f"/v1/migrations/{job['id']}")
+            line = _render(job)
+            if line != last:
+                if tty:
+                    sys.stderr.write("\r\033[K" + line)
+                else:
+                    sys.stderr.write(line + "\n")
+                sys.stderr.flush()
+                last = line
+    except KeyboardInterrupt:
+        sys.stderr.write("\ncancelling...\n")
+        job = c.client.post(f"/v1/migrations/{job['id']}/cancel", timeout=120)
+        raise XeniaError(str(job.get("message") or "Migration cancelled")) from None
+    finally:
+        if tty:
+            sys.stderr.write("\n")
+    if job["status"] != "completed":
+        raise XeniaError(str(job["message"]))
+    out(job["message"])

@@ -21,7 +21,9 @@ from xenia.errors import AlreadyExists, BackendError, InUse, InvalidConfig, NotF
 from xenia.host import hostinfo
 from xenia.host.pci import PciAssign, normalize_bdf
 from xenia.host.validate import check_config, check_name
+from xenia.migration.receiver import Receiver
 from xenia.migration.savefile import verify as verify_savefile
+from xenia.migration.sender import Sender
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
 from xenia.storage.manager import StorageManager
@@ -56,6 +58,8 @@ class DomainManager:
         self.store = store
         self.storage = storage or StorageManager(paths, store)
         self.pci = PciAssign(store)
+        self.sender = Sender(self)
+        self.receiver = Receiver(self)
         self.network = network or NetworkManager(paths, store)
         self.drivers = {t: d for d in drivers for t in d.types}
         self._inst: dict[str, Instance] = {}
@@ -106,11 +110,18 @@ class DomainManager:
         for rec in self.store.list():
             drv = self.drivers.get(rec.config.type)
             inst = None
-            if drv is not None and rec.state != "creating":
+            if drv is not None:
                 try:
                     inst = await drv.adopt(rec, self._events_for(rec.uuid))
                 except XeniaError as e:
                     log.warning("could not adopt %s: %s", rec.name, e)
+            if inst is not None and rec.state == "creating":
+                # Half-built when the last daemon died (a create, restore or incoming
+                # migration): nobody can finish it, so it goes.
+                log.warning("domain %s was still being built; removing it", rec.name)
+                with contextlib.suppress(Exception):
+                    await inst.destroy()
+                inst = None
             if inst is None:
                 log.warning("domain %s (%s) is gone; removing its record", rec.name, rec.uuid)
                 self._forget(rec)

@@ -1,0 +1,95 @@
+"""Migration routes: the source side (for the local CLI) and the destination side (for
+peer xeniads, reached over the authenticated TCP listener)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from xenia.api.deps import Manager
+from xenia.errors import NotFound
+from xenia.migration.sender import MigrationOptions
+
+router = APIRouter(prefix="/v1")
+
+
+class MigrateRequest(BaseModel):
+    host: str
+    copy_storage: bool = False
+    downtime_ms: int | None = None
+    bandwidth_mibs: int | None = None
+    postcopy: bool = False
+    auto_converge: bool = False
+    tls: bool = True
+
+
+class CheckRequest(BaseModel):
+    record: dict[str, Any]
+    facts: dict[str, Any] = {}
+    copy_storage: bool = False
+
+
+@router.post("/domains/{ref}/migrate", status_code=202)
+async def migrate(ref: str, req: MigrateRequest, m: Manager) -> dict[str, Any]:
+    job = await m.sender.start(ref, MigrationOptions(**req.model_dump()))
+    return job.view()
+
+
+@router.post("/domains/{ref}/migrate/cancel")
+async def migrate_cancel(ref: str, m: Manager) -> dict[str, Any]:
+    rec = m.resolve(ref)
+    job = m.sender.job_for(rec.uuid)
+    if job is None:
+        raise NotFound(f"Failed to cancel: '{rec.name}' is not being migrated")
+    await m.sender.cancel(job)
+    return job.view()
+
+
+@router.get("/migrations/{job_id}")
+async def migration(job_id: str, m: Manager) -> dict[str, Any]:
+    job = m.sender.jobs.get(job_id)
+    if job is None:
+        raise NotFound(f"Failed to find migration {job_id}")
+    return job.view()
+
+
+@router.post("/migrations/{job_id}/cancel")
+async def migration_cancel(job_id: str, m: Manager) -> dict[str, Any]:
+    job = m.sender.jobs.get(job_id)
+    if job is None:
+        raise NotFound(f"Failed to find migration {job_id}")
+    await m.sender.cancel(job)
+    return job.view()
+
+
+# -- destination side (called by the source host's xeniad) -------------------------------
+@router.post("/migrations/check")
+async def check(req: CheckRequest, m: Manager) -> dict[str, Any]:
+    import asyncio
+
+    problems = await asyncio.to_thread(m.receiver.check, req.record, req.facts,
+                                       req.copy_storage)
+    return {"problems": problems}
+
+
+@router.post("/migrations/incoming", status_code=201)
+async def incoming(req: dict[str, Any], m: Manager) -> dict[str, Any]:
+    return await m.receiver.prepare(req)
+
+
+@router.post("/migrations/incoming/{job_id}/commit")
+async def commit(job_id: str, m: Manager) -> dict[str, Any]:
+    return await m.receiver.commit(job_id)
+
+
+@router.delete("/migrations/incoming/{job_id}")
+async def abort(job_id: str, m: Manager) -> dict[str, Any]:
+    await m.receiver.abort(job_id)
+    return {}
+
+
+@router.get("/migrations/incoming/{job_id}")
+async def incoming_status(job_id: str, m: Manager) -> dict[str, Any]:
+    return m.receiver.status(job_id)

@@ -1,0 +1,265 @@
+"""Receiver: the destination side of a live migration (Receiver, one per xeniad).
+
+The source's xeniad drives everything over the authenticated peer API:
+check -> prepare (QEMU started with -incoming defer, listening) -> the stream -> commit
+(resume here) or abort (throw the half-received domain away). Until commit the domain here
+stays paused, so the guest never runs on both hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xenia.config.model import DomainConfig
+from xenia.devices import disk as diskdev
+from xenia.errors import BackendError, InvalidConfig, NotFound, XeniaError
+from xenia.migration import preflight
+from xenia.peers.psk import remove_psk_dir, write_psk_dir
+from xenia.qemu.binary import machine_types, qemu_info
+from xenia.store.base import DomainRecord
+
+if TYPE_CHECKING:
+    from xenia.drivers.base import Instance
+    from xenia.host.manager import DomainManager
+
+log = logging.getLogger(__name__)
+
+TLS_ID = "mig-tls"
+# How long the destination waits for the source's commit once all state is here.
+COMMIT_TIMEOUT = 120.0
+
+
+@dataclass
+class Incoming:
+    id: str
+    uuid: str
+    name: str
+    state: str = "preparing"  # preparing, listening, received, committed, aborted, failed
+    port: int = 0
+    nbd_port: int = 0
+    error: str = ""
+    created_disks: list[Path] = field(default_factory=list)
+    tls_dir: Path | None = None
+    listening: asyncio.Future[None] | None = None
+    go: asyncio.Future[bool] | None = None
+    task: asyncio.Task[DomainRecord] | None = None
+
+
+def free_port(host: str) -> int:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class Receiver:
+    def __init__(self, manager: DomainManager) -> None:
+        self.m = manager
+        self.jobs: dict[str, Incoming] = {}
+
+    # -- check -----------------------------------------------------------------------------
+    def check(self, record: dict[str, Any], facts: dict[str, Any],
+              copy_storage: bool) -> list[str]:
+        try:
+            cfg = DomainConfig.from_dict(record["config"])
+        except (KeyError, TypeError, ValueError) as e:
+            return [f"the domain record is unreadable ({e})"]
+        recs = self.m.store.list()
+        info = qemu_info()
+        accel = self.m.host_info().get("accel", "tcg")
+        qemu_drv = self.m.drivers.get("pv")
+        devices = getattr(qemu_drv, "devices", None)
+
+        def bridge_problem(vif: Any) -> str | None:
+            if devices is None:
+                return None
+            try:
+                devices.network.check_vif(vif)
+            except XeniaError as e:
+                return e.message
+            return None
+
+        return preflight.check_destination(
+            cfg, facts, my_accel=str(accel), my_qemu=info.version_text,
+            my_machines=machine_types(), names={r.name for r in recs},
+            uuids={r.uuid for r in recs}, uuid=str(record.get("uuid")),
+            copy_storage=copy_storage, bridge_problem=bridge_problem)
+
+    # -- prepare ---------------------------------------------------------------------------
+    async def prepare(self, req: dict[str, Any]) -> dict[str, Any]:
+        job_id = str(req["id"])
+        if job_id in self.jobs:
+            raise InvalidConfig(f"Failed to accept migration {job_id}: it exists already")
+        record = dict(req["record"])
+        problems = await asyncio.to_thread(self.check, record, req.get("facts", {}),
+                                           bool(req.get("copy_storage")))
+        if problems:
+            raise InvalidConfig(f"Failed to accept '{record['config']['name']}' here: "
+                                + "; ".join(problems))
+        rec = DomainRecord.from_dict(record)
+        rec.state, rec.domid, rec.created_at = "creating", 0, time.time()
+        job = Incoming(job_id, rec.uuid, rec.name)
+        loop = asyncio.get_running_loop()
+        job.listening, job.go = loop.create_future(), loop.create_future()
+        self.jobs[job_id] = job
+        host = str(req["listen_host"])
+        try:
+            if req.get("copy_storage"):
+                await asyncio.to_thread(self._create_disks, rec.config, job,
+                                        dict(req.get("disk_sizes") or {}))
+            if req.get("psk"):
+                job.tls_dir = self.m.paths.run / "migrations" / job_id
+                write_psk_dir(job.tls_dir, req["psk"]["identity"], req["psk"]["key"])
+        except BaseException:
+            self._cleanup(job)
+            self.jobs.pop(job_id, None)
+            raise
+
+        async def receive(inst: Instance) -> None:
+            await self._receive(inst, job, host, req)
+
+        job.task = loop.create_task(self.m.build(
+            rec, paused=bool(req.get("paused")), incoming="defer", receive=receive,
+            doing="receive"))
+        job.task.add_done_callback(lambda t: self._finished(job, t))
+        waiters: set[asyncio.Future[Any]] = {job.listening, job.task}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if job.listening.done() and not job.listening.exception():
+            job.state = "listening"
+            return {"port": job.port, "nbd_port": job.nbd_port}
+        exc = job.task.exception() if job.task.done() else job.listening.exception()
+        raise exc or BackendError(f"Failed to prepare the migration of {rec.name}")
+
+    def _create_disks(self, cfg: DomainConfig, job: Incoming, sizes: dict[str, int]) -> None:
+        """Empty images of the source's formats and sizes, for the mirror to fill."""
+        for spec in cfg.disks:
+            if diskdev.is_empty(spec) or spec.is_cdrom:
+                continue
+            if spec.vdev not in sizes:
+                raise InvalidConfig(f"Failed to copy disk {spec.vdev}: the source sent no size")
+            path = diskdev.target_path(spec)
+            job.created_disks.append(path)  # before creating: a half-made one goes too
+            qemu_img_create(path, diskdev.FORMATS[spec.format], int(sizes[spec.vdev]))
+
+    async def _receive(self, inst: Instance, job: Incoming, host: str,
+                       req: dict[str, Any]) -> None:
+        proc = inst.proc  # type: ignore[attr-defined]
+        assert job.listening is not None and job.go is not None
+        try:
+            tls = ""
+            if job.tls_dir is not None:
+                await proc.command("object-add", {"qom-type": "tls-creds-psk", "id": TLS_ID,
+                                                  "endpoint": "server",
+                                                  "dir": str(job.tls_dir)})
+                tls = TLS_ID
+            if req.get("copy_storage"):
+                job.nbd_port = free_port(host)
+                args: dict[str, Any] = {"addr": {"type": "inet", "data": {
+                    "host": host, "port": str(job.nbd_port)}}}
+                if tls:
+                    args["tls-creds"] = tls
+                await proc.command("nbd-server-start", args)
+                for spec in inst.record.config.disks:
+                    if diskdev.is_empty(spec) or spec.is_cdrom:
+                        continue
+                    await proc.command("block-export-add", {
+                        "type": "nbd", "id": f"exp-{spec.vdev}", "node-name":
+                        f"drive-{spec.vdev}", "name": f"drive-{spec.vdev}", "writable": True})
+            caps = dict(req.get("caps") or {})
+            await inst.receive_stream(  # type: ignore[attr-defined]
+                f"tcp:{host}:0", caps, {"tls-creds": tls} if tls else {})
+            info = await proc.command("query-migrate")
+            job.port = int(info["socket-address"][0]["port"])
+            job.listening.set_result(None)
+        except BaseException as e:
+            if not job.listening.done():
+                job.listening.set_exception(e)
+            raise
+        from xenia.migration import stream
+
+        await stream.wait_incoming(proc, what=f"receiving {job.name}")
+        job.state = "received"
+        ok = await asyncio.wait_for(job.go, COMMIT_TIMEOUT)
+        if not ok:
+            raise BackendError(f"Failed to receive {job.name}: the source aborted")
+        if req.get("copy_storage"):
+            with contextlib.suppress(XeniaError):
+                await proc.command("nbd-server-stop")
+
+    # -- commit / abort --------------------------------------------------------------------
+    def _job(self, job_id: str) -> Incoming:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"Failed to find incoming migration {job_id}")
+        return job
+
+    async def commit(self, job_id: str) -> dict[str, Any]:
+        job = self._job(job_id)
+        if job.state == "committed":
+            return {"state": "committed"}
+        if job.state != "received":
+            raise InvalidConfig(f"Failed to commit migration {job_id}: it is {job.state}")
+        assert job.go is not None and job.task is not None
+        if not job.go.done():
+            job.go.set_result(True)
+        rec = await job.task
+        inst = self.m._inst.get(rec.uuid)
+        if inst is not None:
+            with contextlib.suppress(XeniaError):  # tell the switches where the guest is
+                await inst.proc.command("announce-self", {  # type: ignore[attr-defined]
+                    "initial": 50, "max": 550, "rounds": 5, "step": 100})
+        job.state = "committed"
+        return {"state": "committed", "domid": rec.domid}
+
+    async def abort(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or job.state in ("committed", "aborted", "failed"):
+            return
+        job.state = "aborted"
+        if job.go is not None and not job.go.done():
+            job.go.set_result(False)
+        if job.task is not None and not job.task.done():
+            job.task.cancel()
+            with contextlib.suppress(BaseException):
+                await job.task
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        job = self._job(job_id)
+        return {"id": job.id, "state": job.state, "error": job.error, "name": job.name}
+
+    def _finished(self, job: Incoming, task: asyncio.Task[DomainRecord]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            if job.state not in ("aborted",):
+                job.state = "failed"
+            exc = None if task.cancelled() else task.exception()
+            job.error = str(exc) if exc else "cancelled"
+            if job.listening is not None and not job.listening.done():
+                job.listening.set_exception(exc or BackendError("cancelled"))
+            self._cleanup(job)
+            log.info("incoming migration of %s ended: %s", job.name, job.error or job.state)
+        elif job.tls_dir is not None:
+            remove_psk_dir(job.tls_dir)
+
+    def _cleanup(self, job: Incoming) -> None:
+        if job.tls_dir is not None:
+            remove_psk_dir(job.tls_dir)
+        for path in job.created_disks:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def qemu_img_create(path: Path, fmt: str, size: int) -> None:
+    res = subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), str(size)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise BackendError(f"Failed to create {path} for the incoming disk: "
+                           f"{res.stderr.strip()}")
+
