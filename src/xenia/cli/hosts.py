@@ -175,7 +175,8 @@ def choose_fingerprint(name: str, probe: dict[str, Any], trust: bool, interactiv
 @pass_ctx
 def add(c: Ctx, name: str, address: str, token: str | None, token_file: str | None,
         fingerprint: str | None, trust: bool, insecure_no_tls: bool) -> None:
-    """Add peer NAME at ADDRESS: its certificate is pinned and the token must work."""
+    """Add peer NAME at ADDRESS (port 8443 if none): its certificate is pinned and the
+    token must work."""
     split_hostport(address, what="host address")
     secret = _read_token(token, token_file, name)
     if insecure_no_tls and (fingerprint or trust):

@@ -20,7 +20,13 @@ from fastapi import FastAPI
 
 from xenia.errors import BackendError, XeniaError
 from xenia.paths import Paths
-from xenia.peers.address import LISTEN_ENV, ListenSpec, listen_from_env_or, parse_listen
+from xenia.peers.address import (
+    DEFAULT_PORT,
+    LISTEN_ENV,
+    ListenSpec,
+    listen_from_env_or,
+    parse_listen,
+)
 from xenia.peers.auth import TokenAuth
 from xenia.peers.service import PeerService
 from xenia.store.base import Store
@@ -34,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen", metavar="ADDR:PORT",
         help="also serve the API to other hosts on TCP, with TLS and token authentication "
-             f"(default: ${LISTEN_ENV}, else off); e.g. 10.0.0.2:8443, [::]:8443")
+             f"(default: ${LISTEN_ENV}, else off); e.g. 10.0.0.2:8443, [::]:8443; the port "
+             f"defaults to {DEFAULT_PORT}")
     parser.add_argument(
         "--insecure-no-tls", action="store_true",
         help="serve --listen as plain HTTP (tokens still required, but readable on the "
