@@ -49,6 +49,7 @@ class Incoming:
     created_disks: list[Path] = field(default_factory=list)
     tls_dir: Path | None = None
     listening: asyncio.Future[None] | None = None
+    received: asyncio.Event = field(default_factory=asyncio.Event)
     go: asyncio.Future[bool] | None = None
     task: asyncio.Task[DomainRecord] | None = None
 
@@ -187,6 +188,7 @@ class Receiver:
 
         await stream.wait_incoming(proc, what=f"receiving {job.name}")
         job.state = "received"
+        job.received.set()
         ok = await asyncio.wait_for(job.go, COMMIT_TIMEOUT)
         if not ok:
             raise BackendError(f"Failed to receive {job.name}: the source aborted")
@@ -205,6 +207,10 @@ class Receiver:
         job = self._job(job_id)
         if job.state == "committed":
             return {"state": "committed"}
+        if job.state == "listening":
+            # The source saw its side complete; this side may need a moment to agree.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(job.received.wait(), 30)
         if job.state != "received":
             raise InvalidConfig(f"Failed to commit migration {job_id}: it is {job.state}")
         assert job.go is not None and job.task is not None

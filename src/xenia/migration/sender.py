@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid as uuidlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from xenia.devices import disk as diskdev
@@ -67,9 +67,9 @@ class MigrationJob:
     task: asyncio.Task[None] | None = None
 
     def view(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("task", None)
-        return d
+        return {f.name: (asdict(v) if f.name == "options" else v)
+                for f in fields(self) if f.name != "task"
+                for v in [getattr(self, f.name)]}
 
 
 class Sender:
