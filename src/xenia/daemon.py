@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 import socket
 import sys
 
@@ -58,6 +59,20 @@ def take_lock(paths: Paths) -> int:
     return fd
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT after a graceful stop, which would kill xeniad
+    before it detaches from its domains and closes the store; here a signal only stops
+    the server, and serve() finishes the shutdown."""
+
+    def capture_signals(self):  # type: ignore[no-untyped-def, override]
+        return contextlib.nullcontext(self._install())
+
+    def _install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+
+
 async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None) -> None:
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
@@ -77,7 +92,7 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None)
     app = make_app(manager)
     config = uvicorn.Config(app, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
+    server = _Server(config)
     log.info("xeniad listening on %s", paths.api_socket)
     try:
         # The host identity, and the same app on TCP (TLS + tokens) with --listen.
