@@ -15,10 +15,12 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 
 from xenia.api.app import make_app
+from xenia.drivers.container import ContainerDriver
 from xenia.drivers.qemu import QemuDriver
 from xenia.host.manager import DomainManager
 from xenia.network.manager import NetworkManager
@@ -64,13 +66,12 @@ class _Server(uvicorn.Server):
     before it detaches from its domains and closes the store; here a signal only stops
     the server, and serve() finishes the shutdown."""
 
-    def capture_signals(self):  # type: ignore[no-untyped-def, override]
-        return contextlib.nullcontext(self._install())
-
-    def _install(self) -> None:
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        yield
 
 
 async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None) -> None:
@@ -80,7 +81,8 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None)
     await storage.start()
     await network.start()
     qemu = QemuDriver(paths, store, storage, network, host_accel)
-    manager = DomainManager(paths, store, [qemu], storage=storage, network=network)
+    manager = DomainManager(paths, store, [qemu, ContainerDriver(paths, store, network)],
+                            storage=storage, network=network)
     storage.set_in_use_check(qemu.devices.path_in_use)
     choice = accel_mod.resolve("auto", host_accel)
     if choice.name == "tcg":
