@@ -43,11 +43,14 @@ fi
 
 # shellcheck disable=SC2086
 apt-get install $APT_OPTS $qemu_target qemu-system-x86 qemu-utils
+# ovmf: UEFI firmware for firmware="uefi" HVM guests (SeaBIOS comes with qemu-system-x86).
 # shellcheck disable=SC2086
 apt-get install $APT_OPTS --no-install-recommends \
     python3 python3-venv python3-pip ca-certificates apt dpkg iproute2 kmod \
-    nftables dnsmasq-base
+    nftables dnsmasq-base ovmf
 if [ "$want_test" = 1 ]; then
+    # dosfstools: fsck.fat checks the FAT images the HVM image tests write.
     # shellcheck disable=SC2086
-    apt-get install $APT_OPTS --no-install-recommends git procps psmisc busybox iperf3 genisoimage
+    apt-get install $APT_OPTS --no-install-recommends git procps psmisc busybox iperf3 genisoimage \
+        dosfstools
 fi

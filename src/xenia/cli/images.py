@@ -13,15 +13,31 @@ def image() -> None:
     """Guest images (xenia image build tiny)."""
 
 
+# HVM images (firmware boot of the tiny kernel): CLI name -> build_hvm_images() key.
+HVM_IMAGES = {"hvm-disk": "bios-disk", "uefi-disk": "uefi-disk", "hvm-iso": "iso"}
+
+
 @image.command("build")
-@click.argument("name", type=click.Choice(["tiny"]))
+@click.argument("name", type=click.Choice(["tiny", *HVM_IMAGES]))
 @click.option("--force", is_flag=True, help="Rebuild even when cached.")
 @pass_ctx
 def image_build(c: Ctx, name: str, force: bool) -> None:
-    """Build a guest image into the state dir."""
+    """Build a guest image into the state dir.
+
+    tiny: kernel + initramfs for direct kernel boot. hvm-disk (BIOS, MBR + SYSLINUX),
+    uefi-disk (UEFI, GPT + EFI System Partition) and hvm-iso (BIOS and UEFI): the tiny
+    kernel booted through firmware; building one builds all three.
+    """
+    c.paths.ensure()
+    if name in HVM_IMAGES:
+        from xenia.images.hvm import build_hvm_images
+
+        paths = build_hvm_images(c.paths.images, force=force,
+                                 progress=lambda s: click.echo(f"  {s}", err=True))
+        out(f"{'cdrom' if name == 'hvm-iso' else 'disk'}: {paths[HVM_IMAGES[name]]}")
+        return
     from xenia.images.tiny import build_tiny
 
-    c.paths.ensure()
     img = build_tiny(c.paths.images, force=force,
                      progress=lambda s: click.echo(f"  {s}", err=True))
     out(f"kernel: {img.kernel}")
