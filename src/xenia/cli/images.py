@@ -18,7 +18,7 @@ HVM_IMAGES = {"hvm-disk": "bios-disk", "uefi-disk": "uefi-disk", "hvm-iso": "iso
 
 
 @image.command("build")
-@click.argument("name", type=click.Choice(["tiny", *HVM_IMAGES]))
+@click.argument("name", type=click.Choice(["tiny", "rootfs", *HVM_IMAGES]))
 @click.option("--force", is_flag=True, help="Rebuild even when cached.")
 @pass_ctx
 def image_build(c: Ctx, name: str, force: bool) -> None:
@@ -29,6 +29,13 @@ def image_build(c: Ctx, name: str, force: bool) -> None:
     kernel booted through firmware; building one builds all three.
     """
     c.paths.ensure()
+    if name == "rootfs":  # a root filesystem for container domains (images/rootfs.py)
+        from xenia.images.rootfs import build_rootfs
+
+        tree = build_rootfs(c.paths.images, force=force,
+                            progress=lambda s: click.echo(f"  {s}", err=True))
+        out(f"rootfs: {tree.path}")
+        return
     if name in HVM_IMAGES:
         from xenia.images.hvm import build_hvm_images
 

@@ -46,7 +46,7 @@ from xenia.config.model import VifSpec
 from xenia.errors import AlreadyExists, BackendError, InUse, InvalidConfig, NotFound, XeniaError
 from xenia.network import mac as macs
 from xenia.network import netlink as nl
-from xenia.network import ratelimit, subnet
+from xenia.network import ratelimit, subnet, veth
 from xenia.network.dnsmasq import Dnsmasq, DnsmasqFiles
 from xenia.network.model import KIND, NetworkRecord
 from xenia.network.names import DEFAULT_BRIDGE, check_ifname
@@ -189,6 +189,18 @@ class NetworkManager:
     def unplug(self, tap: str) -> None:
         """Delete the tap and its rate-limit device. Idempotent; refuses a non-tap device."""
         self._run(self._unplug, tap)
+
+    def plug_veth(self, host: str, vif: VifSpec, netns_pid: int, guest: str) -> None:
+        """The NIC of a container: a veth pair, `host` on the vif's bridge as a tap would
+        be (MTU, MAC fe:..., rate limit, up), `guest` made inside the network namespace of
+        process `netns_pid` with vif.mac (the container brings it up). On any failure
+        nothing is left behind. See veth.py; tap_stats() reads the host end too."""
+        self._run(self._plug_veth, host, vif, netns_pid, guest)
+
+    def unplug_veth(self, host: str) -> None:
+        """Delete a container NIC by its host end (and its rate-limit device). Idempotent:
+        the kernel deletes a pair whose namespace is gone."""
+        self._run(self._unplug_veth, host)
 
     def tap_stats(self, tap: str) -> dict[str, int]:
         """Traffic counters from the guest's side: rx_* = the tap's tx, tx_* = its rx.
@@ -581,6 +593,49 @@ class NetworkManager:
                 raise InvalidConfig(f"Failed {doing}: '{tap}' is a {t.kind or 'network'} "
                                     "device, not a tap; not deleting it")
             self._remove_tap(ipr, t)
+
+    def _plug_veth(self, host: str, vif: VifSpec, netns_pid: int, guest: str) -> None:
+        doing = f"to attach vif {host}"
+        check_ifname(host, "vif name", doing)
+        check_ifname(guest, "guest interface name", doing)
+        bridge = self._check_vif_spec(vif, doing)
+        if not vif.mac:
+            raise InvalidConfig(f"Failed {doing}: the vif has no MAC yet")
+        guest_mac = macs.check_guest_mac(vif.mac)
+        with IPRoute() as ipr, _kernel_errors(doing), contextlib.ExitStack() as undo:
+            br = self._find_bridge(ipr, bridge, doing, restore=True)
+            assert br is not None
+            if nl.link(ipr, host) is not None:
+                raise InUse(f"Failed {doing}: a device named '{host}' exists already; pick "
+                            "another vifname= (or, if a crashed domain left it, delete it: "
+                            f"`ip link del {host}`)")
+            self._check_mac(guest_mac, host, ipr)
+            mtu = vif.mtu or br.mtu
+            try:
+                link = veth.create_pair(ipr, host, guest, netns_pid, guest_mac,
+                                        macs.tap_mac(guest_mac), mtu)
+            except ProcessLookupError as e:
+                raise BackendError(f"Failed {doing}: the container's network namespace "
+                                   f"is gone ({e})") from e
+            undo.callback(_quietly, veth.remove, ipr, host)
+            nl.enslave(ipr, link.index, br)
+            if vif.rate is not None:
+                plan = ratelimit.apply_rate(ipr, link.index, host, vif.rate, mtu)
+                log.info("vif %s: rate %d B/s, burst %d B (both directions)", host, plan.rate,
+                         plan.burst)
+            nl.set_up(ipr, link.index)
+            undo.pop_all()
+        log.info("vif %s (veth, %s in the container) attached to %s (mtu %d)", host, guest,
+                 bridge, mtu)
+
+    def _unplug_veth(self, host: str) -> None:
+        doing = f"to detach vif {host}"
+        check_ifname(host, "vif name", doing)
+        with IPRoute() as ipr, _kernel_errors(doing):
+            try:
+                veth.remove(ipr, host)
+            except ValueError as e:
+                raise InvalidConfig(f"Failed {doing}: {e}; not deleting it") from e
 
     def _tap_stats(self, tap: str) -> dict[str, int]:
         doing = f"to read the counters of vif {tap}"

@@ -1,0 +1,176 @@
+"""The CPUs of a container domain: the cpuset group `<cpuset hierarchy>/xenia/<uuid>`.
+
+host/cgroups.py (DomainCgroup) holds a domain's cpu, cpuacct, memory, pids and freezer
+groups; a container also needs a cpuset, which VMs do not (their vCPUs are threads,
+pinned one by one), so it lives here: `CpusetGroup`. Which hierarchy serves cpuset is
+taken from the same CgroupLayout. `choose_cpus` picks which host CPUs a container with N
+vCPUs gets.
+
+xl's `vcpus` is the number of CPUs a domain can use; for a container that is a cpuset
+of that many CPUs: out of `cpus=` (default: all), the ones the fewest other containers
+have, lowest first. vcpu-set keeps the CPUs it has and adds or drops the busiest.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from xenia.errors import BackendError, InUse, NotFound, NotSupported, XeniaError
+from xenia.host.affinity import parse_kernel_cpulist
+from xenia.host.cgroups import ROOT_NAME, CgroupLayout, Hierarchy, host_layout
+
+_POLL = 0.02
+
+
+def ranges(cpus: Iterable[int]) -> str:
+    """The kernel's list format: {0, 1, 2, 5} -> "0-2,5" ("" for none)."""
+    parts: list[str] = []
+    run: list[int] = []
+    for cpu in sorted(set(cpus)) + [-2]:  # -2: a sentinel that ends the last run
+        if run and cpu == run[-1] + 1:
+            run.append(cpu)
+            continue
+        if run:
+            parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        run = [cpu]
+    return ",".join(parts)
+
+
+def choose_cpus(allowed: set[int], count: int, current: set[int] | None = None,
+                load: Counter[int] | None = None) -> set[int]:
+    """`count` CPUs out of `allowed`: those in `current` first, then the least loaded
+    (`load`: how many other containers have each CPU), lowest number first. When shrinking,
+    the most loaded (then highest) go. `count` must not exceed len(allowed)."""
+    load = load or Counter()
+    if count > len(allowed):
+        raise ValueError(f"{count} CPUs asked out of {len(allowed)}")
+    keep = set(current or ()) & allowed
+    if len(keep) > count:
+        drop = sorted(keep, key=lambda c: (load[c], c), reverse=True)[:len(keep) - count]
+        return keep - set(drop)
+    extra = sorted(allowed - keep, key=lambda c: (load[c], c))[:count - len(keep)]
+    return keep | set(extra)
+
+
+class CpusetGroup:
+    """The cpuset group of one domain (key: its UUID). Constructing touches nothing."""
+
+    def __init__(self, key: str, *, name: str | None = None, root: str = ROOT_NAME,
+                 layout: CgroupLayout | None = None) -> None:
+        self.key = key
+        self.name = name or key
+        self.root = root
+        self.layout = layout if layout is not None else host_layout()
+
+    @property
+    def hierarchy(self) -> Hierarchy | None:
+        return self.layout.hierarchy_for("cpuset")
+
+    def available(self) -> bool:
+        return self.hierarchy is not None
+
+    def _h(self, doing: str) -> Hierarchy:
+        h = self.hierarchy
+        if h is None:
+            raise NotSupported(f"Failed {doing}: the cpuset controller is not available in "
+                               "this host's cgroups, so a container cannot be held to "
+                               "fewer CPUs than the host has")
+        return h
+
+    @property
+    def path(self) -> Path:
+        h = self._h(f"to find the cpuset of '{self.name}'")
+        return h.mount / self.root / self.key
+
+    @property
+    def procs(self) -> Path:
+        return self.path / "cgroup.procs"
+
+    def exists(self) -> bool:
+        h = self.hierarchy
+        return h is not None and (h.mount / self.root / self.key).is_dir()
+
+    def create(self, cpus: set[int]) -> None:
+        """Make the group (and `<root>` on first use) holding `cpus`; idempotent."""
+        doing = f"to create the cpuset of '{self.name}'"
+        h = self._h(doing)
+        top = h.mount / self.root
+        try:
+            top.mkdir(exist_ok=True)
+            if h.version == 1:
+                # A new v1 cpuset starts with no CPUs and no memory nodes, and no task can
+                # join it until both are set: `<root>` gets the host's, once.
+                for f in ("cpuset.cpus", "cpuset.mems"):
+                    if not _read(top / f, doing):
+                        _write(top / f, _read(h.mount / f, doing), doing)
+            else:
+                for parent in (h.mount, top):
+                    on = _read(parent / "cgroup.subtree_control", doing).split()
+                    if "cpuset" not in on:
+                        _write(parent / "cgroup.subtree_control", "+cpuset", doing)
+            self.path.mkdir(exist_ok=True)
+        except OSError as e:
+            raise _error(doing, top, e) from e
+        if h.version == 1:
+            _write(self.path / "cpuset.mems", _read(top / "cpuset.mems", doing), doing)
+        self.set_cpus(cpus)
+
+    def set_cpus(self, cpus: set[int]) -> None:
+        doing = f"to set the CPUs of '{self.name}' to {ranges(cpus) or 'none'}"
+        self._h(doing)
+        _write(self.path / "cpuset.cpus", ranges(cpus), doing)
+
+    def get(self) -> set[int]:
+        doing = f"to read the CPUs of '{self.name}'"
+        h = self._h(doing)
+        name = "cpuset.cpus" if h.version == 1 else "cpuset.cpus.effective"
+        return parse_kernel_cpulist(_read(self.path / name, doing))
+
+    def remove(self, timeout: float = 5.0) -> None:
+        """Remove the group; idempotent. Its processes must be gone (EBUSY is retried
+        until `timeout`: a task that just died keeps it busy until reaped)."""
+        if not self.exists():
+            return
+        doing = f"to remove the cpuset of '{self.name}'"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError as e:
+                if e.errno != errno.EBUSY or time.monotonic() >= deadline:
+                    raise _error(doing, self.path, e) from e
+                time.sleep(_POLL)
+
+
+def _error(doing: str, path: Path, e: OSError) -> XeniaError:
+    if e.errno == errno.ENOENT:
+        return NotFound(f"Failed {doing}: {path} does not exist")
+    if e.errno == errno.EBUSY:
+        return InUse(f"Failed {doing}: {path} is busy ({e.strerror})")
+    return BackendError(f"Failed {doing}: {path}: {e.strerror or e}")
+
+
+def _write(path: Path, value: str, doing: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise _error(doing, path, e) from e
+
+
+def _read(path: Path, doing: str) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        raise _error(doing, path, e) from e

@@ -1,0 +1,314 @@
+"""The OCI bundle of a container domain (config.json for crun) and the checks behind it.
+
+Main entry points: `check_config` (keys a container cannot have), `check_rootfs` and
+`init_argv` (the root filesystem and its init), `idmap_for` (user namespace or not) and
+`build_spec` (the config.json document). Pure functions over a DomainConfig and the
+rootfs; nothing here starts anything.
+
+What a container gets (docs/decisions.md, "Container domains"):
+- namespaces pid, mount, network, UTS, IPC and cgroup; a user namespace when its rootfs
+  is owned by a uid other than 0 (container root = that uid, 65536 ids) and the host
+  allows user namespaces;
+- a console: a pty the monitor makes (monitor.py), the init's stdio and /dev/console;
+- /proc, /sys (read-only), /dev (tmpfs with crun's standard nodes), /dev/pts, /dev/shm,
+  /dev/mqueue, /run and /tmp (tmpfs), /sys/fs/cgroup (read-only, its own group only);
+- the capabilities of Docker's default set without CAP_MKNOD, plus CAP_NET_ADMIN (it
+  configures its own network namespace) and CAP_SYS_BOOT (reboot()/poweroff inside a pid
+  namespace only ends that namespace's init: the kernel's container reboot);
+- a seccomp deny list of the calls that reach past the namespaces (keyrings, kexec,
+  modules, bpf, perf, userfaultfd, ...);
+- no cgroup settings: Xenia makes and manages the container's cgroups itself
+  (drivers/container.py), with the same code as for VMs.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xenia.config.model import DomainConfig
+from xenia.errors import InvalidConfig, NotFound
+
+DEFAULT_INIT = "/sbin/init"
+# Where a container's root is mounted, in its monitor's mount namespace only (monitor.py);
+# on the host an empty directory.
+MOUNT_BASE = Path("/run/xenia-containers")
+# Mapped ids of a user namespace (as LXC's default /etc/subuid range, root:100000:65536).
+IDMAP_SIZE = 65536
+# The smallest memory limit a container starts with (mem-set has the same floor).
+MIN_MEMORY_MIB = 16
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Docker's default capabilities without CAP_MKNOD (Xenia sets no device cgroup: a
+# container must not be able to make device nodes), plus NET_ADMIN and SYS_BOOT.
+CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE", "CAP_NET_ADMIN", "CAP_SYS_BOOT",
+)
+# Calls that act on kernel-wide state the namespaces do not cover; EPERM inside.
+DENIED_SYSCALLS = (
+    "add_key", "request_key", "keyctl", "kexec_load", "kexec_file_load", "init_module",
+    "finit_module", "delete_module", "bpf", "perf_event_open", "userfaultfd",
+    "open_by_handle_at", "name_to_handle_at", "acct", "swapon", "swapoff", "quotactl",
+    "lookup_dcookie", "iopl", "ioperm", "syslog", "settimeofday", "clock_settime",
+    "clock_adjtime", "adjtimex", "pivot_root", "fsopen", "fsmount", "move_mount",
+    "open_tree",
+)
+_SECCOMP_ARCHES = {
+    "x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+    "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+}
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+# Keys of a DomainConfig that name things a container cannot have, with what they are.
+_DEVICE_KEYS = (
+    ("kernel", "a kernel (it runs on the host's)"),
+    ("ramdisk", "a ramdisk"),
+    ("firmware", "firmware"),
+    ("disks", "disks"),
+    ("pci", "PCI devices"),
+    ("serial", "serial ports"),
+    ("vnc", "a VNC display"),
+    ("sdl", "an SDL display"),
+    ("usb", "USB"),
+    ("usbdevice", "USB devices"),
+    ("machine", "a machine type"),
+    ("boot", "a boot order"),
+)
+SUPPORTED = ("rootfs, init, memory/maxmem (a limit), vcpus/maxvcpus and cpus (a cpuset), "
+             "cpu_weight, cap, vif (veth NICs), extra/cmdline (given to init as "
+             "XENIA_CMDLINE) and on_poweroff/on_reboot/on_crash")
+
+
+def _fail(name: str, problem: str) -> str:
+    return f"Failed to create domain '{name}': {problem}"
+
+
+def check_config(cfg: DomainConfig) -> None:
+    """Refuse what a container cannot have, saying what containers support."""
+    for key, what in _DEVICE_KEYS:
+        if getattr(cfg, key):
+            raise InvalidConfig(_fail(cfg.name, f"a container has no {what}, but '{key}' is "
+                                      f"set; containers support {SUPPORTED}"))
+    if cfg.accel != "auto":
+        raise InvalidConfig(_fail(cfg.name, f"accel='{cfg.accel}': a container runs on the "
+                                  "host's kernel and has no accelerator; leave accel out"))
+
+
+# -- rootfs and init -----------------------------------------------------------------------
+def check_rootfs(cfg: DomainConfig) -> Path:
+    """The rootfs directory of `cfg`, checked; InvalidConfig/NotFound saying what is wrong."""
+    name, text = cfg.name, cfg.rootfs
+    if not text:
+        raise InvalidConfig(_fail(name, "a container needs its root filesystem: set rootfs "
+                                  "= \"/path/to/dir\" (`xenia image build rootfs` makes one "
+                                  "in the state dir's images/rootfs)"))
+    path = Path(text)
+    if not path.is_absolute():
+        raise InvalidConfig(_fail(name, f"rootfs '{text}' is not an absolute path; give it "
+                                  "as a full path"))
+    # overlayfs takes its layers in a comma- and colon-separated option string.
+    bad = sorted({c for c in text if c in ",:\\" or c.isspace() or not c.isprintable()})
+    if bad:
+        raise InvalidConfig(_fail(name, f"rootfs '{text}' contains {' '.join(map(repr, bad))}"
+                                  ", which overlayfs cannot take in a layer path; move or "
+                                  "link the directory to a plain path"))
+    if not path.exists():
+        raise NotFound(_fail(name, f"rootfs '{text}' does not exist; check rootfs in the "
+                             "config (`xenia image build rootfs` makes one)"))
+    if not path.is_dir():
+        raise InvalidConfig(_fail(name, f"rootfs '{text}' is not a directory (a container's "
+                                  "root filesystem is a directory tree)"))
+    real = path.resolve()
+    if real == Path("/"):
+        raise InvalidConfig(_fail(name, "rootfs is the host's own root directory; a "
+                                  "container needs a root filesystem of its own"))
+    return real
+
+
+def init_argv(cfg: DomainConfig) -> list[str]:
+    """`init` as an argument list (shell-like quoting, never run by a shell)."""
+    text = cfg.init if cfg.init is not None else DEFAULT_INIT
+    try:
+        argv = shlex.split(text)
+    except ValueError as e:
+        raise InvalidConfig(_fail(cfg.name, f"init '{text}' cannot be split into arguments "
+                                  f"({e})")) from None
+    if not argv:
+        raise InvalidConfig(_fail(cfg.name, "init is empty; give the program to run as the "
+                                  f"container's init (default {DEFAULT_INIT})"))
+    return argv
+
+
+def resolve_in_root(root: Path, path: str, hops: int = 40) -> Path | None:
+    """Where `path` (absolute, as seen inside the container) is on the host under `root`,
+    following symlinks as the container would (absolute targets stay inside `root`).
+    None if it does not exist."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    current = root
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            current = current.parent if current != root else root
+            continue
+        nxt = current / part
+        try:
+            st = nxt.lstat()
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            hops -= 1
+            if hops < 0:
+                return None
+            target = os.readlink(nxt)
+            if target.startswith("/"):
+                current = root
+            parts = [p for p in target.split("/") if p and p != "."] + parts
+            continue
+        current = nxt
+    return current
+
+
+def check_init(cfg: DomainConfig, root: Path) -> list[str]:
+    """The init argv, its program checked to exist in `root` and be executable."""
+    argv = init_argv(cfg)
+    prog = argv[0]
+    if "/" not in prog:
+        return argv  # looked up in PATH inside the container by crun
+    if not prog.startswith("/"):
+        raise InvalidConfig(_fail(cfg.name, f"init program '{prog}' must be an absolute path "
+                                  "(or a bare name found in PATH)"))
+    found = resolve_in_root(root, prog)
+    if found is None:
+        raise NotFound(_fail(cfg.name, f"init '{prog}' does not exist in rootfs {root}; "
+                             "set init to the container's init program"))
+    if not found.is_file() or not os.stat(found).st_mode & 0o111:
+        raise InvalidConfig(_fail(cfg.name, f"init '{prog}' in rootfs {root} is not an "
+                                  "executable file"))
+    return argv
+
+
+# -- user namespace ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IdMap:
+    """Container ids 0..size-1 are host ids uid..uid+size-1 (gid likewise)."""
+
+    uid: int
+    gid: int
+    size: int = IDMAP_SIZE
+
+
+def userns_allowed(proc: Path = Path("/proc/sys/user/max_user_namespaces")) -> bool:
+    try:
+        return int(proc.read_text().strip()) > 0
+    except (OSError, ValueError):
+        return False
+
+
+def idmap_for(root: Path, allowed: bool | None = None) -> IdMap | None:
+    """A user namespace for a rootfs owned by a uid other than 0 (a "shifted" tree, as LXC's
+    unprivileged containers have), where the host allows one; else None (container root is
+    host root, held in by the other namespaces, capabilities and seccomp)."""
+    st = root.stat()
+    if st.st_uid == 0:
+        return None
+    if not (userns_allowed() if allowed is None else allowed):
+        return None
+    return IdMap(st.st_uid, st.st_gid)
+
+
+# -- config.json ---------------------------------------------------------------------------
+def environment(cfg: DomainConfig) -> list[str]:
+    return [
+        f"PATH={PATH}",
+        "TERM=linux",
+        "HOME=/root",
+        # systemd and others look at $container to know they run in one.
+        "container=xenia",
+        # The kernel-style keys of the config (extra=, cmdline=) for the rootfs's init,
+        # as the tiny VM image reads them from /proc/cmdline: xenia.ip=, xenia.gw=, ...
+        f"XENIA_CMDLINE={cfg.effective_cmdline()}",
+    ]
+
+
+def _mounts() -> list[dict[str, Any]]:
+    def m(dest: str, fstype: str, source: str, *options: str) -> dict[str, Any]:
+        return {"destination": dest, "type": fstype, "source": source,
+                "options": list(options)}
+
+    return [
+        m("/proc", "proc", "proc", "nosuid", "noexec", "nodev"),
+        m("/dev", "tmpfs", "tmpfs", "nosuid", "strictatime", "mode=755", "size=65536k"),
+        m("/dev/pts", "devpts", "devpts", "nosuid", "noexec", "newinstance", "ptmxmode=0666",
+          "mode=0620", "gid=5"),
+        m("/dev/shm", "tmpfs", "shm", "nosuid", "noexec", "nodev", "mode=1777"),
+        m("/dev/mqueue", "mqueue", "mqueue", "nosuid", "noexec", "nodev"),
+        m("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro"),
+        m("/sys/fs/cgroup", "cgroup", "cgroup", "nosuid", "noexec", "nodev", "relatime", "ro"),
+        m("/run", "tmpfs", "tmpfs", "nosuid", "nodev", "mode=755"),
+        m("/tmp", "tmpfs", "tmpfs", "nosuid", "nodev", "mode=1777"),
+    ]
+
+
+def _seccomp(machine: str | None = None) -> dict[str, Any] | None:
+    arches = _SECCOMP_ARCHES.get(machine or platform.machine())
+    if arches is None:
+        return None  # an architecture whose syscall table we do not list: no filter
+    return {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": arches,
+        "syscalls": [{"names": list(DENIED_SYSCALLS), "action": "SCMP_ACT_ERRNO",
+                      "errnoRet": 1}],
+    }
+
+
+def build_spec(cfg: DomainConfig, *, uuid: str, rootfs: Path, argv: list[str],
+               idmap: IdMap | None, machine: str | None = None) -> dict[str, Any]:
+    """The OCI runtime config (config.json) of container domain `cfg`.
+
+    `rootfs` is the directory crun pivots into (the domain's overlay mount), `argv` its
+    init. No `linux.resources` and no `cgroupsPath`: the cgroups are Xenia's.
+    """
+    caps = list(CAPABILITIES)
+    namespaces = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")]
+    linux: dict[str, Any] = {
+        "namespaces": namespaces,
+        "maskedPaths": list(MASKED_PATHS),
+        "readonlyPaths": list(READONLY_PATHS),
+    }
+    if idmap is not None:
+        namespaces.insert(0, {"type": "user"})
+        linux["uidMappings"] = [{"containerID": 0, "hostID": idmap.uid, "size": idmap.size}]
+        linux["gidMappings"] = [{"containerID": 0, "hostID": idmap.gid, "size": idmap.size}]
+    seccomp = _seccomp(machine)
+    if seccomp is not None:
+        linux["seccomp"] = seccomp
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            # The console is a pty of the monitor's, given as stdio (monitor.py).
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": list(argv),
+            "env": environment(cfg),
+            "cwd": "/",
+            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+            "noNewPrivileges": False,
+        },
+        "root": {"path": str(rootfs), "readonly": False},
+        "hostname": cfg.name,
+        "mounts": _mounts(),
+        "linux": linux,
+        "annotations": {"org.xenia.domain": cfg.name, "org.xenia.uuid": uuid},
+    }
