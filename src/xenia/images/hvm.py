@@ -401,8 +401,8 @@ def _install_syslinux(disk: Path, offset: int, roots: dict[str, Path]) -> None:
         )  # fmt: skip
     except OSError as e:
         raise _fail(
-            f"cannot run the syslinux installer from the {SYSLINUX} package ({e.strerror}); "
-            f"it needs an {ARCH} host"
+            f"cannot run {installer} from the {SYSLINUX} package ({e.strerror}); it needs an "
+            f"{ARCH} host and an images directory that allows running programs (not noexec)"
         ) from e
     except subprocess.TimeoutExpired as e:
         raise _fail(f"syslinux --install did not finish within {INSTALL_TIMEOUT} s") from e

@@ -1,0 +1,345 @@
+"""HVM images: build them (once a session) and boot each through firmware with bare QEMU.
+
+SeaBIOS boots the BIOS disk (SYSLINUX) and the ISO (ISOLINUX); OVMF boots the UEFI disk and
+the ISO (both a unified kernel image). Each boot must reach the tiny image's ready line on
+the serial console, and a command sent over the console must answer. QEMU runs under TCG.
+
+The images and the .debs are cached in /var/tmp/xenia-test-cache (XENIA_TEST_CACHE
+overrides it), next to the tiny image conftest.py builds. Boot times are printed (run with
+-s to see them); XENIA_TEST_HVM_BOOTS=3 boots each case three times and prints the median.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from xenia.errors import NotFound
+from xenia.images.debs import sha256_file
+from xenia.images.hvm import (
+    FILES,
+    MANIFEST,
+    build_hvm_images,
+    hvm_images,
+    ovmf_paths,
+    ovmf_qemu_args,
+)
+from xenia.images.tiny import READY_LINE, build_tiny
+
+pytestmark = pytest.mark.integration
+
+QEMU = "qemu-system-x86_64"
+CACHE = Path(os.environ.get("XENIA_TEST_CACHE", "/var/tmp/xenia-test-cache"))
+READY_TIMEOUT = 120.0  # seconds; OVMF alone takes ~5 s under TCG, more on a loaded host
+BOOTS = max(1, int(os.environ.get("XENIA_TEST_HVM_BOOTS", "1")))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _need_qemu() -> None:
+    if shutil.which(QEMU) is None:
+        pytest.skip(f"{QEMU} is not installed")
+
+
+@pytest.fixture(scope="session")
+def hvm() -> dict[str, Path]:
+    lines: list[str] = []
+    paths = build_hvm_images(CACHE / "images", cache_dir=CACHE / "debs", progress=lines.append)
+    print("\n".join(lines))
+    return paths
+
+
+class Guest:
+    """One bare QEMU booting through firmware: console on a socket (always drained, logged)."""
+
+    def __init__(self, workdir: Path, args: list[str]) -> None:
+        self.workdir = workdir
+        self.console_log = workdir / "console.log"
+        self.qemu_log = workdir / "qemu.log"
+        con = workdir / "con.sock"
+        argv = [
+            QEMU, "-accel", "tcg", "-m", "256", "-smp", "1",
+            "-nodefaults", "-no-user-config", "-display", "none",
+            "-chardev", f"socket,id=s0,path={con},server=on,wait=off,logfile={self.console_log}",
+            "-serial", "chardev:s0",
+            *args,
+        ]  # fmt: skip
+        self.started = time.monotonic()
+        with open(self.qemu_log, "wb") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self._buf = b""
+        self._cond = threading.Condition()
+        self._con = self._connect(con)
+        # A connected console nobody reads stalls the guest's UART, so a thread drains it.
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._seq = 0
+
+    def _connect(self, path: Path) -> socket.socket:
+        deadline = time.monotonic() + 10
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(str(path))
+                return s
+            except OSError as e:
+                s.close()
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"QEMU did not start: {self.qemu_log.read_text()}") from e
+                time.sleep(0.01)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self._con.recv(65536)
+            except OSError:
+                data = b""
+            with self._cond:
+                if not data:
+                    self._cond.notify_all()
+                    return
+                self._buf += data
+                self._cond.notify_all()
+
+    def console_text(self) -> str:
+        try:
+            return self.console_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_ready(self) -> float:
+        """Seconds from QEMU start to the ready line."""
+        deadline = self.started + READY_TIMEOUT
+        with self._cond:
+            while READY_LINE.encode() not in self._buf:
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {READY_LINE!r} within {READY_TIMEOUT} s"
+                assert self.proc.poll() is None, f"QEMU exited: {self.qemu_log.read_text()}"
+                self._cond.wait(min(left, 0.2))
+        return time.monotonic() - self.started
+
+    def run(self, command: str, timeout: float = 30.0) -> str:
+        """Run a shell command on the serial console; its output (CRLF -> LF)."""
+        self._seq += 1
+        begin, end = f"XENIA-BEGIN-{self._seq}", f"XENIA-END-{self._seq}"
+        line = f'echo "{begin[:5]}""{begin[5:]}"; {command}; echo "{end[:5]}""{end[5:]}-$?"\n'
+        with self._cond:
+            start = len(self._buf)
+        self._con.sendall(line.encode())
+        pattern = re.compile(re.escape(begin.encode()) + rb"\r?\n(.*?)" + re.escape(end.encode())
+                             + rb"-(\d+)\r?\n", re.S)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not (m := pattern.search(self._buf, start)):
+                left = deadline - time.monotonic()
+                assert left > 0, f"no output from {command!r} within {timeout} s"
+                self._cond.wait(left)
+        out = m.group(1).decode(errors="replace").replace("\r\n", "\n")
+        assert m.group(2) == b"0", f"{command!r} failed ({int(m.group(2))}): {out}"
+        return out
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._con.close()
+
+
+@pytest.fixture
+def boot() -> Iterator[Any]:
+    """boot(args, copies={}) -> a running Guest; every QEMU is killed at the end, pass or
+    fail. `copies` (name -> file) are copied into the guest's directory first, and
+    @WORKDIR@ in `args` names that directory."""
+    guests: list[Guest] = []
+    # Short, private directory: socket paths must stay under 108 bytes.
+    workdir = Path(tempfile.mkdtemp(prefix="xenia-hvm-", dir="/tmp"))
+
+    def start(args: list[str], copies: dict[str, Path] | None = None) -> Guest:
+        d = workdir / str(len(guests))
+        d.mkdir()
+        for fname, src in (copies or {}).items():
+            shutil.copyfile(src, d / fname)
+        guest = Guest(d, [a.replace("@WORKDIR@", str(d)) for a in args])
+        guests.append(guest)
+        return guest
+
+    try:
+        yield start
+    finally:
+        for g in guests:
+            g.kill()
+        for g in guests:
+            # pytest shows this only when the test failed.
+            print(f"===== console of guest in {g.workdir} =====\n{g.console_text()}")
+            print(f"===== QEMU log =====\n{g.qemu_log.read_text(errors='replace')}")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- build -----------------------------------------------------------------------------------
+def test_build_manifest_cache_and_layout(hvm: dict[str, Path], tmp_path: Path) -> None:
+    images = CACHE / "images"
+    assert hvm == {k: images / "hvm" / f for k, f in FILES.items()}
+    assert hvm_images(images) == hvm
+    manifest = json.loads((images / "hvm" / MANIFEST).read_text())
+    for fname in FILES.values():
+        assert manifest["files"][fname]["sha256"] == sha256_file(images / "hvm" / fname)
+    tiny = build_tiny(images, cache_dir=CACHE / "debs", progress=lambda _: None)
+    assert manifest["tiny"]["vmlinuz"] == sha256_file(tiny.kernel)
+    assert manifest["cmdline"] == tiny.cmdline and "console=ttyS0" in tiny.cmdline
+    assert set(manifest["packages"]) == {
+        "syslinux", "syslinux-common", "isolinux", "mtools", "systemd-boot-efi",
+    }  # fmt: skip
+    # tiny's list_images() skips the HVM manifest.
+    from xenia.images.tiny import list_images
+
+    assert "hvm" not in [i.name for i in list_images(images)]
+
+    # Cached: nothing printed, nothing rewritten.
+    mtime = hvm["iso"].stat().st_mtime_ns
+    lines: list[str] = []
+    assert build_hvm_images(images, cache_dir=CACHE / "debs", progress=lines.append) == hvm
+    assert lines == [] and hvm["iso"].stat().st_mtime_ns == mtime
+
+    # BIOS disk: MBR with SYSLINUX's boot code, one active partition at 1 MiB, a FAT whose
+    # boot sector SYSLINUX wrote (BPB kept), fsck-clean.
+    disk = hvm["bios-disk"].read_bytes()
+    assert disk[510:512] == b"\x55\xaa" and disk[446] == 0x80
+    assert struct.unpack_from("<II", disk, 454) == (2048, len(disk) // 512 - 2048)
+    part = disk[2048 * 512 :]
+    assert part[3:11] == b"SYSLINUX" and part[54:62] == b"FAT16   "
+    assert struct.unpack_from("<I", part, 28) == (2048,)  # hidden sectors
+    # UEFI disk: protective MBR + GPT; the ESP holds BOOTX64.EFI, a PE with a .linux section.
+    udisk = hvm["uefi-disk"].read_bytes()
+    assert udisk[450] == 0xEE and udisk[512:520] == b"EFI PART"
+    assert udisk[-512:-504] == b"EFI PART"
+    assert b".linux\0\0" in udisk and b".initrd\0" in udisk and b".cmdline" in udisk
+    fsck = shutil.which("fsck.fat") or shutil.which("/usr/sbin/fsck.fat")
+    if fsck is not None:
+        for name, data in (("bios", part), ("esp", udisk[2048 * 512 : -33 * 512])):
+            (tmp_path / name).write_bytes(data)
+            proc = subprocess.run([fsck, "-n", str(tmp_path / name)], capture_output=True,
+                                  text=True, check=False)  # fmt: skip
+            assert proc.returncode == 0, f"{name}: {proc.stdout}{proc.stderr}"
+    # ISO: El Torito with a BIOS entry and an EFI section.
+    if shutil.which("isoinfo"):
+        info = subprocess.run(["isoinfo", "-d", "-i", str(hvm["iso"])], capture_output=True,
+                              text=True, check=True).stdout  # fmt: skip
+        assert "El Torito VD version 1 found" in info and "Arch 0 (x86)" in info
+        files = subprocess.run(["isoinfo", "-f", "-i", str(hvm["iso"])], capture_output=True,
+                               text=True, check=True).stdout.split()  # fmt: skip
+        assert {"/VMLINUZ.;1", "/INITRD.IMG;1", "/ISOLINUX/ISOLINUX.BIN;1",
+                "/ISOLINUX/LDLINUX.C32;1", "/ISOLINUX/ISOLINUX.CFG;1",
+                "/EFI/EFIBOOT.IMG;1"} <= set(files)  # fmt: skip
+
+    # A copy whose ISO no longer matches its manifest is rebuilt, from the cached .debs,
+    # to the same bytes.
+    other = tmp_path / "images"
+    other.mkdir()
+    shutil.copytree(images / "tiny", other / "tiny")
+    shutil.copytree(images / "hvm", other / "hvm")
+    with open(other / "hvm" / "boot.iso", "r+b") as f:
+        f.write(b"garbage")
+    lines = []
+    rebuilt = build_hvm_images(other, cache_dir=CACHE / "debs", progress=lines.append)
+    assert any(line.startswith("Writing boot.iso") for line in lines), lines
+    assert not any(line.startswith("Downloading") for line in lines), lines
+    for key, path in rebuilt.items():
+        assert sha256_file(path) == sha256_file(hvm[key]), f"{key} is not reproducible"
+    assert sorted(p.name for p in other.iterdir()) == [".hvm.lock", "hvm", "tiny"]
+
+
+# -- boot ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    image: str  # build_hvm_images() key
+    machine: str
+    uefi: bool
+    cdrom: bool
+    banner: str  # what the boot loader prints on the serial console
+
+
+CASES = {
+    "seabios-disk-q35": Case("bios-disk", "q35", False, False, "SYSLINUX 6.04"),
+    "seabios-disk-pc": Case("bios-disk", "pc", False, False, "SYSLINUX 6.04"),
+    "seabios-cdrom-q35": Case("iso", "q35", False, True, "ISOLINUX 6.04"),
+    "ovmf-disk-q35": Case("uefi-disk", "q35", True, False, "EFI stub: Loaded initrd"),
+    "ovmf-cdrom-q35": Case("iso", "q35", True, True, "EFI stub: Loaded initrd"),
+}
+
+
+def _args(case: Case, image: Path, blank: Path) -> list[str]:
+    args = ["-machine", case.machine]
+    if case.uefi:
+        args += ovmf_qemu_args(Path("@WORKDIR@/vars.fd"), ovmf_paths()[0])
+    if not case.cdrom:
+        # snapshot=on: the guest's writes go to a temporary file, the image stays as built.
+        return args + [
+            "-drive", f"if=none,id=d0,format=raw,snapshot=on,file={image}",
+            "-device", "ide-hd,bus=ide.0,drive=d0",
+        ]  # fmt: skip
+    # The CD-ROM next to a blank (unbootable) disk, so the boot order has to pick it:
+    # SeaBIOS as `xl` boot="d" would (-boot d), OVMF through bootindex (it ignores -boot).
+    args += [
+        "-drive", f"if=none,id=d0,format=raw,snapshot=on,file={blank}",
+        "-drive", f"if=none,id=cd0,format=raw,readonly=on,media=cdrom,file={image}",
+    ]  # fmt: skip
+    if case.uefi:
+        return args + [
+            "-device", "ide-hd,bus=ide.0,drive=d0,bootindex=1",
+            "-device", "ide-cd,bus=ide.1,drive=cd0,bootindex=0",
+        ]  # fmt: skip
+    return args + [
+        "-device", "ide-hd,bus=ide.0,drive=d0",
+        "-device", "ide-cd,bus=ide.1,drive=cd0",
+        "-boot", "d",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_boot_through_firmware(name: str, hvm: dict[str, Path], boot: Any, tmp_path: Path) -> None:
+    case = CASES[name]
+    copies = {}
+    if case.uefi:
+        try:
+            # Each boot gets a fresh copy of the vars template, as a new domain would.
+            copies["vars.fd"] = ovmf_paths()[1]
+        except NotFound as e:
+            pytest.skip(str(e))
+    blank = tmp_path / "blank.img"
+    with open(blank, "wb") as f:
+        f.truncate(16 * 1024 * 1024)
+
+    times = []
+    guest = None
+    for _ in range(BOOTS):
+        if guest is not None:
+            guest.kill()
+        guest = boot(_args(case, hvm[case.image], blank), copies)
+        times.append(guest.wait_ready())
+    assert guest is not None
+    median = statistics.median(times)
+    print(f"{name}: boot to ready line {median:.2f} s (median of {len(times)}: "
+          f"{', '.join(f'{t:.2f}' for t in times)})")  # fmt: skip
+
+    assert case.banner in guest.console_text()
+    tiny = build_tiny(CACHE / "images", cache_dir=CACHE / "debs", progress=lambda _: None)
+    assert guest.run("uname -r").strip() == tiny.kernel_version
+    cmdline = guest.run("cat /proc/cmdline").split()
+    assert "console=ttyS0" in cmdline
+    firmware = guest.run("test -d /sys/firmware/efi && echo uefi || echo bios").strip()
+    assert firmware == ("uefi" if case.uefi else "bios")
+    assert guest.run("echo $((6 * 7))").strip() == "42"
