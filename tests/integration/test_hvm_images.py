@@ -39,7 +39,7 @@ from xenia.images.hvm import (
     ovmf_paths,
     ovmf_qemu_args,
 )
-from xenia.images.tiny import READY_LINE, build_tiny
+from xenia.images.tiny import READY_LINE, build_tiny, list_images
 
 pytestmark = pytest.mark.integration
 
@@ -204,8 +204,6 @@ def test_build_manifest_cache_and_layout(hvm: dict[str, Path], tmp_path: Path) -
         "syslinux", "syslinux-common", "isolinux", "mtools", "systemd-boot-efi",
     }  # fmt: skip
     # tiny's list_images() skips the HVM manifest.
-    from xenia.images.tiny import list_images
-
     assert "hvm" not in [i.name for i in list_images(images)]
 
     # Cached: nothing printed, nothing rewritten.
