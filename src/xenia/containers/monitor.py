@@ -32,7 +32,8 @@ nobody's child but init's and outlives xeniad, as a daemonized QEMU does. It
    --status-fd, then closes it: xeniad waits for that line;
 6. when the init exits, writes RUN_DIR/exit.json (`{"pid": P, "code": N}` or
    `{"pid": P, "signal": S}`), and exits once the pty closes (every process of the
-   container is gone; at most a few seconds after the init).
+   container is gone; at most a few seconds after the init). It lives as long as the
+   init does, console or not: only its parent can read the init's exit status.
 
 Only the standard library: it starts for every container boot.
 """
@@ -274,12 +275,15 @@ class Relay:
             self._output(data)
 
     def loop(self) -> None:
-        pty_open = True
-        while pty_open:
-            if self.exited_at is not None and time.monotonic() - self.exited_at > DRAIN_AFTER_EXIT:
-                log("pty still open after the init exited; leaving")
+        """Relay until the init has exited and the pty is closed (or DRAIN_AFTER_EXIT
+        after the exit). A pty nobody holds (EIO) is not the end while the init lives:
+        it may open /dev/console again (busybox init does, shutting down)."""
+        hung_up = False
+        while True:
+            if self.exited_at is not None and (
+                    hung_up or time.monotonic() - self.exited_at > DRAIN_AFTER_EXIT):
                 break
-            rlist: list[int | socket.socket] = [self.master]
+            rlist: list[int | socket.socket] = [] if hung_up else [self.master]
             wlist: list[int | socket.socket] = []
             if self.pidfd is not None:
                 rlist.append(self.pidfd)
@@ -290,18 +294,20 @@ class Relay:
                     rlist.append(self.client)
                 if self.to_client:
                     wlist.append(self.client)
-            if self.to_pty:
+            if self.to_pty and not hung_up:
                 wlist.append(self.master)
             try:
-                readable, writable, _ = select.select(rlist, wlist, [], 1.0)
+                readable, writable, _ = select.select(rlist, wlist, [],
+                                                      0.2 if hung_up else 1.0)
             except InterruptedError:
                 continue
             self.reap()
             if self.pidfd is not None and self.pidfd in readable:
                 os.close(self.pidfd)
                 self.pidfd = None
-            if self.master in readable:
-                pty_open = self._read_pty()
+            if hung_up or self.master in readable:
+                # While hung up, a read is the cheap way to see the slave come back.
+                hung_up = not self._read_pty()
             if self.listener in readable and self.client is None:
                 with contextlib.suppress(OSError):
                     self.client, _ = self.listener.accept()

@@ -71,20 +71,21 @@ MASKED_PATHS = (
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
-# Keys of a DomainConfig that name things a container cannot have, with what they are.
+# Settings of a DomainConfig that name things a container cannot have:
+# (attribute, xl.cfg key, what it is).
 _DEVICE_KEYS = (
-    ("kernel", "a kernel (it runs on the host's)"),
-    ("ramdisk", "a ramdisk"),
-    ("firmware", "firmware"),
-    ("disks", "disks"),
-    ("pci", "PCI devices"),
-    ("serial", "serial ports"),
-    ("vnc", "a VNC display"),
-    ("sdl", "an SDL display"),
-    ("usb", "USB"),
-    ("usbdevice", "USB devices"),
-    ("machine", "a machine type"),
-    ("boot", "a boot order"),
+    ("kernel", "kernel", "a kernel of its own (it runs on the host's)"),
+    ("ramdisk", "ramdisk", "a ramdisk"),
+    ("firmware", "firmware", "firmware"),
+    ("disks", "disk", "disks"),
+    ("pci", "pci", "PCI devices"),
+    ("serial", "serial", "serial ports"),
+    ("vnc", "vnc", "a VNC display"),
+    ("sdl", "sdl", "an SDL display"),
+    ("usb", "usb", "USB"),
+    ("usbdevice", "usbdevice", "USB devices"),
+    ("machine", "machine", "a machine type"),
+    ("boot", "boot", "a boot order"),
 )
 SUPPORTED = ("rootfs, init, memory/maxmem (a limit), vcpus/maxvcpus and cpus (a cpuset), "
              "cpu_weight, cap, vif (veth NICs), extra/cmdline (given to init as "
@@ -97,10 +98,10 @@ def _fail(name: str, problem: str) -> str:
 
 def check_config(cfg: DomainConfig) -> None:
     """Refuse what a container cannot have, saying what containers support."""
-    for key, what in _DEVICE_KEYS:
-        if getattr(cfg, key):
-            raise InvalidConfig(_fail(cfg.name, f"a container has no {what}, but '{key}' is "
-                                      f"set; containers support {SUPPORTED}"))
+    for attr, key, what in _DEVICE_KEYS:
+        if getattr(cfg, attr):
+            raise InvalidConfig(_fail(cfg.name, f"'{key}' is set, but a container cannot "
+                                      f"have {what}; containers support {SUPPORTED}"))
     if cfg.accel != "auto":
         raise InvalidConfig(_fail(cfg.name, f"accel='{cfg.accel}': a container runs on the "
                                   "host's kernel and has no accelerator; leave accel out"))

@@ -575,7 +575,8 @@ class ContainerDriver(Driver):
                                self.cpu_load(rec.uuid))
             cs.create(cpus)
             rec.runtime["cpuset"] = sorted(cpus)
-            procs.append(str(cs.procs))
+            if str(cs.procs) not in procs:  # on v2 it is the same group
+                procs.append(str(cs.procs))
         return procs
 
     async def _run_monitor(self, rec: DomainRecord, procs: list[str]) -> int:
