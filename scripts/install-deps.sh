@@ -44,10 +44,12 @@ fi
 # shellcheck disable=SC2086
 apt-get install $APT_OPTS $qemu_target qemu-system-x86 qemu-utils
 # ovmf: UEFI firmware for firmware="uefi" HVM guests (SeaBIOS comes with qemu-system-x86).
+# crun: the OCI runtime of container domains (type = "container"); util-linux gives
+# unshare/nsenter (tests) and is essential on Debian, listed for minimal images.
 # shellcheck disable=SC2086
 apt-get install $APT_OPTS --no-install-recommends \
     python3 python3-venv python3-pip ca-certificates apt dpkg iproute2 kmod \
-    nftables dnsmasq-base ovmf
+    nftables dnsmasq-base ovmf crun util-linux
 if [ "$want_test" = 1 ]; then
     # dosfstools: fsck.fat checks the FAT images the HVM image tests write.
     # shellcheck disable=SC2086

@@ -365,6 +365,30 @@ def test_create_paused_runs_nothing_until_unpaused(ct: Containers, host: Host) -
     host.wait_console("ct1", CT_READY, timeout=60)
 
 
+def test_create_c_shows_the_whole_start(ct: Containers, host: Host) -> None:
+    cfg = ct.write("ct1")
+    res = host.xenia("create", "-c", str(cfg), input="", timeout=60)
+    assert "xenia-rootfs: init in container ct1" in res.stdout and CT_READY in res.stdout
+    ct.uuids.add(host.domain("ct1")["uuid"])
+
+
+def test_a_root_owned_rootfs_runs_without_a_user_namespace(ct: Containers, host: Host) -> None:
+    from xenia.images.rootfs import build_rootfs
+
+    tree = build_rootfs(host.root / "img0", cache_dir=CACHE / "debs", owner=0,
+                        progress=lambda s: None).path
+    assert tree.stat().st_uid == 0
+    dom = ct.create("ct1", rootfs=str(tree))
+    assert dom["runtime"]["userns"] is None
+    assert host.run("ct1", "cat /proc/self/uid_map").split() == ["0", "0", "4294967295"]
+    # Root, but without the capabilities that reach the host: no device nodes, no mounts.
+    for cmd in ("mknod /tmp/sda b 8 0", "mount -t tmpfs t /mnt",
+                "echo 1 > /proc/sys/vm/drop_caches"):
+        out = host.run("ct1", f"{cmd} >/dev/null 2>&1; echo rc=$?").strip()
+        assert out.endswith("rc=1"), (cmd, out)
+    assert host.run("ct1", "ps -o comm | grep -c .").strip() in ("4", "5")
+
+
 def test_init_exiting_is_a_crash_or_a_poweroff(ct: Containers, host: Host) -> None:
     dom = ct.create("ct1", False, init="/bin/sh -c 'echo xenia-rootfs: ready; sleep 1; exit 3'",
                     on_crash="preserve")

@@ -27,7 +27,8 @@ nobody's child but init's and outlives xeniad, as a daemonized QEMU does. It
 4. serves the pty master on RUN_DIR/console.sock: one client at a time (more wait),
    input goes to the pty, output to the client and always to RUN_DIR/console.log;
    output is dropped when no client is connected or one falls 1 MiB behind, so the
-   container never blocks on its console;
+   container never blocks on its console (a client that connects within a second of the
+   last one leaving gets that last second again: Relay._accept);
 5. writes `{"ok": true, "pid": INIT}` (or `{"ok": false, "error": ...}`) as one line to
    --status-fd, then closes it: xeniad waits for that line;
 6. when the init exits, writes RUN_DIR/exit.json (`{"pid": P, "code": N}` or
@@ -41,6 +42,7 @@ Only the standard library: it starts for every container boot.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import ctypes
 import errno
@@ -71,6 +73,7 @@ CREATE_TIMEOUT = 60.0
 CLIENT_BACKLOG = 1 << 20  # output kept for a slow client
 INPUT_BACKLOG = 1 << 16  # input kept for a pty nobody reads
 DRAIN_AFTER_EXIT = 5.0  # how long the pty may stay open after the init exited
+RECONNECT_GRACE = 1.0  # output replayed to a client that comes right back (Relay._accept)
 CONSOLE_ROWS, CONSOLE_COLS = 24, 80
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -220,6 +223,10 @@ class Relay:
         self._sock_ino = os.stat(run / "console.sock").st_ino
         self.client: socket.socket | None = None
         self.to_client = bytearray()
+        # Output of the last seconds, and when the last client left (see _accept).
+        self.recent: collections.deque[tuple[float, bytes]] = collections.deque()
+        self.recent_size = 0
+        self.left_at = 0.0
         self.to_pty = bytearray()
         self.exited_at: float | None = None
         self.pidfd: int | None = None
@@ -245,15 +252,36 @@ class Relay:
                 log(f"init {pid} exited: {rec}")
                 self.exited_at = time.monotonic()
 
-    def _drop_client(self) -> None:
+    def _drop_client(self, grace: bool = False) -> None:
+        """Forget the client; with `grace`, the next one may get what it was sent last."""
         if self.client is not None:
             self.client.close()
         self.client = None
         self.to_client.clear()
+        self.left_at = time.monotonic() if grace else 0.0
+
+    def _accept(self) -> None:
+        """Take the next client. One that comes within RECONNECT_GRACE of the last one
+        leaving first gets the output of that last second (and since): `xenia create -c`
+        connects, unpauses, closes and connects again, and a container starts faster than
+        that, so its first lines went to a client that never read them."""
+        with contextlib.suppress(OSError):
+            self.client, _ = self.listener.accept()
+            self.client.setblocking(False)
+            now = time.monotonic()
+            if now - self.left_at <= RECONNECT_GRACE:
+                since = self.left_at - RECONNECT_GRACE
+                self.to_client += b"".join(chunk for t, chunk in self.recent if t >= since)
 
     def _output(self, data: bytes) -> None:
         with contextlib.suppress(OSError):
             self.log.write(data)
+        now = time.monotonic()
+        self.recent.append((now, data))
+        self.recent_size += len(data)
+        while self.recent and (self.recent[0][0] < now - 2 * RECONNECT_GRACE
+                               or self.recent_size > CLIENT_BACKLOG):
+            self.recent_size -= len(self.recent.popleft()[1])
         if self.client is not None:
             if len(self.to_client) + len(data) > CLIENT_BACKLOG:
                 return  # a client that does not read loses output, the container goes on
@@ -309,9 +337,7 @@ class Relay:
                 # While hung up, a read is the cheap way to see the slave come back.
                 hung_up = not self._read_pty()
             if self.listener in readable and self.client is None:
-                with contextlib.suppress(OSError):
-                    self.client, _ = self.listener.accept()
-                    self.client.setblocking(False)
+                self._accept()
             if self.client is not None and self.client in readable:
                 try:
                     data = self.client.recv(65536)
@@ -320,7 +346,7 @@ class Relay:
                 except OSError:
                     data = b""
                 if data == b"":
-                    self._drop_client()
+                    self._drop_client(grace=True)
                 elif data:
                     self.to_pty += data
             if self.client is not None and self.client in writable and self.to_client:

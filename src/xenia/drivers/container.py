@@ -686,16 +686,19 @@ class ContainerDriver(Driver):
         files = self.files(record.uuid)
         if not files.dir.is_dir():
             return None
+        pid = _read_int(files.init_pid)
+        alive = pid is not None and in_domain_cgroup(pid, record.uuid)
         try:
             state = await asyncio.to_thread(self.crun.state, record.uuid)
         except XeniaError as e:
+            # A running container is adopted without crun too (it is the init that counts);
+            # only `create -p`'s not-yet-started state needs crun to tell.
             log.warning("domain %s: crun state failed: %s", record.name, e)
             state = None
-        if state is None:
+        if not alive and state is None and not files.exit.exists():
             return None
-        pid = _read_int(files.init_pid)
         inst = ContainerInstance(self, record, events, pid)
-        if pid is not None and in_domain_cgroup(pid, record.uuid):
+        if alive:
             inst.watch()
             record.runtime["pid"] = pid
             monitor = _read_int(files.monitor_pid)
@@ -706,13 +709,13 @@ class ContainerDriver(Driver):
                 frozen = self.cgroup(record).frozen()
             except XeniaError:
                 frozen = False
+            created = state is not None and state.get("status") == "created"
             if record.state == "running" and frozen:
                 record.state = "paused"
-            elif record.state == "paused" and not frozen and state.get("status") != "created":
+            elif record.state == "paused" and not frozen and not created:
                 record.state = "running"
         else:
             # Gone while no daemon watched: what the monitor recorded says what happened.
-            inst.pid = pid
             inst._exited.set()
             if record.state in ("running", "paused"):
                 inst._spawn(inst._report_exit())
