@@ -61,6 +61,8 @@ KILL_WAIT = 10.0
 POWEROFF_SIGNAL = signal.SIGPWR
 REBOOT_SIGNAL = signal.SIGINT
 DEFAULT_WEIGHT = 256
+# The cgroup (key under xenia/) that holds every container monitor.
+MONITORS_KEY = "container-monitors"
 # What one boot records in the domain's runtime.
 BOOT_KEYS = ("pid", "monitor_pid", "cpuset", "veths", "rootfs", "userns", "crun_version")
 
@@ -127,6 +129,16 @@ def _wait_gone(pid: int, timeout: float) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def _park_monitor(pid: int, name: str) -> None:
+    """Move a monitor out of xeniad's cgroup into the monitors' own, as QEMU goes into its
+    domain's: whoever stops xeniad by its cgroup (a systemd unit, a session scope) must not
+    take the monitors along. Not into the container's group: its memory is not theirs."""
+    try:
+        DomainCgroup.create(MONITORS_KEY, name="container monitors").attach(pid)
+    except XeniaError as e:
+        log.warning("domain %s: monitor %d stays in xeniad's cgroup: %s", name, pid, e)
 
 
 def classify(status: dict[str, Any] | None, requested: str | None) -> str:
@@ -625,6 +637,9 @@ class ContainerDriver(Driver):
                 "the monitor exited without a word" + (f":\n{_log_tail(files.monitor_log)}"
                                                        if files.monitor_log.exists() else ""))
             raise BackendError(f"Failed to start container '{rec.name}': {cause}")
+        monitor = _read_int(files.monitor_pid)
+        if monitor is not None:
+            await asyncio.to_thread(_park_monitor, monitor, rec.name)
         return int(status["pid"])
 
     def _plug_vifs(self, rec: DomainRecord, pid: int) -> None:
@@ -827,6 +842,8 @@ class ContainerDriver(Driver):
             self.cpuset(rec).remove()
         except XeniaError as e:
             log.warning("domain %s: removing its cpuset failed: %s", rec.name, e)
+        with contextlib.suppress(XeniaError):  # still in use by other monitors: stays
+            DomainCgroup(MONITORS_KEY).remove(timeout=0.0)
         shutil.rmtree(self.files(rec.uuid).dir, ignore_errors=True)
 
     def release(self, record: DomainRecord) -> None:
