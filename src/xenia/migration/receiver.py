@@ -32,9 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TLS_ID = "mig-tls"
 # How long the destination waits for the source's commit once all state is here.
 COMMIT_TIMEOUT = 120.0
+# How long a prepared destination waits for the source's QEMU to connect.
+CONNECT_TIMEOUT = 60.0
 
 
 @dataclass
@@ -65,6 +66,8 @@ class Receiver:
     def __init__(self, manager: DomainManager) -> None:
         self.m = manager
         self.jobs: dict[str, Incoming] = {}
+        # Aborts that came before (or instead of) their prepare: refuse it if it comes.
+        self.aborted: set[str] = set()
 
     # -- check -----------------------------------------------------------------------------
     def check(self, record: dict[str, Any], facts: dict[str, Any],
@@ -97,6 +100,8 @@ class Receiver:
     # -- prepare ---------------------------------------------------------------------------
     async def prepare(self, req: dict[str, Any]) -> dict[str, Any]:
         job_id = str(req["id"])
+        if job_id in self.aborted:
+            raise InvalidConfig(f"Failed to accept migration {job_id}: it was aborted")
         if job_id in self.jobs:
             raise InvalidConfig(f"Failed to accept migration {job_id}: it exists already")
         record = dict(req["record"])
@@ -131,6 +136,8 @@ class Receiver:
             rec, paused=bool(req.get("paused")), incoming="defer", receive=receive,
             doing="receive"))
         job.task.add_done_callback(lambda t: self._finished(job, t))
+        if job.state == "aborted":  # the abort overtook this prepare
+            job.task.cancel()
         waiters: set[asyncio.Future[Any]] = {job.listening, job.task}
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if job.listening.done() and not job.listening.exception():
@@ -157,10 +164,10 @@ class Receiver:
         try:
             tls = ""
             if job.tls_dir is not None:
-                await proc.command("object-add", {"qom-type": "tls-creds-psk", "id": TLS_ID,
+                tls = f"mig-tls-{job.id[:8]}"
+                await proc.command("object-add", {"qom-type": "tls-creds-psk", "id": tls,
                                                   "endpoint": "server",
                                                   "dir": str(job.tls_dir)})
-                tls = TLS_ID
             if req.get("copy_storage"):
                 job.nbd_port = free_port(host)
                 args: dict[str, Any] = {"addr": {"type": "inet", "data": {
@@ -186,7 +193,8 @@ class Receiver:
             raise
         from xenia.migration import stream
 
-        await stream.wait_incoming(proc, what=f"receiving {job.name}")
+        await stream.wait_incoming(proc, what=f"receiving {job.name}",
+                                   connect_timeout=CONNECT_TIMEOUT)
         job.state = "received"
         job.received.set()
         ok = await asyncio.wait_for(job.go, COMMIT_TIMEOUT)
@@ -195,6 +203,9 @@ class Receiver:
         if req.get("copy_storage"):
             with contextlib.suppress(XeniaError):
                 await proc.command("nbd-server-stop")
+        if job.tls_dir is not None:
+            with contextlib.suppress(XeniaError):
+                await proc.command("object-del", {"id": f"mig-tls-{job.id[:8]}"})
 
     # -- commit / abort --------------------------------------------------------------------
     def _job(self, job_id: str) -> Incoming:
@@ -227,7 +238,10 @@ class Receiver:
 
     async def abort(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
-        if job is None or job.state in ("committed", "aborted", "failed"):
+        if job is None:
+            self.aborted.add(job_id)
+            return
+        if job.state in ("committed", "aborted", "failed"):
             return
         job.state = "aborted"
         if job.go is not None and not job.go.done():

@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TLS_ID = "mig-tls"
-# Plain pre-copy gives up after this many passes over memory without getting close.
-MAX_PASSES = 30
+# Plain pre-copy gives up after this many passes over memory without the remainder
+# shrinking by a tenth (QEMU itself would go on forever).
+MAX_PASSES = 10
 # No bytes moved for this long: the link or the peer is gone.
 STALL_SECONDS = 15.0
 POSTCOPY_AFTER_PASSES = 2
@@ -76,6 +76,7 @@ class Sender:
     def __init__(self, manager: DomainManager) -> None:
         self.m = manager
         self.jobs: dict[str, MigrationJob] = {}
+        self._background: set[asyncio.Task[bool]] = set()
 
     def job_for(self, uuid: str) -> MigrationJob | None:
         for job in self.jobs.values():
@@ -144,28 +145,30 @@ class Sender:
         if problems:
             raise InvalidConfig(f"Failed to migrate '{rec.name}' to '{opts.host}': "
                                 + "; ".join(problems))
-        job.status = "preparing"
-        psk = make_psk() if opts.tls else None
-        sizes = await asyncio.to_thread(self._disk_sizes, rec) if opts.copy_storage else {}
-        caps = {"postcopy-ram": opts.postcopy}
-        prep = await peer.arequest("POST", "/v1/migrations/incoming", {
-            "id": job.id, "record": portable, "facts": facts,
-            "copy_storage": opts.copy_storage, "disk_sizes": sizes,
-            "psk": {"identity": psk[0], "key": psk[1]} if psk else None,
-            "listen_host": peer.host, "paused": rec.state == "paused", "caps": caps,
-        }, timeout=120)
         tls_dir = self.m.paths.run / "migrations" / job.id
+        tls_id = f"mig-tls-{job.id[:8]}"  # one per migration: a domain may move again
         mirrors: list[str] = []
         committed = False
         was_running = rec.state == "running"
         try:
+            # Inside the try: a cancel while the destination prepares must still abort it.
+            job.status = "preparing"
+            psk = make_psk() if opts.tls else None
+            sizes = await asyncio.to_thread(self._disk_sizes, rec) if opts.copy_storage else {}
+            caps = {"postcopy-ram": opts.postcopy}
+            prep = await peer.arequest("POST", "/v1/migrations/incoming", {
+                "id": job.id, "record": portable, "facts": facts,
+                "copy_storage": opts.copy_storage, "disk_sizes": sizes,
+                "psk": {"identity": psk[0], "key": psk[1]} if psk else None,
+                "listen_host": peer.host, "paused": rec.state == "paused", "caps": caps,
+            }, timeout=120)
             tls = ""
             if psk:
                 write_psk_dir(tls_dir, *psk)
                 await inst.proc.command("object-add", {
-                    "qom-type": "tls-creds-psk", "id": TLS_ID, "endpoint": "client",
+                    "qom-type": "tls-creds-psk", "id": tls_id, "endpoint": "client",
                     "dir": str(tls_dir), "username": psk[0]})
-                tls = TLS_ID
+                tls = tls_id
             if opts.copy_storage:
                 job.status = "mirroring"
                 mirrors = await self._mirror(inst, rec, peer.host, int(prep["nbd_port"]), tls)
@@ -185,12 +188,18 @@ class Sender:
             raise
         except BaseException:
             await self._undo_source(inst, mirrors, was_running)
-            asyncio.get_running_loop().create_task(self._abort_remote(peer, job))
+            # Wait for the destination to drop its copy (so "failed" means cleaned up
+            # there too); if it cannot be reached now, keep trying in the background.
+            if not await self._abort_remote(peer, job, tries=3):
+                task = asyncio.get_running_loop().create_task(
+                    self._abort_remote(peer, job, tries=30))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             raise
         finally:
             remove_psk_dir(tls_dir)
             with contextlib.suppress(XeniaError):
-                await inst.proc.command("object-del", {"id": TLS_ID})
+                await inst.proc.command("object-del", {"id": tls_id})
         if committed:
             await self.m._destroy_locked(rec)
             job.message = (f"Migrated '{rec.name}' to '{opts.host}' in "
@@ -249,6 +258,11 @@ class Sender:
             params["downtime-limit"] = opts.downtime_ms
         if opts.bandwidth_mibs is not None:
             params["max-bandwidth"] = opts.bandwidth_mibs * 1024 * 1024
+        if opts.auto_converge:
+            # QEMU's 20% + 10% a pass needs 8 passes to reach its 99% cap; a guest that
+            # outruns the link is better slowed hard and briefly than mildly for long.
+            params["cpu-throttle-initial"] = 40
+            params["cpu-throttle-increment"] = 20
         await stream.set_caps(inst.proc, auto_converge=opts.auto_converge,
                               postcopy_ram=opts.postcopy)
         await stream.set_params(inst.proc, **{k.replace("-", "_"): v
@@ -328,16 +342,17 @@ class Sender:
             with contextlib.suppress(XeniaError):
                 await inst.proc.command("cont")
 
-    async def _abort_remote(self, peer: PeerClient, job: MigrationJob) -> None:
+    async def _abort_remote(self, peer: PeerClient, job: MigrationJob, tries: int) -> bool:
         """Make the destination drop its copy; retried while the link is down."""
-        for _ in range(30):
+        for _ in range(tries):
             try:
                 await peer.arequest("DELETE", f"/v1/migrations/incoming/{job.id}", timeout=10)
-                return
+                return True
             except Unreachable:
                 await asyncio.sleep(2)
             except XeniaError:
-                return
+                return True  # it answered: nothing (more) to abort there
+        return False
 
 
 class _Undecided(BackendError):

@@ -79,12 +79,20 @@ async def wait(proc: QemuProcess, *, on_progress: Callable[[Progress], None] | N
 
 
 async def wait_incoming(proc: QemuProcess, timeout: float | None = None,
-                        what: str = "restore") -> None:
-    """On the receiving QEMU: until the incoming migration completed (or failed)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+                        what: str = "restore", connect_timeout: float | None = None) -> None:
+    """On the receiving QEMU: until the incoming migration completed (or failed).
+
+    `connect_timeout`: give up if no sender has connected by then (status still "setup").
+    """
+    start = time.monotonic()
+    deadline = None if timeout is None else start + timeout
     while True:
         info = await proc.command("query-migrate")
         status = info.get("status")
+        if (connect_timeout is not None and status == "setup"
+                and time.monotonic() - start > connect_timeout):
+            raise BackendError(f"Failed {what}: the sender did not connect within "
+                               f"{connect_timeout:.0f} s")
         if status == "completed":
             return
         if status in FAILED:
