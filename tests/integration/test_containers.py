@@ -389,6 +389,20 @@ def test_a_root_owned_rootfs_runs_without_a_user_namespace(ct: Containers, host:
     assert host.run("ct1", "ps -o comm | grep -c .").strip() in ("4", "5")
 
 
+def test_a_restart_that_cannot_start_ends_the_domain(ct: Containers, host: Host) -> None:
+    from xenia.images.rootfs import build_rootfs
+
+    tree = build_rootfs(host.root / "img1", cache_dir=CACHE / "debs", owner=0,
+                        progress=lambda s: None).path
+    dom = ct.create("ct1", rootfs=str(tree))
+    tree.rename(tree.with_name("moved"))
+    host.xenia("reboot", "ct1")
+    host.wait_gone("ct1")  # on_crash=destroy, as for a VM that died
+    assert ct.leftovers(dom) == []
+    log = host.daemon_log.read_text()
+    assert "restarting failed" in log and "does not exist" in log
+
+
 def test_init_exiting_is_a_crash_or_a_poweroff(ct: Containers, host: Host) -> None:
     dom = ct.create("ct1", False, init="/bin/sh -c 'echo xenia-rootfs: ready; sleep 1; exit 3'",
                     on_crash="preserve")

@@ -240,7 +240,10 @@ class ContainerInstance(Instance):
         log.info("domain %s: init %s exited (%s, asked: %s): %s", self.record.name, self.pid,
                  status or "status unknown", requested or "nothing", kind)
         if not self._stopping:
-            await self._events(kind, {"exit": status, "requested": requested})
+            try:
+                await self._events(kind, {"exit": status, "requested": requested})
+            except Exception:  # noqa: BLE001 - a task of our own: say it, do not lose it
+                log.exception("domain %s: handling its %s failed", self.record.name, kind)
 
     @property
     def running(self) -> bool:
@@ -281,12 +284,22 @@ class ContainerInstance(Instance):
         rec = self.driver.store.get(self.record.uuid) or self.record
         await asyncio.to_thread(self.driver.end_boot, rec, self.pid)
         self.pid = None
-        pid = await self.driver.boot(rec)
         try:
-            await asyncio.to_thread(self.driver.crun.start, rec.uuid)
-        except BaseException:
-            await asyncio.to_thread(self.driver.end_boot, rec, pid)
-            raise
+            pid = await self.driver.boot(rec)
+            try:
+                await asyncio.to_thread(self.driver.crun.start, rec.uuid)
+            except BaseException:
+                await asyncio.to_thread(self.driver.end_boot, rec, pid)
+                raise
+        except Exception as e:  # noqa: BLE001 - reported as an event, not lost in a task
+            # Nothing runs now. The manager goes on from "restarted"; the exit that
+            # follows applies on_crash (destroy, by default), as for a VM that died.
+            msg = e.message if isinstance(e, XeniaError) else repr(e)
+            log.error("domain %s: restarting failed: %s", rec.name, msg)
+            self._exited.set()
+            self._stopping = False
+            self._spawn(self._events("exited", {"error": msg}))
+            return
         self.pid = pid
         self._stopping = False
         self.watch()
