@@ -51,8 +51,10 @@ def attach(path: Path, linger: float = 2.0) -> None:
     is_tty = os.isatty(fd_in)
     saved = termios.tcgetattr(fd_in) if is_tty else None
     if is_tty:
-        print("Connected to the console; Ctrl-] detaches.", file=sys.stderr)
-        tty.setraw(fd_in)
+        # TCSANOW, not setraw's default TCSAFLUSH: keystrokes typed before raw mode took
+        # effect must reach the guest, not be discarded. Announce only once it holds.
+        tty.setraw(fd_in, termios.TCSANOW)
+        print("Connected to the console; Ctrl-] detaches.\r", file=sys.stderr)
     stdin_open = True
     try:
         while True:

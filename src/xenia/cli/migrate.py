@@ -74,7 +74,7 @@ def _render(job: dict[str, object]) -> str:
 @click.option("--copy-storage", is_flag=True, help="Mirror the disks to the host (no shared "
               "storage).")
 @click.option("--downtime", "downtime", type=int, metavar="MS",
-              help="Maximum downtime at the switch-over (QEMU's default: 300 ms).")
+              help="Maximum downtime at the switch-over (default 30 ms).")
 @click.option("--bandwidth", "bandwidth", type=int, metavar="MIBS",
               help="Bandwidth limit in MiB/s.")
 @click.option("--postcopy", is_flag=True, help="Switch to post-copy if pre-copy is slow.")
