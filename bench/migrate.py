@@ -172,11 +172,10 @@ def main() -> None:
     write_section("Live migration (bench/migrate.py)", f"""
 A 256 MiB tiny guest (1 vCPU, no NIC), {args.runs} migrations each way of counting.
 Xenia: `xenia migrate` between two xeniad in network namespaces over a veth switch, TLS
-(PSK) on, downtime limit 30 ms (Xenia's default); the total includes pre-flight, the
-destination's preparation and the switch-over. Bare QEMU: the same QEMU argv, source and
+(PSK) on, downtime limit 30 ms (Xenia's default). Bare QEMU: the same QEMU argv, source and
 `-incoming` destination on loopback, QMP `migrate` with the same TLS and parameters.
-Downtime and total as QEMU reports them (total for Xenia: from the API call to the
-destination running). libvirt was not measured: `virsh migrate --live` needs two libvirtd
+Downtime and total time as the source QEMU reports them, on both sides (Xenia's
+pre-flight and preparation, ~0.3 s, come on top and are not in these numbers). libvirt was not measured: `virsh migrate --live` needs two libvirtd
 hosts, which this single-machine setup does not run.
 
 | guest | Xenia downtime ms (range) | Xenia total s | bare downtime ms (range) \
