@@ -179,3 +179,11 @@ async def pci_assignable_remove(bdf: str, m: Manager, rebind: bool = False) -> d
 
     m.pci.remove(bdf, rebind, m.pci_user(normalize_bdf(bdf)))
     return {}
+
+
+@router.get("/screenshot")
+async def screenshot(ref: str, m: Manager) -> dict[str, Any]:
+    import base64
+
+    png = await m.screenshot(ref)
+    return {"png": base64.b64encode(png).decode()}

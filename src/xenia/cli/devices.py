@@ -248,3 +248,17 @@ def pci_attach(c: Ctx, dom: str, bdf: str) -> None:
 def pci_detach(c: Ctx, dom: str, bdf: str) -> None:
     """Take a passed-through PCI device away from a domain."""
     c.client.delete(f"/v1/domains/{dom}/pci/{quote(bdf)}")
+
+
+@cli.command()
+@click.argument("dom")
+@click.argument("file")
+@pass_ctx
+def screenshot(c: Ctx, dom: str, file: str) -> None:
+    """Save the screen of an hvm domain as a PNG file."""
+    import base64
+
+    data = base64.b64decode(c.client.get(f"/v1/domains/{dom}/screenshot")["png"])
+    with open(file, "wb") as f:
+        f.write(data)
+    out(f"{file}: {len(data)} bytes")

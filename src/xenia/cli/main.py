@@ -19,7 +19,8 @@ register("domains", "create", "list", "uptime", "domid", "domname", "info", "shu
 register("devices", "block-attach", "block-detach", "block-list", "cd-insert", "cd-eject",
          "network-attach", "network-detach", "network-list", "pci-list", "mem-set", "mem-max",
          "vcpu-set", "vcpu-list", "vcpu-pin", "sched-credit", "pci-assignable-add",
-         "pci-assignable-list", "pci-assignable-remove", "pci-attach", "pci-detach")
+         "pci-assignable-list", "pci-assignable-remove", "pci-attach", "pci-detach",
+         "screenshot")
 register("migrate", "save", "restore", "migrate")
 register("images", "image")
 register("storage", "pool", "volume")

@@ -160,7 +160,8 @@ class DiskPlan:
     bus: str  # virtio | scsi | ide
 
 
-def plan(spec: DiskSpec, path: Path | None, dtype: str, port: str | None) -> DiskPlan:
+def plan(spec: DiskSpec, path: Path | None, dtype: str, port: str | None,
+         bootindex: int | None = None) -> DiskPlan:
     """The -blockdev and -device JSON of one disk. `port`: its root port for virtio."""
     kind = bus_kind(spec, dtype)
     qid = qdev_id(spec)
@@ -197,6 +198,8 @@ def plan(spec: DiskSpec, path: Path | None, dtype: str, port: str | None) -> Dis
                "bus": f"ide.{index}"}
     if node is not None:
         dev["drive"] = node
+    if bootindex is not None:
+        dev["bootindex"] = bootindex
     return DiskPlan(spec, qid, node, blockdevs, dev, kind)
 
 

@@ -47,7 +47,8 @@ def qdev_id(devid: int) -> str:
     return f"nic{devid}"
 
 
-def plan(vif: VifSpec, devid: int, tap: str, dtype: str, port: str) -> NicPlan:
+def plan(vif: VifSpec, devid: int, tap: str, dtype: str, port: str,
+         bootindex: int | None = None) -> NicPlan:
     assert vif.mac is not None, "the MAC is chosen before planning"
     model = model_of(vif, dtype)
     netdev = {"type": "tap", "id": f"net{devid}", "ifname": tap, "script": "no",
@@ -58,4 +59,6 @@ def plan(vif: VifSpec, devid: int, tap: str, dtype: str, port: str) -> NicPlan:
                               "netdev": f"net{devid}", "mac": vif.mac, "bus": port}
     if model == "virtio" and vif.mtu:
         device["host_mtu"] = vif.mtu
+    if bootindex is not None:
+        device["bootindex"] = bootindex
     return NicPlan(vif, devid, tap, netdev, device)

@@ -102,6 +102,9 @@ class Instance(abc.ABC):
     async def detach_vif(self, rec: DomainRecord, ref: str) -> None:
         raise self._unsupported("detach a network interface")
 
+    async def screenshot(self) -> bytes:
+        raise self._unsupported("take a screenshot")
+
     async def save_state(self, path: Path, meta: dict[str, Any]) -> int:
         raise self._unsupported("save the state")
 

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+from xenia.devices import display
 from xenia.drivers import qemu_cpu
 from xenia.drivers.base import Driver, GuestEvents, Instance
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
@@ -16,6 +18,7 @@ from xenia.drivers.qemu_hotplug import HotplugMixin
 from xenia.drivers.qemu_migrate import MigrateMixin
 from xenia.errors import BackendError, InvalidConfig, NotFound, NotSupported, XeniaError
 from xenia.host import affinity, hostinfo
+from xenia.images.hvm import ovmf_paths, ovmf_qemu_args
 from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.qemu import accel as accel_mod
@@ -162,6 +165,19 @@ class QemuInstance(HotplugMixin, MigrateMixin, Instance):
     def log_tail(self) -> str:
         return log_tail(self.proc.files.qemu_log)
 
+    async def screenshot(self) -> bytes:
+        """The guest's screen as PNG (QMP screendump into the run dir, read, removed)."""
+        if self.record.config.type != "hvm" or self.record.config.nographic:
+            raise NotSupported(f"Failed to take a screenshot of '{self.record.name}': it has "
+                               "no graphics (an hvm domain without nographic has)")
+        path = self.proc.files.dir / "screen.png"
+        try:
+            await self.proc.command("screendump", {"filename": str(path), "format": "png"})
+            return path.read_bytes()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
     async def stats(self, rec: DomainRecord) -> dict[str, Any]:
         """Counters for `xenia top`: memory, disks (query-blockstats), NICs (taps)."""
         out: dict[str, Any] = {"cpu_time": self.cpu_seconds(), "vcpus": rec.config.vcpus}
@@ -220,11 +236,13 @@ class QemuDriver(Driver):
 
     def check(self, record: DomainRecord) -> None:
         cfg, name = record.config, record.name
-        if cfg.type == "hvm" and not cfg.kernel:
-            raise NotSupported(
-                f"Failed to create domain '{name}': firmware boot of hvm domains is not "
-                "supported yet; give kernel= for a direct kernel boot"
-            )
+        if cfg.type == "hvm":
+            display.check_bootable(cfg)
+            display.check_graphics(cfg)
+            if display.firmware_kind(cfg) == "ovmf":
+                ovmf_paths()  # NotFound with "apt-get install ovmf" when missing
+            if cfg.vnc:
+                display.vnc_listen(cfg)
         if cfg.type in ("pv", "pvh") and not cfg.kernel:
             raise InvalidConfig(
                 f"Failed to create domain '{name}': a {cfg.type} domain boots a kernel directly; "
@@ -267,6 +285,38 @@ class QemuDriver(Driver):
     def release(self, record: DomainRecord) -> None:
         self.devices.unplug_host(record)
         qemu_cpu.remove_cgroup(record)
+        with contextlib.suppress(FileNotFoundError):
+            self.nvram(record).unlink()
+
+    def nvram(self, record: DomainRecord) -> Path:
+        """The domain's own copy of the UEFI variable store (its NVRAM)."""
+        return self.paths.state / "nvram" / f"{record.uuid}_VARS.fd"
+
+    def _hvm_extras(self, record: DomainRecord) -> tuple[list[str], int | None]:
+        """Firmware arguments and the VNC display of an hvm domain."""
+        cfg = record.config
+        if cfg.type != "hvm":
+            return [], None
+        firmware: list[str] = []
+        kind = display.firmware_kind(cfg)
+        if kind == "ovmf":
+            code, template = ovmf_paths()
+            nvram = self.nvram(record)
+            if not nvram.exists():
+                nvram.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(template, nvram)
+            firmware = ovmf_qemu_args(nvram, code)
+        elif kind == "path":
+            firmware = ["-bios", str(cfg.firmware)]
+        vnc = None
+        if cfg.vnc and not cfg.nographic:
+            taken = {int(r.runtime["vnc_display"]) for r in self.devices.store.list()
+                     if r.uuid != record.uuid and "vnc_display" in r.runtime}
+            vnc = display.choose_display(cfg, taken)
+            host, _ = display.vnc_listen(cfg)
+            record.runtime["vnc_display"] = vnc
+            record.runtime["vnc"] = f"{host}:{display.VNC_BASE + vnc}"
+        return firmware, vnc
 
     def sched_get(self, record: DomainRecord) -> dict[str, int]:
         return qemu_cpu.sched_get(record)
@@ -289,16 +339,23 @@ class QemuDriver(Driver):
             )
         record.runtime["accel"] = choice.name
         await asyncio.to_thread(self.devices.plug_host, record)
-        layout, devices = argv_devices(record)
-        machine = record.runtime.get("machine") or machine_alias("q35")
-        record.runtime["machine"] = machine
-        argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files, qemu=info.path,
-                          layout=layout, devices=devices, incoming=incoming, machine=machine)
         proc = QemuProcess(record.name, record.uuid, files)
         inst = QemuInstance(record, proc, events, self.devices)
         try:
+            layout, devices = argv_devices(record)
+            machine = record.runtime.get("machine") or machine_alias("q35")
+            record.runtime["machine"] = machine
+            firmware, vnc = self._hvm_extras(record)
+            argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files,
+                              qemu=info.path, layout=layout, devices=devices,
+                              incoming=incoming, machine=machine, firmware=firmware,
+                              vnc_display=vnc)
             await proc.launch(argv)
             await proc.connect_qmp(inst.on_qmp_event)
+            if cfg.vnc and cfg.vncpasswd and vnc is not None:
+                # Over QMP: a password on the command line would be in /proc for all.
+                await proc.command("set_password", {"protocol": "vnc",
+                                                    "password": cfg.vncpasswd})
             assert proc.pid is not None
             await asyncio.to_thread(qemu_cpu.setup_cgroup, record, proc.pid)
             qemu_cpu.pin_threads(record, await inst.vcpu_threads())

@@ -14,6 +14,7 @@ from typing import Any
 
 from xenia.config.model import DiskSpec, VifSpec
 from xenia.devices import disk as diskdev
+from xenia.devices import display
 from xenia.devices import nic as nicdev
 from xenia.devices.layout import SPARE_ROOT_PORTS, Layout
 from xenia.errors import AlreadyExists, InvalidConfig, XeniaError
@@ -176,19 +177,22 @@ def argv_devices(rec: DomainRecord) -> tuple[Layout, list[tuple[str, dict[str, A
     """The -blockdev/-netdev/-device JSON of a domain's disks and NICs, as placed."""
     dtype = rec.config.type
     layout = Layout.from_runtime(rec.runtime)
+    boot = display.boot_order(rec.config)
     out: list[tuple[str, dict[str, Any]]] = []
     if diskdev.SCSI_CONTROLLER in layout.slots:
         out.append(("-device", diskdev.scsi_controller(layout.slots[diskdev.SCSI_CONTROLLER])))
     for spec in rec.config.disks:
         path = None if diskdev.is_empty(spec) else diskdev.target_path(spec)
-        plan = diskdev.plan(spec, path, dtype, layout.slots.get(diskdev.qdev_id(spec)))
+        plan = diskdev.plan(spec, path, dtype, layout.slots.get(diskdev.qdev_id(spec)),
+                            boot.get(diskdev.qdev_id(spec)))
         out += [("-blockdev", b) for b in plan.blockdevs]
         out.append(("-device", plan.device))
     taps = rec.runtime.get("taps", {})
     for vif in rec.config.vifs:
         assert vif.devid is not None
         p = nicdev.plan(vif, vif.devid, taps[str(vif.devid)], dtype,
-                        layout.slots[nicdev.qdev_id(vif.devid)])
+                        layout.slots[nicdev.qdev_id(vif.devid)],
+                        boot.get(nicdev.qdev_id(vif.devid)))
         out += [("-netdev", p.netdev), ("-device", p.device)]
     for bdf in rec.config.pci:
         out.append(("-device", {"driver": "vfio-pci", "host": bdf, "id": hostdev_id(bdf),

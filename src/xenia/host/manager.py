@@ -496,6 +496,10 @@ class DomainManager:
                 return rec.name
         return None
 
+    async def screenshot(self, ref: str) -> bytes:
+        rec = self.resolve(ref)
+        return await self.instance(rec).screenshot()
+
     async def pci_list(self, ref: str) -> list[dict[str, Any]]:
         rec = self.resolve(ref)
         return await self.instance(rec).pci_devices()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from xenia.config.model import DomainConfig
-from xenia.devices import cpu
+from xenia.devices import cpu, display
 from xenia.devices.layout import SPARE_ROOT_PORTS, Layout
 
 # Fixed integrated devices on pcie.0: 0x1c rng, 0x1e balloon (0x1d is kept for a USB
@@ -91,12 +91,17 @@ def build_argv(
     devices: Sequence[tuple[str, dict[str, Any]]] = (),
     incoming: str | None = None,
     machine: str = "q35",
+    firmware: Sequence[str] = (),
+    vnc_display: int | None = None,
 ) -> list[str]:
     """The full QEMU argv for a domain, started paused (-S) and daemonized.
 
     `devices` are (option, JSON) pairs for disks, NICs and controllers, already placed on
-    the root ports of `layout`.
+    the root ports of `layout`. HVM: `firmware` are the firmware's arguments (OVMF flash),
+    `vnc_display` the VNC display chosen for it.
     """
+    if cfg.type == "hvm" and not cfg.acpi:
+        machine += ",acpi=off"
     layout = layout or Layout(SPARE_ROOT_PORTS)
     argv: list[str] = [
         qemu,
@@ -123,6 +128,9 @@ def build_argv(
         "-device", jarg({"driver": "isa-serial", "id": "serial0", "chardev": CONSOLE_CHARDEV}),
         "-device", jarg({"driver": "pvpanic", "id": "pvpanic0"}),
     ]
+    argv += list(firmware)
+    argv += display.graphics_argv(cfg, vnc_display)
+    argv += display.usb_argv(cfg)
     if cfg.kernel:
         argv += ["-kernel", cfg.kernel]
         if cfg.ramdisk:
