@@ -175,8 +175,9 @@ Xenia: `xenia migrate` between two xeniad in network namespaces over a veth swit
 (PSK) on, downtime limit 30 ms (Xenia's default). Bare QEMU: the same QEMU argv, source and
 `-incoming` destination on loopback, QMP `migrate` with the same TLS and parameters.
 Downtime and total time as the source QEMU reports them, on both sides (Xenia's
-pre-flight and preparation, ~0.3 s, come on top and are not in these numbers). libvirt was not measured: `virsh migrate --live` needs two libvirtd
-hosts, which this single-machine setup does not run.
+pre-flight and preparation, ~0.3 s, come on top and are not in these numbers).
+libvirt was not measured: `virsh migrate --live` needs two libvirtd hosts, which this
+single-machine setup does not run.
 
 | guest | Xenia downtime ms (range) | Xenia total s | bare downtime ms (range) \
 | bare total s | total ratio |
