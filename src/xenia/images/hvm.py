@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
@@ -51,10 +50,11 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from xenia.errors import BackendError, NotFound, XeniaError
+from xenia.images.cache import MANIFEST, build_lock, read_manifest
 from xenia.images.debs import DebError, DebFetcher, DebPackage, sha256_file
 from xenia.images.disklabel import PART_START, SECTOR, gpt, mbr
 from xenia.images.fat import MIN_SIZE as FAT_MIN_SIZE
@@ -64,7 +64,6 @@ from xenia.images.tiny import ImageInfo, build_tiny
 from xenia.images.uki import PeError, make_uki
 
 NAME = "hvm"
-MANIFEST = "manifest.json"
 BIOS_DISK = "bios-disk.img"
 UEFI_DISK = "uefi-disk.img"
 ISO = "boot.iso"
@@ -140,13 +139,6 @@ def recipe_hash(cmdline: str) -> str:
 
 
 # -- cache -----------------------------------------------------------------------------------
-def _read_manifest(image_dir: Path) -> dict | None:  # type: ignore[type-arg]
-    try:
-        data = json.loads((image_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
 
 def _tiny_ref(tiny: ImageInfo) -> dict[str, str]:
     return {
@@ -159,7 +151,7 @@ def _tiny_ref(tiny: ImageInfo) -> dict[str, str]:
 def _valid(image_dir: Path, tiny_ref: dict[str, str] | None, cmdline: str | None) -> bool:
     """Whether the images in `image_dir` match their manifest (and, when given, the tiny
     image and command line they must carry)."""
-    manifest = _read_manifest(image_dir)
+    manifest = read_manifest(image_dir)
     if manifest is None or manifest.get("format") != FORMAT:
         return False
     if cmdline is not None and (
@@ -195,15 +187,6 @@ def hvm_images(images_dir: Path) -> dict[str, Path]:
     return _paths(image_dir)
 
 
-@contextlib.contextmanager
-def _lock(images_dir: Path) -> Iterator[None]:
-    with open(images_dir / f".{NAME}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
 
 def build_hvm_images(
     images_dir: Path,
@@ -225,7 +208,7 @@ def build_hvm_images(
     target = images_dir / NAME
     if not force and _valid(target, ref, tiny.cmdline):
         return _paths(target)
-    with _lock(images_dir):
+    with build_lock(images_dir, NAME):
         # Another process may have built them while we waited for the lock.
         if not force and _valid(target, ref, tiny.cmdline):
             return _paths(target)

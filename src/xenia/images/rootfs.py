@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
@@ -48,18 +47,18 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from xenia.errors import BackendError, NotFound, XeniaError
+from xenia.images.cache import MANIFEST, build_lock, read_manifest
 from xenia.images.debs import DebError, DebFetcher, sha256_file
 
 NAME = "rootfs"
 READY_LINE = "xenia-rootfs: ready"
 PROMPT = "/ # "
 BUSYBOX_PACKAGE = "busybox-static"
-MANIFEST = "manifest.json"
 USERNS_BASE = 100000
 # Bump when the tree's recipe changes in a way the files below do not show.
 FORMAT = 1
@@ -274,13 +273,6 @@ def recipe_hash() -> str:
     return h.hexdigest()
 
 
-def _read_manifest(tree: Path) -> dict | None:  # type: ignore[type-arg]
-    try:
-        data = json.loads((tree / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
 
 def _info(tree: Path, manifest: dict) -> RootfsInfo:  # type: ignore[type-arg]
     return RootfsInfo(
@@ -291,7 +283,7 @@ def _info(tree: Path, manifest: dict) -> RootfsInfo:  # type: ignore[type-arg]
 
 def _valid(tree: Path, owner: int) -> RootfsInfo | None:
     """The tree if its manifest matches the recipe, its owner and its busybox binary."""
-    m = _read_manifest(tree)
+    m = read_manifest(tree)
     if m is None or m.get("format") != FORMAT or m.get("recipe") != recipe_hash():
         return None
     try:
@@ -306,22 +298,13 @@ def _valid(tree: Path, owner: int) -> RootfsInfo | None:
 
 def find_rootfs(images_dir: Path) -> RootfsInfo:
     tree = images_dir / NAME
-    m = _read_manifest(tree)
+    m = read_manifest(tree)
     if m is not None:
         with contextlib.suppress(KeyError, TypeError, ValueError):
             return _info(tree, m)
     raise NotFound(f"Failed finding image {NAME}: not built in {images_dir}; run "
                    f"`xenia image build {NAME}`")
 
-
-@contextlib.contextmanager
-def _lock(images_dir: Path) -> Iterator[None]:
-    with open(images_dir / f".{NAME}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def default_owner() -> int:
@@ -346,7 +329,7 @@ def build_rootfs(images_dir: Path, *, cache_dir: Path | None = None, force: bool
         images_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise _fail(f"cannot create {images_dir}: {e.strerror}") from e
-    with _lock(images_dir):
+    with build_lock(images_dir, NAME):
         if not force and (info := _valid(target, owner)) is not None:
             return info
         for stale in images_dir.glob(f".{NAME}-build-*"):

@@ -69,21 +69,20 @@ Guest contract (other code relies on this; the scripts are in `images/data/tiny-
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from xenia.errors import BackendError, NotFound, XeniaError
+from xenia.images.cache import MANIFEST, build_lock, read_manifest
 from xenia.images.debs import DebError, DebFetcher, DebPackage, sha256_file
 from xenia.images.initramfs import Initramfs
 from xenia.images.kmod import ModinfoError, ModuleTree, modules_alias, modules_dep
@@ -95,7 +94,6 @@ CMDLINE = "console=ttyS0"
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
 ARCH = "amd64"
-MANIFEST = "manifest.json"
 KERNEL_FILE = "vmlinuz"
 INITRD_FILE = "initrd.img"
 
@@ -241,17 +239,10 @@ def recipe_hash() -> str:
     return h.hexdigest()
 
 
-def _read_manifest(image_dir: Path) -> dict | None:  # type: ignore[type-arg]
-    try:
-        data = json.loads((image_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
 
 def _valid(image_dir: Path) -> ImageInfo | None:
     """The image in `image_dir` if its manifest matches its files and the current recipe."""
-    manifest = _read_manifest(image_dir)
+    manifest = read_manifest(image_dir)
     if manifest is None or manifest.get("format") != FORMAT:
         return None
     if manifest.get("recipe") != recipe_hash():
@@ -275,7 +266,7 @@ def list_images(images_dir: Path) -> list[ImageInfo]:
     for d in sorted(images_dir.iterdir()):
         if d.name.startswith(".") or not d.is_dir():
             continue
-        manifest = _read_manifest(d)
+        manifest = read_manifest(d)
         if manifest is None:
             continue
         try:
@@ -292,15 +283,6 @@ def find_image(images_dir: Path, name: str) -> ImageInfo:
     hint = f"run `xenia image build {name}`" if name == NAME else "no such image"
     raise NotFound(f"Failed finding image {name}: not built in {images_dir}; {hint}")
 
-
-@contextlib.contextmanager
-def _lock(images_dir: Path) -> Iterator[None]:
-    with open(images_dir / f".{NAME}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def build_tiny(
@@ -319,7 +301,7 @@ def build_tiny(
         images_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise _fail(f"cannot create {images_dir}: {e.strerror}") from e
-    with _lock(images_dir):
+    with build_lock(images_dir, NAME):
         # Another process may have built it while we waited for the lock.
         if not force and (info := _valid(target)) is not None:
             return info

@@ -1,0 +1,36 @@
+"""What every image builder shares: its manifest file and its build lock.
+
+Each image (tiny, hvm, rootfs) lives in `images_dir/<name>/` with a `manifest.json` that
+says what it was built from; a build holds `images_dir/.<name>.lock` so two builds of the
+same image (two xeniads, a test and a user) never interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(image_dir: Path) -> dict[str, Any] | None:
+    """The image's manifest, or None if it is missing or unreadable (then: rebuild)."""
+    try:
+        data = json.loads((image_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@contextlib.contextmanager
+def build_lock(images_dir: Path, name: str) -> Iterator[None]:
+    with open(images_dir / f".{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
