@@ -14,31 +14,23 @@ have, lowest first. vcpu-set keeps the CPUs it has and adds or drops the busiest
 from __future__ import annotations
 
 import errno
-import os
 import time
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 
-from xenia.errors import BackendError, InUse, NotFound, NotSupported, XeniaError
-from xenia.host.affinity import parse_kernel_cpulist
-from xenia.host.cgroups import ROOT_NAME, CgroupLayout, Hierarchy, host_layout
+from xenia.errors import NotSupported
+from xenia.host.affinity import parse_kernel_cpulist, ranges
+from xenia.host.cgroups import (
+    ROOT_NAME,
+    CgroupLayout,
+    Hierarchy,
+    host_layout,
+    os_error,
+    read_value,
+    write_value,
+)
 
 _POLL = 0.02
-
-
-def ranges(cpus: Iterable[int]) -> str:
-    """The kernel's list format: {0, 1, 2, 5} -> "0-2,5" ("" for none)."""
-    parts: list[str] = []
-    run: list[int] = []
-    for cpu in sorted(set(cpus)) + [-2]:  # -2: a sentinel that ends the last run
-        if run and cpu == run[-1] + 1:
-            run.append(cpu)
-            continue
-        if run:
-            parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
-        run = [cpu]
-    return ",".join(parts)
 
 
 def choose_cpus(allowed: set[int], count: int, current: set[int] | None = None,
@@ -106,30 +98,30 @@ class CpusetGroup:
                 # A new v1 cpuset starts with no CPUs and no memory nodes, and no task can
                 # join it until both are set: `<root>` gets the host's, once.
                 for f in ("cpuset.cpus", "cpuset.mems"):
-                    if not _read(top / f, doing):
-                        _write(top / f, _read(h.mount / f, doing), doing)
+                    if not read_value(top / f, doing):
+                        write_value(top / f, read_value(h.mount / f, doing), doing)
             else:
                 for parent in (h.mount, top):
-                    on = _read(parent / "cgroup.subtree_control", doing).split()
+                    on = read_value(parent / "cgroup.subtree_control", doing).split()
                     if "cpuset" not in on:
-                        _write(parent / "cgroup.subtree_control", "+cpuset", doing)
+                        write_value(parent / "cgroup.subtree_control", "+cpuset", doing)
             self.path.mkdir(exist_ok=True)
         except OSError as e:
-            raise _error(doing, top, e) from e
+            raise os_error(doing, top, e) from e
         if h.version == 1:
-            _write(self.path / "cpuset.mems", _read(top / "cpuset.mems", doing), doing)
+            write_value(self.path / "cpuset.mems", read_value(top / "cpuset.mems", doing), doing)
         self.set_cpus(cpus)
 
     def set_cpus(self, cpus: set[int]) -> None:
         doing = f"to set the CPUs of '{self.name}' to {ranges(cpus) or 'none'}"
         self._h(doing)
-        _write(self.path / "cpuset.cpus", ranges(cpus), doing)
+        write_value(self.path / "cpuset.cpus", ranges(cpus), doing)
 
     def get(self) -> set[int]:
         doing = f"to read the CPUs of '{self.name}'"
         h = self._h(doing)
         name = "cpuset.cpus" if h.version == 1 else "cpuset.cpus.effective"
-        return parse_kernel_cpulist(_read(self.path / name, doing))
+        return parse_kernel_cpulist(read_value(self.path / name, doing))
 
     def remove(self, timeout: float = 5.0) -> None:
         """Remove the group; idempotent. Its processes must be gone (EBUSY is retried
@@ -146,31 +138,5 @@ class CpusetGroup:
                 return
             except OSError as e:
                 if e.errno != errno.EBUSY or time.monotonic() >= deadline:
-                    raise _error(doing, self.path, e) from e
+                    raise os_error(doing, self.path, e) from e
                 time.sleep(_POLL)
-
-
-def _error(doing: str, path: Path, e: OSError) -> XeniaError:
-    if e.errno == errno.ENOENT:
-        return NotFound(f"Failed {doing}: {path} does not exist")
-    if e.errno == errno.EBUSY:
-        return InUse(f"Failed {doing}: {path} is busy ({e.strerror})")
-    return BackendError(f"Failed {doing}: {path}: {e.strerror or e}")
-
-
-def _write(path: Path, value: str, doing: str) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise _error(doing, path, e) from e
-
-
-def _read(path: Path, doing: str) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError as e:
-        raise _error(doing, path, e) from e

@@ -65,7 +65,7 @@ def host_nodes(cpus: set[int] | None = None) -> dict[int, set[int]]:
 
 
 # -- CPULIST -> CPUs ---------------------------------------------------------------------
-def _ranges(cpus: Iterable[int]) -> str:
+def ranges(cpus: Iterable[int]) -> str:
     """Sorted numbers as ranges: {0, 1, 2, 3, 5} -> "0-3,5"."""
     parts: list[str] = []
     run: list[int] = []
@@ -106,9 +106,9 @@ def resolve_cpulist(text: str, host_cpus: int | None = None, *,
             if missing and not remove:
                 raise InvalidConfig(
                     f"Failed to {doing}: NUMA node{'s' if len(missing) > 1 else ''} "
-                    f"{_ranges(missing)} {'do' if len(missing) > 1 else 'does'} not exist "
+                    f"{ranges(missing)} {'do' if len(missing) > 1 else 'does'} not exist "
                     f"on this host (it has node{'s' if len(topology) > 1 else ''} "
-                    f"{_ranges(topology)})")
+                    f"{ranges(topology)})")
             picked = set[int]().union(*(topology[n] for n in numbers & topology.keys()))
         else:
             picked = set(range(first, last + 1))
@@ -116,12 +116,12 @@ def resolve_cpulist(text: str, host_cpus: int | None = None, *,
             if missing and not remove:
                 raise InvalidConfig(
                     f"Failed to {doing}: CPU{'s' if len(missing) > 1 else ''} "
-                    f"{_ranges(missing)} {'do' if len(missing) > 1 else 'does'} not exist "
-                    f"on this host (it has CPUs {_ranges(host)})")
+                    f"{ranges(missing)} {'do' if len(missing) > 1 else 'does'} not exist "
+                    f"on this host (it has CPUs {ranges(host)})")
         cpus = cpus - picked if remove else cpus | picked
     if not cpus:
         raise InvalidConfig(f"Failed to {doing}: CPU list '{text}' selects no CPU on this "
-                            f"host (it has CPUs {_ranges(host)})")
+                            f"host (it has CPUs {ranges(host)})")
     return cpus
 
 
@@ -132,14 +132,14 @@ def format_cpulist(cpus: Iterable[int], host_cpus: int | None = None) -> str:
         return "none"
     if chosen == host_cpu_set(host_cpus):
         return "all"
-    return _ranges(chosen)
+    return ranges(chosen)
 
 
 # -- threads -----------------------------------------------------------------------------
 def set_thread_affinity(tid: int, cpus: set[int]) -> None:
     """Pin thread `tid` (of any process) to `cpus`. A cpuset the thread's cgroup imposes
     narrows this silently; get_thread_affinity() tells what the kernel applied."""
-    doing = f"to pin thread {tid} to CPUs {_ranges(cpus) or 'none'}"
+    doing = f"to pin thread {tid} to CPUs {ranges(cpus) or 'none'}"
     if not cpus:
         raise InvalidConfig(f"Failed {doing}: no CPU given")
     try:

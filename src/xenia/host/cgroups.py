@@ -183,7 +183,7 @@ def _check_name(what: str, value: str) -> None:
             "(1 to 128 letters, digits, '-' or '_', starting with a letter or digit)")
 
 
-def _fail(doing: str, path: Path, e: OSError) -> XeniaError:
+def os_error(doing: str, path: Path, e: OSError) -> XeniaError:
     """The XeniaError for an OSError on a cgroup file, with a hint where one helps."""
     if e.errno == errno.ENOENT:
         return NotFound(f"Failed {doing}: {path} does not exist (is the cgroup created?)")
@@ -195,7 +195,7 @@ def _fail(doing: str, path: Path, e: OSError) -> XeniaError:
     return BackendError(f"Failed {doing}: {path}: {e.strerror or e}")
 
 
-def _write(path: Path, value: str, doing: str) -> None:
+def write_value(path: Path, value: str, doing: str) -> None:
     # One write() call: cgroupfs parses each write on its own.
     try:
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
@@ -204,14 +204,14 @@ def _write(path: Path, value: str, doing: str) -> None:
         finally:
             os.close(fd)
     except OSError as e:
-        raise _fail(doing, path, e) from e
+        raise os_error(doing, path, e) from e
 
 
-def _read(path: Path, doing: str) -> str:
+def read_value(path: Path, doing: str) -> str:
     try:
         return path.read_text().strip()
     except OSError as e:
-        raise _fail(doing, path, e) from e
+        raise os_error(doing, path, e) from e
 
 
 def _keyed(text: str, key: str) -> int | None:
@@ -272,7 +272,7 @@ class DomainCgroup:
             try:
                 top.mkdir(exist_ok=True)
             except OSError as e:
-                raise _fail(doing, top, e) from e
+                raise os_error(doing, top, e) from e
             if h.version == 2:
                 # Controllers must be on in every ancestor's subtree_control before the
                 # domain's group has their files; the root first, then `<root>`.
@@ -282,7 +282,7 @@ class DomainCgroup:
             try:
                 (top / key).mkdir(exist_ok=True)
             except OSError as e:
-                raise _fail(doing, top / key, e) from e
+                raise os_error(doing, top / key, e) from e
         return cg
 
     # -- paths ---------------------------------------------------------------------------
@@ -320,7 +320,7 @@ class DomainCgroup:
                 except FileNotFoundError:
                     continue  # removed meanwhile
                 except OSError as e:
-                    raise _fail(f"to list the processes of '{self.name}'", path, e) from e
+                    raise os_error(f"to list the processes of '{self.name}'", path, e) from e
         return found
 
     # -- processes -----------------------------------------------------------------------
@@ -341,7 +341,7 @@ class DomainCgroup:
             except ProcessLookupError as e:
                 raise NotFound(f"Failed {doing}: no such process") from e
             except OSError as e:
-                raise _fail(doing, path, e) from e
+                raise os_error(doing, path, e) from e
 
     # -- CPU -----------------------------------------------------------------------------
     def set_weight(self, weight: int) -> None:
@@ -354,9 +354,9 @@ class DomainCgroup:
                                 f"{WEIGHT_MIN}..{WEIGHT_MAX}")
         h, d = self._ctrl("cpu", doing)
         if h.version == 1:
-            _write(d / "cpu.shares", str(weight_to_shares(weight)), doing)
+            write_value(d / "cpu.shares", str(weight_to_shares(weight)), doing)
         else:
-            _write(d / "cpu.weight", str(weight_to_cpu_weight(weight)), doing)
+            write_value(d / "cpu.weight", str(weight_to_cpu_weight(weight)), doing)
 
     def set_cap(self, cap: int) -> None:
         """xl's cap: percent of one physical CPU the whole domain may use (0 = no cap,
@@ -368,10 +368,10 @@ class DomainCgroup:
         quota = cap_to_quota(cap)
         if h.version == 1:
             # Period first: a quota is checked against the period in force.
-            _write(d / "cpu.cfs_period_us", str(PERIOD_US), doing)
-            _write(d / "cpu.cfs_quota_us", str(-1 if quota is None else quota), doing)
+            write_value(d / "cpu.cfs_period_us", str(PERIOD_US), doing)
+            write_value(d / "cpu.cfs_quota_us", str(-1 if quota is None else quota), doing)
         else:
-            _write(d / "cpu.max", f"{'max' if quota is None else quota} {PERIOD_US}", doing)
+            write_value(d / "cpu.max", f"{'max' if quota is None else quota} {PERIOD_US}", doing)
 
     def get(self) -> dict[str, int]:
         """{"weight", "cap"} read back from the kernel's files (on v2 the weight is
@@ -379,12 +379,12 @@ class DomainCgroup:
         doing = f"to read credit parameters of '{self.name}'"
         h, d = self._ctrl("cpu", doing)
         if h.version == 1:
-            weight = shares_to_weight(int(_read(d / "cpu.shares", doing)))
-            period = int(_read(d / "cpu.cfs_period_us", doing))
-            quota = int(_read(d / "cpu.cfs_quota_us", doing))
+            weight = shares_to_weight(int(read_value(d / "cpu.shares", doing)))
+            period = int(read_value(d / "cpu.cfs_period_us", doing))
+            quota = int(read_value(d / "cpu.cfs_quota_us", doing))
             return {"weight": weight, "cap": quota_to_cap(quota, period)}
-        weight = cpu_weight_to_weight(int(_read(d / "cpu.weight", doing)))
-        quota_s, _, period_s = _read(d / "cpu.max", doing).partition(" ")
+        weight = cpu_weight_to_weight(int(read_value(d / "cpu.weight", doing)))
+        quota_s, _, period_s = read_value(d / "cpu.max", doing).partition(" ")
         v2quota = None if quota_s == "max" else int(quota_s)
         return {"weight": weight, "cap": quota_to_cap(v2quota, int(period_s or PERIOD_US))}
 
@@ -393,8 +393,8 @@ class DomainCgroup:
         doing = f"to read the CPU time of '{self.name}'"
         h, d = self._ctrl("cpuacct", doing)
         if h.version == 1:
-            return int(_read(d / "cpuacct.usage", doing)) / 1e9
-        usec = _keyed(_read(d / "cpu.stat", doing), "usage_usec")
+            return int(read_value(d / "cpuacct.usage", doing)) / 1e9
+        usec = _keyed(read_value(d / "cpu.stat", doing), "usage_usec")
         return (usec or 0) / 1e6
 
     # -- memory --------------------------------------------------------------------------
@@ -411,7 +411,7 @@ class DomainCgroup:
                        if h.version == 1 else
                        ("memory.max", "max" if limit is None else str(limit)))
         try:
-            _write(d / name, value, doing)
+            write_value(d / name, value, doing)
         except InUse as e:
             # v1 refuses a limit below what the group uses and cannot reclaim.
             raise InUse(f"Failed {doing} to {limit} bytes: the group uses "
@@ -422,23 +422,23 @@ class DomainCgroup:
         doing = f"to read the memory limit of '{self.name}'"
         h, d = self._ctrl("memory", doing)
         if h.version == 1:
-            value = int(_read(d / "memory.limit_in_bytes", doing))
+            value = int(read_value(d / "memory.limit_in_bytes", doing))
             return None if value >= _V1_UNLIMITED else value
-        text = _read(d / "memory.max", doing)
+        text = read_value(d / "memory.max", doing)
         return None if text == "max" else int(text)
 
     def memory_usage(self) -> int:
         """Bytes the group uses now (page cache included, as the kernel counts it)."""
         doing = f"to read the memory use of '{self.name}'"
         h, d = self._ctrl("memory", doing)
-        return int(_read(d / ("memory.usage_in_bytes" if h.version == 1
+        return int(read_value(d / ("memory.usage_in_bytes" if h.version == 1
                               else "memory.current"), doing))
 
     def oom_kills(self) -> int:
         """How many processes the OOM killer has killed in the group."""
         doing = f"to read the OOM kills of '{self.name}'"
         h, d = self._ctrl("memory", doing)
-        text = _read(d / ("memory.oom_control" if h.version == 1 else "memory.events"), doing)
+        text = read_value(d / ("memory.oom_control" if h.version == 1 else "memory.events"), doing)
         return _keyed(text, "oom_kill") or 0
 
     # -- freezer -------------------------------------------------------------------------
@@ -450,9 +450,9 @@ class DomainCgroup:
         while True:
             if h.version == 1:
                 # Rewriting FROZEN retries tasks that were busy in the kernel last time.
-                _write(d / "freezer.state", "FROZEN", doing)
+                write_value(d / "freezer.state", "FROZEN", doing)
             else:
-                _write(d / "cgroup.freeze", "1", doing)
+                write_value(d / "cgroup.freeze", "1", doing)
             if self.frozen():
                 return
             if time.monotonic() >= deadline:
@@ -464,17 +464,17 @@ class DomainCgroup:
         doing = f"to thaw '{self.name}'"
         h, d = self._ctrl("freezer", doing)
         if h.version == 1:
-            _write(d / "freezer.state", "THAWED", doing)
+            write_value(d / "freezer.state", "THAWED", doing)
         else:
-            _write(d / "cgroup.freeze", "0", doing)
+            write_value(d / "cgroup.freeze", "0", doing)
 
     def frozen(self) -> bool:
         """True once every task is frozen (a freeze under way is not frozen yet)."""
         doing = f"to read the freezer state of '{self.name}'"
         h, d = self._ctrl("freezer", doing)
         if h.version == 1:
-            return _read(d / "freezer.state", doing) == "FROZEN"
-        return _keyed(_read(d / "cgroup.events", doing), "frozen") == 1
+            return read_value(d / "freezer.state", doing) == "FROZEN"
+        return _keyed(read_value(d / "cgroup.events", doing), "frozen") == 1
 
     # -- removal -------------------------------------------------------------------------
     def remove(self, timeout: float = 5.0, evict: bool = False) -> None:
@@ -510,7 +510,7 @@ class DomainCgroup:
                 target = _own_group(h) / "cgroup.procs"
                 for pid in left:
                     try:
-                        _write(target, str(pid), doing)
+                        write_value(target, str(pid), doing)
                     except NotFound:
                         continue  # exited meanwhile (or the target vanished: rmdir says)
             for sub in _bottom_up(self._dir(h)):
@@ -523,10 +523,10 @@ class DomainCgroup:
 
 def _enable(group: Path, controllers: list[str], doing: str) -> None:
     path = group / "cgroup.subtree_control"
-    on = set(_read(path, doing).split())
+    on = set(read_value(path, doing).split())
     missing = [c for c in controllers if c not in on]
     if missing:
-        _write(path, " ".join(f"+{c}" for c in missing), doing)
+        write_value(path, " ".join(f"+{c}" for c in missing), doing)
 
 
 def _bottom_up(top: Path) -> Iterator[Path]:
@@ -548,7 +548,7 @@ def _rmdir(path: Path, doing: str, deadline: float) -> None:
             return
         except OSError as e:
             if e.errno != errno.EBUSY or time.monotonic() >= deadline:
-                raise _fail(doing, path, e) from e
+                raise os_error(doing, path, e) from e
             time.sleep(_POLL)
 
 
@@ -564,7 +564,7 @@ def domain_keys(*, root: str = ROOT_NAME, layout: CgroupLayout | None = None) ->
         except FileNotFoundError:
             continue
         except OSError as e:
-            raise _fail("to list domain cgroups", h.mount / root, e) from e
+            raise os_error("to list domain cgroups", h.mount / root, e) from e
         keys.update(p.name for p in entries if p.is_dir() and _NAME_RE.match(p.name))
     return keys
 
