@@ -17,7 +17,9 @@ fi
 
 prefix=/opt/xenia
 echo "install.sh: installing xenia into $prefix/venv"
-[ -x "$prefix/venv/bin/python" ] || python3 -m venv "$prefix/venv"
+py=/usr/bin/python3  # the distribution's Python, which install-deps.sh installed
+[ -x "$py" ] || py=python3
+[ -x "$prefix/venv/bin/python" ] || "$py" -m venv "$prefix/venv"
 "$prefix/venv/bin/pip" install -q --upgrade pip
 "$prefix/venv/bin/pip" install -q "$here"
 ln -sf "$prefix/venv/bin/xenia" /usr/local/bin/xenia

@@ -12,7 +12,11 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 scripts/install-deps.sh --test
-[ -x .venv/bin/python ] || python3 -m venv .venv
+# The distribution's Python (what install-deps.sh installed), not whatever python3 comes
+# first on PATH (pyenv under /root, say, which unprivileged test processes cannot run).
+py=/usr/bin/python3
+[ -x "$py" ] || py=python3
+[ -x .venv/bin/python ] || "$py" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e ".[test]"
 
