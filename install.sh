@@ -1,7 +1,7 @@
 #!/bin/sh
 # Xenia quick start: installs everything, builds the tiny guest image and runs the demo.
-#   sudo ./install.sh            install + demo
-#   sudo ./install.sh --no-demo  install only
+#   ./install.sh            install + demo (as root)
+#   ./install.sh --no-demo  install only
 # Installs: Debian/Ubuntu packages (QEMU, Python venv), the xenia package into
 # /opt/xenia/venv with `xenia` and `xeniad` in /usr/local/bin, a systemd unit, and the
 # tiny guest image in /var/lib/xenia/images/tiny.
@@ -9,7 +9,7 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 
 if [ "$(id -u)" != 0 ]; then
-    echo "install.sh: run as root (sudo $0)" >&2
+    echo "install.sh: run as root" >&2
     exit 1
 fi
 

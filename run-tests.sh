@@ -1,13 +1,13 @@
 #!/bin/sh
 # Installs the test dependencies and runs the whole test suite (as root: guests, bridges).
-#   sudo ./run-tests.sh [pytest args]
+#   ./run-tests.sh [pytest args]   (as root)
 # Lint (ruff), types (mypy), unit tests, then integration tests with real QEMU guests.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 
 if [ "$(id -u)" != 0 ]; then
-    echo "run-tests.sh: run as root (sudo $0): the tests start guests, bridges and taps" >&2
+    echo "run-tests.sh: run as root: the tests start guests, bridges and taps" >&2
     exit 1
 fi
 
