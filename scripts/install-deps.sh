@@ -7,7 +7,7 @@
 set -eu
 
 if [ "$(id -u)" != 0 ]; then
-    echo "install-deps: run as root (sudo $0)" >&2
+    echo "install-deps: run as root" >&2
     exit 1
 fi
 
