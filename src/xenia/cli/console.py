@@ -17,6 +17,7 @@ import termios
 import time
 import tty
 from pathlib import Path
+from typing import TextIO
 
 from xenia.errors import BackendError
 
@@ -129,7 +130,7 @@ def run(path: Path, command: str, timeout: float = 60.0) -> tuple[str, int]:
         sock.close()
 
 
-def follow(log: Path, until: str | None, timeout: float, out=None) -> bool:  # type: ignore[no-untyped-def]
+def follow(log: Path, until: str | None, timeout: float, out: TextIO | None = None) -> bool:
     """Print the console log (from its start) until `until` appears; False on timeout."""
     out = out or sys.stdout
     deadline = time.monotonic() + timeout

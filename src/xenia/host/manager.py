@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from xenia.config.model import DiskSpec, DomainConfig, VifSpec
-from xenia.drivers.base import Driver, Instance
+from xenia.drivers.base import Driver, GuestEvents, Instance
 from xenia.errors import AlreadyExists, BackendError, InUse, InvalidConfig, NotFound, XeniaError
 from xenia.host import hostinfo
 from xenia.host.pci import PciAssign, normalize_bdf
@@ -259,7 +259,7 @@ class DomainManager:
         return rec
 
     # -- guest events --------------------------------------------------------------------
-    def _events_for(self, uuid: str):  # type: ignore[no-untyped-def]
+    def _events_for(self, uuid: str) -> GuestEvents:
         async def handler(kind: str, data: dict[str, Any]) -> None:
             await self._on_guest_event(uuid, kind, data)
 

@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from xenia.errors import BackendError
 from xenia.qemu.cmdline import RunFiles
@@ -134,7 +135,8 @@ class QemuProcess:
         self.qmp = session
         return session
 
-    async def command(self, cmd: str, args: dict | None = None, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    async def command(self, cmd: str, args: dict[str, Any] | None = None,
+                      timeout: float = 30.0) -> Any:
         if self.qmp is None:
             raise BackendError(f"Failed {cmd} on {self.name}: no QMP connection")
         return await self.qmp.execute(cmd, args, timeout)
