@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import stat
 import subprocess
 import time
@@ -470,11 +471,27 @@ def test_qemu_locks_stop_a_snapshot_of_an_open_image(sm: StorageManager) -> None
     holder = subprocess.Popen(["qemu-io", "-f", "qcow2", "-c", "sleep 20000", str(v.path)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while subprocess.run(["qemu-img", "info", str(v.path)],
-                             capture_output=True).returncode == 0:
-            assert time.monotonic() < deadline, "qemu-io did not lock the image"
+        # Wait until qemu-io holds the image open (it locks on open). Probing with
+        # `qemu-img info` instead would race: its own shared lock can make qemu-io's
+        # write lock fail, and qemu-io would exit.
+        deadline = time.monotonic() + 20
+
+        def holds() -> bool:
+            fds = Path(f"/proc/{holder.pid}/fd")
+            try:
+                return any(os.path.realpath(fd) == os.path.realpath(v.path)
+                           for fd in fds.iterdir())
+            except OSError:
+                return False
+
+        while not holds():
+            assert holder.poll() is None, "qemu-io could not open the image"
+            assert time.monotonic() < deadline, "qemu-io did not open the image"
             time.sleep(0.05)
+        time.sleep(0.5)  # its lock follows the open within the same call
+        assert holder.poll() is None, "qemu-io could not lock the image"
+        assert subprocess.run(["qemu-img", "info", str(v.path)],
+                              capture_output=True).returncode != 0, "no lock on the image"
         # image_info works all the same: it passes -U (force-share).
         assert sm.image_info(v.path, "qcow2")["virtual-size"] == 8 * MiB
         assert [x.name for x in sm.list_volumes()] == ["v"]
