@@ -216,3 +216,13 @@ def test_create_c_shows_the_boot_and_p_stays_paused(host: Host) -> None:
     assert host.console_log("g2") == ""  # not a single instruction ran
     host.xenia("unpause", "g2")
     host.wait_console("g2", READY)
+
+
+def test_shutdown_all(host: Host) -> None:
+    doms = [host.create(f"a{i}", wait_ready=False) for i in range(2)]
+    for d in doms:
+        host.wait_console(d["name"], READY)
+    host.xenia("shutdown", "-a", "-w", timeout=180)
+    assert host.domains() == []
+    for d in doms:
+        assert not pid_alive(d["runtime"]["pid"])
