@@ -14,7 +14,7 @@ import xenia
 from xenia.cli import console as con
 from xenia.cli.base import Ctx, cli, out, pass_ctx, warn
 from xenia.config.model import DomainConfig
-from xenia.errors import InvalidConfig, XeniaError
+from xenia.errors import InvalidConfig, NotFound, XeniaError
 
 
 # -- create ------------------------------------------------------------------------------
@@ -211,7 +211,10 @@ def shutdown(c: Ctx, wait: bool, all_: bool, force: bool, dom: str | None) -> No
         c.client.post(f"/v1/domains/{t}/shutdown", {"wait": False})
     if wait:
         for t in targets:
-            c.client.post(f"/v1/domains/{t}/wait", {}, timeout=None)
+            try:
+                c.client.post(f"/v1/domains/{t}/wait", {}, timeout=None)
+            except NotFound:
+                pass  # gone before we asked: that is what we wait for
 
 
 @cli.command()
