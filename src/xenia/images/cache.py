@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,3 +36,17 @@ def build_lock(images_dir: Path, name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def replace_dir(new: Path, target: Path, name: str) -> None:
+    """Put the freshly built `new` at `target`; the old image (if any) moves aside first,
+    then is removed, so a reader never sees a half-replaced image."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{name}-old-{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(target, old)
+    os.rename(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

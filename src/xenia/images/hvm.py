@@ -44,7 +44,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -54,7 +53,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from xenia.errors import BackendError, NotFound, XeniaError
-from xenia.images.cache import MANIFEST, build_lock, read_manifest
+from xenia.images.cache import MANIFEST, build_lock, read_manifest, replace_dir
 from xenia.images.debs import DebError, DebFetcher, DebPackage, sha256_file
 from xenia.images.disklabel import PART_START, SECTOR, gpt, mbr
 from xenia.images.fat import MIN_SIZE as FAT_MIN_SIZE
@@ -187,7 +186,6 @@ def hvm_images(images_dir: Path) -> dict[str, Path]:
     return _paths(image_dir)
 
 
-
 def build_hvm_images(
     images_dir: Path,
     *,
@@ -228,24 +226,13 @@ def build_hvm_images(
                 raise
             except (OSError, FatError, IsoError, PeError, ValueError) as e:
                 raise _fail(str(e)) from e
-            _replace(out, target)
+            replace_dir(out, target, NAME)
     progress(f"HVM images ready in {target}")
     if not _valid(target, ref, tiny.cmdline):  # pragma: no cover - we just wrote them
         raise _fail(f"{target} does not match its manifest after the build")
     return _paths(target)
 
 
-def _replace(new: Path, target: Path) -> None:
-    """Put `new` at `target`; the old images (if any) move aside first, then are removed."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{NAME}-old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.rename(target, old)
-    os.rename(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # -- build -----------------------------------------------------------------------------------

@@ -72,7 +72,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -82,7 +81,7 @@ from importlib import resources
 from pathlib import Path
 
 from xenia.errors import BackendError, NotFound, XeniaError
-from xenia.images.cache import MANIFEST, build_lock, read_manifest
+from xenia.images.cache import MANIFEST, build_lock, read_manifest, replace_dir
 from xenia.images.debs import DebError, DebFetcher, DebPackage, sha256_file
 from xenia.images.initramfs import Initramfs
 from xenia.images.kmod import ModinfoError, ModuleTree, modules_alias, modules_dep
@@ -239,7 +238,6 @@ def recipe_hash() -> str:
     return h.hexdigest()
 
 
-
 def _valid(image_dir: Path) -> ImageInfo | None:
     """The image in `image_dir` if its manifest matches its files and the current recipe."""
     manifest = read_manifest(image_dir)
@@ -284,7 +282,6 @@ def find_image(images_dir: Path, name: str) -> ImageInfo:
     raise NotFound(f"Failed finding image {name}: not built in {images_dir}; {hint}")
 
 
-
 def build_tiny(
     images_dir: Path,
     *,
@@ -321,25 +318,12 @@ def build_tiny(
                 raise
             except (OSError, ModinfoError) as e:
                 raise _fail(str(e)) from e
-            _replace(out, target)
+            replace_dir(out, target, NAME)
     progress(f"Image {NAME} ready in {target}")
     info = _valid(target)
     if info is None:  # pragma: no cover - we just wrote it
         raise _fail(f"{target} does not match its manifest after the build")
     return info
-
-
-def _replace(new: Path, target: Path) -> None:
-    """Put `new` at `target`; the old image (if any) moves aside first, then is removed."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{NAME}-old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.rename(target, old)
-    os.rename(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _build(tmp: Path, cache: Path, progress: Callable[[str], None]) -> Path:
