@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import socket
 import statistics
 import struct
 import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.bare_qemu import QEMU, BareGuest
 from xenia.errors import NotFound
 from xenia.images.debs import sha256_file
 from xenia.images.hvm import (
@@ -39,11 +36,10 @@ from xenia.images.hvm import (
     ovmf_paths,
     ovmf_qemu_args,
 )
-from xenia.images.tiny import READY_LINE, build_tiny, list_images
+from xenia.images.tiny import build_tiny, list_images
 
 pytestmark = pytest.mark.integration
 
-QEMU = "qemu-system-x86_64"
 CACHE = Path(os.environ.get("XENIA_TEST_CACHE", "/var/tmp/xenia-test-cache"))
 READY_TIMEOUT = 120.0  # seconds; OVMF alone takes ~5 s under TCG, more on a loaded host
 BOOTS = max(1, int(os.environ.get("XENIA_TEST_HVM_BOOTS", "1")))
@@ -63,117 +59,22 @@ def hvm() -> dict[str, Path]:
     return paths
 
 
-class Guest:
-    """One bare QEMU booting through firmware: console on a socket (always drained, logged)."""
-
-    def __init__(self, workdir: Path, args: list[str]) -> None:
-        self.workdir = workdir
-        self.console_log = workdir / "console.log"
-        self.qemu_log = workdir / "qemu.log"
-        con = workdir / "con.sock"
-        argv = [
-            QEMU, "-accel", "tcg", "-m", "256", "-smp", "1",
-            "-nodefaults", "-no-user-config", "-display", "none",
-            "-chardev", f"socket,id=s0,path={con},server=on,wait=off,logfile={self.console_log}",
-            "-serial", "chardev:s0",
-            *args,
-        ]  # fmt: skip
-        self.started = time.monotonic()
-        with open(self.qemu_log, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        self._buf = b""
-        self._cond = threading.Condition()
-        self._con = self._connect(con)
-        # A connected console nobody reads stalls the guest's UART, so a thread drains it.
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self._seq = 0
-
-    def _connect(self, path: Path) -> socket.socket:
-        deadline = time.monotonic() + 10
-        while True:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(str(path))
-                return s
-            except OSError as e:
-                s.close()
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"QEMU did not start: {self.qemu_log.read_text()}") from e
-                time.sleep(0.01)
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = self._con.recv(65536)
-            except OSError:
-                data = b""
-            with self._cond:
-                if not data:
-                    self._cond.notify_all()
-                    return
-                self._buf += data
-                self._cond.notify_all()
-
-    def console_text(self) -> str:
-        try:
-            return self.console_log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_ready(self) -> float:
-        """Seconds from QEMU start to the ready line."""
-        deadline = self.started + READY_TIMEOUT
-        with self._cond:
-            while READY_LINE.encode() not in self._buf:
-                left = deadline - time.monotonic()
-                assert left > 0, f"no {READY_LINE!r} within {READY_TIMEOUT} s"
-                assert self.proc.poll() is None, f"QEMU exited: {self.qemu_log.read_text()}"
-                self._cond.wait(min(left, 0.2))
-        return time.monotonic() - self.started
-
-    def run(self, command: str, timeout: float = 30.0) -> str:
-        """Run a shell command on the serial console; its output (CRLF -> LF)."""
-        self._seq += 1
-        begin, end = f"XENIA-BEGIN-{self._seq}", f"XENIA-END-{self._seq}"
-        line = f'echo "{begin[:5]}""{begin[5:]}"; {command}; echo "{end[:5]}""{end[5:]}-$?"\n'
-        with self._cond:
-            start = len(self._buf)
-        self._con.sendall(line.encode())
-        pattern = re.compile(re.escape(begin.encode()) + rb"\r?\n(.*?)" + re.escape(end.encode())
-                             + rb"-(\d+)\r?\n", re.S)  # fmt: skip
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not (m := pattern.search(self._buf, start)):
-                left = deadline - time.monotonic()
-                assert left > 0, f"no output from {command!r} within {timeout} s"
-                self._cond.wait(left)
-        out = m.group(1).decode(errors="replace").replace("\r\n", "\n")
-        assert m.group(2) == b"0", f"{command!r} failed ({int(m.group(2))}): {out}"
-        return out
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self._con.close()
-
-
 @pytest.fixture
 def boot() -> Iterator[Any]:
     """boot(args, copies={}) -> a running Guest; every QEMU is killed at the end, pass or
     fail. `copies` (name -> file) are copied into the guest's directory first, and
     @WORKDIR@ in `args` names that directory."""
-    guests: list[Guest] = []
+    guests: list[BareGuest] = []
     # Short, private directory: socket paths must stay under 108 bytes.
     workdir = Path(tempfile.mkdtemp(prefix="xenia-hvm-", dir="/tmp"))
 
-    def start(args: list[str], copies: dict[str, Path] | None = None) -> Guest:
+    def start(args: list[str], copies: dict[str, Path] | None = None) -> BareGuest:
         d = workdir / str(len(guests))
         d.mkdir()
         for fname, src in (copies or {}).items():
             shutil.copyfile(src, d / fname)
-        guest = Guest(d, [a.replace("@WORKDIR@", str(d)) for a in args])
+        guest = BareGuest(d, ["-smp", "1", *(a.replace("@WORKDIR@", str(d)) for a in args)],
+                          ready_timeout=READY_TIMEOUT)
         guests.append(guest)
         return guest
 
