@@ -45,16 +45,21 @@ import datetime as dt
 import hashlib
 import json
 import re
-import shutil
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from xenia.errors import BackendError, NotFound, XeniaError
-from xenia.images.cache import MANIFEST, build_lock, read_manifest, replace_dir
-from xenia.images.debs import DebError, DebFetcher, DebPackage, sha256_file
+from xenia.errors import BackendError, NotFound
+from xenia.images.cache import (
+    MANIFEST,
+    build_dir,
+    build_errors,
+    build_lock,
+    read_manifest,
+    replace_dir,
+)
+from xenia.images.debs import DebFetcher, DebPackage, sha256_file
 from xenia.images.disklabel import PART_START, SECTOR, gpt, mbr
 from xenia.images.fat import MIN_SIZE as FAT_MIN_SIZE
 from xenia.images.fat import FatError, FatImage
@@ -210,23 +215,10 @@ def build_hvm_images(
         # Another process may have built them while we waited for the lock.
         if not force and _valid(target, ref, tiny.cmdline):
             return _paths(target)
-        # Leftovers of a build that was killed (the lock says none is running now).
-        for stale in images_dir.glob(f".{NAME}-*"):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
         cache = Path(cache_dir) if cache_dir is not None else images_dir / "cache"
-        with tempfile.TemporaryDirectory(prefix=f".{NAME}-build-", dir=images_dir) as tmp:
-            try:
-                out = _build(Path(tmp), cache, tiny, ref, progress)
-            except DebError as e:
-                if "unknown to apt" in str(e):
-                    raise NotFound(f"Failed building HVM images: {e}") from e
-                raise _fail(str(e)) from e
-            except XeniaError:
-                raise
-            except (OSError, FatError, IsoError, PeError, ValueError) as e:
-                raise _fail(str(e)) from e
-            replace_dir(out, target, NAME)
+        failures = (FatError, IsoError, PeError, ValueError)
+        with build_dir(images_dir, NAME) as tmp, build_errors("HVM images", *failures):
+            replace_dir(_build(tmp, cache, tiny, ref, progress), target, NAME)
     progress(f"HVM images ready in {target}")
     if not _valid(target, ref, tiny.cmdline):  # pragma: no cover - we just wrote them
         raise _fail(f"{target} does not match its manifest after the build")

@@ -45,15 +45,14 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from xenia.errors import BackendError, NotFound, XeniaError
-from xenia.images.cache import MANIFEST, build_lock, read_manifest
-from xenia.images.debs import DebError, DebFetcher, sha256_file
+from xenia.errors import BackendError, NotFound
+from xenia.images.cache import MANIFEST, build_dir, build_errors, build_lock, read_manifest
+from xenia.images.debs import DebFetcher, sha256_file
 
 NAME = "rootfs"
 READY_LINE = "xenia-rootfs: ready"
@@ -332,24 +331,11 @@ def build_rootfs(images_dir: Path, *, cache_dir: Path | None = None, force: bool
     with build_lock(images_dir, NAME):
         if not force and (info := _valid(target, owner)) is not None:
             return info
-        for stale in images_dir.glob(f".{NAME}-build-*"):
-            shutil.rmtree(stale, ignore_errors=True)
         cache = Path(cache_dir) if cache_dir is not None else images_dir / "cache"
-        tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-build-", dir=images_dir))
-        try:
-            try:
-                tree = _build(tmp, cache, owner, progress)
-            except DebError as e:
-                if "unknown to apt" in str(e):
-                    raise NotFound(f"Failed building image {NAME}: {e}") from e
-                raise _fail(str(e)) from e
-            except XeniaError:
-                raise
-            except OSError as e:
-                raise _fail(str(e)) from e
-            _replace(tree, target, progress)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # Only killed builds are removed: a previous tree (.rootfs-old-*) may still be the
+        # lower layer of running containers (_replace).
+        with build_dir(images_dir, NAME, stale="build-*") as tmp, build_errors(f"image {NAME}"):
+            _replace(_build(tmp, cache, owner, progress), target, progress)
     info = _valid(target, owner)
     if info is None:  # pragma: no cover - we just wrote it
         raise _fail(f"{target} does not match its manifest after the build")

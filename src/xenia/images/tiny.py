@@ -74,15 +74,21 @@ import hashlib
 import json
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from xenia.errors import BackendError, NotFound, XeniaError
-from xenia.images.cache import MANIFEST, build_lock, read_manifest, replace_dir
-from xenia.images.debs import DebError, DebFetcher, DebPackage, sha256_file
+from xenia.errors import BackendError, NotFound
+from xenia.images.cache import (
+    MANIFEST,
+    build_dir,
+    build_errors,
+    build_lock,
+    read_manifest,
+    replace_dir,
+)
+from xenia.images.debs import DebFetcher, DebPackage, sha256_file
 from xenia.images.initramfs import Initramfs
 from xenia.images.kmod import ModinfoError, ModuleTree, modules_alias, modules_dep
 
@@ -302,23 +308,9 @@ def build_tiny(
         # Another process may have built it while we waited for the lock.
         if not force and (info := _valid(target)) is not None:
             return info
-        # Leftovers of a build that was killed (the lock says none is running now).
-        for stale in images_dir.glob(f".{NAME}-*"):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
         cache = Path(cache_dir) if cache_dir is not None else images_dir / "cache"
-        with tempfile.TemporaryDirectory(prefix=f".{NAME}-build-", dir=images_dir) as tmp:
-            try:
-                out = _build(Path(tmp), cache, progress)
-            except DebError as e:
-                if "unknown to apt" in str(e):
-                    raise NotFound(f"Failed building image {NAME}: {e}") from e
-                raise _fail(str(e)) from e
-            except XeniaError:
-                raise
-            except (OSError, ModinfoError) as e:
-                raise _fail(str(e)) from e
-            replace_dir(out, target, NAME)
+        with build_dir(images_dir, NAME) as tmp, build_errors(f"image {NAME}", ModinfoError):
+            replace_dir(_build(tmp, cache, progress), target, NAME)
     progress(f"Image {NAME} ready in {target}")
     info = _valid(target)
     if info is None:  # pragma: no cover - we just wrote it
