@@ -15,16 +15,6 @@ from xenia.migration.sender import MigrationOptions
 router = APIRouter(prefix="/v1")
 
 
-class MigrateRequest(BaseModel):
-    host: str
-    copy_storage: bool = False
-    downtime_ms: int | None = None
-    bandwidth_mibs: int | None = None
-    postcopy: bool = False
-    auto_converge: bool = False
-    tls: bool = True
-
-
 class CheckRequest(BaseModel):
     record: dict[str, Any]
     facts: dict[str, Any] = {}
@@ -32,8 +22,9 @@ class CheckRequest(BaseModel):
 
 
 @router.post("/domains/{ref}/migrate", status_code=202)
-async def migrate(ref: str, req: MigrateRequest, m: Manager) -> dict[str, Any]:
-    job = await m.sender.start(ref, MigrationOptions(**req.model_dump()))
+async def migrate(ref: str, req: MigrationOptions, m: Manager) -> dict[str, Any]:
+    # The request body is the options themselves (FastAPI validates the dataclass).
+    job = await m.sender.start(ref, req)
     return job.view()
 
 
