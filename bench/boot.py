@@ -9,7 +9,6 @@ The ratio xenia/bare is the toolstack's overhead (target: at most 1.05).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -20,7 +19,7 @@ import time
 import uuid as uuidlib
 from pathlib import Path
 
-from bench.common import median, tiny_image, write_section
+from bench.common import arg_parser, median, tiny_image, write_section
 
 READY = b"xenia-tiny: ready"
 
@@ -98,9 +97,7 @@ def bare_boot(argv: list[str], tmp: Path) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--no-write", action="store_true")
+    ap = arg_parser(runs=5)
     args = ap.parse_args()
     kernel, initrd = tiny_image()
     x = Xenia(kernel, initrd)

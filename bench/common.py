@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -13,6 +14,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "benchmarks.md"
 CACHE = Path("/var/tmp/xenia-test-cache")
+
+
+def arg_parser(runs: int) -> argparse.ArgumentParser:
+    """The options every benchmark takes: how many runs, and whether to record them."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=runs, help=f"runs of each side (default {runs})")
+    ap.add_argument("--no-write", action="store_true",
+                    help="print the results only; leave docs/benchmarks.md as it is")
+    return ap
 
 
 def tiny_image() -> tuple[Path, Path]:

@@ -6,13 +6,12 @@ the same dd on the same image file on the host, in the same run.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import time
 
 from tests.integration.harness import volume
 
-from bench.common import median, write_section
+from bench.common import arg_parser, median, write_section
 from bench.guest import new_host, timed
 
 
@@ -27,10 +26,8 @@ def host_dd(path: str, mib: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = arg_parser(runs=3)
     ap.add_argument("--mib", type=int, default=256)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     host = new_host()
     res: dict[str, list[float]] = {"gw": [], "gr": [], "hw": [], "hr": []}

@@ -12,7 +12,6 @@ argv, a destination with -incoming, QMP migrate over loopback with the same para
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -28,7 +27,7 @@ from qemu.qmp import QMPClient
 from tests.integration.harness import READY, Image
 from tests.integration.multihost import Cluster
 
-from bench.common import median, tiny_image, write_section
+from bench.common import arg_parser, median, tiny_image, write_section
 from xenia.peers.psk import make_psk, write_psk_dir
 
 DIRTY = "(while :; do cp /tmp/keep /tmp/x; done) >/dev/null 2>&1 &"
@@ -148,9 +147,7 @@ async def bare_run(argv: list[str], dirty: bool, runs: int) -> tuple[list[float]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--no-write", action="store_true")
+    ap = arg_parser(runs=5)
     args = ap.parse_args()
     kernel, initrd = tiny_image()
     image = Image(kernel, initrd)

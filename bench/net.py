@@ -8,12 +8,11 @@ Both sides use busybox nc over TCP, sending a file from tmpfs; medians of N runs
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import time
 
-from bench.common import median, write_section
+from bench.common import arg_parser, median, write_section
 from bench.guest import new_host, timed
 
 BR = "xbn0"
@@ -57,10 +56,8 @@ def host_baseline(mib: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = arg_parser(runs=3)
     ap.add_argument("--mib", type=int, default=100)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     host = new_host()
     guest: list[float] = []

@@ -12,7 +12,6 @@ the ready line appears on its stdout.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 from tests.integration.harness import Host, Image
 
 from bench.boot import bare_boot, wait_for
-from bench.common import CACHE, median, tiny_image, write_section
+from bench.common import CACHE, arg_parser, median, tiny_image, write_section
 from xenia.config.model import DomainConfig
 from xenia.containers import spec
 from xenia.images.hvm import build_hvm_images
@@ -88,9 +87,7 @@ def crun_start(rootfs: Path, tmp: Path) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--no-write", action="store_true")
+    ap = arg_parser(runs=5)
     args = ap.parse_args()
     kernel, initrd = tiny_image()
     images = build_hvm_images(CACHE / "images", cache_dir=CACHE / "debs",
