@@ -3,12 +3,16 @@ console (always drained: a console nobody reads stalls the guest) and QMP."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +148,32 @@ class BareGuest:
         self.proc.wait()
         for s in (self._con, self._qmp):
             s.close()
+
+
+@contextlib.contextmanager
+def bare_guests(prefix: str, ready_timeout: float
+                ) -> Iterator[Callable[[Callable[[Path], list[str]]], BareGuest]]:
+    """start(args_for) -> a BareGuest in a directory of its own; `args_for(directory)`
+    gives its QEMU arguments (and may put files there first). At the end every QEMU is
+    killed, pass or fail, and its console and log printed (pytest shows them only when
+    the test failed)."""
+    guests: list[BareGuest] = []
+    # Short, private directory: socket paths must stay under 108 bytes.
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+    def start(args_for: Callable[[Path], list[str]]) -> BareGuest:
+        d = workdir / str(len(guests))
+        d.mkdir()
+        guest = BareGuest(d, args_for(d), ready_timeout=ready_timeout)
+        guests.append(guest)
+        return guest
+
+    try:
+        yield start
+    finally:
+        for g in guests:
+            g.kill()
+        for g in guests:
+            print(f"===== console of guest in {g.workdir} =====\n{g.console_text()}")
+            print(f"===== QEMU log =====\n{g.qemu_log.read_text(errors='replace')}")
+        shutil.rmtree(workdir, ignore_errors=True)

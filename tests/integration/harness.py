@@ -56,6 +56,24 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def write_xl_cfg(path: Path, cfg: dict[str, Any]) -> Path:
+    """Write `cfg` as an xl.cfg file: strings double-quoted, lists of single-quoted
+    strings, booleans as 1/0, None left out (to drop a default key), anything else as it
+    prints."""
+    lines = []
+    for k, v in cfg.items():
+        if v is None:
+            continue
+        if isinstance(v, str):
+            lines.append(f'{k} = "{v}"')
+        elif isinstance(v, list):
+            lines.append(f"{k} = [ " + ", ".join(f"'{x}'" for x in v) + " ]")
+        else:
+            lines.append(f"{k} = {int(v) if isinstance(v, bool) else v}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 class Host:
     """One xeniad with its own root, and the `xenia` CLI pointed at it."""
 
@@ -73,12 +91,15 @@ class Host:
     def daemon_log(self) -> Path:
         return self.root / "xeniad.test.log"
 
-    def start_daemon(self, timeout: float = 20.0) -> None:
+    def daemon_argv(self, *args: str) -> list[str]:
+        """How this host's xeniad is run (hosts in a namespace wrap it)."""
+        return [sys.executable, "-m", "xenia.daemon", *args]
+
+    def start_daemon(self, timeout: float = 20.0, *args: str) -> None:
+        """Start xeniad (`args` are its options) and wait until its CLI answers."""
         log = open(self.daemon_log, "ab")  # noqa: SIM115
-        self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "xenia.daemon"], env=self.env, stdout=log, stderr=log,
-            start_new_session=True,
-        )
+        self.daemon = subprocess.Popen(self.daemon_argv(*args), env=self.env, stdout=log,
+                                       stderr=log, start_new_session=True)
         log.close()
         sock = self.root / "run" / "xeniad.sock"
         deadline = time.monotonic() + timeout
@@ -88,7 +109,8 @@ class Host:
             if self.daemon.poll() is not None:
                 break
             time.sleep(0.1)
-        raise AssertionError(f"xeniad did not come up:\n{self.daemon_log.read_text()}")
+        raise AssertionError(f"xeniad {' '.join(self.daemon_argv(*args))} did not come up:\n"
+                             f"{self.daemon_log.read_text()}")
 
     def kill_daemon(self, sig: int = signal.SIGKILL) -> None:
         if self.daemon is not None and self.daemon.poll() is None:
@@ -120,17 +142,7 @@ class Host:
             "vcpus": 1,
         }
         cfg.update(keys)
-        lines = []
-        for k, v in cfg.items():
-            if isinstance(v, str):
-                lines.append(f'{k} = "{v}"')
-            elif isinstance(v, list):
-                lines.append(f"{k} = [ " + ", ".join(f"'{x}'" for x in v) + " ]")
-            else:
-                lines.append(f"{k} = {v}")
-        path = self.cfgdir / f"{name}.cfg"
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        return write_xl_cfg(self.cfgdir / f"{name}.cfg", cfg)
 
     def create(self, name: str, wait_ready: bool = True, **keys: Any) -> dict[str, Any]:
         self.xenia("create", str(self.write_cfg(name, **keys)))

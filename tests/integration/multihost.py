@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from tests.integration.harness import Host, Image
@@ -32,27 +31,13 @@ class NetHost(Host):
         super().__init__(image, Path(tempfile.mkdtemp(prefix="xm-", dir="/tmp")))
         self.ns, self.address, self.private_dirs = ns, address, private_dirs
 
-    def start_daemon(self, timeout: float = 20.0) -> None:
-        log = open(self.daemon_log, "ab")  # noqa: SIM115
+    def daemon_argv(self, *args: str) -> list[str]:
         argv = ["ip", "netns", "exec", self.ns]
         if self.private_dirs:
             # A mount namespace of its own where these directories are empty tmpfs.
             argv += ["unshare", "--mount", "--propagation", "private", sys.executable,
                      str(BOOT), *[str(d) for d in self.private_dirs], "--"]
-        argv += [sys.executable, "-m", "xenia.daemon", "--listen", f"{self.address}:{PORT}"]
-        self.daemon = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log,
-                                       start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if (self.root / "run" / "xeniad.sock").exists() and \
-                    self.xenia("info", check=False).returncode == 0:
-                return
-            if self.daemon.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"xeniad in {self.ns} did not come up:\n"
-                             f"{self.daemon_log.read_text()}")
+        return argv + super().daemon_argv("--listen", f"{self.address}:{PORT}", *args)
 
     def kill_daemon(self, sig: int = 9) -> None:
         # `ip netns exec` execs, but unshare + the boot helper exec too: one pid.

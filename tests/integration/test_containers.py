@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import CACHE
-from tests.integration.harness import READY, Host, pid_alive, wait_until
+from tests.integration.harness import READY, Host, pid_alive, wait_until, write_xl_cfg
 from xenia.cli import console as con
 from xenia.containers.cpuset import CpusetGroup
 from xenia.host.cgroups import DomainCgroup, host_layout
@@ -83,17 +83,7 @@ class Containers:
         cfg: dict[str, Any] = {"name": name, "type": "container", "rootfs": str(self.rootfs),
                                "memory": 64, "vcpus": 1}
         cfg.update(keys)
-        lines = []
-        for k, v in cfg.items():
-            if isinstance(v, str):
-                lines.append(f'{k} = "{v}"')
-            elif isinstance(v, list):
-                lines.append(f"{k} = [ " + ", ".join(f"'{x}'" for x in v) + " ]")
-            else:
-                lines.append(f"{k} = {v}")
-        path = self.host.cfgdir / f"{name}.cfg"
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        return write_xl_cfg(self.host.cfgdir / f"{name}.cfg", cfg)
 
     def create(self, name: str, wait: bool = True, *flags: str, **keys: Any) -> dict[str, Any]:
         self.host.xenia("create", *flags, str(self.write(name, **keys)))

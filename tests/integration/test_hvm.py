@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import CACHE
-from tests.integration.harness import READY, Host
+from tests.integration.harness import READY, Host, write_xl_cfg
 
 pytestmark = pytest.mark.integration
 
@@ -30,18 +30,7 @@ def hvm(host: Host, name: str, **keys: object) -> dict[str, object]:
     cfg = {"type": "hvm", "memory": 256, "vcpus": 1, "kernel": None, "ramdisk": None,
            "extra": None}
     cfg.update(keys)
-    path = host.cfgdir / f"{name}.cfg"
-    lines = []
-    for k, v in cfg.items():
-        if v is None:
-            continue
-        if isinstance(v, str):
-            lines.append(f'{k} = "{v}"')
-        elif isinstance(v, list):
-            lines.append(f"{k} = [ " + ", ".join(f"'{x}'" for x in v) + " ]")
-        else:
-            lines.append(f"{k} = {int(v) if isinstance(v, bool) else v}")
-    path.write_text(f'name = "{name}"\n' + "\n".join(lines) + "\n")
+    path = write_xl_cfg(host.cfgdir / f"{name}.cfg", {"name": name, **cfg})
     host.xenia("create", str(path))
     host.wait_console(name, READY, timeout=180)
     return host.domain(name)

@@ -17,7 +17,6 @@ import shutil
 import statistics
 import struct
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.bare_qemu import QEMU, BareGuest
+from tests.integration.bare_qemu import QEMU, BareGuest, bare_guests
 from xenia.errors import NotFound
 from xenia.images.debs import sha256_file
 from xenia.images.hvm import (
@@ -64,30 +63,17 @@ def boot() -> Iterator[Any]:
     """boot(args, copies={}) -> a running Guest; every QEMU is killed at the end, pass or
     fail. `copies` (name -> file) are copied into the guest's directory first, and
     @WORKDIR@ in `args` names that directory."""
-    guests: list[BareGuest] = []
-    # Short, private directory: socket paths must stay under 108 bytes.
-    workdir = Path(tempfile.mkdtemp(prefix="xenia-hvm-", dir="/tmp"))
+    with bare_guests("xenia-hvm-", READY_TIMEOUT) as start:
 
-    def start(args: list[str], copies: dict[str, Path] | None = None) -> BareGuest:
-        d = workdir / str(len(guests))
-        d.mkdir()
-        for fname, src in (copies or {}).items():
-            shutil.copyfile(src, d / fname)
-        guest = BareGuest(d, ["-smp", "1", *(a.replace("@WORKDIR@", str(d)) for a in args)],
-                          ready_timeout=READY_TIMEOUT)
-        guests.append(guest)
-        return guest
+        def boot_one(args: list[str], copies: dict[str, Path] | None = None) -> BareGuest:
+            def args_for(d: Path) -> list[str]:
+                for fname, src in (copies or {}).items():
+                    shutil.copyfile(src, d / fname)
+                return ["-smp", "1", *(a.replace("@WORKDIR@", str(d)) for a in args)]
 
-    try:
-        yield start
-    finally:
-        for g in guests:
-            g.kill()
-        for g in guests:
-            # pytest shows this only when the test failed.
-            print(f"===== console of guest in {g.workdir} =====\n{g.console_text()}")
-            print(f"===== QEMU log =====\n{g.qemu_log.read_text(errors='replace')}")
-        shutil.rmtree(workdir, ignore_errors=True)
+            return start(args_for)
+
+        yield boot_one
 
 
 # -- build -----------------------------------------------------------------------------------

@@ -55,24 +55,9 @@ class NsHost(Host):
         self.ns = ns
         self.address = address
 
-    def start_daemon(self, timeout: float = 20.0, *args: str) -> None:  # type: ignore[override]
-        log = open(self.daemon_log, "ab")  # noqa: SIM115
+    def daemon_argv(self, *args: str) -> list[str]:
         # `ip netns exec` execs the daemon: the pid is xeniad's own.
-        self.daemon = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, sys.executable, "-m", "xenia.daemon", *args],
-            env=self.env, stdout=log, stderr=log, start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if (self.root / "run" / "xeniad.sock").exists() and \
-                    self.xenia("host", "info", check=False).returncode == 0:
-                return
-            if self.daemon.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"xeniad in {self.ns} did not come up:\n"
-                             f"{self.daemon_log.read_text()}")
+        return ["ip", "netns", "exec", self.ns, *super().daemon_argv(*args)]
 
     def info(self) -> dict[str, Any]:
         return json.loads(self.xenia("host", "info", "--json").stdout)

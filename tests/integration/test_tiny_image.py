@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.bare_qemu import QEMU, BareGuest
+from tests.integration.bare_qemu import QEMU, BareGuest, bare_guests
 from xenia.errors import BackendError
 from xenia.images import ImageInfo, build_tiny, find_image, list_images
 from xenia.images.tiny import BOOT_MODULES
@@ -55,30 +54,15 @@ def tiny(images_dir: Path) -> ImageInfo:
 @pytest.fixture
 def boot(tiny: ImageInfo) -> Iterator[Any]:
     """boot(append="", args=[...]) -> a running Guest; every QEMU is killed at the end."""
-    guests: list[BareGuest] = []
-    # Short, private directory: socket paths must stay under 108 bytes.
-    workdir = Path(tempfile.mkdtemp(prefix="xenia-tiny-", dir="/tmp"))
+    with bare_guests("xenia-tiny-", READY_TIMEOUT) as start:
 
-    def start(append: str = "", args: list[str] | None = None) -> BareGuest:
-        d = workdir / str(len(guests))
-        d.mkdir()
-        guest = BareGuest(d, [
-            "-machine", "q35", "-smp", "2",
-            "-kernel", str(tiny.kernel), "-initrd", str(tiny.initrd),
-            "-append", f"{tiny.cmdline} {append}".strip(), *(args or [])],
-            ready_timeout=READY_TIMEOUT)
-        guests.append(guest)
-        return guest
+        def boot_one(append: str = "", args: list[str] | None = None) -> BareGuest:
+            return start(lambda _: [
+                "-machine", "q35", "-smp", "2",
+                "-kernel", str(tiny.kernel), "-initrd", str(tiny.initrd),
+                "-append", f"{tiny.cmdline} {append}".strip(), *(args or [])])
 
-    try:
-        yield start
-    finally:
-        for g in guests:
-            g.kill()
-            # pytest shows this only when the test failed.
-            print(f"===== console of guest in {g.workdir} =====\n{g.console_text()}")
-            print(f"===== QEMU log =====\n{g.qemu_log.read_text(errors='replace')}")
-        shutil.rmtree(workdir, ignore_errors=True)
+        yield boot_one
 
 
 @pytest.fixture(scope="session", autouse=True)
