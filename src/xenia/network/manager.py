@@ -64,6 +64,14 @@ IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 MTU_MIN, MTU_MAX = 68, 65521
 
 
+def _check_name_free(ipr: Any, name: str, doing: str) -> None:
+    """A new host-side device needs a name no link has yet."""
+    if nl.link(ipr, name) is not None:
+        raise InUse(f"Failed {doing}: a device named '{name}' exists already; pick another "
+                    "vifname= (or, if a crashed domain left it, delete it: "
+                    f"`ip link del {name}`)")
+
+
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:
     """Run a rollback step; log, never raise (the original error is what matters)."""
     try:
@@ -555,10 +563,7 @@ class NetworkManager:
         with IPRoute() as ipr, _kernel_errors(doing), contextlib.ExitStack() as undo:
             br = self._find_bridge(ipr, bridge, doing, restore=True)
             assert br is not None
-            if nl.link(ipr, tap) is not None:
-                raise InUse(f"Failed {doing}: a device named '{tap}' exists already; pick "
-                            "another vifname= (or, if a crashed domain left it, delete it: "
-                            f"`ip link del {tap}`)")
+            _check_name_free(ipr, tap, doing)
             guest_mac = macs.check_guest_mac(vif.mac) if vif.mac else None
             if guest_mac is not None:
                 self._check_mac(guest_mac, tap, ipr)
@@ -605,10 +610,7 @@ class NetworkManager:
         with IPRoute() as ipr, _kernel_errors(doing), contextlib.ExitStack() as undo:
             br = self._find_bridge(ipr, bridge, doing, restore=True)
             assert br is not None
-            if nl.link(ipr, host) is not None:
-                raise InUse(f"Failed {doing}: a device named '{host}' exists already; pick "
-                            "another vifname= (or, if a crashed domain left it, delete it: "
-                            f"`ip link del {host}`)")
+            _check_name_free(ipr, host, doing)
             self._check_mac(guest_mac, host, ipr)
             mtu = vif.mtu or br.mtu
             try:
