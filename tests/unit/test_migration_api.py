@@ -15,6 +15,7 @@ from xenia.migration.sender import MigrationOptions
 class RecordingSender:
     def __init__(self) -> None:
         self.started: list[tuple[str, Any]] = []
+        self.jobs: dict[str, Any] = {}
 
     async def start(self, ref: str, opts: Any) -> Any:
         self.started.append((ref, opts))
@@ -34,3 +35,12 @@ def test_migrate_body_is_the_options() -> None:
         assert r.status_code == 202 and r.json() == {"id": "j1"}
     assert sender.started == [("vm1", MigrationOptions(host="b", downtime_ms=50,
                                                         postcopy=True))]
+
+
+def test_unknown_migration_is_not_found() -> None:
+    sender = RecordingSender()
+    app = make_app(SimpleNamespace(sender=sender))  # type: ignore[arg-type]
+    with TestClient(app) as c:
+        for r in (c.get("/v1/migrations/j9"), c.post("/v1/migrations/j9/cancel")):
+            assert r.status_code == 404, r.text
+            assert r.json()["message"] == "Failed to find migration j9"

@@ -10,7 +10,8 @@ from pydantic import BaseModel
 
 from xenia.api.deps import Manager
 from xenia.errors import NotFound
-from xenia.migration.sender import MigrationOptions
+from xenia.host.manager import DomainManager
+from xenia.migration.sender import MigrationJob, MigrationOptions
 
 router = APIRouter(prefix="/v1")
 
@@ -38,19 +39,21 @@ async def migrate_cancel(ref: str, m: Manager) -> dict[str, Any]:
     return job.view()
 
 
-@router.get("/migrations/{job_id}")
-async def migration(job_id: str, m: Manager) -> dict[str, Any]:
+def _job(m: DomainManager, job_id: str) -> MigrationJob:
     job = m.sender.jobs.get(job_id)
     if job is None:
         raise NotFound(f"Failed to find migration {job_id}")
-    return job.view()
+    return job
+
+
+@router.get("/migrations/{job_id}")
+async def migration(job_id: str, m: Manager) -> dict[str, Any]:
+    return _job(m, job_id).view()
 
 
 @router.post("/migrations/{job_id}/cancel")
 async def migration_cancel(job_id: str, m: Manager) -> dict[str, Any]:
-    job = m.sender.jobs.get(job_id)
-    if job is None:
-        raise NotFound(f"Failed to find migration {job_id}")
+    job = _job(m, job_id)
     await m.sender.cancel(job)
     return job.view()
 
