@@ -80,6 +80,18 @@ def migrate_bg(a: NetHost, *args: str) -> subprocess.Popen[str]:
                             text=True)
 
 
+def wait_prepared(b: NetHost, name: str, proc: subprocess.Popen[str]) -> None:
+    """Wait until the destination holds the incoming domain; if the migrate command ends
+    first, fail with what it printed (a bare timeout would hide why)."""
+    def prepared() -> bool:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"migrate ended (exit {proc.returncode}) before the "
+                                 f"destination held {name}: {out!r} {err!r}")
+        return b.has_domain(name)
+    wait_until(prepared, timeout=60, what=f"the destination to prepare {name}")
+
+
 def assert_source_unharmed(a: NetHost, b: NetHost, name: str, before: int) -> None:
     d = a.domain(name)
     assert d["state"] == "running"
@@ -148,7 +160,7 @@ def test_destination_killed_mid_migration(hosts: tuple[NetHost, NetHost],
     start_guest(a, "k", "10.66.0.5")
     before = counter(a, "k")
     proc = migrate_bg(a, "--bandwidth", "2", "k", "h1")
-    wait_until(lambda: b.has_domain("k"), what="the destination to prepare")
+    wait_prepared(b, "k", proc)
     time.sleep(2)
     b.kill_daemon(signal.SIGKILL)
     for pid in qemu_pids_with(str(b.root)):
@@ -165,7 +177,7 @@ def test_network_cut_mid_migration(hosts: tuple[NetHost, NetHost], cluster: Clus
     start_guest(a, "n", "10.66.0.6")
     before = counter(a, "n")
     proc = migrate_bg(a, "--bandwidth", "2", "n", "h1")
-    wait_until(lambda: b.has_domain("n"), what="the destination to prepare")
+    wait_prepared(b, "n", proc)
     time.sleep(2)
     cluster.set_link(0, False)
     try:
@@ -179,17 +191,19 @@ def test_network_cut_mid_migration(hosts: tuple[NetHost, NetHost], cluster: Clus
 
 def test_ctrl_c_and_cancel(hosts: tuple[NetHost, NetHost]) -> None:
     a, b = hosts
-    start_guest(a, "x", "10.66.0.7")
+    # on_crash=restart: the destination's QEMU exits when the stream breaks, and that
+    # exit must not restart the half-received domain there (a second, fresh guest).
+    start_guest(a, "x", "10.66.0.7", on_crash="restart")
     before = counter(a, "x")
     proc = migrate_bg(a, "--bandwidth", "2", "x", "h1")
-    wait_until(lambda: b.has_domain("x"), what="the destination to prepare")
+    wait_prepared(b, "x", proc)
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "cancelled" in err, (out, err)
     assert_source_unharmed(a, b, "x", before)
     proc = migrate_bg(a, "--bandwidth", "2", "x", "h1")
-    wait_until(lambda: b.has_domain("x"), what="the destination to prepare")
+    wait_prepared(b, "x", proc)
     a.xenia("migrate", "--cancel", "x")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "cancelled" in err, (out, err)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from xenia.errors import BackendError, XeniaError
+from xenia.errors import XeniaError
 from xenia.migration import savefile, stream
 from xenia.qemu.process import QemuProcess
+
+log = logging.getLogger(__name__)
 
 # Saving to a local file: no reason to hold QEMU to its default 128 MiB/s network cap.
 FILE_BANDWIDTH = 64 * 1024**3
@@ -44,7 +47,7 @@ class MigrateMixin:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             with contextlib.suppress(XeniaError):
-                await self.proc.command("migrate_cancel")
+                await stream.cancel(self.proc)
             if was_running:
                 with contextlib.suppress(XeniaError):
                     await self.proc.command("cont")
@@ -74,5 +77,8 @@ class MigrateMixin:
         return await stream.wait(self.proc, on_progress=on_progress, what="migrating")
 
     async def cancel_migration(self) -> None:
-        with contextlib.suppress(BackendError):
-            await self.proc.command("migrate_cancel")
+        """Cancel an outgoing migration and wait until QEMU has settled (see stream)."""
+        try:
+            await stream.cancel(self.proc)
+        except XeniaError as e:
+            log.warning("cancelling the migration: %s", e.message)

@@ -270,6 +270,13 @@ class DomainManager:
             rec = self.store.get(uuid)
             if rec is None or rec.state == "dying":
                 return
+            if rec.state == "creating":
+                # Still being built (create, restore, incoming migration): the build owns
+                # a failure and removes everything. on_crash must not act: restarting a
+                # half-received domain would boot a fresh copy beside the source's guest.
+                log.info("domain %s: %s while being built; the build cleans up", rec.name,
+                         kind)
+                return
             cfg = rec.config
             if kind == "exited":
                 inst = self._inst.get(uuid)

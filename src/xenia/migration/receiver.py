@@ -143,8 +143,12 @@ class Receiver:
         if job.listening.done() and not job.listening.exception():
             job.state = "listening"
             return {"port": job.port, "nbd_port": job.nbd_port}
+        if job.task.done() and job.task.cancelled():
+            # Aborted by the source meanwhile: an answer, not a CancelledError, goes back.
+            raise InvalidConfig(f"Failed to prepare the migration of '{rec.name}': the "
+                                "source aborted it")
         exc = job.task.exception() if job.task.done() else job.listening.exception()
-        raise exc or BackendError(f"Failed to prepare the migration of {rec.name}")
+        raise exc or BackendError(f"Failed to prepare the migration of '{rec.name}'")
 
     def _create_disks(self, cfg: DomainConfig, job: Incoming, sizes: dict[str, int]) -> None:
         """Empty images of the source's formats and sizes, for the mirror to fill."""

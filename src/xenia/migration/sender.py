@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from xenia.devices import disk as diskdev
-from xenia.errors import BackendError, InvalidConfig, Unreachable, XeniaError
+from xenia.errors import BackendError, InUse, InvalidConfig, Unreachable, XeniaError
 from xenia.migration import preflight, stream
 from xenia.peers.client import PeerClient
 from xenia.peers.psk import make_psk, remove_psk_dir, write_psk_dir
@@ -135,6 +135,11 @@ class Sender:
         accel = str(rec.runtime.get("accel", info.get("accel")))
         qver = str(info.get("qemu_version"))
         problems = preflight.check_source(rec.config, rec.state, accel, qver, live=True)
+        try:  # a just-cancelled migration may still be winding down in QEMU
+            await stream.wait_settled(inst.proc, timeout=10)
+        except BackendError as e:
+            raise InUse(f"Failed to migrate '{rec.name}': an earlier migration of it has "
+                        f"not ended yet ({e.message}); retry in a moment") from e
         portable = self.m.portable(rec)
         facts = preflight.source_facts(portable, accel, qver)
         try:

@@ -16,6 +16,12 @@ from xenia.qemu.process import QemuProcess
 
 DONE = ("completed",)
 FAILED = ("failed", "cancelled")
+# States in which QEMU has no migration under way: a new one (or set_caps) may start.
+SETTLED = ("none", "completed", "failed", "cancelled")
+# How long a cancelled migration may take to wind down ("cancelling" -> "cancelled").
+# With TLS that takes about 0.1 s here; until then QEMU refuses a new migration and
+# any capability change ("There's a migration process in progress").
+SETTLE_TIMEOUT = 30.0
 
 
 @dataclass
@@ -102,3 +108,28 @@ async def wait_incoming(proc: QemuProcess, timeout: float | None = None,
         if deadline is not None and time.monotonic() > deadline:
             raise BackendError(f"Failed {what}: no complete state in {timeout:.0f} s")
         await asyncio.sleep(0.05)
+
+
+async def wait_settled(proc: QemuProcess, timeout: float = SETTLE_TIMEOUT) -> str:
+    """Until QEMU has no migration under way; returns its final state.
+
+    Raises BackendError if one is still going (say "cancelling") after `timeout`.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        status = str((await proc.command("query-migrate")).get("status", "none"))
+        if status in SETTLED:
+            return status
+        if time.monotonic() > deadline:
+            raise BackendError(f"QEMU is still '{status}' a migration after {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+
+
+async def cancel(proc: QemuProcess, timeout: float = SETTLE_TIMEOUT) -> str:
+    """migrate_cancel, then wait until QEMU has wound the migration down.
+
+    QEMU's migrate_cancel returns at once with the migration still "cancelling"; whoever
+    acts next (resume the guest, retry the migration) must wait for a settled state.
+    """
+    await proc.command("migrate_cancel")
+    return await wait_settled(proc, timeout)
