@@ -401,6 +401,12 @@ def test_init_exiting_is_a_crash_or_a_poweroff(ct: Containers, host: Host) -> No
     assert ct.leftovers(dom) == []
     ct.create("ct2", False, init="/bin/sh -c 'sleep 1'")  # exit 0: on_poweroff (destroy)
     host.wait_gone("ct2")
+    # An init that ends at once may end while the create is still under way: the exit
+    # still counts once the domain is built (never a "running" record of nothing).
+    dom = ct.create("ct3", False, init="/bin/sh -c 'exit 3'", on_crash="preserve")
+    wait_until(lambda: host.domain("ct3")["state"] == "crashed", what="state crashed")
+    host.xenia("destroy", "ct3")
+    assert ct.leftovers(dom) == []
 
 
 # -- the daemon goes, the containers stay ------------------------------------------------------

@@ -79,7 +79,8 @@ def _render(job: dict[str, object]) -> str:
               help="Bandwidth limit in MiB/s.")
 @click.option("--postcopy", is_flag=True, help="Switch to post-copy if pre-copy is slow.")
 @click.option("--auto-converge", is_flag=True, help="Throttle a guest that dirties memory "
-              "faster than the link carries it.")
+              "faster than the link carries it; without --downtime, the downtime limit is "
+              "then raised step by step (up to 1000 ms) once the throttle is at 99%.")
 @click.option("--no-tls", is_flag=True, help="Send the migration stream unencrypted.")
 @click.option("--cancel", "cancel", is_flag=True, help="Cancel the migration of DOM.")
 @click.option("-l", "live_flag", is_flag=True, hidden=True)  # xl: migrations are live anyway

@@ -66,6 +66,8 @@ class DomainManager:
         self._gone: dict[str, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._create_lock = asyncio.Lock()
+        # Set when the build of a domain (create, restore, incoming migration) has ended.
+        self._built: dict[str, asyncio.Event] = {}
 
     # -- helpers -------------------------------------------------------------------------
     def driver_for(self, cfg: DomainConfig) -> Driver:
@@ -226,11 +228,16 @@ class DomainManager:
             rec.domid = self.store.next_domid()
             drv.prepare(rec)
             self._save(rec)  # written before acted on: a crash now leaves a record to reap
+        built = self._built[rec.uuid] = asyncio.Event()
         try:
             return await self._start(rec, drv, paused, incoming, receive)
         except BaseException:
             self.store.delete(rec.uuid)
             raise
+        finally:
+            built.set()
+            if self._built.get(rec.uuid) is built:
+                del self._built[rec.uuid]
 
     async def _start(self, rec: DomainRecord, drv: Driver, paused: bool,
                      incoming: str | None = None,
@@ -271,12 +278,18 @@ class DomainManager:
             if rec is None or rec.state == "dying":
                 return
             if rec.state == "creating":
-                # Still being built (create, restore, incoming migration): the build owns
-                # a failure and removes everything. on_crash must not act: restarting a
-                # half-received domain would boot a fresh copy beside the source's guest.
-                log.info("domain %s: %s while being built; the build cleans up", rec.name,
-                         kind)
-                return
+                # Still being built (create, restore, incoming migration): wait for the
+                # build's end. If it failed it removed everything; on_crash must not act
+                # then (restarting a half-received domain would boot a fresh copy beside
+                # the source's guest). If it succeeded, the exit counts as for any domain.
+                built = self._built.get(uuid)
+                if built is not None:
+                    await built.wait()
+                rec = self.store.get(uuid)
+                if rec is None or rec.state in ("creating", "dying"):
+                    log.info("domain %s: %s while being built; the build cleaned up",
+                             rec.name if rec else uuid, kind)
+                    return
             cfg = rec.config
             if kind == "exited":
                 inst = self._inst.get(uuid)

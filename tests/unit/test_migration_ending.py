@@ -1,4 +1,5 @@
-"""Error paths around a cancelled migration, with QEMU and the manager scripted.
+"""Error paths of a migration's end (cancel, non-convergence), with QEMU and the manager
+scripted.
 
 QEMU's migrate_cancel returns while the migration is still "cancelling" (about 0.1 s with
 TLS here); until it is "cancelled" QEMU refuses a new migration or any capability change.
@@ -8,6 +9,7 @@ The real thing is exercised by tests/integration/test_migration.py::test_ctrl_c_
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from xenia.config.model import DomainConfig
 from xenia.errors import BackendError, InvalidConfig
 from xenia.migration import stream
 from xenia.migration.receiver import Receiver
+from xenia.migration.sender import MigrationJob, MigrationOptions, Sender
 from xenia.store.base import DomainRecord
 
 
@@ -88,3 +91,57 @@ def test_prepare_aborted_by_the_source_answers_with_an_error() -> None:
         assert r.jobs["j1"].state == "aborted"
 
     asyncio.run(main())
+
+
+# -- --auto-converge: the downtime limit is raised once throttling is exhausted -------------
+class ThrottledGuest:
+    """A source QEMU whose guest, throttled to 99%, still leaves 2 MiB each pass: it
+    converges only once the downtime limit lets 2 MiB go in the switch-over."""
+
+    def __init__(self, converges_at_ms: int) -> None:
+        self.converges_at_ms = converges_at_ms
+        self.limits: list[int] = []
+        self.passes = 0
+
+    async def command(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        args = args or {}
+        if cmd == "migrate-set-parameters" and "downtime-limit" in args:
+            self.limits.append(int(args["downtime-limit"]))
+        if cmd != "query-migrate":
+            return {}
+        self.passes += 1
+        done = bool(self.limits) and self.limits[-1] >= self.converges_at_ms
+        return {"status": "completed" if done else "active", "downtime": 90,
+                "total-time": 1000, "cpu-throttle-percentage": 99,
+                "ram": {"dirty-sync-count": self.passes, "transferred": self.passes << 20,
+                        "remaining": 2 << 20, "total": 256 << 20, "dirty-pages-rate": 900}}
+
+
+def precopy(qemu: ThrottledGuest, opts: MigrationOptions) -> MigrationJob:
+    job = MigrationJob(id="j1", domain="d", uuid="u1", options=opts)
+    inst = SimpleNamespace(proc=qemu)
+    sender = Sender(SimpleNamespace())  # type: ignore[arg-type]
+    asyncio.run(sender._precopy(job, inst, opts, "tcp:h:1", ""))  # type: ignore[arg-type]
+    return job
+
+
+def test_auto_converge_raises_the_default_downtime_until_it_converges() -> None:
+    qemu = ThrottledGuest(converges_at_ms=240)
+    job = precopy(qemu, MigrationOptions(host="h", auto_converge=True))
+    assert qemu.limits == [30, 60, 120, 240]  # the default, then doubled
+    assert job.downtime_limit_ms == 240 and job.downtime_ms == 90
+
+
+def test_auto_converge_keeps_an_explicit_downtime_and_gives_up() -> None:
+    qemu = ThrottledGuest(converges_at_ms=10**6)
+    with pytest.raises(BackendError, match="does not converge even with its vCPUs throttled "
+                                           "to 99% and a downtime limit of 50 ms"):
+        precopy(qemu, MigrationOptions(host="h", auto_converge=True, downtime_ms=50))
+    assert qemu.limits == [50]
+
+
+def test_auto_converge_stops_raising_at_the_cap() -> None:
+    qemu = ThrottledGuest(converges_at_ms=10**6)
+    with pytest.raises(BackendError, match="downtime limit of 1000 ms"):
+        precopy(qemu, MigrationOptions(host="h", auto_converge=True))
+    assert qemu.limits == [30, 60, 120, 240, 480, 960, 1000]
