@@ -46,8 +46,7 @@ class MigrateMixin:
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            with contextlib.suppress(XeniaError):
-                await stream.cancel(self.proc)
+            await self.cancel_migration()
             if was_running:
                 with contextlib.suppress(XeniaError):
                     await self.proc.command("cont")

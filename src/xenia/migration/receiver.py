@@ -143,7 +143,7 @@ class Receiver:
         if job.listening.done() and not job.listening.exception():
             job.state = "listening"
             return {"port": job.port, "nbd_port": job.nbd_port}
-        if job.task.done() and job.task.cancelled():
+        if job.task.cancelled():
             # Aborted by the source meanwhile: an answer, not a CancelledError, goes back.
             raise InvalidConfig(f"Failed to prepare the migration of '{rec.name}': the "
                                 "source aborted it")
