@@ -21,6 +21,12 @@ from pathlib import Path
 from typing import Any
 
 READY = "xenia-tiny: ready"
+# A guest-side counter, ten steps a second, for "the same guest went on" checks. The first
+# value is written before the loop is backgrounded and each later one is renamed into
+# place: `echo $i > f` truncates then writes, and a reader between the two saw an empty
+# file (it failed CI once).
+COUNTER = ("echo 0 > /tmp/cnt; (i=0; while :; do i=$((i+1)); echo $i > /tmp/cnt.new; "
+           "mv /tmp/cnt.new /tmp/cnt; sleep 0.1; done) >/dev/null 2>&1 &")
 
 
 @dataclass
@@ -241,3 +247,10 @@ def wait_until(fn, timeout: float = 30.0, interval: float = 0.3, what: str = "")
 def volume(host: Host, name: str, size: str, fmt: str = "qcow2") -> Path:
     host.xenia("volume", "create", "-f", fmt, name, size)
     return Path(host.xenia("volume", "path", name).stdout.strip())
+
+
+def counter(host: Host, name: str) -> int:
+    """The guest's COUNTER value."""
+    out = host.run(name, "cat /tmp/cnt").strip()
+    assert out.isdigit(), f"the counter in {name} reads {out!r}"
+    return int(out)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Image, qemu_pids_with, wait_until
+from tests.integration.harness import COUNTER, Image, counter, qemu_pids_with, wait_until
 from tests.integration.multihost import Cluster, NetHost, tag
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,6 @@ TAG = tag()
 SHARED = Path(f"/var/tmp/xt-shared-{TAG}")
 PRIVATE = Path(f"/var/tmp/xt-private-{TAG}")
 BR = "xmbr"
-COUNTER = "(i=0; while :; do i=$((i+1)); echo $i > /tmp/cnt; sleep 0.1; done) >/dev/null 2>&1 &"
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +67,6 @@ def start_guest(h: NetHost, name: str, ip: str, **keys: object) -> dict[str, obj
 
 def md5(h: NetHost, name: str, path: str) -> str:
     return h.run(name, f"md5sum {path} | cut -d' ' -f1").strip()
-
-
-def counter(h: NetHost, name: str) -> int:
-    return int(h.run(name, "cat /tmp/cnt").strip())
 
 
 def migrate_bg(a: NetHost, *args: str) -> subprocess.Popen[str]:

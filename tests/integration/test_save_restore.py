@@ -6,15 +6,9 @@ import time
 
 import pytest
 
-from tests.integration.harness import Host
+from tests.integration.harness import COUNTER, Host, counter
 
 pytestmark = pytest.mark.integration
-
-COUNTER = "(i=0; while :; do i=$((i+1)); echo $i > /tmp/cnt; sleep 0.1; done) >/dev/null 2>&1 &"
-
-
-def counter(host: Host, name: str) -> int:
-    return int(host.run(name, "cat /tmp/cnt").strip())
 
 
 def test_save_restore_continues_the_guest(host: Host) -> None:
