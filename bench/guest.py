@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.integration.harness import READY, Host, Image  # noqa: F401 - re-exported
+from tests.integration.harness import READY, Host, Image, listen  # noqa: F401 - re-exported
 
 from bench.common import tiny_image
 

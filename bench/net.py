@@ -13,7 +13,7 @@ import subprocess
 import time
 
 from bench.common import arg_parser, median, write_section
-from bench.guest import new_host, timed
+from bench.guest import listen, new_host, timed
 
 BR = "xbn0"
 
@@ -70,8 +70,7 @@ def main() -> None:
         host.run("b1", f"dd if=/dev/zero of=/tmp/z bs=1M count={args.mib}")
         for r in range(args.runs):
             port = 5100 + r
-            host.run("b2", f"(sleep 900 | nc -l -p {port} >/dev/null) >/dev/null 2>&1 &")
-            time.sleep(0.3)
+            listen(host, "b2", port, out="/dev/null")
             g = timed(host, "b1", f"nc 10.80.0.2 {port} < /tmp/z")
             b = host_baseline(args.mib)
             guest.append(args.mib / g)

@@ -254,3 +254,16 @@ def counter(host: Host, name: str) -> int:
     out = host.run(name, "cat /tmp/cnt").strip()
     assert out.isdigit(), f"the counter in {name} reads {out!r}"
     return int(out)
+
+
+def listen(host: Host, name: str, port: int, out: str = "/tmp/r") -> None:
+    """Start `nc -l` on `port` in guest `name` (received bytes go to `out`), and return once
+    it listens: a sender that connects first is refused, and a fixed sleep is a guess."""
+    host.run(name, f"(sleep 900 | nc -l -p {port} > {out}) >/dev/null 2>&1 &")
+    # /proc/net/tcp{,6} rows: sl local_address(hex addr:PORT) rem_address st(0A = LISTEN).
+    # busybox nc listens on the IPv6 wildcard when the guest has IPv6, else on IPv4.
+    def listening() -> bool:
+        rows = host.run(name, "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; true")
+        return any(len(f) > 3 and f[1].endswith(f":{port:04X}") and f[3] == "0A"
+                   for f in (line.split() for line in rows.splitlines()))
+    wait_until(listening, timeout=60, what=f"nc to listen on port {port} in {name}")

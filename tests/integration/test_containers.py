@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import CACHE
-from tests.integration.harness import READY, Host, pid_alive, wait_until, write_xl_cfg
+from tests.integration.harness import READY, Host, listen, pid_alive, wait_until, write_xl_cfg
 from xenia.cli import console as con
 from xenia.containers.cpuset import CpusetGroup
 from xenia.host.cgroups import DomainCgroup, host_layout
@@ -446,8 +446,7 @@ def test_container_and_vm_exchange_tcp(ct: Containers, host: Host) -> None:
     def send(src: str, dst: str, dst_ip: str, port: int) -> None:
         sent = host.run(src, "dd if=/dev/urandom of=/tmp/f bs=1k count=512 2>/dev/null; "
                              "md5sum /tmp/f | cut -d' ' -f1").strip()
-        host.run(dst, f"rm -f /tmp/r; (sleep 600 | nc -l -p {port} > /tmp/r) >/dev/null 2>&1 &")
-        time.sleep(0.5)
+        listen(host, dst, port)
         host.run(src, f"nc {dst_ip} {port} < /tmp/f", timeout=60)
         wait_until(lambda: host.run(dst, "stat -c %s /tmp/r").strip() == str(512 * 1024),
                    timeout=60, what="all bytes at the receiver")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Host, wait_until
+from tests.integration.harness import Host, listen, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +36,7 @@ def send_file(host: Host, src: str, dst: str, dst_ip: str, size_mb: int, port: i
     """Send size_mb of random data src -> dst over TCP; (md5 sent, md5 received, seconds)."""
     sent = host.run(src, f"dd if=/dev/urandom of=/tmp/f bs=1M count={size_mb} 2>/dev/null; "
                          "md5sum /tmp/f | cut -d' ' -f1", timeout=timeout).strip()
-    host.run(dst, f"rm -f /tmp/r; (sleep 900 | nc -l -p {port} > /tmp/r) >/dev/null 2>&1 &")
-    time.sleep(0.5)
+    listen(host, dst, port)
     t0 = time.monotonic()
     host.run(src, f"nc {dst_ip} {port} < /tmp/f", timeout=timeout)
     size = size_mb * 1024 * 1024
