@@ -290,7 +290,7 @@ class Sender:
         last_moved, last_change = -1, time.monotonic()
         postcopy_started = False
         best_remaining: int | None = None
-        passes_since_best = 0
+        best_at = 0  # the pass that last cut what remains by 10%
         downtime, raised_at = int(params["downtime-limit"]), 0
         may_raise = opts.auto_converge and opts.downtime_ms is None
         while True:
@@ -315,18 +315,19 @@ class Sender:
                 postcopy_started = True
             if prog.status == "active" and prog.passes > 1 and not opts.postcopy:
                 if best_remaining is None or prog.remaining < best_remaining * 0.9:
-                    best_remaining, passes_since_best = prog.remaining, prog.passes
+                    best_remaining, best_at = prog.remaining, prog.passes
+                # Passes without progress since the last progress or the last raise.
+                stuck = prog.passes - max(raised_at, best_at)
                 throttled_out = not opts.auto_converge or prog.throttle >= MAX_THROTTLE
                 if (may_raise and throttled_out and downtime < AUTO_DOWNTIME_CAP_MS
-                        and prog.passes - max(raised_at, passes_since_best) >= RAISE_EVERY):
+                        and stuck >= RAISE_EVERY):
                     downtime = min(downtime * 2, AUTO_DOWNTIME_CAP_MS)
                     await stream.set_params(inst.proc, downtime_limit=downtime)
                     job.downtime_limit_ms, raised_at = downtime, prog.passes
                     log.info("migration of %s: throttled to %d%% and still not converging; "
                              "downtime limit raised to %d ms", job.domain, prog.throttle,
                              downtime)
-                elif throttled_out and prog.passes - max(raised_at, passes_since_best) \
-                        > MAX_PASSES:
+                elif throttled_out and stuck > MAX_PASSES:
                     rate = prog.dirty_rate * 4096 / 2**20
                     how = (f"even with its vCPUs throttled to {prog.throttle}% and a "
                            f"downtime limit of {downtime} ms" if opts.auto_converge else
