@@ -673,8 +673,13 @@ class DomainManager:
         return {"file": str(target), "bytes": size, "seconds": took}
 
     async def restore(self, path: str, paused: bool = False,
-                      overrides: dict[str, Any] | None = None) -> DomainRecord:
-        """xl restore: a new domain from a save file, continuing where it stopped."""
+                      overrides: dict[str, Any] | None = None,
+                      admit: Callable[[DomainConfig], None] | None = None) -> DomainRecord:
+        """xl restore: a new domain from a save file, continuing where it stopped.
+
+        `admit(config)` may refuse the config the file carries (the API's checks for a
+        token: its name and paths); it runs on a worker thread, after the overrides.
+        """
         target = Path(path)
         header = await asyncio.to_thread(verify_savefile, target)
         try:
@@ -685,6 +690,8 @@ class DomainManager:
         if overrides and overrides.get("name"):
             check_name(overrides["name"])
             rec.name = rec.config.name = overrides["name"]
+        if admit is not None:
+            await asyncio.to_thread(admit, rec.config)
         check_config(rec.config)
         rec.state = "creating"
         rec.created_at = time.time()
