@@ -91,30 +91,14 @@ class TokenAuth:
         state = scope.setdefault("state", {})
         access = state["access"] = self.access(grant)
         state["peer_token"] = grant.token
-        status = 500  # if the app fails before it answers
-        swallowed = False
+        recorded = False
 
-        async def guarded(message: Message) -> None:
-            # api/scopes.py's `enforce` marks the request authorized before any handler
-            # runs; a success that did not pass it (a route that is not a path
-            # operation) is replaced by a refusal: closed unless a rule opens it.
-            nonlocal status, swallowed
-            kind = message["type"]
-            if kind in ("http.response.start", "websocket.accept") and \
-                    not state.get("authorized") and int(message.get("status", 200)) < 400:
-                swallowed = True
-                err = PermissionDenied(NOT_AUTHORIZED.format(method=method, path=path))
-                status = err.http_status
-                await _deny(scope, receive, send, err, received=True)
+        def record(status: int) -> None:
+            # Written when the answer starts, before the client can see it.
+            nonlocal recorded
+            if recorded:
                 return
-            if kind == "http.response.start":
-                status = int(message["status"])
-            if not swallowed:
-                await send(message)
-
-        try:
-            await self.app(scope, receive, guarded)
-        finally:
+            recorded = True
             if status >= 400:
                 log.warning("refused or failed %s %s from %s (token %s): %d", method, path,
                             client, grant.token, status)
@@ -122,6 +106,31 @@ class TokenAuth:
                 self.audit.record(token=grant.token, client=client, method=method,
                                   route=state.get("route", path), path=path,
                                   domain=access.domain, status=status)
+
+        swallowed = False
+
+        async def guarded(message: Message) -> None:
+            # api/scopes.py's `enforce` marks the request authorized before any handler
+            # runs; a success that did not pass it (a route that is not a path
+            # operation) is replaced by a refusal: closed unless a rule opens it.
+            nonlocal swallowed
+            kind = message["type"]
+            if kind in ("http.response.start", "websocket.accept"):
+                status = int(message.get("status", 200))
+                if not state.get("authorized") and status < 400:
+                    swallowed = True
+                    err = PermissionDenied(NOT_AUTHORIZED.format(method=method, path=path))
+                    record(err.http_status)
+                    await _deny(scope, receive, send, err, received=True)
+                    return
+                record(status)
+            if not swallowed:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, guarded)
+        finally:
+            record(500)  # the app ended without an answer
 
 
 async def _deny(scope: Scope, receive: Receive, send: Send, err: XeniaError,
