@@ -527,3 +527,17 @@ def test_access_checks_without_grant_are_unlimited(tmp_path: Path) -> None:
     b = Access(Grant("t", frozenset({"read"}), ("a*",)))
     with pytest.raises(PermissionDenied):
         b.require_domain("b", "x")
+
+
+def test_deleted_rows_do_not_linger_in_the_file(tmp_path: Path) -> None:
+    """secure_delete: a revoked token's hash is gone from the file, not in a free cell."""
+    st = SqliteStore(tmp_path / "x.db")
+    reg = TokenRegistry(st)
+    _, token = reg.create("gone")
+    reg.create("stays")
+    reg.revoke("gone")
+    st._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = (tmp_path / "x.db").read_bytes()
+    assert hash_token(token).encode() not in data
+    assert b"stays" in data
+    st.close()
