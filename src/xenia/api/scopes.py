@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from xenia.api.access import Access
 from xenia.api.pathrule import PathRule
@@ -166,7 +166,7 @@ def authorize(access: Access, method: str, path: str, template: str, params: dic
     return rule
 
 
-def _domain_name(request: Request) -> Callable[[str], str | None]:
+def _domain_name(request: HTTPConnection) -> Callable[[str], str | None]:
     def name(ref: str) -> str | None:
         try:
             return str(request.app.state.manager.resolve(ref).name)
@@ -175,7 +175,7 @@ def _domain_name(request: Request) -> Callable[[str], str | None]:
     return name
 
 
-async def enforce(request: Request) -> None:
+async def enforce(request: HTTPConnection) -> None:
     """make_app()'s global dependency: runs before every route's handler (and before its
     body is read). A request from TCP carries an Access (TokenAuth); the route's rule is
     checked against it. TokenAuth refuses any success that did not pass here (routes
@@ -187,9 +187,11 @@ async def enforce(request: Request) -> None:
     route = request.scope.get("route")
     template = str(getattr(route, "path", request.url.path))
     state["route"] = template
-    rule = authorize(access, request.method, request.url.path, template,
-                     dict(request.path_params), _domain_name(request))
-    state["audited"] = is_audited(request.method, rule)
+    # HTTPConnection, not Request: a websocket route gets the same check.
+    method = str(request.scope.get("method", "WEBSOCKET"))
+    rule = authorize(access, method, request.url.path, template, dict(request.path_params),
+                     _domain_name(request))
+    state["audited"] = is_audited(method, rule)
     state["authorized"] = True
 
 
