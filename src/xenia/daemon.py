@@ -22,6 +22,7 @@ import uvicorn
 from xenia.api.app import make_app
 from xenia.drivers.container import ContainerDriver
 from xenia.drivers.qemu import QemuDriver
+from xenia.errors import XeniaError
 from xenia.host.manager import DomainManager
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(serve(paths, args.accel, listen))
     except KeyboardInterrupt:
         pass
+    except XeniaError as e:
+        # E.g. a record a newer xeniad wrote (store/schema.py): say so, no traceback.
+        log.error("%s", e)
+        sys.exit(f"xeniad: {e}")
 
 
 if __name__ == "__main__":

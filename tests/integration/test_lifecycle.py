@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,6 +168,37 @@ def test_daemon_sigkill_readopts_three_domains(host: Host) -> None:
     # The adopted QEMU's events still reach the new daemon: a guest poweroff is seen.
     host.xenia("console", "g2", input="poweroff\n", check=False)
     host.wait_gone("g2")
+
+
+def stored_record(host: Host, uuid: str) -> dict[str, Any]:
+    with contextlib.closing(sqlite3.connect(host.root / "state" / "xenia.db")) as db:
+        row = db.execute("SELECT record FROM domains WHERE uuid=?", (uuid,)).fetchone()
+    record: dict[str, Any] = json.loads(row[0])
+    return record
+
+
+def test_record_of_an_older_xeniad_is_upgraded_and_adopted(host: Host) -> None:
+    """store/schema.py: version 1 (before versions were written) named the root port count
+    runtime "nports"; version 2 calls it "root_ports"."""
+    dom = host.create("g1")
+    host.kill_daemon(signal.SIGTERM)
+    new = stored_record(host, dom["uuid"])
+    assert new["schema"] == 2 and new["runtime"]["root_ports"] >= 8
+    # Back to the shape the previous xeniad wrote, as if it had started the domain.
+    old = {k: v for k, v in new.items() if k != "schema"}
+    old["runtime"] = {("nports" if k == "root_ports" else k): v
+                      for k, v in new["runtime"].items()}
+    with contextlib.closing(sqlite3.connect(host.root / "state" / "xenia.db")) as db, db:
+        db.execute("UPDATE domains SET record=? WHERE uuid=?", (json.dumps(old), dom["uuid"]))
+    host.start_daemon()
+    d = host.domain("g1")
+    assert d["state"] == "running" and d["runtime"]["pid"] == dom["runtime"]["pid"]
+    assert host.run("g1", "echo adopted-$((6*7))").strip() == "adopted-42"
+    # Adoption rewrote the record in the new shape, with the same value.
+    again = stored_record(host, dom["uuid"])
+    assert again["schema"] == 2 and "nports" not in again["runtime"]
+    assert again["runtime"]["root_ports"] == new["runtime"]["root_ports"]
+    assert again["runtime"]["slots"] == new["runtime"]["slots"]
 
 
 def test_console_on_a_terminal_detaches_with_ctrl_bracket(host: Host) -> None:

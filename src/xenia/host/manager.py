@@ -632,7 +632,7 @@ class DomainManager:
         """The record as another host (or a later restore) needs it: no host-local facts."""
         data = rec.to_dict()
         runtime = {k: v for k, v in rec.runtime.items()
-                   if k in ("slots", "nports", "machine", "boot_maxmem", "pins")}
+                   if k in ("slots", "root_ports", "machine", "boot_maxmem", "pins")}
         data["runtime"] = runtime
         return data
 
