@@ -77,6 +77,11 @@ def test_autostart_starts_a_daemon(tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
         assert "started xeniad" in res.stderr and "Domain-0" in res.stdout
+        # It shows as xeniad in `ps -e` (comm) and `ps ax` (its command line).
+        pid = int((root / "run" / "xeniad.pid").read_text().split()[0])
+        assert Path(f"/proc/{pid}/comm").read_text() == "xeniad\n"
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        assert cmdline[0].split() == [b"xeniad"], cmdline
     finally:
         pidfile = root / "run" / "xeniad.pid"
         if pidfile.exists():

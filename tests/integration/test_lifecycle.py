@@ -260,3 +260,31 @@ def test_shutdown_all(host: Host) -> None:
     assert host.domains() == []
     for d in doms:
         assert not pid_alive(d["runtime"]["pid"])
+
+
+def test_shutdown_timeout_names_the_domains_that_ignore_it(host: Host) -> None:
+    doms = [host.create(name, wait_ready=False) for name in ("good", "deaf")]
+    for d in doms:
+        host.wait_console(d["name"], READY)
+    # The tiny image powers off when acpid sees the power button. Without acpid the
+    # button does nothing, as in a guest still booting or one that does not handle ACPI.
+    host.run("deaf", "kill $(cat /run/acpid.pid); while pidof acpid; do sleep 0.1; done")
+    t0 = time.monotonic()
+    res = host.xenia("shutdown", "-a", "-w", "--timeout", "15", check=False)
+    took = time.monotonic() - t0
+    assert res.returncode != 0, res.stdout
+    assert "Failed to shut down deaf within 15 s: it ignored the power button" in res.stderr
+    assert "good" not in res.stderr and "Traceback" not in res.stderr
+    assert 15 <= took < 45, took
+    # The well-behaved guest went within the limit; the other is left running, still fine.
+    assert not host.has_domain("good") and not pid_alive(doms[0]["runtime"]["pid"])
+    assert host.domain("deaf")["state"] == "running"
+    assert host.run("deaf", "echo still-$((6*7))").strip() == "still-42"
+    # One domain, a short limit: the same answer after about that long.
+    t0 = time.monotonic()
+    res = host.xenia("shutdown", "-w", "--timeout", "3", "deaf", check=False)
+    assert res.returncode != 0 and "Failed to shut down deaf within 3 s" in res.stderr
+    assert 3 <= time.monotonic() - t0 < 30
+    res = host.xenia("shutdown", "--timeout", "3", "deaf", check=False)
+    assert res.returncode != 0 and "give -w too" in res.stderr
+    assert host.domain("deaf")["state"] == "running"
