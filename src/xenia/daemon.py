@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     except XeniaError as e:
         # E.g. a record a newer xeniad wrote (store/schema.py): say so, no traceback.
         log.error("%s", e)
-        sys.exit(f"xeniad: {e}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":
