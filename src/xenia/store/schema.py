@@ -60,8 +60,7 @@ def _upgrade(doc: Doc, steps: tuple[Step, ...], what: str) -> Doc:
     if version > newest:
         raise NotSupported(
             f"Failed to read {what}: a newer xeniad wrote it (schema version {version}; this "
-            f"one knows up to {newest}); run the newer Xenia release again, or remove the "
-            "record if it is no longer wanted"
+            f"one knows up to {newest}); read it with that Xenia release or a later one"
         )
     out = copy.deepcopy(doc)
     for step in steps[version - FIRST:]:
