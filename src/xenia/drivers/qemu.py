@@ -23,7 +23,7 @@ from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.qemu import accel as accel_mod
 from xenia.qemu.binary import machine_alias, qemu_info
-from xenia.qemu.cmdline import RunFiles, build_argv
+from xenia.qemu.cmdline import RunFiles, build_argv, tcg_params_added
 from xenia.qemu.process import QemuProcess, log_tail
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
@@ -346,10 +346,11 @@ class QemuDriver(Driver):
             machine = record.runtime.get("machine") or machine_alias("q35")
             record.runtime["machine"] = machine
             firmware, vnc = self._hvm_extras(record)
+            added = tcg_params_added(cfg, choice.name)
             argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files,
                               qemu=info.path, layout=layout, devices=devices,
                               incoming=incoming, machine=machine, firmware=firmware,
-                              vnc_display=vnc)
+                              vnc_display=vnc, kernel_params=added)
             await proc.launch(argv)
             await proc.connect_qmp(inst.on_qmp_event)
             if cfg.vnc and cfg.vncpasswd and vnc is not None:
@@ -376,6 +377,8 @@ class QemuDriver(Driver):
                 # The guest RAM QEMU was given (-m): mem-max cannot go past it.
                 "boot_maxmem": cfg.effective_maxmem,
                 "vcpu_threads_created": cfg.vcpus,
+                # What Xenia put on the kernel command line beyond the config's own.
+                "kernel_params_added": added,
             }
         )
         return inst
