@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -44,7 +45,21 @@ class Round:
     panicked: dict[str, str] = field(default_factory=dict)  # name -> the panic line
     stuck: dict[str, str] = field(default_factory=dict)  # name -> last console lines
     markers: dict[str, int] = field(default_factory=dict)  # marker -> guests showing it
+    kernel_gap: float = 0.0  # longest silence between two kernel lines, guest seconds
     seconds: float = 0.0
+
+
+def kernel_gap(text: str) -> float:
+    """The longest time between two printk stamps before the first userspace line: how long
+    a booting kernel may be quiet (the boot watch's hang timeout must be longer)."""
+    stamps = []
+    for line in text.splitlines():
+        m = re.match(r"\[\s*(\d+\.\d+)\]", line.strip())
+        if m is None and line.strip():
+            break
+        if m is not None:
+            stamps.append(float(m[1]))
+    return max((b - a for a, b in zip(stamps, stamps[1:], strict=False)), default=0.0)
 
 
 def tail(text: str, lines: int = 4) -> str:
@@ -94,6 +109,7 @@ def storm(host: Host, guests: int, extra: str, timeout: float) -> Round:
         for marker, needle in MARKERS.items():
             if needle in text:
                 result.markers[marker] = result.markers.get(marker, 0) + 1
+        result.kernel_gap = max(result.kernel_gap, kernel_gap(text))
     return result
 
 
@@ -119,7 +135,8 @@ def main() -> None:
             print(f"round {i + 1}: {len(r.ready)}/{args.guests} ready "
                   f"(median {median(times) if times else 0:.1f} s, last "
                   f"{times[-1] if times else 0:.1f} s), {len(r.panicked)} panicked, "
-                  f"{len(r.stuck)} stuck; seen: {r.markers or 'nothing'}", flush=True)
+                  f"{len(r.stuck)} stuck; longest kernel silence {r.kernel_gap:.1f} s; seen: "
+                  f"{r.markers or 'nothing'}", flush=True)
             for n, line in sorted(r.panicked.items()):
                 print(f"  {n} panicked: {line}")
             for n, text in sorted(r.stuck.items()):

@@ -192,22 +192,32 @@ class QemuProcess:
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks
 
-    def vcpu_threads(self) -> dict[int, tuple[int, str]]:
-        """vCPU index -> (thread id, state letter) from the thread names QEMU sets."""
-        threads: dict[int, tuple[int, str]] = {}
+    def _vcpu_stats(self) -> dict[int, tuple[int, list[str]]]:
+        """vCPU index -> (thread id, /proc stat fields after the name), by the thread names
+        QEMU sets."""
+        threads: dict[int, tuple[int, list[str]]] = {}
         if self.pid is None:
             return threads
         for task in Path(f"/proc/{self.pid}/task").glob("*"):
             try:
                 comm = (task / "comm").read_text().strip()
-                state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
             # debug-threads=on names them "CPU 0/TCG" or "CPU 0/KVM".
             if comm.startswith("CPU ") and "/" in comm:
                 with contextlib.suppress(ValueError):
-                    threads[int(comm[4:].split("/")[0])] = (int(task.name), state)
+                    threads[int(comm[4:].split("/")[0])] = (int(task.name), fields)
         return threads
+
+    def vcpu_threads(self) -> dict[int, tuple[int, str]]:
+        """vCPU index -> (thread id, state letter)."""
+        return {i: (tid, f[0]) for i, (tid, f) in self._vcpu_stats().items()}
+
+    def vcpu_seconds(self) -> float:
+        """User + system CPU time of the vCPU threads: the guest's own work."""
+        ticks = sum(int(f[11]) + int(f[12]) for _, f in self._vcpu_stats().values())
+        return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def now() -> float:
