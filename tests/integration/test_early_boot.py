@@ -121,7 +121,7 @@ def test_late_panic_is_one_crash(host: Host) -> None:
 
 def test_boot_hang_watchdog(host: Host) -> None:
     # A real early hang: the kernel waits for a root device that never comes, silently,
-    # with its vCPU almost idle (2% of a host CPU measured).
+    # its vCPU runnable about 3% of the time (measured).
     dom = host.create("h1", wait_ready=False, on_crash="preserve", boot_watchdog=10,
                       extra="console=ttyS0 rdinit=/nonexistent root=/dev/vdz rootwait")
     host.wait_console("h1", "Waiting for root device /dev/vdz", timeout=120)

@@ -1,5 +1,5 @@
 """The boot watch (drivers/qemu_bootwatch.py): its decisions on a scripted console log and
-scripted vCPU times, and how a QemuInstance reports what it decides (a scripted process)."""
+scripted vCPU demand, and how a QemuInstance reports what it decides (a scripted process)."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_hang_quiet_and_idle_for_the_timeout(console: Console) -> None:
     cpu = 5.0
     for t in range(0, 20):
         assert watch.poll(float(t), cpu, True) is None
-        cpu += 0.01  # 1% of a CPU: a kernel waiting for a root device
+        cpu += 0.03  # 3%: a kernel waiting for a root device
     v = watch.poll(20.0, cpu, True)
     assert v is not None and v.reason == "hang"
     assert "no console output" in v.message and "boot_watchdog = 20" in v.message
@@ -117,15 +117,16 @@ def test_no_hang_while_busy_heard_or_paused(console: Console) -> None:
         assert off.poll(float(t), 0.0, True) is None
 
 
-def test_busy_then_idle_is_a_hang_one_timeout_after_it_went_idle(console: Console) -> None:
-    watch = BootWatch(console.path, hang_timeout=20)
-    cpu = 0.0
-    for t in range(0, 30):
-        watch.poll(float(t), cpu, True)
-        cpu += 1.0 if t < 10 else 0.0
-    # Busy until t=10, idle since: not yet 20 s of idleness at t=29.
-    assert watch.verdict is None
-    v = watch.poll(30.0, cpu, True)
+def test_busy_then_idle_is_a_hang_once_the_window_is_idle_enough(console: Console) -> None:
+    timeout = 20
+    watch = BootWatch(console.path, hang_timeout=timeout)
+    for t in range(0, 11):  # runnable all the time until t=10, then idle
+        assert watch.poll(float(t), float(t), True) is None
+    # At t the window [t - timeout, t] holds 10 - (t - timeout) busy seconds.
+    last_busy_enough = int(10 + timeout * (1 - IDLE_SHARE))
+    for t in range(11, last_busy_enough + 1):
+        assert watch.poll(float(t), 10.0, True) is None, t
+    v = watch.poll(last_busy_enough + 1.0, 10.0, True)
     assert v is not None and v.reason == "hang"
 
 
@@ -149,7 +150,7 @@ def test_state_file_round_trip(console: Console, tmp_path: Path) -> None:
 
 # -- a QemuInstance with a scripted QEMU process ------------------------------------------
 class ScriptedProcess:
-    """What QemuInstance uses of a QemuProcess: files, liveness, QMP commands, vCPU time."""
+    """What QemuInstance uses of a QemuProcess: files, liveness, QMP commands, vCPU demand."""
 
     def __init__(self, run_dir: Path) -> None:
         run_dir.mkdir()
@@ -162,7 +163,7 @@ class ScriptedProcess:
     def on_exit(self, callback: Any) -> None:
         pass
 
-    def vcpu_seconds(self) -> float:
+    def vcpu_demand(self) -> float:
         return self.vcpu
 
     async def command(self, cmd: str, args: dict[str, Any] | None = None,

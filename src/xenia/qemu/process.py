@@ -214,10 +214,19 @@ class QemuProcess:
         """vCPU index -> (thread id, state letter)."""
         return {i: (tid, f[0]) for i, (tid, f) in self._vcpu_stats().items()}
 
-    def vcpu_seconds(self) -> float:
-        """User + system CPU time of the vCPU threads: the guest's own work."""
-        ticks = sum(int(f[11]) + int(f[12]) for _, f in self._vcpu_stats().values())
-        return ticks / os.sysconf("SC_CLK_TCK")
+    def vcpu_demand(self) -> float:
+        """Seconds the vCPU threads ran on a host CPU or waited in a run queue for one: what
+        the guest asked of the host, whether it got it or not (a vCPU starved on a busy
+        host still asks; a halted one does not). From /proc schedstat; where that cannot
+        be read, the threads' CPU time."""
+        total = 0.0
+        for tid, fields in self._vcpu_stats().values():
+            try:
+                run, wait, _ = Path(f"/proc/{self.pid}/task/{tid}/schedstat").read_text().split()
+                total += (int(run) + int(wait)) / 1e9
+            except (OSError, ValueError):
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
 
 def now() -> float:
