@@ -45,7 +45,7 @@ def test_thirty_guests_at_once_all_reach_ready(host: Host) -> None:
             assert res.returncode == 0, res.stdout + res.stderr
     # Read the console logs directly: 30 CLI calls a round would take the guests' CPU.
     logs = {d["name"]: Path(d["console_log"]) for d in host.domains()}
-    # 30 boots share 2 host CPUs: about 2-4 minutes here; the bound is generous.
+    # 30 boots share 2 host CPUs: 2-2.5 minutes here; the bound is generous.
     deadline = t0 + 600
     waiting = set(names)
     while waiting and time.monotonic() < deadline:
