@@ -301,24 +301,27 @@ class EtcdClient:
                   f"to remove the etcd member {member_id:x}")
 
     def status(self, url: str) -> dict[str, Any]:
-        """One member's own status (leader, raft term and index, db size); asks that
-        member only, and works without quorum."""
-        for ep in self._eps:
-            if ep.url == url:
-                try:
-                    return ep.post("/maintenance/status", {})
-                except gwerr.Etcd3Exception as e:
-                    raise Unreachable(f"Failed to read the status of etcd member {url}: "
-                                      f"{_etcd_message(e)}") from None
-        raise NotFound(f"Failed to read the status of etcd member {url}: not an endpoint "
-                       f"of this client ({', '.join(self.endpoints)})")
+        """One member's own status (leader, raft term and index, db size); asks the member
+        at `url` only (an endpoint of this client or not), and works without quorum."""
+        ep = next((e for e in self._eps if e.url == url), None)
+        own = ep is None
+        ep = ep or _Endpoint(parse_endpoints(url)[0], self.tls, self.timeouts)
+        try:
+            return ep.post("/maintenance/status", {})
+        except gwerr.Etcd3Exception as e:
+            raise Unreachable(f"Failed to read the status of etcd member {url}: "
+                              f"{_etcd_message(e)}") from None
+        finally:
+            if own:
+                ep.close()
 
     def session_for(self, url: str) -> requests.Session:
         """The endpoint's session (watch.py streams over it)."""
         for ep in self._eps:
             if ep.url == url:
                 return ep.session
-        raise NotFound(f"no endpoint {url}")
+        raise NotFound(f"Failed to find the etcd endpoint {url}: not an endpoint of this "
+                       f"client ({', '.join(self.endpoints)})")
 
     def pick(self) -> str:
         """The endpoint a new stream should use: the one a call would try first."""

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = 30.0
 PROMOTE_TIMEOUT = 30.0
+ADD_TIMEOUT = 15.0
 
 
 def _client(files: ClusterFiles, endpoints: Sequence[str]) -> EtcdClient:
@@ -95,7 +96,7 @@ def join(files: ClusterFiles, name: str, address: str, endpoints: Sequence[str],
     added = 0
     member: EtcdMember | None = None
     try:
-        added, members = client.member_add(peer_url, learner=True)
+        added, members = _add(client, peer_url)
         initial = []
         for m in members:
             mname = name if int(m["ID"]) == added else m.get("name", "")
@@ -125,6 +126,20 @@ def join(files: ClusterFiles, name: str, address: str, endpoints: Sequence[str],
         raise
     finally:
         client.close()
+
+
+def _add(client: EtcdClient, peer_url: str) -> tuple[int, list[dict[str, Any]]]:
+    """member-add as a learner. etcd refuses any reconfiguration ("unhealthy cluster")
+    until its leader has been connected to every voter for 5 s, e.g. just after the
+    previous join: wait that out."""
+    deadline = time.monotonic() + ADD_TIMEOUT
+    while True:
+        try:
+            return client.member_add(peer_url, learner=True)
+        except XeniaError as e:
+            if "unhealthy cluster" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.25)
 
 
 def _promote(client: EtcdClient, added: int) -> None:
