@@ -22,6 +22,7 @@ import setproctitle
 import uvicorn
 
 from xenia.api.app import make_app
+from xenia.cluster import service as cluster
 from xenia.drivers.container import ContainerDriver
 from xenia.drivers.qemu import QemuDriver
 from xenia.errors import XeniaError
@@ -78,7 +79,8 @@ class _Server(uvicorn.Server):
 
 
 async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
-                allowed: list[Path] | None = None, boot_watchdog: int = 0) -> None:
+                allowed: list[Path] | None = None, boot_watchdog: int = 0,
+                etcd: cluster.ExternalEtcd | None = None) -> None:
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
     network = NetworkManager(paths, store)
@@ -102,7 +104,9 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     log.info("xeniad listening on %s", paths.api_socket)
     try:
         # The host identity, and the same app on TCP (TLS + tokens) with --listen.
-        async with peers.serve_peers(app, paths, store, listen, allowed):
+        # On a cluster member, its etcd member (adopted or started, then supervised).
+        async with cluster.serve_cluster(paths, etcd), \
+                peers.serve_peers(app, paths, store, listen, allowed):
             await server.serve(sockets=[sock])
     finally:
         await manager.detach_all()
@@ -136,12 +140,14 @@ def main(argv: list[str] | None = None) -> None:
                         "console output and no vCPU progress for this long is crashed "
                         "(default 0: off)")
     peers.add_arguments(parser)
+    cluster.add_arguments(parser)
     args = parser.parse_args(argv)
     set_title(sys.argv[1:] if argv is None else argv)
     if args.boot_watchdog < 0:
         parser.error("--boot-watchdog must be 0 (off) or a number of seconds")
     listen = peers.listen_from_args(parser, args)
     allowed = peers.allowed_from_args(parser, args)
+    etcd = cluster.external_from_args(parser, args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.INFO),
         format="%(asctime)s xeniad[%(process)d] %(levelname)s %(name)s: %(message)s",
@@ -150,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     paths.ensure()
     take_lock(paths)
     try:
-        asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog))
+        asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog, etcd))
     except KeyboardInterrupt:
         pass
     except XeniaError as e:

@@ -1,0 +1,131 @@
+"""xeniad's cluster options and start-up: ClusterRuntime, made by serve_cluster().
+
+- A host that is no cluster member (no <state>/cluster/etcd.json, no --etcd) runs as
+  before: nothing of the cluster is imported, no etcd runs.
+- A member: its etcd is adopted or started, a Supervisor thread keeps it running while
+  xeniad runs, and stopping xeniad leaves it running (the next xeniad adopts it).
+- `--etcd URL,... --etcd-ca --etcd-cert --etcd-key`: an external etcd cluster instead of
+  a member of xeniad's own; then no local etcd is run.
+
+The lease, the election and the HA controller come on top (the cluster verbs); they get
+the client from ClusterRuntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from xenia.paths import Paths
+
+if TYPE_CHECKING:
+    from xenia.cluster.client import EtcdClient
+    from xenia.cluster.etcd_member import EtcdMember, Supervisor
+    from xenia.cluster.pki import MemberTLS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExternalEtcd:
+    endpoints: list[str]
+    ca: Path
+    cert: Path
+    key: Path
+
+    def tls(self) -> MemberTLS:
+        from xenia.cluster.pki import MemberTLS
+
+        return MemberTLS(self.ca, self.cert, self.key)
+
+
+@dataclass
+class ClusterRuntime:
+    client: EtcdClient
+    member: EtcdMember | None = None
+    supervisor: Supervisor | None = None
+    endpoints: list[str] = field(default_factory=list)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("cluster store (instead of xeniad's own etcd member)")
+    g.add_argument("--etcd", metavar="URL,...",
+                   help="use this external etcd cluster (https://HOST:PORT, comma-separated)")
+    g.add_argument("--etcd-ca", type=Path, metavar="FILE", help="CA of the etcd cluster")
+    g.add_argument("--etcd-cert", type=Path, metavar="FILE", help="client certificate")
+    g.add_argument("--etcd-key", type=Path, metavar="FILE", help="client certificate's key")
+
+
+def external_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
+                       ) -> ExternalEtcd | None:
+    files = (args.etcd_ca, args.etcd_cert, args.etcd_key)
+    if not args.etcd:
+        if any(files):
+            parser.error("--etcd-ca/--etcd-cert/--etcd-key need --etcd")
+        return None
+    if not all(files):
+        parser.error("--etcd needs --etcd-ca, --etcd-cert and --etcd-key (etcd's client "
+                     "traffic is TLS with client certificates)")
+    for f in files:
+        if not f.is_file():
+            parser.error(f"{f}: no such file")
+    from xenia.cluster.client import parse_endpoints
+    from xenia.errors import InvalidConfig
+
+    try:
+        endpoints = parse_endpoints(args.etcd)
+    except InvalidConfig as e:
+        parser.error(str(e))
+    return ExternalEtcd(endpoints, *files)
+
+
+def _start_member(paths: Paths) -> ClusterRuntime | None:
+    from xenia.cluster.client import EtcdClient
+    from xenia.cluster.etcd_member import ClusterFiles, EtcdMember, MemberConfig, Supervisor
+
+    files = ClusterFiles.of(paths)
+    if not files.config.exists():
+        return None
+    member = EtcdMember(files, MemberConfig.load(files.config))
+    pid, adopted = member.ensure()
+    log.info("etcd member %s %s (pid %d)", member.cfg.name,
+             "adopted" if adopted else "started", pid)
+    endpoints = [member.cfg.client_url]
+    client = EtcdClient(endpoints, files.tls)
+    # The other members' client URLs, so the client fails over; not fatal here: etcd may
+    # be without quorum while this host starts, and the daemon must start all the same.
+    try:
+        for m in client.members():
+            endpoints += [u for u in m.get("clientURLs", []) if u not in endpoints]
+        client.close()
+        client = EtcdClient(endpoints, files.tls)
+    except Exception as e:  # any XeniaError or network error: keep the local endpoint
+        log.warning("could not read the etcd member list yet: %s", e)
+    return ClusterRuntime(client, member, Supervisor(member).start(), endpoints)
+
+
+@contextlib.asynccontextmanager
+async def serve_cluster(paths: Paths, external: ExternalEtcd | None = None
+                        ) -> AsyncIterator[ClusterRuntime | None]:
+    """The cluster runtime while xeniad runs (None on a host outside any cluster)."""
+    if external is not None:
+        from xenia.cluster.client import EtcdClient
+
+        runtime: ClusterRuntime | None = ClusterRuntime(
+            EtcdClient(external.endpoints, external.tls()), endpoints=external.endpoints)
+    else:
+        runtime = await asyncio.to_thread(_start_member, paths)
+    try:
+        yield runtime
+    finally:
+        if runtime is not None:
+            if runtime.supervisor is not None:
+                # Only the supervision ends: the member keeps serving the cluster.
+                await asyncio.to_thread(runtime.supervisor.stop)
+            runtime.client.close()
