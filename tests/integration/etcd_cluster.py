@@ -140,8 +140,13 @@ class EtcdNet:
         for i in range(1, self.n):
             self.issue(i, ca)
             self.join(i, self.urls[:i])
-        for a in self.agents:
-            a.call("client", endpoints=self.urls)
+        for i, a in enumerate(self.agents):
+            a.call("client", endpoints=self.own_first(i))
+
+    def own_first(self, i: int) -> list[str]:
+        """The endpoints as member i's xeniad orders them: its own member first (on the
+        same side of any partition as the host itself)."""
+        return [self.urls[i]] + [u for j, u in enumerate(self.urls) if j != i]
 
     def issue(self, i: int, ca: ClusterCA | None = None) -> None:
         """Member i's certificate from the cluster CA (what the join token exchange does)."""
