@@ -25,8 +25,9 @@ import pytest
 from tests.integration.conftest import CACHE
 from tests.integration.harness import READY, Host, listen, pid_alive, wait_until, write_xl_cfg
 from xenia.cli import console as con
-from xenia.containers.cpuset import CpusetGroup
-from xenia.host.cgroups import DomainCgroup, host_layout
+from xenia.hostos.cgroupfs import host_layout
+from xenia.hostos.cgroups import DomainCgroup
+from xenia.hostos.cpuset import CpusetGroup
 
 pytestmark = [
     pytest.mark.integration,

@@ -19,10 +19,11 @@ import pytest
 from xenia.config.build import build_config
 from xenia.config.model import DomainConfig
 from xenia.containers import spec
-from xenia.containers.cpuset import CpusetGroup, choose_cpus, ranges
 from xenia.drivers.container import classify
 from xenia.errors import InvalidConfig, NotFound, NotSupported
-from xenia.host.cgroups import CgroupLayout, Hierarchy
+from xenia.hostos.affinity import ranges
+from xenia.hostos.cgroupfs import CgroupLayout, Hierarchy
+from xenia.hostos.cpuset import CpusetGroup, choose_cpus
 
 UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 

@@ -175,7 +175,7 @@ async def pci_assignable_add(req: PciRequest, m: Manager) -> dict[str, Any]:
 
 @host_router.delete("/pci-assignable/{bdf}")
 async def pci_assignable_remove(bdf: str, m: Manager, rebind: bool = False) -> dict[str, Any]:
-    from xenia.host.pci import normalize_bdf
+    from xenia.hostos.pci import normalize_bdf
 
     m.pci.remove(bdf, rebind, m.pci_user(normalize_bdf(bdf)))
     return {}

@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from xenia.config.cpulist import normalize_cpulist, union_cpulists
 from xenia.config.diskspec import parse_disk_spec
-from xenia.config.model import ACTIONS, DiskSpec, DomainConfig
+from xenia.config.model import ACCELS, ACTIONS, DiskSpec, DomainConfig
 from xenia.config.names import NAME_RULE, valid_name
 from xenia.config.vdev import vdev_number
 from xenia.config.vifspec import parse_vif_spec
@@ -38,7 +38,6 @@ T = TypeVar("T")
 
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 _BOOT_RE = re.compile(r"[acdn]+\Z")
-ACCELS = ("auto", "kvm", "tcg")
 # The order matters: xl tries "hvm", then "pv", then "pvh", so "p" means pv.
 _TYPES = ("hvm", "pv", "pvh", "container")
 _BUILDERS = {"hvm": "hvm", "generic": "pv", "linux": "pv"}

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DOMAIN_TYPES = ("pv", "pvh", "hvm", "container")
+# accel=: "auto" probes the host (qemu/accel.py).
+ACCELS = ("auto", "kvm", "tcg")
 # xl's actions for on_poweroff / on_reboot / on_crash / on_watchdog / on_soft_reset.
 ACTIONS = (
     "destroy",

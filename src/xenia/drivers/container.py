@@ -39,11 +39,14 @@ from typing import Any
 from xenia.config.model import VifSpec
 from xenia.containers import runtime as rt
 from xenia.containers import spec
-from xenia.containers.cpuset import CpusetGroup, choose_cpus, ranges
 from xenia.drivers.base import Driver, GuestEvents, Instance
 from xenia.errors import AlreadyExists, BackendError, InvalidConfig, NotSupported, XeniaError
-from xenia.host import affinity, hostinfo
-from xenia.host.cgroups import ROOT_NAME, DomainCgroup, host_layout
+from xenia.hostos import affinity, hostinfo
+from xenia.hostos.affinity import ranges
+from xenia.hostos.cgroupfs import host_layout, pid_in_group
+from xenia.hostos.cgroups import DomainCgroup
+from xenia.hostos.cpuset import CpusetGroup, choose_cpus
+from xenia.hostos.procfs import cmdline, log_tail, pid_alive, pid_state, read_pid, wait_gone
 from xenia.network.manager import NetworkManager
 from xenia.network.veth import guest_name
 from xenia.paths import MAX_SOCKET_PATH, Paths
@@ -89,46 +92,9 @@ class ContainerFiles:
 
 
 # -- helpers --------------------------------------------------------------------------------
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def in_domain_cgroup(pid: int, uuid: str) -> bool:
-    """True if `pid` lives and sits in the domain's cgroup (guards against pid reuse)."""
-    try:
-        text = Path(f"/proc/{pid}/cgroup").read_text()
-    except OSError:
-        return False
-    mark = f"/{ROOT_NAME}/{uuid}"
-    return any(line.split(":", 2)[-1].startswith(mark) for line in text.splitlines())
-
-
 def _is_monitor(pid: int, run_dir: Path) -> bool:
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"xenia.containers.monitor" in argv and str(run_dir).encode() in argv
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    argv = cmdline(pid)
+    return "xenia.containers.monitor" in argv and str(run_dir) in argv
 
 
 def _park_monitor(pid: int, name: str) -> None:
@@ -178,14 +144,6 @@ def _read_status_line(fd: int, timeout: float) -> str:
             break
         buf += chunk
     return buf.decode(errors="replace").strip()
-
-
-def _log_tail(path: Path, lines: int = 12) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 # -- the instance ----------------------------------------------------------------------------
@@ -247,7 +205,7 @@ class ContainerInstance(Instance):
 
     @property
     def running(self) -> bool:
-        return self.pid is not None and not self._exited.is_set() and _alive(self.pid)
+        return self.pid is not None and not self._exited.is_set() and pid_alive(self.pid)
 
     def _signal(self, sig: int, what: str) -> None:
         if self._pidfd is None or not self.running:
@@ -328,7 +286,7 @@ class ContainerInstance(Instance):
         return self.files.console_log
 
     def log_tail(self) -> str:
-        return _log_tail(self.files.monitor_log)
+        return log_tail(self.files.monitor_log)
 
     def cpu_seconds(self) -> float:
         try:
@@ -380,14 +338,7 @@ class ContainerInstance(Instance):
             pids = self.driver.cgroup(self.record).pids()
         except XeniaError:
             return False
-        for pid in pids:
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            if stat.rsplit(")", 1)[1].split()[0] == "R":
-                return True
-        return False
+        return any(pid_state(pid) == "R" for pid in pids)
 
     @property
     def alive(self) -> bool:
@@ -647,10 +598,10 @@ class ContainerDriver(Driver):
             status = {}
         if not status.get("ok"):
             cause = status.get("error") or (
-                "the monitor exited without a word" + (f":\n{_log_tail(files.monitor_log)}"
+                "the monitor exited without a word" + (f":\n{log_tail(files.monitor_log)}"
                                                        if files.monitor_log.exists() else ""))
             raise BackendError(f"Failed to start container '{rec.name}': {cause}")
-        monitor = _read_int(files.monitor_pid)
+        monitor = read_pid(files.monitor_pid)
         if monitor is not None:
             await asyncio.to_thread(_park_monitor, monitor, rec.name)
         return int(status["pid"])
@@ -678,7 +629,7 @@ class ContainerDriver(Driver):
         except BaseException:
             await asyncio.to_thread(self.end_boot, rec, pid)
             raise
-        rec.runtime.update({"pid": pid, "monitor_pid": _read_int(self.files(rec.uuid)
+        rec.runtime.update({"pid": pid, "monitor_pid": read_pid(self.files(rec.uuid)
                                                                     .monitor_pid),
                             "crun_version": rt.crun_version(self.crun.path)})
         return pid
@@ -714,8 +665,8 @@ class ContainerDriver(Driver):
         files = self.files(record.uuid)
         if not files.dir.is_dir():
             return None
-        pid = _read_int(files.init_pid)
-        alive = pid is not None and in_domain_cgroup(pid, record.uuid)
+        pid = read_pid(files.init_pid)
+        alive = pid is not None and pid_in_group(pid, record.uuid)
         try:
             state = await asyncio.to_thread(self.crun.state, record.uuid)
         except XeniaError as e:
@@ -729,7 +680,7 @@ class ContainerDriver(Driver):
         if alive:
             inst.watch()
             record.runtime["pid"] = pid
-            monitor = _read_int(files.monitor_pid)
+            monitor = read_pid(files.monitor_pid)
             if monitor is None or not _is_monitor(monitor, files.dir):
                 log.warning("domain %s: its console monitor is gone; the container runs "
                             "without a console", record.name)
@@ -762,7 +713,7 @@ class ContainerDriver(Driver):
                     return data
             except (OSError, ValueError):
                 pass
-            monitor = _read_int(files.monitor_pid)
+            monitor = read_pid(files.monitor_pid)
             gone = monitor is None or not _is_monitor(monitor, files.dir)
             if gone or time.monotonic() > deadline:
                 if gone:  # a last look: it may have written the file as it exited
@@ -793,8 +744,8 @@ class ContainerDriver(Driver):
                 cg.thaw()
         files = self.files(rec.uuid)
         pids: set[int] = set()
-        for candidate in (pid, _read_int(files.init_pid)):
-            if candidate and in_domain_cgroup(candidate, rec.uuid):
+        for candidate in (pid, read_pid(files.init_pid)):
+            if candidate and pid_in_group(candidate, rec.uuid):
                 pids.add(candidate)
         with contextlib.suppress(XeniaError):
             if cg.exists():
@@ -803,20 +754,20 @@ class ContainerDriver(Driver):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
         for p in pids:
-            if not _wait_gone(p, KILL_WAIT):
+            if not wait_gone(p, KILL_WAIT):
                 log.warning("domain %s: process %d survived SIGKILL", rec.name, p)
 
     def _stop_monitor(self, files: ContainerFiles) -> None:
         """Wait for the monitor to leave (it does once the pty closes), else kill it."""
-        pid = _read_int(files.monitor_pid)
+        pid = read_pid(files.monitor_pid)
         if pid is None or not _is_monitor(pid, files.dir):
             return
-        if _wait_gone(pid, 5.0):
+        if wait_gone(pid, 5.0):
             return
         for sig in (signal.SIGTERM, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            if _wait_gone(pid, 3.0):
+            if wait_gone(pid, 3.0):
                 return
         log.warning("monitor %d of %s does not exit", pid, files.dir)
 

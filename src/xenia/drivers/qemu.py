@@ -17,14 +17,15 @@ from xenia.drivers.qemu_devices import QemuDevices, argv_devices
 from xenia.drivers.qemu_hotplug import HotplugMixin
 from xenia.drivers.qemu_migrate import MigrateMixin
 from xenia.errors import BackendError, InvalidConfig, NotFound, NotSupported, XeniaError
-from xenia.host import affinity, hostinfo
+from xenia.hostos import affinity, hostinfo
+from xenia.hostos.procfs import log_tail
 from xenia.images.hvm import ovmf_paths, ovmf_qemu_args
 from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.qemu import accel as accel_mod
 from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv
-from xenia.qemu.process import QemuProcess, log_tail
+from xenia.qemu.process import QemuProcess
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
 

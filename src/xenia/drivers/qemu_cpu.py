@@ -13,8 +13,9 @@ import logging
 from typing import Any
 
 from xenia.errors import NotSupported, XeniaError
-from xenia.host import affinity
-from xenia.host.cgroups import DomainCgroup
+from xenia.hostos import affinity
+from xenia.hostos.cgroups import DomainCgroup
+from xenia.hostos.procfs import thread_stats
 from xenia.store.base import DomainRecord
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def pin(rec: DomainRecord, threads: dict[int, int], vcpu: str, hard: str) -> Non
 def vcpu_rows(rec: DomainRecord, pid: int, threads: dict[int, int]) -> list[dict[str, Any]]:
     rows = []
     for vcpu, tid in sorted(threads.items()):
-        st = affinity.thread_stats(pid, tid)
+        st = thread_stats(pid, tid)
         if rec.state == "paused":
             state = "--p"
         else:

@@ -18,7 +18,7 @@ from xenia.devices import display
 from xenia.devices import nic as nicdev
 from xenia.devices.layout import SPARE_ROOT_PORTS, Layout
 from xenia.errors import AlreadyExists, InvalidConfig, XeniaError
-from xenia.host.pci import PciAssign
+from xenia.hostos.pci import PciAssign
 from xenia.network.manager import NetworkManager
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 from xenia.config.model import DiskSpec, DomainConfig, VifSpec
 from xenia.drivers.base import Driver, GuestEvents, Instance
 from xenia.errors import AlreadyExists, BackendError, InUse, InvalidConfig, NotFound, XeniaError
-from xenia.host import hostinfo
-from xenia.host.pci import PciAssign, normalize_bdf
 from xenia.host.validate import check_config, check_name
+from xenia.hostos import hostinfo
+from xenia.hostos.pci import PciAssign, normalize_bdf
 from xenia.migration.receiver import Receiver
 from xenia.migration.savefile import verify as verify_savefile
 from xenia.migration.sender import Sender

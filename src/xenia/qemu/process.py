@@ -14,12 +14,11 @@ import logging
 import os
 import shutil
 import signal
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from xenia.errors import BackendError
+from xenia.hostos.procfs import cmdline, log_tail, process_cpu_seconds, read_pid, thread_states
 from xenia.qemu.cmdline import RunFiles
 from xenia.qemu.qmp import EventHandler, QMPSession
 
@@ -28,28 +27,10 @@ log = logging.getLogger(__name__)
 LAUNCH_TIMEOUT = 60.0
 
 
-def read_pid(pidfile: Path) -> int | None:
-    try:
-        return int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 def pid_matches(pid: int, uuid: str) -> bool:
     """True if `pid` is alive and is the QEMU of domain `uuid` (guards against pid reuse)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"-uuid" in argv and uuid.encode() in argv
-
-
-def log_tail(path: Path, lines: int = 12) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
+    argv = cmdline(pid)
+    return "-uuid" in argv and uuid in argv
 
 
 class QemuProcess:
@@ -183,32 +164,16 @@ class QemuProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the QEMU process."""
-        if self.pid is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        return 0.0 if self.pid is None else process_cpu_seconds(self.pid)
 
     def vcpu_threads(self) -> dict[int, tuple[int, str]]:
         """vCPU index -> (thread id, state letter) from the thread names QEMU sets."""
         threads: dict[int, tuple[int, str]] = {}
         if self.pid is None:
             return threads
-        for task in Path(f"/proc/{self.pid}/task").glob("*"):
-            try:
-                comm = (task / "comm").read_text().strip()
-                state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
+        for tid, (name, state) in thread_states(self.pid).items():
             # debug-threads=on names them "CPU 0/TCG" or "CPU 0/KVM".
-            if comm.startswith("CPU ") and "/" in comm:
+            if name.startswith("CPU ") and "/" in name:
                 with contextlib.suppress(ValueError):
-                    threads[int(comm[4:].split("/")[0])] = (int(task.name), state)
+                    threads[int(name[4:].split("/")[0])] = (tid, state)
         return threads
-
-
-def now() -> float:
-    return time.time()
