@@ -16,9 +16,10 @@ import pytest
 
 from xenia.config.model import DomainConfig
 from xenia.errors import BackendError, InvalidConfig
-from xenia.migration import stream
 from xenia.migration.receiver import Receiver
 from xenia.migration.sender import MigrationJob, MigrationOptions, Sender
+from xenia.qemu import stream
+from xenia.qemu.commands import Qmp
 from xenia.store.base import DomainRecord
 
 
@@ -39,20 +40,20 @@ class ScriptedQemu:
 
 def test_cancel_waits_until_qemu_has_cancelled() -> None:
     qemu = ScriptedQemu("cancelling", "cancelling", "cancelled")
-    assert asyncio.run(stream.cancel(qemu)) == "cancelled"  # type: ignore[arg-type]
+    assert asyncio.run(stream.cancel(Qmp(qemu))) == "cancelled"  # type: ignore[arg-type]
     assert qemu.commands == ["migrate_cancel"] + ["query-migrate"] * 3
 
 
 def test_cancel_that_never_settles_says_so() -> None:
     qemu = ScriptedQemu("cancelling")
     with pytest.raises(BackendError, match="still 'cancelling' a migration after 0 s"):
-        asyncio.run(stream.cancel(qemu, timeout=0.2))  # type: ignore[arg-type]
+        asyncio.run(stream.cancel(Qmp(qemu), timeout=0.2))  # type: ignore[arg-type]
 
 
 def test_nothing_under_way_is_settled_at_once() -> None:
     for status in stream.SETTLED:
         qemu = ScriptedQemu(status)
-        assert asyncio.run(stream.wait_settled(qemu)) == status  # type: ignore[arg-type]
+        assert asyncio.run(stream.wait_settled(Qmp(qemu))) == status  # type: ignore[arg-type]
         assert qemu.commands == ["query-migrate"]
 
 
@@ -119,7 +120,7 @@ class ThrottledGuest:
 
 def precopy(qemu: ThrottledGuest, opts: MigrationOptions) -> MigrationJob:
     job = MigrationJob(id="j1", domain="d", uuid="u1", options=opts)
-    inst = SimpleNamespace(proc=qemu)
+    inst = SimpleNamespace(qmp=Qmp(qemu))  # type: ignore[arg-type]
     sender = Sender(SimpleNamespace())  # type: ignore[arg-type]
     asyncio.run(sender._precopy(job, inst, opts, "tcp:h:1", ""))  # type: ignore[arg-type]
     return job

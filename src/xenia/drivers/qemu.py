@@ -55,6 +55,7 @@ class QemuInstance(HotplugMixin, MigrateMixin, Instance):
                  devices: QemuDevices) -> None:
         self.record = record  # as at start: for its name in messages, not for state
         self.proc = proc
+        self.qmp = proc.qmp
         self.devices = devices
         self._events = events
         self._stopping = False
@@ -97,36 +98,33 @@ class QemuInstance(HotplugMixin, MigrateMixin, Instance):
 
     # -- verbs ---------------------------------------------------------------------------
     async def resume(self) -> None:
-        await self.proc.command("cont")
+        await self.qmp.cont()
 
     async def pause(self) -> None:
-        await self.proc.command("stop")
+        await self.qmp.stop()
 
     async def power_button(self) -> None:
-        await self.proc.command("system_powerdown")
+        await self.qmp.system_powerdown()
 
     async def request_reboot(self, force: bool = False) -> None:
         if force:
             # A hard reset, seen by the manager as a guest reboot so on_reboot applies.
-            await self.proc.command("system_reset")
+            await self.qmp.system_reset()
             return
         # ACPI has no reboot button; Ctrl-Alt-Del is what a PC guest treats as a
         # clean reboot request (Linux: init/systemd's ctrl-alt-del handling).
-        await self.proc.command(
-            "send-key",
-            {"keys": [{"type": "qcode", "data": k} for k in ("ctrl", "alt", "delete")]},
-        )
+        await self.qmp.send_key(["ctrl", "alt", "delete"])
 
     async def reset(self) -> None:
         # With -action reboot=shutdown QEMU turns every reset request, system_reset too,
         # into a shutdown; so reset is allowed for the duration of this one reset.
-        await self.proc.command("set-action", {"reboot": "reset"})
+        await self.qmp.set_action(reboot="reset")
         try:
-            await self.proc.command("system_reset")
+            await self.qmp.system_reset()
             # The reset is carried out by QEMU's main loop later; until then the VM is
             # still "shutdown"/"guest-panicked" and `cont` is refused; then "prelaunch".
             for _ in range(400):
-                status = (await self.proc.command("query-status"))["status"]
+                status = await self.qmp.query_status()
                 if status not in ("shutdown", "guest-panicked", "internal-error"):
                     break
                 await asyncio.sleep(0.025)
@@ -135,9 +133,9 @@ class QemuInstance(HotplugMixin, MigrateMixin, Instance):
                     f"Failed to restart {self.record.name}: the reset did not complete"
                 )
         finally:
-            await self.proc.command("set-action", {"reboot": "shutdown"})
+            await self.qmp.set_action(reboot="shutdown")
         if status != "running":
-            await self.proc.command("cont")
+            await self.qmp.cont()
 
     async def destroy(self) -> None:
         self._stopping = True
@@ -153,9 +151,7 @@ class QemuInstance(HotplugMixin, MigrateMixin, Instance):
 
     async def dump_core(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        await self.proc.command(
-            "dump-guest-memory", {"paging": False, "protocol": f"file:{path}"}, timeout=600
-        )
+        await self.qmp.dump_guest_memory(path)
 
     def console_path(self) -> Path:
         return self.proc.files.console
@@ -173,7 +169,7 @@ class QemuInstance(HotplugMixin, MigrateMixin, Instance):
                                "no graphics (an hvm domain without nographic has)")
         path = self.proc.files.dir / "screen.png"
         try:
-            await self.proc.command("screendump", {"filename": str(path), "format": "png"})
+            await self.qmp.screendump(path, "png")
             return path.read_bytes()
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -188,7 +184,7 @@ class QemuInstance(HotplugMixin, MigrateMixin, Instance):
             out["memory_kib"] = rec.config.memory * 1024
         rd_ops = wr_ops = rd_b = wr_b = 0
         try:
-            for dev in await self.proc.command("query-blockstats", {"query-nodes": False}):
+            for dev in await self.qmp.query_blockstats():
                 # qdev: /machine/peripheral/disk-xvda/virtio-backend; cdroms count too.
                 if "/disk-" not in str(dev.get("qdev", "")):
                     continue
@@ -355,13 +351,12 @@ class QemuDriver(Driver):
             await proc.connect_qmp(inst.on_qmp_event)
             if cfg.vnc and cfg.vncpasswd and vnc is not None:
                 # Over QMP: a password on the command line would be in /proc for all.
-                await proc.command("set_password", {"protocol": "vnc",
-                                                    "password": cfg.vncpasswd})
+                await proc.qmp.set_password("vnc", cfg.vncpasswd)
             assert proc.pid is not None
             await asyncio.to_thread(qemu_cpu.setup_cgroup, record, proc.pid)
             qemu_cpu.pin_threads(record, await inst.vcpu_threads())
             if cfg.effective_maxmem > cfg.memory and incoming is None:
-                await proc.command("balloon", {"value": cfg.memory * 1024 * 1024})
+                await proc.qmp.balloon(cfg.memory * 1024 * 1024)
         except BaseException:
             with contextlib.suppress(Exception):
                 await inst.destroy()

@@ -27,6 +27,7 @@ from xenia.errors import (
     NotSupported,
     XeniaError,
 )
+from xenia.qemu.commands import Qmp
 from xenia.qemu.process import QemuProcess
 from xenia.store.base import DomainRecord
 
@@ -37,11 +38,9 @@ UNPLUG_TIMEOUT = 30.0
 
 class HotplugMixin:
     proc: QemuProcess
+    qmp: Qmp
     devices: QemuDevices
     _deleted: dict[str, asyncio.Future[None]]
-
-    async def _cmd(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
-        return await self.proc.command(cmd, args)
 
     def device_deleted(self, qdev: str) -> None:
         fut = self._deleted.pop(qdev, None)
@@ -53,7 +52,7 @@ class HotplugMixin:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._deleted[qdev] = fut
         try:
-            await self._cmd("device_del", {"id": qdev})
+            await self.qmp.device_del(qdev)
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise BackendError(
@@ -66,7 +65,7 @@ class HotplugMixin:
     async def _blockdev_del(self, nodes: list[str]) -> None:
         for node in reversed(nodes):
             with contextlib.suppress(XeniaError):
-                await self._cmd("blockdev-del", {"node-name": node})
+                await self.qmp.blockdev_del(node)
 
     # -- disks ---------------------------------------------------------------------------
     async def attach_disk(self, rec: DomainRecord, spec: DiskSpec) -> None:
@@ -82,7 +81,7 @@ class HotplugMixin:
         added_ctrl = False
         if kind == "scsi" and diskdev.SCSI_CONTROLLER not in layout.slots:
             port = layout.take(diskdev.SCSI_CONTROLLER)
-            await self._cmd("device_add", diskdev.scsi_controller(port))
+            await self.qmp.device_add(diskdev.scsi_controller(port))
             added_ctrl = True
         qdev = diskdev.qdev_id(spec)
         disk_port = layout.take(qdev) if kind == "virtio" else None
@@ -90,9 +89,9 @@ class HotplugMixin:
         nodes: list[str] = []
         try:
             for b in plan.blockdevs:
-                await self._cmd("blockdev-add", b)
+                await self.qmp.blockdev_add(b)
                 nodes.append(b["node-name"])
-            await self._cmd("device_add", plan.device)
+            await self.qmp.device_add(plan.device)
         except BaseException:
             await self._blockdev_del(nodes)
             if added_ctrl:
@@ -136,15 +135,19 @@ class HotplugMixin:
                        devtype="cdrom", spec=spec.spec)
         path = await asyncio.to_thread(self.devices.check_disk, rec, new)
         plan = diskdev.plan(new, path, rec.config.type, None)
+        if plan.node is None:
+            raise InvalidConfig(f"Failed to insert into {spec.vdev} of '{rec.name}': give an "
+                                "image to insert (format 'empty' inserts nothing; use "
+                                "cd-eject)")
         nodes: list[str] = []
         qdev = diskdev.qdev_id(spec)
         try:
             for b in plan.blockdevs:
-                await self._cmd("blockdev-add", b)
+                await self.qmp.blockdev_add(b)
                 nodes.append(b["node-name"])
-            await self._cmd("blockdev-open-tray", {"id": qdev, "force": True})
-            await self._cmd("blockdev-insert-medium", {"id": qdev, "node-name": plan.node})
-            await self._cmd("blockdev-close-tray", {"id": qdev})
+            await self.qmp.blockdev_open_tray(qdev, force=True)
+            await self.qmp.blockdev_insert_medium(qdev, plan.node)
+            await self.qmp.blockdev_close_tray(qdev)
         except BaseException:
             await self._blockdev_del(nodes)
             raise
@@ -155,10 +158,10 @@ class HotplugMixin:
         if not spec.is_cdrom:
             raise InvalidConfig(f"Failed to eject {spec.vdev} of '{rec.name}': it is not a cdrom")
         qdev = diskdev.qdev_id(spec)
-        await self._cmd("blockdev-open-tray", {"id": qdev, "force": True})
-        await self._cmd("blockdev-remove-medium", {"id": qdev})
+        await self.qmp.blockdev_open_tray(qdev, force=True)
+        await self.qmp.blockdev_remove_medium(qdev)
         await self._blockdev_del([f"file-{spec.vdev}", f"drive-{spec.vdev}"])
-        await self._cmd("blockdev-close-tray", {"id": qdev})
+        await self.qmp.blockdev_close_tray(qdev)
         spec.target, spec.format = None, "empty"
 
     # -- NICs ----------------------------------------------------------------------------
@@ -177,13 +180,13 @@ class HotplugMixin:
         await asyncio.to_thread(self.devices.network.plug, tap, vif)
         netdev_added = False
         try:
-            await self._cmd("netdev_add", plan.netdev)
+            await self.qmp.netdev_add(plan.netdev)
             netdev_added = True
-            await self._cmd("device_add", plan.device)
+            await self.qmp.device_add(plan.device)
         except BaseException:
             if netdev_added:
                 with contextlib.suppress(XeniaError):
-                    await self._cmd("netdev_del", {"id": plan.netdev["id"]})
+                    await self.qmp.netdev_del(plan.netdev["id"])
             await asyncio.to_thread(self.devices.network.unplug, tap)
             raise
         rec.config.vifs.append(vif)
@@ -203,7 +206,7 @@ class HotplugMixin:
         qdev = nicdev.qdev_id(vif.devid)
         await self._device_del(qdev, f"vif {vif.devid} from '{rec.name}'")
         with contextlib.suppress(XeniaError):
-            await self._cmd("netdev_del", {"id": f"net{vif.devid}"})
+            await self.qmp.netdev_del(f"net{vif.devid}")
         tap = rec.runtime.get("taps", {}).pop(str(vif.devid), None)
         if tap:
             await asyncio.to_thread(self.devices.network.unplug, tap)
@@ -215,15 +218,15 @@ class HotplugMixin:
     # -- memory --------------------------------------------------------------------------
     async def set_memory(self, rec: DomainRecord, mib: int) -> None:
         """The balloon target: the guest gives back (or takes) memory down (up) to it."""
-        await self._cmd("balloon", {"value": mib * 1024 * 1024})
+        await self.qmp.balloon(mib * 1024 * 1024)
 
     async def balloon_actual_mib(self) -> int:
-        return int((await self._cmd("query-balloon"))["actual"]) // (1024 * 1024)
+        return await self.qmp.query_balloon() // (1024 * 1024)
 
     # -- vCPUs ---------------------------------------------------------------------------
     async def vcpu_threads(self) -> dict[int, int]:
         """vCPU index -> host thread id."""
-        cpus = await self._cmd("query-cpus-fast")
+        cpus = await self.qmp.query_cpus_fast()
         return {int(c["cpu-index"]): int(c["thread-id"]) for c in cpus}
 
     async def set_vcpus(self, rec: DomainRecord, count: int) -> list[int]:
@@ -251,7 +254,7 @@ class HotplugMixin:
         # Ascending order: adding a higher core first made the guest's onlining slow
         # (12.7 s measured, ../shared/notes/qemu-facts.md).
         for i in range(len(present), count):
-            await self._cmd("device_add", cpudev.device(i, accel))
+            await self.qmp.device_add(cpudev.device(i, accel))
             added.append(i)
             rec.runtime["vcpu_threads_created"] = created + len(added)
         if added:
@@ -280,8 +283,8 @@ class HotplugMixin:
         qdev = hostdev_id(bdf)
         layout = Layout.from_runtime(rec.runtime)
         port = layout.take(qdev)
-        await self._cmd("device_add", {"driver": "vfio-pci", "host": bdf, "id": qdev,
-                                       "bus": port})
+        await self.qmp.device_add({"driver": "vfio-pci", "host": bdf, "id": qdev,
+                                   "bus": port})
         rec.config.pci.append(bdf)
         layout.save(rec.runtime)
 
@@ -311,7 +314,7 @@ class HotplugMixin:
                 if "pci_bridge" in dev:
                     walk(dev["pci_bridge"])  # {"bus": {...}, "devices": [...]}
 
-        for bus in await self._cmd("query-pci"):
+        for bus in await self.qmp.query_pci():
             walk(bus)
         return out
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from xenia.errors import XeniaError
-from xenia.migration import savefile, stream
+from xenia.migration import savefile
+from xenia.qemu import stream
+from xenia.qemu.commands import Qmp
 from xenia.qemu.process import QemuProcess
 
 log = logging.getLogger(__name__)
@@ -21,9 +22,10 @@ FILE_BANDWIDTH = 64 * 1024**3
 
 class MigrateMixin:
     proc: QemuProcess
+    qmp: Qmp
 
     async def status(self) -> str:
-        return str((await self.proc.command("query-status"))["status"])
+        return await self.qmp.query_status()
 
     async def save_state(self, path: Path, meta: dict[str, Any]) -> int:
         """Stop the guest and write its state into a save file at `path` (atomically).
@@ -33,13 +35,13 @@ class MigrateMixin:
         """
         was_running = await self.status() == "running"
         tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        await self.proc.command("stop")
+        await self.qmp.stop()
         try:
             header = savefile.begin(tmp, meta)
-            await stream.set_caps(self.proc, auto_converge=False, postcopy_ram=False)
-            await stream.set_params(self.proc, max_bandwidth=FILE_BANDWIDTH, tls_creds="")
-            await self.proc.command("migrate", {"uri": f"file:{tmp},offset={header.offset}"})
-            await stream.wait(self.proc, what=f"saving to {path}")
+            await self.qmp.migrate_set_capabilities(auto_converge=False, postcopy_ram=False)
+            await self.qmp.migrate_set_parameters(max_bandwidth=FILE_BANDWIDTH, tls_creds="")
+            await self.qmp.migrate(f"file:{tmp},offset={header.offset}")
+            await stream.wait(self.qmp, what=f"saving to {path}")
             size = savefile.finish(tmp, header)
             os.replace(tmp, path)
             return size
@@ -49,35 +51,27 @@ class MigrateMixin:
             await self.cancel_migration()
             if was_running:
                 with contextlib.suppress(XeniaError):
-                    await self.proc.command("cont")
+                    await self.qmp.cont()
             raise
 
     async def receive_file(self, path: Path, offset: int) -> None:
         """On a QEMU started with -incoming defer: load the state from a save file."""
-        await self.proc.command("migrate-incoming", {"uri": f"file:{path},offset={offset}"})
-        await stream.wait_incoming(self.proc, what=f"restoring from {path}")
+        await self.qmp.migrate_incoming(f"file:{path},offset={offset}")
+        await stream.wait_incoming(self.qmp, lambda: self.proc.alive,
+                                   what=f"restoring from {path}")
 
     async def receive_stream(self, uri: str, caps: dict[str, bool],
                              params: dict[str, Any]) -> None:
         """On a QEMU started with -incoming defer: listen for a live migration."""
         if caps:
-            await stream.set_caps(self.proc, **caps)
+            await self.qmp.migrate_set_capabilities(**caps)
         if params:
-            await stream.set_params(self.proc, **params)
-        await self.proc.command("migrate-incoming", {"uri": uri})
-
-    async def send_stream(self, uri: str, caps: dict[str, bool], params: dict[str, Any],
-                          on_progress: Callable[[stream.Progress], None] | None,
-                          postcopy_after: float | None = None) -> stream.Progress:
-        """Live-migrate to a listening destination; returns the final progress."""
-        await stream.set_caps(self.proc, **caps)
-        await stream.set_params(self.proc, **params)
-        await self.proc.command("migrate", {"uri": uri})
-        return await stream.wait(self.proc, on_progress=on_progress, what="migrating")
+            await self.qmp.migrate_set_parameters(**params)
+        await self.qmp.migrate_incoming(uri)
 
     async def cancel_migration(self) -> None:
         """Cancel an outgoing migration and wait until QEMU has settled (see stream)."""
         try:
-            await stream.cancel(self.proc)
+            await stream.cancel(self.qmp)
         except XeniaError as e:
             log.warning("cancelling the migration: %s", e.message)

@@ -153,12 +153,11 @@ class DomainManager:
             self._save(rec)
 
     async def _status(self, inst: Instance) -> str | None:
-        proc = getattr(inst, "proc", None)
-        if proc is None:
+        qmp = getattr(inst, "qmp", None)
+        if qmp is None:
             return None
         with contextlib.suppress(XeniaError):
-            st = await proc.command("query-status")
-            return str(st.get("status"))
+            return str(await qmp.query_status())
         return None
 
     async def detach_all(self) -> None:

@@ -23,6 +23,7 @@ from xenia.devices import disk as diskdev
 from xenia.errors import BackendError, InvalidConfig, NotFound, XeniaError
 from xenia.migration import preflight
 from xenia.peers.psk import remove_psk_dir, write_psk_dir
+from xenia.qemu import stream
 from xenia.qemu.binary import machine_types, qemu_info
 from xenia.store.base import DomainRecord
 
@@ -163,41 +164,34 @@ class Receiver:
 
     async def _receive(self, inst: Instance, job: Incoming, host: str,
                        req: dict[str, Any]) -> None:
-        proc = inst.proc  # type: ignore[attr-defined]
+        qmp = inst.qmp  # type: ignore[attr-defined]
         assert job.listening is not None and job.go is not None
         try:
             tls = ""
             if job.tls_dir is not None:
                 tls = f"mig-tls-{job.id[:8]}"
-                await proc.command("object-add", {"qom-type": "tls-creds-psk", "id": tls,
-                                                  "endpoint": "server",
-                                                  "dir": str(job.tls_dir)})
+                await qmp.object_add("tls-creds-psk", tls, endpoint="server",
+                                     dir=str(job.tls_dir))
             if req.get("copy_storage"):
                 job.nbd_port = free_port(host)
-                args: dict[str, Any] = {"addr": {"type": "inet", "data": {
-                    "host": host, "port": str(job.nbd_port)}}}
-                if tls:
-                    args["tls-creds"] = tls
-                await proc.command("nbd-server-start", args)
+                await qmp.nbd_server_start(host, job.nbd_port, tls)
                 for spec in inst.record.config.disks:
                     if diskdev.is_empty(spec) or spec.is_cdrom:
                         continue
-                    await proc.command("block-export-add", {
+                    await qmp.block_export_add({
                         "type": "nbd", "id": f"exp-{spec.vdev}", "node-name":
                         f"drive-{spec.vdev}", "name": f"drive-{spec.vdev}", "writable": True})
             caps = dict(req.get("caps") or {})
             await inst.receive_stream(  # type: ignore[attr-defined]
                 f"tcp:{host}:0", caps, {"tls-creds": tls} if tls else {})
-            info = await proc.command("query-migrate")
+            info = await qmp.query_migrate()
             job.port = int(info["socket-address"][0]["port"])
             job.listening.set_result(None)
         except BaseException as e:
             if not job.listening.done():
                 job.listening.set_exception(e)
             raise
-        from xenia.migration import stream
-
-        await stream.wait_incoming(proc, what=f"receiving {job.name}",
+        await stream.wait_incoming(qmp, lambda: inst.alive, what=f"receiving {job.name}",
                                    connect_timeout=CONNECT_TIMEOUT)
         job.state = "received"
         job.received.set()
@@ -206,10 +200,10 @@ class Receiver:
             raise BackendError(f"Failed to receive {job.name}: the source aborted")
         if req.get("copy_storage"):
             with contextlib.suppress(XeniaError):
-                await proc.command("nbd-server-stop")
+                await qmp.nbd_server_stop()
         if job.tls_dir is not None:
             with contextlib.suppress(XeniaError):
-                await proc.command("object-del", {"id": f"mig-tls-{job.id[:8]}"})
+                await qmp.object_del(f"mig-tls-{job.id[:8]}")
 
     # -- commit / abort --------------------------------------------------------------------
     def _job(self, job_id: str) -> Incoming:
@@ -235,8 +229,8 @@ class Receiver:
         inst = self.m._inst.get(rec.uuid)
         if inst is not None:
             with contextlib.suppress(XeniaError):  # tell the switches where the guest is
-                await inst.proc.command("announce-self", {  # type: ignore[attr-defined]
-                    "initial": 50, "max": 550, "rounds": 5, "step": 100})
+                await inst.qmp.announce_self(  # type: ignore[attr-defined]
+                    initial=50, max_ms=550, rounds=5, step=100)
         job.state = "committed"
         return {"state": "committed", "domid": rec.domid}
 

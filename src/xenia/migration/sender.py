@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from xenia.devices import disk as diskdev
 from xenia.errors import BackendError, InUse, InvalidConfig, Unreachable, XeniaError
-from xenia.migration import preflight, stream
+from xenia.migration import preflight
 from xenia.peers.client import PeerClient
 from xenia.peers.psk import make_psk, remove_psk_dir, write_psk_dir
+from xenia.qemu import stream
 
 if TYPE_CHECKING:
     from xenia.drivers.qemu import QemuInstance
@@ -144,7 +145,7 @@ class Sender:
         qver = str(info.get("qemu_version"))
         problems = preflight.check_source(rec.config, rec.state, accel, qver, live=True)
         try:  # a just-cancelled migration may still be winding down in QEMU
-            await stream.wait_settled(inst.proc, timeout=10)
+            await stream.wait_settled(inst.qmp, timeout=10)
         except BackendError as e:
             raise InUse(f"Failed to migrate '{rec.name}': an earlier migration of it has "
                         f"not ended yet ({e.message}); retry in a moment") from e
@@ -182,9 +183,8 @@ class Sender:
             tls = ""
             if psk:
                 write_psk_dir(tls_dir, *psk)
-                await inst.proc.command("object-add", {
-                    "qom-type": "tls-creds-psk", "id": tls_id, "endpoint": "client",
-                    "dir": str(tls_dir), "username": psk[0]})
+                await inst.qmp.object_add("tls-creds-psk", tls_id, endpoint="client",
+                                          dir=str(tls_dir), username=psk[0])
                 tls = tls_id
             if opts.copy_storage:
                 job.status = "mirroring"
@@ -195,7 +195,7 @@ class Sender:
             job.status = "completing"
             for m in mirrors:
                 with contextlib.suppress(XeniaError):
-                    await inst.proc.command("block-job-cancel", {"device": m})
+                    await inst.qmp.block_job_cancel(m)
             committed = await self._commit(job, peer)
         except _Undecided:
             # Maybe running there already: resuming here could run it twice, and aborting
@@ -216,7 +216,7 @@ class Sender:
         finally:
             remove_psk_dir(tls_dir)
             with contextlib.suppress(XeniaError):
-                await inst.proc.command("object-del", {"id": tls_id})
+                await inst.qmp.object_del(tls_id)
         if committed:
             await self.m._destroy_locked(rec)
             raised = (f" (limit raised to {job.downtime_limit_ms} ms to converge)"
@@ -250,15 +250,14 @@ class Sender:
                                               "port": str(port)}}
             if tls:
                 nbd["tls-creds"] = tls
-            await inst.proc.command("blockdev-add", nbd)
+            await inst.qmp.blockdev_add(nbd)
             job_id = f"mirror-{spec.vdev}"
-            await inst.proc.command("blockdev-mirror", {
-                "job-id": job_id, "device": node, "target": target, "sync": "full",
-                "auto-dismiss": True})
+            await inst.qmp.blockdev_mirror(job_id, node, target, sync="full",
+                                           auto_dismiss=True)
             jobs.append(job_id)
         deadline = time.monotonic() + 3600
         while jobs:
-            state = {j["device"]: j for j in await inst.proc.command("query-block-jobs")}
+            state = {j["device"]: j for j in await inst.qmp.query_block_jobs()}
             missing = [j for j in jobs if j not in state]
             if missing:
                 raise BackendError(f"Failed to copy the disks: mirror {missing[0]} stopped "
@@ -282,11 +281,10 @@ class Sender:
             # outruns the link is better slowed hard and briefly than mildly for long.
             params["cpu-throttle-initial"] = 40
             params["cpu-throttle-increment"] = 20
-        await stream.set_caps(inst.proc, auto_converge=opts.auto_converge,
-                              postcopy_ram=opts.postcopy)
-        await stream.set_params(inst.proc, **{k.replace("-", "_"): v
-                                              for k, v in params.items()})
-        await inst.proc.command("migrate", {"uri": uri})
+        await inst.qmp.migrate_set_capabilities(auto_converge=opts.auto_converge,
+                                                postcopy_ram=opts.postcopy)
+        await inst.qmp.migrate_set_parameters(**params)
+        await inst.qmp.migrate(uri)
         last_moved, last_change = -1, time.monotonic()
         postcopy_started = False
         best_remaining: int | None = None
@@ -294,7 +292,7 @@ class Sender:
         downtime, raised_at = int(params["downtime-limit"]), 0
         may_raise = opts.auto_converge and opts.downtime_ms is None
         while True:
-            raw = await inst.proc.command("query-migrate")
+            raw = await inst.qmp.query_migrate()
             prog = stream.Progress.from_qmp(raw)
             job.progress = asdict(prog)
             if prog.status == "completed":
@@ -311,7 +309,7 @@ class Sender:
                                   f"{STALL_SECONDS:.0f} s (network cut, or the destination "
                                   "died); it keeps running here")
             if opts.postcopy and not postcopy_started and prog.passes >= POSTCOPY_AFTER_PASSES:
-                await inst.proc.command("migrate-start-postcopy")
+                await inst.qmp.migrate_start_postcopy()
                 postcopy_started = True
             if prog.status == "active" and prog.passes > 1 and not opts.postcopy:
                 if best_remaining is None or prog.remaining < best_remaining * 0.9:
@@ -322,7 +320,7 @@ class Sender:
                 if (may_raise and throttled_out and downtime < AUTO_DOWNTIME_CAP_MS
                         and stuck >= RAISE_EVERY):
                     downtime = min(downtime * 2, AUTO_DOWNTIME_CAP_MS)
-                    await stream.set_params(inst.proc, downtime_limit=downtime)
+                    await inst.qmp.migrate_set_parameters(downtime_limit=downtime)
                     job.downtime_limit_ms, raised_at = downtime, prog.passes
                     log.info("migration of %s: throttled to %d%% and still not converging; "
                              "downtime limit raised to %d ms", job.domain, prog.throttle,
@@ -365,17 +363,17 @@ class Sender:
         await inst.cancel_migration()
         for m in mirrors:
             with contextlib.suppress(XeniaError):
-                await inst.proc.command("block-job-cancel", {"device": m, "force": True})
+                await inst.qmp.block_job_cancel(m, force=True)
         with contextlib.suppress(XeniaError):
-            for spec in (n for n in await inst.proc.command("query-named-block-nodes")
+            for spec in (n for n in await inst.qmp.query_named_block_nodes()
                          if str(n.get("node-name", "")).startswith("mig-")):
-                await inst.proc.command("blockdev-del", {"node-name": spec["node-name"]})
+                await inst.qmp.blockdev_del(spec["node-name"])
         # A cancelled migration leaves QEMU as it was, except after the switch-over
         # began ("postmigrate"): then this is the only copy and it must run again.
         status = await inst.status()
         if was_running and status in ("postmigrate", "paused", "finish-migrate"):
             with contextlib.suppress(XeniaError):
-                await inst.proc.command("cont")
+                await inst.qmp.cont()
 
     async def _abort_remote(self, peer: PeerClient, job: MigrationJob, tries: int) -> bool:
         """Make the destination drop its copy; retried while the link is down."""

@@ -20,6 +20,7 @@ from typing import Any
 from xenia.errors import BackendError
 from xenia.hostos.procfs import cmdline, log_tail, process_cpu_seconds, read_pid, thread_states
 from xenia.qemu.cmdline import RunFiles
+from xenia.qemu.commands import Qmp
 from xenia.qemu.qmp import EventHandler, QMPSession
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ class QemuProcess:
         self.uuid = uuid
         self.files = files
         self.pid: int | None = None
-        self.qmp: QMPSession | None = None
+        self._session: QMPSession | None = None
+        self.qmp = Qmp(self)  # the typed commands, over this process's session
         self._pidfd: int | None = None
         self._exited = asyncio.Event()
         self._on_exit: Callable[[], None] | None = None
@@ -110,17 +112,17 @@ class QemuProcess:
     def alive(self) -> bool:
         return self.pid is not None and not self._exited.is_set()
 
-    async def connect_qmp(self, on_event: EventHandler | None = None) -> QMPSession:
+    async def connect_qmp(self, on_event: EventHandler | None = None) -> None:
         session = QMPSession(self.name, self.files.qmp)
         await session.connect(on_event)
-        self.qmp = session
-        return session
+        self._session = session
 
     async def command(self, cmd: str, args: dict[str, Any] | None = None,
                       timeout: float = 30.0) -> Any:
-        if self.qmp is None:
+        """The QMP transport of `self.qmp` (qemu/commands.py); nobody else calls it."""
+        if self._session is None:
             raise BackendError(f"Failed {cmd} on {self.name}: no QMP connection")
-        return await self.qmp.execute(cmd, args, timeout)
+        return await self._session.execute(cmd, args, timeout)
 
     # -- stop ----------------------------------------------------------------------------
     async def wait_exit(self, timeout: float | None = None) -> bool:
@@ -134,9 +136,9 @@ class QemuProcess:
         """Stop QEMU now: QMP quit, then SIGTERM, then SIGKILL (xl destroy semantics)."""
         if not self.alive:
             return
-        if self.qmp is not None:
+        if self._session is not None:
             with contextlib.suppress(BackendError):
-                await self.qmp.execute("quit", timeout=grace)
+                await self.qmp.quit(timeout=grace)
             if await self.wait_exit(grace):
                 return
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -150,9 +152,9 @@ class QemuProcess:
 
     async def close(self) -> None:
         """Drop our handles (QMP, pidfd) without touching the process."""
-        if self.qmp is not None:
-            await self.qmp.close()
-            self.qmp = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         if self._pidfd is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._pidfd)
