@@ -50,6 +50,7 @@ from xenia.hostos.procfs import cmdline, log_tail, pid_alive, pid_state, read_pi
 from xenia.network.manager import NetworkManager
 from xenia.network.veth import guest_name
 from xenia.paths import MAX_SOCKET_PATH, Paths
+from xenia.revert import Revert
 from xenia.store.base import DomainRecord, Store
 
 log = logging.getLogger(__name__)
@@ -243,12 +244,11 @@ class ContainerInstance(Instance):
         await asyncio.to_thread(self.driver.end_boot, rec, self.pid)
         self.pid = None
         try:
-            pid = await self.driver.boot(rec)
-            try:
+            async with Revert() as revert:
+                pid = await self.driver.boot(rec)
+                revert.add(lambda: asyncio.to_thread(self.driver.end_boot, rec, pid))
                 await asyncio.to_thread(self.driver.crun.start, rec.uuid)
-            except BaseException:
-                await asyncio.to_thread(self.driver.end_boot, rec, pid)
-                raise
+                revert.success()
         except Exception as e:  # noqa: BLE001 - reported as an event, not lost in a task
             # Nothing runs now. The manager goes on from "restarted"; the exit that
             # follows applies on_crash (destroy, by default), as for a VM that died.
@@ -622,13 +622,14 @@ class ContainerDriver(Driver):
         init's pid. On failure, what this boot made is undone (the run dir's fs/ and
         console.log and the cgroups stay for teardown)."""
         pid: int | None = None
-        try:
+        async with Revert() as revert:
+            # One undo for the whole boot; it reads `pid` when it runs (None until the
+            # monitor has started the init).
+            revert.add(lambda: asyncio.to_thread(self.end_boot, rec, pid))
             procs = await asyncio.to_thread(self._setup_host, rec)
             pid = await self._run_monitor(rec, procs)
             await asyncio.to_thread(self._plug_vifs, rec, pid)
-        except BaseException:
-            await asyncio.to_thread(self.end_boot, rec, pid)
-            raise
+            revert.success()
         rec.runtime.update({"pid": pid, "monitor_pid": read_pid(self.files(rec.uuid)
                                                                     .monitor_pid),
                             "crun_version": rt.crun_version(self.crun.path)})
@@ -644,11 +645,10 @@ class ContainerDriver(Driver):
         if files.dir.exists():
             raise BackendError(f"Failed to start domain '{record.name}': run directory "
                                f"{files.dir} exists already (a stale domain?)")
-        try:
+        async with Revert() as revert:
+            revert.add(lambda: asyncio.to_thread(self.teardown, record, None))
             pid = await self.boot(record)
-        except BaseException:
-            await asyncio.to_thread(self.teardown, record, None)
-            raise
+            revert.success()
         inst = ContainerInstance(self, record, events, pid)
         inst.watch()
         return inst

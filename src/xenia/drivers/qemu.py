@@ -26,6 +26,7 @@ from xenia.qemu import accel as accel_mod
 from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv
 from xenia.qemu.process import QemuProcess
+from xenia.revert import Revert
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
 
@@ -335,10 +336,13 @@ class QemuDriver(Driver):
                 "already (a stale domain?)"
             )
         record.runtime["accel"] = choice.name
-        await asyncio.to_thread(self.devices.plug_host, record)
-        proc = QemuProcess(record.name, record.uuid, files)
-        inst = QemuInstance(record, proc, events, self.devices)
-        try:
+        async with Revert() as revert:
+            await asyncio.to_thread(self.devices.plug_host, record)
+            revert.add(lambda: asyncio.to_thread(self.release, record))
+            proc = QemuProcess(record.name, record.uuid, files)
+            revert.add(proc.remove_files)
+            inst = QemuInstance(record, proc, events, self.devices)
+            revert.add(inst.destroy)
             layout, devices = argv_devices(record)
             machine = record.runtime.get("machine") or machine_alias("q35")
             record.runtime["machine"] = machine
@@ -357,12 +361,7 @@ class QemuDriver(Driver):
             qemu_cpu.pin_threads(record, await inst.vcpu_threads())
             if cfg.effective_maxmem > cfg.memory and incoming is None:
                 await proc.qmp.balloon(cfg.memory * 1024 * 1024)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await inst.destroy()
-            proc.remove_files()
-            await asyncio.to_thread(self.release, record)
-            raise
+            revert.success()
         record.runtime.update(
             {
                 "accel": choice.name,

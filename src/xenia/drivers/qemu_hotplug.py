@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -29,6 +30,7 @@ from xenia.errors import (
 )
 from xenia.qemu.commands import Qmp
 from xenia.qemu.process import QemuProcess
+from xenia.revert import Revert
 from xenia.store.base import DomainRecord
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,12 @@ class HotplugMixin:
         finally:
             self._deleted.pop(qdev, None)
 
+    async def _add_blockdevs(self, nodes: list[dict[str, Any]], revert: Revert) -> None:
+        """blockdev-add each node (lowest first), each deleted again on a revert."""
+        for node in nodes:
+            await self.qmp.blockdev_add(node)
+            revert.add(functools.partial(self.qmp.blockdev_del, node["node-name"]))
+
     async def _blockdev_del(self, nodes: list[str]) -> None:
         for node in reversed(nodes):
             with contextlib.suppress(XeniaError):
@@ -78,26 +86,18 @@ class HotplugMixin:
             raise NotSupported(f"Failed to attach disk {spec.vdev} to '{rec.name}': IDE/AHCI "
                                "disks cannot be hot-plugged; use an xvdX or sdX name")
         layout = Layout.from_runtime(rec.runtime)
-        added_ctrl = False
-        if kind == "scsi" and diskdev.SCSI_CONTROLLER not in layout.slots:
-            port = layout.take(diskdev.SCSI_CONTROLLER)
-            await self.qmp.device_add(diskdev.scsi_controller(port))
-            added_ctrl = True
-        qdev = diskdev.qdev_id(spec)
-        disk_port = layout.take(qdev) if kind == "virtio" else None
-        plan = diskdev.plan(spec, path, rec.config.type, disk_port)
-        nodes: list[str] = []
-        try:
-            for b in plan.blockdevs:
-                await self.qmp.blockdev_add(b)
-                nodes.append(b["node-name"])
+        async with Revert() as revert:
+            if kind == "scsi" and diskdev.SCSI_CONTROLLER not in layout.slots:
+                port = layout.take(diskdev.SCSI_CONTROLLER)
+                await self.qmp.device_add(diskdev.scsi_controller(port))
+                revert.add(lambda: self._device_del(diskdev.SCSI_CONTROLLER,
+                                                    "the SCSI controller"))
+            qdev = diskdev.qdev_id(spec)
+            disk_port = layout.take(qdev) if kind == "virtio" else None
+            plan = diskdev.plan(spec, path, rec.config.type, disk_port)
+            await self._add_blockdevs(plan.blockdevs, revert)
             await self.qmp.device_add(plan.device)
-        except BaseException:
-            await self._blockdev_del(nodes)
-            if added_ctrl:
-                with contextlib.suppress(XeniaError):
-                    await self._device_del(diskdev.SCSI_CONTROLLER, "the SCSI controller")
-            raise
+            revert.success()
         rec.config.disks.append(spec)
         layout.save(rec.runtime)
 
@@ -139,18 +139,13 @@ class HotplugMixin:
             raise InvalidConfig(f"Failed to insert into {spec.vdev} of '{rec.name}': give an "
                                 "image to insert (format 'empty' inserts nothing; use "
                                 "cd-eject)")
-        nodes: list[str] = []
         qdev = diskdev.qdev_id(spec)
-        try:
-            for b in plan.blockdevs:
-                await self.qmp.blockdev_add(b)
-                nodes.append(b["node-name"])
+        async with Revert() as revert:
+            await self._add_blockdevs(plan.blockdevs, revert)
             await self.qmp.blockdev_open_tray(qdev, force=True)
             await self.qmp.blockdev_insert_medium(qdev, plan.node)
             await self.qmp.blockdev_close_tray(qdev)
-        except BaseException:
-            await self._blockdev_del(nodes)
-            raise
+            revert.success()
         spec.target, spec.format = str(path), fmt
 
     async def cd_eject(self, rec: DomainRecord, ref: str) -> None:
@@ -177,18 +172,13 @@ class HotplugMixin:
         qdev = nicdev.qdev_id(vif.devid)
         port = layout.take(qdev)
         plan = nicdev.plan(vif, vif.devid, tap, rec.config.type, port)
-        await asyncio.to_thread(self.devices.network.plug, tap, vif)
-        netdev_added = False
-        try:
+        async with Revert() as revert:
+            await asyncio.to_thread(self.devices.network.plug, tap, vif)
+            revert.add(lambda: asyncio.to_thread(self.devices.network.unplug, tap))
             await self.qmp.netdev_add(plan.netdev)
-            netdev_added = True
+            revert.add(lambda: self.qmp.netdev_del(plan.netdev["id"]))
             await self.qmp.device_add(plan.device)
-        except BaseException:
-            if netdev_added:
-                with contextlib.suppress(XeniaError):
-                    await self.qmp.netdev_del(plan.netdev["id"])
-            await asyncio.to_thread(self.devices.network.unplug, tap)
-            raise
+            revert.success()
         rec.config.vifs.append(vif)
         rec.runtime.setdefault("taps", {})[str(vif.devid)] = tap
         layout.save(rec.runtime)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -13,6 +12,7 @@ from xenia.migration import savefile
 from xenia.qemu import stream
 from xenia.qemu.commands import Qmp
 from xenia.qemu.process import QemuProcess
+from xenia.revert import Revert
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,12 @@ class MigrateMixin:
         """
         was_running = await self.status() == "running"
         tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        await self.qmp.stop()
-        try:
+        async with Revert() as revert:
+            await self.qmp.stop()
+            if was_running:
+                revert.add(self.qmp.cont)
+            revert.add(self.cancel_migration)
+            revert.add(lambda: tmp.unlink(missing_ok=True))
             header = savefile.begin(tmp, meta)
             await self.qmp.migrate_set_capabilities(auto_converge=False, postcopy_ram=False)
             await self.qmp.migrate_set_parameters(max_bandwidth=FILE_BANDWIDTH, tls_creds="")
@@ -44,15 +48,8 @@ class MigrateMixin:
             await stream.wait(self.qmp, what=f"saving to {path}")
             size = savefile.finish(tmp, header)
             os.replace(tmp, path)
-            return size
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            await self.cancel_migration()
-            if was_running:
-                with contextlib.suppress(XeniaError):
-                    await self.qmp.cont()
-            raise
+            revert.success()
+        return size
 
     async def receive_file(self, path: Path, offset: int) -> None:
         """On a QEMU started with -incoming defer: load the state from a save file."""

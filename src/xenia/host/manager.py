@@ -26,6 +26,7 @@ from xenia.migration.savefile import verify as verify_savefile
 from xenia.migration.sender import Sender
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
+from xenia.revert import Revert
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
 
@@ -105,6 +106,10 @@ class DomainManager:
 
     def _save(self, rec: DomainRecord) -> None:
         self.store.put(rec)
+
+    def _set(self, rec: DomainRecord, state: str) -> None:
+        rec.state = state
+        self._save(rec)
 
     # -- startup / shutdown of the daemon ------------------------------------------------
     async def adopt_all(self) -> None:
@@ -229,40 +234,42 @@ class DomainManager:
             self._save(rec)  # written before acted on: a crash now leaves a record to reap
         built = self._built[rec.uuid] = asyncio.Event()
         try:
-            return await self._start(rec, drv, paused, incoming, receive)
-        except BaseException:
-            self.store.delete(rec.uuid)
-            raise
+            async with Revert() as revert:
+                revert.add(lambda: self.store.delete(rec.uuid))
+                await self._start(rec, drv, paused, incoming, receive)
+                revert.success()
         finally:
+            # After the undo: a guest event waiting for the build sees the record gone.
             built.set()
             if self._built.get(rec.uuid) is built:
                 del self._built[rec.uuid]
+        return rec
 
     async def _start(self, rec: DomainRecord, drv: Driver, paused: bool,
                      incoming: str | None = None,
                      receive: Callable[[Instance], Awaitable[None]] | None = None
                      ) -> DomainRecord:
         inst = await drv.start(rec, self._events_for(rec.uuid), incoming=incoming)
-        self._inst[rec.uuid] = inst
-        self._gone[rec.uuid] = asyncio.Event()
-        try:
+        async with Revert() as revert:
+            revert.add(lambda: asyncio.to_thread(drv.release, rec))
+            revert.add(inst.destroy)
+            self._inst[rec.uuid] = inst
+            self._gone[rec.uuid] = asyncio.Event()
+            revert.add(lambda: self._unregister(rec.uuid))
             if receive is not None:
                 await receive(inst)
             if not paused:
                 await inst.resume()
-        except BaseException:
-            self._inst.pop(rec.uuid, None)
-            self._gone.pop(rec.uuid, None)
-            with contextlib.suppress(Exception):
-                await inst.destroy()
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(drv.release, rec)
-            raise
+            revert.success()
         rec.state = "paused" if paused else "running"
         rec.started_at = time.time()
         self._save(rec)
         log.info("started domain %s (domid %d)", rec.name, rec.domid)
         return rec
+
+    def _unregister(self, uuid: str) -> None:
+        self._inst.pop(uuid, None)
+        self._gone.pop(uuid, None)
 
     # -- guest events --------------------------------------------------------------------
     def _events_for(self, uuid: str) -> GuestEvents:
@@ -424,14 +431,12 @@ class DomainManager:
             rec = self.store.get(rec.uuid) or rec
             if rec.state != "running":
                 raise InvalidConfig(f"Failed to pause domain '{rec.name}': it is {rec.state}")
-            rec.state = "paused"
-            self._save(rec)
-            try:
-                await self.instance(rec).pause()
-            except BaseException:
-                rec.state = "running"
+            async with Revert() as revert:
+                rec.state = "paused"
                 self._save(rec)
-                raise
+                revert.add(lambda: self._set(rec, "running"))
+                await self.instance(rec).pause()
+                revert.success()
 
     async def unpause(self, ref: str) -> None:
         rec = self.resolve(ref)
@@ -439,14 +444,12 @@ class DomainManager:
             rec = self.store.get(rec.uuid) or rec
             if rec.state != "paused":
                 raise InvalidConfig(f"Failed to unpause domain '{rec.name}': it is {rec.state}")
-            rec.state = "running"
-            self._save(rec)
-            try:
-                await self.instance(rec).resume()
-            except BaseException:
-                rec.state = "paused"
+            async with Revert() as revert:
+                rec.state = "running"
                 self._save(rec)
-                raise
+                revert.add(lambda: self._set(rec, "paused"))
+                await self.instance(rec).resume()
+                revert.success()
 
     async def rename(self, ref: str, new_name: str) -> DomainRecord:
         check_name(new_name)

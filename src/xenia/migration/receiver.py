@@ -25,6 +25,7 @@ from xenia.migration import preflight
 from xenia.peers.psk import remove_psk_dir, write_psk_dir
 from xenia.qemu import stream
 from xenia.qemu.binary import machine_types, qemu_info
+from xenia.revert import Revert
 from xenia.store.base import DomainRecord
 
 if TYPE_CHECKING:
@@ -116,19 +117,18 @@ class Receiver:
         job = Incoming(job_id, rec.uuid, rec.name)
         loop = asyncio.get_running_loop()
         job.listening, job.go = loop.create_future(), loop.create_future()
-        self.jobs[job_id] = job
         host = str(req["listen_host"])
-        try:
+        async with Revert() as revert:
+            self.jobs[job_id] = job
+            revert.add(lambda: self.jobs.pop(job_id, None))
+            revert.add(lambda: self._cleanup(job))
             if req.get("copy_storage"):
                 await asyncio.to_thread(self._create_disks, rec.config, job,
                                         dict(req.get("disk_sizes") or {}))
             if req.get("psk"):
                 job.tls_dir = self.m.paths.run / "migrations" / job_id
                 write_psk_dir(job.tls_dir, req["psk"]["identity"], req["psk"]["key"])
-        except BaseException:
-            self._cleanup(job)
-            self.jobs.pop(job_id, None)
-            raise
+            revert.success()
 
         async def receive(inst: Instance) -> None:
             await self._receive(inst, job, host, req)
