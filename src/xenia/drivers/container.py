@@ -52,6 +52,7 @@ from xenia.network.veth import guest_name
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.revert import Revert
 from xenia.store.base import DomainRecord, Store
+from xenia.store.state import LIVE, PAUSED, RUNNING, transition
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ class ContainerInstance(Instance):
     async def vcpu_rows(self, rec: DomainRecord) -> list[dict[str, Any]]:
         cpus = sorted(rec.runtime.get("cpuset") or [])
         total = self.cpu_seconds()
-        if rec.state == "paused":
+        if rec.state == PAUSED:
             state = "--p"
         else:
             state = "r--" if self.running_now() else "-b-"
@@ -689,14 +690,14 @@ class ContainerDriver(Driver):
             except XeniaError:
                 frozen = False
             created = state is not None and state.get("status") == "created"
-            if record.state == "running" and frozen:
-                record.state = "paused"
-            elif record.state == "paused" and not frozen and not created:
-                record.state = "running"
+            if record.state == RUNNING and frozen:
+                transition(record, PAUSED)
+            elif record.state == PAUSED and not frozen and not created:
+                transition(record, RUNNING)
         else:
             # Gone while no daemon watched: what the monitor recorded says what happened.
             inst._exited.set()
-            if record.state in ("running", "paused"):
+            if record.state in LIVE:
                 inst._spawn(inst._report_exit())
         return inst
 

@@ -17,6 +17,7 @@ from xenia.hostos import affinity
 from xenia.hostos.cgroups import DomainCgroup
 from xenia.hostos.procfs import thread_stats
 from xenia.store.base import DomainRecord
+from xenia.store.state import PAUSED
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def vcpu_rows(rec: DomainRecord, pid: int, threads: dict[int, int]) -> list[dict
     rows = []
     for vcpu, tid in sorted(threads.items()):
         st = thread_stats(pid, tid)
-        if rec.state == "paused":
+        if rec.state == PAUSED:
             state = "--p"
         else:
             state = "r--" if st.state == "R" else "-b-"

@@ -29,6 +29,20 @@ from xenia.paths import Paths
 from xenia.revert import Revert
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
+from xenia.store.state import (
+    CRASHED,
+    CREATING,
+    DYING,
+    LIVE,
+    PAUSED,
+    PRESERVED,
+    RUNNING,
+    SHUTDOWN,
+    DomainState,
+    arriving,
+    require,
+    transition,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,13 +52,13 @@ DOM0_NAME = "Domain-0"
 STATE_COLUMNS = "rbpscd"
 
 
-def state_letters(state: str, running_now: bool) -> str:
+def state_letters(state: DomainState, running_now: bool) -> str:
     letter = {
-        "running": "r" if running_now else "b",
-        "paused": "p",
-        "shutdown": "s",
-        "crashed": "c",
-        "dying": "d",
+        RUNNING: "r" if running_now else "b",
+        PAUSED: "p",
+        SHUTDOWN: "s",
+        CRASHED: "c",
+        DYING: "d",
     }.get(state)
     if letter is None:
         return "-" * 6
@@ -107,8 +121,9 @@ class DomainManager:
     def _save(self, rec: DomainRecord) -> None:
         self.store.put(rec)
 
-    def _set(self, rec: DomainRecord, state: str) -> None:
-        rec.state = state
+    def set_state(self, rec: DomainRecord, state: DomainState) -> None:
+        """Move the domain to `state` (an allowed transition, store/state.py) and store it."""
+        transition(rec, state)
         self._save(rec)
 
     # -- startup / shutdown of the daemon ------------------------------------------------
@@ -122,7 +137,7 @@ class DomainManager:
                     inst = await drv.adopt(rec, self._events_for(rec.uuid))
                 except XeniaError as e:
                     log.warning("could not adopt %s: %s", rec.name, e)
-            if inst is not None and rec.state == "creating":
+            if inst is not None and rec.state == CREATING:
                 # Half-built when the last daemon died (a create, restore or incoming
                 # migration): nobody can finish it, so it goes.
                 log.warning("domain %s was still being built; removing it", rec.name)
@@ -135,7 +150,7 @@ class DomainManager:
                 continue
             self._inst[rec.uuid] = inst
             self._gone[rec.uuid] = asyncio.Event()
-            if rec.state == "dying":  # a destroy was cut short: finish it
+            if rec.state == DYING:  # a destroy was cut short: finish it
                 await self._destroy_locked(rec)
                 continue
             self._save(rec)
@@ -146,16 +161,14 @@ class DomainManager:
     async def _catch_up(self, rec: DomainRecord, inst: Instance) -> None:
         """Apply a guest event that happened while no daemon was watching."""
         status = await self._status(inst)
-        if rec.state == "running" and status == "shutdown":
+        if rec.state == RUNNING and status == "shutdown":
             await self._on_guest_event(rec.uuid, "poweroff", {"reason": "while-daemon-down"})
-        elif rec.state == "running" and status == "guest-panicked":
+        elif rec.state == RUNNING and status == "guest-panicked":
             await self._on_guest_event(rec.uuid, "crash", {})
-        elif rec.state == "running" and status == "paused":
-            rec.state = "paused"
-            self._save(rec)
-        elif rec.state == "paused" and status == "running":
-            rec.state = "running"
-            self._save(rec)
+        elif rec.state == RUNNING and status == "paused":
+            self.set_state(rec, PAUSED)
+        elif rec.state == PAUSED and status == "running":
+            self.set_state(rec, RUNNING)
 
     async def _status(self, inst: Instance) -> str | None:
         qmp = getattr(inst, "qmp", None)
@@ -198,7 +211,7 @@ class DomainManager:
             name=cfg.name,
             domid=0,
             config=cfg,
-            state="creating",
+            state=CREATING,
             created_at=time.time(),
         )
         return await self.build(rec, paused=paused)
@@ -261,9 +274,8 @@ class DomainManager:
             if not paused:
                 await inst.resume()
             revert.success()
-        rec.state = "paused" if paused else "running"
         rec.started_at = time.time()
-        self._save(rec)
+        self.set_state(rec, PAUSED if paused else RUNNING)
         log.info("started domain %s (domid %d)", rec.name, rec.domid)
         return rec
 
@@ -281,9 +293,9 @@ class DomainManager:
     async def _on_guest_event(self, uuid: str, kind: str, data: dict[str, Any]) -> None:
         async with self._lock(uuid):
             rec = self.store.get(uuid)
-            if rec is None or rec.state == "dying":
+            if rec is None or rec.state == DYING:
                 return
-            if rec.state == "creating":
+            if rec.state == CREATING:
                 # Still being built (create, restore, incoming migration): wait for the
                 # build's end. If it failed it removed everything; on_crash must not act
                 # then (restarting a half-received domain would boot a fresh copy beside
@@ -292,7 +304,7 @@ class DomainManager:
                 if built is not None:
                     await built.wait()
                 rec = self.store.get(uuid)
-                if rec is None or rec.state in ("creating", "dying"):
+                if rec is None or rec.state in (CREATING, DYING):
                     log.info("domain %s: %s while being built; the build cleaned up",
                              rec.name if rec else uuid, kind)
                     return
@@ -329,19 +341,16 @@ class DomainManager:
             await self._destroy_locked(rec)
         elif action in ("restart", "soft-reset"):
             await inst.reset()
-            rec.state = "running"
             rec.started_at = time.time()
-            self._save(rec)
+            self.set_state(rec, RUNNING)
         elif action == "preserve":
-            rec.state = "crashed" if kind == "crash" else "shutdown"
-            self._save(rec)
+            self.set_state(rec, CRASHED if kind == "crash" else SHUTDOWN)
         elif action == "rename-restart":
             # As xl: the stopped domain keeps running state under a suffixed name, and a
             # new domain with the original name starts from the same config.
             cfg = DomainConfig.from_dict(rec.config.to_dict())
             rec.name = f"{rec.name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-            rec.state = "crashed" if kind == "crash" else "shutdown"
-            self._save(rec)
+            self.set_state(rec, CRASHED if kind == "crash" else SHUTDOWN)
             cfg.uuid = None
             # The preserved domain keeps its NICs and their MACs; the new one gets its own.
             for vif in cfg.vifs:
@@ -377,8 +386,7 @@ class DomainManager:
             await self._destroy_locked(rec)
 
     async def _destroy_locked(self, rec: DomainRecord) -> None:
-        rec.state = "dying"
-        self._save(rec)
+        self.set_state(rec, DYING)
         inst = self._inst.get(rec.uuid)
         if inst is not None:
             await inst.destroy()
@@ -387,13 +395,13 @@ class DomainManager:
 
     async def shutdown(self, ref: str, wait: bool = False) -> None:
         rec = self.resolve(ref)
-        if rec.state in ("shutdown", "crashed"):
+        if rec.state in PRESERVED:
             raise InvalidConfig(
                 f"Failed to shut down domain '{rec.name}': it is {rec.state} already "
                 "(preserved); use `xenia destroy`"
             )
         inst = self.instance(rec)
-        if rec.state == "paused":
+        if rec.state == PAUSED:
             raise InvalidConfig(
                 f"Failed to shut down domain '{rec.name}': it is paused and cannot see the "
                 "power button; unpause it first"
@@ -407,7 +415,7 @@ class DomainManager:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             rec = self.store.get(uuid)
-            if rec is None or rec.state in ("shutdown", "crashed"):
+            if rec is None or rec.state in PRESERVED:
                 return
             ev = self._gone.get(uuid)
             if ev is None:
@@ -421,20 +429,17 @@ class DomainManager:
     async def reboot(self, ref: str, force: bool = False) -> None:
         rec = self.resolve(ref)
         inst = self.instance(rec)
-        if rec.state != "running":
-            raise InvalidConfig(f"Failed to reboot domain '{rec.name}': it is {rec.state}")
+        require(rec, "to reboot domain", RUNNING)
         await inst.request_reboot(force)
 
     async def pause(self, ref: str) -> None:
         rec = self.resolve(ref)
         async with self._lock(rec.uuid):
             rec = self.store.get(rec.uuid) or rec
-            if rec.state != "running":
-                raise InvalidConfig(f"Failed to pause domain '{rec.name}': it is {rec.state}")
+            require(rec, "to pause domain", RUNNING)
             async with Revert() as revert:
-                rec.state = "paused"
-                self._save(rec)
-                revert.add(lambda: self._set(rec, "running"))
+                self.set_state(rec, PAUSED)
+                revert.add(lambda: self.set_state(rec, RUNNING))
                 await self.instance(rec).pause()
                 revert.success()
 
@@ -442,12 +447,10 @@ class DomainManager:
         rec = self.resolve(ref)
         async with self._lock(rec.uuid):
             rec = self.store.get(rec.uuid) or rec
-            if rec.state != "paused":
-                raise InvalidConfig(f"Failed to unpause domain '{rec.name}': it is {rec.state}")
+            require(rec, "to unpause domain", PAUSED)
             async with Revert() as revert:
-                rec.state = "running"
-                self._save(rec)
-                revert.add(lambda: self._set(rec, "paused"))
+                self.set_state(rec, RUNNING)
+                revert.add(lambda: self.set_state(rec, PAUSED))
                 await self.instance(rec).resume()
                 revert.success()
 
@@ -473,8 +476,7 @@ class DomainManager:
         rec = self.resolve(ref)
         async with self._lock(rec.uuid):
             rec = self.store.get(rec.uuid) or rec
-            if rec.state not in ("running", "paused"):
-                raise InvalidConfig(f"Failed {doing} '{rec.name}': it is {rec.state}")
+            require(rec, doing, LIVE)
             result = await fn(self.instance(rec), rec)
             self._save(rec)
             return result
@@ -576,7 +578,7 @@ class DomainManager:
         rows: list[dict[str, Any]] = []
         for rec in recs:
             inst = self._inst.get(rec.uuid)
-            if inst is None or not inst.alive or rec.state not in ("running", "paused"):
+            if inst is None or not inst.alive or rec.state not in LIVE:
                 continue
             rows += await inst.vcpu_rows(rec)
         return rows
@@ -653,22 +655,20 @@ class DomainManager:
         rec = self.resolve(ref)
         async with self._lock(rec.uuid):
             rec = self.store.get(rec.uuid) or rec
-            if rec.state not in ("running", "paused"):
-                raise InvalidConfig(f"Failed to save '{rec.name}': it is {rec.state}")
+            require(rec, "to save", LIVE)
             inst = self.instance(rec)
             info = self.host_info()
             meta = {"record": self.portable(rec), "saved_at": time.time(),
                     "qemu_version": info.get("qemu_version"), "host": info.get("host"),
-                    "was_paused": rec.state == "paused"}
+                    "was_paused": rec.state == PAUSED}
             t0 = time.monotonic()
             size = await inst.save_state(target, meta)
             took = time.monotonic() - t0
             if keep:
-                if rec.state == "running":
+                if rec.state == RUNNING:
                     await inst.resume()
             elif leave_paused:
-                rec.state = "paused"
-                self._save(rec)
+                self.set_state(rec, PAUSED)
             else:
                 await self._destroy_locked(rec)
         log.info("saved domain %s to %s (%d bytes, %.2f s)", rec.name, target, size, took)
@@ -688,7 +688,7 @@ class DomainManager:
             check_name(overrides["name"])
             rec.name = rec.config.name = overrides["name"]
         check_config(rec.config)
-        rec.state = "creating"
+        arriving(rec)
         rec.created_at = time.time()
         rec.domid = 0
 
@@ -732,7 +732,7 @@ class DomainManager:
             "memory": hostinfo.total_mib(),
             "maxmem": hostinfo.total_mib(),
             "vcpus": hostinfo.cpu_count(),
-            "state": "running",
+            "state": RUNNING,
             "state_letters": "r-----",
             "cpu_time": hostinfo.host_cpu_seconds(),
             "started_at": hostinfo.boot_time(),

@@ -13,6 +13,7 @@ from typing import Any
 from xenia.config.model import DomainConfig
 from xenia.devices import disk as diskdev
 from xenia.hostos import hostinfo
+from xenia.store.state import LIVE, DomainState
 
 # QEMU 7.x corrupts live-migrated TCG guests (../shared/notes/qemu-facts.md).
 MIN_TCG_LIVE_QEMU = (8, 0, 0)
@@ -31,10 +32,10 @@ def source_facts(record: dict[str, Any], accel: str, qemu_version: str) -> dict[
             "machine": record.get("runtime", {}).get("machine")}
 
 
-def check_source(cfg: DomainConfig, state: str, accel: str, qemu_version: str,
+def check_source(cfg: DomainConfig, state: DomainState, accel: str, qemu_version: str,
                  live: bool) -> list[str]:
     problems = []
-    if state not in ("running", "paused"):
+    if state not in LIVE:
         problems.append(f"the domain is {state}; only running or paused domains migrate")
     if live and accel == "tcg" and version_tuple(qemu_version) < MIN_TCG_LIVE_QEMU:
         problems.append(

@@ -27,6 +27,7 @@ from xenia.qemu import stream
 from xenia.qemu.binary import machine_types, qemu_info
 from xenia.revert import Revert
 from xenia.store.base import DomainRecord
+from xenia.store.state import arriving
 
 if TYPE_CHECKING:
     from xenia.drivers.base import Instance
@@ -113,7 +114,8 @@ class Receiver:
             raise InvalidConfig(f"Failed to accept '{record['config']['name']}' here: "
                                 + "; ".join(problems))
         rec = DomainRecord.from_dict(record)
-        rec.state, rec.domid, rec.created_at = "creating", 0, time.time()
+        arriving(rec)
+        rec.domid, rec.created_at = 0, time.time()
         job = Incoming(job_id, rec.uuid, rec.name)
         loop = asyncio.get_running_loop()
         job.listening, job.go = loop.create_future(), loop.create_future()

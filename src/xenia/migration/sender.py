@@ -24,6 +24,7 @@ from xenia.migration import preflight
 from xenia.peers.client import PeerClient
 from xenia.peers.psk import make_psk, remove_psk_dir, write_psk_dir
 from xenia.qemu import stream
+from xenia.store.state import PAUSED, RUNNING
 
 if TYPE_CHECKING:
     from xenia.drivers.qemu import QemuInstance
@@ -167,7 +168,7 @@ class Sender:
         tls_id = f"mig-tls-{job.id[:8]}"  # one per migration: a domain may move again
         mirrors: list[str] = []
         committed = False
-        was_running = rec.state == "running"
+        was_running = rec.state == RUNNING
         try:
             # Inside the try: a cancel while the destination prepares must still abort it.
             job.status = "preparing"
@@ -178,7 +179,7 @@ class Sender:
                 "id": job.id, "record": portable, "facts": facts,
                 "copy_storage": opts.copy_storage, "disk_sizes": sizes,
                 "psk": {"identity": psk[0], "key": psk[1]} if psk else None,
-                "listen_host": peer.host, "paused": rec.state == "paused", "caps": caps,
+                "listen_host": peer.host, "paused": rec.state == PAUSED, "caps": caps,
             }, timeout=120)
             tls = ""
             if psk:
@@ -200,8 +201,7 @@ class Sender:
         except _Undecided:
             # Maybe running there already: resuming here could run it twice, and aborting
             # there could lose it. Stay paused; the message says what to check.
-            rec.state = "paused"
-            self.m._save(rec)
+            self.m.set_state(rec, PAUSED)
             raise
         except BaseException:
             await self._undo_source(inst, mirrors, was_running)

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from xenia.config.model import DomainConfig
-
-# Domain states as the store keeps them; `xenia list` maps them to xl's r b p s c d.
-STATES = ("creating", "running", "paused", "shutdown", "crashed", "dying")
+from xenia.store.state import DomainState
 
 
 @dataclass
@@ -23,7 +21,8 @@ class DomainRecord:
     name: str
     domid: int
     config: DomainConfig
-    state: str = "creating"
+    # Stored as its string; `xenia list` maps it to xl's r b p s c d.
+    state: DomainState = DomainState.CREATING
     created_at: float = 0.0
     started_at: float = 0.0
     # Runtime facts: accel, machine, QEMU version, pid, generated MACs, ...
@@ -38,6 +37,7 @@ class DomainRecord:
     def from_dict(cls, d: dict[str, Any]) -> DomainRecord:
         d = dict(d)
         d["config"] = DomainConfig.from_dict(d["config"])
+        d["state"] = DomainState(d.get("state", DomainState.CREATING))
         return cls(**d)
 
 
