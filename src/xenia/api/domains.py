@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from xenia.api.deps import Manager
+from xenia.api.deps import Manager, Saves
 from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig
 
@@ -115,11 +115,11 @@ class RestoreRequest(BaseModel):
 
 
 @router.post("/domains/{ref}/save")
-async def save(ref: str, req: SaveRequest, m: Manager) -> dict[str, Any]:
-    return await m.save(ref, req.file, req.keep, req.paused)
+async def save(ref: str, req: SaveRequest, saves: Saves) -> dict[str, Any]:
+    return await saves.save(ref, req.file, req.keep, req.paused)
 
 
 @router.post("/restore", status_code=201)
-async def restore(req: RestoreRequest, m: Manager) -> dict[str, Any]:
-    rec = await m.restore(req.file, req.paused, {"name": req.name} if req.name else None)
+async def restore(req: RestoreRequest, m: Manager, saves: Saves) -> dict[str, Any]:
+    rec = await saves.restore(req.file, req.paused, {"name": req.name} if req.name else None)
     return m.describe(rec)

@@ -188,6 +188,13 @@ class ContainerInstance(Instance):
         if not self._stopping:
             self._spawn(self._report_exit())
 
+    def exited_unwatched(self, report: bool) -> None:
+        """The init ended while no daemon watched (found at adoption); with `report`,
+        what the monitor recorded says what happened, as a guest event."""
+        self._exited.set()
+        if report:
+            self._spawn(self._report_exit())
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -695,10 +702,7 @@ class ContainerDriver(Driver):
             elif record.state == PAUSED and not frozen and not created:
                 transition(record, RUNNING)
         else:
-            # Gone while no daemon watched: what the monitor recorded says what happened.
-            inst._exited.set()
-            if record.state in LIVE:
-                inst._spawn(inst._report_exit())
+            inst.exited_unwatched(report=record.state in LIVE)
         return inst
 
     # -- stopping and cleaning up ----------------------------------------------------------

@@ -11,11 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from xenia.devices import display
-from xenia.drivers import qemu_cpu
-from xenia.drivers.base import Driver, GuestEvents, Instance
+from xenia.drivers import qemu_cpu, qemu_migrate
+from xenia.drivers.base import (
+    Driver,
+    GuestEvents,
+    IncomingSetup,
+    Instance,
+    MigrationOptions,
+    MigrationReport,
+    MigrationTarget,
+)
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
 from xenia.drivers.qemu_hotplug import HotplugMixin
-from xenia.drivers.qemu_migrate import MigrateMixin
 from xenia.errors import BackendError, InvalidConfig, NotFound, NotSupported, XeniaError
 from xenia.hostos import affinity, hostinfo
 from xenia.hostos.procfs import log_tail
@@ -23,8 +30,10 @@ from xenia.images.hvm import ovmf_paths, ovmf_qemu_args
 from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.qemu import accel as accel_mod
+from xenia.qemu import stream
 from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv
+from xenia.qemu.commands import Qmp
 from xenia.qemu.process import QemuProcess
 from xenia.revert import Revert
 from xenia.storage.manager import StorageManager
@@ -51,7 +60,7 @@ def _check_readable(path: str | None, what: str, name: str, key: str) -> None:
         raise InvalidConfig(f"Failed to create domain '{name}': {what} '{path}' is not readable")
 
 
-class QemuInstance(HotplugMixin, MigrateMixin, Instance):
+class QemuInstance(HotplugMixin, Instance):
     def __init__(self, record: DomainRecord, proc: QemuProcess, events: GuestEvents,
                  devices: QemuDevices) -> None:
         self.record = record  # as at start: for its name in messages, not for state
@@ -402,3 +411,37 @@ class QemuDriver(Driver):
         out["accel"] = choice.name
         out["accel_reason"] = choice.reason
         return out
+
+    # -- save, restore, live migration (the QMP side: qemu_migrate.py) ------------------
+    @staticmethod
+    def _qmp(inst: Instance) -> Qmp:
+        assert isinstance(inst, QemuInstance), inst
+        return inst.qmp
+
+    async def save(self, inst: Instance, path: Path, offset: int) -> None:
+        await qemu_migrate.save(self._qmp(inst), path, offset)
+
+    async def restore(self, inst: Instance, path: Path, offset: int) -> None:
+        await qemu_migrate.restore(self._qmp(inst), lambda: inst.alive, path, offset)
+
+    async def check_migrate(self, inst: Instance) -> None:
+        await qemu_migrate.check_source(self._qmp(inst), inst.record.name)
+
+    async def migrate(self, inst: Instance, target: MigrationTarget, opts: MigrationOptions,
+                      report: MigrationReport) -> None:
+        await qemu_migrate.send(self._qmp(inst), target, opts, report)
+
+    async def abort_migration(self, inst: Instance, target: MigrationTarget,
+                              resume: bool) -> None:
+        await qemu_migrate.rollback(self._qmp(inst), target, resume)
+
+    async def accept_migration(self, inst: Instance, setup: IncomingSetup) -> tuple[int, int]:
+        return await qemu_migrate.accept(self._qmp(inst), setup)
+
+    async def receive_migration(self, inst: Instance, connect_timeout: float) -> None:
+        await stream.wait_incoming(self._qmp(inst), lambda: inst.alive,
+                                   what=f"receiving {inst.record.name}",
+                                   connect_timeout=connect_timeout)
+
+    async def finalize_migration(self, inst: Instance, setup: IncomingSetup) -> None:
+        await qemu_migrate.finalize(self._qmp(inst), setup)

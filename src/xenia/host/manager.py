@@ -21,13 +21,8 @@ from xenia.errors import AlreadyExists, BackendError, InUse, InvalidConfig, NotF
 from xenia.host.validate import check_config, check_name
 from xenia.hostos import hostinfo
 from xenia.hostos.pci import PciAssign, normalize_bdf
-from xenia.migration.receiver import Receiver
-from xenia.migration.savefile import verify as verify_savefile
-from xenia.migration.sender import Sender
-from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
 from xenia.revert import Revert
-from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
 from xenia.store.state import (
     CRASHED,
@@ -39,7 +34,6 @@ from xenia.store.state import (
     RUNNING,
     SHUTDOWN,
     DomainState,
-    arriving,
     require,
     transition,
 )
@@ -66,16 +60,10 @@ def state_letters(state: DomainState, running_now: bool) -> str:
 
 
 class DomainManager:
-    def __init__(self, paths: Paths, store: Store, drivers: list[Driver],
-                 storage: StorageManager | None = None,
-                 network: NetworkManager | None = None) -> None:
+    def __init__(self, paths: Paths, store: Store, drivers: list[Driver]) -> None:
         self.paths = paths
         self.store = store
-        self.storage = storage or StorageManager(paths, store)
         self.pci = PciAssign(store)
-        self.sender = Sender(self)
-        self.receiver = Receiver(self)
-        self.network = network or NetworkManager(paths, store)
         self.drivers = {t: d for d in drivers for t in d.types}
         self._inst: dict[str, Instance] = {}
         self._gone: dict[str, asyncio.Event] = {}
@@ -94,7 +82,9 @@ class DomainManager:
             )
         return drv
 
-    def _lock(self, uuid: str) -> asyncio.Lock:
+    def locked(self, uuid: str) -> asyncio.Lock:
+        """The domain's lock (`async with manager.locked(uuid)`): every change to a domain
+        (a verb, a guest event, a migration) holds it, so they never interleave."""
         return self._locks.setdefault(uuid, asyncio.Lock())
 
     def resolve(self, ref: str | int) -> DomainRecord:
@@ -291,7 +281,7 @@ class DomainManager:
         return handler
 
     async def _on_guest_event(self, uuid: str, kind: str, data: dict[str, Any]) -> None:
-        async with self._lock(uuid):
+        async with self.locked(uuid):
             rec = self.store.get(uuid)
             if rec is None or rec.state == DYING:
                 return
@@ -381,9 +371,14 @@ class DomainManager:
     # -- verbs ---------------------------------------------------------------------------
     async def destroy(self, ref: str) -> None:
         rec = self.resolve(ref)
-        async with self._lock(rec.uuid):
+        async with self.locked(rec.uuid):
             rec = self.store.get(rec.uuid) or rec
             await self._destroy_locked(rec)
+
+    async def hand_over(self, rec: DomainRecord) -> None:
+        """The domain lives on elsewhere now (another host, a save file): stop its process
+        here and forget it, without on_* actions. The caller holds its lock."""
+        await self._destroy_locked(rec)
 
     async def _destroy_locked(self, rec: DomainRecord) -> None:
         self.set_state(rec, DYING)
@@ -434,7 +429,7 @@ class DomainManager:
 
     async def pause(self, ref: str) -> None:
         rec = self.resolve(ref)
-        async with self._lock(rec.uuid):
+        async with self.locked(rec.uuid):
             rec = self.store.get(rec.uuid) or rec
             require(rec, "to pause domain", RUNNING)
             async with Revert() as revert:
@@ -445,7 +440,7 @@ class DomainManager:
 
     async def unpause(self, ref: str) -> None:
         rec = self.resolve(ref)
-        async with self._lock(rec.uuid):
+        async with self.locked(rec.uuid):
             rec = self.store.get(rec.uuid) or rec
             require(rec, "to unpause domain", PAUSED)
             async with Revert() as revert:
@@ -474,7 +469,7 @@ class DomainManager:
                     Awaitable[T]]) -> T:
         """Run `fn(instance, record)` on a live domain under its lock, then save the record."""
         rec = self.resolve(ref)
-        async with self._lock(rec.uuid):
+        async with self.locked(rec.uuid):
             rec = self.store.get(rec.uuid) or rec
             require(rec, doing, LIVE)
             result = await fn(self.instance(rec), rec)
@@ -630,74 +625,6 @@ class DomainManager:
                     log.debug("stats of %s: %s", rec.name, e)
             rows.append(row)
         return rows
-
-    # -- save / restore ------------------------------------------------------------------
-    def portable(self, rec: DomainRecord) -> dict[str, Any]:
-        """The record as another host (or a later restore) needs it: no host-local facts."""
-        data = rec.to_dict()
-        runtime = {k: v for k, v in rec.runtime.items()
-                   if k in ("slots", "nports", "machine", "boot_maxmem", "pins")}
-        data["runtime"] = runtime
-        return data
-
-    async def save(self, ref: str, path: str, keep: bool, leave_paused: bool) -> dict[str, Any]:
-        """xl save: the domain's state into a self-describing, checksummed file.
-
-        Afterwards the domain is destroyed (xl's default), kept running (-c) or kept
-        paused (-p).
-        """
-        target = Path(path)
-        if not target.is_absolute():
-            raise InvalidConfig(f"Failed to save to '{path}': give an absolute path")
-        if not target.parent.is_dir():
-            raise NotFound(f"Failed to save to {target}: directory {target.parent} does not "
-                           "exist")
-        rec = self.resolve(ref)
-        async with self._lock(rec.uuid):
-            rec = self.store.get(rec.uuid) or rec
-            require(rec, "to save", LIVE)
-            inst = self.instance(rec)
-            info = self.host_info()
-            meta = {"record": self.portable(rec), "saved_at": time.time(),
-                    "qemu_version": info.get("qemu_version"), "host": info.get("host"),
-                    "was_paused": rec.state == PAUSED}
-            t0 = time.monotonic()
-            size = await inst.save_state(target, meta)
-            took = time.monotonic() - t0
-            if keep:
-                if rec.state == RUNNING:
-                    await inst.resume()
-            elif leave_paused:
-                self.set_state(rec, PAUSED)
-            else:
-                await self._destroy_locked(rec)
-        log.info("saved domain %s to %s (%d bytes, %.2f s)", rec.name, target, size, took)
-        return {"file": str(target), "bytes": size, "seconds": took}
-
-    async def restore(self, path: str, paused: bool = False,
-                      overrides: dict[str, Any] | None = None) -> DomainRecord:
-        """xl restore: a new domain from a save file, continuing where it stopped."""
-        target = Path(path)
-        header = await asyncio.to_thread(verify_savefile, target)
-        try:
-            rec = DomainRecord.from_dict(dict(header.meta["record"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise InvalidConfig(f"Failed to restore from {target}: bad domain record ({e})") \
-                from e
-        if overrides and overrides.get("name"):
-            check_name(overrides["name"])
-            rec.name = rec.config.name = overrides["name"]
-        check_config(rec.config)
-        arriving(rec)
-        rec.created_at = time.time()
-        rec.domid = 0
-
-        async def receive(inst: Instance) -> None:
-            await inst.receive_file(target, header.offset)
-
-        was_paused = bool(header.meta.get("was_paused"))
-        return await self.build(rec, paused=paused or was_paused, incoming="defer",
-                                receive=receive, doing="restore")
 
     # -- queries -------------------------------------------------------------------------
     def describe(self, rec: DomainRecord) -> dict[str, Any]:

@@ -104,10 +104,11 @@ class DomainCgroup:
         fails half-way, remove() cleans up what was made."""
         cg = cls(key, name=name, root=root, layout=layout)
         doing = f"to create the cgroup of '{cg.name}'"
-        if not cg._used:
+        used = cg.layout.used()
+        if not used:
             raise NotSupported(f"Failed {doing}: this host has no cgroup hierarchy with any of "
                                f"the controllers {', '.join(CONTROLLERS)} mounted")
-        for h in cg._used:
+        for h in used:
             top = h.mount / root
             try:
                 top.mkdir(exist_ok=True)
