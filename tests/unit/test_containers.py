@@ -19,7 +19,7 @@ import pytest
 from xenia.config.build import build_config
 from xenia.config.model import DomainConfig
 from xenia.containers import spec
-from xenia.drivers.container import classify
+from xenia.drivers.container_instance import classify
 from xenia.errors import InvalidConfig, NotFound, NotSupported
 from xenia.hostos.affinity import ranges
 from xenia.hostos.cgroupfs import CgroupLayout, Hierarchy

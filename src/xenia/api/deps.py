@@ -6,7 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from xenia.host.devices import DeviceVerbs
 from xenia.host.manager import DomainManager
+from xenia.host.views import DomainViews
 from xenia.migration.receiver import Receiver
 from xenia.migration.saving import SaveRestore
 from xenia.migration.sender import Sender
@@ -22,6 +24,8 @@ def _part(name: str) -> Any:
 
 
 Manager = Annotated[DomainManager, _part("manager")]
+Views = Annotated[DomainViews, _part("views")]
+Devices = Annotated[DeviceVerbs, _part("devices")]
 Storage = Annotated[StorageManager, _part("storage")]
 Network = Annotated[NetworkManager, _part("network")]
 Saves = Annotated[SaveRestore, _part("saves")]

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from xenia.api.deps import Manager, Saves
+from xenia.api.deps import Manager, Saves, Views
 from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig
 
@@ -36,28 +36,28 @@ class WaitRequest(BaseModel):
 
 
 @router.get("/host")
-async def host(m: Manager) -> dict[str, Any]:
-    return m.host_info()
+async def host(v: Views) -> dict[str, Any]:
+    return v.host_info()
 
 
 @router.get("/domains")
-async def domains(m: Manager) -> list[dict[str, Any]]:
-    return m.list()
+async def domains(v: Views) -> list[dict[str, Any]]:
+    return v.list()
 
 
 @router.post("/domains", status_code=201)
-async def create(req: CreateRequest, m: Manager) -> dict[str, Any]:
+async def create(req: CreateRequest, m: Manager, v: Views) -> dict[str, Any]:
     try:
         cfg = DomainConfig.from_dict(req.config)
     except (TypeError, ValueError) as e:
         raise InvalidConfig(f"Failed to read the domain config: {e}") from e
     rec = await m.create(cfg, paused=req.paused)
-    return m.describe(rec)
+    return v.describe(rec)
 
 
 @router.get("/domains/{ref}")
-async def get(ref: str, m: Manager) -> dict[str, Any]:
-    return m.describe(m.resolve(ref))
+async def get(ref: str, m: Manager, v: Views) -> dict[str, Any]:
+    return v.describe(m.resolve(ref))
 
 
 @router.delete("/domains/{ref}")
@@ -91,8 +91,8 @@ async def unpause(ref: str, m: Manager) -> dict[str, Any]:
 
 
 @router.post("/domains/{ref}/rename")
-async def rename(ref: str, req: RenameRequest, m: Manager) -> dict[str, Any]:
-    return m.describe(await m.rename(ref, req.name))
+async def rename(ref: str, req: RenameRequest, m: Manager, v: Views) -> dict[str, Any]:
+    return v.describe(await m.rename(ref, req.name))
 
 
 @router.post("/domains/{ref}/wait")
@@ -120,6 +120,6 @@ async def save(ref: str, req: SaveRequest, saves: Saves) -> dict[str, Any]:
 
 
 @router.post("/restore", status_code=201)
-async def restore(req: RestoreRequest, m: Manager, saves: Saves) -> dict[str, Any]:
+async def restore(req: RestoreRequest, v: Views, saves: Saves) -> dict[str, Any]:
     rec = await saves.restore(req.file, req.paused, {"name": req.name} if req.name else None)
-    return m.describe(rec)
+    return v.describe(rec)

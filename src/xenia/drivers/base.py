@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from xenia.config.model import DiskSpec, VifSpec
 from xenia.errors import NotSupported
 from xenia.store.base import DomainRecord
 
@@ -27,10 +28,71 @@ from xenia.store.base import DomainRecord
 GuestEvents = Callable[[str, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
+class DeviceControl:
+    """xl's device and resource verbs on a running domain (block-attach, mem-set,
+    vcpu-pin, ...), one object per Instance (`instance.devices`). Each verb takes the
+    domain's current record, changes the running domain and updates the record for the
+    caller to store. A driver that cannot do one refuses it, as these defaults do.
+    """
+
+    def __init__(self, record: DomainRecord) -> None:
+        self.record = record  # as at start: for its name and type in messages
+
+    def unsupported(self, what: str) -> NotSupported:
+        return NotSupported(f"Failed to {what} of '{self.record.name}': its type "
+                            f"({self.record.config.type}) does not support it")
+
+    async def set_memory(self, rec: DomainRecord, mib: int) -> None:
+        """mem-set: the domain's memory target (balloon for VMs, a limit for containers)."""
+        raise self.unsupported("set the memory")
+
+    async def set_vcpus(self, rec: DomainRecord, count: int) -> list[int]:
+        """vcpu-set: make `count` vCPUs available; returns the ones added."""
+        raise self.unsupported("set the vCPUs")
+
+    async def attach_disk(self, rec: DomainRecord, spec: DiskSpec) -> None:
+        raise self.unsupported("attach a disk")
+
+    async def detach_disk(self, rec: DomainRecord, ref: str) -> None:
+        raise self.unsupported("detach a disk")
+
+    async def cd_insert(self, rec: DomainRecord, ref: str, target: str, fmt: str) -> None:
+        raise self.unsupported("insert a cdrom")
+
+    async def cd_eject(self, rec: DomainRecord, ref: str) -> None:
+        raise self.unsupported("eject a cdrom")
+
+    async def attach_vif(self, rec: DomainRecord, vif: VifSpec) -> None:
+        raise self.unsupported("attach a network interface")
+
+    async def detach_vif(self, rec: DomainRecord, ref: str) -> None:
+        raise self.unsupported("detach a network interface")
+
+    async def screenshot(self) -> bytes:
+        raise self.unsupported("take a screenshot")
+
+    async def vcpu_rows(self, rec: DomainRecord) -> list[dict[str, Any]]:
+        raise self.unsupported("list the vCPUs")
+
+    async def pin_vcpus(self, rec: DomainRecord, vcpu: str, hard: str) -> None:
+        raise self.unsupported("pin the vCPUs")
+
+    async def pci_devices(self) -> list[dict[str, Any]]:
+        raise self.unsupported("list the PCI devices")
+
+    async def pci_attach(self, rec: DomainRecord, bdf: str) -> None:
+        raise self.unsupported("attach a host PCI device")
+
+    async def pci_detach(self, rec: DomainRecord, bdf: str) -> None:
+        raise self.unsupported("detach a host PCI device")
+
+
 class Instance(abc.ABC):
-    """One running (or paused, or preserved) domain as seen by its driver."""
+    """One running (or paused, or preserved) domain as seen by its driver: its lifecycle
+    here, its devices in `devices`."""
 
     record: DomainRecord
+    devices: DeviceControl
 
     @abc.abstractmethod
     async def resume(self) -> None: ...
@@ -74,58 +136,15 @@ class Instance(abc.ABC):
         """The last lines of the backend's own log, for messages about its death."""
         return ""
 
-    # Optional verbs: a driver that cannot do one says so.
-    def _unsupported(self, what: str) -> NotSupported:
-        return NotSupported(f"Failed to {what} of '{self.record.name}': its type "
-                            f"({self.record.config.type}) does not support it")
+    async def run_state(self) -> str | None:
+        """What the backend itself says of the guest ("running", "paused", "shutdown",
+        "guest-panicked"), to catch up with what happened while no daemon watched; None
+        if it cannot tell."""
+        return None
 
     async def stats(self, rec: DomainRecord) -> dict[str, Any]:
-        """Counters for `xenia top` (see DomainManager.stats for the keys)."""
+        """Counters for `xenia top` (see DomainViews.stats for the keys)."""
         return {"cpu_time": self.cpu_seconds()}
-
-    async def set_memory(self, rec: DomainRecord, mib: int) -> None:
-        """mem-set: the domain's memory target (balloon for VMs, a limit for containers)."""
-        raise self._unsupported("set the memory")
-
-    async def set_vcpus(self, rec: DomainRecord, count: int) -> list[int]:
-        """vcpu-set: make `count` vCPUs available; returns the ones added."""
-        raise self._unsupported("set the vCPUs")
-
-    async def attach_disk(self, rec: DomainRecord, spec: Any) -> None:
-        raise self._unsupported("attach a disk")
-
-    async def detach_disk(self, rec: DomainRecord, ref: str) -> None:
-        raise self._unsupported("detach a disk")
-
-    async def cd_insert(self, rec: DomainRecord, ref: str, target: str, fmt: str) -> None:
-        raise self._unsupported("insert a cdrom")
-
-    async def cd_eject(self, rec: DomainRecord, ref: str) -> None:
-        raise self._unsupported("eject a cdrom")
-
-    async def attach_vif(self, rec: DomainRecord, vif: Any) -> None:
-        raise self._unsupported("attach a network interface")
-
-    async def detach_vif(self, rec: DomainRecord, ref: str) -> None:
-        raise self._unsupported("detach a network interface")
-
-    async def screenshot(self) -> bytes:
-        raise self._unsupported("take a screenshot")
-
-    async def vcpu_rows(self, rec: DomainRecord) -> list[dict[str, Any]]:
-        raise self._unsupported("list the vCPUs")
-
-    async def pin_vcpus(self, rec: DomainRecord, vcpu: str, hard: str) -> None:
-        raise self._unsupported("pin the vCPUs")
-
-    async def pci_devices(self) -> list[dict[str, Any]]:
-        raise self._unsupported("list the PCI devices")
-
-    async def pci_attach(self, rec: DomainRecord, bdf: str) -> None:
-        raise self._unsupported("attach a host PCI device")
-
-    async def pci_detach(self, rec: DomainRecord, bdf: str) -> None:
-        raise self._unsupported("detach a host PCI device")
 
     @abc.abstractmethod
     def running_now(self) -> bool:

@@ -22,8 +22,8 @@ from xenia.drivers.base import (
     MigrationTarget,
 )
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
-from xenia.drivers.qemu_hotplug import HotplugMixin
-from xenia.errors import BackendError, InvalidConfig, NotFound, NotSupported, XeniaError
+from xenia.drivers.qemu_hotplug import QemuHotplug
+from xenia.errors import BackendError, InvalidConfig, NotFound, XeniaError
 from xenia.hostos import affinity, hostinfo
 from xenia.hostos.procfs import log_tail
 from xenia.images.hvm import ovmf_paths, ovmf_qemu_args
@@ -60,16 +60,15 @@ def _check_readable(path: str | None, what: str, name: str, key: str) -> None:
         raise InvalidConfig(f"Failed to create domain '{name}': {what} '{path}' is not readable")
 
 
-class QemuInstance(HotplugMixin, Instance):
+class QemuInstance(Instance):
     def __init__(self, record: DomainRecord, proc: QemuProcess, events: GuestEvents,
-                 devices: QemuDevices) -> None:
+                 host: QemuDevices) -> None:
         self.record = record  # as at start: for its name in messages, not for state
         self.proc = proc
         self.qmp = proc.qmp
-        self.devices = devices
+        self.devices: QemuHotplug = QemuHotplug(record, proc, host)
         self._events = events
         self._stopping = False
-        self._deleted: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         proc.on_exit(self._exited)
 
@@ -93,7 +92,7 @@ class QemuInstance(HotplugMixin, Instance):
             if not qdev and path.startswith("/machine/peripheral/"):
                 qdev = path.split("/")[3]
             if qdev:
-                self.device_deleted(str(qdev))
+                self.devices.device_deleted(str(qdev))
 
     def _exited(self) -> None:
         if not self._stopping:
@@ -172,24 +171,17 @@ class QemuInstance(HotplugMixin, Instance):
     def log_tail(self) -> str:
         return log_tail(self.proc.files.qemu_log)
 
-    async def screenshot(self) -> bytes:
-        """The guest's screen as PNG (QMP screendump into the run dir, read, removed)."""
-        if self.record.config.type != "hvm" or self.record.config.nographic:
-            raise NotSupported(f"Failed to take a screenshot of '{self.record.name}': it has "
-                               "no graphics (an hvm domain without nographic has)")
-        path = self.proc.files.dir / "screen.png"
+    async def run_state(self) -> str | None:
         try:
-            await self.qmp.screendump(path, "png")
-            return path.read_bytes()
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            return await self.qmp.query_status()
+        except XeniaError:
+            return None
 
     async def stats(self, rec: DomainRecord) -> dict[str, Any]:
         """Counters for `xenia top`: memory, disks (query-blockstats), NICs (taps)."""
         out: dict[str, Any] = {"cpu_time": self.cpu_seconds(), "vcpus": rec.config.vcpus}
         try:
-            out["memory_kib"] = (await self.balloon_actual_mib()) * 1024
+            out["memory_kib"] = (await self.devices.balloon_actual_mib()) * 1024
         except XeniaError:
             out["memory_kib"] = rec.config.memory * 1024
         rd_ops = wr_ops = rd_b = wr_b = 0
@@ -210,7 +202,7 @@ class QemuInstance(HotplugMixin, Instance):
         rx = tx = 0
         for tap in rec.runtime.get("taps", {}).values():
             try:
-                st = await asyncio.to_thread(self.devices.network.tap_stats, tap)
+                st = await asyncio.to_thread(self.devices.host.network.tap_stats, tap)
             except XeniaError:
                 continue
             rx += st.get("rx_bytes", 0)
@@ -367,7 +359,7 @@ class QemuDriver(Driver):
                 await proc.qmp.set_password("vnc", cfg.vncpasswd)
             assert proc.pid is not None
             await asyncio.to_thread(qemu_cpu.setup_cgroup, record, proc.pid)
-            qemu_cpu.pin_threads(record, await inst.vcpu_threads())
+            qemu_cpu.pin_threads(record, await inst.devices.vcpu_threads())
             if cfg.effective_maxmem > cfg.memory and incoming is None:
                 await proc.qmp.balloon(cfg.memory * 1024 * 1024)
             revert.success()

@@ -1,7 +1,8 @@
-"""Hotplug verbs of a QEMU domain: disks, cdroms, NICs, vCPUs, memory, PCI listing.
+"""QemuHotplug: the device verbs of a QEMU domain — disks, cdroms, NICs, vCPUs, memory,
+PCI, the screen.
 
 Each verb takes the domain's current record, changes the running QEMU, and updates the
-record's config/runtime for the caller (the DomainManager) to save. Each undoes its own
+record's config/runtime for the caller (host/devices.py) to store. Each undoes its own
 partial work on failure, so a failed attach leaves the guest and the host as they were.
 """
 
@@ -19,6 +20,7 @@ from xenia.devices import disk as diskdev
 from xenia.devices import nic as nicdev
 from xenia.devices.layout import Layout
 from xenia.drivers import qemu_cpu
+from xenia.drivers.base import DeviceControl
 from xenia.drivers.qemu_devices import QemuDevices, hostdev_id
 from xenia.errors import (
     AlreadyExists,
@@ -28,7 +30,6 @@ from xenia.errors import (
     NotSupported,
     XeniaError,
 )
-from xenia.qemu.commands import Qmp
 from xenia.qemu.process import QemuProcess
 from xenia.revert import Revert
 from xenia.store.base import DomainRecord
@@ -38,11 +39,14 @@ log = logging.getLogger(__name__)
 UNPLUG_TIMEOUT = 30.0
 
 
-class HotplugMixin:
-    proc: QemuProcess
-    qmp: Qmp
-    devices: QemuDevices
-    _deleted: dict[str, asyncio.Future[None]]
+class QemuHotplug(DeviceControl):
+    def __init__(self, record: DomainRecord, proc: QemuProcess, host: QemuDevices) -> None:
+        super().__init__(record)
+        self.proc = proc
+        self.qmp = proc.qmp
+        self.host = host  # the host side: taps, disk checks
+        # Devices asked to go (device_del) -> set when QEMU reports DEVICE_DELETED.
+        self._deleted: dict[str, asyncio.Future[None]] = {}
 
     def device_deleted(self, qdev: str) -> None:
         fut = self._deleted.pop(qdev, None)
@@ -80,7 +84,7 @@ class HotplugMixin:
         if any(d.vdev == spec.vdev for d in rec.config.disks):
             raise AlreadyExists(f"Failed to attach disk {spec.vdev} to '{rec.name}': it has a "
                                 f"disk {spec.vdev} already (see `xenia block-list {rec.name}`)")
-        path = await asyncio.to_thread(self.devices.check_disk, rec, spec)
+        path = await asyncio.to_thread(self.host.check_disk, rec, spec)
         kind = diskdev.bus_kind(spec, rec.config.type)
         if kind == "ide":
             raise NotSupported(f"Failed to attach disk {spec.vdev} to '{rec.name}': IDE/AHCI "
@@ -133,7 +137,7 @@ class HotplugMixin:
             await self.cd_eject(rec, ref)
         new = DiskSpec(vdev=spec.vdev, target=target, format=fmt, access="ro",
                        devtype="cdrom", spec=spec.spec)
-        path = await asyncio.to_thread(self.devices.check_disk, rec, new)
+        path = await asyncio.to_thread(self.host.check_disk, rec, new)
         plan = diskdev.plan(new, path, rec.config.type, None)
         if plan.node is None:
             raise InvalidConfig(f"Failed to insert into {spec.vdev} of '{rec.name}': give an "
@@ -164,17 +168,17 @@ class HotplugMixin:
         if vif.devid is not None and any(v.devid == vif.devid for v in rec.config.vifs):
             raise AlreadyExists(f"Failed to attach vif to '{rec.name}': devid {vif.devid} is "
                                 "taken")
-        self.devices.fill_in_vif(rec, vif)
-        await asyncio.to_thread(self.devices.check_vif, rec, vif)
+        self.host.fill_in_vif(rec, vif)
+        await asyncio.to_thread(self.host.check_vif, rec, vif)
         assert vif.devid is not None
-        tap = self.devices.tap_for(rec, vif)
+        tap = self.host.tap_for(rec, vif)
         layout = Layout.from_runtime(rec.runtime)
         qdev = nicdev.qdev_id(vif.devid)
         port = layout.take(qdev)
         plan = nicdev.plan(vif, vif.devid, tap, rec.config.type, port)
         async with Revert() as revert:
-            await asyncio.to_thread(self.devices.network.plug, tap, vif)
-            revert.add(lambda: asyncio.to_thread(self.devices.network.unplug, tap))
+            await asyncio.to_thread(self.host.network.plug, tap, vif)
+            revert.add(lambda: asyncio.to_thread(self.host.network.unplug, tap))
             await self.qmp.netdev_add(plan.netdev)
             revert.add(lambda: self.qmp.netdev_del(plan.netdev["id"]))
             await self.qmp.device_add(plan.device)
@@ -199,7 +203,7 @@ class HotplugMixin:
             await self.qmp.netdev_del(f"net{vif.devid}")
         tap = rec.runtime.get("taps", {}).pop(str(vif.devid), None)
         if tap:
-            await asyncio.to_thread(self.devices.network.unplug, tap)
+            await asyncio.to_thread(self.host.network.unplug, tap)
         rec.config.vifs.remove(vif)
         layout = Layout.from_runtime(rec.runtime)
         layout.release(qdev)
@@ -308,3 +312,17 @@ class HotplugMixin:
             walk(bus)
         return out
 
+    # -- the screen ----------------------------------------------------------------------
+    async def screenshot(self) -> bytes:
+        """The guest's screen as PNG (QMP screendump into the run dir, read, removed)."""
+        cfg = self.record.config
+        if cfg.type != "hvm" or cfg.nographic:
+            raise NotSupported(f"Failed to take a screenshot of '{self.record.name}': it has "
+                               "no graphics (an hvm domain without nographic has)")
+        path = self.proc.files.dir / "screen.png"
+        try:
+            await self.qmp.screendump(path, "png")
+            return path.read_bytes()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

@@ -78,7 +78,10 @@ class Receiver:
             return [f"the domain record is unreadable ({e})"]
         recs = self.m.store.list()
         info = qemu_info()
-        accel = self.m.host_info().get("accel", "tcg")
+        drv = self.m.drivers.get(cfg.type)
+        if drv is None:
+            return [f"this host runs no domains of type '{cfg.type}'"]
+        accel = drv.host_info().get("accel", "tcg")
 
         def bridge_problem(vif: Any) -> str | None:
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import platform
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,9 +50,9 @@ class SaveRestore:
             rec = self.m.store.get(rec.uuid) or rec
             require(rec, "to save", LIVE)
             inst = self.m.instance(rec)
-            info = self.m.host_info()
+            info = self.m.driver_for(rec.config).host_info()
             meta = {"record": portable(rec), "saved_at": time.time(),
-                    "qemu_version": info.get("qemu_version"), "host": info.get("host"),
+                    "qemu_version": info.get("qemu_version"), "host": platform.node(),
                     "was_paused": rec.state == PAUSED}
             t0 = time.monotonic()
             size = await self._write(rec, inst, target, meta)
@@ -62,7 +63,7 @@ class SaveRestore:
             elif leave_paused:
                 self.m.set_state(rec, PAUSED)
             else:
-                await self.m.hand_over(rec)
+                await self.m.destroy_locked(rec)  # its state is in the file now
         log.info("saved domain %s to %s (%d bytes, %.2f s)", rec.name, target, size, took)
         return {"file": str(target), "bytes": size, "seconds": took}
 

@@ -126,7 +126,7 @@ class Sender:
             raise InvalidConfig(f"Failed to migrate '{job.domain}': it is gone")
         inst = self.m.instance(rec)
         drv = self.m.driver_for(rec.config)
-        info = self.m.host_info()
+        info = drv.host_info()
         accel = str(rec.runtime.get("accel", info.get("accel")))
         qver = str(info.get("qemu_version"))
         problems = preflight.check_source(rec.config, rec.state, accel, qver, live=True)
@@ -167,7 +167,7 @@ class Sender:
                 revert.success()
         finally:
             remove_psk_dir(tls_dir)
-        await self.m.hand_over(rec)
+        await self.m.destroy_locked(rec)  # it runs there now
         raised = (f" (limit raised to {job.downtime_limit_ms} ms to converge)"
                   if job.downtime_limit_ms else "")
         job.message = (f"Migrated '{rec.name}' to '{opts.host}' in "
