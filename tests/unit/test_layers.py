@@ -2,8 +2,9 @@
 
 - no import cycle among Xenia's modules (imports for type checking count too);
 - the layers below the engine (hostos, qemu, drivers, containers, devices, storage,
-  network, store, config) import nothing of host.manager, migration, api, cli, the
-  engine or the daemon; the manager nothing of migration, api, cli or the engine;
+  network, store, config) import nothing of host/ (the manager and what is built on
+  it), migration, api, cli, the engine or the daemon; host/ nothing of migration, api,
+  cli or the engine;
 - no module reaches into another object's private members (`other._x`) or imports a
   private name, and none needs `type: ignore[attr-defined]` to reach what it should not;
 - QMP command names are spelled only in qemu/commands.py.
@@ -23,7 +24,7 @@ PACKAGE = SRC / "xenia"
 
 BELOW_ENGINE = ("hostos", "qemu", "drivers", "containers", "devices", "storage", "network",
                 "store", "config")
-ENGINE_AND_ABOVE = ("xenia.host.manager", "xenia.migration", "xenia.api", "xenia.cli",
+ENGINE_AND_ABOVE = ("xenia.host", "xenia.migration", "xenia.api", "xenia.cli",
                     "xenia.engine", "xenia.daemon")
 ABOVE_MANAGER = ("xenia.migration", "xenia.api", "xenia.cli", "xenia.engine", "xenia.daemon")
 # Private names of the standard library that are meant to be called.

@@ -38,7 +38,6 @@ Container contract (tests and users rely on it)
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -50,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from xenia.errors import BackendError, NotFound
+from xenia.errors import BackendError
 from xenia.images.cache import MANIFEST, build_dir, build_errors, build_lock, read_manifest
 from xenia.images.debs import DebFetcher, sha256_file
 
@@ -293,17 +292,6 @@ def _valid(tree: Path, owner: int) -> RootfsInfo | None:
         return _info(tree, m)
     except (OSError, KeyError, TypeError, ValueError):
         return None
-
-
-def find_rootfs(images_dir: Path) -> RootfsInfo:
-    tree = images_dir / NAME
-    m = read_manifest(tree)
-    if m is not None:
-        with contextlib.suppress(KeyError, TypeError, ValueError):
-            return _info(tree, m)
-    raise NotFound(f"Failed finding image {NAME}: not built in {images_dir}; run "
-                   f"`xenia image build {NAME}`")
-
 
 
 def default_owner() -> int:

@@ -1,4 +1,4 @@
-"""SqliteStore: the single-host state store (SQLite in WAL mode, synchronous=FULL)."""
+"""SqliteStore: the single-host state store (SQLite in WAL mode, synchronous=NORMAL)."""
 
 from __future__ import annotations
 
