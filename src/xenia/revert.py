@@ -18,9 +18,10 @@ too, for operations whose undo steps are all plain functions.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -48,24 +49,20 @@ class Revert:
         """Run the undo steps now (last first), each at most once."""
         while self._steps:
             step = self._steps.pop()
-            try:
+            with _logged(step):
                 result = step()
                 if inspect.isawaitable(result):
                     await result
-            except Exception:  # noqa: BLE001 - the next steps must still run
-                log.warning("undoing a step failed (%s)", _name(step), exc_info=True)
 
     def undo_sync(self) -> None:
         """undo() for plain undo steps (a `with` block)."""
         while self._steps:
             step = self._steps.pop()
-            try:
+            with _logged(step):
                 result = step()
                 if inspect.iscoroutine(result):
                     result.close()
                     raise TypeError(f"{_name(step)} is async; use `async with Revert()`")
-            except Exception:  # noqa: BLE001 - the next steps must still run
-                log.warning("undoing a step failed (%s)", _name(step), exc_info=True)
 
     async def __aenter__(self) -> Revert:
         return self
@@ -84,3 +81,13 @@ class Revert:
 
 def _name(step: Undo) -> str:
     return getattr(step, "__qualname__", None) or repr(step)
+
+
+@contextlib.contextmanager
+def _logged(step: Undo) -> Iterator[None]:
+    """An undo step's own failure is logged, not raised: the next steps must still run,
+    and the operation's error is the one the caller sees."""
+    try:
+        yield
+    except Exception:  # noqa: BLE001
+        log.warning("undoing a step failed (%s)", _name(step), exc_info=True)

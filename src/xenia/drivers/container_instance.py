@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from xenia.drivers.base import DeviceControl, GuestEvents, Instance
 from xenia.drivers.container_host import ContainerHost
 from xenia.errors import BackendError, NotSupported, XeniaError
 from xenia.hostos import affinity
-from xenia.hostos.procfs import log_tail, pid_alive, pid_state
+from xenia.hostos.procfs import PidWatch, log_tail, pid_alive, pid_state
 from xenia.revert import Revert
 from xenia.store.base import DomainRecord
 from xenia.store.state import PAUSED
@@ -65,7 +64,7 @@ class ContainerInstance(Instance):
         self.devices = ContainerDevices(self)
         self.pid = pid
         self._events = events
-        self._pidfd: int | None = None
+        self._watch: PidWatch | None = None
         self._stopping = False
         self._destroyed = False
         self._exited = asyncio.Event()
@@ -77,21 +76,17 @@ class ContainerInstance(Instance):
         assert self.pid is not None
         self._exited.clear()
         try:
-            self._pidfd = os.pidfd_open(self.pid)
+            self._watch = PidWatch(self.pid, self._exit_seen)
         except ProcessLookupError:
             self._exit_seen()
-            return
-        asyncio.get_running_loop().add_reader(self._pidfd, self._exit_seen)
 
-    def _close_pidfd(self) -> None:
-        if self._pidfd is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
+    def _stop_watching(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     def _exit_seen(self) -> None:
-        self._close_pidfd()
+        self._stop_watching()
         self._exited.set()
         if not self._stopping:
             self._spawn(self._report_exit())
@@ -125,10 +120,10 @@ class ContainerInstance(Instance):
         return self.pid is not None and not self._exited.is_set() and pid_alive(self.pid)
 
     def _signal(self, sig: int, what: str) -> None:
-        if self._pidfd is None or not self.running:
+        if self._watch is None or not self.running:
             raise BackendError(f"Failed to {what} '{self.record.name}': its init is not "
                                "running")
-        signal.pidfd_send_signal(self._pidfd, sig)
+        self._watch.send_signal(sig)
 
     # -- verbs ---------------------------------------------------------------------------
     async def resume(self) -> None:
@@ -154,7 +149,7 @@ class ContainerInstance(Instance):
         """Boot the container again in place (on_*=restart): same domain, cgroups and
         filesystem changes; a new init, monitor and NICs."""
         self._stopping = True
-        self._close_pidfd()
+        self._stop_watching()
         # The store's copy: mem-set, vcpu-set and sched-credit changed it since start.
         rec = self.host.store.get(self.record.uuid) or self.record
         await asyncio.to_thread(self.host.end_boot, rec, self.pid)
@@ -184,12 +179,12 @@ class ContainerInstance(Instance):
     async def destroy(self) -> None:
         self._stopping = True
         self._destroyed = True
-        self._close_pidfd()
+        self._stop_watching()
         await asyncio.to_thread(self.host.teardown, self.record, self.pid)
 
     async def detach(self) -> None:
         self._stopping = True
-        self._close_pidfd()
+        self._stop_watching()
 
     async def dump_core(self, path: Path) -> None:
         raise NotSupported(f"Failed to dump the core of '{self.record.name}': a container "
@@ -216,14 +211,8 @@ class ContainerInstance(Instance):
                                "vcpus": len(rec.runtime.get("cpuset") or []) or rec.config.vcpus}
         with contextlib.suppress(XeniaError):
             out["memory_kib"] = cg.memory_usage() // 1024
-        rx = tx = 0
-        for host in rec.runtime.get("veths", {}).values():
-            try:
-                st = await asyncio.to_thread(self.host.network.tap_stats, host)
-            except XeniaError:
-                continue
-            rx += st.get("rx_bytes", 0)
-            tx += st.get("tx_bytes", 0)
+        rx, tx = await asyncio.to_thread(self.host.network.traffic,
+                                         rec.runtime.get("veths", {}).values())
         out.update(nets=len(rec.config.vifs), net_rx_bytes=rx, net_tx_bytes=tx, vbds=0)
         return out
 

@@ -199,14 +199,8 @@ class QemuInstance(Instance):
             pass
         out.update(vbds=len(rec.config.disks), vbd_rd_ops=rd_ops, vbd_wr_ops=wr_ops,
                    vbd_rd_bytes=rd_b, vbd_wr_bytes=wr_b)
-        rx = tx = 0
-        for tap in rec.runtime.get("taps", {}).values():
-            try:
-                st = await asyncio.to_thread(self.devices.host.network.tap_stats, tap)
-            except XeniaError:
-                continue
-            rx += st.get("rx_bytes", 0)
-            tx += st.get("tx_bytes", 0)
+        rx, tx = await asyncio.to_thread(self.devices.host.network.traffic,
+                                         rec.runtime.get("taps", {}).values())
         out.update(nets=len(rec.config.vifs), net_rx_bytes=rx, net_tx_bytes=tx)
         return out
 

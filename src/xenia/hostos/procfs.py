@@ -2,14 +2,19 @@
 
 One copy of what the QEMU process, the container driver and dnsmasq each need: read a
 pidfile (read_pid), tell a live process from a gone or zombie one (pid_alive), check a
-pid still belongs to what we started (cmdline), wait for one to go (wait_gone), and
-read per-thread statistics (thread_stats, thread_states, process_cpu_seconds).
+pid still belongs to what we started (cmdline), wait for one to go (wait_gone) or be
+told when it does (PidWatch), and read per-thread statistics (thread_stats,
+thread_states, process_cpu_seconds).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +63,36 @@ def wait_gone(pid: int, timeout: float, poll: float = 0.02) -> bool:
             return False
         time.sleep(poll)
     return True
+
+
+class PidWatch:
+    """Calls `on_exit` once, from the event loop, when process `pid` ends: through a
+    pidfd, so the process need not be our child (a daemonized QEMU, a container's init).
+    Raises ProcessLookupError if it is gone already."""
+
+    def __init__(self, pid: int, on_exit: Callable[[], None]) -> None:
+        self.pid = pid
+        self._on_exit = on_exit
+        self._fd: int | None = os.pidfd_open(pid)
+        asyncio.get_running_loop().add_reader(self._fd, self._ended)
+
+    def _ended(self) -> None:
+        self.close()
+        self._on_exit()
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the process through its pidfd (never a reused pid)."""
+        if self._fd is None:
+            raise ProcessLookupError(f"process {self.pid} is no longer watched")
+        signal.pidfd_send_signal(self._fd, sig)
+
+    def close(self) -> None:
+        """Stop watching; the process is left alone."""
+        if self._fd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
 
 
 # -- logs ----------------------------------------------------------------------------------

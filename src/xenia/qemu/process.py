@@ -18,7 +18,14 @@ from collections.abc import Callable
 from typing import Any
 
 from xenia.errors import BackendError
-from xenia.hostos.procfs import cmdline, log_tail, process_cpu_seconds, read_pid, thread_states
+from xenia.hostos.procfs import (
+    PidWatch,
+    cmdline,
+    log_tail,
+    process_cpu_seconds,
+    read_pid,
+    thread_states,
+)
 from xenia.qemu.cmdline import RunFiles
 from xenia.qemu.commands import Qmp
 from xenia.qemu.qmp import EventHandler, QMPSession
@@ -44,7 +51,7 @@ class QemuProcess:
         self.pid: int | None = None
         self._session: QMPSession | None = None
         self.qmp = Qmp(self)  # the typed commands, over this process's session
-        self._pidfd: int | None = None
+        self._watch: PidWatch | None = None
         self._exited = asyncio.Event()
         self._on_exit: Callable[[], None] | None = None
 
@@ -77,7 +84,7 @@ class QemuProcess:
         pid = read_pid(self.files.pidfile)
         if pid is None:
             raise BackendError(f"Failed to start QEMU for {self.name}: no pidfile written")
-        self._watch(pid)
+        self._start_watching(pid)
 
     def adopt(self) -> bool:
         """Take over a QEMU started earlier (maybe by another xeniad). False if it is gone."""
@@ -85,22 +92,17 @@ class QemuProcess:
         if pid is None or not pid_matches(pid, self.uuid):
             return False
         try:
-            self._watch(pid)
+            self._start_watching(pid)
         except ProcessLookupError:
             return False
         return True
 
-    def _watch(self, pid: int) -> None:
+    def _start_watching(self, pid: int) -> None:
         self.pid = pid
-        self._pidfd = os.pidfd_open(pid)
-        asyncio.get_running_loop().add_reader(self._pidfd, self._exit_seen)
+        self._watch = PidWatch(pid, self._exit_seen)
 
     def _exit_seen(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._pidfd is not None:
-            loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
+        self._watch = None
         self._exited.set()
         if self._on_exit is not None:
             self._on_exit()
@@ -155,11 +157,9 @@ class QemuProcess:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._pidfd is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     def remove_files(self) -> None:
         shutil.rmtree(self.files.dir, ignore_errors=True)
