@@ -1,8 +1,9 @@
 """The driver interface: one driver a domain type (qemu for pv/pvh/hvm, container).
 
-A driver starts or adopts an `Instance`; the DomainManager owns lifecycle policy
-(on_poweroff/on_reboot/on_crash) and tells the instance what to do. Instances report
-guest events back through the `GuestEvents` callback.
+A driver starts or adopts an `Instance`; the engine above owns the lifecycle policy (the
+DomainManager, and host/actions.py for on_poweroff/on_reboot/on_crash) and tells the
+instance what to do. Instances report guest events back through the `GuestEvents`
+callback; their device verbs are a DeviceControl (`instance.devices`).
 
 Save, restore and live migration are driver verbs too (Ganeti's hypervisor interface
 is the model: MigrateInstance, AcceptInstance, FinalizeMigration): the driver moves the
