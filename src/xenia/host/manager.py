@@ -27,7 +27,14 @@ from typing import Any
 
 from xenia.config.model import DomainConfig
 from xenia.drivers.base import Driver, GuestEvents, Instance
-from xenia.errors import AlreadyExists, BackendError, InvalidConfig, NotFound, XeniaError
+from xenia.errors import (
+    AlreadyExists,
+    BackendError,
+    InvalidConfig,
+    NotFound,
+    TimedOut,
+    XeniaError,
+)
 from xenia.host.actions import OnActions
 from xenia.host.validate import check_config, check_name
 from xenia.paths import Paths
@@ -329,7 +336,8 @@ class DomainManager:
                 return
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise BackendError("Failed waiting for the domain to stop: timed out")
+                raise TimedOut(f"Failed waiting for domain '{rec.name}' to stop: it is "
+                               f"still {rec.state} after {timeout:g} s")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(ev.wait(), min(left or 0.5, 0.5))
 

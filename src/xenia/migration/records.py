@@ -16,7 +16,7 @@ from xenia.store.base import DomainRecord
 from xenia.store.state import arriving
 
 # The runtime facts another host (or a later restore) needs to build the same machine.
-PORTABLE_RUNTIME = ("slots", "nports", "machine", "boot_maxmem", "pins")
+PORTABLE_RUNTIME = ("slots", "root_ports", "machine", "boot_maxmem", "pins")
 
 
 def portable(rec: DomainRecord) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from xenia.config.model import DomainConfig
+from xenia.store import schema
 from xenia.store.state import DomainState
 
 
@@ -29,13 +30,19 @@ class DomainRecord:
     runtime: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The stored shape, stamped with its schema version (store/schema.py); save files
+        and migration streams carry it too."""
         d = dataclasses.asdict(self)
         d["config"] = self.config.to_dict()
+        d[schema.KEY] = schema.DOMAIN_VERSION
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DomainRecord:
-        d = dict(d)
+        """From the stored shape of this or any older version (upgraded on the way); a
+        newer version's is refused (NotSupported)."""
+        d = schema.upgrade_domain(d)
+        del d[schema.KEY]
         d["config"] = DomainConfig.from_dict(d["config"])
         d["state"] = DomainState(d.get("state", DomainState.CREATING))
         return cls(**d)
