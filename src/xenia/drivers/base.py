@@ -15,14 +15,30 @@ move its domains refuses each verb with NotSupported.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from xenia.config.model import DiskSpec, VifSpec
-from xenia.errors import NotSupported
+from xenia.errors import NotSupported, XeniaError
+from xenia.network.manager import NetworkManager
 from xenia.store.base import DomainRecord
+
+
+def guest_traffic(network: NetworkManager, devices: Iterable[str]) -> tuple[int, int]:
+    """Bytes (received, sent) by a guest over its taps or veths, for `xenia top`; a device
+    that is gone counts nothing. Blocking (netlink)."""
+    rx = tx = 0
+    for dev in devices:
+        try:
+            st = network.tap_stats(dev)
+        except XeniaError:
+            continue
+        rx += st.get("rx_bytes", 0)
+        tx += st.get("tx_bytes", 0)
+    return rx, tx
+
 
 # What an instance reports: "poweroff", "reboot", "crash" (guest-initiated), or "exited"
 # (the process is gone without us asking).

@@ -14,7 +14,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from xenia.drivers.base import DeviceControl, GuestEvents, Instance
+from xenia.drivers.base import DeviceControl, GuestEvents, Instance, guest_traffic
 from xenia.drivers.container_host import ContainerHost
 from xenia.errors import BackendError, NotSupported, XeniaError
 from xenia.hostos import affinity
@@ -211,7 +211,7 @@ class ContainerInstance(Instance):
                                "vcpus": len(rec.runtime.get("cpuset") or []) or rec.config.vcpus}
         with contextlib.suppress(XeniaError):
             out["memory_kib"] = cg.memory_usage() // 1024
-        rx, tx = await asyncio.to_thread(self.host.network.traffic,
+        rx, tx = await asyncio.to_thread(guest_traffic, self.host.network,
                                          rec.runtime.get("veths", {}).values())
         out.update(nets=len(rec.config.vifs), net_rx_bytes=rx, net_tx_bytes=tx, vbds=0)
         return out

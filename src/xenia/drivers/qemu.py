@@ -20,6 +20,7 @@ from xenia.drivers.base import (
     MigrationOptions,
     MigrationReport,
     MigrationTarget,
+    guest_traffic,
 )
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
 from xenia.drivers.qemu_hotplug import QemuHotplug
@@ -199,7 +200,7 @@ class QemuInstance(Instance):
             pass
         out.update(vbds=len(rec.config.disks), vbd_rd_ops=rd_ops, vbd_wr_ops=wr_ops,
                    vbd_rd_bytes=rd_b, vbd_wr_bytes=wr_b)
-        rx, tx = await asyncio.to_thread(self.devices.host.network.traffic,
+        rx, tx = await asyncio.to_thread(guest_traffic, self.devices.host.network,
                                          rec.runtime.get("taps", {}).values())
         out.update(nets=len(rec.config.vifs), net_rx_bytes=rx, net_tx_bytes=tx)
         return out

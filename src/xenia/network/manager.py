@@ -33,7 +33,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -216,19 +216,6 @@ class NetworkManager:
         Keys: rx_bytes, rx_packets, tx_bytes, tx_packets, rx_dropped, tx_dropped.
         """
         return self._run(self._tap_stats, tap)
-
-    def traffic(self, devices: Iterable[str]) -> tuple[int, int]:
-        """Bytes (received, sent) by a guest over its taps or veths (`xenia top`); a
-        device that is gone counts nothing."""
-        rx = tx = 0
-        for dev in devices:
-            try:
-                st = self.tap_stats(dev)
-            except XeniaError:
-                continue
-            rx += st.get("rx_bytes", 0)
-            tx += st.get("tx_bytes", 0)
-        return rx, tx
 
     def mac_in_use(self, mac: str, ignore_tap: str | None = None) -> str | None:
         """Who on this host uses guest MAC `mac`, or None.
