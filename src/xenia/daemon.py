@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import setproctitle
 import uvicorn
@@ -76,7 +77,8 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None) -> None:
+async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
+                allowed: list[Path] | None = None) -> None:
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
     network = NetworkManager(paths, store)
@@ -100,7 +102,7 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None)
     log.info("xeniad listening on %s", paths.api_socket)
     try:
         # The host identity, and the same app on TCP (TLS + tokens) with --listen.
-        async with peers.serve_peers(app, paths, store, listen):
+        async with peers.serve_peers(app, paths, store, listen, allowed):
             await server.serve(sockets=[sock])
     finally:
         await engine.manager.detach_all()
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     set_title(sys.argv[1:] if argv is None else argv)
     listen = peers.listen_from_args(parser, args)
+    allowed = peers.allowed_from_args(parser, args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.INFO),
         format="%(asctime)s xeniad[%(process)d] %(levelname)s %(name)s: %(message)s",
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     paths.ensure()
     take_lock(paths)
     try:
-        asyncio.run(serve(paths, args.accel, listen))
+        asyncio.run(serve(paths, args.accel, listen, allowed))
     except KeyboardInterrupt:
         pass
     except XeniaError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -9,8 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from xenia.api.access import Acc
 from xenia.api.deps import Devices, Manager, Views
 from xenia.config.diskspec import parse_disk_args
+from xenia.config.model import DiskSpec
 from xenia.config.vifspec import parse_vif_spec
 
 router = APIRouter(prefix="/v1/domains/{ref}")
@@ -40,8 +43,9 @@ async def disks(ref: str, m: Manager) -> list[dict[str, Any]]:
 
 
 @router.post("/disks", status_code=201)
-async def block_attach(ref: str, req: SpecRequest, d: Devices) -> dict[str, Any]:
+async def block_attach(ref: str, req: SpecRequest, d: Devices, a: Acc) -> dict[str, Any]:
     spec = parse_disk_args(req.args)
+    await asyncio.to_thread(a.check_disk, spec, f"disk {spec.vdev}")
     await d.block_attach(ref, spec)
     return asdict(spec)
 
@@ -53,7 +57,10 @@ async def block_detach(ref: str, vdev: str, d: Devices) -> dict[str, Any]:
 
 
 @router.post("/cdrom/{vdev}")
-async def cd_insert(ref: str, vdev: str, req: CdRequest, d: Devices) -> dict[str, Any]:
+async def cd_insert(ref: str, vdev: str, req: CdRequest, d: Devices, a: Acc
+                    ) -> dict[str, Any]:
+    spec = DiskSpec(vdev=vdev, target=req.target or None, format=req.format, devtype="cdrom")
+    await asyncio.to_thread(a.check_disk, spec, f"cdrom {vdev}")
     await d.cd_insert(ref, vdev, req.target, req.format)
     return {}
 
@@ -150,18 +157,18 @@ DomainRefs = Annotated[list[str] | None, Query()]
 
 
 @host_router.get("/stats")
-async def stats(v: Views) -> list[dict[str, Any]]:
-    return await v.stats()
+async def stats(v: Views, a: Acc) -> list[dict[str, Any]]:
+    return a.visible(await v.stats())
 
 
 @host_router.get("/vcpus")
-async def vcpu_list(d: Devices, domain: DomainRefs = None) -> list[dict[str, Any]]:
-    return await d.vcpu_list(domain or [])
+async def vcpu_list(d: Devices, a: Acc, domain: DomainRefs = None) -> list[dict[str, Any]]:
+    return a.visible(await d.vcpu_list(domain or []))
 
 
 @host_router.get("/sched-credit")
-async def sched_credit(d: Devices, domain: DomainRefs = None) -> list[dict[str, Any]]:
-    return d.sched_credit(domain or [])
+async def sched_credit(d: Devices, a: Acc, domain: DomainRefs = None) -> list[dict[str, Any]]:
+    return a.visible(d.sched_credit(domain or []))
 
 
 @host_router.get("/pci-assignable")

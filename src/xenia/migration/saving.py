@@ -11,9 +11,11 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xenia.config.model import DomainConfig
 from xenia.drivers.base import Instance
 from xenia.errors import InvalidConfig, NotFound
 from xenia.host.validate import check_config, check_name
@@ -85,8 +87,13 @@ class SaveRestore:
         return size
 
     async def restore(self, path: str, paused: bool = False,
-                      overrides: dict[str, Any] | None = None) -> DomainRecord:
-        """xl restore: a new domain from a save file, continuing where it stopped."""
+                      overrides: dict[str, Any] | None = None,
+                      admit: Callable[[DomainConfig], None] | None = None) -> DomainRecord:
+        """xl restore: a new domain from a save file, continuing where it stopped.
+
+        `admit(config)` may refuse the config the file carries (the API's checks for a
+        token: its name and paths); it runs on a worker thread, after the overrides.
+        """
         target = Path(path)
         header = await asyncio.to_thread(savefile.verify, target)
         try:
@@ -97,6 +104,8 @@ class SaveRestore:
         if overrides and overrides.get("name"):
             check_name(overrides["name"])
             rec.name = rec.config.name = overrides["name"]
+        if admit is not None:
+            await asyncio.to_thread(admit, rec.config)
         check_config(rec.config)
         drv = self.m.driver_for(rec.config)
 

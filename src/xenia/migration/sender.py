@@ -30,6 +30,7 @@ from xenia.migration import preflight
 from xenia.migration.records import copied_disks, portable
 from xenia.peers.client import PeerClient
 from xenia.peers.psk import make_psk, remove_psk_dir, write_psk_dir
+from xenia.peers.secrets import PeerTokenFiles
 from xenia.revert import Revert
 from xenia.store.state import PAUSED, RUNNING
 
@@ -87,7 +88,8 @@ class Sender:
         if self.job_for(rec.uuid) is not None:
             raise InvalidConfig(f"Failed to migrate '{rec.name}': it is being migrated "
                                 f"already (cancel with `xenia migrate --cancel {rec.name}`)")
-        peer = PeerClient.from_store(self.m.store, opts.host)
+        peer = PeerClient.from_store(self.m.store, opts.host,
+                                     PeerTokenFiles(self.m.paths.peer_tokens))
         job = MigrationJob(uuid=rec.uuid, domain=rec.name, id=str(uuidlib.uuid4()),
                            options=opts)
         self.jobs[job.id] = job
