@@ -22,6 +22,7 @@ from xenia.drivers.base import (
     MigrationTarget,
     guest_traffic,
 )
+from xenia.drivers.qemu_bootwatch import BootWatch, BootWatchMixin
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
 from xenia.drivers.qemu_hotplug import QemuHotplug
 from xenia.errors import BackendError, InvalidConfig, NotFound, XeniaError
@@ -33,7 +34,7 @@ from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.qemu import accel as accel_mod
 from xenia.qemu import stream
 from xenia.qemu.binary import machine_alias, qemu_info
-from xenia.qemu.cmdline import RunFiles, build_argv
+from xenia.qemu.cmdline import RunFiles, build_argv, tcg_params_added
 from xenia.qemu.commands import Qmp
 from xenia.qemu.process import QemuProcess
 from xenia.revert import Revert
@@ -61,16 +62,22 @@ def _check_readable(path: str | None, what: str, name: str, key: str) -> None:
         raise InvalidConfig(f"Failed to create domain '{name}': {what} '{path}' is not readable")
 
 
-class QemuInstance(Instance):
+class QemuInstance(BootWatchMixin, Instance):
     def __init__(self, record: DomainRecord, proc: QemuProcess, events: GuestEvents,
-                 host: QemuDevices) -> None:
+                 host: QemuDevices, hang_timeout: float | None = None) -> None:
         self.record = record  # as at start: for its name in messages, not for state
         self.proc = proc
         self.qmp = proc.qmp
         self.devices: QemuHotplug = QemuHotplug(record, proc, host)
+        self.hang_timeout = hang_timeout
         self._events = events
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running = False
+        self._boot = 0
+        self._crash_boot = -1
+        self._watch: BootWatch | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         proc.on_exit(self._exited)
 
     # -- events from QEMU ---------------------------------------------------------------
@@ -80,11 +87,14 @@ class QemuInstance(Instance):
             # `xenia reboot -F` is a system_reset, which -action reboot=shutdown turns
             # into this shutdown: it is a reboot for on_reboot's sake.
             if reason in ("guest-reset", "host-qmp-system-reset"):
-                self._report("reboot", data)
+                if reason != "guest-reset" or not self.panic_reboot():
+                    self._report("reboot", data)
             elif data.get("guest"):
                 self._report("poweroff", data)
         elif name == "GUEST_PANICKED":
-            self._report("crash", data)
+            self.crashed(data)
+        elif name in ("RESUME", "STOP"):
+            self._running = name == "RESUME"
         elif name == "DEVICE_DELETED":
             # Unplugged CPUs are reported only through their lapic child's path
             # (/machine/peripheral/vcpu2/lapic), without "device".
@@ -126,6 +136,8 @@ class QemuInstance(Instance):
         await self.qmp.send_key(["ctrl", "alt", "delete"])
 
     async def reset(self) -> None:
+        # The console output from here on is the next boot's.
+        self.watch_boot()
         # With -action reboot=shutdown QEMU turns every reset request, system_reset too,
         # into a shutdown; so reset is allowed for the duration of this one reset.
         await self.qmp.set_action(reboot="reset")
@@ -149,6 +161,7 @@ class QemuInstance(Instance):
 
     async def destroy(self) -> None:
         self._stopping = True
+        self.stop_watch()
         try:
             await self.proc.kill()
         finally:
@@ -157,6 +170,7 @@ class QemuInstance(Instance):
 
     async def detach(self) -> None:
         self._stopping = True
+        self.stop_watch()
         await self.proc.close()
 
     async def dump_core(self, path: Path) -> None:
@@ -220,13 +234,24 @@ class QemuDriver(Driver):
     types = ("pv", "pvh", "hvm")
 
     def __init__(self, paths: Paths, store: Store, storage: StorageManager,
-                 network: NetworkManager, host_accel: str = "auto") -> None:
+                 network: NetworkManager, host_accel: str = "auto",
+                 boot_watchdog: int = 0) -> None:
         self.paths = paths
         self.host_accel = host_accel
+        self.boot_watchdog = boot_watchdog  # the default of the domains' boot_watchdog
         self.devices = QemuDevices(store, storage, network)
 
     def files(self, uuid: str) -> RunFiles:
         return RunFiles(self.paths.domain_run(uuid))
+
+    def hang_timeout(self, record: DomainRecord) -> float | None:
+        """The boot watch's hang timeout (0: panics only), or None: no boot watch. Only a
+        direct kernel boot is watched: firmware and bootloaders write to the console in
+        their own ways (drivers/qemu_bootwatch.py)."""
+        cfg = record.config
+        if not cfg.kernel:
+            return None
+        return float(self.boot_watchdog if cfg.boot_watchdog is None else cfg.boot_watchdog)
 
     def check(self, record: DomainRecord) -> None:
         cfg, name = record.config, record.name
@@ -337,16 +362,17 @@ class QemuDriver(Driver):
             revert.add(lambda: asyncio.to_thread(self.release, record))
             proc = QemuProcess(record.name, record.uuid, files)
             revert.add(proc.remove_files)
-            inst = QemuInstance(record, proc, events, self.devices)
+            inst = QemuInstance(record, proc, events, self.devices, self.hang_timeout(record))
             revert.add(inst.destroy)
             layout, devices = argv_devices(record)
             machine = record.runtime.get("machine") or machine_alias("q35")
             record.runtime["machine"] = machine
             firmware, vnc = self._hvm_extras(record)
+            added = tcg_params_added(cfg, choice.name)
             argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files,
                               qemu=info.path, layout=layout, devices=devices,
                               incoming=incoming, machine=machine, firmware=firmware,
-                              vnc_display=vnc)
+                              vnc_display=vnc, kernel_params=added)
             await proc.launch(argv)
             await proc.connect_qmp(inst.on_qmp_event)
             if cfg.vnc and cfg.vncpasswd and vnc is not None:
@@ -357,6 +383,8 @@ class QemuDriver(Driver):
             qemu_cpu.pin_threads(record, await inst.devices.vcpu_threads())
             if cfg.effective_maxmem > cfg.memory and incoming is None:
                 await proc.qmp.balloon(cfg.memory * 1024 * 1024)
+            if incoming is None:  # a boot; a restored or migrated guest booted elsewhere
+                inst.watch_boot()
             revert.success()
         record.runtime.update(
             {
@@ -367,6 +395,8 @@ class QemuDriver(Driver):
                 # The guest RAM QEMU was given (-m): mem-max cannot go past it.
                 "boot_maxmem": cfg.effective_maxmem,
                 "vcpu_threads_created": cfg.vcpus,
+                # What Xenia put on the kernel command line beyond the config's own.
+                "kernel_params_added": added,
             }
         )
         return inst
@@ -375,14 +405,16 @@ class QemuDriver(Driver):
         proc = QemuProcess(record.name, record.uuid, self.files(record.uuid))
         if not proc.adopt():
             return None
-        inst = QemuInstance(record, proc, events, self.devices)
+        inst = QemuInstance(record, proc, events, self.devices, self.hang_timeout(record))
         try:
             await proc.connect_qmp(inst.on_qmp_event)
+            status = await proc.qmp.query_status()
         except XeniaError as e:
             log.warning("domain %s: QEMU pid %s runs but QMP fails: %s", record.name, proc.pid, e)
             await proc.close()
             return None
         record.runtime["pid"] = proc.pid
+        inst.adopt_watch(running=status == "running")
         return inst
 
     def host_info(self) -> dict[str, Any]:

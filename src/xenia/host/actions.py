@@ -57,7 +57,8 @@ class OnActions:
         d = self.domains
         async with d.locked(uuid):
             rec = d.store.get(uuid)
-            if rec is None or rec.state == DYING:
+            # A crash already preserved is reported again by an adopted boot watch.
+            if rec is None or rec.state == DYING or (kind == "crash" and rec.state == CRASHED):
                 return
             if rec.state == CREATING:
                 # Still being built (create, restore, incoming migration): wait for the

@@ -190,10 +190,13 @@ class DomainManager:
             await self.actions.on_event(rec.uuid, "poweroff", {"reason": "while-daemon-down"})
         elif rec.state == RUNNING and status == "guest-panicked":
             await self.actions.on_event(rec.uuid, "crash", {})
-        elif rec.state == RUNNING and status == "paused":
-            self.set_state(rec, PAUSED)
-        elif rec.state == PAUSED and status == "running":
-            self.set_state(rec, RUNNING)
+        elif status in (PAUSED, RUNNING):
+            async with self.locked(rec.uuid):
+                # Reread: an event of the adopted instance (its boot watch's verdict, say)
+                # may have been applied while the status query was under way.
+                rec = self.store.get(rec.uuid) or rec
+                if {rec.state, status} == {RUNNING, PAUSED}:
+                    self.set_state(rec, DomainState(status))
 
     async def detach_all(self) -> None:
         for inst in list(self._inst.values()):

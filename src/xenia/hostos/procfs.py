@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from xenia.errors import BackendError, NotFound
+from xenia.errors import BackendError, NotFound, XeniaError
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -154,6 +154,19 @@ def thread_stats(pid: int, tid: int) -> ThreadStats:
     except ValueError as e:
         raise BackendError(f"Failed to read the stats of thread {tid} of process {pid}: "
                            f"{e}") from e
+
+
+def thread_demand(pid: int, tid: int) -> float:
+    """Seconds thread `tid` of `pid` ran on a CPU or waited in a run queue for one
+    (/proc schedstat); where that cannot be read, its CPU time (0.0 if it is gone)."""
+    try:
+        run, wait, _ = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+        return (int(run) + int(wait)) / 1e9
+    except (OSError, ValueError):
+        try:
+            return thread_stats(pid, tid).cpu_time
+        except XeniaError:
+            return 0.0
 
 
 def process_threads(pid: int) -> list[int]:

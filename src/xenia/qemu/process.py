@@ -24,6 +24,7 @@ from xenia.hostos.procfs import (
     log_tail,
     process_cpu_seconds,
     read_pid,
+    thread_demand,
     thread_states,
 )
 from xenia.qemu.cmdline import RunFiles
@@ -179,3 +180,11 @@ class QemuProcess:
                 with contextlib.suppress(ValueError):
                     threads[int(name[4:].split("/")[0])] = (tid, state)
         return threads
+
+    def vcpu_demand(self) -> float:
+        """Seconds the vCPU threads ran on a host CPU or waited in a run queue for one: what
+        the guest asked of the host, whether it got it or not (a vCPU starved on a busy
+        host still asks; a halted one does not)."""
+        if self.pid is None:
+            return 0.0
+        return sum(thread_demand(self.pid, tid) for tid, _ in self.vcpu_threads().values())
