@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from xenia.config.model import VifSpec
+from xenia.containers import confine, spec
 from xenia.containers import runtime as rt
-from xenia.containers import spec
 from xenia.containers.cpuset import CpusetGroup, choose_cpus, ranges
 from xenia.drivers.base import Driver, GuestEvents, Instance
 from xenia.errors import AlreadyExists, BackendError, InvalidConfig, NotSupported, XeniaError
@@ -64,7 +64,8 @@ DEFAULT_WEIGHT = 256
 # The cgroup (key under xenia/) that holds every container monitor.
 MONITORS_KEY = "container-monitors"
 # What one boot records in the domain's runtime.
-BOOT_KEYS = ("pid", "monitor_pid", "cpuset", "veths", "rootfs", "userns", "crun_version")
+BOOT_KEYS = ("pid", "monitor_pid", "cpuset", "veths", "rootfs", "lower", "nics", "userns",
+             "crun_version")
 
 
 class ContainerFiles:
@@ -82,6 +83,7 @@ class ContainerFiles:
         self.requested = run_dir / "requested"
         self.upper = run_dir / "fs" / "upper"
         self.work = run_dir / "fs" / "work"
+        self.lower = run_dir / "fs" / "lower"  # a shifted copy of the rootfs, if one is needed
 
     def boot_files(self) -> list[Path]:
         """What one boot leaves, removed before the next (console.log and fs/ stay)."""
@@ -354,7 +356,7 @@ class ContainerInstance(Instance):
         return out
 
     async def set_memory(self, rec: DomainRecord, mib: int) -> None:
-        await asyncio.to_thread(self.driver.cgroup(rec).set_memory_limit, mib * 1024 * 1024)
+        await asyncio.to_thread(confine.set_memory, self.driver.cgroup(rec), mib * 1024 * 1024)
 
     async def set_vcpus(self, rec: DomainRecord, count: int) -> list[int]:
         return await asyncio.to_thread(self.driver.set_cpus, rec, count)
@@ -405,6 +407,7 @@ class ContainerDriver(Driver):
         self.store = store
         self.network = network
         self._crun: rt.Crun | None = None
+        self.confine = confine.Confinement(store)
 
     @property
     def crun(self) -> rt.Crun:
@@ -465,6 +468,7 @@ class ContainerDriver(Driver):
                                "some CPUs (vcpus, cpus) needs the cpuset cgroup controller, "
                                "which this host lacks")
         self.crun  # noqa: B018 - raises NotSupported with the install hint if crun is missing
+        self.confine.check(record)
         files = self.files(record.uuid)
         longest = len(str(files.console))
         if longest > MAX_SOCKET_PATH:
@@ -500,7 +504,9 @@ class ContainerDriver(Driver):
                                         doing=f"apply cpus= of '{rec.name}'")
 
     def prepare(self, record: DomainRecord) -> None:
-        """Give each vif its devid and MAC (generated once, kept across reboots)."""
+        """Give each vif its devid and MAC and the domain its user ids (generated once,
+        kept across reboots)."""
+        self.confine.allocate(record)
         for vif in record.config.vifs:
             if vif.devid is None:
                 used = {v.devid for v in record.config.vifs if v.devid is not None}
@@ -565,7 +571,7 @@ class ContainerDriver(Driver):
         files = self.files(rec.uuid)
         lower = spec.check_rootfs(cfg)
         argv = spec.check_init(cfg, lower)
-        idmap = spec.idmap_for(lower)
+        idmap = self.confine.idmap(rec)
         files.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(files.dir, 0o700)
         for path in files.boot_files():
@@ -575,17 +581,16 @@ class ContainerDriver(Driver):
         if not files.upper.exists():
             files.upper.mkdir(parents=True)
             # The container's "/" takes its owner and mode from the upper directory.
-            st = lower.stat()
-            os.chown(files.upper, st.st_uid, st.st_gid)
-            os.chmod(files.upper, st.st_mode & 0o7777)
+            os.chown(files.upper, idmap.uid, idmap.gid)
+            os.chmod(files.upper, lower.stat().st_mode & 0o7777)
         doc = spec.build_spec(cfg, uuid=rec.uuid, rootfs=spec.MOUNT_BASE / rec.uuid, argv=argv,
                               idmap=idmap)
+        spec.check_mappings(doc, idmap)
         files.config.write_text(json.dumps(doc, indent=2) + "\n")
         rec.runtime["rootfs"] = str(lower)
-        rec.runtime["userns"] = (None if idmap is None else
-                                 {"uid": idmap.uid, "gid": idmap.gid, "size": idmap.size})
+        rec.runtime["lower"] = self.confine.lower(lower, idmap, files.lower, rec.name)
         cg = DomainCgroup.create(rec.uuid, name=rec.name)
-        cg.set_memory_limit(cfg.memory * 1024 * 1024)
+        confine.set_limits(cg, cfg)
         if cfg.cpu_weight is not None:
             cg.set_weight(cfg.cpu_weight)
         if cfg.cap is not None:
@@ -609,16 +614,14 @@ class ContainerDriver(Driver):
         crun = self.crun
         crun.state_root.mkdir(parents=True, exist_ok=True)
         args = ["--dir", str(files.dir), "--id", rec.uuid, "--crun", crun.path,
-                "--state-root", str(crun.state_root), "--lower", rec.runtime["rootfs"],
+                "--state-root", str(crun.state_root), *rec.runtime["lower"],
                 "--upper", str(files.upper), "--work", str(files.work),
                 "--mount-base", str(spec.MOUNT_BASE)]
         for p in procs:
             args += ["--cgroup-procs", p]
         if rt.hybrid():
             args.append("--hide-unified")
-        idmap = rec.runtime.get("userns")
-        if idmap:  # the console belongs to container root, group tty (5)
-            args += ["--console-owner", f"{idmap['uid']}:{idmap['gid'] + 5}"]
+        args += ["--console-owner", confine.console_owner(rec)]
         r, w = os.pipe()
         try:
             with open(files.monitor_log, "ab") as logf:
@@ -665,6 +668,7 @@ class ContainerDriver(Driver):
             # (and so removed later): a device of that name may be another domain's.
             self.network.plug_veth(host, vif, pid, guest_name(vif.devid))
             veths[str(vif.devid)] = host
+        confine.configure_network(rec, pid)
 
     async def boot(self, rec: DomainRecord) -> int:
         """One boot up to `crun create` plus NICs (the init not yet exec'd); returns the
@@ -858,6 +862,7 @@ class ContainerDriver(Driver):
         with contextlib.suppress(XeniaError):  # still in use by other monitors: stays
             DomainCgroup(MONITORS_KEY).remove(timeout=0.0)
         shutil.rmtree(self.files(rec.uuid).dir, ignore_errors=True)
+        self.confine.release(rec)
 
     def release(self, record: DomainRecord) -> None:
         self.teardown(record)

@@ -83,7 +83,9 @@ mkdir -p /run/xenia /var/log
 read -r host < /proc/sys/kernel/hostname
 say "init in container $host"
 printf '127.0.0.1\\tlocalhost\\n127.0.1.1\\t%s\\n::1\\tlocalhost\\n' "$host" > /etc/hosts
-ip link set lo up
+# Xenia brings the links up and sets static addresses from the host (a container has no
+# CAP_NET_ADMIN unless its config adds it); this only covers a runtime that does not.
+ip link set lo up 2>/dev/null
 for d in /sys/class/net/eth*; do
     [ -e "$d" ] && /sbin/xenia-netup "${d##*/}"
 done
@@ -150,7 +152,7 @@ if [ -z "$conf" ] && [ -n "$kip" ]; then
     esac
 fi
 
-ip link set "$iface" up
+ip link set "$iface" up 2>/dev/null
 case "${conf:-dhcp}" in
 off | none)
     say "not configured"
@@ -164,12 +166,16 @@ dhcp)
     ;;
 *)
     case "$conf" in */*) ;; *) conf=$conf/24 ;; esac
-    ip -4 addr flush dev "$iface"
-    if ! ip addr add "$conf" dev "$iface"; then
-        say "bad address $conf"
-        exit 1
+    if ip -4 -o addr show dev "$iface" | grep -q " inet $conf "; then
+        :  # set by the host already (Xenia does, before the init runs)
+    else
+        ip -4 addr flush dev "$iface"
+        if ! ip addr add "$conf" dev "$iface"; then
+            say "bad address $conf"
+            exit 1
+        fi
+        [ -n "$gw" ] && ip route add default via "$gw" dev "$iface" 2>/dev/null
     fi
-    [ -n "$gw" ] && ip route add default via "$gw" dev "$iface" 2>/dev/null
     if [ -n "$dns" ]; then
         IFS=,
         for d in $dns; do echo "nameserver $d"; done > /etc/resolv.conf
