@@ -16,7 +16,7 @@ import pytest
 from xenia.containers import idmount, limits
 from xenia.containers.idmap import IdMap
 from xenia.containers.lower import LowerLayers
-from xenia.host.cgroups import DomainCgroup, host_layout
+from xenia.host.cgroups import CgroupLayout, DomainCgroup, Hierarchy, host_layout
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -138,3 +138,24 @@ def test_lower_layers_choose_and_fall_back(tree: Path, tmp_path: Path) -> None:
     assert (tmp_path / "c2").stat().st_uid == 7000000
     layers.prepare(tree, idmap, tmp_path / "c2", "ct")  # a reboot reuses the copy
     assert calls == [str(tree)]  # probed once for the filesystem
+
+
+def test_limits_on_a_fake_v2_tree(tmp_path: Path) -> None:
+    layout = CgroupLayout((Hierarchy(tmp_path, 2, frozenset({"memory", "pids", "cpu"}),
+                                     frozenset({"memory", "pids", "cpu"})),))
+    group = tmp_path / "xenia" / "u1"
+    group.mkdir(parents=True)
+    for name, value in (("memory.max", "max"), ("memory.swap.max", "max"),
+                        ("pids.max", "max")):
+        (group / name).write_text(value + "\n")
+    cg = DomainCgroup("u1", layout=layout)
+    limits.set_memory(cg, 64 << 20)
+    assert (group / "memory.max").read_text() == str(64 << 20)
+    assert (group / "memory.swap.max").read_text() == "0"
+    assert limits.swap_limit(cg) == 0
+    limits.set_pids_max(cg, 100)
+    assert limits.pids_max(cg) == 100
+    (group / "memory.swap.max").unlink()  # a kernel without swap: memory only
+    limits.set_memory(cg, 32 << 20)
+    assert (group / "memory.max").read_text() == str(32 << 20)
+    assert limits.swap_limit(cg) is None

@@ -11,9 +11,10 @@ baseline (moby profiles/seccomp/default.json). The same shape:
   seccomp cannot read; libc then falls back to clone), `unshare`, `setns`, `mount` and
   friends not at all -- unless the config adds CAP_SYS_ADMIN, and then as Docker does;
 - `personality` only with the values programs use (Linux, 32-bit, UNAME26, query);
-- calls whose only use is a capability the container lacks, allowed when it has it
-  (`reboot` with CAP_SYS_BOOT, `chroot` with CAP_SYS_CHROOT, `ptrace` is allowed as
-  in Docker (kernel >= 4.8 checks it properly), `perf_event_open` with CAP_PERFMON...);
+- calls whose only use needs a capability, allowed when the container has it (`reboot`
+  with CAP_SYS_BOOT, `chroot` with CAP_SYS_CHROOT, `perf_event_open` with CAP_PERFMON,
+  ...); `ptrace` is allowed as in Docker (since Linux 4.8 seccomp cannot be bypassed
+  through it);
 - per-architecture calls (arch_prctl, modify_ldt on x86...).
 
 Tighter than Docker's:
