@@ -14,6 +14,7 @@ import pytest
 from xenia.config.build import build_config
 from xenia.config.model import DomainConfig
 from xenia.containers import caps, netconf, seccomp, spec
+from xenia.containers.confine import Confinement, console_owner
 from xenia.containers.idmap import (
     BLOCK,
     IdAllocator,
@@ -343,15 +344,47 @@ def test_requested_ranges(store: SqliteStore, tmp_path: Path) -> None:
         BASE // BLOCK + 2, BASE // BLOCK + 3]
 
 
-def test_check_refuses_ids_the_pool_no_longer_has(store: SqliteStore, tmp_path: Path) -> None:
-    ids = allocator(store, tmp_path, f"xenia:{BASE}:{BLOCK}\n")
+def test_hold_claims_again_or_refuses(store: SqliteStore, tmp_path: Path) -> None:
+    ids = allocator(store, tmp_path, f"xenia:{BASE}:{2 * BLOCK}\n")
+    add_record(store, "u0", "ct0")
     got = ids.allocate("u0", "ct0")
-    ids.check("ct0", got)
+    ids.hold("u0", "ct0", got)
+    # Released (a restart after the domain's host side was cleaned up): claimed again.
+    ids.release("u0")
+    ids.hold("u0", "ct0", got)
+    assert set(ids.claims("uid").values()) == {"u0"} == set(ids.claims("gid").values())
+    # Taken by another domain meanwhile: refused, naming it.
+    ids.release("u0")
+    add_record(store, "u1", "ct1")
+    assert ids.allocate("u1", "ct1") == got
+    with pytest.raises(InUse, match="held by domain 'ct1'"):
+        ids.hold("u0", "ct0", got)
+    # The pool shrank under it.
     (tmp_path / "subgid").write_text(f"xenia:{BASE + BLOCK}:{BLOCK}\n")
     with pytest.raises(InvalidConfig, match="gids .* are no longer inside"):
-        ids.check("ct0", got)
+        ids.hold("u1", "ct1", got)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="reads other processes' uid_map")
 def test_live_ranges_of_this_host_do_not_include_the_host() -> None:
     assert all(r.start > 0 or r.count < 2**32 - 1 for r in live_ranges("uid"))
+
+
+def test_confinement_gives_a_domain_its_ids_for_life(store: SqliteStore, tmp_path: Path) -> None:
+    ids = allocator(store, tmp_path, f"xenia:{BASE}:{3 * BLOCK}\n")
+    conf = Confinement(store, ids=ids)
+    ids.allocate("stale", "gone")  # a claim whose domain vanished without a release
+    rec = DomainRecord(uuid="u0", name="ct0", domid=1, config=cfg(name="ct0"))
+    got = conf.allocate(rec)  # prepare: frees the stale claim first, so gets block 0
+    assert got == IdMap(BASE, BASE) and rec.runtime["userns"] == got.to_dict()
+    assert conf.allocate(rec) == got  # once
+    store.put(rec)
+    assert console_owner(rec) == f"{BASE}:{BASE + 5}"
+    conf.release(rec)
+    assert ids.claims("uid") == {}
+    assert conf.idmap(rec) == got  # a boot after a release holds them again
+    assert set(ids.claims("uid").values()) == {"u0"}
+    asked = DomainRecord(uuid="u1", name="ct1", domid=2,
+                         config=cfg(name="ct1", idmap=f"{BASE + 2 * BLOCK}:3"))
+    assert conf.allocate(asked) == IdMap(BASE + 2 * BLOCK, BASE + 2 * BLOCK, 3)
+    assert console_owner(asked) == f"{BASE + 2 * BLOCK}:{BASE + 2 * BLOCK}"  # no gid 5

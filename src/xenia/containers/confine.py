@@ -59,24 +59,27 @@ class Confinement:
                             "xenia.ip= in extra", name, iface)
 
     # -- user ids --------------------------------------------------------------------------
-    def allocate(self, rec: DomainRecord) -> IdMap:
-        """The domain's host ids, claimed once (at create, under the manager's create
-        lock: so a claim without a record is one whose domain is gone)."""
+    def allocate(self, rec: DomainRecord, collect: bool = True) -> IdMap:
+        """The domain's host ids, claimed once, at create. `collect`: first free the ids
+        of domains without a record, which is right only under the manager's create lock
+        (prepare), where every claim of a domain being created has its record already."""
         if rec.runtime.get("userns"):
             return IdMap.from_dict(rec.runtime["userns"])
-        keep = {r.uuid for r in self.store.list()} | {rec.uuid}
-        for uuid in self.ids.collect_garbage(keep):
-            log.info("freed the user ids of domain %s, which is gone", uuid)
+        if collect:
+            keep = {r.uuid for r in self.store.list()} | {rec.uuid}
+            for uuid in self.ids.collect_garbage(keep):
+                log.info("freed the user ids of domain %s, which is gone", uuid)
         request = parse_request(rec.config.idmap) if rec.config.idmap else None
         idmap = self.ids.allocate(rec.uuid, rec.name, request)
         rec.runtime["userns"] = idmap.to_dict()
         return idmap
 
     def idmap(self, rec: DomainRecord) -> IdMap:
-        """The ids of a boot, still inside the ranges Xenia may give (a record made before
-        every container had ids of its own gets them now)."""
-        idmap = self.allocate(rec)
-        self.ids.check(rec.name, idmap)
+        """The ids of a boot: the recorded ones, still inside the ranges Xenia may give and
+        claimed by the domain (a restart after a release claims them again; a record made
+        before every container had ids of its own gets them now)."""
+        idmap = self.allocate(rec, collect=False)
+        self.ids.hold(rec.uuid, rec.name, idmap)
         return idmap
 
     def release(self, rec: DomainRecord) -> None:

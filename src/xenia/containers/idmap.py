@@ -263,9 +263,11 @@ class IdAllocator:
             self.release(uuid)
             raise
 
-    def check(self, name: str, idmap: IdMap) -> None:
-        """Refuse a recorded map that no longer lies inside the pool (the admin shrank
-        /etc/subuid since): InvalidConfig."""
+    def hold(self, uuid: str, name: str, idmap: IdMap) -> None:
+        """Make sure domain `uuid` holds the ids it recorded, before a boot: they must still
+        lie inside the pool (the admin may have shrunk /etc/subuid since: InvalidConfig)
+        and be claimed by it (claimed again if a release dropped them: InUse if another
+        domain took them meanwhile)."""
         doing = f"to start container '{name}'"
         for which in ("uid", "gid"):
             want = idmap.host_range(which)
@@ -275,6 +277,16 @@ class IdAllocator:
                     f"Failed {doing}: its host {which}s {want} are no longer inside the "
                     f"ranges {self.files[which]} gives '{self.owner}'; give them back to "
                     "it there, or destroy the container and create it again")
+            claimed = self.claims(which)
+            for b in want.blocks():
+                holder = claimed.get(b)
+                if holder is not None and holder != uuid:
+                    raise InUse(f"Failed {doing}: its host {which}s {want} are held by "
+                                f"{self._holder(holder)} now; destroy one of them")
+            missing = [b for b in want.blocks() if b not in claimed]
+            if missing and not self._claim(which, missing, uuid):
+                raise InUse(f"Failed {doing}: its host {which}s {want} were just taken by "
+                            "another domain")
 
     # -- freeing -------------------------------------------------------------------------
     def release(self, uuid: str) -> None:
