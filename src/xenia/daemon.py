@@ -17,11 +17,13 @@ import socket
 import sys
 from collections.abc import Iterator
 
+import setproctitle
 import uvicorn
 
 from xenia.api.app import make_app
 from xenia.drivers.container import ContainerDriver
 from xenia.drivers.qemu import QemuDriver
+from xenia.errors import XeniaError
 from xenia.host.manager import DomainManager
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
@@ -110,6 +112,14 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None)
         log.info("xeniad stopped; domains keep running")
 
 
+def set_title(args: list[str]) -> None:
+    """Show as `xeniad ARGS` in `ps ax` and as `xeniad` in `ps -e`/top/pgrep, however it
+    was started (`python3 -m xenia.daemon`, the entry point, the CLI's autostart)."""
+    setproctitle.setproctitle(" ".join(["xeniad", *args]))
+    # The title above also lands in the main thread's name (comm), cut to 15 bytes.
+    setproctitle.setthreadtitle("xeniad")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="xeniad", description="Xenia host daemon")
     parser.add_argument("--root", help="keep state and runtime files under this dir "
@@ -120,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default=os.environ.get("XENIA_LOG_LEVEL", "info"))
     peers.add_arguments(parser)
     args = parser.parse_args(argv)
+    set_title(sys.argv[1:] if argv is None else argv)
     listen = peers.listen_from_args(parser, args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.INFO),
@@ -132,6 +143,10 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(serve(paths, args.accel, listen))
     except KeyboardInterrupt:
         pass
+    except XeniaError as e:
+        # E.g. a record a newer xeniad wrote (store/schema.py): say so, no traceback.
+        log.error("%s", e)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -104,5 +104,12 @@ class PermissionDenied(XeniaError):
     kind = "permission-denied"
 
 
+class TimedOut(BackendError):
+    """A wait with a limit ended before the awaited thing happened (it may still)."""
+
+    http_status = 504
+    kind = "timed-out"
+
+
 # Registered here, not in the tuple above, so this addition merges without touching it.
-KINDS.update({cls.kind: cls for cls in (Unauthorized, PermissionDenied)})
+KINDS.update({cls.kind: cls for cls in (Unauthorized, PermissionDenied, TimedOut)})

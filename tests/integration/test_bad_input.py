@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +81,11 @@ def test_autostart_starts_a_daemon(tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
         assert "started xeniad" in res.stderr and "Domain-0" in res.stdout
+        # It shows as xeniad in `ps -e` (comm) and `ps ax` (its command line).
+        pid = int((root / "run" / "xeniad.pid").read_text().split()[0])
+        assert Path(f"/proc/{pid}/comm").read_text() == "xeniad\n"
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        assert cmdline[0].split() == [b"xeniad"], cmdline
     finally:
         pidfile = root / "run" / "xeniad.pid"
         if pidfile.exists():
@@ -96,3 +105,28 @@ def test_qemu_not_installed(host: Host, tmp_path: Path) -> None:
     host.env["PATH"] = os.environ["PATH"]
     fails(host, "create", str(host.write_cfg("q")), match="apt-get install qemu-system-x86")
     assert not host.has_domain("q")
+
+
+def test_record_of_a_newer_xeniad_is_refused(host: Host) -> None:
+    """A record in a shape this xeniad does not know (a newer one wrote it; Xenia was
+    downgraded) stops the daemon with a message, instead of being read and rewritten
+    without the fields it does not know."""
+    host.kill_daemon(signal.SIGTERM)
+    record = {"uuid": "5e0c1b2a-9f8e-4d7c-a6b5-c4d3e2f1a0b9", "name": "future", "domid": 9,
+              "state": "running", "created_at": 0.0, "started_at": 0.0, "schema": 99,
+              "config": {"name": "future", "type": "pv"}, "runtime": {"new_field": 1}}
+    text = json.dumps(record)
+    db_path = host.root / "state" / "xenia.db"
+    with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("INSERT INTO domains(uuid, name, domid, record) VALUES(?,?,?,?)",
+                   (record["uuid"], "future", 9, text))
+    res = subprocess.run(host.daemon_argv(), env=host.env, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert ("Failed to read the record of domain 'future' (5e0c1b2a-9f8e-4d7c-a6b5-"
+            "c4d3e2f1a0b9): a newer xeniad wrote it (schema version 99; this one knows up "
+            "to 2)") in res.stderr
+    with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+        assert db.execute("SELECT record FROM domains").fetchone()[0] == text  # untouched
+        db.execute("DELETE FROM domains")
+    host.start_daemon()

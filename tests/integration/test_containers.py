@@ -15,7 +15,6 @@ import random
 import secrets
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,15 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import CACHE
-from tests.integration.harness import READY, Host, listen, pid_alive, wait_until, write_xl_cfg
+from tests.integration.harness import (
+    COUNTER,
+    READY,
+    Host,
+    listen,
+    pid_alive,
+    wait_until,
+    write_xl_cfg,
+)
 from xenia.cli import console as con
 from xenia.containers.cpuset import CpusetGroup
 from xenia.host.cgroups import DomainCgroup, host_layout
@@ -269,9 +276,8 @@ def test_sched_credit_weight_and_cap(ct: Containers, host: Host) -> None:
 
 def test_pause_freezes_the_container(ct: Containers, host: Host) -> None:
     dom = ct.create("ct1")
-    host.run("ct1", "(i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done) "
-                    ">/dev/null 2>&1 &")
-    counter = Path(f"/proc/{dom['runtime']['pid']}/root/tmp/count")
+    host.run("ct1", COUNTER)
+    counter = Path(f"/proc/{dom['runtime']['pid']}/root/tmp/cnt")
 
     def count() -> int:
         try:
@@ -284,7 +290,17 @@ def test_pause_freezes_the_container(ct: Containers, host: Host) -> None:
     assert host.domain("ct1")["state_letters"] == "--p---"
     assert DomainCgroup(dom["uuid"]).frozen()
     frozen_at = count()
-    time.sleep(2)
+    # The same loop on the host, not frozen: 20 of its steps are the time in which the
+    # container's would have moved, however loaded the machine is.
+    ref = Path(host.root) / "ref-count"
+    ticker = subprocess.Popen(["sh", "-c", f"i=0; while :; do i=$((i+1)); echo $i > {ref}.n; "
+                               f"mv {ref}.n {ref}; sleep 0.1; done"])
+    try:
+        wait_until(lambda: ref.exists() and int(ref.read_text() or 0) >= 20,
+                   what="20 steps of the host's loop")
+    finally:
+        ticker.kill()
+        ticker.wait()
     assert count() == frozen_at
     host.xenia("unpause", "ct1")
     wait_until(lambda: count() > frozen_at + 5, what="the counter to go on")
@@ -352,8 +368,11 @@ def test_create_paused_runs_nothing_until_unpaused(ct: Containers, host: Host) -
     ct.create("ct1", False, "-p")
     d = host.domain("ct1")
     assert d["state"] == "paused" and d["state_letters"] == "--p---"
-    time.sleep(1)
+    # A second container's whole start is the time in which ct1, had it run, would have
+    # printed its ready line.
+    ct.create("ct2")
     assert host.console_log("ct1") == ""
+    assert host.domain("ct1")["state"] == "paused"
     host.xenia("unpause", "ct1")
     host.wait_console("ct1", CT_READY, timeout=60)
 

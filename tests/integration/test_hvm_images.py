@@ -88,7 +88,7 @@ def test_build_manifest_cache_and_layout(hvm: dict[str, Path], tmp_path: Path) -
     assert manifest["tiny"]["vmlinuz"] == sha256_file(tiny.kernel)
     assert manifest["cmdline"] == tiny.cmdline and "console=ttyS0" in tiny.cmdline
     assert set(manifest["packages"]) == {
-        "syslinux", "syslinux-common", "isolinux", "mtools", "systemd-boot-efi",
+        "syslinux", "syslinux-common", "isolinux", "systemd-boot-efi",
     }  # fmt: skip
     # tiny's list_images() skips the HVM manifest.
     assert "hvm" not in [i.name for i in list_images(images)]
@@ -100,35 +100,37 @@ def test_build_manifest_cache_and_layout(hvm: dict[str, Path], tmp_path: Path) -
     assert lines == [] and hvm["iso"].stat().st_mtime_ns == mtime
 
     # BIOS disk: MBR with SYSLINUX's boot code, one active partition at 1 MiB, a FAT whose
-    # boot sector SYSLINUX wrote (BPB kept), fsck-clean.
+    # boot sector SYSLINUX wrote (BPB kept), fsck-clean, holding the kernel and SYSLINUX.
     disk = hvm["bios-disk"].read_bytes()
     assert disk[510:512] == b"\x55\xaa" and disk[446] == 0x80
     assert struct.unpack_from("<II", disk, 454) == (2048, len(disk) // 512 - 2048)
     part = disk[2048 * 512 :]
     assert part[3:11] == b"SYSLINUX" and part[54:62] == b"FAT16   "
     assert struct.unpack_from("<I", part, 28) == (2048,)  # hidden sectors
+    assert _fat_files(hvm["bios-disk"], 2048) >= {
+        "syslinux.cfg", "vmlinuz", "initrd.img", "ldlinux.sys", "ldlinux.c32",
+    }  # fmt: skip
     # UEFI disk: protective MBR + GPT; the ESP holds BOOTX64.EFI, a PE with a .linux section.
     udisk = hvm["uefi-disk"].read_bytes()
     assert udisk[450] == 0xEE and udisk[512:520] == b"EFI PART"
     assert udisk[-512:-504] == b"EFI PART"
     assert b".linux\0\0" in udisk and b".initrd\0" in udisk and b".cmdline" in udisk
-    fsck = shutil.which("fsck.fat") or shutil.which("/usr/sbin/fsck.fat")
-    if fsck is not None:
-        for name, data in (("bios", part), ("esp", udisk[2048 * 512 : -33 * 512])):
-            (tmp_path / name).write_bytes(data)
-            proc = subprocess.run([fsck, "-n", str(tmp_path / name)], capture_output=True,
-                                  text=True, check=False)  # fmt: skip
-            assert proc.returncode == 0, f"{name}: {proc.stdout}{proc.stderr}"
-    # ISO: El Torito with a BIOS entry and an EFI section.
-    if shutil.which("isoinfo"):
-        info = subprocess.run(["isoinfo", "-d", "-i", str(hvm["iso"])], capture_output=True,
-                              text=True, check=True).stdout  # fmt: skip
-        assert "El Torito VD version 1 found" in info and "Arch 0 (x86)" in info
-        files = subprocess.run(["isoinfo", "-f", "-i", str(hvm["iso"])], capture_output=True,
-                               text=True, check=True).stdout.split()  # fmt: skip
-        assert {"/VMLINUZ.;1", "/INITRD.IMG;1", "/ISOLINUX/ISOLINUX.BIN;1",
-                "/ISOLINUX/LDLINUX.C32;1", "/ISOLINUX/ISOLINUX.CFG;1",
-                "/EFI/EFIBOOT.IMG;1"} <= set(files)  # fmt: skip
+    (esp_end,) = struct.unpack_from("<Q", udisk, 1024 + 40)  # the ESP's last sector
+    assert _fat_files(hvm["uefi-disk"], 2048) == {"EFI/BOOT/BOOTX64.EFI"}
+    for name, data in (("bios", part), ("esp", udisk[2048 * 512 : (esp_end + 1) * 512])):
+        (tmp_path / name).write_bytes(data)
+        proc = subprocess.run([_tool("fsck.fat"), "-n", str(tmp_path / name)],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert proc.returncode == 0, f"{name}: {proc.stdout}{proc.stderr}"
+    # ISO: El Torito with a BIOS entry and an EFI section; ISO 9660 names for ISOLINUX.
+    info = subprocess.run([_tool("isoinfo"), "-d", "-i", str(hvm["iso"])], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    assert "El Torito VD version 1 found" in info and "Arch 0 (x86)" in info
+    files = subprocess.run([_tool("isoinfo"), "-f", "-i", str(hvm["iso"])],
+                           capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert {"/VMLINUZ.;1", "/INITRD.IMG;1", "/ISOLINUX/ISOLINUX.BIN;1",
+            "/ISOLINUX/LDLINUX.C32;1", "/ISOLINUX/ISOLINUX.CFG;1",
+            "/EFI/EFIBOOT.IMG;1"} <= set(files)  # fmt: skip
 
     # A copy whose ISO no longer matches its manifest is rebuilt, from the cached .debs,
     # to the same bytes.
@@ -145,6 +147,23 @@ def test_build_manifest_cache_and_layout(hvm: dict[str, Path], tmp_path: Path) -
     for key, path in rebuilt.items():
         assert sha256_file(path) == sha256_file(hvm[key]), f"{key} is not reproducible"
     assert sorted(p.name for p in other.iterdir()) == [".hvm.lock", "hvm", "tiny"]
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name) or shutil.which(f"/usr/sbin/{name}")
+    assert found is not None, f"{name} is not installed (scripts/install-deps.sh --test)"
+    return found
+
+
+def _fat_files(image: Path, start: int) -> set[str]:
+    """The files (not directories, hidden ones too) in the FAT at sector `start` of `image`,
+    as mtools lists them."""
+    out = subprocess.run(
+        [_tool("mdir"), "-i", f"{image}@@{start * 512}", "-a", "-b", "-/", "::/"],
+        env={"PATH": "/usr/bin:/bin", "MTOOLS_SKIP_CHECK": "1", "HOME": str(image.parent)},
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return {p.removeprefix("::/") for p in out if not p.endswith("/")}
 
 
 # -- boot ------------------------------------------------------------------------------------

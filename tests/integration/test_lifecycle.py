@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -167,6 +170,37 @@ def test_daemon_sigkill_readopts_three_domains(host: Host) -> None:
     host.wait_gone("g2")
 
 
+def stored_record(host: Host, uuid: str) -> dict[str, Any]:
+    with contextlib.closing(sqlite3.connect(host.root / "state" / "xenia.db")) as db:
+        row = db.execute("SELECT record FROM domains WHERE uuid=?", (uuid,)).fetchone()
+    record: dict[str, Any] = json.loads(row[0])
+    return record
+
+
+def test_record_of_an_older_xeniad_is_upgraded_and_adopted(host: Host) -> None:
+    """store/schema.py: version 1 (before versions were written) named the root port count
+    runtime "nports"; version 2 calls it "root_ports"."""
+    dom = host.create("g1")
+    host.kill_daemon(signal.SIGTERM)
+    new = stored_record(host, dom["uuid"])
+    assert new["schema"] == 2 and new["runtime"]["root_ports"] >= 8
+    # Back to the shape the previous xeniad wrote, as if it had started the domain.
+    old = {k: v for k, v in new.items() if k != "schema"}
+    old["runtime"] = {("nports" if k == "root_ports" else k): v
+                      for k, v in new["runtime"].items()}
+    with contextlib.closing(sqlite3.connect(host.root / "state" / "xenia.db")) as db, db:
+        db.execute("UPDATE domains SET record=? WHERE uuid=?", (json.dumps(old), dom["uuid"]))
+    host.start_daemon()
+    d = host.domain("g1")
+    assert d["state"] == "running" and d["runtime"]["pid"] == dom["runtime"]["pid"]
+    assert host.run("g1", "echo adopted-$((6*7))").strip() == "adopted-42"
+    # Adoption rewrote the record in the new shape, with the same value.
+    again = stored_record(host, dom["uuid"])
+    assert again["schema"] == 2 and "nports" not in again["runtime"]
+    assert again["runtime"]["root_ports"] == new["runtime"]["root_ports"]
+    assert again["runtime"]["slots"] == new["runtime"]["slots"]
+
+
 def test_console_on_a_terminal_detaches_with_ctrl_bracket(host: Host) -> None:
     import os
     import pty
@@ -203,17 +237,19 @@ def test_console_on_a_terminal_detaches_with_ctrl_bracket(host: Host) -> None:
 
 
 def test_create_c_shows_the_boot_and_p_stays_paused(host: Host) -> None:
+    # g2 is created paused first; g1's whole boot below is the time in which g2, had it
+    # run, would have printed its own boot.
+    paused = host.write_cfg("g2")
+    host.xenia("create", "-p", str(paused))
+    d = host.domain("g2")
+    assert d["state"] == "paused" and d["state_letters"] == "--p---"
     cfg = host.write_cfg("g1")
     # On pipes the console stays until it has been quiet for 2 s: the whole boot.
     res = host.xenia("create", "-c", str(cfg), input="", timeout=120)
     assert "Linux version" in res.stdout and READY in res.stdout
     assert res.stdout.index("Linux version") < res.stdout.index(READY)
-    paused = host.write_cfg("g2")
-    host.xenia("create", "-p", str(paused))
-    d = host.domain("g2")
-    assert d["state"] == "paused" and d["state_letters"] == "--p---"
-    time.sleep(2)
     assert host.console_log("g2") == ""  # not a single instruction ran
+    assert host.domain("g2")["state"] == "paused"
     host.xenia("unpause", "g2")
     host.wait_console("g2", READY)
 
@@ -226,3 +262,31 @@ def test_shutdown_all(host: Host) -> None:
     assert host.domains() == []
     for d in doms:
         assert not pid_alive(d["runtime"]["pid"])
+
+
+def test_shutdown_timeout_names_the_domains_that_ignore_it(host: Host) -> None:
+    doms = [host.create(name, wait_ready=False) for name in ("good", "deaf")]
+    for d in doms:
+        host.wait_console(d["name"], READY)
+    # The tiny image powers off when acpid sees the power button. Without acpid the
+    # button does nothing, as in a guest still booting or one that does not handle ACPI.
+    host.run("deaf", "kill $(cat /run/acpid.pid); while pidof acpid; do sleep 0.1; done")
+    t0 = time.monotonic()
+    res = host.xenia("shutdown", "-a", "-w", "--timeout", "15", check=False)
+    took = time.monotonic() - t0
+    assert res.returncode != 0, res.stdout
+    assert "Failed to shut down deaf within 15 s: it ignored the power button" in res.stderr
+    assert "good" not in res.stderr and "Traceback" not in res.stderr
+    assert 15 <= took < 45, took
+    # The well-behaved guest went within the limit; the other is left running, still fine.
+    assert not host.has_domain("good") and not pid_alive(doms[0]["runtime"]["pid"])
+    assert host.domain("deaf")["state"] == "running"
+    assert host.run("deaf", "echo still-$((6*7))").strip() == "still-42"
+    # One domain, a short limit: the same answer after about that long.
+    t0 = time.monotonic()
+    res = host.xenia("shutdown", "-w", "--timeout", "3", "deaf", check=False)
+    assert res.returncode != 0 and "Failed to shut down deaf within 3 s" in res.stderr
+    assert 3 <= time.monotonic() - t0 < 30
+    res = host.xenia("shutdown", "--timeout", "3", "deaf", check=False)
+    assert res.returncode != 0 and "give -w too" in res.stderr
+    assert host.domain("deaf")["state"] == "running"

@@ -103,7 +103,9 @@ def test_sched_credit_weight_and_cap(host: Host) -> None:
         return (int(f[11]) + int(f[12])) / 100
 
     c0, t0 = cpu(), time.monotonic()
-    time.sleep(4)
+    # Until QEMU has used 1.5 s of CPU (the loop runs), then its share of the time that took.
+    wait_until(lambda: cpu() - c0 >= 1.5, timeout=60, interval=0.1,
+               what="the spinning guest to use CPU")
     share = (cpu() - c0) / (time.monotonic() - t0)
     assert share < 0.45, share
     fails(host, ["sched-credit", "-d", "g1", "-w", "70000"], "out of range")

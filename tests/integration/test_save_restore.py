@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.integration.harness import COUNTER, Host, counter
+from tests.integration.harness import COUNTER, Host, counter, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -14,12 +14,12 @@ pytestmark = pytest.mark.integration
 def test_save_restore_continues_the_guest(host: Host) -> None:
     dom = host.create("g1")
     host.run("g1", "echo marker-$((7*6)) > /tmp/state; " + COUNTER)
-    time.sleep(1.5)
-    before = counter(host, "g1")
+    before = wait_until(lambda: counter(host, "g1") >= 10 and counter(host, "g1"),
+                        what="the guest's counter to run")
     save = host.root / "g1.save"
     host.xenia("save", "g1", str(save))
     assert not host.has_domain("g1")  # xl save destroys the domain
-    time.sleep(2)
+    time.sleep(2)  # a gap of wall time that the restored counter must not show
     # A daemon restart in between: the file carries everything.
     host.kill_daemon()
     host.start_daemon()
@@ -28,8 +28,7 @@ def test_save_restore_continues_the_guest(host: Host) -> None:
     # No reboot (the tmpfs file survived) and no gap: it resumed right where it stopped.
     assert before <= after <= before + 5, (before, after)
     assert host.run("g1", "cat /tmp/state").strip() == "marker-42"
-    time.sleep(1)
-    assert counter(host, "g1") > after  # and it runs on
+    wait_until(lambda: counter(host, "g1") > after, what="the counter to run on")
     d = host.domain("g1")
     assert d["uuid"] == dom["uuid"] and d["domid"] != dom["domid"]
     assert host.run("g1", "cat /proc/sys/kernel/tainted").strip() == "0"
@@ -40,8 +39,9 @@ def test_save_c_and_p(host: Host) -> None:
     host.run("g1", COUNTER)
     host.xenia("save", "-c", "g1", str(host.root / "a.save"))
     assert host.domain("g1")["state"] == "running"
-    time.sleep(1)
-    c = counter(host, "g1")
+    # It runs on after save -c: its counter moves past what it was at the save.
+    c0 = counter(host, "g1")
+    c = wait_until(lambda: (n := counter(host, "g1")) > c0 and n, what="the counter to move")
     host.xenia("save", "-p", "g1", str(host.root / "b.save"))
     assert host.domain("g1")["state"] == "paused"
     # Restoring while the original still exists: its name and UUID are taken.

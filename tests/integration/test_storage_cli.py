@@ -85,11 +85,16 @@ def fails(host: Host, *args: str, match: str) -> str:
     return res.stderr
 
 
-def snapshot_of_state(host: Host) -> tuple[list[str], str, str]:
-    files = sorted(str(p.relative_to(host.root / "state"))
-                   for p in (host.root / "state" / "pools").rglob("*"))
-    return (files, host.xenia("pool", "list", "--json").stdout,
-            host.xenia("volume", "list", "--json").stdout)
+def snapshot_of_state(host: Host) -> tuple[list[tuple[str, int, int]], list[Any], str]:
+    """What the test owns: the files under its pools (size, mtime) and the pools' and
+    volumes' listings, without a pool's capacity and free bytes: those belong to the
+    filesystem, which other processes write to (it failed a fresh-clone run once)."""
+    files = sorted((str(p.relative_to(host.root / "state")), st.st_size, st.st_mtime_ns)
+                   for p in (host.root / "state" / "pools").rglob("*")
+                   if (st := p.lstat()))
+    pools = [{k: v for k, v in p.items() if k not in ("capacity", "available")}
+             for p in json.loads(host.xenia("pool", "list", "--json").stdout)]
+    return (files, pools, host.xenia("volume", "list", "--json").stdout)
 
 
 # -- tests -------------------------------------------------------------------------------

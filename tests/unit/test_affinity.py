@@ -196,24 +196,27 @@ def test_pin_own_thread(worker: int) -> None:
 
 def test_stats_of_spinning_thread(worker: int) -> None:
     s1 = thread_stats(os.getpid(), worker)
-    time.sleep(0.5)
-    s2 = thread_stats(os.getpid(), worker)
     assert s1.name == "spin (x) 1"
+    deadline = time.monotonic() + 30
+    while (s2 := thread_stats(os.getpid(), worker)).cpu_time - s1.cpu_time <= 0.2:
+        assert time.monotonic() < deadline, "the spinning thread got no CPU time in 30 s"
+        time.sleep(0.02)
     assert s2.state == "R"
-    assert s2.cpu_time - s1.cpu_time > 0.2
     assert worker in process_threads(os.getpid())
 
 
 CHILD = r"""
 import ctypes, sys, threading, time
 libc = ctypes.CDLL(None)
+named = threading.Barrier(3)
 def vcpu(i):
     # Like QEMU's vCPU threads: a blank and a slash in the name.
     libc.prctl(15, f"CPU {i}/KVM".encode(), 0, 0, 0)
+    named.wait()
     time.sleep(60)
 for i in range(2):
     threading.Thread(target=vcpu, args=(i,), daemon=True).start()
-time.sleep(0.3)
+named.wait()  # both threads have their names
 print("ready", flush=True)
 sys.stdin.readline()
 """

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,6 +69,22 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _wait(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.02)
+
+
+def _throttled(cg: DomainCgroup) -> int:
+    """Periods in which the group was held back by its cap (cpu.stat, v1 and v2)."""
+    for line in (cg.path("cpu") / "cpu.stat").read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key == "nr_throttled":
+            return int(value)
+    raise AssertionError("cpu.stat has no nr_throttled")
+
+
 class Env:
     """Groups under a root of this test's own and child processes; all cleaned up after."""
 
@@ -87,6 +103,16 @@ class Env:
                              stdout=subprocess.PIPE, text=True)
         self.procs.append(p)
         return p
+
+    def cpu_window(self, seconds: float = 0.5) -> None:
+        """Until a busy process outside the test's groups has had `seconds` of CPU: a
+        window in which a runnable process in a group would have had CPU too, however
+        loaded the machine is (a fixed sleep is not, on a busy one)."""
+        ref = self.spawn(BUSY)
+        try:
+            _wait(lambda: _cpu_seconds(ref.pid) >= seconds, "CPU time of the reference")
+        finally:
+            ref.kill()
 
     def close(self) -> None:
         for p in self.procs:
@@ -383,19 +409,26 @@ def test_weight_and_cap_in_kernel_files(env: Env) -> None:
 
 @needs_root
 def test_cap_is_measurable(env: Env) -> None:
+    """A cap of 20% holds a busy process to about a fifth of a CPU; without it, it keeps up
+    with an equal process in a sibling group. The CPU the machine has to give is measured
+    by that reference, not assumed: other work on it slows both down."""
     cg = env.group()
     p = env.spawn(BUSY)
     cg.attach(p.pid)
+    ref = env.spawn(BUSY)
+    env.group("ref").attach(ref.pid)
     cg.set_cap(20)
-    time.sleep(0.3)  # past start-up and into the throttled regime
-    c0, t0 = _cpu_seconds(p.pid), time.monotonic()
-    time.sleep(2.0)
-    share = (_cpu_seconds(p.pid) - c0) / (time.monotonic() - t0)
-    assert 0.10 <= share <= 0.35, share
+    _wait(lambda: _throttled(cg) > 0, "the cap to hold the process back")
+    c0, r0, t0 = _cpu_seconds(p.pid), _cpu_seconds(ref.pid), time.monotonic()
+    _wait(lambda: _cpu_seconds(p.pid) - c0 >= 0.4, "0.4 s of CPU under the cap")
+    used, wall = _cpu_seconds(p.pid) - c0, time.monotonic() - t0
+    available = min(wall, _cpu_seconds(ref.pid) - r0)
+    assert used / wall <= 0.35, (used, wall)  # the cap holds, loaded or not
+    assert used >= 0.10 * available, (used, available)  # and is not far below 20%
     cg.set_cap(0)
-    c0, t0 = _cpu_seconds(p.pid), time.monotonic()
-    time.sleep(1.0)
-    assert (_cpu_seconds(p.pid) - c0) / (time.monotonic() - t0) > 0.5
+    c0, r0 = _cpu_seconds(p.pid), _cpu_seconds(ref.pid)
+    _wait(lambda: _cpu_seconds(ref.pid) - r0 >= 1.0, "1 s of CPU for the reference")
+    assert _cpu_seconds(p.pid) - c0 > 0.5 * (_cpu_seconds(ref.pid) - r0)
 
 
 @needs_root
@@ -408,16 +441,15 @@ def test_freeze_and_thaw(env: Env) -> None:
     assert cg.frozen()
     c0 = _cpu_seconds(p.pid)
     g0 = cg.cpu_time()
-    time.sleep(1.0)
+    env.cpu_window()
     assert _cpu_seconds(p.pid) == c0
     assert cg.cpu_time() == g0
     assert p.poll() is None
     cg.freeze()  # again: no change, no error
     cg.thaw()
     assert not cg.frozen()
-    time.sleep(0.5)
-    assert _cpu_seconds(p.pid) - c0 > 0.2
-    assert cg.cpu_time() - g0 > 0.2
+    _wait(lambda: _cpu_seconds(p.pid) - c0 > 0.2 and cg.cpu_time() - g0 > 0.2,
+          "the thawed process to run")
 
 
 @needs_root
@@ -527,17 +559,15 @@ def test_v2_hierarchy(env: Env, v2_layout: CgroupLayout) -> None:
     p = env.spawn(BUSY)
     cg.attach(p.pid)
     _assert_in_group(p.pid, cg)
-    time.sleep(0.3)
+    _wait(lambda: cg.cpu_time() > 0, "CPU time in the group")
     cg.freeze()
     assert cg.frozen()
     g0 = cg.cpu_time()
     c0 = _cpu_seconds(p.pid)
-    assert g0 > 0
-    time.sleep(1.0)
+    env.cpu_window()
     assert cg.cpu_time() == g0 and _cpu_seconds(p.pid) == c0
     cg.thaw()
-    time.sleep(0.5)
-    assert cg.cpu_time() - g0 > 0.2
+    _wait(lambda: cg.cpu_time() - g0 > 0.2, "the thawed group to use CPU")
     if v2_layout.hierarchy_for("cpu") is None:
         with pytest.raises(NotSupported, match=r"the cpu controller is not available"):
             cg.set_weight(256)

@@ -1,21 +1,31 @@
-"""Golden files of generated QEMU argv. Regenerate with XENIA_UPDATE_GOLDEN=1 and review."""
+"""Golden files of generated QEMU argv (tests/unit/goldens.py; regenerate with
+XENIA_UPDATE_GOLDEN=1 and review): pv, pvh, and hvm with SeaBIOS, OVMF, VNC, a cdrom and
+a USB tablet. Every input is fixed: uuid, paths, MACs, tap names, the VNC display and the
+firmware files (the driver finds those on the host)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.unit.goldens import compare
 from xenia.config.model import DiskSpec, DomainConfig, VifSpec
+from xenia.devices import display
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
+from xenia.images.hvm import ovmf_qemu_args
 from xenia.qemu.cmdline import RunFiles, build_argv, escape_opt, kernel_cmdline
 from xenia.store.base import DomainRecord
 
-GOLDEN = Path(__file__).parent / "golden"
 UUID = "6f1d3b9e-2c4a-4e8b-9a51-0c7d2e3f4a5b"
 FILES = RunFiles(Path("/run/xenia/domains") / UUID)
+# What QemuDriver would find on a Debian host, fixed here.
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+NVRAM = Path("/var/lib/xenia/nvram") / f"{UUID}_VARS.fd"
+VNC_DISPLAY = 3
+VNC_PASSWORD = "s3cret-pw"
 
 CASES = {
     "pv-basic": DomainConfig(name="tiny", kernel="/boot/vmlinuz", ramdisk="/boot/initrd.img",
@@ -38,24 +48,54 @@ CASES["pv-devices"] = DomainConfig(
 )
 
 
+def hvm(name: str, cdrom: bool = False, **keys: Any) -> DomainConfig:
+    """An hvm domain with one AHCI disk (and a cdrom) and one NIC of xl's default model."""
+    disks = [DiskSpec(vdev="hda", target="/var/lib/xenia/pools/default/win.qcow2",
+                      format="qcow2")]
+    if cdrom:
+        disks.append(DiskSpec(vdev="hdc", target="/srv/iso/debian-12.iso", format="raw",
+                              access="ro", devtype="cdrom"))
+    return DomainConfig(name=name, type="hvm", memory=512, disks=disks,
+                        vifs=[VifSpec(mac="00:16:3e:5a:0b:01", bridge="xenbr0")], **keys)
+
+
+CASES["hvm-seabios"] = hvm("bios", boot="cd")
+CASES["hvm-ovmf"] = hvm("uefi", firmware="ovmf")
+CASES["hvm-vnc"] = hvm("desk", vnc=True, vnclisten="0.0.0.0", vncpasswd=VNC_PASSWORD)
+CASES["hvm-cdrom"] = hvm("inst", cdrom=True, boot="dc")
+CASES["hvm-usb-tablet"] = hvm("tab", usb=True, usbdevice=["tablet"])
+
+
+def firmware_for(cfg: DomainConfig) -> list[str]:
+    """The firmware arguments QemuDriver adds (its _hvm_extras), with fixed files."""
+    if cfg.type != "hvm":
+        return []
+    kind = display.firmware_kind(cfg)
+    if kind == "ovmf":
+        return ovmf_qemu_args(NVRAM, OVMF_CODE)
+    return ["-bios", str(cfg.firmware)] if kind == "path" else []
+
+
 def argv_for(case: str) -> list[str]:
     accel = "kvm" if case.endswith("kvm") else "tcg"
     rec = DomainRecord(uuid=UUID, name=CASES[case].name, domid=7, config=CASES[case])
     QemuDevices(None, None, None).prepare(rec)  # type: ignore[arg-type]
     rec.runtime["taps"] = {str(v.devid): f"vif7.{v.devid}" for v in rec.config.vifs}
     layout, devices = argv_devices(rec)
+    vnc = VNC_DISPLAY if rec.config.vnc else None
     return build_argv(rec.config, uuid=UUID, accel=accel, files=FILES, layout=layout,
-                      devices=devices)
+                      devices=devices, firmware=firmware_for(rec.config), vnc_display=vnc)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden_argv(case: str) -> None:
-    argv = argv_for(case)
-    text = "\n".join(argv) + "\n"
-    path = GOLDEN / f"{case}.argv"
-    if os.environ.get("XENIA_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert text == path.read_text()
+    compare(f"{case}.argv", "\n".join(argv_for(case)) + "\n")
+
+
+def test_vnc_password_is_not_on_the_command_line() -> None:
+    argv = argv_for("hvm-vnc")
+    assert not any(VNC_PASSWORD in a for a in argv)
+    assert argv[argv.index("-vnc") + 1] == f"0.0.0.0:{VNC_DISPLAY},password=on"
 
 
 def test_every_device_is_json() -> None:

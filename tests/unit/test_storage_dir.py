@@ -471,24 +471,31 @@ def test_qemu_locks_stop_a_snapshot_of_an_open_image(sm: StorageManager) -> None
     holder = subprocess.Popen(["qemu-io", "-f", "qcow2", "-c", "sleep 20000", str(v.path)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        # Wait until qemu-io holds the image open (it locks on open). Probing with
+        # Wait until qemu-io holds the image open and locked. QEMU's image locks are OFD
+        # locks on single bytes, listed in the fd's fdinfo: 100 + n while it holds
+        # permission n, 200 + n while it shares it with no one; 1 is write. Probing with
         # `qemu-img info` instead would race: its own shared lock can make qemu-io's
         # write lock fail, and qemu-io would exit.
         deadline = time.monotonic() + 20
 
-        def holds() -> bool:
-            fds = Path(f"/proc/{holder.pid}/fd")
+        def locked_bytes() -> set[int]:
             try:
-                return any(os.path.realpath(fd) == os.path.realpath(v.path)
-                           for fd in fds.iterdir())
+                for fd in Path(f"/proc/{holder.pid}/fd").iterdir():
+                    if os.path.realpath(fd) == os.path.realpath(v.path):
+                        info = Path(f"/proc/{holder.pid}/fdinfo/{fd.name}").read_text()
+                        # "lock: 1: OFDLCK ADVISORY READ -1 fe:00:123 100 101": bytes 100-101
+                        ranges = [line.split()[-2:] for line in info.splitlines()
+                                  if line.startswith("lock:")]
+                        return {b for first, last in ranges if last.isdigit()
+                                for b in range(int(first), int(last) + 1)}
             except OSError:
-                return False
+                pass
+            return set()
 
-        while not holds():
+        while not {101, 201} <= locked_bytes():
             assert holder.poll() is None, "qemu-io could not open the image"
-            assert time.monotonic() < deadline, "qemu-io did not open the image"
+            assert time.monotonic() < deadline, "qemu-io did not lock the image"
             time.sleep(0.05)
-        time.sleep(0.5)  # its lock follows the open within the same call
         assert holder.poll() is None, "qemu-io could not lock the image"
         assert subprocess.run(["qemu-img", "info", str(v.path)],
                               capture_output=True).returncode != 0, "no lock on the image"

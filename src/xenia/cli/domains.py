@@ -14,7 +14,7 @@ import xenia
 from xenia.cli import console as con
 from xenia.cli.base import Ctx, cli, out, pass_ctx, warn
 from xenia.config.model import DomainConfig
-from xenia.errors import InvalidConfig, NotFound, XeniaError
+from xenia.errors import InvalidConfig, NotFound, TimedOut, XeniaError
 
 
 # -- create ------------------------------------------------------------------------------
@@ -202,19 +202,43 @@ def _all_or_one(c: Ctx, all_: bool, dom: str | None, verb: str) -> list[str]:
 @click.option("-w", "--wait", "wait", is_flag=True, help="Wait until the domain is gone.")
 @click.option("-a", "--all", "all_", is_flag=True, help="All domains.")
 @click.option("-F", "force", is_flag=True, help="Accepted for xl compatibility (always ACPI).")
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="With -w: stop waiting after SECONDS, name the domains that ignored the "
+                   "request and exit non-zero (they keep running).")
 @click.argument("dom", required=False)
 @pass_ctx
-def shutdown(c: Ctx, wait: bool, all_: bool, force: bool, dom: str | None) -> None:
+def shutdown(c: Ctx, wait: bool, all_: bool, force: bool, timeout: float | None,
+             dom: str | None) -> None:
     """Shut a domain down (ACPI power button)."""
+    if timeout is not None and not wait:
+        raise InvalidConfig("Failed to shut down: --timeout limits the wait of -w; give -w too")
     targets = _all_or_one(c, all_, dom, "shut down")
     for t in targets:
         c.client.post(f"/v1/domains/{t}/shutdown", {"wait": False})
-    if wait:
-        for t in targets:
-            try:
-                c.client.post(f"/v1/domains/{t}/wait", {}, timeout=None)
-            except NotFound:
-                pass  # gone before we asked: that is what we wait for
+    if not wait:
+        return
+    # One deadline for all: -a -w --timeout 60 waits 60 s in all, not 60 s a domain.
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ignored = []
+    for t in targets:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            c.client.post(f"/v1/domains/{t}/wait", {"timeout": left},
+                          timeout=None if left is None else left + 30)
+        except NotFound:
+            pass  # gone before we asked: that is what we wait for
+        except TimedOut:
+            ignored.append(t)
+    if ignored:
+        names = {d["uuid"]: d["name"] for d in c.client.get("/v1/domains")}
+        shown = ", ".join(names.get(t, t) for t in ignored)
+        raise TimedOut(
+            f"Failed to shut down {shown} within {timeout:g} s: "
+            f"{'it' if len(ignored) == 1 else 'they'} ignored the power button (a guest "
+            "still booting, or one that does not handle ACPI, does) and "
+            f"{'is' if len(ignored) == 1 else 'are'} still running; ask again once booted, "
+            "or stop with `xenia destroy`"
+        )
 
 
 @cli.command()

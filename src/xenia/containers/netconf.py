@@ -23,7 +23,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from xenia.errors import BackendError
-from xenia.network.tools import find_tool, run_tool
+from xenia.tools import find_tool, run_tool
 
 DEFAULT_PREFIX = 24
 

@@ -1,7 +1,7 @@
 """Which PCIe root port each hot-pluggable device sits on: the domain's slot map.
 
-Kept in the domain record (runtime["slots"], runtime["nports"]) so a restart, an adopting
-xeniad, or a migration destination puts every device exactly where it was.
+Kept in the domain record (runtime["slots"], runtime["root_ports"]) so a restart, an
+adopting xeniad, or a migration destination puts every device exactly where it was.
 """
 
 from __future__ import annotations
@@ -21,29 +21,29 @@ def port_id(i: int) -> str:
 
 @dataclass
 class Layout:
-    nports: int
+    root_ports: int
     slots: dict[str, str] = field(default_factory=dict)  # qdev id -> root port id
 
     @classmethod
     def from_runtime(cls, runtime: dict[str, Any]) -> Layout:
-        return cls(int(runtime.get("nports", SPARE_ROOT_PORTS)),
+        return cls(int(runtime.get("root_ports", SPARE_ROOT_PORTS)),
                    dict(runtime.get("slots", {})))
 
     def save(self, runtime: dict[str, Any]) -> None:
-        runtime["nports"] = self.nports
+        runtime["root_ports"] = self.root_ports
         runtime["slots"] = dict(self.slots)
 
     def take(self, qdev: str) -> str:
         if qdev in self.slots:
             return self.slots[qdev]
         used = set(self.slots.values())
-        for i in range(self.nports):
+        for i in range(self.root_ports):
             if port_id(i) not in used:
                 self.slots[qdev] = port_id(i)
                 return port_id(i)
         raise XeniaError(
-            f"Failed to place {qdev}: all {self.nports} PCIe root ports of the domain are in "
-            "use; detach a device first"
+            f"Failed to place {qdev}: all {self.root_ports} PCIe root ports of the domain are "
+            "in use; detach a device first"
         )
 
     def release(self, qdev: str) -> None:
@@ -52,7 +52,7 @@ class Layout:
     def port_devices(self, first_slot: int = 2) -> list[dict[str, Any]]:
         """The pcie-root-port devices, eight to a slot as functions of one device."""
         devs = []
-        for i in range(self.nports):
+        for i in range(self.root_ports):
             slot, fn = first_slot + i // 8, i % 8
             dev: dict[str, Any] = {"driver": "pcie-root-port", "id": port_id(i),
                                    "bus": "pcie.0", "chassis": i + 1, "port": 0x10 + i,

@@ -1,7 +1,7 @@
 """QemuDevices: the disks and NICs of QEMU domains — checks, host side, QEMU JSON.
 
 The runtime part of a domain's devices lives in its record: runtime["slots"] and
-["nports"] (devices/layout.py) and runtime["taps"] (devid -> tap name). The config part
+["root_ports"] (devices/layout.py) and runtime["taps"] (devid -> tap name). The config part
 (config.disks, config.vifs, with generated MACs filled in) is what a restart or a
 migration rebuilds the machine from, hot-plugged devices included.
 """

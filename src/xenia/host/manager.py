@@ -17,7 +17,15 @@ from typing import Any, TypeVar
 
 from xenia.config.model import DiskSpec, DomainConfig, VifSpec
 from xenia.drivers.base import Driver, GuestEvents, Instance
-from xenia.errors import AlreadyExists, BackendError, InUse, InvalidConfig, NotFound, XeniaError
+from xenia.errors import (
+    AlreadyExists,
+    BackendError,
+    InUse,
+    InvalidConfig,
+    NotFound,
+    TimedOut,
+    XeniaError,
+)
 from xenia.host import hostinfo
 from xenia.host.pci import PciAssign, normalize_bdf
 from xenia.host.validate import check_config, check_name
@@ -408,7 +416,8 @@ class DomainManager:
                 return
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise BackendError("Failed waiting for the domain to stop: timed out")
+                raise TimedOut(f"Failed waiting for domain '{rec.name}' to stop: it is "
+                               f"still {rec.state} after {timeout:g} s")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(ev.wait(), min(left or 0.5, 0.5))
 
@@ -632,7 +641,7 @@ class DomainManager:
         """The record as another host (or a later restore) needs it: no host-local facts."""
         data = rec.to_dict()
         runtime = {k: v for k, v in rec.runtime.items()
-                   if k in ("slots", "nports", "machine", "boot_maxmem", "pins")}
+                   if k in ("slots", "root_ports", "machine", "boot_maxmem", "pins")}
         data["runtime"] = runtime
         return data
 

@@ -12,7 +12,7 @@ path can be tested with nothing downloaded but Debian packages:
 - `bios-disk.img` (64 MiB raw): MBR with SYSLINUX's `mbr.bin`, one bootable FAT16
   partition at 1 MiB holding `vmlinuz`, `initrd.img`, `syslinux.cfg` and SYSLINUX
   (`ldlinux.sys` + `ldlinux.c32`, put there by the `syslinux --install` from the package,
-  run with mtools from the package on the unmounted image).
+  run on the unmounted image; it writes through mtools).
 - `uefi-disk.img` (64 MiB raw): GPT with one EFI System Partition (FAT16) holding
   `/EFI/BOOT/BOOTX64.EFI`, a unified kernel image: systemd's `linuxx64.efi.stub` with the
   kernel, initrd and command line as PE sections (see `uki`). No boot loader config, no
@@ -27,10 +27,12 @@ port, then a root shell there (SYSLINUX adds `BOOT_IMAGE=/vmlinuz initrd=/initrd
 also prints its banner on the serial port). The kernel needs no disk driver: the initramfs
 is the root, so the Debian cloud kernel's lack of AHCI does not matter.
 
-Everything is written in Python (`fat`, `disklabel`, `iso9660`, `uki`) except the SYSLINUX
-installer. Packages (fetched with `apt-get download`, unpacked with `dpkg-deb -x`, never
-installed): syslinux, syslinux-common, isolinux, mtools, systemd-boot-efi. Running the
-extracted `syslinux` and `mtools` needs an x86-64 host (they link only against libc).
+Host tools (installed by scripts/install-deps.sh; see `fstools`) write the partition tables
+(sfdisk), the FAT filesystems (mkfs.fat, mtools) and the ISO (xorriso); `uki` writes the
+unified kernel image. The boot loaders come from Debian packages fetched with `apt-get
+download` and unpacked with `dpkg-deb -x`, never installed: syslinux, syslinux-common,
+isolinux, systemd-boot-efi. Running the extracted `syslinux` needs an x86-64 host (it links
+only against libc).
 
 Cache: `images_dir/hvm/{bios-disk.img,uefi-disk.img,boot.iso,manifest.json}`; the manifest
 records the hashes of the files, of the tiny kernel and initrd they carry and of the recipe;
@@ -60,10 +62,18 @@ from xenia.images.cache import (
     replace_dir,
 )
 from xenia.images.debs import DebFetcher, DebPackage, sha256_file
-from xenia.images.disklabel import PART_START, SECTOR, gpt, mbr
-from xenia.images.fat import MIN_SIZE as FAT_MIN_SIZE
-from xenia.images.fat import FatError, FatImage
-from xenia.images.iso9660 import IsoError, IsoImage
+from xenia.images.fstools import (
+    MBR_CODE_SIZE,
+    SECTOR,
+    Partition,
+    check_tools,
+    fat_put,
+    gpt_disk,
+    make_fat,
+    make_iso,
+    mbr_disk,
+    tool_env,
+)
 from xenia.images.tiny import ImageInfo, build_tiny
 from xenia.images.uki import PeError, make_uki
 
@@ -81,9 +91,8 @@ ARCH = "amd64"
 SYSLINUX = "syslinux"  # the installer (+ its embedded ldlinux.sys, ldlinux.c32)
 SYSLINUX_COMMON = "syslinux-common"  # mbr.bin, and ldlinux.c32 for ISOLINUX
 ISOLINUX = "isolinux"
-MTOOLS = "mtools"  # run by the syslinux installer
 SYSTEMD_BOOT_EFI = "systemd-boot-efi"  # linuxx64.efi.stub
-PACKAGES = (SYSLINUX, SYSLINUX_COMMON, ISOLINUX, MTOOLS, SYSTEMD_BOOT_EFI)
+PACKAGES = (SYSLINUX, SYSLINUX_COMMON, ISOLINUX, SYSTEMD_BOOT_EFI)
 # Files taken from the unpacked packages.
 MBR_BIN = "usr/lib/syslinux/mbr/mbr.bin"
 LDLINUX_C32 = "usr/lib/syslinux/modules/bios/ldlinux.c32"
@@ -92,7 +101,8 @@ EFI_STUB = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 EFI_BOOT_PATH = "EFI/BOOT/BOOTX64.EFI"  # the removable-media path for x86-64
 
 # Bump when the images change in a way the templates below don't show.
-FORMAT = 1
+# 2: written by sfdisk, mkfs.fat, mtools and xorriso instead of Xenia's own writers.
+FORMAT = 2
 # SERIAL first: SYSLINUX then mirrors its console (banner, errors) to COM1.
 SYSLINUX_CFG = """\
 SERIAL 0 115200
@@ -216,7 +226,7 @@ def build_hvm_images(
         if not force and _valid(target, ref, tiny.cmdline):
             return _paths(target)
         cache = Path(cache_dir) if cache_dir is not None else images_dir / "cache"
-        failures = (FatError, IsoError, PeError, ValueError)
+        failures = (PeError, ValueError)
         with build_dir(images_dir, NAME) as tmp, build_errors("HVM images", *failures):
             replace_dir(_build(tmp, cache, tiny, ref, progress), target, NAME)
     progress(f"HVM images ready in {target}")
@@ -275,6 +285,7 @@ def _build(
     ref: dict[str, str],
     progress: Callable[[str], None],
 ) -> Path:
+    check_tools("building HVM images")  # before anything is downloaded
     fetcher = DebFetcher(cache, progress)
     roots, pkgs = _fetch(fetcher, PACKAGES, tmp, progress)
     cmdline = tiny.cmdline
@@ -283,23 +294,26 @@ def _build(
     ).hexdigest()
     out = tmp / "image"
     out.mkdir()
+    cfg = tmp / "syslinux.cfg"
+    cfg.write_text(SYSLINUX_CFG.format(cmdline=cmdline))
 
     progress(f"Writing {BIOS_DISK} (MBR, FAT16, SYSLINUX)")
-    _bios_disk(out / BIOS_DISK, tiny, cmdline, roots, seed)
+    _bios_disk(out / BIOS_DISK, tiny, cfg, roots, seed, tmp)
 
     progress(f"Writing {UEFI_DISK} (GPT, EFI System Partition, unified kernel image)")
     stub = _need(roots[SYSTEMD_BOOT_EFI], EFI_STUB, SYSTEMD_BOOT_EFI).read_bytes()
-    uki = make_uki(
+    uki = tmp / "BOOTX64.EFI"
+    uki.write_bytes(make_uki(
         stub,
         tiny.kernel.read_bytes(),
         tiny.initrd.read_bytes(),
         cmdline,
         OS_RELEASE.format(kernel=tiny.kernel_version),
-    )
-    _uefi_disk(out / UEFI_DISK, uki, seed)
+    ))  # fmt: skip
+    _uefi_disk(out / UEFI_DISK, uki, seed, tmp)
 
     progress(f"Writing {ISO} (El Torito: ISOLINUX for BIOS, unified kernel image for UEFI)")
-    _iso(out / ISO, tiny, cmdline, uki, roots, tmp)
+    _iso(out / ISO, tiny, cfg, uki, roots, tmp)
 
     files = {
         f: {"sha256": sha256_file(out / f), "size": (out / f).stat().st_size}
@@ -325,41 +339,30 @@ def _build(
 
 
 def _bios_disk(
-    path: Path, tiny: ImageInfo, cmdline: str, roots: dict[str, Path], seed: str
+    path: Path, tiny: ImageInfo, cfg: Path, roots: dict[str, Path], seed: str, tmp: Path
 ) -> None:
-    part_size = DISK_SIZE - PART_START * SECTOR
-    fat = FatImage(part_size, label="XENIA", volume_id=int(seed[:8], 16), hidden_sectors=PART_START)
-    fat.add_file("syslinux.cfg", SYSLINUX_CFG.format(cmdline=cmdline).encode())
-    fat.add_file("vmlinuz", tiny.kernel)
-    fat.add_file("initrd.img", tiny.initrd)
     boot_code = _need(roots[SYSLINUX_COMMON], MBR_BIN, SYSLINUX_COMMON).read_bytes()
-    with open(path, "wb") as f:
-        f.write(mbr(DISK_SIZE // SECTOR, boot_code=boot_code[:440],
-                    disk_signature=int(seed[8:16], 16)))  # fmt: skip
-        fat.write(f, PART_START * SECTOR)
-    _install_syslinux(path, PART_START * SECTOR, roots)
+    part = mbr_disk(path, DISK_SIZE, disk_signature=int(seed[8:16], 16),
+                    boot_code=boot_code[:MBR_CODE_SIZE], scratch=tmp)  # fmt: skip
+    make_fat(path, part, label="XENIA", volume_id=int(seed[:8], 16), fat_bits=16, scratch=tmp)
+    files = {"syslinux.cfg": cfg, "vmlinuz": tiny.kernel, "initrd.img": tiny.initrd}
+    fat_put(path, files, offset=part.offset, scratch=tmp)
+    _install_syslinux(path, part.offset, roots, tmp)
 
 
-def _install_syslinux(disk: Path, offset: int, roots: dict[str, Path]) -> None:
+def _install_syslinux(disk: Path, offset: int, roots: dict[str, Path], tmp: Path) -> None:
     """Run the packaged `syslinux --install` on the FAT at `offset` in `disk`.
 
-    It writes ldlinux.sys and ldlinux.c32 through mtools (mcopy, mattrib: from the mtools
-    package, found on PATH), maps ldlinux.sys's sectors, patches them into it and writes
+    It writes ldlinux.sys and ldlinux.c32 through mtools (mcopy, mattrib: the host's, on
+    the PATH `tool_env` gives), maps ldlinux.sys's sectors, patches them into it and writes
     its boot sector over the FAT's (keeping the BPB).
     """
     installer = _need(roots[SYSLINUX], "usr/bin/syslinux", SYSLINUX)
-    mtools_bin = _need(roots[MTOOLS], "usr/bin/mtools", MTOOLS).parent
-    env = {
-        "PATH": f"{mtools_bin}:/usr/bin:/bin",
-        "LC_ALL": "C",
-        "HOME": str(disk.parent),  # no ~/.mtoolsrc of the user's
-        "SOURCE_DATE_EPOCH": "315532800",  # mtools stamps files 1980-01-01 like ours
-    }
     argv = [str(installer), "--install", "--offset", str(offset), str(disk)]
     try:
         proc = subprocess.run(
-            argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=INSTALL_TIMEOUT, check=False,
+            argv, env=tool_env(tmp), stdin=subprocess.DEVNULL, capture_output=True,
+            text=True, timeout=INSTALL_TIMEOUT, check=False,
         )  # fmt: skip
     except OSError as e:
         raise _fail(
@@ -377,47 +380,36 @@ def _install_syslinux(disk: Path, offset: int, roots: dict[str, Path]) -> None:
             raise _fail("syslinux --install left no SYSLINUX boot sector")
 
 
-def _uefi_disk(path: Path, uki: bytes, seed: str) -> None:
-    table = gpt(
-        DISK_SIZE // SECTOR,
-        disk_guid=_guid(seed, "disk"),
-        part_guid=_guid(seed, "esp"),
-    )
-    esp = FatImage(
-        (table.last_lba - table.first_lba + 1) * SECTOR,
-        label="XENIA_ESP",
-        volume_id=int(seed[16:24], 16),
-        hidden_sectors=table.first_lba,
-    )
-    esp.add_file(EFI_BOOT_PATH, uki)
-    with open(path, "wb") as f:
-        f.write(table.head)
-        esp.write(f, table.first_lba * SECTOR)
-        f.seek(table.tail_lba * SECTOR)
-        f.write(table.tail)
+def _uefi_disk(path: Path, uki: Path, seed: str, tmp: Path) -> None:
+    part = gpt_disk(path, DISK_SIZE, disk_guid=_guid(seed, "disk"),
+                    part_guid=_guid(seed, "esp"), scratch=tmp)  # fmt: skip
+    make_fat(path, part, label="XENIA_ESP", volume_id=int(seed[16:24], 16), fat_bits=16,
+             scratch=tmp)  # fmt: skip
+    fat_put(path, {EFI_BOOT_PATH: uki}, offset=part.offset, scratch=tmp)
 
 
 def _iso(
-    path: Path, tiny: ImageInfo, cmdline: str, uki: bytes, roots: dict[str, Path], tmp: Path
+    path: Path, tiny: ImageInfo, cfg: Path, uki: Path, roots: dict[str, Path], tmp: Path
 ) -> None:
     # The UEFI El Torito image: a FAT just big enough for the UKI (1 MiB spare).
-    efi_size = max(FAT_MIN_SIZE, (len(uki) // (1 << 20) + 2) << 20)
-    efi = FatImage(efi_size, label="XENIA_EFI", volume_id=0x58454649)
-    efi.add_file(EFI_BOOT_PATH, uki)
     efi_img = tmp / "efiboot.img"
-    efi.write_file(efi_img)
+    sectors = (uki.stat().st_size // (1 << 20) + 2) * (1 << 20) // SECTOR
+    with open(efi_img, "wb") as f:
+        f.truncate(sectors * SECTOR)
+    make_fat(efi_img, Partition(0, sectors), label="XENIA_EFI", volume_id=0x58454649,
+             scratch=tmp)  # fmt: skip
+    fat_put(efi_img, {EFI_BOOT_PATH: uki}, scratch=tmp)
 
-    iso = IsoImage("XENIA_TINY")
-    iso.add_file("isolinux/isolinux.bin", _need(roots[ISOLINUX], ISOLINUX_BIN, ISOLINUX))
-    iso.add_file("isolinux/ldlinux.c32",
-                 _need(roots[SYSLINUX_COMMON], LDLINUX_C32, SYSLINUX_COMMON))  # fmt: skip
-    iso.add_file("isolinux/isolinux.cfg", SYSLINUX_CFG.format(cmdline=cmdline).encode())
-    iso.add_file("vmlinuz", tiny.kernel)
-    iso.add_file("initrd.img", tiny.initrd)
-    iso.add_file("efi/efiboot.img", efi_img)
-    iso.set_bios_boot("isolinux/isolinux.bin", catalog="isolinux/boot.cat")
-    iso.set_efi_boot("efi/efiboot.img", catalog="isolinux/boot.cat")
-    iso.write(path)
+    files = {
+        "isolinux/isolinux.bin": _need(roots[ISOLINUX], ISOLINUX_BIN, ISOLINUX),
+        "isolinux/ldlinux.c32": _need(roots[SYSLINUX_COMMON], LDLINUX_C32, SYSLINUX_COMMON),
+        "isolinux/isolinux.cfg": cfg,
+        "vmlinuz": tiny.kernel,
+        "initrd.img": tiny.initrd,
+        "efi/efiboot.img": efi_img,
+    }
+    make_iso(path, files, volume_id="XENIA_TINY", isolinux_dir="isolinux",
+             efi_image="efi/efiboot.img", scratch=tmp)  # fmt: skip
 
 
 # -- firmware --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from xenia.errors import BackendError, InvalidConfig, NotFound, XeniaError
 from xenia.migration import preflight
 from xenia.peers.psk import remove_psk_dir, write_psk_dir
 from xenia.qemu.binary import machine_types, qemu_info
+from xenia.store import schema
 from xenia.store.base import DomainRecord
 
 if TYPE_CHECKING:
@@ -73,7 +74,10 @@ class Receiver:
     def check(self, record: dict[str, Any], facts: dict[str, Any],
               copy_storage: bool) -> list[str]:
         try:
-            cfg = DomainConfig.from_dict(record["config"])
+            # A record from a sender of an older release is upgraded; a newer one refused.
+            cfg = DomainConfig.from_dict(schema.upgrade_domain(record)["config"])
+        except XeniaError as e:
+            return [e.message]
         except (KeyError, TypeError, ValueError) as e:
             return [f"the domain record is unreadable ({e})"]
         recs = self.m.store.list()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from xenia.errors import BackendError
 from xenia.network.subnet import dhcp_range, dhcp_size
-from xenia.network.tools import find_tool
+from xenia.tools import find_tool
 
 LEASE_TIME = "1h"
 START_TIMEOUT = 15.0

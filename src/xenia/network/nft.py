@@ -20,7 +20,7 @@ from ipaddress import IPv4Network
 from typing import Any
 
 from xenia.errors import BackendError
-from xenia.network.tools import find_tool, run_tool
+from xenia.tools import find_tool, run_tool
 
 FAMILY = "ip"
 TABLE_PREFIX = "xenia-"

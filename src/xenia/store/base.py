@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from xenia.config.model import DomainConfig
+from xenia.store import schema
 
 # Domain states as the store keeps them; `xenia list` maps them to xl's r b p s c d.
 STATES = ("creating", "running", "paused", "shutdown", "crashed", "dying")
@@ -30,13 +31,19 @@ class DomainRecord:
     runtime: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The stored shape, stamped with its schema version (store/schema.py); save files
+        and migration streams carry it too."""
         d = dataclasses.asdict(self)
         d["config"] = self.config.to_dict()
+        d[schema.KEY] = schema.DOMAIN_VERSION
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DomainRecord:
-        d = dict(d)
+        """From the stored shape of this or any older version (upgraded on the way); a
+        newer version's is refused (NotSupported)."""
+        d = schema.upgrade_domain(d)
+        del d[schema.KEY]
         d["config"] = DomainConfig.from_dict(d["config"])
         return cls(**d)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from xenia.errors import AlreadyExists
+from xenia.store import schema
 from xenia.store.base import DomainRecord
 
 SCHEMA = """
@@ -97,18 +98,18 @@ class SqliteStore:
             row = self._db.execute(
                 "SELECT data FROM objects WHERE kind=? AND name=?", (kind, name)
             ).fetchone()
-        return json.loads(row[0]) if row else None
+        return schema.read_object(kind, name, json.loads(row[0])) if row else None
 
     def obj_list(self, kind: str) -> builtins.list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT data FROM objects WHERE kind=? ORDER BY name", (kind,)
+                "SELECT name, data FROM objects WHERE kind=? ORDER BY name", (kind,)
             ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return [schema.read_object(kind, r[0], json.loads(r[1])) for r in rows]
 
     def obj_put(self, kind: str, name: str, data: dict[str, Any], *, create: bool = False) -> None:
         """Store a document; with create=True, AlreadyExists if the name is taken."""
-        text = json.dumps(data, sort_keys=True)
+        text = json.dumps(schema.stamp_object(kind, data), sort_keys=True)
         with self._lock:
             if create:
                 try:
