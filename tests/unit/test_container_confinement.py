@@ -376,15 +376,43 @@ def test_confinement_gives_a_domain_its_ids_for_life(store: SqliteStore, tmp_pat
     ids.allocate("stale", "gone")  # a claim whose domain vanished without a release
     rec = DomainRecord(uuid="u0", name="ct0", domid=1, config=cfg(name="ct0"))
     got = conf.allocate(rec)  # prepare: frees the stale claim first, so gets block 0
-    assert got == IdMap(BASE, BASE) and rec.runtime["userns"] == got.to_dict()
+    assert got == IdMap(BASE, BASE)
+    assert rec.runtime["ids"] == rec.runtime["userns"] == got.to_dict()
     assert conf.allocate(rec) == got  # once
     store.put(rec)
     assert console_owner(rec) == f"{BASE}:{BASE + 5}"
     conf.release(rec)
     assert ids.claims("uid") == {}
-    assert conf.idmap(rec) == got  # a boot after a release holds them again
+    assert conf.idmap(rec, tmp_path / "no-upper") == got  # a boot after a release holds
+    # them again
     assert set(ids.claims("uid").values()) == {"u0"}
     asked = DomainRecord(uuid="u1", name="ct1", domid=2,
                          config=cfg(name="ct1", idmap=f"{BASE + 2 * BLOCK}:3"))
     assert conf.allocate(asked) == IdMap(BASE + 2 * BLOCK, BASE + 2 * BLOCK, 3)
     assert console_owner(asked) == f"{BASE + 2 * BLOCK}:{BASE + 2 * BLOCK}"  # no gid 5
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+@pytest.mark.parametrize("before", [None, {"uid": 100000, "gid": 100000, "size": 65536}],
+                         ids=["host-ids", "rootfs-owner"])
+def test_a_domain_of_an_older_xenia_gets_ids_and_its_files(
+        store: SqliteStore, tmp_path: Path, before: dict[str, int] | None) -> None:
+    ids = allocator(store, tmp_path, f"xenia:{BASE}:{BLOCK}\n")
+    conf = Confinement(store, ids=ids)
+    rec = DomainRecord(uuid="u0", name="ct0", domid=1, config=cfg(name="ct0"),
+                       runtime={"userns": before})  # as an older xeniad left it
+    store.put(rec)
+    old = before["uid"] if before else 0
+    upper = tmp_path / "upper"
+    (upper / "root").mkdir(parents=True)
+    (upper / "root" / "f").write_text("x")
+    (upper / "stranger").write_text("y")
+    for path, owner in ((upper, old), (upper / "root", old), (upper / "root" / "f", old + 7),
+                        (upper / "stranger", old + 70000)):
+        os.chown(path, owner, owner)
+    assert conf.idmap(rec, upper) == IdMap(BASE, BASE)
+    assert rec.runtime["ids"] == rec.runtime["userns"] == IdMap(BASE, BASE).to_dict()
+    assert (upper.stat().st_uid, (upper / "root" / "f").stat().st_gid) == (BASE, BASE + 7)
+    assert (upper / "stranger").stat().st_uid == BASE + 65534  # outside: nobody
+    conf.idmap(rec, upper)  # the next boot changes nothing
+    assert (upper / "root" / "f").stat().st_uid == BASE + 7

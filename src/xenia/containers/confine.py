@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from xenia.config.model import DomainConfig
-from xenia.containers import caps, limits, netconf, seccomp, spec
+from xenia.containers import caps, idmount, limits, netconf, seccomp, spec
 from xenia.containers.idmap import IdAllocator, IdMap, parse_request
 from xenia.containers.lower import LowerLayers
 from xenia.errors import InvalidConfig, NotSupported
@@ -60,26 +60,38 @@ class Confinement:
 
     # -- user ids --------------------------------------------------------------------------
     def allocate(self, rec: DomainRecord, collect: bool = True) -> IdMap:
-        """The domain's host ids, claimed once, at create. `collect`: first free the ids
-        of domains without a record, which is right only under the manager's create lock
-        (prepare), where every claim of a domain being created has its record already."""
-        if rec.runtime.get("userns"):
-            return IdMap.from_dict(rec.runtime["userns"])
+        """The domain's host ids, claimed once, at create (runtime "ids"; "userns" is the
+        map its current boot runs with). `collect`: first free the ids of domains without
+        a record, which is right only under the manager's create lock (prepare), where
+        every claim of a domain being created has its record already."""
+        if rec.runtime.get("ids"):
+            return IdMap.from_dict(rec.runtime["ids"])
         if collect:
             keep = {r.uuid for r in self.store.list()} | {rec.uuid}
             for uuid in self.ids.collect_garbage(keep):
                 log.info("freed the user ids of domain %s, which is gone", uuid)
         request = parse_request(rec.config.idmap) if rec.config.idmap else None
         idmap = self.ids.allocate(rec.uuid, rec.name, request)
-        rec.runtime["userns"] = idmap.to_dict()
+        rec.runtime["ids"] = rec.runtime["userns"] = idmap.to_dict()
         return idmap
 
-    def idmap(self, rec: DomainRecord) -> IdMap:
+    def idmap(self, rec: DomainRecord, upper: Path) -> IdMap:
         """The ids of a boot: the recorded ones, still inside the ranges Xenia may give and
-        claimed by the domain (a restart after a release claims them again; a record made
-        before every container had ids of its own gets them now)."""
+        claimed by the domain (a restart after a release claims them again).
+
+        A domain an older Xenia created has no "ids": it gets them now, and the files it
+        wrote (`upper`, the overlay's upper directory), owned by the ids it ran with
+        before ("userns": its rootfs's owner; none: the host's own), are given to them."""
+        before = None if rec.runtime.get("ids") else rec.runtime.get("userns")
+        legacy = not rec.runtime.get("ids")
         idmap = self.allocate(rec, collect=False)
         self.ids.hold(rec.uuid, rec.name, idmap)
+        if legacy and upper.exists():
+            old = IdMap.from_dict(before) if before else IdMap(0, 0, idmap.size)
+            log.info("domain %s: giving its files from ids %d/%d to its own ids %d/%d",
+                     rec.name, old.uid, old.gid, idmap.uid, idmap.gid)
+            idmount.shift_in_place(upper, (old.uid, idmap.uid), (old.gid, idmap.gid),
+                                   min(old.size, idmap.size))
         return idmap
 
     def release(self, rec: DomainRecord) -> None:

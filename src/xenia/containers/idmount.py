@@ -169,6 +169,26 @@ def shift(value: int, src: int, dst: int, size: int) -> int:
     return dst + min(NOBODY, size - 1)
 
 
+def _own(path: Path, st: os.stat_result, uids: tuple[int, int], gids: tuple[int, int],
+         size: int) -> None:
+    """Give `path` (whose stat was `st`) the shifted owner, keeping its mode."""
+    os.lchown(path, shift(st.st_uid, uids[0], uids[1], size),
+              shift(st.st_gid, gids[0], gids[1], size))
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(path, stat.S_IMODE(st.st_mode))  # chown cleared setuid/setgid
+
+
+def shift_in_place(top: Path, uids: tuple[int, int], gids: tuple[int, int],
+                   size: int) -> None:
+    """Shift the owners of every file under `top` (itself included, symlinks not
+    followed): ids src.. become dst.. as in `shifted_copy`."""
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            _own(path, path.lstat(), uids, gids, size)
+    _own(top, top.lstat(), uids, gids, size)
+
+
 def shifted_copy(src: Path, dst: Path, uids: tuple[int, int], gids: tuple[int, int],
                  size: int) -> None:
     """Copy tree `src` to `dst` (which must not exist) with ids shifted: (src_uid,
@@ -181,10 +201,7 @@ def shifted_copy(src: Path, dst: Path, uids: tuple[int, int], gids: tuple[int, i
     links: dict[tuple[int, int], Path] = {}
 
     def own(path: Path, st: os.stat_result) -> None:
-        os.lchown(path, shift(st.st_uid, uids[0], uids[1], size),
-                  shift(st.st_gid, gids[0], gids[1], size))
-        if not stat.S_ISLNK(st.st_mode):
-            os.chmod(path, stat.S_IMODE(st.st_mode))  # chown cleared setuid/setgid
+        _own(path, st, uids, gids, size)
 
     def copy(s: Path, d: Path) -> None:
         st = s.lstat()

@@ -65,7 +65,7 @@ DEFAULT_WEIGHT = 256
 MONITORS_KEY = "container-monitors"
 # What one boot records in the domain's runtime.
 BOOT_KEYS = ("pid", "monitor_pid", "cpuset", "veths", "rootfs", "lower", "nics", "userns",
-             "crun_version")
+             "ids", "crun_version")
 
 
 class ContainerFiles:
@@ -571,7 +571,7 @@ class ContainerDriver(Driver):
         files = self.files(rec.uuid)
         lower = spec.check_rootfs(cfg)
         argv = spec.check_init(cfg, lower)
-        idmap = self.confine.idmap(rec)
+        idmap = self.confine.idmap(rec, files.upper)
         files.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(files.dir, 0o700)
         for path in files.boot_files():
