@@ -416,3 +416,22 @@ def test_a_domain_of_an_older_xenia_gets_ids_and_its_files(
     assert (upper / "stranger").stat().st_uid == BASE + 65534  # outside: nobody
     conf.idmap(rec, upper)  # the next boot changes nothing
     assert (upper / "root" / "f").stat().st_uid == BASE + 7
+
+
+def test_check_refuses_bad_addresses_and_warns_of_dhcp(
+        store: SqliteStore, caplog: pytest.LogCaptureFixture) -> None:
+    conf = Confinement(store)
+
+    def rec(**keys: object) -> DomainRecord:
+        return DomainRecord(uuid=UUID, name="ct1", domid=1, config=cfg(**keys))
+
+    with pytest.raises(InvalidConfig, match="the address of eth0 in extra/cmdline"):
+        conf.check(rec(vif=["bridge=xenbr0"], extra="xenia.ip=10.0.0.300/24"))
+    caplog.set_level("WARNING", logger="xenia.containers.confine")
+    conf.check(rec(vif=["bridge=xenbr0"], extra="xenia.ip=10.0.0.3/24"))
+    assert not caplog.records
+    conf.check(rec(vif=["bridge=xenbr0", "bridge=xenbr0"], extra="xenia.ip=10.0.0.3/24"))
+    assert "eth1 gets no address: DHCP runs inside the container" in caplog.text
+    caplog.clear()
+    conf.check(rec(vif=["bridge=xenbr0"], cap_add=["NET_ADMIN"]))
+    assert not caplog.records

@@ -46,8 +46,8 @@ class Confinement:
                                "profile for this host's architecture, and no container "
                                "runs without one")
         have = caps.effective(cfg.cap_add, cfg.cap_drop)
-        for vif in cfg.vifs:
-            iface = guest_name(vif.devid if vif.devid is not None else cfg.vifs.index(vif))
+        for i, vif in enumerate(cfg.vifs):  # devids are given after the checks
+            iface = guest_name(vif.devid if vif.devid is not None else i)
             try:
                 nic = netconf.nic_config(cfg.effective_cmdline(), iface)
             except ValueError as e:
