@@ -7,6 +7,7 @@ $XENIA_ROOT/state (persistent) and $XENIA_ROOT/run (runtime). Otherwise the FHS 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,16 @@ class Paths:
     def daemon_log(self) -> Path:
         return self.state / "xeniad.log"
 
+    @property
+    def audit_log(self) -> Path:
+        """Every mutating API call over TCP, one JSON line each (peers/audit.py)."""
+        return self.state / "audit.log"
+
+    @property
+    def peer_tokens(self) -> Path:
+        """The tokens this host presents to its peers, one 0600 file each."""
+        return self.state / "peer-tokens"
+
     def domain_run(self, uuid: str) -> Path:
         """Runtime dir of one domain: pidfile, QMP and console sockets, logs."""
         return self.run / "domains" / uuid
@@ -55,6 +66,11 @@ class Paths:
     def ensure(self) -> None:
         for d in (self.state, self.run, self.images, self.run / "domains"):
             d.mkdir(parents=True, exist_ok=True)
-        # Root-only: the run dir holds the API socket and the guests' consoles.
+        # Root-only: the run dir holds the API socket and the guests' consoles, the state
+        # dir the database, the TLS key and the peer tokens. Set at every start, so a dir
+        # an older Xenia (or a hand) made with other modes is fixed too.
         os.chmod(self.run, 0o700)
         os.chmod(self.state, 0o700)
+        for f in (self.daemon_log, self.audit_log):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f, 0o600)

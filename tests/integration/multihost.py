@@ -27,9 +27,13 @@ class NetHost(Host):
     """A Host whose xeniad (and so its guests, taps and bridges) lives in netns `ns`."""
 
     def __init__(self, image: Image, ns: str, address: str,
-                 private_dirs: tuple[Path, ...] = ()) -> None:
+                 private_dirs: tuple[Path, ...] = (), allow: tuple[Path, ...] = ()) -> None:
         super().__init__(image, Path(tempfile.mkdtemp(prefix="xm-", dir="/tmp")))
         self.ns, self.address, self.private_dirs = ns, address, private_dirs
+        # What a peer may name over TCP (an incoming domain's kernel, initrd and disks):
+        # the image's directories, and the test's shared and private directories.
+        self.allow = tuple(dict.fromkeys([image.kernel.parent, image.initrd.parent,
+                                          *private_dirs, *allow]))
 
     def daemon_argv(self, *args: str) -> list[str]:
         argv = ["ip", "netns", "exec", self.ns]
@@ -37,7 +41,9 @@ class NetHost(Host):
             # A mount namespace of its own where these directories are empty tmpfs.
             argv += ["unshare", "--mount", "--propagation", "private", sys.executable,
                      str(BOOT), *[str(d) for d in self.private_dirs], "--"]
-        return argv + super().daemon_argv("--listen", f"{self.address}:{PORT}", *args)
+        allowed = [a for d in self.allow for a in ("--allow-path", str(d))]
+        return argv + super().daemon_argv("--listen", f"{self.address}:{PORT}", *allowed,
+                                          *args)
 
     def kill_daemon(self, sig: int = 9) -> None:
         # `ip netns exec` execs, but unshare + the boot helper exec too: one pid.
@@ -64,13 +70,15 @@ class Cluster:
     bridge `guest_bridge`, so guests on different hosts share one L2 segment."""
 
     def __init__(self, image: Image, n: int, tag: str,
-                 private: dict[int, tuple[Path, ...]] | None = None) -> None:
+                 private: dict[int, tuple[Path, ...]] | None = None,
+                 allow: tuple[Path, ...] = ()) -> None:
         self.tag = tag
         self.net = f"10.{200 + int(tag) % 50}.{int(tag) % 250}"
         self.sw = f"xsw{tag}"
         self.hosts: list[NetHost] = []
         self.image = image
         self.private = private or {}
+        self.allow = allow
         self.n = n
         self.links: list[str] = []
 
@@ -89,7 +97,8 @@ class Cluster:
             ip("-n", self.sw, "link", "set", f"c{i}", "master", "ctl", "up")
             ip("-n", ns, "addr", "add", f"{self.net}.{i + 1}/24", "dev", "eth0")
             ip("-n", ns, "link", "set", "eth0", "up")
-            host = NetHost(self.image, ns, f"{self.net}.{i + 1}", self.private.get(i, ()))
+            host = NetHost(self.image, ns, f"{self.net}.{i + 1}", self.private.get(i, ()),
+                           self.allow)
             self.hosts.append(host)
             host.start_daemon()
 

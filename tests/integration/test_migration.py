@@ -35,7 +35,7 @@ def cluster(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[Clust
     for d in (SHARED, PRIVATE):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-    c = Cluster(tiny_image, 2, TAG, private={1: (PRIVATE,)})
+    c = Cluster(tiny_image, 2, TAG, private={1: (PRIVATE,)}, allow=(SHARED, PRIVATE))
     failed_before = request.session.testsfailed
     try:
         c.start()

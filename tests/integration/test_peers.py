@@ -13,6 +13,7 @@ import os
 import pty
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -179,9 +180,12 @@ def test_unauthenticated_requests_refused(hosts: tuple[NsHost, NsHost]) -> None:
 
     r = raw_request(a.ns, ADDR_B, "/v1/host", token=token)
     assert r["status"] == 200 and json.loads(r["body"])["domains"] == 0
-    # Even a valid token cannot manage tokens or peers from outside.
+    # A peer's token (migrate only) cannot manage tokens or peers from outside.
     r = raw_request(a.ns, ADDR_B, "/v1/host/tokens", token=token)
     assert r["status"] == 403 and json.loads(r["body"])["error"] == "permission-denied"
+    assert "lacks the scope 'admin'" in json.loads(r["body"])["message"]
+    r = raw_request(a.ns, ADDR_B, "/v1/domains", token=token)
+    assert r["status"] == 403 and "lacks the scope 'read'" in r["body"]
     # A has no listener at all.
     r = raw_request(b.ns, ADDR_A, "/v1/host", token=token)
     assert r.get("exception") == "ConnectionRefusedError", r
@@ -226,6 +230,42 @@ def test_add_list_revoke_remove(hosts: tuple[NsHost, NsHost]) -> None:
     assert a.peers() == []
     res = a.xenia("host", "remove", "b", check=False)
     assert res.returncode == 1 and "Failed to find host 'b'" in res.stderr
+
+
+def test_peer_tokens_kept_out_of_the_database(hosts: tuple[NsHost, NsHost]) -> None:
+    a, b = hosts
+    token = b.new_token("at-rest")
+    a.xenia("host", "add", "b", f"{ADDR_B}:{PORT}", "--token", token, "--fingerprint",
+            b.info()["fingerprint"])
+    state = a.root / "state"
+    f = state / "peer-tokens" / "b"
+
+    def mode(p: Path) -> int:
+        return p.stat().st_mode & 0o777
+
+    def in_db() -> bool:
+        return any(token.encode() in p.read_bytes() for p in state.glob("xenia.db*"))
+
+    assert f.read_text() == token and mode(f) == 0o600 and mode(f.parent) == 0o700
+    assert not in_db()
+    # As an older Xenia kept it: inside the peer record. The next start moves it out.
+    a.kill_daemon(signal.SIGINT)
+    f.unlink()
+    db = sqlite3.connect(state / "xenia.db")
+    row = db.execute("SELECT data FROM objects WHERE kind='peer' AND name='b'").fetchone()
+    db.execute("UPDATE objects SET data=? WHERE kind='peer' AND name='b'",
+               (json.dumps({**json.loads(row[0]), "token": token}),))
+    db.commit()
+    db.close()
+    assert in_db()
+    a.start_daemon()
+    assert f.read_text() == token and mode(f) == 0o600
+    assert not in_db()  # not in the records, nor in free pages or the WAL
+    (peer,) = a.peers()
+    assert peer["authenticated"] is True
+    a.xenia("host", "remove", "b")
+    assert not f.exists()
+    b.xenia("host", "token", "revoke", "at-rest")
 
 
 def test_add_refusals(hosts: tuple[NsHost, NsHost]) -> None:

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from xenia.api.app import make_app
+from xenia.api.scopes import make_access_factory
 from xenia.cli.hosts import choose_fingerprint, format_list
 from xenia.errors import KINDS, AlreadyExists, BackendError, InvalidConfig, NotFound
 from xenia.paths import Paths
@@ -132,21 +133,23 @@ def test_tokens_only_hash_kept(store: SqliteStore) -> None:
     stored = store.obj_get(TOKEN_KIND, "b")
     assert stored is not None and stored["sha256"] == hash_token(token)
     assert token not in repr(stored)
-    assert reg.list() == [{"name": "b", "created": stored["created"]}]
+    assert reg.list() == [{"name": "b", "created": stored["created"], "scopes": ["migrate"],
+                           "domains": [], "legacy": False, "parent": None}]
 
 
 def test_tokens_verify_and_revoke(store: SqliteStore) -> None:
     reg = TokenRegistry(store)
     _, t1 = reg.create("one")
     _, t2 = reg.create()
-    assert reg.verify(t1) == "one"
-    name2 = reg.verify(t2)
-    assert name2 is not None and name2.startswith("token-")
+    g1 = reg.verify(t1)
+    assert g1 is not None and g1.token == "one"
+    g2 = reg.verify(t2)
+    assert g2 is not None and g2.token.startswith("token-")
     assert reg.verify(t1 + "x") is None
     assert reg.verify("") is None
     assert reg.verify(hash_token(t1)) is None  # the stored hash is no credential
     reg.revoke("one")
-    assert reg.verify(t1) is None and reg.verify(t2) == name2
+    assert reg.verify(t1) is None and reg.verify(t2) == g2
     with pytest.raises(NotFound, match="Failed to revoke token 'one'"):
         reg.revoke("one")
 
@@ -178,7 +181,7 @@ def test_tokens_compare_every_record(store: SqliteStore, monkeypatch: pytest.Mon
         return real(a, b)
 
     monkeypatch.setattr(tokens_mod.hmac, "compare_digest", spy)
-    assert reg.verify(first) == "a"
+    assert (reg.verify(first) or SimpleNamespace(token=None)).token == "a"
     assert len(calls) == 4
 
 
@@ -286,7 +289,8 @@ def apps(tmp_path: Path) -> Iterator[tuple[TestClient, TestClient, TokenRegistry
     manager = SimpleNamespace(paths=paths, store=st, host_info=lambda: {"host": "b"})
     app = make_app(manager)  # type: ignore[arg-type]
     tokens = TokenRegistry(st)
-    with TestClient(TokenAuth(app, tokens.verify)) as tcp, TestClient(app) as local:  # type: ignore[arg-type]
+    guarded = TokenAuth(app, tokens.verify, make_access_factory(app, []))
+    with TestClient(guarded) as tcp, TestClient(app) as local:  # type: ignore[arg-type]
         yield tcp, local, tokens
     st.close()
 
@@ -302,7 +306,7 @@ def test_tcp_needs_a_token(apps: tuple[TestClient, TestClient, TokenRegistry]) -
     assert r.status_code == 401 and "not valid on this host" in r.json()["message"]
     r = tcp.get("/v1/no-such-route")
     assert r.status_code == 401  # before routing: nothing about the API leaks
-    _, token = tokens.create("peer")
+    _, token = tokens.create("peer", ["read"])
     ok = {"Authorization": f"Bearer {token}"}
     r = tcp.get("/v1/host", headers=ok)
     assert r.status_code == 200 and r.json() == {"host": "b"}
@@ -312,7 +316,7 @@ def test_tcp_needs_a_token(apps: tuple[TestClient, TestClient, TokenRegistry]) -
     assert tcp.get("/v1/host", headers=ok).status_code == 401
 
 
-def test_tcp_never_manages_tokens_or_peers(
+def test_tcp_manages_tokens_only_with_admin(
         apps: tuple[TestClient, TestClient, TokenRegistry]) -> None:
     tcp, _, tokens = apps
     _, token = tokens.create("peer")
@@ -323,7 +327,11 @@ def test_tcp_never_manages_tokens_or_peers(
         r = tcp.request(method, url, headers=ok, json={})
         assert r.status_code == 403, (method, url)
         assert r.json()["error"] == "permission-denied"
-    assert tokens.list()[0]["name"] == "peer"
+        assert "lacks the scope 'admin'" in r.json()["message"]
+    assert [t["name"] for t in tokens.list()] == ["peer"]
+    _, admin = tokens.create("admin", ["admin"])
+    r = tcp.get("/v1/host/tokens", headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 200 and {t["name"] for t in r.json()} == {"peer", "admin"}
 
 
 def test_local_socket_manages_tokens(apps: tuple[TestClient, TestClient, TokenRegistry]

@@ -31,6 +31,7 @@ from xenia.peers.address import ListenSpec
 from xenia.peers.client import FingerprintMismatch, PeerClient, fetch_certificate
 from xenia.peers.listener import serve_peers
 from xenia.peers.registry import PeerRegistry
+from xenia.peers.secrets import PeerTokenFiles
 from xenia.peers.service import PeerService
 from xenia.peers.tokens import TokenRegistry
 from xenia.store.sqlite import SqliteStore
@@ -74,7 +75,7 @@ def run_with_peer(tmp_path: Path, body: Callable[[PeerService, str], Awaitable[N
 
 def test_pinned_tls_and_token(tmp_path: Path) -> None:
     async def body(svc: PeerService, address: str) -> None:
-        _, token = svc.tokens.create("a")
+        _, token = svc.tokens.create("a", ["read"])
         fingerprint = svc.identity().fingerprint
         pem, seen = await asyncio.to_thread(fetch_certificate, address)
         assert seen == fingerprint and pem.startswith("-----BEGIN CERTIFICATE-----")
@@ -187,7 +188,8 @@ def test_client_needs_a_pin() -> None:
 
 def test_registry_add_list_remove(tmp_path: Path) -> None:
     store_a = SqliteStore(tmp_path / "a.db")
-    reg = PeerRegistry(store_a)
+    files = PeerTokenFiles(tmp_path / "a-tokens")
+    reg = PeerRegistry(store_a, files)
 
     async def body(svc: PeerService, address: str) -> None:
         _, token = svc.tokens.create("for-a")
@@ -204,13 +206,18 @@ def test_registry_add_list_remove(tmp_path: Path) -> None:
         added = await reg.add("b", address, token, fingerprint)
         assert added["fingerprint"] == fingerprint and added["free_memory"] == 1234
         assert "token" not in added
+        # The token is in a root-only file, not in the database.
+        assert "token" not in store_a.obj_get("peer", "b")  # type: ignore[operator]
+        assert files.read("b") == token
+        assert (tmp_path / "a-tokens" / "b").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "a-tokens").stat().st_mode & 0o777 == 0o700
         with pytest.raises(AlreadyExists, match="xenia host remove b"):
             await reg.add("b", address, token, fingerprint)
 
         (row,) = await reg.status_all()
         assert row["reachable"] and row["authenticated"] and row["domains"] == 2
         # PeerClient.from_store: what the migration code uses.
-        from_store = PeerClient.from_store(store_a, "b")
+        from_store = PeerClient.from_store(store_a, "b", files)
         assert (await from_store.arequest("GET", "/v1/host"))["host"] == "b"
 
         svc.tokens.revoke("for-a")
@@ -219,7 +226,7 @@ def test_registry_add_list_remove(tmp_path: Path) -> None:
         assert "token is not valid" in row["error"]
 
         reg.remove("b")
-        assert reg.list() == []
+        assert reg.list() == [] and not (tmp_path / "a-tokens" / "b").exists()
         with pytest.raises(NotFound, match="Failed to find host 'b'"):
             reg.remove("b")
 

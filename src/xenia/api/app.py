@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import xenia
 from xenia.api import devices, domains, migration, network, peers, storage
+from xenia.api.scopes import enforce
 from xenia.errors import InvalidConfig, XeniaError
 from xenia.host.manager import DomainManager
 
@@ -21,7 +22,8 @@ def error_body(err: XeniaError) -> dict[str, str]:
 
 
 def make_app(manager: DomainManager) -> FastAPI:
-    app = FastAPI(title="xeniad", version=xenia.__version__)
+    # enforce: the scope check of requests from TCP, before every handler (api/scopes.py).
+    app = FastAPI(title="xeniad", version=xenia.__version__, dependencies=[Depends(enforce)])
     app.state.manager = manager
     app.include_router(domains.router)
     app.include_router(devices.router)

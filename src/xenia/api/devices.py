@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from xenia.api.access import Acc
 from xenia.api.deps import Manager
 from xenia.config.diskspec import parse_disk_args
+from xenia.config.model import DiskSpec
 from xenia.config.vifspec import parse_vif_spec
 
 router = APIRouter(prefix="/v1/domains/{ref}")
@@ -39,8 +42,9 @@ async def disks(ref: str, m: Manager) -> list[dict[str, Any]]:
 
 
 @router.post("/disks", status_code=201)
-async def block_attach(ref: str, req: SpecRequest, m: Manager) -> dict[str, Any]:
+async def block_attach(ref: str, req: SpecRequest, m: Manager, a: Acc) -> dict[str, Any]:
     spec = parse_disk_args(req.args)
+    await asyncio.to_thread(a.check_disk, spec, f"disk {spec.vdev}")
     await m.block_attach(ref, spec)
     return asdict(spec)
 
@@ -52,7 +56,10 @@ async def block_detach(ref: str, vdev: str, m: Manager) -> dict[str, Any]:
 
 
 @router.post("/cdrom/{vdev}")
-async def cd_insert(ref: str, vdev: str, req: CdRequest, m: Manager) -> dict[str, Any]:
+async def cd_insert(ref: str, vdev: str, req: CdRequest, m: Manager, a: Acc
+                    ) -> dict[str, Any]:
+    spec = DiskSpec(vdev=vdev, target=req.target or None, format=req.format, devtype="cdrom")
+    await asyncio.to_thread(a.check_disk, spec, f"cdrom {vdev}")
     await m.cd_insert(ref, vdev, req.target, req.format)
     return {}
 
@@ -149,18 +156,18 @@ Domains = Annotated[list[str] | None, Query()]
 
 
 @host_router.get("/stats")
-async def stats(m: Manager) -> list[dict[str, Any]]:
-    return await m.stats()
+async def stats(m: Manager, a: Acc) -> list[dict[str, Any]]:
+    return a.visible(await m.stats())
 
 
 @host_router.get("/vcpus")
-async def vcpu_list(m: Manager, domain: Domains = None) -> list[dict[str, Any]]:
-    return await m.vcpu_list(domain or [])
+async def vcpu_list(m: Manager, a: Acc, domain: Domains = None) -> list[dict[str, Any]]:
+    return a.visible(await m.vcpu_list(domain or []))
 
 
 @host_router.get("/sched-credit")
-async def sched_credit(m: Manager, domain: Domains = None) -> list[dict[str, Any]]:
-    return m.sched_credit(domain or [])
+async def sched_credit(m: Manager, a: Acc, domain: Domains = None) -> list[dict[str, Any]]:
+    return a.visible(m.sched_credit(domain or []))
 
 
 @host_router.get("/pci-assignable")

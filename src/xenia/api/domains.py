@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from xenia.api.access import Acc
 from xenia.api.deps import Manager
 from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig
@@ -41,16 +43,18 @@ async def host(m: Manager) -> dict[str, Any]:
 
 
 @router.get("/domains")
-async def domains(m: Manager) -> list[dict[str, Any]]:
-    return m.list()
+async def domains(m: Manager, a: Acc) -> list[dict[str, Any]]:
+    return a.visible(m.list())
 
 
 @router.post("/domains", status_code=201)
-async def create(req: CreateRequest, m: Manager) -> dict[str, Any]:
+async def create(req: CreateRequest, m: Manager, a: Acc) -> dict[str, Any]:
     try:
         cfg = DomainConfig.from_dict(req.config)
     except (TypeError, ValueError) as e:
         raise InvalidConfig(f"Failed to read the domain config: {e}") from e
+    # Its name and host paths, for a token (qemu-img reads backing chains: off the loop).
+    await asyncio.to_thread(a.check_config, cfg, f"to create domain '{cfg.name}'")
     rec = await m.create(cfg, paused=req.paused)
     return m.describe(rec)
 
@@ -91,7 +95,9 @@ async def unpause(ref: str, m: Manager) -> dict[str, Any]:
 
 
 @router.post("/domains/{ref}/rename")
-async def rename(ref: str, req: RenameRequest, m: Manager) -> dict[str, Any]:
+async def rename(ref: str, req: RenameRequest, m: Manager, a: Acc) -> dict[str, Any]:
+    # A token limited to 'web-*' must not rename its domain out of its own reach.
+    a.require_domain(req.name, f"to rename domain '{ref}' to '{req.name}'", audit=False)
     return m.describe(await m.rename(ref, req.name))
 
 
@@ -115,11 +121,20 @@ class RestoreRequest(BaseModel):
 
 
 @router.post("/domains/{ref}/save")
-async def save(ref: str, req: SaveRequest, m: Manager) -> dict[str, Any]:
+async def save(ref: str, req: SaveRequest, m: Manager, a: Acc) -> dict[str, Any]:
+    a.check_path(req.file, "save file")
     return await m.save(ref, req.file, req.keep, req.paused)
 
 
 @router.post("/restore", status_code=201)
-async def restore(req: RestoreRequest, m: Manager) -> dict[str, Any]:
-    rec = await m.restore(req.file, req.paused, {"name": req.name} if req.name else None)
+async def restore(req: RestoreRequest, m: Manager, a: Acc) -> dict[str, Any]:
+    a.check_path(req.file, "save file")
+
+    def admit(cfg: DomainConfig) -> None:
+        # The config comes from the file, which a guest may have written: its name and
+        # paths pass the same checks as a create's.
+        a.check_config(cfg, f"to restore domain '{cfg.name}'")
+
+    rec = await m.restore(req.file, req.paused, {"name": req.name} if req.name else None,
+                          admit=admit)
     return m.describe(rec)

@@ -1,7 +1,7 @@
 """Peer and token routes: this host's identity, its bearer tokens, the peers it knows.
 
-Tokens and peers are managed only over the local UNIX socket (peers/auth.py refuses them
-on TCP); the identity is public.
+Over TCP these need the `admin` scope (api/scopes.py); a token made over TCP can do no
+more than the one that made it, and is revoked with it (peers/tokens.py).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
+from xenia.api.access import Acc
 from xenia.peers.service import PeerService
 
 router = APIRouter(prefix="/v1")
@@ -31,6 +32,8 @@ Peers = Annotated[PeerService, Depends(_peers)]
 
 class TokenRequest(BaseModel):
     name: str | None = None
+    scopes: list[str] | None = None  # None: a peer's (migrate)
+    domains: list[str] | None = None  # domain-name patterns; None: every domain
 
 
 class ProbeRequest(BaseModel):
@@ -62,15 +65,14 @@ async def tokens(p: Peers) -> list[dict[str, Any]]:
 
 
 @router.post("/host/tokens", status_code=201)
-async def create_token(req: TokenRequest, p: Peers) -> dict[str, Any]:
-    rec, token = p.tokens.create(req.name)
+async def create_token(req: TokenRequest, p: Peers, a: Acc) -> dict[str, Any]:
+    rec, token = p.tokens.create(req.name, req.scopes, req.domains, maker=a.grant)
     return {**rec, "token": token}
 
 
 @router.delete("/host/tokens/{name}")
 async def revoke_token(name: str, p: Peers) -> dict[str, Any]:
-    p.tokens.revoke(name)
-    return {}
+    return {"revoked": p.tokens.revoke(name)}
 
 
 @router.get("/peers")

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from xenia.api.access import Acc
 from xenia.api.deps import Storage
 
 router = APIRouter(prefix="/v1")
@@ -49,7 +50,9 @@ def pools(s: Storage) -> list[dict[str, Any]]:
 
 
 @router.post("/pools", status_code=201)
-def pool_create(req: PoolCreate, s: Storage) -> dict[str, Any]:
+def pool_create(req: PoolCreate, s: Storage, a: Acc) -> dict[str, Any]:
+    if req.path is not None:
+        a.check_path(req.path, "pool directory")
     return s.create_pool(req.name, type=req.type, path=req.path).to_dict()
 
 

@@ -81,7 +81,9 @@ class Client:
 
     def _start_daemon(self) -> None:
         self.paths.ensure()
-        log = open(self.paths.daemon_log, "ab")  # noqa: SIM115 - handed to the child
+        # Root-only from the start (a daemon's log can name paths and tokens' names).
+        log = os.fdopen(os.open(self.paths.daemon_log,
+                                os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "xenia.daemon"],
             stdin=subprocess.DEVNULL,

@@ -87,31 +87,61 @@ def token() -> None:
     """Tokens other hosts present to this one (give one to each peer's `host add`)."""
 
 
+def _scope_help() -> str:
+    from xenia.peers.scopes import SCOPES
+
+    return ("What it may do over TCP, comma-separated or repeated: "
+            + "; ".join(f"{k}: {v}" for k, v in SCOPES.items())
+            + "; all: every one. Default: migrate (what a peer needs).")
+
+
 @token.command("create")
 @click.option("--name", "-n", help="A name to list and revoke it by (default: token-XXXXXX).")
+@click.option("--scope", "-s", "scopes", multiple=True, metavar="SCOPE[,SCOPE...]",
+              help=_scope_help())
+@click.option("--domains", "-d", "domains", multiple=True, metavar="PATTERN[,PATTERN...]",
+              help="Limit it to domains whose names match these shell-style patterns "
+                   "(e.g. 'web-*'); lists show it only those. Default: every domain.")
 @pass_ctx
-def token_create(c: Ctx, name: str | None) -> None:
-    """Make a token and print it: it is shown this once, only its hash is kept."""
-    t = c.client.post("/v1/host/tokens", {"name": name})
+def token_create(c: Ctx, name: str | None, scopes: tuple[str, ...],
+                 domains: tuple[str, ...]) -> None:
+    """Make a token and print it: it is shown this once, only its hash is kept.
+
+    `xenia host token create --scope read,console --domains 'web-*'` makes one that can
+    list and watch the web-* domains and nothing else."""
+    t = c.client.post("/v1/host/tokens", {"name": name, "scopes": list(scopes) or None,
+                                          "domains": list(domains) or None})
     out(t["token"])
-    warn(f"token '{t['name']}' created; it is shown only now. Revoke it with "
-         f"`xenia host token revoke {t['name']}`.")
+    limits = f" for domains {', '.join(t['domains'])}" if t.get("domains") else ""
+    warn(f"token '{t['name']}' created with scopes {','.join(t['scopes'])}{limits}; it is "
+         f"shown only now. Revoke it with `xenia host token revoke {t['name']}`.")
+
+
+def format_tokens(rows: list[dict[str, Any]]) -> list[str]:
+    """The lines `xenia host token list` prints."""
+    import time
+
+    return table(("NAME", "SCOPES", "DOMAINS", "CREATED", "MADE BY"), [
+        [r["name"], ",".join(r.get("scopes") or []) + (" (legacy)" if r.get("legacy") else ""),
+         ",".join(r.get("domains") or []) or "*",
+         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])),
+         r.get("parent") or "-"]
+        for r in rows])
 
 
 @token.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def token_list(c: Ctx, as_json: bool) -> None:
-    """List tokens by name (the tokens themselves are not kept)."""
+    """List tokens: name, scopes, domain patterns (the tokens themselves are not kept).
+
+    A token made before scopes existed shows `migrate (legacy)`: it was made for a peer
+    and may still receive migrations, nothing else."""
     rows: list[dict[str, Any]] = c.client.get("/v1/host/tokens")
     if as_json:
         out(json.dumps(rows, indent=2))
         return
-    import time
-
-    for line in table(("NAME", "CREATED"), [
-            [r["name"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"]))]
-            for r in rows]):
+    for line in format_tokens(rows):
         out(line)
 
 
@@ -119,9 +149,12 @@ def token_list(c: Ctx, as_json: bool) -> None:
 @click.argument("name")
 @pass_ctx
 def token_revoke(c: Ctx, name: str) -> None:
-    """Revoke a token: hosts presenting it are refused from now on."""
-    c.client.delete("/v1/host/tokens/" + quote(name, safe=""))
-    out(f"Revoked token {name}")
+    """Revoke a token, and the tokens made with it: hosts presenting them are refused
+    from now on."""
+    r = c.client.delete("/v1/host/tokens/" + quote(name, safe=""))
+    others = [n for n in (r or {}).get("revoked", []) if n != name]
+    out(f"Revoked token {name}" + (f" and the tokens made with it: {', '.join(others)}"
+                                   if others else ""))
 
 
 # -- peers -------------------------------------------------------------------------------

@@ -153,12 +153,14 @@ class DomainManager:
             await self._on_guest_event(rec.uuid, "poweroff", {"reason": "while-daemon-down"})
         elif rec.state == "running" and status == "guest-panicked":
             await self._on_guest_event(rec.uuid, "crash", {})
-        elif rec.state == "running" and status == "paused":
-            rec.state = "paused"
-            self._save(rec)
-        elif rec.state == "paused" and status == "running":
-            rec.state = "running"
-            self._save(rec)
+        elif status in ("paused", "running"):
+            async with self._lock(rec.uuid):
+                # Reread: an event of the adopted instance (its boot watch's verdict, say)
+                # may have been applied while query-status was under way.
+                rec = self.store.get(rec.uuid) or rec
+                if {rec.state, status} == {"running", "paused"}:
+                    rec.state = status
+                    self._save(rec)
 
     async def _status(self, inst: Instance) -> str | None:
         proc = getattr(inst, "proc", None)
@@ -283,7 +285,9 @@ class DomainManager:
     async def _on_guest_event(self, uuid: str, kind: str, data: dict[str, Any]) -> None:
         async with self._lock(uuid):
             rec = self.store.get(uuid)
-            if rec is None or rec.state == "dying":
+            # A crash already preserved is reported again by an adopted boot watch.
+            if rec is None or rec.state == "dying" or (kind == "crash" and
+                                                       rec.state == "crashed"):
                 return
             if rec.state == "creating":
                 # Still being built (create, restore, incoming migration): wait for the
@@ -682,8 +686,13 @@ class DomainManager:
         return {"file": str(target), "bytes": size, "seconds": took}
 
     async def restore(self, path: str, paused: bool = False,
-                      overrides: dict[str, Any] | None = None) -> DomainRecord:
-        """xl restore: a new domain from a save file, continuing where it stopped."""
+                      overrides: dict[str, Any] | None = None,
+                      admit: Callable[[DomainConfig], None] | None = None) -> DomainRecord:
+        """xl restore: a new domain from a save file, continuing where it stopped.
+
+        `admit(config)` may refuse the config the file carries (the API's checks for a
+        token: its name and paths); it runs on a worker thread, after the overrides.
+        """
         target = Path(path)
         header = await asyncio.to_thread(verify_savefile, target)
         try:
@@ -694,6 +703,8 @@ class DomainManager:
         if overrides and overrides.get("name"):
             check_name(overrides["name"])
             rec.name = rec.config.name = overrides["name"]
+        if admit is not None:
+            await asyncio.to_thread(admit, rec.config)
         check_config(rec.config)
         rec.state = "creating"
         rec.created_at = time.time()

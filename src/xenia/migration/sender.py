@@ -23,6 +23,7 @@ from xenia.errors import BackendError, InUse, InvalidConfig, Unreachable, XeniaE
 from xenia.migration import preflight, stream
 from xenia.peers.client import PeerClient
 from xenia.peers.psk import make_psk, remove_psk_dir, write_psk_dir
+from xenia.peers.secrets import PeerTokenFiles
 
 if TYPE_CHECKING:
     from xenia.drivers.qemu import QemuInstance
@@ -101,7 +102,8 @@ class Sender:
         if self.job_for(rec.uuid) is not None:
             raise InvalidConfig(f"Failed to migrate '{rec.name}': it is being migrated "
                                 f"already (cancel with `xenia migrate --cancel {rec.name}`)")
-        peer = PeerClient.from_store(self.m.store, opts.host)
+        peer = PeerClient.from_store(self.m.store, opts.host,
+                                     PeerTokenFiles(self.m.paths.peer_tokens))
         job = MigrationJob(uuid=rec.uuid, domain=rec.name, id=str(uuidlib.uuid4()),
                            options=opts)
         self.jobs[job.id] = job

@@ -1,18 +1,25 @@
-"""TokenAuth: the ASGI middleware in front of the API on TCP; every request needs a token.
+"""TokenAuth: the ASGI middleware in front of the API on TCP: token, scope, audit.
 
 The UNIX socket serves the bare app (it is root-only, so whoever reaches it is root on this
-host); the TCP listener serves the same app wrapped in TokenAuth. Token and peer management
-stay on the UNIX socket even for valid tokens: a leaked token must not be able to mint a
-new one that outlives its revocation, nor read or change this host's peers.
+host); the TCP listener serves the same app wrapped in TokenAuth. Each request needs a
+valid token (401 before routing otherwise: an unknown URL tells nothing); its Access goes
+into the scope, where the app's `enforce` dependency (api/scopes.py's table) checks the
+route's scope and the domain patterns (403 naming what is missing) before any handler, and
+the handlers check what only they see (paths, names in bodies, lists). Every mutating
+call, refused or not, goes to the audit log with its answer's status.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xenia.errors import PermissionDenied, Unauthorized, XeniaError
+from xenia.peers.scopes import Grant
+
+if TYPE_CHECKING:
+    from xenia.peers.audit import AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +29,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Routes answered only on the local socket (api/peers.py).
-LOCAL_ONLY = ("/v1/host/tokens", "/v1/peers")
+READS = ("GET", "HEAD")
 
 NO_CREDENTIALS = (
     "Failed to authenticate the request: it carries no credentials; send the header "
@@ -48,14 +54,22 @@ def bearer_token(scope: Scope) -> str | None:
     return None
 
 
-def is_local_only(path: str) -> bool:
-    return any(path == p or path.startswith(p + "/") for p in LOCAL_ONLY)
+NOT_AUTHORIZED = (
+    "Failed {method} {path}: this route is not open over TCP (it passed no scope check); "
+    "use the host's local socket"
+)
 
 
 class TokenAuth:
-    def __init__(self, app: ASGIApp, verify: Callable[[str], str | None]) -> None:
+    """`verify(token)` -> its Grant or None; `access(grant)` -> the Access handlers get
+    (api/access.py); `audit`: where mutating calls are recorded."""
+
+    def __init__(self, app: ASGIApp, verify: Callable[[str], Grant | None],
+                 access: Callable[[Grant], Any], audit: AuditLog | None = None) -> None:
         self.app = app
         self.verify = verify
+        self.access = access
+        self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -63,32 +77,67 @@ class TokenAuth:
             return
         method = scope.get("method", "WEBSOCKET")
         path = scope.get("path", "")
+        client = (scope.get("client") or ("?", 0))[0]
         token = bearer_token(scope)
-        err: XeniaError | None = None
-        name: str | None = None
-        if token is None:
-            err = Unauthorized(NO_CREDENTIALS)
-        else:
-            name = self.verify(token)
-            if name is None:
-                err = Unauthorized(BAD_TOKEN)
-            elif is_local_only(path):
-                err = PermissionDenied(
-                    f"Failed {method} {path}: tokens and peers are managed only on the host "
-                    "itself, over its local socket (run `xenia host ...` as root there)"
-                )
-        if err is not None:
-            client = scope.get("client") or ("?", 0)
-            log.warning("refused %s %s from %s: %s", method, path, client[0], err.kind)
+        grant = self.verify(token) if token is not None else None
+        if grant is None:
+            err = Unauthorized(NO_CREDENTIALS if token is None else BAD_TOKEN)
+            log.warning("refused %s %s from %s: %s", method, path, client, err.kind)
+            if self.audit is not None and method not in READS:
+                self.audit.record(token=None, client=client, method=method, route=path,
+                                  path=path, domain=None, status=err.http_status)
             await _deny(scope, receive, send, err)
             return
-        scope.setdefault("state", {})["peer_token"] = name
-        await self.app(scope, receive, send)
+        state = scope.setdefault("state", {})
+        access = state["access"] = self.access(grant)
+        state["peer_token"] = grant.token
+        recorded = False
+
+        def record(status: int) -> None:
+            # Written when the answer starts, before the client can see it.
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
+            if status >= 400:
+                log.warning("refused or failed %s %s from %s (token %s): %d", method, path,
+                            client, grant.token, status)
+            if self.audit is not None and method not in READS and state.get("audited", True):
+                self.audit.record(token=grant.token, client=client, method=method,
+                                  route=state.get("route", path), path=path,
+                                  domain=access.domain, status=status)
+
+        swallowed = False
+
+        async def guarded(message: Message) -> None:
+            # api/scopes.py's `enforce` marks the request authorized before any handler
+            # runs; a success that did not pass it (a route that is not a path
+            # operation) is replaced by a refusal: closed unless a rule opens it.
+            nonlocal swallowed
+            kind = message["type"]
+            if kind in ("http.response.start", "websocket.accept"):
+                status = int(message.get("status", 200))
+                if not state.get("authorized") and status < 400:
+                    swallowed = True
+                    err = PermissionDenied(NOT_AUTHORIZED.format(method=method, path=path))
+                    record(err.http_status)
+                    await _deny(scope, receive, send, err, received=True)
+                    return
+                record(status)
+            if not swallowed:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, guarded)
+        finally:
+            record(500)  # the app ended without an answer
 
 
-async def _deny(scope: Scope, receive: Receive, send: Send, err: XeniaError) -> None:
+async def _deny(scope: Scope, receive: Receive, send: Send, err: XeniaError,
+                received: bool = False) -> None:
     if scope["type"] == "websocket":
-        await receive()  # websocket.connect; closing before accept refuses the upgrade
+        if not received:
+            await receive()  # websocket.connect; closing before accept refuses the upgrade
         await send({"type": "websocket.close", "code": 1008, "reason": err.kind})
         return
     from starlette.responses import JSONResponse

@@ -13,12 +13,15 @@ import http.client
 import json as jsonlib
 import socket
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xenia.errors import KINDS, InvalidConfig, NotFound, Unauthorized, Unreachable, XeniaError
 from xenia.peers import fingerprint as fp
 from xenia.peers.address import split_hostport
 from xenia.store.base import Store
+
+if TYPE_CHECKING:
+    from xenia.peers.secrets import PeerTokenFiles
 
 DEFAULT_TIMEOUT = 30.0
 PEER_KIND = "peer"
@@ -106,7 +109,8 @@ def _unreachable(who: str, address: str, e: BaseException, timeout: float | None
 
 
 class PeerClient:
-    """Requests to one peer xeniad: `PeerClient.from_store(store, "B").request("GET", url)`."""
+    """Requests to one peer xeniad:
+    `PeerClient.from_store(store, "B", tokens).request("GET", url)`."""
 
     def __init__(self, address: str, token: str, fingerprint: str | None, *,
                  name: str | None = None, tls: bool = True,
@@ -125,16 +129,18 @@ class PeerClient:
         self.fingerprint = fp.normalize(fingerprint) if fingerprint else None
 
     @classmethod
-    def from_store(cls, store: Store, name: str, timeout: float = DEFAULT_TIMEOUT
-                   ) -> PeerClient:
-        """The client of the peer `name` as `xenia host add` stored it."""
+    def from_store(cls, store: Store, name: str, tokens: PeerTokenFiles,
+                   timeout: float = DEFAULT_TIMEOUT) -> PeerClient:
+        """The client of the peer `name` as `xenia host add` stored it (its token in
+        `tokens`, or, until moved out at start, in an older record)."""
         rec = store.obj_get(PEER_KIND, name)
         if rec is None:
             raise NotFound(
                 f"Failed to find host '{name}': it is not a known peer; add it with "
                 "`xenia host add NAME ADDRESS:PORT --token TOKEN` (see `xenia host list`)"
             )
-        return cls(rec["address"], rec["token"], rec.get("fingerprint"), name=name,
+        token = str(rec["token"]) if "token" in rec else tokens.read(name)
+        return cls(rec["address"], token, rec.get("fingerprint"), name=name,
                    tls=rec.get("tls", True), timeout=timeout)
 
     @property

@@ -142,12 +142,12 @@ def _generate(d: Path, cert_path: Path, key_path: Path, addresses: Iterable[str]
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     # Key first, certificate last, each through a rename: a crash leaves either nothing
     # or a key without a certificate, and the next start then simply makes both anew.
-    _write_atomic(key_path, key_pem, 0o600)
-    _write_atomic(cert_path, cert_pem, 0o644)
+    write_atomic(key_path, key_pem, 0o600)
+    write_atomic(cert_path, cert_pem, 0o644)
     return _load(cert_path, key_path)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
@@ -159,6 +159,12 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    # The rename itself made durable: a caller may drop the only other copy next.
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def describe_pem(pem: str) -> dict[str, Any]:

@@ -12,12 +12,16 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 
+from xenia.api.pathrule import ALLOW_ENV, allowed_from
+from xenia.api.scopes import make_access_factory
 from xenia.errors import BackendError, XeniaError
 from xenia.paths import Paths
 from xenia.peers.address import (
@@ -27,6 +31,7 @@ from xenia.peers.address import (
     listen_from_env_or,
     parse_listen,
 )
+from xenia.peers.audit import AuditLog
 from xenia.peers.auth import TokenAuth
 from xenia.peers.service import PeerService
 from xenia.store.base import Store
@@ -46,12 +51,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--insecure-no-tls", action="store_true",
         help="serve --listen as plain HTTP (tokens still required, but readable on the "
              "wire); only for isolated test networks")
+    parser.add_argument(
+        "--allow-path", action="append", default=[], metavar="DIR",
+        help="requests over TCP may use host paths (disks, cdroms, kernels, save files, "
+             "pools) inside DIR as well as inside the storage pools; repeat for more "
+             f"(also ${ALLOW_ENV}, colon-separated)")
 
 
 def listen_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
                      ) -> ListenSpec | None:
     try:
         return parse_listen(listen_from_env_or(args.listen), args.insecure_no_tls)
+    except XeniaError as e:
+        parser.error(e.message)
+
+
+def allowed_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
+                      ) -> list[Path]:
+    try:
+        return allowed_from(args.allow_path, os.environ.get(ALLOW_ENV))
     except XeniaError as e:
         parser.error(e.message)
 
@@ -87,12 +105,26 @@ def bind_tcp(spec: ListenSpec) -> socket.socket:
     return sock
 
 
+def protect_peer_tokens(svc: PeerService, store: Store) -> None:
+    """Peer tokens out of the database into root-only files (an older Xenia kept them in
+    the peer records), and the database scrubbed of them."""
+    svc.peer_tokens.fix_modes()
+    if svc.peer_tokens.migrate(store):
+        scrub = getattr(store, "scrub", None)
+        if scrub is not None:
+            scrub()
+
+
 @contextlib.asynccontextmanager
-async def serve_peers(app: FastAPI, paths: Paths, store: Store,
-                      listen: ListenSpec | None) -> AsyncIterator[PeerService]:
-    """Make sure the identity exists; serve the API on TCP while the block runs."""
+async def serve_peers(app: FastAPI, paths: Paths, store: Store, listen: ListenSpec | None,
+                      allowed: list[Path] | None = None) -> AsyncIterator[PeerService]:
+    """Make sure the identity exists; serve the API on TCP while the block runs.
+
+    `allowed`: the directories (besides the pools') whose paths requests over TCP may use.
+    """
     svc = PeerService(paths, store, listen)
     app.state.peers = svc
+    protect_peer_tokens(svc, store)
     try:
         ident = svc.identity()
         log.info("host certificate fingerprint (SHA-256): %s", ident.fingerprint)
@@ -108,7 +140,12 @@ async def serve_peers(app: FastAPI, paths: Paths, store: Store,
         sock = bind_tcp(listen)
     except XeniaError as e:
         raise SystemExit(f"xeniad: {e.message}") from e
-    config = uvicorn.Config(TokenAuth(app, svc.tokens.verify), log_level="warning",
+    audit = AuditLog(paths.audit_log)
+    guarded = TokenAuth(app, svc.tokens.verify, make_access_factory(app, allowed or []), audit)
+    if allowed:
+        log.info("paths allowed over TCP besides the pools': %s",
+                 ", ".join(map(str, allowed)))
+    config = uvicorn.Config(guarded, log_level="warning",
                             lifespan="off", timeout_graceful_shutdown=2, proxy_headers=False,
                             server_header=False)
     config.load()
@@ -132,6 +169,7 @@ async def serve_peers(app: FastAPI, paths: Paths, store: Store,
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 5)
         sock.close()
+        audit.close()
         raise SystemExit(f"xeniad: Failed to serve the API on {listen}: the server did not start")
     log.info("xeniad listening on %s (%s, token required)", listen,
              "TLS" if listen.tls else "plain HTTP")
@@ -144,3 +182,4 @@ async def serve_peers(app: FastAPI, paths: Paths, store: Store,
         except Exception:
             log.exception("the TCP listener did not stop cleanly")
         sock.close()
+        audit.close()

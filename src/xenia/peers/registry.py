@@ -1,8 +1,8 @@
 """PeerRegistry: the other hosts this one knows (store kind "peer"), like known_hosts.
 
 A peer is a name, an address, the token it accepts from us and its pinned certificate
-fingerprint. The token is stored as given (we must present it), in the store under the
-root-only state directory, and never shown by the API.
+fingerprint. The token is kept as given (we must present it), not in the store but in a
+root-only file (peers/secrets.py), and never shown by the API.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from xenia.errors import AlreadyExists, InvalidConfig, Unauthorized, Unreachable
 from xenia.peers import fingerprint as fp
 from xenia.peers.address import join_hostport, split_hostport
 from xenia.peers.client import PEER_KIND, FingerprintMismatch, PeerClient, fetch_certificate
+from xenia.peers.secrets import PeerTokenFiles
 from xenia.peers.tokens import check_name
 from xenia.store.base import Store
 
@@ -32,13 +33,14 @@ def public(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 class PeerRegistry:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, tokens: PeerTokenFiles) -> None:
         self.store = store
+        self.tokens = tokens
 
     def client(self, name: str, timeout: float | None = None) -> PeerClient:
         if timeout is None:
-            return PeerClient.from_store(self.store, name)
-        return PeerClient.from_store(self.store, name, timeout=timeout)
+            return PeerClient.from_store(self.store, name, self.tokens)
+        return PeerClient.from_store(self.store, name, self.tokens, timeout=timeout)
 
     def list(self) -> list[dict[str, Any]]:
         return [public(r) for r in self.store.obj_list(PEER_KIND)]
@@ -80,14 +82,22 @@ class PeerRegistry:
                 raise type(e)(f"Failed to add host '{name}': it refused the token; "
                               f"{e.message}") from e
             raise
-        rec = {"name": name, "address": address, "token": token.strip(),
-               "fingerprint": fingerprint, "tls": tls, "added": time.time()}
-        self.store.obj_put(PEER_KIND, name, rec, create=True)
+        rec = {"name": name, "address": address, "fingerprint": fingerprint, "tls": tls,
+               "added": time.time()}
+        # The token's file first: a record is never without its token.
+        self.tokens.write(name, token.strip())
+        try:
+            self.store.obj_put(PEER_KIND, name, rec, create=True)
+        except BaseException:
+            self.tokens.delete(name)
+            raise
         return {**public(rec), **_facts(facts)}
 
     def remove(self, name: str) -> None:
-        self.client(name)  # NotFound with the usual message
+        if self.store.obj_get(PEER_KIND, name) is None:
+            self.client(name)  # NotFound with the usual message
         self.store.obj_delete(PEER_KIND, name)
+        self.tokens.delete(name)
 
     async def status(self, name: str) -> dict[str, Any]:
         """A peer's record plus whether it answers, accepts our token, and its host facts."""

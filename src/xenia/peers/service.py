@@ -9,6 +9,7 @@ from xenia.paths import Paths
 from xenia.peers.address import ListenSpec
 from xenia.peers.identity import HostIdentity, ensure_identity
 from xenia.peers.registry import PeerRegistry
+from xenia.peers.secrets import PeerTokenFiles
 from xenia.peers.tokens import TokenRegistry
 from xenia.store.base import Store
 
@@ -19,7 +20,8 @@ class PeerService:
         self.store = store
         self.listen = listen
         self.tokens = TokenRegistry(store)
-        self.peers = PeerRegistry(store)
+        self.peer_tokens = PeerTokenFiles(paths.peer_tokens)
+        self.peers = PeerRegistry(store, self.peer_tokens)
         self._identity: HostIdentity | None = None
 
     def identity(self) -> HostIdentity:

@@ -1,9 +1,17 @@
-"""SqliteStore: the single-host state store (SQLite in WAL mode, synchronous=FULL)."""
+"""SqliteStore: the single-host state store (SQLite in WAL mode, synchronous=NORMAL).
+
+The database and its -wal and -shm files are root-only (0600): they hold every domain's
+config and the token hashes. SQLite gives the -wal/-shm files the database file's mode, so
+the file is made 0600 before SQLite first opens it, and all three are set to 0600 at every
+open (fixing a database an older Xenia made with the umask's mode).
+"""
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -33,11 +41,26 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
+FILE_MODE = 0o600
+
+
+def protect(path: Path) -> None:
+    """Make the database file (created if missing) and its -wal/-shm root-only."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(p, FILE_MODE)
+
+
 class SqliteStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        protect(path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        # Deleted and overwritten rows are zeroed, not left in free pages: a revoked
+        # token's hash or an old record must not be readable from the file afterwards.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a commit survives any crash of xeniad (it is in the WAL, in the
         # OS's hands) and the file is never corrupted; only a power cut can lose the last
@@ -129,6 +152,14 @@ class SqliteStore:
     def obj_delete(self, kind: str, name: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM objects WHERE kind=? AND name=?", (kind, name))
+
+    def scrub(self) -> None:
+        """Rewrite the file without free pages and empty the WAL, so that rows deleted or
+        rewritten before secure_delete (e.g. peer tokens an older Xenia kept) are gone."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         with self._lock:
