@@ -85,6 +85,7 @@ class ContainerDriver(Driver):
                                "some CPUs (vcpus, cpus) needs the cpuset cgroup controller, "
                                "which this host lacks")
         self.host.crun  # noqa: B018 - raises NotSupported with the install hint if crun is missing
+        self.host.confine.check(record)
         files = self.host.files(record.uuid)
         longest = len(str(files.console))
         if longest > MAX_SOCKET_PATH:
@@ -116,7 +117,9 @@ class ContainerDriver(Driver):
             self.network.check_mac(vif.mac)
 
     def prepare(self, record: DomainRecord) -> None:
-        """Give each vif its devid and MAC (generated once, kept across reboots)."""
+        """Give each vif its devid and MAC and the domain its user ids (generated once,
+        kept across reboots)."""
+        self.host.confine.allocate(record)
         for vif in record.config.vifs:
             if vif.devid is None:
                 used = {v.devid for v in record.config.vifs if v.devid is not None}

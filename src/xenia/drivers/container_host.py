@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from xenia.config.model import VifSpec
+from xenia.containers import confine, spec
 from xenia.containers import runtime as rt
-from xenia.containers import spec
 from xenia.errors import BackendError, InvalidConfig, XeniaError
 from xenia.hostos import affinity
 from xenia.hostos.cgroupfs import pid_in_group
@@ -55,7 +55,8 @@ KILL_WAIT = 10.0
 # The cgroup (key under xenia/) that holds every container monitor.
 MONITORS_KEY = "container-monitors"
 # What one boot records in the domain's runtime.
-BOOT_KEYS = ("pid", "monitor_pid", "cpuset", "veths", "rootfs", "userns", "crun_version")
+BOOT_KEYS = ("pid", "monitor_pid", "cpuset", "veths", "rootfs", "lower", "nics", "userns",
+             "ids", "crun_version")
 
 
 class ContainerFiles:
@@ -73,6 +74,7 @@ class ContainerFiles:
         self.requested = run_dir / "requested"
         self.upper = run_dir / "fs" / "upper"
         self.work = run_dir / "fs" / "work"
+        self.lower = run_dir / "fs" / "lower"  # a shifted copy of the rootfs, if one is needed
 
     def boot_files(self) -> list[Path]:
         """What one boot leaves, removed before the next (console.log and fs/ stay)."""
@@ -122,6 +124,7 @@ class ContainerHost:
         self.store = store
         self.network = network
         self._crun: rt.Crun | None = None
+        self.confine = confine.Confinement(store)
 
     @property
     def crun(self) -> rt.Crun:
@@ -179,7 +182,7 @@ class ContainerHost:
         files = self.files(rec.uuid)
         lower = spec.check_rootfs(cfg)
         argv = spec.check_init(cfg, lower)
-        idmap = spec.idmap_for(lower)
+        idmap = self.confine.idmap(rec, files.upper)
         files.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(files.dir, 0o700)
         for path in files.boot_files():
@@ -189,17 +192,16 @@ class ContainerHost:
         if not files.upper.exists():
             files.upper.mkdir(parents=True)
             # The container's "/" takes its owner and mode from the upper directory.
-            st = lower.stat()
-            os.chown(files.upper, st.st_uid, st.st_gid)
-            os.chmod(files.upper, st.st_mode & 0o7777)
+            os.chown(files.upper, idmap.uid, idmap.gid)
+            os.chmod(files.upper, lower.stat().st_mode & 0o7777)
         doc = spec.build_spec(cfg, uuid=rec.uuid, rootfs=spec.MOUNT_BASE / rec.uuid, argv=argv,
                               idmap=idmap)
+        spec.check_mappings(doc, idmap)
         files.config.write_text(json.dumps(doc, indent=2) + "\n")
         rec.runtime["rootfs"] = str(lower)
-        rec.runtime["userns"] = (None if idmap is None else
-                                 {"uid": idmap.uid, "gid": idmap.gid, "size": idmap.size})
+        rec.runtime["lower"] = self.confine.lower(lower, idmap, files.lower, rec.name)
         cg = DomainCgroup.create(rec.uuid, name=rec.name)
-        cg.set_memory_limit(cfg.memory * 1024 * 1024)
+        confine.set_limits(cg, cfg)
         if cfg.cpu_weight is not None:
             cg.set_weight(cfg.cpu_weight)
         if cfg.cap is not None:
@@ -223,16 +225,14 @@ class ContainerHost:
         crun = self.crun
         crun.state_root.mkdir(parents=True, exist_ok=True)
         args = ["--dir", str(files.dir), "--id", rec.uuid, "--crun", crun.path,
-                "--state-root", str(crun.state_root), "--lower", rec.runtime["rootfs"],
+                "--state-root", str(crun.state_root), *rec.runtime["lower"],
                 "--upper", str(files.upper), "--work", str(files.work),
                 "--mount-base", str(spec.MOUNT_BASE)]
         for p in procs:
             args += ["--cgroup-procs", p]
         if rt.hybrid():
             args.append("--hide-unified")
-        idmap = rec.runtime.get("userns")
-        if idmap:  # the console belongs to container root, group tty (5)
-            args += ["--console-owner", f"{idmap['uid']}:{idmap['gid'] + 5}"]
+        args += ["--console-owner", confine.console_owner(rec)]
         r, w = os.pipe()
         try:
             with open(files.monitor_log, "ab") as logf:
@@ -279,6 +279,7 @@ class ContainerHost:
             # (and so removed later): a device of that name may be another domain's.
             self.network.plug_veth(host, vif, pid, guest_name(vif.devid))
             veths[str(vif.devid)] = host
+        confine.configure_network(rec, pid)
 
     async def boot(self, rec: DomainRecord) -> int:
         """One boot up to `crun create` plus NICs (the init not yet exec'd); returns the
@@ -419,3 +420,4 @@ class ContainerHost:
         with contextlib.suppress(XeniaError):  # still in use by other monitors: stays
             DomainCgroup(MONITORS_KEY).remove(timeout=0.0)
         shutil.rmtree(self.files(rec.uuid).dir, ignore_errors=True)
+        self.confine.release(rec)

@@ -14,6 +14,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from xenia.containers import confine
 from xenia.drivers.base import DeviceControl, GuestEvents, Instance, guest_traffic
 from xenia.drivers.container_host import ContainerHost
 from xenia.errors import BackendError, NotSupported, XeniaError
@@ -242,7 +243,7 @@ class ContainerDevices(DeviceControl):
         self.host = inst.host
 
     async def set_memory(self, rec: DomainRecord, mib: int) -> None:
-        await asyncio.to_thread(self.host.cgroup(rec).set_memory_limit, mib * 1024 * 1024)
+        await asyncio.to_thread(confine.set_memory, self.host.cgroup(rec), mib * 1024 * 1024)
 
     async def set_vcpus(self, rec: DomainRecord, count: int) -> list[int]:
         return await asyncio.to_thread(self.host.set_cpus, rec, count)
