@@ -105,7 +105,9 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     try:
         # The host identity, and the same app on TCP (TLS + tokens) with --listen.
         # On a cluster member, its etcd member (adopted or started, then supervised).
-        async with cluster.serve_cluster(paths, etcd), \
+        # There, the member agent: lease, fencing, leader, HA (cluster/agent.py).
+        async with cluster.serve_cluster(paths, etcd) as runtime, \
+                cluster.serve_ha(runtime, engine, app.state), \
                 peers.serve_peers(app, paths, store, listen, allowed):
             await server.serve(sockets=[sock])
     finally:
