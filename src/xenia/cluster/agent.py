@@ -96,6 +96,7 @@ class MemberAgent:
         self.fenced = threading.Event()
         self.fenced.set()
         self.fences: list[dict[str, Any]] = []  # wall-clock times, for status and tests
+        self.restarts: list[dict[str, Any]] = []  # HA domains this member started for others
         self._watch: Watch | None = None
         self._watchdog: Watchdog | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -262,7 +263,8 @@ class MemberAgent:
 
     async def ended(self, rec: DomainRecord) -> None:
         """The domain is gone for good (destroyed, or powered off to destroy): release it."""
-        if rec.config.ha:
+        # Not while fenced: the fence's kills end domains that stay this host's to restart.
+        if rec.config.ha and not self.fenced.is_set():
             await asyncio.to_thread(self._release, rec.uuid)
 
     def _release(self, uuid: str) -> None:
@@ -348,21 +350,36 @@ class MemberAgent:
         log.warning("domain %s is owned by this member: starting it (HA)", cfg.name)
         rec = DomainRecord(uuid=uuid, name=cfg.name, domid=0, config=cfg, state=CREATING,
                            created_at=time.time())
+        t = time.time()
         try:
             await self.manager.build(rec, doing="restart (HA)")
         except XeniaError as e:
             log.error("HA restart of %s here failed: %s", cfg.name, e)
+            return
+        self.restarts.append({"domain": cfg.name, "uuid": uuid, "at": t,
+                              "running": time.time()})
 
     # -- status ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """This member's view, for `xenia cluster status` (the cluster verbs) and tests."""
         keeper = self.keeper
-        return {
+        view: dict[str, Any] = {"quorum": True}
+        try:
+            # Linearizable reads: they need a quorum, which is what this reports.
+            kvs, _ = self.client.range(keys.ALIVE)
+            view["alive"] = sorted(keys.host_of(kv.key, keys.ALIVE) for kv in kvs)
+            leader = self.client.get(keys.LEADER)
+            view["leader"] = keys.decode(leader).get("host") if leader else None
+        except XeniaError as e:
+            view = {"quorum": False, "etcd_error": e.message,
+                    "note": "no failover is decided without an etcd quorum"}
+        return {**view,
             "host": self.host,
             "lease": f"{keeper.lease_id:x}" if keeper else None,
             "lease_state": keeper.state if keeper else "none",
             "fenced": self.fenced.is_set(),
             "fences": list(self.fences),
+            "restarts": list(self.restarts),
             "leading": bool(self.election and self.election.is_leader),
             "ha": self.controller.state if self.controller else None,
             "decisions": list(self.controller.decisions) if self.controller else [],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -186,7 +187,7 @@ class HAController:
         won, now = keys.claim(self.client, d.uuid, target, d.owner, by=self.election.host,
                               leader_guard=self.election.guard(), extra=extra)
         decision = {"domain": d.config.name, "uuid": d.uuid, "from": dead, "to": host,
-                    "won": won, "owner": now.host if now else None}
+                    "won": won, "owner": now.host if now else None, "at": time.time()}
         if won and host is not None:
             log.warning("HA: domain %s of dead member %s restarts on %s", d.config.name,
                         dead, host)
