@@ -116,6 +116,9 @@ class HAController:
         self.election = election
         self.decisions: list[dict[str, Any]] = []  # what was decided, for status and tests
         self.state = "idle"  # idle, ok, no-quorum (the last sweep's outcome)
+        # When the last deletion of an alive key was seen (or leadership began): the end of
+        # detection, for the decisions' timings.
+        self.seen = time.time()
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._watch: Watch | None = None
@@ -136,6 +139,7 @@ class HAController:
 
     def _events(self, events: list[Event]) -> None:
         if any(ev.kind == "delete" for ev in events):
+            self.seen = time.time()
             self._kick.set()
 
     def _run(self) -> None:
@@ -187,7 +191,8 @@ class HAController:
         won, now = keys.claim(self.client, d.uuid, target, d.owner, by=self.election.host,
                               leader_guard=self.election.guard(), extra=extra)
         decision = {"domain": d.config.name, "uuid": d.uuid, "from": dead, "to": host,
-                    "won": won, "owner": now.host if now else None, "at": time.time()}
+                    "won": won, "owner": now.host if now else None, "seen": self.seen,
+                    "at": time.time()}
         if won and host is not None:
             log.warning("HA: domain %s of dead member %s restarts on %s", d.config.name,
                         dead, host)
