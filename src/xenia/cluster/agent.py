@@ -30,6 +30,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from xenia.cluster import keys
@@ -41,7 +42,7 @@ from xenia.cluster.lease import LeaseKeeper, LeaseTiming
 from xenia.cluster.watch import Watch
 from xenia.cluster.watchdog import Watchdog, open_watchdog
 from xenia.config.model import DomainConfig
-from xenia.errors import BackendError, InUse, XeniaError
+from xenia.errors import BackendError, InUse, NotFound, XeniaError
 from xenia.host.manager import DomainManager
 from xenia.hostos.hostinfo import available_mib
 from xenia.store.base import DomainRecord
@@ -50,6 +51,7 @@ from xenia.store.state import CREATING
 log = logging.getLogger(__name__)
 
 KILL_WAIT = 2.0  # how long the fence waits for a killed QEMU to be gone
+RECONCILE_EVERY = 5.0  # seconds between full reconciliations of a member
 
 
 def _gone(pid: int) -> bool:
@@ -82,12 +84,15 @@ def kill_all(pids: list[int], wait: float = KILL_WAIT) -> bool:
 class MemberAgent:
     def __init__(self, client: EtcdClient, host: str, manager: DomainManager,
                  shared_pool_of: Callable[[str], str | None],
-                 timing: LeaseTiming | None = None) -> None:
+                 timing: LeaseTiming | None = None, lease_file: Path | None = None) -> None:
         self.client = client
         self.host = keys.check_host(host)
         self.manager = manager
         self.shared_pool_of = shared_pool_of
         self.timing = timing or LeaseTiming()
+        # The lease's id, kept for the next xeniad: a daemon restart within the TTL resumes
+        # the lease, so the others never see this host as dead for it.
+        self.lease_file = lease_file
         self.keeper: LeaseKeeper | None = None
         self.election: Election | None = None
         self.campaign: Campaign | None = None
@@ -155,8 +160,21 @@ class MemberAgent:
             self._watchdog = open_watchdog(self.timing.watchdog)
         keeper = LeaseKeeper(self._keeper_client(), self._fence, self.timing,
                              watchdog=self._watchdog)
-        lease = keeper.start()
+        lease = 0
+        old = self._saved_lease()
+        if old:
+            try:
+                lease = keeper.start(old)
+                log.info("resumed the member lease %x of the last xeniad", old)
+            except NotFound:
+                log.warning("the last xeniad's lease %x expired: the others saw this host "
+                            "as dead meanwhile", old)
+        if not lease:
+            lease = keeper.start()
         self.keeper = keeper
+        if self.lease_file is not None:
+            with contextlib.suppress(OSError):
+                self.lease_file.write_text(f"{lease:x}\n")
         self.client.put(keys.alive(self.host),
                         keys.encode({"lease": lease, "since": time.time(),
                                      "free_mib": available_mib()}), lease=lease)
@@ -164,6 +182,14 @@ class MemberAgent:
         self.campaign = Campaign(self.election, self._leading).start()
         self.fenced.clear()
         log.info("cluster member %s: lease %x, alive", self.host, lease)
+
+    def _saved_lease(self) -> int:
+        if self.lease_file is None:
+            return 0
+        try:
+            return int(self.lease_file.read_text().strip(), 16)
+        except (OSError, ValueError):
+            return 0
 
     def _end_lease(self) -> None:
         if self.campaign is not None:
@@ -200,8 +226,15 @@ class MemberAgent:
         """Back into the cluster after a fence: a lost lease is replaced by a new one (the
         others may have taken our domains: reconcile cleans what is no longer ours); a
         lease that outlived the outage is ours again."""
+        last = time.monotonic()
         while not self._stop.wait(0.25):
             keeper = self.keeper
+            if keeper is not None and not self.fenced.is_set() \
+                    and time.monotonic() - last >= RECONCILE_EVERY:
+                # Also now and then, not only on owner-key events: a start that failed
+                # (a disk still locked, say) is tried again, a stale copy is found.
+                last = time.monotonic()
+                self._submit(self.reconcile_all())
             if keeper is None or not self.fenced.is_set():
                 continue
             if keeper.state == "live":

@@ -150,7 +150,8 @@ async def serve_ha(runtime: ClusterRuntime | None, engine: Engine, state: Any
     from xenia.cluster.agent import MemberAgent
 
     agent = MemberAgent(runtime.client, runtime.host, engine.manager,
-                        engine.storage.shared_pool_of)
+                        engine.storage.shared_pool_of,
+                        lease_file=engine.paths.run / "member-lease")
     engine.manager.gate = agent
     state.ha = agent
     task = asyncio.create_task(agent.start_retrying())
