@@ -146,3 +146,57 @@ def test_host_outside_a_cluster_refuses_ha(tmp_path: Path) -> None:
         asyncio.run(m.may_start(rec, incoming=False))
     asyncio.run(m.may_start(DomainRecord(U2, "p", 2, DomainConfig(name="p"), CREATING), False))
     store.close()
+
+
+class OwnedElsewhere:
+    """An etcd client whose every owner key names another host (an error path: the gate
+    must refuse before writing anything)."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def get(self, key: str, serializable: bool = False) -> KV | None:
+        return kv(key, {"host": "other", "nonce": "n"})
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        self.writes.append(key)
+        return 1
+
+    def txn(self, *args: Any, **kwargs: Any) -> Any:
+        self.writes.append("txn")
+        raise AssertionError("no transaction expected")
+
+
+def agent_with(client: Any, tmp_path: Path) -> Any:
+    from xenia.cluster.agent import MemberAgent
+
+    paths = Paths(state=tmp_path / "state", run=tmp_path / "run")
+    paths.ensure()
+    m = DomainManager(paths, SqliteStore(paths.db), [])
+    return MemberAgent(client, "me", m, lambda p: "nfs")
+
+
+def test_gate_refuses_while_fenced_and_when_another_host_owns(tmp_path: Path) -> None:
+    client = OwnedElsewhere()
+    agent = agent_with(client, tmp_path)
+    rec = DomainRecord(uuid=U1, name="g", domid=1, config=DomainConfig(name="g", ha=True),
+                       state=CREATING)
+    # Until the first lease is held (and after a fence) no HA domain starts here.
+    assert agent.fenced.is_set()
+    from xenia.errors import BackendError, InUse
+
+    with pytest.raises(BackendError, match="fenced itself"):
+        asyncio.run(agent.may_start(rec, incoming=False))
+    agent.fenced.clear()
+    with pytest.raises(InUse, match="member other owns it"):
+        asyncio.run(agent.may_start(rec, incoming=False))
+    # An incoming migration and a non-HA domain pass without asking etcd.
+    asyncio.run(agent.may_start(rec, incoming=True))
+    asyncio.run(agent.may_start(DomainRecord(U2, "p", 2, DomainConfig(name="p"), CREATING),
+                                False))
+    # Ending a domain owned elsewhere releases nothing; while fenced nothing is asked.
+    asyncio.run(agent.ended(rec))
+    agent.fenced.set()
+    asyncio.run(agent.ended(rec))
+    assert client.writes == []
+    agent.manager.store.close()
