@@ -143,6 +143,32 @@ class EtcdNet:
         for i, a in enumerate(self.agents):
             a.call("client", endpoints=self.own_first(i))
 
+    def add_clients(self, k: int) -> list[Agent]:
+        """k more hosts, each in a namespace of its own on the switch, with a member
+        certificate but no etcd member: cluster members that use the 3 voters as clients
+        (what a large cluster does past its 3 or 5 etcd voters)."""
+        ca = ClusterCA.load(self.files[0].tls.ca.parent)
+        added = []
+        for j in range(k):
+            ns, address = f"{self.tag}c{j}", f"{self.net}.{20 + j}"
+            files = ClusterFiles(self.tmp / f"c{j}" / "cluster", self.tmp / f"c{j}" / "run")
+            ip("netns", "add", ns)
+            self.ns.append(ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+            ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", f"q{j}",
+               "netns", self.sw)
+            ip("-n", self.sw, "link", "set", f"q{j}", "master", "sw", "up")
+            ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+            ip("-n", ns, "link", "set", "eth0", "up")
+            for d in (files.dir, files.run):
+                d.mkdir(parents=True, exist_ok=True)
+            make_member(files.tls.ca.parent, ca, f"c{j}", address)
+            added.append(Agent(ns, files))
+        for a in added:
+            a.call("client", endpoints=self.urls)
+        self.agents += added
+        return added
+
     def own_first(self, i: int) -> list[str]:
         """The endpoints as member i's xeniad orders them: its own member first (on the
         same side of any partition as the host itself)."""
