@@ -13,8 +13,8 @@ ready line elsewhere, then brings the killed host back for the next run.
 from __future__ import annotations
 
 import time
-from typing import Any
 
+from tests.integration.etcd_cluster import wait_for
 from tests.integration.ha_cluster import HACluster
 from tests.integration.harness import READY, Image
 
@@ -24,17 +24,6 @@ NAME = "hab"
 # Proxmox VE's documented HA timings (pve-docs, ha-manager: "Fencing" and "Recover Fenced
 # Services"): a node's lock expires after 120 s, then the watchdog fences it within 60 s.
 PROXMOX = "lock timeout 120 s + fence delay 60 s: ~2-3 minutes before a restart begins"
-
-
-def wait_for(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def one_run(c: HACluster, uuid: str) -> tuple[dict[str, float], int]:

@@ -10,33 +10,17 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
 from tests.integration.conftest import failed
-from tests.integration.etcd_cluster import Agent, AgentError, EtcdNet
+from tests.integration.etcd_cluster import Agent, AgentError, EtcdNet, report, wait_for
 from xenia.cluster import keys
 from xenia.network.dnsmasq import pid_alive
 
 pytestmark = pytest.mark.integration
 TTL = 5  # the default LeaseTiming: ttl 5, interval 1, margin 1.5
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
-
-
-def report(name: str, value: float) -> None:
-    print(f"\nMEASURED {name}: {value:.3f} s")
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.conftest import failed
-from tests.integration.etcd_cluster import Agent, EtcdNet
-from tests.integration.test_etcd import deleted_at, report, wait_for
+from tests.integration.etcd_cluster import Agent, EtcdNet, report, wait_for
+from tests.integration.test_etcd import deleted_at
 from xenia.cluster import keys
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import failed
-from tests.integration.etcd_cluster import nft
+from tests.integration.etcd_cluster import nft, report, wait_for
 from tests.integration.ha_cluster import HACluster
 from tests.integration.harness import READY, Image, qemu_pids_with
 
@@ -39,21 +39,6 @@ WRITER = (
     "2>/dev/null; printf '%-511s\\n' \"$r\" | dd of=/dev/vda bs=512 oflag=direct "
     "conv=notrunc 2>/dev/null; usleep 100000; done) >/dev/null 2>&1 & echo writer $W"
 )
-
-
-def report(name: str, value: float) -> None:
-    print(f"\nMEASURED {name}: {value:.3f} s")
-
-
-def wait_for(cond: Any, timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 class Disk:
