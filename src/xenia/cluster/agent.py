@@ -133,16 +133,18 @@ class MemberAgent:
                 await asyncio.to_thread(self._end_lease)
                 await asyncio.sleep(every)
 
-    async def stop(self) -> None:
+    async def stop(self, revoke: bool = False) -> None:
         """xeniad stops: leadership and the lease are let go (not revoked: the domains keep
-        running and the next xeniad resumes; if it does not come, the lease runs out)."""
+        running and the next xeniad resumes; if it does not come, the lease runs out).
+        With `revoke` (the host leaves the cluster) alive/<host> goes at once: the leader
+        fails over any HA domain still owned here, so move them first."""
         self._stop.set()
-        await asyncio.to_thread(self._leave_threads)
+        await asyncio.to_thread(self._leave_threads, revoke)
 
-    def _leave_threads(self) -> None:
+    def _leave_threads(self, revoke: bool) -> None:
         if self._watch is not None:
             self._watch.stop()
-        self._end_lease()
+        self._end_lease(revoke)
         if self._recover.is_alive():
             self._recover.join(timeout=5)
         if self._watchdog is not None:
@@ -191,13 +193,14 @@ class MemberAgent:
         except (OSError, ValueError):
             return 0
 
-    def _end_lease(self) -> None:
+    def _end_lease(self, revoke: bool = False) -> None:
         if self.campaign is not None:
             self.campaign.stop()
             self.campaign = None
         self._leading(False)
         if self.keeper is not None:
-            self.keeper.stop()
+            with contextlib.suppress(XeniaError):
+                self.keeper.stop(revoke=revoke)
             self.keeper.client.close()
             self.keeper = None
 
