@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from xenia.config.cpulist import normalize_cpulist, union_cpulists
 from xenia.config.diskspec import parse_disk_spec
-from xenia.config.model import ACTIONS, DiskSpec, DomainConfig
+from xenia.config.model import ACTIONS, MAX_VCPUS, DiskSpec, DomainConfig
 from xenia.config.names import NAME_RULE, valid_name
 from xenia.config.vdev import vdev_number
 from xenia.config.vifspec import parse_vif_spec
@@ -238,10 +238,12 @@ def _memory_and_vcpus(r: _Reader, cfg: DomainConfig) -> None:
     cfg.maxmem = r.integer("maxmem", 1, what="an integer (MiB)")
     if cfg.maxmem is not None and cfg.maxmem < cfg.memory:
         raise r.fail("maxmem", f"maxmem ({cfg.maxmem}) is below memory ({cfg.memory})")
-    vcpus = r.integer("vcpus", 1)
+    # Bounded here, not only by the engine: per-vCPU affinity lists below are read for
+    # every vCPU up to maxvcpus.
+    vcpus = r.integer("vcpus", 1, MAX_VCPUS)
     if vcpus is not None:
         cfg.vcpus = vcpus
-    cfg.maxvcpus = r.integer("maxvcpus", 1)
+    cfg.maxvcpus = r.integer("maxvcpus", 1, MAX_VCPUS)
     if cfg.maxvcpus is not None and cfg.maxvcpus < cfg.vcpus:
         raise r.fail("maxvcpus", f"maxvcpus ({cfg.maxvcpus}) is below vcpus ({cfg.vcpus})")
     cfg.cpus, cfg.cpus_per_vcpu = _affinity(r, "cpus", cfg.effective_maxvcpus)

@@ -25,6 +25,9 @@ ACTIONS = (
 )
 
 
+# QEMU's q35 with one socket per vCPU (devices/cpu.py) takes at most 255.
+MAX_VCPUS = 255
+
 @dataclass
 class DiskSpec:
     """One entry of `disk = [...]`, see xl-disk-configuration(5)."""
