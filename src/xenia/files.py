@@ -1,13 +1,20 @@
-"""Reading files a user names: open_regular and read_regular.
+"""Files Xenia reads from users and writes for itself.
 
-A path from a user may name a FIFO (open() waits for a writer forever), a device
-(/dev/zero never ends), a directory or a huge file. These open without blocking, refuse
-anything but a regular file at once with a message, and read at most a cap.
+Reading (open_regular, read_regular): a path from a user may name a FIFO (open() waits
+for a writer forever), a device (/dev/zero never ends), a directory or a huge file.
+These open without blocking, refuse anything but a regular file at once with a message,
+and read at most a cap.
+
+Writing (create_private, write_atomic, fsync_dir): temporary files under unpredictable
+names, created with O_EXCL|O_NOFOLLOW and their final mode, renamed into place, and the
+directory fsynced so the rename survives a crash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import stat
 from typing import BinaryIO
 
@@ -75,3 +82,49 @@ def _is_dev_null(path: str | os.PathLike[str]) -> bool:
 
 def _size(n: int) -> str:
     return f"{n // (1024 * 1024)} MiB" if n % (1024 * 1024) == 0 else f"{n // 1024} KiB"
+
+
+# -- writing ---------------------------------------------------------------------------
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Make renames and links in `directory` durable (they live in the directory)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_private(directory: str | os.PathLike[str], prefix: str, suffix: str = "",
+                   mode: int = 0o600) -> tuple[int, str]:
+    """A new file in `directory` under an unpredictable name: (fd, path).
+
+    O_CREAT|O_EXCL|O_NOFOLLOW: nothing planted at the name (a symlink to a file of
+    root's, say) is followed or reused; 64 random bits make the name unguessable."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(8):
+        path = os.path.join(os.fspath(directory), f"{prefix}{secrets.token_hex(8)}{suffix}")
+        try:
+            return os.open(path, flags, mode), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {os.fspath(directory)}")
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` whole: written to a private temporary file in the same
+    directory (created with `mode`, so never readable by others even briefly), fsynced,
+    renamed over `path`, and the rename fsynced."""
+    target = os.fspath(path)
+    directory = os.path.dirname(target) or "."
+    fd, tmp = create_private(directory, f".{os.path.basename(target)}.", ".tmp", mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)

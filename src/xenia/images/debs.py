@@ -200,5 +200,5 @@ class DebFetcher:
     def extract(self, deb: Path, dest: Path) -> Path:
         """Unpack `deb` into `dest` (created); nothing is installed on the host."""
         dest.mkdir(parents=True, exist_ok=True)
-        run_tool(["dpkg-deb", "-x", str(deb), str(dest)])
+        run_tool(["dpkg-deb", "-x", "--", str(deb.absolute()), str(dest.absolute())])
         return dest
