@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from xenia.files import fsync_dir
+
 APT_TIMEOUT = 600  # seconds; a 27 MB kernel package over a slow mirror
 
 
@@ -195,6 +197,7 @@ class DebFetcher:
                     "run `apt-get update` and retry"
                 )
             os.replace(debs[0], target)
+            fsync_dir(target.parent)
         return target
 
     def extract(self, deb: Path, dest: Path) -> Path:
