@@ -85,8 +85,15 @@ class _Reader:
         self.used.add(key)
         return self.values.get(key)
 
+    def nul(self, key: str) -> InvalidConfig:
+        # "\0" or "\x00" in a string: no path, name or option can hold one (QEMU's argv,
+        # the kernel's paths), so it is refused here, where the message can say where.
+        return self.fail(key, f"'{key}' holds a NUL character (\\0); remove it")
+
     def string(self, key: str) -> str | None:
         value = self.get(key)
+        if isinstance(value, str) and "\0" in value:
+            raise self.nul(key)
         if value is None or isinstance(value, str):
             return value
         if isinstance(value, int):
@@ -122,6 +129,9 @@ class _Reader:
         value = self.get(key)
         if value is None:
             return None
+        if isinstance(value, str) and "\0" in value or isinstance(value, list) and any(
+                isinstance(v, str) and "\0" in v for v in value):
+            raise self.nul(key)
         if single_ok and isinstance(value, str):
             return [value]
         if not isinstance(value, list) or any(isinstance(v, list) for v in value):
