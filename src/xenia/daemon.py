@@ -78,13 +78,13 @@ class _Server(uvicorn.Server):
 
 
 async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
-                allowed: list[Path] | None = None) -> None:
+                allowed: list[Path] | None = None, boot_watchdog: int = 0) -> None:
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
     network = NetworkManager(paths, store)
     await storage.start()
     await network.start()
-    qemu = QemuDriver(paths, store, storage, network, host_accel)
+    qemu = QemuDriver(paths, store, storage, network, host_accel, boot_watchdog)
     manager = DomainManager(paths, store, [qemu, ContainerDriver(paths, store, network)],
                             storage=storage, network=network)
     storage.set_in_use_check(qemu.devices.path_in_use)
@@ -130,9 +130,16 @@ def main(argv: list[str] | None = None) -> None:
                         default=os.environ.get("XENIA_ACCEL", "auto"),
                         help="host default accelerator (default: auto = probe)")
     parser.add_argument("--log-level", default=os.environ.get("XENIA_LOG_LEVEL", "info"))
+    parser.add_argument("--boot-watchdog", type=int, metavar="SECONDS",
+                        default=os.environ.get("XENIA_BOOT_WATCHDOG", "0"),
+                        help="default of the domains' boot_watchdog: a booting kernel with no "
+                        "console output and no vCPU progress for this long is crashed "
+                        "(default 0: off)")
     peers.add_arguments(parser)
     args = parser.parse_args(argv)
     set_title(sys.argv[1:] if argv is None else argv)
+    if args.boot_watchdog < 0:
+        parser.error("--boot-watchdog must be 0 (off) or a number of seconds")
     listen = peers.listen_from_args(parser, args)
     allowed = peers.allowed_from_args(parser, args)
     logging.basicConfig(
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     paths.ensure()
     take_lock(paths)
     try:
-        asyncio.run(serve(paths, args.accel, listen, allowed))
+        asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog))
     except KeyboardInterrupt:
         pass
     except XeniaError as e:

@@ -16,7 +16,14 @@ from xenia.config.model import DiskSpec, DomainConfig, VifSpec
 from xenia.devices import display
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
 from xenia.images.hvm import ovmf_qemu_args
-from xenia.qemu.cmdline import RunFiles, build_argv, escape_opt, kernel_cmdline
+from xenia.qemu.cmdline import (
+    TCG_KERNEL_PARAMS,
+    RunFiles,
+    build_argv,
+    escape_opt,
+    kernel_cmdline,
+    tcg_params_added,
+)
 from xenia.store.base import DomainRecord
 
 UUID = "6f1d3b9e-2c4a-4e8b-9a51-0c7d2e3f4a5b"
@@ -84,7 +91,8 @@ def argv_for(case: str) -> list[str]:
     layout, devices = argv_devices(rec)
     vnc = VNC_DISPLAY if rec.config.vnc else None
     return build_argv(rec.config, uuid=UUID, accel=accel, files=FILES, layout=layout,
-                      devices=devices, firmware=firmware_for(rec.config), vnc_display=vnc)
+                      devices=devices, firmware=firmware_for(rec.config), vnc_display=vnc,
+                      kernel_params=tcg_params_added(rec.config, accel))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -117,6 +125,42 @@ def test_console_defaults_to_serial() -> None:
     assert kernel_cmdline(DomainConfig(name="x", root="/dev/vda")) == "root=/dev/vda console=ttyS0"
     assert kernel_cmdline(DomainConfig(name="x", extra="console=hvc0")) == "console=hvc0"
     assert kernel_cmdline(DomainConfig(name="x", cmdline="a b", extra="c")) == "a b console=ttyS0"
+
+
+def test_console_and_added_params_go_before_init_arguments() -> None:
+    cfg = DomainConfig(name="x", kernel="/k", extra="quiet -- console=x single")
+    assert kernel_cmdline(cfg, ["no_timer_check"]) == \
+        "quiet console=ttyS0 no_timer_check -- console=x single"
+    quoted = DomainConfig(name="x", kernel="/k", extra='a="b c"  console=ttyS1')
+    assert kernel_cmdline(quoted, ["p"]) == 'a="b c" console=ttyS1 p'
+
+
+def test_tcg_params_added_under_tcg_only() -> None:
+    cfg = DomainConfig(name="x", kernel="/k", extra="console=ttyS0")
+    assert tcg_params_added(cfg, "tcg") == list(TCG_KERNEL_PARAMS)
+    assert "no_timer_check" in TCG_KERNEL_PARAMS
+    assert tcg_params_added(cfg, "kvm") == []
+    assert tcg_params_added(DomainConfig(name="x", type="hvm"), "tcg") == []  # no kernel
+    line = build_argv(cfg, uuid=UUID, accel="tcg", files=FILES,
+                      kernel_params=tcg_params_added(cfg, "tcg"))
+    assert line[line.index("-append") + 1].split() == ["console=ttyS0", *TCG_KERNEL_PARAMS]
+    kvm = build_argv(cfg, uuid=UUID, accel="kvm", files=FILES,
+                     kernel_params=tcg_params_added(cfg, "kvm"))
+    assert kvm[kvm.index("-append") + 1] == "console=ttyS0"
+
+
+@pytest.mark.parametrize("param", TCG_KERNEL_PARAMS)
+def test_a_key_the_user_sets_wins(param: str) -> None:
+    key = param.split("=", 1)[0]
+    for own in (f"{key}=mine", key, key.replace("_", "-")):
+        for cfg in (DomainConfig(name="x", kernel="/k", extra=f"quiet {own}"),
+                    DomainConfig(name="x", kernel="/k", cmdline=own, extra="ignored")):
+            added = tcg_params_added(cfg, "tcg")
+            assert param not in added and added == [p for p in TCG_KERNEL_PARAMS if p != param]
+            assert kernel_cmdline(cfg, added).split().count(own) == 1
+    # A word after `--` is init's, not the kernel's: the parameter is still added.
+    cfg = DomainConfig(name="x", kernel="/k", extra=f"quiet -- {key}=mine")
+    assert param in tcg_params_added(cfg, "tcg")
 
 
 def devices_of(argv: list[str]) -> list[dict]:  # type: ignore[type-arg]

@@ -241,6 +241,16 @@ def test_accel(accel: str) -> None:
     assert build(f"name='g'\naccel='{accel}'").accel == accel
 
 
+def test_boot_watchdog() -> None:
+    assert build("name='g'").boot_watchdog is None  # the daemon's default
+    assert build("name='g'\nboot_watchdog = 120").boot_watchdog == 120
+    assert build("name='g'\nboot_watchdog = '0'").boot_watchdog == 0
+    assert "'boot_watchdog' must be from 0 to 86400" in build_error(
+        "name='g'\nboot_watchdog = 90000")
+    assert "'boot_watchdog' must be a number of seconds" in build_error(
+        "name='g'\nboot_watchdog = 'long'")
+
+
 def test_bad_accel_and_boot() -> None:
     assert "'accel' must be one of auto, kvm, tcg" in build_error("name='g'\naccel='xen'")
     assert "'boot' must be letters" in build_error("name='g'\nboot='cx'")

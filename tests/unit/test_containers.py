@@ -57,6 +57,7 @@ def rootfs(tmp_path: Path) -> Path:
     ({"serial": "pty"}, "serial"),
     ({"usb": 1}, "usb"),
     ({"boot": "c"}, "boot"),
+    ({"boot_watchdog": 60}, "boot_watchdog"),
 ])
 def test_devices_a_container_cannot_have(keys: dict[str, object], key: str) -> None:
     with pytest.raises(InvalidConfig) as e:

@@ -195,6 +195,7 @@ def build_config(values: Mapping[str, Value], source: str) -> DomainConfig:
         raise r.fail("boot", f"'boot' must be letters from a, c, d, n, got '{boot}'")
     cfg.boot = boot
     cfg.accel = r.choice("accel", ACCELS) or cfg.accel
+    cfg.boot_watchdog = r.integer("boot_watchdog", 0, 86400, "a number of seconds")
     cfg.disks = _disks(r)
     cfg.vifs = r.each("vif", parse_vif_spec)
     cfg.pci = r.items("pci") or []

@@ -146,6 +146,9 @@ class DomainConfig:
     # Xenia extensions (documented in docs/xl-compat.md).
     accel: str = "auto"  # auto, kvm, tcg
     machine: str | None = None  # machine profile; None: the default profile for the type
+    # Seconds without console output or vCPU progress after which a booting kernel counts
+    # as hung (crashed); 0: off; None: the daemon's default (xeniad --boot-watchdog).
+    boot_watchdog: int | None = None
 
     # Where the config came from (file path or "<overrides>"), for messages.
     source: str | None = None

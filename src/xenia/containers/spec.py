@@ -86,6 +86,7 @@ _DEVICE_KEYS = (
     ("usbdevice", "usbdevice", "USB devices"),
     ("machine", "machine", "a machine type"),
     ("boot", "boot", "a boot order"),
+    ("boot_watchdog", "boot_watchdog", "a kernel boot to watch"),
 )
 SUPPORTED = ("rootfs, init, memory/maxmem (a limit), vcpus/maxvcpus and cpus (a cpuset), "
              "cpu_weight, cap, vif (veth NICs), extra/cmdline (given to init as "

@@ -13,6 +13,7 @@ from typing import Any
 from xenia.devices import display
 from xenia.drivers import qemu_cpu
 from xenia.drivers.base import Driver, GuestEvents, Instance
+from xenia.drivers.qemu_bootwatch import BootWatch, BootWatchMixin
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
 from xenia.drivers.qemu_hotplug import HotplugMixin
 from xenia.drivers.qemu_migrate import MigrateMixin
@@ -23,7 +24,7 @@ from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.qemu import accel as accel_mod
 from xenia.qemu.binary import machine_alias, qemu_info
-from xenia.qemu.cmdline import RunFiles, build_argv
+from xenia.qemu.cmdline import RunFiles, build_argv, tcg_params_added
 from xenia.qemu.process import QemuProcess, log_tail
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
@@ -49,16 +50,22 @@ def _check_readable(path: str | None, what: str, name: str, key: str) -> None:
         raise InvalidConfig(f"Failed to create domain '{name}': {what} '{path}' is not readable")
 
 
-class QemuInstance(HotplugMixin, MigrateMixin, Instance):
+class QemuInstance(HotplugMixin, MigrateMixin, BootWatchMixin, Instance):
     def __init__(self, record: DomainRecord, proc: QemuProcess, events: GuestEvents,
-                 devices: QemuDevices) -> None:
+                 devices: QemuDevices, hang_timeout: float | None = None) -> None:
         self.record = record  # as at start: for its name in messages, not for state
         self.proc = proc
         self.devices = devices
+        self.hang_timeout = hang_timeout
         self._events = events
         self._stopping = False
         self._deleted: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running = False
+        self._boot = 0
+        self._crash_boot = -1
+        self._watch: BootWatch | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         proc.on_exit(self._exited)
 
     # -- events from QEMU ---------------------------------------------------------------
@@ -68,11 +75,14 @@ class QemuInstance(HotplugMixin, MigrateMixin, Instance):
             # `xenia reboot -F` is a system_reset, which -action reboot=shutdown turns
             # into this shutdown: it is a reboot for on_reboot's sake.
             if reason in ("guest-reset", "host-qmp-system-reset"):
-                self._report("reboot", data)
+                if reason != "guest-reset" or not self.panic_reboot():
+                    self._report("reboot", data)
             elif data.get("guest"):
                 self._report("poweroff", data)
         elif name == "GUEST_PANICKED":
-            self._report("crash", data)
+            self.crashed(data)
+        elif name in ("RESUME", "STOP"):
+            self._running = name == "RESUME"
         elif name == "DEVICE_DELETED":
             # Unplugged CPUs are reported only through their lapic child's path
             # (/machine/peripheral/vcpu2/lapic), without "device".
@@ -117,6 +127,8 @@ class QemuInstance(HotplugMixin, MigrateMixin, Instance):
         )
 
     async def reset(self) -> None:
+        # The console output from here on is the next boot's.
+        self.watch_boot()
         # With -action reboot=shutdown QEMU turns every reset request, system_reset too,
         # into a shutdown; so reset is allowed for the duration of this one reset.
         await self.proc.command("set-action", {"reboot": "reset"})
@@ -140,6 +152,7 @@ class QemuInstance(HotplugMixin, MigrateMixin, Instance):
 
     async def destroy(self) -> None:
         self._stopping = True
+        self.stop_watch()
         try:
             await self.proc.kill()
         finally:
@@ -148,6 +161,7 @@ class QemuInstance(HotplugMixin, MigrateMixin, Instance):
 
     async def detach(self) -> None:
         self._stopping = True
+        self.stop_watch()
         await self.proc.close()
 
     async def dump_core(self, path: Path) -> None:
@@ -226,13 +240,24 @@ class QemuDriver(Driver):
     types = ("pv", "pvh", "hvm")
 
     def __init__(self, paths: Paths, store: Store, storage: StorageManager,
-                 network: NetworkManager, host_accel: str = "auto") -> None:
+                 network: NetworkManager, host_accel: str = "auto",
+                 boot_watchdog: int = 0) -> None:
         self.paths = paths
         self.host_accel = host_accel
+        self.boot_watchdog = boot_watchdog  # the default of the domains' boot_watchdog
         self.devices = QemuDevices(store, storage, network)
 
     def files(self, uuid: str) -> RunFiles:
         return RunFiles(self.paths.domain_run(uuid))
+
+    def hang_timeout(self, record: DomainRecord) -> float | None:
+        """The boot watch's hang timeout (0: panics only), or None: no boot watch. Only a
+        direct kernel boot is watched: firmware and bootloaders write to the console in
+        their own ways (drivers/qemu_bootwatch.py)."""
+        cfg = record.config
+        if not cfg.kernel:
+            return None
+        return float(self.boot_watchdog if cfg.boot_watchdog is None else cfg.boot_watchdog)
 
     def check(self, record: DomainRecord) -> None:
         cfg, name = record.config, record.name
@@ -340,16 +365,17 @@ class QemuDriver(Driver):
         record.runtime["accel"] = choice.name
         await asyncio.to_thread(self.devices.plug_host, record)
         proc = QemuProcess(record.name, record.uuid, files)
-        inst = QemuInstance(record, proc, events, self.devices)
+        inst = QemuInstance(record, proc, events, self.devices, self.hang_timeout(record))
         try:
             layout, devices = argv_devices(record)
             machine = record.runtime.get("machine") or machine_alias("q35")
             record.runtime["machine"] = machine
             firmware, vnc = self._hvm_extras(record)
+            added = tcg_params_added(cfg, choice.name)
             argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files,
                               qemu=info.path, layout=layout, devices=devices,
                               incoming=incoming, machine=machine, firmware=firmware,
-                              vnc_display=vnc)
+                              vnc_display=vnc, kernel_params=added)
             await proc.launch(argv)
             await proc.connect_qmp(inst.on_qmp_event)
             if cfg.vnc and cfg.vncpasswd and vnc is not None:
@@ -361,6 +387,8 @@ class QemuDriver(Driver):
             qemu_cpu.pin_threads(record, await inst.vcpu_threads())
             if cfg.effective_maxmem > cfg.memory and incoming is None:
                 await proc.command("balloon", {"value": cfg.memory * 1024 * 1024})
+            if incoming is None:  # a boot; a restored or migrated guest booted elsewhere
+                inst.watch_boot()
         except BaseException:
             with contextlib.suppress(Exception):
                 await inst.destroy()
@@ -376,6 +404,8 @@ class QemuDriver(Driver):
                 # The guest RAM QEMU was given (-m): mem-max cannot go past it.
                 "boot_maxmem": cfg.effective_maxmem,
                 "vcpu_threads_created": cfg.vcpus,
+                # What Xenia put on the kernel command line beyond the config's own.
+                "kernel_params_added": added,
             }
         )
         return inst
@@ -384,14 +414,16 @@ class QemuDriver(Driver):
         proc = QemuProcess(record.name, record.uuid, self.files(record.uuid))
         if not proc.adopt():
             return None
-        inst = QemuInstance(record, proc, events, self.devices)
+        inst = QemuInstance(record, proc, events, self.devices, self.hang_timeout(record))
         try:
             await proc.connect_qmp(inst.on_qmp_event)
+            status = (await proc.command("query-status"))["status"]
         except XeniaError as e:
             log.warning("domain %s: QEMU pid %s runs but QMP fails: %s", record.name, proc.pid, e)
             await proc.close()
             return None
         record.runtime["pid"] = proc.pid
+        inst.adopt_watch(running=status == "running")
         return inst
 
     def host_info(self) -> dict[str, Any]:

@@ -153,12 +153,14 @@ class DomainManager:
             await self._on_guest_event(rec.uuid, "poweroff", {"reason": "while-daemon-down"})
         elif rec.state == "running" and status == "guest-panicked":
             await self._on_guest_event(rec.uuid, "crash", {})
-        elif rec.state == "running" and status == "paused":
-            rec.state = "paused"
-            self._save(rec)
-        elif rec.state == "paused" and status == "running":
-            rec.state = "running"
-            self._save(rec)
+        elif status in ("paused", "running"):
+            async with self._lock(rec.uuid):
+                # Reread: an event of the adopted instance (its boot watch's verdict, say)
+                # may have been applied while query-status was under way.
+                rec = self.store.get(rec.uuid) or rec
+                if {rec.state, status} == {"running", "paused"}:
+                    rec.state = status
+                    self._save(rec)
 
     async def _status(self, inst: Instance) -> str | None:
         proc = getattr(inst, "proc", None)
@@ -283,7 +285,9 @@ class DomainManager:
     async def _on_guest_event(self, uuid: str, kind: str, data: dict[str, Any]) -> None:
         async with self._lock(uuid):
             rec = self.store.get(uuid)
-            if rec is None or rec.state == "dying":
+            # A crash already preserved is reported again by an adopted boot watch.
+            if rec is None or rec.state == "dying" or (kind == "crash" and
+                                                       rec.state == "crashed"):
                 return
             if rec.state == "creating":
                 # Still being built (create, restore, incoming migration): wait for the

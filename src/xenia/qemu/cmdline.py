@@ -17,6 +17,7 @@ a root port of its own (devices/layout.py) so it can be unplugged again.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,13 @@ from xenia.qemu.opts import escape_opt, machine_arg
 # Addresses are explicit so both ends of a migration build the same machine.
 CONSOLE_CHARDEV = "console0"
 QMP_CHARDEV = "qmp0"
+
+# Added to a direct-kernel-boot guest's command line under TCG, each unless the line sets
+# its key already (docs/decisions.md, "Early boot on a busy TCG host"). On a busy host a
+# TCG vCPU can be off the host CPU for longer than the kernel's early timer check waits:
+# without no_timer_check 6 of 30 guests created at once panicked ("IO-APIC + timer doesn't
+# work!"). Under KVM nothing is added.
+TCG_KERNEL_PARAMS: tuple[str, ...] = ("no_timer_check",)
 
 
 def jarg(obj: dict[str, Any]) -> str:
@@ -71,13 +79,37 @@ def cpu_model(accel: str) -> str:
     return "host" if accel == "kvm" else "qemu64"
 
 
-def kernel_cmdline(cfg: DomainConfig) -> str:
-    line = cfg.effective_cmdline()
+def _split_cmdline(line: str) -> tuple[list[str], list[str]]:
+    """(kernel words, init words) as the kernel splits a command line: on blanks except
+    inside double quotes; words after a lone `--` are init's."""
+    words = re.findall(r'(?:[^\s"]|"[^"]*"?)+', line)
+    cut = words.index("--") if "--" in words else len(words)
+    return words[:cut], words[cut:]
+
+
+def _param_key(word: str) -> str:
+    # The kernel takes - and _ in a parameter's name as the same character.
+    return word.split("=", 1)[0].replace("-", "_")
+
+
+def tcg_params_added(cfg: DomainConfig, accel: str) -> list[str]:
+    """The TCG_KERNEL_PARAMS this domain gets: none under KVM or without a kernel, and
+    none whose key the config's own cmdline/extra sets (the user's value wins)."""
+    if accel != "tcg" or not cfg.kernel:
+        return []
+    have = {_param_key(w) for w in _split_cmdline(cfg.effective_cmdline())[0]}
+    return [p for p in TCG_KERNEL_PARAMS if _param_key(p) not in have]
+
+
+def kernel_cmdline(cfg: DomainConfig, added: Sequence[str] = ()) -> str:
+    """The -append line: the config's, plus console=ttyS0 if it names no console, plus
+    `added` (tcg_params_added); both go before a `--`, after which words are init's."""
+    kernel, init = _split_cmdline(cfg.effective_cmdline())
     # The guest's console is the first serial port. A Xen PV config names hvc0 or nothing;
     # with no console= at all, point the kernel at ttyS0 so `xenia console` shows the boot.
-    if "console=" not in line:
-        line = (line + " console=ttyS0").strip()
-    return line
+    if not any(w.startswith("console=") for w in kernel):
+        kernel.append("console=ttyS0")
+    return " ".join(kernel + list(added) + init)
 
 
 def build_argv(
@@ -93,12 +125,14 @@ def build_argv(
     machine: str = "q35",
     firmware: Sequence[str] = (),
     vnc_display: int | None = None,
+    kernel_params: Sequence[str] = (),
 ) -> list[str]:
     """The full QEMU argv for a domain, started paused (-S) and daemonized.
 
     `devices` are (option, JSON) pairs for disks, NICs and controllers, already placed on
     the root ports of `layout`. HVM: `firmware` are the firmware's arguments (OVMF flash),
-    `vnc_display` the VNC display chosen for it.
+    `vnc_display` the VNC display chosen for it. `kernel_params` are added to a direct
+    kernel boot's command line (tcg_params_added).
     """
     layout = layout or Layout(SPARE_ROOT_PORTS)
     argv: list[str] = [
@@ -133,7 +167,7 @@ def build_argv(
         argv += ["-kernel", cfg.kernel]
         if cfg.ramdisk:
             argv += ["-initrd", cfg.ramdisk]
-        argv += ["-append", kernel_cmdline(cfg)]
+        argv += ["-append", kernel_cmdline(cfg, kernel_params)]
     # vCPU 0 comes from -smp; the others are devices so that each can be unplugged.
     for i in range(1, cfg.vcpus):
         argv += ["-device", jarg(cpu.device(i, accel))]

@@ -192,22 +192,41 @@ class QemuProcess:
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks
 
-    def vcpu_threads(self) -> dict[int, tuple[int, str]]:
-        """vCPU index -> (thread id, state letter) from the thread names QEMU sets."""
-        threads: dict[int, tuple[int, str]] = {}
+    def _vcpu_stats(self) -> dict[int, tuple[int, list[str]]]:
+        """vCPU index -> (thread id, /proc stat fields after the name), by the thread names
+        QEMU sets."""
+        threads: dict[int, tuple[int, list[str]]] = {}
         if self.pid is None:
             return threads
         for task in Path(f"/proc/{self.pid}/task").glob("*"):
             try:
                 comm = (task / "comm").read_text().strip()
-                state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
             # debug-threads=on names them "CPU 0/TCG" or "CPU 0/KVM".
             if comm.startswith("CPU ") and "/" in comm:
                 with contextlib.suppress(ValueError):
-                    threads[int(comm[4:].split("/")[0])] = (int(task.name), state)
+                    threads[int(comm[4:].split("/")[0])] = (int(task.name), fields)
         return threads
+
+    def vcpu_threads(self) -> dict[int, tuple[int, str]]:
+        """vCPU index -> (thread id, state letter)."""
+        return {i: (tid, f[0]) for i, (tid, f) in self._vcpu_stats().items()}
+
+    def vcpu_demand(self) -> float:
+        """Seconds the vCPU threads ran on a host CPU or waited in a run queue for one: what
+        the guest asked of the host, whether it got it or not (a vCPU starved on a busy
+        host still asks; a halted one does not). From /proc schedstat; where that cannot
+        be read, the threads' CPU time."""
+        total = 0.0
+        for tid, fields in self._vcpu_stats().values():
+            try:
+                run, wait, _ = Path(f"/proc/{self.pid}/task/{tid}/schedstat").read_text().split()
+                total += (int(run) + int(wait)) / 1e9
+            except (OSError, ValueError):
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
 
 def now() -> float:
