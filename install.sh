@@ -20,8 +20,10 @@ echo "install.sh: installing xenia into $prefix/venv"
 py=/usr/bin/python3  # the distribution's Python, which install-deps.sh installed
 [ -x "$py" ] || py=python3
 [ -x "$prefix/venv/bin/python" ] || "$py" -m venv "$prefix/venv"
-"$prefix/venv/bin/pip" install -q --upgrade pip
-"$prefix/venv/bin/pip" install -q "$here"
+# Exactly the locked versions, each checked against its hash (scripts/lock-deps.sh makes
+# the lock); then Xenia itself, without letting pip resolve anything further.
+"$prefix/venv/bin/pip" install -q --require-hashes -r "$here/requirements.lock"
+"$prefix/venv/bin/pip" install -q --no-deps --no-build-isolation "$here"
 ln -sf "$prefix/venv/bin/xenia" /usr/local/bin/xenia
 ln -sf "$prefix/venv/bin/xeniad" /usr/local/bin/xeniad
 
