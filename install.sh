@@ -28,6 +28,10 @@ ln -sf "$prefix/venv/bin/xenia" /usr/local/bin/xenia
 ln -sf "$prefix/venv/bin/xeniad" /usr/local/bin/xeniad
 
 install -m 0644 "$here/packaging/xeniad.service" /etc/systemd/system/xeniad.service
+# The unit's ProtectKernelModules=yes keeps xeniad from loading vfio-pci itself (PCI
+# passthrough): load it at boot, and now.
+install -m 0644 "$here/packaging/xenia-modules.conf" /etc/modules-load.d/xenia.conf
+modprobe vfio-pci 2>/dev/null || true
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload || true
 fi
