@@ -24,7 +24,6 @@ VNC_BASE = 5900
 # An IPv6 scope id: an interface name (IFNAMSIZ 16 with its NUL) or an interface index.
 # Python's ipaddress takes anything after '%', commas and '=' included.
 _SCOPE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
-FIRMWARES = ("bios", "seabios", "uefi", "ovmf")
 
 
 def firmware_kind(cfg: DomainConfig) -> str:
