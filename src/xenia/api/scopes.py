@@ -124,8 +124,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/peers/{name}"): _r("admin"),
     ("DELETE", "/v1/peers/{name}"): _r("admin"),
     # /openapi.json, /docs and /redoc are not path operations: closed over TCP.
-    # The coming Prometheus endpoint takes `metrics` ("GET", "/metrics"); an entry is
-    # added with the route (a rule without its route fails the table's unit test).
+    # -- Prometheus (api/metrics.py): rows filtered by the token's domain patterns.
+    ("GET", "/metrics"): _r("metrics", HANDLER),
 }
 
 
