@@ -126,6 +126,9 @@ RULES: dict[tuple[str, str], Rule] = {
     # /openapi.json, /docs and /redoc are not path operations: closed over TCP.
     # -- Prometheus (api/metrics.py): rows filtered by the token's domain patterns.
     ("GET", "/metrics"): _r("metrics", HANDLER),
+    # -- the web UI's own (api/webui.py): a dry run starts nothing, so it is not audited.
+    ("POST", "/v1/config/parse"): _r("create", readonly=True),
+    ("WEBSOCKET", D + "/console"): _r("console", REF),
 }
 
 

@@ -35,6 +35,8 @@ from xenia.peers.audit import AuditLog
 from xenia.peers.auth import TokenAuth
 from xenia.peers.service import PeerService
 from xenia.store.base import Store
+from xenia.ui.sessions import Sessions
+from xenia.ui.web import UiFront
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,13 @@ async def serve_peers(app: FastAPI, paths: Paths, store: Store, listen: ListenSp
     except XeniaError as e:
         raise SystemExit(f"xeniad: {e.message}") from e
     audit = AuditLog(paths.audit_log)
-    guarded = TokenAuth(app, svc.tokens.verify, make_access_factory(app, allowed or []), audit)
+    # The web UI (ui/web.py) in front: its pages, and its session cookies as a second way
+    # through TokenAuth to the same routes and checks.
+    sessions = Sessions(svc.tokens.grant_by_name)
+    guarded = UiFront(
+        TokenAuth(app, svc.tokens.verify, make_access_factory(app, allowed or []), audit,
+                  session=sessions.authenticate),
+        sessions, svc.tokens.verify, secure=listen.tls)
     if allowed:
         log.info("paths allowed over TCP besides the pools': %s",
                  ", ".join(map(str, allowed)))

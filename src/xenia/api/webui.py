@@ -1,0 +1,123 @@
+"""Routes the web UI needs beyond the CLI's: the server's dry run of a pasted xl.cfg, and the
+serial console over a WebSocket (xterm.js in the browser).
+
+Both are ordinary API routes with entries in api/scopes.py, so a token (or the browser
+session holding it) gets exactly the rights it has on every other route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel
+
+from xenia.api.deps import Manager
+from xenia.config.build import build_config
+from xenia.config.xlcfg import parse_config
+from xenia.errors import BackendError, InvalidConfig, XeniaError
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1")
+
+MAX_CONFIG = 64 * 1024  # an xl.cfg is a few hundred bytes; this bounds a paste
+
+
+class ParseRequest(BaseModel):
+    text: str
+    source: str = "pasted.cfg"
+
+
+class _Collect(logging.Handler):
+    """The config warnings of one thread (parses of concurrent requests run in other
+    worker threads, and the logger is shared)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _warnings() -> Iterator[list[str]]:
+    handler = _Collect()
+    logger = logging.getLogger("xenia.config")
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+
+
+def dry_run(text: str, source: str) -> dict[str, Any]:
+    """xl.cfg text -> {"config": the DomainConfig as the create takes it, "warnings"};
+    InvalidConfig (with file:line:column) when it is wrong. Starts nothing."""
+    if len(text) > MAX_CONFIG:
+        raise InvalidConfig(f"Failed to read {source}: it is over {MAX_CONFIG} bytes; an "
+                            "xl.cfg is a few hundred")
+    with _warnings() as warnings:
+        cfg = build_config(parse_config(text, source), source)
+    return {"config": cfg.to_dict(), "warnings": list(warnings)}
+
+
+@router.post("/config/parse")
+async def parse(req: ParseRequest) -> dict[str, Any]:
+    return await asyncio.to_thread(dry_run, req.text, req.source)
+
+
+@router.websocket("/domains/{ref}/console")
+async def console(ws: WebSocket, ref: str, m: Manager) -> None:
+    """The domain's serial console (a container's pty) as binary WebSocket messages both
+    ways. QEMU takes one console client at a time, as xl's console: while `xenia console`
+    is attached, this waits for it."""
+    try:
+        rec = m.resolve(ref)
+        inst = m.instance_of(rec.uuid)
+        if inst is None or not inst.alive:
+            raise BackendError(f"Failed to open the console of '{rec.name}': it is not running; "
+                               f"start it first")
+        path = Path(inst.console_path())
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 10)
+    except (XeniaError, OSError, TimeoutError) as e:
+        msg = e.message if isinstance(e, XeniaError) else f"Failed to open the console: {e}"
+        await ws.close(code=1011, reason=msg[:120])
+        return
+    await ws.accept()
+
+    async def to_browser() -> None:
+        while data := await reader.read(65536):
+            await ws.send_bytes(data)
+
+    async def to_guest() -> None:
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            data = msg.get("bytes") or (msg.get("text") or "").encode()
+            writer.write(data)
+            await writer.drain()
+
+    tasks = [asyncio.create_task(to_browser()), asyncio.create_task(to_guest())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        writer.close()
+        with contextlib.suppress(Exception):
+            await ws.close()
