@@ -26,6 +26,7 @@ from xenia.drivers.container import ContainerDriver
 from xenia.drivers.qemu import QemuDriver
 from xenia.engine import Engine
 from xenia.errors import XeniaError
+from xenia.host.history import History
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
 from xenia.peers import listener as peers
@@ -96,6 +97,9 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     await engine.manager.adopt_all()
     sock = bind_unix(str(paths.api_socket))
     app = make_app(engine)
+    # The UI's graphs: the last hour of counters, sampled while xeniad runs.
+    app.state.history = History(engine.views)
+    sampler = asyncio.create_task(app.state.history.run(), name="xeniad-history")
     config = uvicorn.Config(app, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=2)
     server = _Server(config)
@@ -105,6 +109,7 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
         async with peers.serve_peers(app, paths, store, listen, allowed):
             await server.serve(sockets=[sock])
     finally:
+        sampler.cancel()
         await engine.manager.detach_all()
         await network.stop()
         await storage.stop()

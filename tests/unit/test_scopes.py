@@ -38,7 +38,10 @@ def every_route() -> list[tuple[str, str]]:
 
     app = make_app(SimpleNamespace())  # type: ignore[arg-type]
     # OpenAPI leaves WebSocket routes out; enforce() checks them as method WEBSOCKET.
-    sockets = [("WEBSOCKET", r.path) for r in app.routes if isinstance(r, APIWebSocketRoute)]
+    # (routers are included without a prefix of their own: the path is the route's)
+    routers = [getattr(r, "original_router", None) for r in app.routes]
+    sockets = [("WEBSOCKET", r.path) for router in routers if router is not None
+               for r in router.routes if isinstance(r, APIWebSocketRoute)]
     return [(method.upper(), path) for path, ops in app.openapi()["paths"].items()
             for method in ops] + sockets
 

@@ -129,6 +129,9 @@ RULES: dict[tuple[str, str], Rule] = {
     # -- the web UI's own (api/webui.py): a dry run starts nothing, so it is not audited.
     ("POST", "/v1/config/parse"): _r("create", readonly=True),
     ("WEBSOCKET", D + "/console"): _r("console", REF),
+    ("WEBSOCKET", D + "/vnc"): _r("console", REF),
+    ("GET", D + "/history"): _r("read", REF),
+    ("GET", "/v1/host/history"): _r("read"),
 }
 
 

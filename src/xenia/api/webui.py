@@ -11,17 +11,18 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel
 
 from xenia.api.deps import Manager
 from xenia.config.build import build_config
 from xenia.config.xlcfg import parse_config
-from xenia.errors import BackendError, InvalidConfig, XeniaError
+from xenia.errors import BackendError, InvalidConfig, NotSupported, XeniaError
+from xenia.host.history import History
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
@@ -70,9 +71,40 @@ def dry_run(text: str, source: str) -> dict[str, Any]:
     return {"config": cfg.to_dict(), "warnings": list(warnings)}
 
 
+def _history(request: Request) -> History:
+    hist = getattr(request.app.state, "history", None)
+    if hist is None:
+        raise NotSupported("Failed to read the graphs: this xeniad does not sample them")
+    return hist  # type: ignore[no-any-return]
+
+
+@router.get("/domains/{ref}/history")
+async def domain_history(ref: str, request: Request, m: Manager) -> dict[str, Any]:
+    """The last hour of the domain's CPU, memory, network and disk (host/history.py)."""
+    rec = m.resolve(ref)
+    return {"name": rec.name, "interval": _history(request).interval,
+            **_history(request).series(rec.uuid)}
+
+
+@router.get("/host/history")
+async def host_history(request: Request) -> dict[str, Any]:
+    """The host's: CPU outside idle, memory in use, and its domains' traffic summed."""
+    return {"interval": _history(request).interval,
+            **_history(request).series(History.HOST)}
+
+
 @router.post("/config/parse")
 async def parse(req: ParseRequest) -> dict[str, Any]:
     return await asyncio.to_thread(dry_run, req.text, req.source)
+
+
+async def _running(m: Any, ref: str, what: str) -> tuple[Any, Any]:
+    rec = m.resolve(ref)
+    inst = m.instance_of(rec.uuid)
+    if inst is None or not inst.alive:
+        raise BackendError(f"Failed to open the {what} of '{rec.name}': it is not running; "
+                           "start it first")
+    return rec, inst
 
 
 @router.websocket("/domains/{ref}/console")
@@ -80,16 +112,38 @@ async def console(ws: WebSocket, ref: str, m: Manager) -> None:
     """The domain's serial console (a container's pty) as binary WebSocket messages both
     ways. QEMU takes one console client at a time, as xl's console: while `xenia console`
     is attached, this waits for it."""
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        _, inst = await _running(m, ref, "console")
+        return await asyncio.open_unix_connection(str(Path(inst.console_path())))
+
+    await relay(ws, connect)
+
+
+@router.websocket("/domains/{ref}/vnc")
+async def vnc(ws: WebSocket, ref: str, m: Manager) -> None:
+    """The HVM domain's VNC server (QEMU's, on the host's loopback by default), relayed
+    byte for byte for noVNC in the browser: RFB over the WebSocket, no websockify."""
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        rec, _ = await _running(m, ref, "screen")
+        where = str(rec.runtime.get("vnc") or "")
+        host, _, port = where.rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidConfig(f"Failed to open the screen of '{rec.name}': it has no VNC "
+                                "display (set vnc=1 in its config; HVM domains only)")
+        return await asyncio.open_connection(host.strip("[]"), int(port))
+
+    await relay(ws, connect)
+
+
+async def relay(ws: WebSocket, connect: Callable[[], Awaitable[
+        tuple[asyncio.StreamReader, asyncio.StreamWriter]]]) -> None:
+    """Copy between the WebSocket and the stream `connect` opens until either side ends.
+    A failure to connect closes the WebSocket (1011) with the reason, before accepting."""
     try:
-        rec = m.resolve(ref)
-        inst = m.instance_of(rec.uuid)
-        if inst is None or not inst.alive:
-            raise BackendError(f"Failed to open the console of '{rec.name}': it is not running; "
-                               f"start it first")
-        path = Path(inst.console_path())
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 10)
+        reader, writer = await asyncio.wait_for(connect(), 10)
     except (XeniaError, OSError, TimeoutError) as e:
-        msg = e.message if isinstance(e, XeniaError) else f"Failed to open the console: {e}"
+        msg = e.message if isinstance(e, XeniaError) else f"Failed to connect: {e}"
+        log.info("websocket %s refused: %s", ws.url.path, msg)
         await ws.close(code=1011, reason=msg[:120])
         return
     await ws.accept()
@@ -98,7 +152,7 @@ async def console(ws: WebSocket, ref: str, m: Manager) -> None:
         while data := await reader.read(65536):
             await ws.send_bytes(data)
 
-    async def to_guest() -> None:
+    async def to_server() -> None:
         while True:
             msg = await ws.receive()
             if msg["type"] == "websocket.disconnect":
@@ -107,7 +161,7 @@ async def console(ws: WebSocket, ref: str, m: Manager) -> None:
             writer.write(data)
             await writer.drain()
 
-    tasks = [asyncio.create_task(to_browser()), asyncio.create_task(to_guest())]
+    tasks = [asyncio.create_task(to_browser()), asyncio.create_task(to_server())]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     except WebSocketDisconnect:

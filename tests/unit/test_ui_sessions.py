@@ -1,0 +1,149 @@
+"""The web UI's front (ui/web.py) and sessions (ui/sessions.py) in front of TokenAuth, through
+FastAPI's test client: login, cookie flags, CSRF, scope refusals, revocation, expiry,
+logout, the pages' headers, and the dry run of a pasted xl.cfg. The same in a real browser
+against a real xeniad: tests/integration/test_ui.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.unit.test_scopes import FakeManager
+from xenia.api.app import make_app
+from xenia.api.scopes import make_access_factory
+from xenia.paths import Paths
+from xenia.peers.auth import TokenAuth
+from xenia.peers.scopes import Grant
+from xenia.peers.tokens import TokenRegistry
+from xenia.store.sqlite import SqliteStore
+from xenia.ui.sessions import IDLE_TIMEOUT, MAX_AGE, Sessions
+from xenia.ui.web import UiFront
+
+
+@dataclass
+class Ui:
+    client: TestClient
+    m: FakeManager
+    tokens: TokenRegistry
+
+    def login(self, *scopes: str, name: str = "u") -> str:
+        """Log in with a new token; the CSRF token of the session."""
+        _, token = self.tokens.create(name, list(scopes))
+        r = self.client.post("/ui/login", json={"token": token})
+        assert r.status_code == 200, r.text
+        return str(r.json()["csrf"])
+
+
+@pytest.fixture
+def ui(tmp_path: Path) -> Iterator[Ui]:
+    paths = Paths(state=tmp_path / "state", run=tmp_path / "run")
+    paths.ensure()
+    store = SqliteStore(paths.db)
+    m = FakeManager(paths, store)
+    engine = SimpleNamespace(paths=paths, store=store, manager=m, views=m, devices=m, saves=m,
+                             storage=m.storage, receiver=m.receiver)
+    app = make_app(engine)  # type: ignore[arg-type]
+    tokens = TokenRegistry(store)
+    sessions = Sessions(tokens.grant_by_name)
+    front = UiFront(TokenAuth(app, tokens.verify, make_access_factory(app, []),
+                              session=sessions.authenticate),
+                    sessions, tokens.verify, secure=True)
+    with TestClient(front, base_url="https://xenia.test") as client:  # type: ignore[arg-type]
+        yield Ui(client, m, tokens)
+    store.close()
+
+
+def test_login_sets_a_strict_httponly_secure_cookie(ui: Ui) -> None:
+    r = ui.client.post("/ui/login", json={"token": "xenia_nonsense"})
+    assert r.status_code == 401 and "not valid on this host" in r.json()["message"]
+    assert "set-cookie" not in r.headers
+    _, token = ui.tokens.create("ro", ["read"])
+    r = ui.client.post("/ui/login", json={"token": token})
+    flags = [f.strip().lower() for f in r.headers["set-cookie"].split(";")]
+    assert {"httponly", "samesite=strict", "secure", "path=/"} <= set(flags)
+    assert r.json()["scopes"] == ["read"] and r.json()["token"] == "ro"
+    # The cookie alone now reads through the API's own routes.
+    assert [d["name"] for d in ui.client.get("/v1/domains").json()][:2] == ["Domain-0", "web-1"]
+
+
+def test_changes_need_the_csrf_header_and_the_scope(ui: Ui) -> None:
+    csrf = ui.login("read")
+    r = ui.client.post("/v1/domains/web-1/shutdown", json={})
+    assert r.status_code == 403 and "CSRF" in r.json()["message"]
+    r = ui.client.post("/v1/domains/web-1/shutdown", json={}, headers={"X-CSRF-Token": "x"})
+    assert r.status_code == 403 and "CSRF" in r.json()["message"]
+    r = ui.client.post("/v1/domains/web-1/shutdown", json={}, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 403 and "lacks the scope 'power'" in r.json()["message"]
+    assert ui.m.calls == []
+    csrf = ui.login("read", "power", name="op")
+    r = ui.client.post("/v1/domains/web-1/shutdown", json={}, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200
+    assert ui.m.calls == [("shutdown", "web-1")]
+
+
+def test_revoked_token_and_logout_end_the_session(ui: Ui) -> None:
+    csrf = ui.login("read", name="gone")
+    assert ui.client.get("/v1/domains").status_code == 200
+    ui.tokens.revoke("gone")
+    r = ui.client.get("/v1/domains")
+    assert r.status_code == 401 and "expired or was ended" in r.json()["message"]
+    csrf = ui.login("read", name="again")
+    sid = ui.client.cookies.get("xenia_session")
+    assert ui.client.post("/ui/logout").status_code == 403  # no CSRF: not even a logout
+    r = ui.client.post("/ui/logout", headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200 and "max-age=0" in r.headers["set-cookie"].lower()
+    ui.client.cookies.set("xenia_session", str(sid))  # the old cookie, kept by a thief
+    r = ui.client.get("/v1/domains")
+    assert r.status_code == 401
+    assert ui.client.get("/ui/session").status_code == 401
+
+
+def test_sessions_expire_when_idle_and_at_their_age() -> None:
+    now = [1000.0]
+    grant = Grant("t", frozenset({"read"}))
+    s = Sessions(lambda name: grant, clock=lambda: now[0])
+    sid, _ = s.open(grant)
+    now[0] += IDLE_TIMEOUT - 1
+    assert s.lookup(sid) is not None  # used: the idle clock restarts
+    now[0] += IDLE_TIMEOUT - 1
+    assert s.lookup(sid) is not None
+    now[0] += IDLE_TIMEOUT + 1
+    assert s.lookup(sid) is None
+    sid, _ = s.open(grant)
+    for _ in range(int(MAX_AGE // (IDLE_TIMEOUT / 2)) + 1):
+        now[0] += IDLE_TIMEOUT / 2
+        s.lookup(sid)
+    assert s.lookup(sid) is None  # never idle, but past its age
+
+
+def test_pages_carry_a_same_origin_policy(ui: Ui) -> None:
+    r = ui.client.get("/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/ui/"
+    for page in ("/ui/", "/ui/login", "/ui/domain", "/ui/create", "/ui/host"):
+        r = ui.client.get(page)
+        assert r.status_code == 200 and "<html" in r.text, page
+        csp = r.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "connect-src 'self'" in csp
+    assert ui.client.get("/ui/static/vendor/xterm/xterm.js").status_code == 200
+    assert ui.client.get("/ui/nothing").status_code == 404
+    # Without a session or token the API still says no before routing.
+    assert ui.client.get("/v1/domains").status_code == 401
+
+
+def test_dry_run_returns_the_config_and_its_warnings(ui: Ui) -> None:
+    csrf = ui.login("create")
+    text = 'name = "web-7"\ntype = "pvh"\nmemory = 128\nkernel = "/k"\nfrobnicate = 1\n'
+    r = ui.client.post("/v1/config/parse", json={"text": text},
+                       headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200, r.text
+    assert r.json()["config"]["name"] == "web-7" and r.json()["config"]["memory"] == 128
+    assert any("frobnicate" in w for w in r.json()["warnings"])
+    r = ui.client.post("/v1/config/parse", json={"text": 'name = "x\n'},
+                       headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 400 and "pasted.cfg:1" in r.json()["message"]
+    assert ui.m.calls == []  # a dry run starts nothing
