@@ -162,7 +162,7 @@ const xenia = (() => {
 
   // -- graphs --------------------------------------------------------------------------
   const GRAPHS = [
-    ["cpu", "CPU (% of one host CPU)"], ["memory", "Memory (MiB)"],
+    ["cpu", "CPU (% of one host CPU)"], ["memory", "Memory in use (MiB)"],
     ["net", "Network (KiB/s, rx and tx)"], ["disk", "Disk (KiB/s, read and write)"],
   ];
 
