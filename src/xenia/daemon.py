@@ -79,7 +79,8 @@ class _Server(uvicorn.Server):
 
 
 async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
-                allowed: list[Path] | None = None, boot_watchdog: int = 0) -> None:
+                allowed: list[Path] | None = None, boot_watchdog: int = 0,
+                ui_listen: ListenSpec | None = None) -> None:
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
     network = NetworkManager(paths, store)
@@ -106,7 +107,7 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     log.info("xeniad listening on %s", paths.api_socket)
     try:
         # The host identity, and the same app on TCP (TLS + tokens) with --listen.
-        async with peers.serve_peers(app, paths, store, listen, allowed):
+        async with peers.serve_peers(app, paths, store, listen, allowed, ui_listen):
             await server.serve(sockets=[sock])
     finally:
         sampler.cancel()
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--boot-watchdog must be 0 (off) or a number of seconds")
     listen = peers.listen_from_args(parser, args)
     allowed = peers.allowed_from_args(parser, args)
+    ui_listen = peers.ui_listen_from_args(parser, args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.INFO),
         format="%(asctime)s xeniad[%(process)d] %(levelname)s %(name)s: %(message)s",
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     paths.ensure()
     take_lock(paths)
     try:
-        asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog))
+        asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog, ui_listen))
     except KeyboardInterrupt:
         pass
     except XeniaError as e:
