@@ -17,6 +17,7 @@ from tests.unit.test_scopes import FakeManager
 from xenia.api.app import make_app
 from xenia.api.scopes import make_access_factory
 from xenia.paths import Paths
+from xenia.peers.audit import AuditLog
 from xenia.peers.auth import TokenAuth
 from xenia.peers.scopes import Grant
 from xenia.peers.tokens import TokenRegistry
@@ -50,11 +51,13 @@ def ui(tmp_path: Path) -> Iterator[Ui]:
     app = make_app(engine)  # type: ignore[arg-type]
     tokens = TokenRegistry(store)
     sessions = Sessions(tokens.grant_by_name)
-    front = UiFront(TokenAuth(app, tokens.verify, make_access_factory(app, []),
+    audit = AuditLog(paths.audit_log)
+    front = UiFront(TokenAuth(app, tokens.verify, make_access_factory(app, []), audit,
                               session=sessions.authenticate),
                     sessions, tokens.verify, secure=True)
     with TestClient(front, base_url="https://xenia.test") as client:  # type: ignore[arg-type]
         yield Ui(client, m, tokens)
+    audit.close()
     store.close()
 
 
@@ -124,7 +127,8 @@ def test_sessions_expire_when_idle_and_at_their_age() -> None:
 def test_pages_carry_a_same_origin_policy(ui: Ui) -> None:
     r = ui.client.get("/", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/ui/"
-    for page in ("/ui/", "/ui/login", "/ui/domain", "/ui/create", "/ui/host"):
+    for page in ("/ui/", "/ui/login", "/ui/domain", "/ui/create", "/ui/host", "/ui/events",
+                 "/ui/tokens"):
         r = ui.client.get(page)
         assert r.status_code == 200 and "<html" in r.text, page
         csp = r.headers["content-security-policy"]
@@ -147,3 +151,19 @@ def test_dry_run_returns_the_config_and_its_warnings(ui: Ui) -> None:
                        headers={"X-CSRF-Token": csrf})
     assert r.status_code == 400 and "pasted.cfg:1" in r.json()["message"]
     assert ui.m.calls == []  # a dry run starts nothing
+
+
+def test_event_log_shows_who_did_what_to_admins_only(ui: Ui) -> None:
+    csrf = ui.login("read", "power", name="op")
+    ui.client.post("/v1/domains/web-2/shutdown", json={}, headers={"X-CSRF-Token": csrf})
+    ui.client.post("/v1/domains/web-1/shutdown", json={})  # no CSRF: refused, recorded
+    r = ui.client.get("/v1/host/audit")
+    assert r.status_code == 403 and "'admin'" in r.json()["message"]
+    ui.login("admin", name="boss")
+    events = ui.client.get("/v1/host/audit").json()
+    # Newest first: the refused shutdown (no session could be trusted: no token), then
+    # the shutdown by 'op'.
+    assert [(e["method"], e["path"], e["token"], e["status"]) for e in events[:2]] == [
+        ("POST", "/v1/domains/web-1/shutdown", None, 403),
+        ("POST", "/v1/domains/web-2/shutdown", "op", 200)]
+    assert events[1]["domain"] == "web-2"

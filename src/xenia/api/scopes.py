@@ -132,6 +132,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("WEBSOCKET", D + "/vnc"): _r("console", REF),
     ("GET", D + "/history"): _r("read", REF),
     ("GET", "/v1/host/history"): _r("read"),
+    ("GET", "/v1/host/audit"): _r("admin"),  # who did what: tokens and clients
 }
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -91,6 +93,36 @@ async def host_history(request: Request) -> dict[str, Any]:
     """The host's: CPU outside idle, memory in use, and its domains' traffic summed."""
     return {"interval": _history(request).interval,
             **_history(request).series(History.HOST)}
+
+
+AUDIT_TAIL = 256 * 1024  # the event page shows the last few hundred entries
+
+
+def audit_tail(path: Path, limit: int) -> list[dict[str, Any]]:
+    """The last `limit` entries of the audit log, newest first (a torn last line, being
+    written, is skipped)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - AUDIT_TAIL))
+            lines = f.read().splitlines()[1 if size > AUDIT_TAIL else 0:]
+    except FileNotFoundError:
+        return []
+    out: list[dict[str, Any]] = []
+    for line in reversed(lines):
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(line))
+        if len(out) >= limit:
+            break
+    return out
+
+
+@router.get("/host/audit")
+async def audit(request: Request, limit: int = 200) -> list[dict[str, Any]]:
+    """The event log: who changed what over TCP, when, with what result (peers/audit.py)."""
+    path = request.app.state.engine.paths.audit_log
+    return await asyncio.to_thread(audit_tail, path, max(1, min(limit, 2000)))
 
 
 @router.post("/config/parse")

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"": "index.html", "login": "login.html", "domain": "domain.html",
-         "create": "create.html", "host": "host.html"}
+         "create": "create.html", "host": "host.html", "events": "events.html",
+         "tokens": "tokens.html"}
 # 'unsafe-inline' styles: xterm.js and uPlot set element styles; scripts stay 'self' only.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data: blob:; connect-src 'self'; font-src 'self'; "

@@ -308,6 +308,45 @@ const xenia = (() => {
     startGraphs("/v1/host/history");
   }
 
+  // -- event log and tokens (admin) ------------------------------------------------------
+  async function eventsPage() {
+    const rows = await api("GET", "/v1/host/audit?limit=500");
+    document.querySelector("#events tbody").replaceChildren(...rows.map((e) => el("tr", {},
+      el("td", { text: e.time }), el("td", { text: e.token || "(none)" }),
+      el("td", { text: e.client || "" }), el("td", { text: `${e.method} ${e.path}` }),
+      el("td", { text: e.domain || "" }),
+      el("td", { text: e.status < 400 ? `ok (${e.status})` : `refused or failed (${e.status})` }))));
+  }
+
+  async function tokensPage() {
+    async function draw() {
+      const rows = await api("GET", "/v1/host/tokens");
+      document.querySelector("#tokens tbody").replaceChildren(...rows.map((t) => {
+        const revoke = el("button", { class: "danger", text: "Revoke" });
+        revoke.addEventListener("click", async () => {
+          if (!confirm(`Revoke ${t.name} and the tokens made with it?`)) return;
+          await act("Revoke", () => api("DELETE", `/v1/host/tokens/${encodeURIComponent(t.name)}`));
+          draw();
+        });
+        return el("tr", {}, el("td", { text: t.name }), el("td", { text: t.scopes.join(", ") }),
+          el("td", { text: t.domains.join(", ") || "all" }), el("td", { text: t.parent || "" }),
+          el("td", {}, revoke));
+      }));
+    }
+    const list = (id) => document.getElementById(id).value.split(",").map((x) => x.trim()).filter(Boolean);
+    document.getElementById("tok-create").addEventListener("click", async () => {
+      const out = await act("Create token", () => api("POST", "/v1/host/tokens", {
+        name: document.getElementById("tok-name").value || null,
+        scopes: list("tok-scopes"), domains: list("tok-domains"),
+      }));
+      if (!out) return;
+      document.getElementById("tok-value").textContent = out.token;
+      document.getElementById("tok-new").hidden = false;
+      draw();
+    });
+    await draw();
+  }
+
   async function main() {
     const page = document.body.dataset.page;
     if (page === "login") { loginPage(); return; }
@@ -317,6 +356,8 @@ const xenia = (() => {
       else if (page === "create") createPage();
       else if (page === "domain") await domainPage();
       else if (page === "host") await hostPage();
+      else if (page === "events") await eventsPage();
+      else if (page === "tokens") await tokensPage();
     } catch (e) {
       show(e.message);
     }
