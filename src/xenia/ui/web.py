@@ -12,15 +12,17 @@ the browser itself refuses a request to another origin, whatever a page tried.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -38,9 +40,45 @@ from xenia.ui.sessions import (
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-PAGES = {"": "index.html", "login": "login.html", "domain": "domain.html",
-         "create": "create.html", "host": "host.html", "events": "events.html",
-         "tokens": "tokens.html"}
+PAGES_DIR = Path(__file__).parent / "pages"
+XTERM = ('<link rel="stylesheet" href="/ui/static/vendor/xterm/xterm.css">\n',
+         '<script src="/ui/static/vendor/xterm/xterm.js"></script>\n')
+UPLOT = ('<link rel="stylesheet" href="/ui/static/vendor/uplot/uPlot.min.css">\n',
+         '<script src="/ui/static/vendor/uplot/uPlot.iife.min.js"></script>\n')
+NOVNC = ("", '<script type="module" src="/ui/static/vnc.js"></script>\n')
+
+
+@dataclass(frozen=True)
+class Page:
+    title: str
+    libs: tuple[tuple[str, str], ...] = ()  # (stylesheet link, script tag) of each
+
+
+# /ui/<key>: pages/<file>.html inside pages/layout.html (the bar, the message box, app.js).
+PAGES: dict[str, tuple[str, Page]] = {
+    "": ("index", Page("Domains")),
+    "login": ("login", Page("Log in")),
+    "domain": ("domain", Page("Domain", (XTERM, UPLOT, NOVNC))),
+    "create": ("create", Page("Create")),
+    "host": ("host", Page("Host", (UPLOT,))),
+    "events": ("events", Page("Events")),
+    "tokens": ("tokens", Page("Tokens")),
+}
+
+
+@functools.cache
+def render(key: str) -> bytes:
+    """The page as served: fixed text only (no request data goes into a page)."""
+    name, page = PAGES[key]
+    html = (PAGES_DIR / "layout.html").read_text()
+    for slot, text in (("title", page.title), ("page", name),
+                       ("head", "".join(css for css, _ in page.libs)),
+                       ("scripts", "".join(js for _, js in page.libs)),
+                       ("body", (PAGES_DIR / f"{name}.html").read_text())):
+        html = html.replace("{{" + slot + "}}", text)
+    return html.encode()
+
+
 # 'unsafe-inline' styles: xterm.js and uPlot set element styles; scripts stay 'self' only.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data: blob:; connect-src 'self'; font-src 'self'; "
@@ -97,10 +135,11 @@ class UiFront:
         return RedirectResponse("/ui/", status_code=303)
 
     async def page(self, request: Request) -> Response:
-        name = PAGES.get(request.path_params.get("page", ""))
-        if name is None:
+        key = request.path_params.get("page", "")
+        if key not in PAGES:
             return _error(404, "NotFound", f"Failed to find the page {request.url.path}")
-        return FileResponse(STATIC / name, headers={"Cache-Control": "no-store"})
+        return Response(render(key), media_type="text/html; charset=utf-8",
+                        headers={"Cache-Control": "no-store"})
 
     async def login(self, request: Request) -> Response:
         try:
