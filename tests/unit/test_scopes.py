@@ -198,8 +198,8 @@ class Host:
         return [json.loads(line) for line in self.audit.read_text().splitlines()]
 
 
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[Host]:
+def fake_app(tmp_path: Path) -> tuple[Any, FakeManager, Paths, SqliteStore, TokenRegistry]:
+    """The API app over a FakeManager, and its paths, store and token registry."""
     paths = Paths(state=tmp_path / "state", run=tmp_path / "run")
     paths.ensure()
     store = SqliteStore(paths.db)
@@ -207,8 +207,12 @@ def host(tmp_path: Path) -> Iterator[Host]:
     # The fake stands for each engine part the routes under test use.
     engine = SimpleNamespace(paths=paths, store=store, manager=m, views=m, devices=m, saves=m,
                              storage=m.storage, receiver=m.receiver)
-    app = make_app(engine)  # type: ignore[arg-type]
-    tokens = TokenRegistry(store)
+    return make_app(engine), m, paths, store, TokenRegistry(store)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    app, m, paths, store, tokens = fake_app(tmp_path)
     allowed, outside = tmp_path / "allowed", tmp_path / "outside"
     allowed.mkdir()
     outside.mkdir()

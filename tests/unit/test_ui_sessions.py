@@ -8,20 +8,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.unit.test_scopes import FakeManager
-from xenia.api.app import make_app
+from tests.unit.test_scopes import FakeManager, fake_app
 from xenia.api.scopes import make_access_factory
-from xenia.paths import Paths
 from xenia.peers.audit import AuditLog
 from xenia.peers.auth import TokenAuth
 from xenia.peers.scopes import Grant
 from xenia.peers.tokens import TokenRegistry
-from xenia.store.sqlite import SqliteStore
 from xenia.ui.sessions import IDLE_TIMEOUT, MAX_AGE, Sessions
 from xenia.ui.web import UiFront
 
@@ -42,14 +38,7 @@ class Ui:
 
 @pytest.fixture
 def ui(tmp_path: Path) -> Iterator[Ui]:
-    paths = Paths(state=tmp_path / "state", run=tmp_path / "run")
-    paths.ensure()
-    store = SqliteStore(paths.db)
-    m = FakeManager(paths, store)
-    engine = SimpleNamespace(paths=paths, store=store, manager=m, views=m, devices=m, saves=m,
-                             storage=m.storage, receiver=m.receiver)
-    app = make_app(engine)  # type: ignore[arg-type]
-    tokens = TokenRegistry(store)
+    app, m, paths, store, tokens = fake_app(tmp_path)
     sessions = Sessions(tokens.grant_by_name)
     audit = AuditLog(paths.audit_log)
     front = UiFront(TokenAuth(app, tokens.verify, make_access_factory(app, []), audit,

@@ -83,20 +83,14 @@ class TokenAuth:
         path = scope.get("path", "")
         client = (scope.get("client") or ("?", 0))[0]
         token = bearer_token(scope)
-        grant = self.verify(token) if token is not None else None
-        if token is None and self.session is not None:
-            try:
-                grant = self.session(scope)
-            except XeniaError as bad:
-                log.warning("refused %s %s from %s: %s", method, path, client, bad.message)
-                if self.audit is not None and method not in READS:
-                    self.audit.record(token=None, client=client, method=method, route=path,
-                                      path=path, domain=None, status=bad.http_status)
-                await _deny(scope, receive, send, bad)
-                return
-        if grant is None:
-            err = Unauthorized(NO_CREDENTIALS if token is None else BAD_TOKEN)
-            log.warning("refused %s %s from %s: %s", method, path, client, err.kind)
+        try:
+            grant = self.verify(token) if token is not None else None
+            if token is None and self.session is not None:
+                grant = self.session(scope)  # raises for a bad session or CSRF
+            if grant is None:
+                raise Unauthorized(NO_CREDENTIALS if token is None else BAD_TOKEN)
+        except XeniaError as err:
+            log.warning("refused %s %s from %s: %s", method, path, client, err.message)
             if self.audit is not None and method not in READS:
                 self.audit.record(token=None, client=client, method=method, route=path,
                                   path=path, domain=None, status=err.http_status)
