@@ -70,18 +70,13 @@ def families(rows: Iterable[dict[str, Any]], host: str, *, free_bytes: int,
     included and skipped here: the host has its own series)."""
     m: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
 
+    # Each family is made once, here, and kept by name for the per-device loops below.
     def gauge(name: str, doc: str, labels: Iterable[str]) -> GaugeMetricFamily:
-        fam = m.get(name)
-        if fam is None:
-            fam = m[name] = GaugeMetricFamily(f"xenia_{name}", doc, labels=list(labels))
-        assert isinstance(fam, GaugeMetricFamily)
+        fam = m[name] = GaugeMetricFamily(f"xenia_{name}", doc, labels=list(labels))
         return fam
 
     def counter(name: str, doc: str, labels: Iterable[str]) -> CounterMetricFamily:
-        fam = m.get(name)
-        if fam is None:
-            fam = m[name] = CounterMetricFamily(f"xenia_{name}", doc, labels=list(labels))
-        assert isinstance(fam, CounterMetricFamily)
+        fam = m[name] = CounterMetricFamily(f"xenia_{name}", doc, labels=list(labels))
         return fam
 
     # Declared up front so an empty host still shows each family's HELP and TYPE.
