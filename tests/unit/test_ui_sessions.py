@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -156,3 +157,45 @@ def test_event_log_shows_who_did_what_to_admins_only(ui: Ui) -> None:
         ("POST", "/v1/domains/web-1/shutdown", None, 403),
         ("POST", "/v1/domains/web-2/shutdown", "op", 200)]
     assert events[1]["domain"] == "web-2"
+
+
+def test_console_websocket_needs_scope_and_origin_then_relays(ui: Ui, tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    from starlette.websockets import WebSocketDisconnect
+
+    # A console socket like QEMU's: whatever comes in goes back upper-cased.
+    path = tmp_path / "console.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(1024):
+                conn.sendall(data.upper())
+
+    threading.Thread(target=serve, daemon=True).start()
+    inst = SimpleNamespace(alive=True, console_path=lambda: path)
+    ui.m.instance_of = lambda uuid: inst  # type: ignore[attr-defined]
+    def headers(origin: str = "http://testserver") -> dict[str, str]:
+        # The test client's WebSockets go to ws://testserver and leave its cookie jar
+        # out; a browser sends the cookie.
+        return {"Origin": origin, "Cookie": f"xenia_session={ui.client.cookies['xenia_session']}"}
+
+    ui.login("read", name="ro")
+    with pytest.raises(WebSocketDisconnect) as refused, \
+            ui.client.websocket_connect("/v1/domains/web-1/console", headers=headers()):
+        pass
+    assert refused.value.code == 1008 and "lacks the scope 'console'" in refused.value.reason
+    ui.login("read", "console", name="con")
+    with pytest.raises(WebSocketDisconnect) as refused, ui.client.websocket_connect(
+            "/v1/domains/web-1/console", headers=headers("https://evil.example")):
+        pass  # another site's page
+    assert (refused.value.code, refused.value.reason) == (1008, "permission-denied")
+    with ui.client.websocket_connect("/v1/domains/web-1/console", headers=headers()) as ws:
+        ws.send_bytes(b"uname\r")
+        assert ws.receive_bytes() == b"UNAME\r"
+    server.close()

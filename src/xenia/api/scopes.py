@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
 
 from xenia.api.access import Access
@@ -196,8 +197,15 @@ async def enforce(request: HTTPConnection) -> None:
     state["route"] = template
     # HTTPConnection, not Request: a websocket route gets the same check.
     method = str(request.scope.get("method", "WEBSOCKET"))
-    rule = authorize(access, method, request.url.path, template, dict(request.path_params),
-                     _domain_name(request))
+    try:
+        rule = authorize(access, method, request.url.path, template,
+                         dict(request.path_params), _domain_name(request))
+    except XeniaError as e:
+        if request.scope.get("type") != "websocket":
+            raise
+        # The app's exception handlers answer HTTP only; a WebSocket is refused by
+        # closing it before the accept (policy violation), with the message as reason.
+        raise WebSocketException(code=1008, reason=e.message[:120]) from e
     state["audited"] = is_audited(method, rule)
     state["authorized"] = True
 

@@ -140,10 +140,12 @@ async def _running(m: Any, ref: str, what: str) -> tuple[Any, Any]:
 
 
 @router.websocket("/domains/{ref}/console")
-async def console(ws: WebSocket, ref: str, m: Manager) -> None:
+async def console(ws: WebSocket, ref: str) -> None:
     """The domain's serial console (a container's pty) as binary WebSocket messages both
     ways. QEMU takes one console client at a time, as xl's console: while `xenia console`
     is attached, this waits for it."""
+    m = ws.app.state.engine.manager  # (deps.Manager takes a Request, not a WebSocket)
+
     async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         _, inst = await _running(m, ref, "console")
         return await asyncio.open_unix_connection(str(Path(inst.console_path())))
@@ -152,9 +154,11 @@ async def console(ws: WebSocket, ref: str, m: Manager) -> None:
 
 
 @router.websocket("/domains/{ref}/vnc")
-async def vnc(ws: WebSocket, ref: str, m: Manager) -> None:
+async def vnc(ws: WebSocket, ref: str) -> None:
     """The HVM domain's VNC server (QEMU's, on the host's loopback by default), relayed
     byte for byte for noVNC in the browser: RFB over the WebSocket, no websockify."""
+    m = ws.app.state.engine.manager
+
     async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         rec, _ = await _running(m, ref, "screen")
         where = str(rec.runtime.get("vnc") or "")

@@ -132,6 +132,8 @@ class TokenAuth:
                     await _deny(scope, receive, send, err, received=True)
                     return
                 record(status)
+            elif kind == "websocket.close":
+                record(403)  # closed before the accept: refused (a close after is recorded)
             if not swallowed:
                 await send(message)
 
