@@ -281,9 +281,14 @@ const xenia = (() => {
     ws.onopen = () => { box.dataset.state = "open"; term.focus(); ws.send(enc.encode("\r")); };
     ws.onmessage = (ev) => term.write(new Uint8Array(ev.data));
     ws.onclose = (ev) => {
+      const opened = box.dataset.state === "open";
       box.dataset.state = "closed";
       term.write(`\r\n[console closed${ev.reason ? ": " + ev.reason : ""}]\r\n`);
-      if (ev.code === 1008) show("The console was refused: this token lacks the scope 'console'.");
+      // A refused handshake reaches a page as code 1006 without the server's reason.
+      if (!opened) {
+        show("The console could not be opened: the token needs the scope 'console', and the "
+          + "domain must be running (and no `xenia console` attached to it).");
+      }
     };
     term.onData((d) => { if (ws.readyState === 1) ws.send(enc.encode(d)); });
     window.xeniaTerm = term;  // for the browser tests: what the terminal shows
