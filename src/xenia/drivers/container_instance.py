@@ -218,8 +218,9 @@ class ContainerInstance(Instance):
                                "vcpus": len(rec.runtime.get("cpuset") or []) or rec.config.vcpus}
         with contextlib.suppress(XeniaError):
             out["memory_kib"] = cg.memory_usage() // 1024
+        veths = dict(rec.runtime.get("veths", {}))
         nics = await asyncio.to_thread(nic_counters, self.host.network,
-                                       dict(rec.runtime.get("veths", {})))
+                                       veths) if veths else []
         rx, tx = guest_traffic(nics)
         out.update(nets=len(rec.config.vifs), net_rx_bytes=rx, net_tx_bytes=tx, vbds=0,
                    nic_io=nics, disk_io=[])

@@ -222,8 +222,10 @@ class QemuInstance(BootWatchMixin, Instance):
             pass
         out.update(vbds=len(rec.config.disks), vbd_rd_ops=rd_ops, vbd_wr_ops=wr_ops,
                    vbd_rd_bytes=rd_b, vbd_wr_bytes=wr_b, disk_io=disks)
+        taps = dict(rec.runtime.get("taps", {}))
+        # No thread hop without NICs: a scrape of many domains would queue on the pool.
         nics = await asyncio.to_thread(nic_counters, self.devices.host.network,
-                                       dict(rec.runtime.get("taps", {})))
+                                       taps) if taps else []
         rx, tx = guest_traffic(nics)
         out.update(nets=len(rec.config.vifs), net_rx_bytes=rx, net_tx_bytes=tx, nic_io=nics)
         return out

@@ -95,16 +95,19 @@ class DomainViews:
     async def _stats_row(self, rec: DomainRecord, now: float, host_kib: int
                          ) -> dict[str, Any]:
         inst = self.m.instance_of(rec.uuid)
+        alive = inst is not None and inst.alive
+        # Not describe(rec): that also serializes the config and reads the CPU time again.
+        letters = state_letters(rec.state, inst.running_now() if inst and alive else False)
         row: dict[str, Any] = {
             "name": rec.name, "uuid": rec.uuid, "state": rec.state, "domid": rec.domid,
-            "type": rec.config.type, "state_letters": self.describe(rec)["state_letters"],
+            "type": rec.config.type, "state_letters": letters,
             "maxmem_kib": rec.config.effective_maxmem * 1024, "host_memory_kib": host_kib,
             "timestamp": now, "cpu_time": 0.0, "vcpus": rec.config.vcpus,
             "memory_kib": rec.config.memory * 1024, "nets": 0, "net_rx_bytes": 0,
             "net_tx_bytes": 0, "vbds": 0, "vbd_rd_ops": 0, "vbd_wr_ops": 0,
             "vbd_rd_bytes": 0, "vbd_wr_bytes": 0,
         }
-        if inst is not None and inst.alive:
+        if inst is not None and alive:
             try:
                 row.update(await inst.stats(rec))
             except XeniaError as e:
