@@ -36,6 +36,7 @@ from xenia.peers.address import (
 )
 from xenia.peers.audit import AuditLog
 from xenia.peers.auth import TokenAuth
+from xenia.peers.limits import BodyLimit, Limits, guarded_protocol
 from xenia.peers.service import PeerService
 from xenia.store.base import Store
 from xenia.ui.sessions import Sessions
@@ -207,9 +208,14 @@ async def _serving(asgi: Any, spec: ListenSpec, ssl_ctx: ssl.SSLContext | None, 
         sock = bind_tcp(spec)
     except XeniaError as e:
         raise SystemExit(f"xeniad: {e.message}") from e
-    config = uvicorn.Config(asgi, log_level="warning",
+    # Bounds on what anyone who reaches the port can hold: connections, header and body
+    # time, body size (peers/limits.py).
+    limits = Limits.from_env()
+    config = uvicorn.Config(BodyLimit(asgi, limits.max_body), log_level="warning",
                             lifespan="off", timeout_graceful_shutdown=2, proxy_headers=False,
-                            server_header=False)
+                            server_header=False, http=guarded_protocol(limits),
+                            h11_max_incomplete_event_size=limits.header_bytes,
+                            timeout_keep_alive=5)
     config.load()
     # Our own context rather than uvicorn's ssl_* options: uvicorn's default cipher
     # string ("TLSv1") leaves out TLS 1.2's AEAD suites; this one is Python's default.
