@@ -2,7 +2,7 @@
 xeniad serving TLS on 127.0.0.1, and /metrics against a real guest doing I/O.
 
 One PV guest, created from the UI's create page, is shared by every test; one HVM guest
-(firmware only, no disk: its screen is SeaBIOS's) for the VNC screen. Every request any
+(firmware only, a blank disk: its screen is SeaBIOS's) for the VNC screen. Every request any
 page makes is recorded; the last test checks that none went to another origin. A failed
 test keeps a screenshot of its page in $XENIA_UI_SHOTS (default /var/tmp/xenia-ui-shots).
 """
@@ -210,8 +210,11 @@ def test_read_only_token_sees_the_refusal(ui: Ui) -> None:
 
 
 def test_hvm_screen_through_novnc(ui: Ui) -> None:
+    # A blank disk: SeaBIOS finds nothing to boot and says so on the screen.
+    blank = volume(ui.h, "blank", "1M", fmt="raw")
     cfg = write_xl_cfg(ui.h.cfgdir / "h1.cfg", {
-        "name": "h1", "type": "hvm", "memory": 128, "vcpus": 1, "vnc": True, "vif": []})
+        "name": "h1", "type": "hvm", "memory": 128, "vcpus": 1, "vnc": True, "vif": [],
+        "disk": [f"{blank},raw,hda,rw"]})
     ui.h.xenia("create", str(cfg))
     page = ui.page()
     page.goto(ui.base + "/ui/domain?name=h1")
