@@ -1,7 +1,8 @@
-"""Routes the web UI needs beyond the CLI's: the server's dry run of a pasted xl.cfg, and the
-serial console over a WebSocket (xterm.js in the browser).
+"""Routes the web UI needs beyond the CLI's: the server's dry run of a pasted xl.cfg, the
+serial console and the VNC screen over WebSockets (xterm.js and noVNC in the browser), the
+graphs' history and the event log.
 
-Both are ordinary API routes with entries in api/scopes.py, so a token (or the browser
+All are ordinary API routes with entries in api/scopes.py, so a token (or the browser
 session holding it) gets exactly the rights it has on every other route.
 """
 
