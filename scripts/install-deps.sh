@@ -45,7 +45,8 @@ fi
 apt-get install $APT_OPTS $qemu_target qemu-system-x86 qemu-utils
 # ovmf: UEFI firmware for firmware="uefi" HVM guests (SeaBIOS comes with qemu-system-x86).
 # crun: the OCI runtime of container domains (type = "container"); util-linux gives
-# unshare/nsenter (tests) and is essential on Debian, listed for minimal images.
+# nsenter (Xenia configures container NICs with it; the tests use unshare) and is
+# essential on Debian, listed for minimal images.
 # fdisk (sfdisk), dosfstools (mkfs.fat), mtools and xorriso: `xenia image build` writes the
 # HVM images' partition tables, FAT filesystems and ISO with them (images/fstools.py).
 # etcd-server: the cluster's store; xeniad runs its own member on cluster members
@@ -59,6 +60,8 @@ apt-get install $APT_OPTS --no-install-recommends \
 if [ -d /run/systemd/system ] && systemctl is-enabled --quiet etcd 2>/dev/null; then
     systemctl disable --now etcd || true
 fi
+# Subordinate ids for the user namespaces of container domains.
+"$(dirname "$0")/setup-subids.sh"
 if [ "$want_test" = 1 ]; then
     # genisoimage: the CD-ROMs of test_disks.py, and isoinfo, an ISO 9660 reader independent
     # of xorriso that checks the ISOs xorriso writes.

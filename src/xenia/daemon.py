@@ -25,8 +25,8 @@ from xenia.api.app import make_app
 from xenia.cluster import service as cluster
 from xenia.drivers.container import ContainerDriver
 from xenia.drivers.qemu import QemuDriver
+from xenia.engine import Engine
 from xenia.errors import XeniaError
-from xenia.host.manager import DomainManager
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
 from xenia.peers import listener as peers
@@ -87,17 +87,17 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     await storage.start()
     await network.start()
     qemu = QemuDriver(paths, store, storage, network, host_accel, boot_watchdog)
-    manager = DomainManager(paths, store, [qemu, ContainerDriver(paths, store, network)],
-                            storage=storage, network=network)
+    engine = Engine.create(paths, store, [qemu, ContainerDriver(paths, store, network)],
+                           storage=storage, network=network)
     storage.set_in_use_check(qemu.devices.path_in_use)
     choice = accel_mod.resolve("auto", host_accel)
     if choice.name == "tcg":
         log.warning("accelerator: TCG (%s)", choice.reason)
     else:
         log.info("accelerator: KVM")
-    await manager.adopt_all()
+    await engine.manager.adopt_all()
     sock = bind_unix(str(paths.api_socket))
-    app = make_app(manager)
+    app = make_app(engine)
     config = uvicorn.Config(app, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=2)
     server = _Server(config)
@@ -109,7 +109,7 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
                 peers.serve_peers(app, paths, store, listen, allowed):
             await server.serve(sockets=[sock])
     finally:
-        await manager.detach_all()
+        await engine.manager.detach_all()
         await network.stop()
         await storage.stop()
         store.close()

@@ -1,7 +1,7 @@
 """The error tree. Every error Xenia raises on purpose is a XeniaError.
 
 Messages read "Failed <doing X>: <cause>" and, where the user can act, say how to fix it.
-The API maps each category to one HTTP status (api/errors.py); the CLI prints the message
+The API maps each category to one HTTP status (api/app.py); the CLI prints the message
 and exits non-zero, never with a traceback.
 """
 

@@ -32,8 +32,9 @@ from tests.integration.harness import (
     write_xl_cfg,
 )
 from xenia.cli import console as con
-from xenia.containers.cpuset import CpusetGroup
-from xenia.host.cgroups import DomainCgroup, host_layout
+from xenia.hostos.cgroupfs import host_layout
+from xenia.hostos.cgroups import DomainCgroup
+from xenia.hostos.cpuset import CpusetGroup
 
 pytestmark = [
     pytest.mark.integration,
@@ -197,12 +198,15 @@ def test_processes_and_files_are_the_containers_own(ct: Containers, host: Host) 
         host.run("ct1", "echo one > /root/mine; echo changed > /etc/motd")
         assert host.run("ct2", "cat /root/mine 2>&1 || echo absent").strip().endswith("absent")
         assert not (ct.rootfs / "root/mine").exists() and not (ct.rootfs / "etc/motd").exists()
-        # The user namespace of the built image: container root is host uid 100000.
-        assert host.run("ct1", "cat /proc/self/uid_map").split() == ["0", "100000", "65536"]
+        # Each container's user namespace maps its root to host ids Xenia gave it alone.
+        ids = {n: host.domain(n)["runtime"]["userns"] for n in ("ct1", "ct2")}
+        assert host.run("ct1", "cat /proc/self/uid_map").split() == [
+            "0", str(ids["ct1"]["uid"]), "65536"]
         init = host.domain("ct1")["runtime"]["pid"]
         uid_line = [ln for ln in Path(f"/proc/{init}/status").read_text().splitlines()
                     if ln.startswith("Uid:")][0]
-        assert uid_line.split()[1] == "100000"
+        assert uid_line.split()[1] == str(ids["ct1"]["uid"])
+        assert abs(ids["ct1"]["uid"] - ids["ct2"]["uid"]) >= 65536
         # The container cannot reach past its namespaces.
         for cmd in ("mknod /tmp/sda b 8 0", "mount -t tmpfs t /mnt",
                     "echo 1 > /proc/sys/kernel/sysrq", "hostname other"):
@@ -381,15 +385,25 @@ def test_create_c_shows_the_whole_start(ct: Containers, host: Host) -> None:
     ct.uuids.add(host.domain("ct1")["uuid"])
 
 
-def test_a_root_owned_rootfs_runs_without_a_user_namespace(ct: Containers, host: Host) -> None:
+def test_a_root_owned_rootfs_runs_in_a_user_namespace_too(ct: Containers, host: Host) -> None:
     from xenia.images.rootfs import build_rootfs
 
     tree = build_rootfs(host.root / "img0", cache_dir=CACHE / "debs", owner=0,
                         progress=lambda s: None).path
     assert tree.stat().st_uid == 0
     dom = ct.create("ct1", rootfs=str(tree))
-    assert dom["runtime"]["userns"] is None
-    assert host.run("ct1", "cat /proc/self/uid_map").split() == ["0", "0", "4294967295"]
+    ids = dom["runtime"]["userns"]
+    assert ids["uid"] > 0 and ids["size"] == 65536
+    assert host.run("ct1", "cat /proc/self/uid_map").split() == ["0", str(ids["uid"]), "65536"]
+    # The image's root-owned files are container root's, seen through the idmapped mount;
+    # what the container writes is owned by its host ids, and the image stays root's.
+    assert host.run("ct1", "stat -c %u:%g /bin/busybox /etc").split() == ["0:0", "0:0"]
+    host.run("ct1", "echo x > /etc/written-inside")
+    upper = host.root / "run" / "domains" / dom["uuid"] / "fs" / "upper"
+    st = (upper / "etc" / "written-inside").stat()
+    assert (st.st_uid, st.st_gid) == (ids["uid"], ids["gid"])
+    assert (tree / "bin" / "busybox").stat().st_uid == 0
+    assert not (tree / "etc" / "written-inside").exists()
     # Root, but without the capabilities that reach the host: no device nodes, no mounts.
     for cmd in ("mknod /tmp/sda b 8 0", "mount -t tmpfs t /mnt",
                 "echo 1 > /proc/sys/vm/drop_caches"):

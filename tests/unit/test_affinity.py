@@ -16,18 +16,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xenia.errors import InvalidConfig, NotFound
-from xenia.host import affinity
-from xenia.host.affinity import (
-    ThreadStats,
+from xenia.hostos import affinity
+from xenia.hostos.affinity import (
     format_cpulist,
     get_thread_affinity,
     parse_kernel_cpulist,
-    parse_stat,
-    process_threads,
     resolve_cpulist,
     set_thread_affinity,
-    thread_stats,
 )
+from xenia.hostos.procfs import ThreadStats, parse_stat, process_threads, thread_stats
 
 NODES = {0: {0, 1, 2, 3}, 1: {4, 5, 6, 7}}
 

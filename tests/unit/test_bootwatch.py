@@ -14,6 +14,7 @@ from xenia.drivers import qemu_bootwatch
 from xenia.drivers.qemu import QemuInstance
 from xenia.drivers.qemu_bootwatch import GRACE_SECONDS, IDLE_SHARE, BootWatch, Verdict
 from xenia.qemu.cmdline import RunFiles
+from xenia.qemu.commands import Qmp
 from xenia.store.base import DomainRecord
 
 KERNEL = b"[    0.000000] Linux version 6.1.0\r\n[    0.120000] Calibrating delay loop\r\n"
@@ -159,6 +160,7 @@ class ScriptedProcess:
         self.alive = True
         self.commands: list[str] = []
         self.vcpu = 0.0
+        self.qmp = Qmp(self)  # the typed commands, over command() below
 
     def on_exit(self, callback: Any) -> None:
         pass

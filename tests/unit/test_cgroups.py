@@ -14,15 +14,13 @@ from pathlib import Path
 import pytest
 
 from xenia.errors import InUse, InvalidConfig, NotFound, NotSupported
-from xenia.host import cgroups
-from xenia.host.cgroups import (
-    CgroupLayout,
+from xenia.hostos import cgroups
+from xenia.hostos.cgroupfs import CgroupLayout, Hierarchy, host_layout
+from xenia.hostos.cgroups import (
     DomainCgroup,
-    Hierarchy,
     collect_garbage,
     cpu_weight_to_weight,
     domain_keys,
-    host_layout,
     shares_to_weight,
     weight_to_cpu_weight,
     weight_to_shares,

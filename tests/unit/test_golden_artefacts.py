@@ -13,6 +13,7 @@ import pytest
 from tests.unit.goldens import compare
 from xenia.config.model import DomainConfig
 from xenia.containers import spec
+from xenia.containers.idmap import IdMap
 from xenia.network import nft
 
 UUID = "3c9a7e21-84b0-4d6f-a1e5-92f0b7c4d813"
@@ -25,14 +26,17 @@ def container_config() -> DomainConfig:
                         extra="xenia.ip=10.7.0.20/24 xenia.gw=10.7.0.1")
 
 
-@pytest.mark.parametrize("userns", [False, True], ids=["root-owned", "userns"])
-def test_container_config_json(userns: bool) -> None:
+@pytest.mark.parametrize("extra_caps", [False, True], ids=["default", "cap-add"])
+def test_container_config_json(extra_caps: bool) -> None:
     cfg = container_config()
-    idmap = spec.IdMap(uid=100000, gid=100000) if userns else None
+    if extra_caps:  # capabilities that also open syscalls (Docker's profile does the same)
+        cfg.cap_add = ["CAP_NET_ADMIN", "CAP_SYS_ADMIN"]
+        cfg.cap_drop = ["CAP_NET_RAW"]
     doc = spec.build_spec(cfg, uuid=UUID, rootfs=spec.MOUNT_BASE / UUID,
-                          argv=spec.init_argv(cfg), idmap=idmap, machine="x86_64")
+                          argv=spec.init_argv(cfg), idmap=IdMap(uid=1073741824, gid=1073741824),
+                          machine="x86_64")
     # As the container driver writes it.
-    name = "container-userns.json" if userns else "container.json"
+    name = "container-cap-add.json" if extra_caps else "container.json"
     compare(name, json.dumps(doc, indent=2) + "\n")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from xenia.api.app import make_app
-from xenia.migration.sender import MigrationOptions
+from xenia.drivers.base import MigrationOptions
 
 
 class RecordingSender:

@@ -9,16 +9,18 @@ The real thing is exercised by tests/integration/test_migration.py::test_ctrl_c_
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from xenia.config.model import DomainConfig
+from xenia.drivers import qemu_migrate
+from xenia.drivers.base import MigrationOptions
 from xenia.errors import BackendError, InvalidConfig
-from xenia.migration import stream
 from xenia.migration.receiver import Receiver
-from xenia.migration.sender import MigrationJob, MigrationOptions, Sender
+from xenia.migration.sender import MigrationJob
+from xenia.qemu import stream
+from xenia.qemu.commands import Qmp
 from xenia.store.base import DomainRecord
 
 
@@ -39,20 +41,20 @@ class ScriptedQemu:
 
 def test_cancel_waits_until_qemu_has_cancelled() -> None:
     qemu = ScriptedQemu("cancelling", "cancelling", "cancelled")
-    assert asyncio.run(stream.cancel(qemu)) == "cancelled"  # type: ignore[arg-type]
+    assert asyncio.run(stream.cancel(Qmp(qemu))) == "cancelled"  # type: ignore[arg-type]
     assert qemu.commands == ["migrate_cancel"] + ["query-migrate"] * 3
 
 
 def test_cancel_that_never_settles_says_so() -> None:
     qemu = ScriptedQemu("cancelling")
     with pytest.raises(BackendError, match="still 'cancelling' a migration after 0 s"):
-        asyncio.run(stream.cancel(qemu, timeout=0.2))  # type: ignore[arg-type]
+        asyncio.run(stream.cancel(Qmp(qemu), timeout=0.2))  # type: ignore[arg-type]
 
 
 def test_nothing_under_way_is_settled_at_once() -> None:
     for status in stream.SETTLED:
         qemu = ScriptedQemu(status)
-        assert asyncio.run(stream.wait_settled(qemu)) == status  # type: ignore[arg-type]
+        assert asyncio.run(stream.wait_settled(Qmp(qemu))) == status  # type: ignore[arg-type]
         assert qemu.commands == ["query-migrate"]
 
 
@@ -79,7 +81,7 @@ def test_prepare_aborted_by_the_source_answers_with_an_error() -> None:
 
     async def main() -> None:
         m = HangingBuild()
-        r = Receiver(m)  # type: ignore[arg-type]
+        r = Receiver(m, network=None)  # type: ignore[arg-type]
         r.check = lambda *a: []  # type: ignore[method-assign]
         prep = asyncio.create_task(r.prepare({"id": "j1", "record": record,
                                               "listen_host": "127.0.0.1"}))
@@ -119,9 +121,7 @@ class ThrottledGuest:
 
 def precopy(qemu: ThrottledGuest, opts: MigrationOptions) -> MigrationJob:
     job = MigrationJob(id="j1", domain="d", uuid="u1", options=opts)
-    inst = SimpleNamespace(proc=qemu)
-    sender = Sender(SimpleNamespace())  # type: ignore[arg-type]
-    asyncio.run(sender._precopy(job, inst, opts, "tcp:h:1", ""))  # type: ignore[arg-type]
+    asyncio.run(qemu_migrate.precopy(Qmp(qemu), job, opts, "tcp:h:1", ""))  # type: ignore[arg-type]
     return job
 
 

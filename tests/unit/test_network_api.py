@@ -22,7 +22,7 @@ from xenia.store.sqlite import SqliteStore
 def client(tmp_path: Path) -> Iterator[TestClient]:
     paths = Paths(state=tmp_path / "state", run=tmp_path / "run")
     nm = NetworkManager(paths, SqliteStore(paths.db))
-    # The routers reach the network manager as app.state.manager.network.
+    # The routers reach the network manager as app.state.engine.network.
     app = make_app(SimpleNamespace(network=nm))  # type: ignore[arg-type]
     with TestClient(app) as c:
         yield c

@@ -286,8 +286,8 @@ def apps(tmp_path: Path) -> Iterator[tuple[TestClient, TestClient, TokenRegistry
     """(the TCP side: app behind TokenAuth, the UNIX side: the bare app, tokens)."""
     paths = paths_in(tmp_path)
     st = SqliteStore(paths.db)
-    manager = SimpleNamespace(paths=paths, store=st, host_info=lambda: {"host": "b"})
-    app = make_app(manager)  # type: ignore[arg-type]
+    views = SimpleNamespace(host_info=lambda: {"host": "b"})
+    app = make_app(SimpleNamespace(paths=paths, store=st, views=views))  # type: ignore[arg-type]
     tokens = TokenRegistry(st)
     guarded = TokenAuth(app, tokens.verify, make_access_factory(app, []))
     with TestClient(guarded) as tcp, TestClient(app) as local:  # type: ignore[arg-type]

@@ -55,12 +55,11 @@ def run_with_peer(tmp_path: Path, body: Callable[[PeerService, str], Awaitable[N
     paths = Paths(state=tmp_path / "b" / "state", run=tmp_path / "b" / "run")
     paths.ensure()
     store = SqliteStore(paths.db)
-    manager = SimpleNamespace(paths=paths, store=store,
-                              host_info=lambda: {"host": "b", "qemu_version": "10.0.2",
-                                                 "accel": "tcg", "free_memory": 1234,
-                                                 "domains": 2},
-                              resolve=resolve, describe=dict)
-    app = make_app(manager)  # type: ignore[arg-type]
+    views = SimpleNamespace(host_info=lambda: {"host": "b", "qemu_version": "10.0.2",
+                                               "accel": "tcg", "free_memory": 1234,
+                                               "domains": 2}, describe=dict)
+    app = make_app(SimpleNamespace(paths=paths, store=store,  # type: ignore[arg-type]
+                                   manager=SimpleNamespace(resolve=resolve), views=views))
     spec = ListenSpec("127.0.0.1", free_port(), tls=tls)
 
     async def main() -> None:

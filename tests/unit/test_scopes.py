@@ -197,7 +197,10 @@ def host(tmp_path: Path) -> Iterator[Host]:
     paths.ensure()
     store = SqliteStore(paths.db)
     m = FakeManager(paths, store)
-    app = make_app(m)  # type: ignore[arg-type]
+    # The fake stands for each engine part the routes under test use.
+    engine = SimpleNamespace(paths=paths, store=store, manager=m, views=m, devices=m, saves=m,
+                             storage=m.storage, receiver=m.receiver)
+    app = make_app(engine)  # type: ignore[arg-type]
     tokens = TokenRegistry(store)
     allowed, outside = tmp_path / "allowed", tmp_path / "outside"
     allowed.mkdir()

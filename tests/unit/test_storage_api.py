@@ -21,7 +21,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     paths = Paths(state=tmp_path / "state", run=tmp_path / "run")
     sm = StorageManager(paths, SqliteStore(paths.db))
     asyncio.run(sm.start())
-    # The routers reach the storage manager as app.state.manager.storage.
+    # The routers reach the storage manager as app.state.engine.storage.
     app = make_app(SimpleNamespace(storage=sm))  # type: ignore[arg-type]
     with TestClient(app) as c:
         yield c

@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 import xenia
 from xenia.api import devices, domains, migration, network, peers, storage
 from xenia.api.scopes import enforce
+from xenia.engine import Engine
 from xenia.errors import InvalidConfig, XeniaError
-from xenia.host.manager import DomainManager
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,10 @@ def error_body(err: XeniaError) -> dict[str, str]:
     return {"error": err.kind, "message": err.message}
 
 
-def make_app(manager: DomainManager) -> FastAPI:
+def make_app(engine: Engine) -> FastAPI:
     # enforce: the scope check of requests from TCP, before every handler (api/scopes.py).
     app = FastAPI(title="xeniad", version=xenia.__version__, dependencies=[Depends(enforce)])
-    app.state.manager = manager
+    app.state.engine = engine
     app.include_router(domains.router)
     app.include_router(devices.router)
     app.include_router(devices.host_router)

@@ -1,33 +1,33 @@
-"""What every router needs: the host engine, reached through the app's state."""
+"""What the routers need: the parts of the Engine, reached through the app's state."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from xenia.host.devices import DeviceVerbs
 from xenia.host.manager import DomainManager
+from xenia.host.views import DomainViews
+from xenia.migration.receiver import Receiver
+from xenia.migration.saving import SaveRestore
+from xenia.migration.sender import Sender
 from xenia.network.manager import NetworkManager
 from xenia.storage.manager import StorageManager
 
 
-def _manager(request: Request) -> DomainManager:
-    manager: DomainManager = request.app.state.manager
-    return manager
+def _part(name: str) -> Any:
+    def get(request: Request) -> Any:
+        return getattr(request.app.state.engine, name)
+
+    return Depends(get)
 
 
-Manager = Annotated[DomainManager, Depends(_manager)]
-
-
-def _storage(request: Request) -> StorageManager:
-    storage: StorageManager = request.app.state.manager.storage
-    return storage
-
-
-def _network(request: Request) -> NetworkManager:
-    network: NetworkManager = request.app.state.manager.network
-    return network
-
-
-Storage = Annotated[StorageManager, Depends(_storage)]
-Network = Annotated[NetworkManager, Depends(_network)]
+Manager = Annotated[DomainManager, _part("manager")]
+Views = Annotated[DomainViews, _part("views")]
+Devices = Annotated[DeviceVerbs, _part("devices")]
+Storage = Annotated[StorageManager, _part("storage")]
+Network = Annotated[NetworkManager, _part("network")]
+Saves = Annotated[SaveRestore, _part("saves")]
+Outgoing = Annotated[Sender, _part("sender")]
+Incoming = Annotated[Receiver, _part("receiver")]

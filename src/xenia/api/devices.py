@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from xenia.api.access import Acc
-from xenia.api.deps import Manager
+from xenia.api.deps import Devices, Manager, Views
 from xenia.config.diskspec import parse_disk_args
 from xenia.config.model import DiskSpec
 from xenia.config.vifspec import parse_vif_spec
@@ -42,31 +43,31 @@ async def disks(ref: str, m: Manager) -> list[dict[str, Any]]:
 
 
 @router.post("/disks", status_code=201)
-async def block_attach(ref: str, req: SpecRequest, m: Manager, a: Acc) -> dict[str, Any]:
+async def block_attach(ref: str, req: SpecRequest, d: Devices, a: Acc) -> dict[str, Any]:
     spec = parse_disk_args(req.args)
     await asyncio.to_thread(a.check_disk, spec, f"disk {spec.vdev}")
-    await m.block_attach(ref, spec)
+    await d.block_attach(ref, spec)
     return asdict(spec)
 
 
 @router.delete("/disks/{vdev}")
-async def block_detach(ref: str, vdev: str, m: Manager) -> dict[str, Any]:
-    await m.block_detach(ref, vdev)
+async def block_detach(ref: str, vdev: str, d: Devices) -> dict[str, Any]:
+    await d.block_detach(ref, vdev)
     return {}
 
 
 @router.post("/cdrom/{vdev}")
-async def cd_insert(ref: str, vdev: str, req: CdRequest, m: Manager, a: Acc
+async def cd_insert(ref: str, vdev: str, req: CdRequest, d: Devices, a: Acc
                     ) -> dict[str, Any]:
     spec = DiskSpec(vdev=vdev, target=req.target or None, format=req.format, devtype="cdrom")
     await asyncio.to_thread(a.check_disk, spec, f"cdrom {vdev}")
-    await m.cd_insert(ref, vdev, req.target, req.format)
+    await d.cd_insert(ref, vdev, req.target, req.format)
     return {}
 
 
 @router.delete("/cdrom/{vdev}")
-async def cd_eject(ref: str, vdev: str, m: Manager) -> dict[str, Any]:
-    await m.cd_eject(ref, vdev)
+async def cd_eject(ref: str, vdev: str, d: Devices) -> dict[str, Any]:
+    await d.cd_eject(ref, vdev)
     return {}
 
 
@@ -78,38 +79,38 @@ async def nics(ref: str, m: Manager) -> list[dict[str, Any]]:
 
 
 @router.post("/nics", status_code=201)
-async def network_attach(ref: str, req: SpecRequest, m: Manager) -> dict[str, Any]:
+async def network_attach(ref: str, req: SpecRequest, d: Devices) -> dict[str, Any]:
     vif = parse_vif_spec(",".join(req.args), strict=True)
-    await m.network_attach(ref, vif)
+    await d.network_attach(ref, vif)
     return asdict(vif)
 
 
 @router.delete("/nics/{devid}")
-async def network_detach(ref: str, devid: str, m: Manager) -> dict[str, Any]:
-    await m.network_detach(ref, devid)
+async def network_detach(ref: str, devid: str, d: Devices) -> dict[str, Any]:
+    await d.network_detach(ref, devid)
     return {}
 
 
 @router.get("/pci")
-async def pci_list(ref: str, m: Manager) -> list[dict[str, Any]]:
-    return await m.pci_list(ref)
+async def pci_list(ref: str, d: Devices) -> list[dict[str, Any]]:
+    return await d.pci_list(ref)
 
 
 @router.post("/memory")
-async def mem_set(ref: str, req: MemRequest, m: Manager) -> dict[str, Any]:
-    await m.mem_set(ref, req.mib)
+async def mem_set(ref: str, req: MemRequest, d: Devices) -> dict[str, Any]:
+    await d.mem_set(ref, req.mib)
     return {}
 
 
 @router.post("/maxmem")
-async def mem_max(ref: str, req: MemRequest, m: Manager) -> dict[str, Any]:
-    await m.mem_max(ref, req.mib)
+async def mem_max(ref: str, req: MemRequest, d: Devices) -> dict[str, Any]:
+    await d.mem_max(ref, req.mib)
     return {}
 
 
 @router.post("/vcpus")
-async def vcpu_set(ref: str, req: VcpuRequest, m: Manager) -> dict[str, Any]:
-    await m.vcpu_set(ref, req.count)
+async def vcpu_set(ref: str, req: VcpuRequest, d: Devices) -> dict[str, Any]:
+    await d.vcpu_set(ref, req.count)
     return {}
 
 
@@ -128,69 +129,65 @@ class PciRequest(BaseModel):
 
 
 @router.post("/vcpu-pin")
-async def vcpu_pin(ref: str, req: PinRequest, m: Manager) -> dict[str, Any]:
-    await m.vcpu_pin(ref, req.vcpu, req.hard)
+async def vcpu_pin(ref: str, req: PinRequest, d: Devices) -> dict[str, Any]:
+    await d.vcpu_pin(ref, req.vcpu, req.hard)
     return {}
 
 
 @router.post("/sched-credit")
-async def sched_credit_set(ref: str, req: SchedRequest, m: Manager) -> dict[str, Any]:
-    await m.sched_credit_set(ref, req.weight, req.cap)
-    return m.sched_credit([ref])[0]
+async def sched_credit_set(ref: str, req: SchedRequest, d: Devices) -> dict[str, Any]:
+    await d.sched_credit_set(ref, req.weight, req.cap)
+    return d.sched_credit([ref])[0]
 
 
 @router.post("/pci", status_code=201)
-async def pci_attach(ref: str, req: PciRequest, m: Manager) -> dict[str, Any]:
-    await m.pci_attach(ref, req.bdf)
+async def pci_attach(ref: str, req: PciRequest, d: Devices) -> dict[str, Any]:
+    await d.pci_attach(ref, req.bdf)
     return {}
 
 
 @router.delete("/pci/{bdf}")
-async def pci_detach(ref: str, bdf: str, m: Manager) -> dict[str, Any]:
-    await m.pci_detach(ref, bdf)
+async def pci_detach(ref: str, bdf: str, d: Devices) -> dict[str, Any]:
+    await d.pci_detach(ref, bdf)
     return {}
 
 
 host_router = APIRouter(prefix="/v1")
-Domains = Annotated[list[str] | None, Query()]
+DomainRefs = Annotated[list[str] | None, Query()]
 
 
 @host_router.get("/stats")
-async def stats(m: Manager, a: Acc) -> list[dict[str, Any]]:
-    return a.visible(await m.stats())
+async def stats(v: Views, a: Acc) -> list[dict[str, Any]]:
+    return a.visible(await v.stats())
 
 
 @host_router.get("/vcpus")
-async def vcpu_list(m: Manager, a: Acc, domain: Domains = None) -> list[dict[str, Any]]:
-    return a.visible(await m.vcpu_list(domain or []))
+async def vcpu_list(d: Devices, a: Acc, domain: DomainRefs = None) -> list[dict[str, Any]]:
+    return a.visible(await d.vcpu_list(domain or []))
 
 
 @host_router.get("/sched-credit")
-async def sched_credit(m: Manager, a: Acc, domain: Domains = None) -> list[dict[str, Any]]:
-    return a.visible(m.sched_credit(domain or []))
+async def sched_credit(d: Devices, a: Acc, domain: DomainRefs = None) -> list[dict[str, Any]]:
+    return a.visible(d.sched_credit(domain or []))
 
 
 @host_router.get("/pci-assignable")
-async def pci_assignable_list(m: Manager) -> list[dict[str, Any]]:
-    return m.pci.list()
+async def pci_assignable_list(d: Devices) -> list[dict[str, Any]]:
+    return d.assignable_list()
 
 
 @host_router.post("/pci-assignable", status_code=201)
-async def pci_assignable_add(req: PciRequest, m: Manager) -> dict[str, Any]:
-    return m.pci.add(req.bdf)
+async def pci_assignable_add(req: PciRequest, d: Devices) -> dict[str, Any]:
+    return d.assignable_add(req.bdf)
 
 
 @host_router.delete("/pci-assignable/{bdf}")
-async def pci_assignable_remove(bdf: str, m: Manager, rebind: bool = False) -> dict[str, Any]:
-    from xenia.host.pci import normalize_bdf
-
-    m.pci.remove(bdf, rebind, m.pci_user(normalize_bdf(bdf)))
+async def pci_assignable_remove(bdf: str, d: Devices, rebind: bool = False) -> dict[str, Any]:
+    d.assignable_remove(bdf, rebind)
     return {}
 
 
 @router.get("/screenshot")
-async def screenshot(ref: str, m: Manager) -> dict[str, Any]:
-    import base64
-
-    png = await m.screenshot(ref)
+async def screenshot(ref: str, d: Devices) -> dict[str, Any]:
+    png = await d.screenshot(ref)
     return {"png": base64.b64encode(png).decode()}

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from xenia.api.access import Acc
-from xenia.api.deps import Manager
+from xenia.api.deps import Manager, Saves, Views
 from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig
 
@@ -38,17 +38,17 @@ class WaitRequest(BaseModel):
 
 
 @router.get("/host")
-async def host(m: Manager) -> dict[str, Any]:
-    return m.host_info()
+async def host(v: Views) -> dict[str, Any]:
+    return v.host_info()
 
 
 @router.get("/domains")
-async def domains(m: Manager, a: Acc) -> list[dict[str, Any]]:
-    return a.visible(m.list())
+async def domains(v: Views, a: Acc) -> list[dict[str, Any]]:
+    return a.visible(v.list())
 
 
 @router.post("/domains", status_code=201)
-async def create(req: CreateRequest, m: Manager, a: Acc) -> dict[str, Any]:
+async def create(req: CreateRequest, m: Manager, v: Views, a: Acc) -> dict[str, Any]:
     try:
         cfg = DomainConfig.from_dict(req.config)
     except (TypeError, ValueError) as e:
@@ -56,12 +56,12 @@ async def create(req: CreateRequest, m: Manager, a: Acc) -> dict[str, Any]:
     # Its name and host paths, for a token (qemu-img reads backing chains: off the loop).
     await asyncio.to_thread(a.check_config, cfg, f"to create domain '{cfg.name}'")
     rec = await m.create(cfg, paused=req.paused)
-    return m.describe(rec)
+    return v.describe(rec)
 
 
 @router.get("/domains/{ref}")
-async def get(ref: str, m: Manager) -> dict[str, Any]:
-    return m.describe(m.resolve(ref))
+async def get(ref: str, m: Manager, v: Views) -> dict[str, Any]:
+    return v.describe(m.resolve(ref))
 
 
 @router.delete("/domains/{ref}")
@@ -95,10 +95,11 @@ async def unpause(ref: str, m: Manager) -> dict[str, Any]:
 
 
 @router.post("/domains/{ref}/rename")
-async def rename(ref: str, req: RenameRequest, m: Manager, a: Acc) -> dict[str, Any]:
+async def rename(ref: str, req: RenameRequest, m: Manager, v: Views, a: Acc
+                 ) -> dict[str, Any]:
     # A token limited to 'web-*' must not rename its domain out of its own reach.
     a.require_domain(req.name, f"to rename domain '{ref}' to '{req.name}'", audit=False)
-    return m.describe(await m.rename(ref, req.name))
+    return v.describe(await m.rename(ref, req.name))
 
 
 @router.post("/domains/{ref}/wait")
@@ -121,13 +122,13 @@ class RestoreRequest(BaseModel):
 
 
 @router.post("/domains/{ref}/save")
-async def save(ref: str, req: SaveRequest, m: Manager, a: Acc) -> dict[str, Any]:
+async def save(ref: str, req: SaveRequest, saves: Saves, a: Acc) -> dict[str, Any]:
     a.check_path(req.file, "save file")
-    return await m.save(ref, req.file, req.keep, req.paused)
+    return await saves.save(ref, req.file, req.keep, req.paused)
 
 
 @router.post("/restore", status_code=201)
-async def restore(req: RestoreRequest, m: Manager, a: Acc) -> dict[str, Any]:
+async def restore(req: RestoreRequest, v: Views, saves: Saves, a: Acc) -> dict[str, Any]:
     a.check_path(req.file, "save file")
 
     def admit(cfg: DomainConfig) -> None:
@@ -135,6 +136,6 @@ async def restore(req: RestoreRequest, m: Manager, a: Acc) -> dict[str, Any]:
         # paths pass the same checks as a create's.
         a.check_config(cfg, f"to restore domain '{cfg.name}'")
 
-    rec = await m.restore(req.file, req.paused, {"name": req.name} if req.name else None,
-                          admit=admit)
-    return m.describe(rec)
+    rec = await saves.restore(req.file, req.paused, {"name": req.name} if req.name else None,
+                              admit=admit)
+    return v.describe(rec)

@@ -3,17 +3,19 @@ peer xeniads, reached over the authenticated TCP listener)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel
 
 from xenia.api.access import Acc, Access
-from xenia.api.deps import Manager
+from xenia.api.deps import Incoming, Manager, Outgoing
 from xenia.config.model import DomainConfig
+from xenia.drivers.base import MigrationOptions
 from xenia.errors import InvalidConfig, NotFound
-from xenia.host.manager import DomainManager
-from xenia.migration.sender import MigrationJob, MigrationOptions
+from xenia.migration.receiver import Receiver
+from xenia.migration.sender import MigrationJob, Sender
 
 router = APIRouter(prefix="/v1")
 
@@ -25,41 +27,41 @@ class CheckRequest(BaseModel):
 
 
 @router.post("/domains/{ref}/migrate", status_code=202)
-async def migrate(ref: str, req: MigrationOptions, m: Manager) -> dict[str, Any]:
+async def migrate(ref: str, req: MigrationOptions, out: Outgoing) -> dict[str, Any]:
     # The request body is the options themselves (FastAPI validates the dataclass).
-    job = await m.sender.start(ref, req)
+    job = await out.start(ref, req)
     return job.view()
 
 
 @router.post("/domains/{ref}/migrate/cancel")
-async def migrate_cancel(ref: str, m: Manager) -> dict[str, Any]:
+async def migrate_cancel(ref: str, m: Manager, out: Outgoing) -> dict[str, Any]:
     rec = m.resolve(ref)
-    job = m.sender.job_for(rec.uuid)
+    job = out.job_for(rec.uuid)
     if job is None:
         raise NotFound(f"Failed to cancel: '{rec.name}' is not being migrated")
-    await m.sender.cancel(job)
+    await out.cancel(job)
     return job.view()
 
 
-def _job(m: DomainManager, job_id: str) -> MigrationJob:
-    job = m.sender.jobs.get(job_id)
+def _job(out: Sender, job_id: str) -> MigrationJob:
+    job = out.jobs.get(job_id)
     if job is None:
         raise NotFound(f"Failed to find migration {job_id}")
     return job
 
 
 @router.get("/migrations/{job_id}")
-async def migration(job_id: str, m: Manager, a: Acc) -> dict[str, Any]:
-    job = _job(m, job_id)
+async def migration(job_id: str, out: Outgoing, a: Acc) -> dict[str, Any]:
+    job = _job(out, job_id)
     a.require_domain(job.domain, f"to show migration {job_id}")
     return job.view()
 
 
 @router.post("/migrations/{job_id}/cancel")
-async def migration_cancel(job_id: str, m: Manager, a: Acc) -> dict[str, Any]:
-    job = _job(m, job_id)
+async def migration_cancel(job_id: str, out: Outgoing, a: Acc) -> dict[str, Any]:
+    job = _job(out, job_id)
     a.require_domain(job.domain, f"to cancel migration {job_id}")
-    await m.sender.cancel(job)
+    await out.cancel(job)
     return job.view()
 
 
@@ -76,44 +78,39 @@ def _admit(a: Access, record: Any, doing: str, paths: bool) -> None:
         a.require_domain(cfg.name, f"{doing} '{cfg.name}'")
 
 
-def _incoming_job(m: DomainManager, a: Access, job_id: str, doing: str) -> None:
-    job = m.receiver.jobs.get(job_id)
+def _incoming_job(into: Receiver, a: Access, job_id: str, doing: str) -> None:
+    job = into.jobs.get(job_id)
     if job is not None:
         a.require_domain(job.name, f"{doing} migration {job_id}")
 
 
 @router.post("/migrations/check")
-async def check(req: CheckRequest, m: Manager, a: Acc) -> dict[str, Any]:
-    import asyncio
-
+async def check(req: CheckRequest, into: Incoming, a: Acc) -> dict[str, Any]:
     _admit(a, req.record, "to accept", paths=False)
-    problems = await asyncio.to_thread(m.receiver.check, req.record, req.facts,
-                                       req.copy_storage)
+    problems = await asyncio.to_thread(into.check, req.record, req.facts, req.copy_storage)
     return {"problems": problems}
 
 
 @router.post("/migrations/incoming", status_code=201)
-async def incoming(req: dict[str, Any], m: Manager, a: Acc) -> dict[str, Any]:
-    import asyncio
-
+async def incoming(req: dict[str, Any], into: Incoming, a: Acc) -> dict[str, Any]:
     await asyncio.to_thread(_admit, a, req.get("record"), "to accept", True)
-    return await m.receiver.prepare(req)
+    return await into.prepare(req)
 
 
 @router.post("/migrations/incoming/{job_id}/commit")
-async def commit(job_id: str, m: Manager, a: Acc) -> dict[str, Any]:
-    _incoming_job(m, a, job_id, "to commit")
-    return await m.receiver.commit(job_id)
+async def commit(job_id: str, into: Incoming, a: Acc) -> dict[str, Any]:
+    _incoming_job(into, a, job_id, "to commit")
+    return await into.commit(job_id)
 
 
 @router.delete("/migrations/incoming/{job_id}")
-async def abort(job_id: str, m: Manager, a: Acc) -> dict[str, Any]:
-    _incoming_job(m, a, job_id, "to abort")
-    await m.receiver.abort(job_id)
+async def abort(job_id: str, into: Incoming, a: Acc) -> dict[str, Any]:
+    _incoming_job(into, a, job_id, "to abort")
+    await into.abort(job_id)
     return {}
 
 
 @router.get("/migrations/incoming/{job_id}")
-async def incoming_status(job_id: str, m: Manager, a: Acc) -> dict[str, Any]:
-    _incoming_job(m, a, job_id, "to show")
-    return m.receiver.status(job_id)
+async def incoming_status(job_id: str, into: Incoming, a: Acc) -> dict[str, Any]:
+    _incoming_job(into, a, job_id, "to show")
+    return into.status(job_id)

@@ -21,8 +21,8 @@ def _peers(request: Request) -> PeerService:
     svc: PeerService | None = getattr(request.app.state, "peers", None)
     if svc is None:
         # An app not started by xeniad (tests): the service is made on first use.
-        manager = request.app.state.manager
-        svc = PeerService(manager.paths, manager.store)
+        engine = request.app.state.engine
+        svc = PeerService(engine.paths, engine.store)
         request.app.state.peers = svc
     return svc
 

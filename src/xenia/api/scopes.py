@@ -169,7 +169,7 @@ def authorize(access: Access, method: str, path: str, template: str, params: dic
 def _domain_name(request: HTTPConnection) -> Callable[[str], str | None]:
     def name(ref: str) -> str | None:
         try:
-            return str(request.app.state.manager.resolve(ref).name)
+            return str(request.app.state.engine.manager.resolve(ref).name)
         except XeniaError:
             return None
     return name
@@ -196,15 +196,15 @@ async def enforce(request: HTTPConnection) -> None:
 
 
 def make_access_factory(app: Any, allowed: Iterable[Path]) -> Callable[[Grant], Access]:
-    """Grant -> its Access on `app` (a make_app() app): the path rule over the manager's
+    """Grant -> its Access on `app` (a make_app() app): the path rule over the host's
     pools and the admin's `allowed` directories."""
     from xenia.storage.manager import POOL_KIND
     from xenia.storage.qemuimg import QemuImg
 
-    manager = app.state.manager
+    store = app.state.engine.store
 
     def pool_dirs() -> list[str]:
-        return [str(rec["config"]["path"]) for rec in manager.store.obj_list(POOL_KIND)
+        return [str(rec["config"]["path"]) for rec in store.obj_list(POOL_KIND)
                 if rec.get("config", {}).get("path")]
 
     qemu_img = QemuImg()

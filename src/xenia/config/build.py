@@ -24,12 +24,14 @@ from typing import TypeVar
 
 from xenia.config.cpulist import normalize_cpulist, union_cpulists
 from xenia.config.diskspec import parse_disk_spec
-from xenia.config.model import ACTIONS, DiskSpec, DomainConfig
+from xenia.config.model import ACCELS, ACTIONS, DiskSpec, DomainConfig
 from xenia.config.names import NAME_RULE, valid_name
 from xenia.config.vdev import vdev_number
 from xenia.config.vifspec import parse_vif_spec
 from xenia.config.xlcfg import Value, apply_overrides, read_config_file
 from xenia.config.xllexer import number_value
+from xenia.containers import caps, limits
+from xenia.containers.idmap import parse_request
 from xenia.errors import InvalidConfig
 
 log = logging.getLogger("xenia.config")
@@ -38,7 +40,6 @@ T = TypeVar("T")
 
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 _BOOT_RE = re.compile(r"[acdn]+\Z")
-ACCELS = ("auto", "kvm", "tcg")
 # The order matters: xl tries "hvm", then "pv", then "pvh", so "p" means pv.
 _TYPES = ("hvm", "pv", "pvh", "container")
 _BUILDERS = {"hvm": "hvm", "generic": "pv", "linux": "pv"}
@@ -189,6 +190,7 @@ def build_config(values: Mapping[str, Value], source: str) -> DomainConfig:
     cfg.disks = _disks(r)
     cfg.vifs = r.each("vif", parse_vif_spec)
     cfg.pci = r.items("pci") or []
+    _container_keys(r, cfg)
     _warn_unused(r)
     return cfg
 
@@ -264,6 +266,34 @@ def _affinity(r: _Reader, key: str, maxvcpus: int) -> tuple[str | None, list[str
         return normalize_cpulist(str(value)), None
     except ValueError as e:
         raise r.fail(key, f"invalid '{key}': {e}") from None
+
+
+def _container_keys(r: _Reader, cfg: DomainConfig) -> None:
+    """cap_add, cap_drop, pids_limit and idmap: checked here, allowed for containers only."""
+    for key in ("cap_add", "cap_drop"):
+        names = []
+        for item in r.items(key, single_ok=True) or []:
+            name = "ALL" if key == "cap_drop" and item.strip().upper() == "ALL" else \
+                caps.normalize(item)
+            if name is None:
+                raise r.fail(key, f"'{item}' in '{key}' is not a Linux capability (such as "
+                                  "NET_ADMIN or CAP_SYS_PTRACE)")
+            if name not in names:
+                names.append(name)
+        setattr(cfg, key, names)
+    cfg.pids_limit = r.integer("pids_limit", 0, limits.MAX_PIDS_LIMIT,
+                               "a number of processes (0: no limit)")
+    idmap = r.string("idmap")
+    if idmap is not None:
+        try:
+            parse_request(idmap)
+        except ValueError as e:
+            raise r.fail("idmap", f"invalid 'idmap': {e}") from None
+    cfg.idmap = idmap
+    if cfg.type != "container":
+        for key in ("cap_add", "cap_drop", "pids_limit", "idmap"):
+            if r.values.get(key) is not None:
+                raise r.fail(key, f"'{key}' is for containers (type = \"container\") only")
 
 
 def _disks(r: _Reader) -> list[DiskSpec]:

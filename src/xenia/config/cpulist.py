@@ -4,7 +4,7 @@ A CPULIST is comma-separated terms, applied left to right: `N`, `N-M`, `all`, ea
 optionally prefixed by `node:`/`nodes:` (whole NUMA nodes) and by `^` (remove instead
 of add). `^all` is not allowed. Examples: "all", "0-3,5,^1", "nodes:0-3,^node:2".
 Nodes and `all` need the host's topology, so they are checked here but only resolved
-by the host engine.
+by the host OS layer (hostos/affinity.py).
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ MAX_CPU = 65535
 _TERM_RE = re.compile(r"(\^?)((?:nodes?:)?)(?:(all)|([0-9]+)(?:-([0-9]+))?)\Z")
 
 
-class _Term(NamedTuple):
+class Term(NamedTuple):
     remove: bool
     nodes: bool
     first: int | None  # None: all
     last: int
 
 
-def _terms(text: str) -> list[_Term]:
+def parse_terms(text: str) -> list[Term]:
     """The terms of `text`; raises ValueError naming a bad one."""
-    terms: list[_Term] = []
+    terms: list[Term] = []
     # Like xl's strtok: empty items between commas vanish.
     for raw in text.split(","):
         term = raw.strip()
@@ -42,7 +42,7 @@ def _terms(text: str) -> list[_Term]:
         if m.group(3):
             if remove:
                 raise ValueError(f"can't combine '^' and 'all' in '{term}'")
-            terms.append(_Term(remove, nodes, None, 0))
+            terms.append(Term(remove, nodes, None, 0))
             continue
         first = int(m.group(4)) if len(m.group(4)) <= 6 else MAX_CPU + 1
         last = first if m.group(5) is None else (
@@ -51,13 +51,13 @@ def _terms(text: str) -> list[_Term]:
             raise ValueError(f"invalid range '{term}' (end before start)")
         if last > MAX_CPU:
             raise ValueError(f"CPU or node number above {MAX_CPU} in '{term}'")
-        terms.append(_Term(remove, nodes, first, last))
+        terms.append(Term(remove, nodes, first, last))
     if not terms:
         raise ValueError("empty CPU list")
     return terms
 
 
-def _mask(terms: list[_Term]) -> int | None:
+def _mask(terms: list[Term]) -> int | None:
     """The CPUs as a bitmask, or None if that needs the host (nodes, all)."""
     mask = 0
     for remove, nodes, first, last in terms:
@@ -70,7 +70,7 @@ def _mask(terms: list[_Term]) -> int | None:
 
 def normalize_cpulist(text: str) -> str:
     """`text` checked and written without blanks or empty terms; raises ValueError."""
-    terms = _terms(text)
+    terms = parse_terms(text)
     if _mask(terms) == 0:
         raise ValueError(f"CPU list '{text}' selects no CPU")
     return ",".join(t.strip() for t in text.split(",") if t.strip())
@@ -80,7 +80,7 @@ def union_cpulists(items: Sequence[str]) -> str:
     """One CPULIST covering every item: their union, or "all" if that needs the host."""
     union = 0
     for item in items:
-        mask = _mask(_terms(item))
+        mask = _mask(parse_terms(item))
         if mask is None:
             return "all"
         union |= mask

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DOMAIN_TYPES = ("pv", "pvh", "hvm", "container")
+# accel=: "auto" probes the host (qemu/accel.py).
+ACCELS = ("auto", "kvm", "tcg")
 # xl's actions for on_poweroff / on_reboot / on_crash / on_watchdog / on_soft_reset.
 ACTIONS = (
     "destroy",
@@ -139,6 +141,13 @@ class DomainConfig:
     # Containers (issue 5).
     rootfs: str | None = None
     init: str | None = None
+    # Container confinement (Xenia's own keys, docs/xl-compat.md): capabilities on top of
+    # the default set, a process limit (None: the default, 0: none) and the host ids the
+    # user namespace maps to ("ID:COUNT" or "UID:GID:COUNT"; None: allocated).
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    pids_limit: int | None = None
+    idmap: str | None = None
 
     # Xenia extensions (documented in docs/xl-compat.md).
     accel: str = "auto"  # auto, kvm, tcg

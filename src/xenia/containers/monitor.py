@@ -2,6 +2,7 @@
 
     python -m xenia.containers.monitor --dir RUN_DIR --id ID --crun CRUN --state-root DIR
         --status-fd FD --lower ROOTFS --upper DIR --work DIR --mount-base DIR
+        [--lower-uid-map MAP --lower-gid-map MAP]
         [--cgroup-procs FILE ...] [--hide-unified] [--console-owner UID:GID]
 
 Started by xeniad (drivers/container.py), it forks once and the parent exits, so it is
@@ -10,7 +11,9 @@ nobody's child but init's and outlives xeniad, as a daemonized QEMU does. It
 1. enters a mount namespace of its own (private propagation): the container's root, an
    overlay of ROOTFS (read-only lower) and UPPER (the domain's writes), is mounted there
    with nodev, and disappears with the namespace when the container and this process
-   are gone, whatever killed them. It is mounted at MOUNT_BASE/ID on a tmpfs of this
+   are gone, whatever killed them. With --lower-uid-map/--lower-gid-map the lower layer
+   is an idmapped mount of ROOTFS (idmount.py), so the tree's ids show as the
+   container's own. It is mounted at MOUNT_BASE/ID on a tmpfs of this
    namespace's own at MOUNT_BASE (/run/xenia-containers, an empty directory on the
    host): crun 1.8 sets a user-namespaced container up by path as the container's root,
    which must be able to walk down to it, and the run directory is root's alone (0700).
@@ -59,6 +62,8 @@ import termios
 import time
 from pathlib import Path
 
+from xenia.containers import idmount
+
 CLONE_NEWNS = 0x00020000
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -106,13 +111,21 @@ def private_mounts(hide_unified: bool) -> None:
         _check(_libc.umount2(UNIFIED.encode(), MNT_DETACH), f"umount {UNIFIED}")
 
 
-def mount_root(lower: str, upper: str, work: str, base: str, cid: str) -> str:
-    """The container's root at BASE/ID (on a fresh tmpfs at BASE); returns its path."""
+def mount_root(lower: str, upper: str, work: str, base: str, cid: str,
+               maps: tuple[str, str] | None = None) -> str:
+    """The container's root at BASE/ID (on a fresh tmpfs at BASE); returns its path.
+    `maps` (uid_map, gid_map lines): the lower layer is an idmapped mount of LOWER at
+    BASE/ID.lower, so the container's ids own its files (idmount.py)."""
     os.makedirs(base, mode=0o755, exist_ok=True)
     _check(_libc.mount(b"tmpfs", base.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                        b"mode=0755,size=64k"), f"mount tmpfs on {base}")
     merged = os.path.join(base, cid)
     os.mkdir(merged, 0o755)
+    if maps is not None:
+        mapped = merged + ".lower"
+        os.mkdir(mapped, 0o755)
+        idmount.idmapped_lower(lower, mapped, maps[0] + "\n", maps[1] + "\n")
+        lower = mapped
     opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
     _check(_libc.mount(b"overlay", merged.encode(), b"overlay", MS_NODEV, opts.encode()),
            f"mount overlay on {merged} ({opts})")
@@ -394,6 +407,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--state-root", required=True)
     p.add_argument("--status-fd", type=int, required=True)
     p.add_argument("--lower", required=True)
+    p.add_argument("--lower-uid-map", help="uid_map line of an idmapped lower layer")
+    p.add_argument("--lower-gid-map", help="gid_map line of an idmapped lower layer")
     p.add_argument("--upper", required=True)
     p.add_argument("--work", required=True)
     p.add_argument("--mount-base", required=True)
@@ -430,7 +445,10 @@ def run(args: argparse.Namespace) -> int:
     master = slave = -1
     try:
         private_mounts(args.hide_unified)
-        mount_root(args.lower, args.upper, args.work, args.mount_base, args.id)
+        maps = None
+        if args.lower_uid_map and args.lower_gid_map:
+            maps = (args.lower_uid_map, args.lower_gid_map)
+        mount_root(args.lower, args.upper, args.work, args.mount_base, args.id, maps)
         subreaper()
         owner = None
         if args.console_owner:

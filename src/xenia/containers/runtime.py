@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from xenia.errors import BackendError, NotSupported
-from xenia.host.cgroups import CgroupLayout, host_layout
+from xenia.hostos.cgroupfs import CgroupLayout, host_layout
 
 TIMEOUT = 30.0
 UNIFIED = Path("/sys/fs/cgroup/unified")

@@ -1,24 +1,23 @@
 """The OCI bundle of a container domain (config.json for crun) and the checks behind it.
 
 Main entry points: `check_config` (keys a container cannot have), `check_rootfs` and
-`init_argv` (the root filesystem and its init), `idmap_for` (user namespace or not) and
-`build_spec` (the config.json document). Pure functions over a DomainConfig and the
+`init_argv` (the root filesystem and its init), and `build_spec` (the config.json
+document, checked by `check_mappings`). Pure functions over a DomainConfig and the
 rootfs; nothing here starts anything.
 
-What a container gets (docs/decisions.md, "Container domains"):
-- namespaces pid, mount, network, UTS, IPC and cgroup; a user namespace when its rootfs
-  is owned by a uid other than 0 (container root = that uid, 65536 ids) and the host
-  allows user namespaces;
+What a container gets (docs/decisions.md, "Container domains" and "Hardened containers"):
+- namespaces user, pid, mount, network, UTS, IPC and cgroup; the user namespace maps
+  container ids 0..65535 to host ids of its own (containers/idmap.py), and its rootfs is
+  seen owned by them (containers/idmount.py);
 - a console: a pty the monitor makes (monitor.py), the init's stdio and /dev/console;
 - /proc, /sys (read-only), /dev (tmpfs with crun's standard nodes), /dev/pts, /dev/shm,
   /dev/mqueue, /run and /tmp (tmpfs), /sys/fs/cgroup (read-only, its own group only);
-- the capabilities of Docker's default set without CAP_MKNOD, plus CAP_NET_ADMIN (it
-  configures its own network namespace) and CAP_SYS_BOOT (reboot()/poweroff inside a pid
-  namespace only ends that namespace's init: the kernel's container reboot);
-- a seccomp deny list of the calls that reach past the namespaces (keyrings, kexec,
-  modules, bpf, perf, userfaultfd, ...);
+  runc's masked and read-only /proc and /sys paths;
+- the capabilities of containers/caps.py (Docker's default set without CAP_MKNOD, with
+  CAP_SYS_BOOT; `cap_add`/`cap_drop`), no new privileges (no setuid gains), and the
+  allow-list seccomp profile of containers/seccomp.py;
 - no cgroup settings: Xenia makes and manages the container's cgroups itself
-  (drivers/container.py), with the same code as for VMs.
+  (drivers/container.py, containers/limits.py), with the same code as for VMs.
 """
 
 from __future__ import annotations
@@ -27,48 +26,31 @@ import os
 import platform
 import shlex
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from xenia.config.model import DomainConfig
-from xenia.errors import InvalidConfig, NotFound
+from xenia.containers import caps as capabilities
+from xenia.containers import seccomp
+from xenia.containers.idmap import IdMap, IdRange
+from xenia.errors import InvalidConfig, NotFound, NotSupported
 
 DEFAULT_INIT = "/sbin/init"
 # Where a container's root is mounted, in its monitor's mount namespace only (monitor.py);
 # on the host an empty directory.
 MOUNT_BASE = Path("/run/xenia-containers")
-# Mapped ids of a user namespace (as LXC's default /etc/subuid range, root:100000:65536).
-IDMAP_SIZE = 65536
 # The smallest memory limit a container starts with (mem-set has the same floor).
 MIN_MEMORY_MIB = 16
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-# Docker's default capabilities without CAP_MKNOD (Xenia sets no device cgroup: a
-# container must not be able to make device nodes), plus NET_ADMIN and SYS_BOOT.
-CAPABILITIES = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_NET_RAW",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE", "CAP_NET_ADMIN", "CAP_SYS_BOOT",
-)
-# Calls that act on kernel-wide state the namespaces do not cover; EPERM inside.
-DENIED_SYSCALLS = (
-    "add_key", "request_key", "keyctl", "kexec_load", "kexec_file_load", "init_module",
-    "finit_module", "delete_module", "bpf", "perf_event_open", "userfaultfd",
-    "open_by_handle_at", "name_to_handle_at", "acct", "swapon", "swapoff", "quotactl",
-    "lookup_dcookie", "iopl", "ioperm", "syslog", "settimeofday", "clock_settime",
-    "clock_adjtime", "adjtimex", "pivot_root", "fsopen", "fsmount", "move_mount",
-    "open_tree",
-)
-_SECCOMP_ARCHES = {
-    "x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-    "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
-}
+# runc's defaults (and Docker's): files of /proc and /sys that tell about or act on the
+# host's hardware and kernel, covered by /dev/null (or an empty read-only tmpfs)...
 MASKED_PATHS = (
     "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
     "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-    "/sys/firmware",
+    "/sys/firmware", "/sys/devices/virtual/powercap",
 )
+# ... and the ones left readable but not writable.
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
 # Settings of a DomainConfig that name things a container cannot have:
@@ -90,7 +72,8 @@ _DEVICE_KEYS = (
 )
 SUPPORTED = ("rootfs, init, memory/maxmem (a limit), vcpus/maxvcpus and cpus (a cpuset), "
              "cpu_weight, cap, vif (veth NICs), extra/cmdline (given to init as "
-             "XENIA_CMDLINE) and on_poweroff/on_reboot/on_crash")
+             "XENIA_CMDLINE), on_poweroff/on_reboot/on_crash, cap_add/cap_drop, "
+             "pids_limit and idmap")
 
 
 def _fail(name: str, problem: str) -> str:
@@ -202,15 +185,6 @@ def check_init(cfg: DomainConfig, root: Path) -> list[str]:
 
 
 # -- user namespace ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class IdMap:
-    """Container ids 0..size-1 are host ids uid..uid+size-1 (gid likewise)."""
-
-    uid: int
-    gid: int
-    size: int = IDMAP_SIZE
-
-
 def userns_allowed(proc: Path = Path("/proc/sys/user/max_user_namespaces")) -> bool:
     try:
         return int(proc.read_text().strip()) > 0
@@ -218,16 +192,25 @@ def userns_allowed(proc: Path = Path("/proc/sys/user/max_user_namespaces")) -> b
         return False
 
 
-def idmap_for(root: Path, allowed: bool | None = None) -> IdMap | None:
-    """A user namespace for a rootfs owned by a uid other than 0 (a "shifted" tree, as LXC's
-    unprivileged containers have), where the host allows one; else None (container root is
-    host root, held in by the other namespaces, capabilities and seccomp)."""
-    st = root.stat()
-    if st.st_uid == 0:
-        return None
-    if not (userns_allowed() if allowed is None else allowed):
-        return None
-    return IdMap(st.st_uid, st.st_gid)
+def check_mappings(doc: dict[str, Any], idmap: IdMap) -> None:
+    """Refuse a config.json whose user namespace maps a host id outside `idmap` (the ids
+    Xenia gave the container): InvalidConfig. Guards build_spec and anything that edits
+    its output."""
+    linux = doc.get("linux", {})
+    if {"type": "user"} not in linux.get("namespaces", []):
+        raise InvalidConfig("Failed to build a container's runtime config: it has no user "
+                            "namespace, and every container needs one")
+    for key, which in (("uidMappings", "uid"), ("gidMappings", "gid")):
+        mine = idmap.host_range(which)
+        maps = linux.get(key) or []
+        if not maps:
+            raise InvalidConfig(f"Failed to build a container's runtime config: no {key}")
+        for m in maps:
+            want = IdRange(int(m["hostID"]), int(m["size"]))
+            if not mine.covers(want):
+                raise InvalidConfig(f"Failed to build a container's runtime config: it maps "
+                                    f"host {which}s {want}, outside the container's own "
+                                    f"{mine}")
 
 
 # -- config.json ---------------------------------------------------------------------------
@@ -263,39 +246,29 @@ def _mounts() -> list[dict[str, Any]]:
     ]
 
 
-def _seccomp(machine: str | None = None) -> dict[str, Any] | None:
-    arches = _SECCOMP_ARCHES.get(machine or platform.machine())
-    if arches is None:
-        return None  # an architecture whose syscall table we do not list: no filter
-    return {
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": arches,
-        "syscalls": [{"names": list(DENIED_SYSCALLS), "action": "SCMP_ACT_ERRNO",
-                      "errnoRet": 1}],
-    }
-
-
 def build_spec(cfg: DomainConfig, *, uuid: str, rootfs: Path, argv: list[str],
-               idmap: IdMap | None, machine: str | None = None) -> dict[str, Any]:
+               idmap: IdMap, machine: str | None = None) -> dict[str, Any]:
     """The OCI runtime config (config.json) of container domain `cfg`.
 
     `rootfs` is the directory crun pivots into (the domain's overlay mount), `argv` its
-    init. No `linux.resources` and no `cgroupsPath`: the cgroups are Xenia's.
+    init, `idmap` the host ids Xenia gave it. No `linux.resources` and no `cgroupsPath`:
+    the cgroups are Xenia's. NotSupported on an architecture without a seccomp profile.
     """
-    caps = list(CAPABILITIES)
-    namespaces = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")]
+    if not seccomp.supported(machine):
+        raise NotSupported(f"Failed to create domain '{cfg.name}': Xenia has no seccomp "
+                           f"profile for {machine or platform.machine()}, and no container "
+                           "runs without one")
+    caps = capabilities.effective(cfg.cap_add, cfg.cap_drop)
+    namespaces = [{"type": t} for t in
+                  ("user", "pid", "network", "ipc", "uts", "mount", "cgroup")]
     linux: dict[str, Any] = {
         "namespaces": namespaces,
+        "uidMappings": [{"containerID": 0, "hostID": idmap.uid, "size": idmap.size}],
+        "gidMappings": [{"containerID": 0, "hostID": idmap.gid, "size": idmap.size}],
         "maskedPaths": list(MASKED_PATHS),
         "readonlyPaths": list(READONLY_PATHS),
+        "seccomp": seccomp.profile(caps, machine),
     }
-    if idmap is not None:
-        namespaces.insert(0, {"type": "user"})
-        linux["uidMappings"] = [{"containerID": 0, "hostID": idmap.uid, "size": idmap.size}]
-        linux["gidMappings"] = [{"containerID": 0, "hostID": idmap.gid, "size": idmap.size}]
-    seccomp = _seccomp(machine)
-    if seccomp is not None:
-        linux["seccomp"] = seccomp
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -305,8 +278,12 @@ def build_spec(cfg: DomainConfig, *, uuid: str, rootfs: Path, argv: list[str],
             "args": list(argv),
             "env": environment(cfg),
             "cwd": "/",
+            # Not inheritable nor ambient: what a program run as a user other than root
+            # gets is nothing.
             "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
-            "noNewPrivileges": False,
+            # No setuid/setgid or file-capability gains past exec, and seccomp filters
+            # need no CAP_SYS_ADMIN to install.
+            "noNewPrivileges": True,
         },
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": cfg.name,

@@ -19,8 +19,6 @@ from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig, NotSupported
 
 VNC_BASE = 5900
-FIRMWARES = ("bios", "seabios", "uefi", "ovmf")
-
 
 def firmware_kind(cfg: DomainConfig) -> str:
     """'seabios', 'ovmf' or 'path' (a firmware image file, as xl's firmware=PATH)."""

@@ -11,21 +11,33 @@ from pathlib import Path
 from typing import Any
 
 from xenia.devices import display
-from xenia.drivers import qemu_cpu
-from xenia.drivers.base import Driver, GuestEvents, Instance
+from xenia.drivers import qemu_cpu, qemu_migrate
+from xenia.drivers.base import (
+    Driver,
+    GuestEvents,
+    IncomingSetup,
+    Instance,
+    MigrationOptions,
+    MigrationReport,
+    MigrationTarget,
+    guest_traffic,
+)
 from xenia.drivers.qemu_bootwatch import BootWatch, BootWatchMixin
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
-from xenia.drivers.qemu_hotplug import HotplugMixin
-from xenia.drivers.qemu_migrate import MigrateMixin
-from xenia.errors import BackendError, InvalidConfig, NotFound, NotSupported, XeniaError
-from xenia.host import affinity, hostinfo
+from xenia.drivers.qemu_hotplug import QemuHotplug
+from xenia.errors import BackendError, InvalidConfig, NotFound, XeniaError
+from xenia.hostos import affinity, hostinfo
+from xenia.hostos.procfs import log_tail
 from xenia.images.hvm import ovmf_paths, ovmf_qemu_args
 from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.qemu import accel as accel_mod
+from xenia.qemu import stream
 from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv, tcg_params_added
-from xenia.qemu.process import QemuProcess, log_tail
+from xenia.qemu.commands import Qmp
+from xenia.qemu.process import QemuProcess
+from xenia.revert import Revert
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
 
@@ -50,16 +62,16 @@ def _check_readable(path: str | None, what: str, name: str, key: str) -> None:
         raise InvalidConfig(f"Failed to create domain '{name}': {what} '{path}' is not readable")
 
 
-class QemuInstance(HotplugMixin, MigrateMixin, BootWatchMixin, Instance):
+class QemuInstance(BootWatchMixin, Instance):
     def __init__(self, record: DomainRecord, proc: QemuProcess, events: GuestEvents,
-                 devices: QemuDevices, hang_timeout: float | None = None) -> None:
+                 host: QemuDevices, hang_timeout: float | None = None) -> None:
         self.record = record  # as at start: for its name in messages, not for state
         self.proc = proc
-        self.devices = devices
+        self.qmp = proc.qmp
+        self.devices: QemuHotplug = QemuHotplug(record, proc, host)
         self.hang_timeout = hang_timeout
         self._events = events
         self._stopping = False
-        self._deleted: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = False
         self._boot = 0
@@ -91,7 +103,7 @@ class QemuInstance(HotplugMixin, MigrateMixin, BootWatchMixin, Instance):
             if not qdev and path.startswith("/machine/peripheral/"):
                 qdev = path.split("/")[3]
             if qdev:
-                self.device_deleted(str(qdev))
+                self.devices.device_deleted(str(qdev))
 
     def _exited(self) -> None:
         if not self._stopping:
@@ -106,38 +118,35 @@ class QemuInstance(HotplugMixin, MigrateMixin, BootWatchMixin, Instance):
 
     # -- verbs ---------------------------------------------------------------------------
     async def resume(self) -> None:
-        await self.proc.command("cont")
+        await self.qmp.cont()
 
     async def pause(self) -> None:
-        await self.proc.command("stop")
+        await self.qmp.stop()
 
     async def power_button(self) -> None:
-        await self.proc.command("system_powerdown")
+        await self.qmp.system_powerdown()
 
     async def request_reboot(self, force: bool = False) -> None:
         if force:
             # A hard reset, seen by the manager as a guest reboot so on_reboot applies.
-            await self.proc.command("system_reset")
+            await self.qmp.system_reset()
             return
         # ACPI has no reboot button; Ctrl-Alt-Del is what a PC guest treats as a
         # clean reboot request (Linux: init/systemd's ctrl-alt-del handling).
-        await self.proc.command(
-            "send-key",
-            {"keys": [{"type": "qcode", "data": k} for k in ("ctrl", "alt", "delete")]},
-        )
+        await self.qmp.send_key(["ctrl", "alt", "delete"])
 
     async def reset(self) -> None:
         # The console output from here on is the next boot's.
         self.watch_boot()
         # With -action reboot=shutdown QEMU turns every reset request, system_reset too,
         # into a shutdown; so reset is allowed for the duration of this one reset.
-        await self.proc.command("set-action", {"reboot": "reset"})
+        await self.qmp.set_action(reboot="reset")
         try:
-            await self.proc.command("system_reset")
+            await self.qmp.system_reset()
             # The reset is carried out by QEMU's main loop later; until then the VM is
             # still "shutdown"/"guest-panicked" and `cont` is refused; then "prelaunch".
             for _ in range(400):
-                status = (await self.proc.command("query-status"))["status"]
+                status = await self.qmp.query_status()
                 if status not in ("shutdown", "guest-panicked", "internal-error"):
                     break
                 await asyncio.sleep(0.025)
@@ -146,9 +155,9 @@ class QemuInstance(HotplugMixin, MigrateMixin, BootWatchMixin, Instance):
                     f"Failed to restart {self.record.name}: the reset did not complete"
                 )
         finally:
-            await self.proc.command("set-action", {"reboot": "shutdown"})
+            await self.qmp.set_action(reboot="shutdown")
         if status != "running":
-            await self.proc.command("cont")
+            await self.qmp.cont()
 
     async def destroy(self) -> None:
         self._stopping = True
@@ -166,9 +175,7 @@ class QemuInstance(HotplugMixin, MigrateMixin, BootWatchMixin, Instance):
 
     async def dump_core(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        await self.proc.command(
-            "dump-guest-memory", {"paging": False, "protocol": f"file:{path}"}, timeout=600
-        )
+        await self.qmp.dump_guest_memory(path)
 
     def console_path(self) -> Path:
         return self.proc.files.console
@@ -179,29 +186,22 @@ class QemuInstance(HotplugMixin, MigrateMixin, BootWatchMixin, Instance):
     def log_tail(self) -> str:
         return log_tail(self.proc.files.qemu_log)
 
-    async def screenshot(self) -> bytes:
-        """The guest's screen as PNG (QMP screendump into the run dir, read, removed)."""
-        if self.record.config.type != "hvm" or self.record.config.nographic:
-            raise NotSupported(f"Failed to take a screenshot of '{self.record.name}': it has "
-                               "no graphics (an hvm domain without nographic has)")
-        path = self.proc.files.dir / "screen.png"
+    async def run_state(self) -> str | None:
         try:
-            await self.proc.command("screendump", {"filename": str(path), "format": "png"})
-            return path.read_bytes()
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            return await self.qmp.query_status()
+        except XeniaError:
+            return None
 
     async def stats(self, rec: DomainRecord) -> dict[str, Any]:
         """Counters for `xenia top`: memory, disks (query-blockstats), NICs (taps)."""
         out: dict[str, Any] = {"cpu_time": self.cpu_seconds(), "vcpus": rec.config.vcpus}
         try:
-            out["memory_kib"] = (await self.balloon_actual_mib()) * 1024
+            out["memory_kib"] = (await self.devices.balloon_actual_mib()) * 1024
         except XeniaError:
             out["memory_kib"] = rec.config.memory * 1024
         rd_ops = wr_ops = rd_b = wr_b = 0
         try:
-            for dev in await self.proc.command("query-blockstats", {"query-nodes": False}):
+            for dev in await self.qmp.query_blockstats():
                 # qdev: /machine/peripheral/disk-xvda/virtio-backend; cdroms count too.
                 if "/disk-" not in str(dev.get("qdev", "")):
                     continue
@@ -214,14 +214,8 @@ class QemuInstance(HotplugMixin, MigrateMixin, BootWatchMixin, Instance):
             pass
         out.update(vbds=len(rec.config.disks), vbd_rd_ops=rd_ops, vbd_wr_ops=wr_ops,
                    vbd_rd_bytes=rd_b, vbd_wr_bytes=wr_b)
-        rx = tx = 0
-        for tap in rec.runtime.get("taps", {}).values():
-            try:
-                st = await asyncio.to_thread(self.devices.network.tap_stats, tap)
-            except XeniaError:
-                continue
-            rx += st.get("rx_bytes", 0)
-            tx += st.get("tx_bytes", 0)
+        rx, tx = await asyncio.to_thread(guest_traffic, self.devices.host.network,
+                                         rec.runtime.get("taps", {}).values())
         out.update(nets=len(rec.config.vifs), net_rx_bytes=rx, net_tx_bytes=tx)
         return out
 
@@ -363,10 +357,13 @@ class QemuDriver(Driver):
                 "already (a stale domain?)"
             )
         record.runtime["accel"] = choice.name
-        await asyncio.to_thread(self.devices.plug_host, record)
-        proc = QemuProcess(record.name, record.uuid, files)
-        inst = QemuInstance(record, proc, events, self.devices, self.hang_timeout(record))
-        try:
+        async with Revert() as revert:
+            await asyncio.to_thread(self.devices.plug_host, record)
+            revert.add(lambda: asyncio.to_thread(self.release, record))
+            proc = QemuProcess(record.name, record.uuid, files)
+            revert.add(proc.remove_files)
+            inst = QemuInstance(record, proc, events, self.devices, self.hang_timeout(record))
+            revert.add(inst.destroy)
             layout, devices = argv_devices(record)
             machine = record.runtime.get("machine") or machine_alias("q35")
             record.runtime["machine"] = machine
@@ -380,21 +377,15 @@ class QemuDriver(Driver):
             await proc.connect_qmp(inst.on_qmp_event)
             if cfg.vnc and cfg.vncpasswd and vnc is not None:
                 # Over QMP: a password on the command line would be in /proc for all.
-                await proc.command("set_password", {"protocol": "vnc",
-                                                    "password": cfg.vncpasswd})
+                await proc.qmp.set_password("vnc", cfg.vncpasswd)
             assert proc.pid is not None
             await asyncio.to_thread(qemu_cpu.setup_cgroup, record, proc.pid)
-            qemu_cpu.pin_threads(record, await inst.vcpu_threads())
+            qemu_cpu.pin_threads(record, await inst.devices.vcpu_threads())
             if cfg.effective_maxmem > cfg.memory and incoming is None:
-                await proc.command("balloon", {"value": cfg.memory * 1024 * 1024})
+                await proc.qmp.balloon(cfg.memory * 1024 * 1024)
             if incoming is None:  # a boot; a restored or migrated guest booted elsewhere
                 inst.watch_boot()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await inst.destroy()
-            proc.remove_files()
-            await asyncio.to_thread(self.release, record)
-            raise
+            revert.success()
         record.runtime.update(
             {
                 "accel": choice.name,
@@ -417,7 +408,7 @@ class QemuDriver(Driver):
         inst = QemuInstance(record, proc, events, self.devices, self.hang_timeout(record))
         try:
             await proc.connect_qmp(inst.on_qmp_event)
-            status = (await proc.command("query-status"))["status"]
+            status = await proc.qmp.query_status()
         except XeniaError as e:
             log.warning("domain %s: QEMU pid %s runs but QMP fails: %s", record.name, proc.pid, e)
             await proc.close()
@@ -439,3 +430,37 @@ class QemuDriver(Driver):
         out["accel"] = choice.name
         out["accel_reason"] = choice.reason
         return out
+
+    # -- save, restore, live migration (the QMP side: qemu_migrate.py) ------------------
+    @staticmethod
+    def _qmp(inst: Instance) -> Qmp:
+        assert isinstance(inst, QemuInstance), inst
+        return inst.qmp
+
+    async def save(self, inst: Instance, path: Path, offset: int) -> None:
+        await qemu_migrate.save(self._qmp(inst), path, offset)
+
+    async def restore(self, inst: Instance, path: Path, offset: int) -> None:
+        await qemu_migrate.restore(self._qmp(inst), lambda: inst.alive, path, offset)
+
+    async def check_migrate(self, inst: Instance) -> None:
+        await qemu_migrate.check_source(self._qmp(inst), inst.record.name)
+
+    async def migrate(self, inst: Instance, target: MigrationTarget, opts: MigrationOptions,
+                      report: MigrationReport) -> None:
+        await qemu_migrate.send(self._qmp(inst), target, opts, report)
+
+    async def abort_migration(self, inst: Instance, target: MigrationTarget,
+                              resume: bool) -> None:
+        await qemu_migrate.rollback(self._qmp(inst), target, resume)
+
+    async def accept_migration(self, inst: Instance, setup: IncomingSetup) -> tuple[int, int]:
+        return await qemu_migrate.accept(self._qmp(inst), setup)
+
+    async def receive_migration(self, inst: Instance, connect_timeout: float) -> None:
+        await stream.wait_incoming(self._qmp(inst), lambda: inst.alive,
+                                   what=f"receiving {inst.record.name}",
+                                   connect_timeout=connect_timeout)
+
+    async def finalize_migration(self, inst: Instance, setup: IncomingSetup) -> None:
+        await qemu_migrate.finalize(self._qmp(inst), setup)

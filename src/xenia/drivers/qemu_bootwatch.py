@@ -255,7 +255,7 @@ class BootWatchMixin:
         # Stop the vCPUs as pvpanic's panic=pause would: a panicked kernel spins in its
         # panic loop and would take a host CPU for as long as the domain is kept.
         with contextlib.suppress(XeniaError):
-            await self.proc.command("stop")
+            await self.proc.qmp.stop()
         self._boot_crashed(verdict)
 
     def panic_reboot(self) -> bool:

@@ -13,9 +13,11 @@ import logging
 from typing import Any
 
 from xenia.errors import NotSupported, XeniaError
-from xenia.host import affinity
-from xenia.host.cgroups import DomainCgroup
+from xenia.hostos import affinity
+from xenia.hostos.cgroups import DomainCgroup
+from xenia.hostos.procfs import thread_stats
 from xenia.store.base import DomainRecord
+from xenia.store.state import PAUSED
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,8 @@ def pin(rec: DomainRecord, threads: dict[int, int], vcpu: str, hard: str) -> Non
 def vcpu_rows(rec: DomainRecord, pid: int, threads: dict[int, int]) -> list[dict[str, Any]]:
     rows = []
     for vcpu, tid in sorted(threads.items()):
-        st = affinity.thread_stats(pid, tid)
-        if rec.state == "paused":
+        st = thread_stats(pid, tid)
+        if rec.state == PAUSED:
             state = "--p"
         else:
             state = "r--" if st.state == "R" else "-b-"

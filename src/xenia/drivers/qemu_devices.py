@@ -8,6 +8,7 @@ migration rebuilds the machine from, hot-plugged devices included.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from xenia.devices import display
 from xenia.devices import nic as nicdev
 from xenia.devices.layout import SPARE_ROOT_PORTS, Layout
 from xenia.errors import AlreadyExists, InvalidConfig, XeniaError
-from xenia.host.pci import PciAssign
+from xenia.hostos.pci import PciAssign
 from xenia.network.manager import NetworkManager
+from xenia.revert import Revert
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
 
@@ -154,15 +156,13 @@ class QemuDevices:
     def plug_host(self, rec: DomainRecord) -> None:
         """Create the taps of every vif; on failure none is left."""
         taps: dict[str, str] = {}
-        try:
+        with Revert() as revert:
             for vif in rec.config.vifs:
                 tap = self.tap_for(rec, vif)
                 self.network.plug(tap, vif)
+                revert.add(functools.partial(self.network.unplug, tap))
                 taps[str(vif.devid)] = tap
-        except BaseException:
-            for tap in taps.values():
-                self.network.unplug(tap)
-            raise
+            revert.success()
         rec.runtime["taps"] = taps
 
     def unplug_host(self, rec: DomainRecord) -> None:

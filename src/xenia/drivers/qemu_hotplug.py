@@ -1,7 +1,8 @@
-"""Hotplug verbs of a QEMU domain: disks, cdroms, NICs, vCPUs, memory, PCI listing.
+"""QemuHotplug: the device verbs of a QEMU domain — disks, cdroms, NICs, vCPUs, memory,
+PCI, the screen.
 
 Each verb takes the domain's current record, changes the running QEMU, and updates the
-record's config/runtime for the caller (the DomainManager) to save. Each undoes its own
+record's config/runtime for the caller (host/devices.py) to store. Each undoes its own
 partial work on failure, so a failed attach leaves the guest and the host as they were.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -18,6 +20,7 @@ from xenia.devices import disk as diskdev
 from xenia.devices import nic as nicdev
 from xenia.devices.layout import Layout
 from xenia.drivers import qemu_cpu
+from xenia.drivers.base import DeviceControl
 from xenia.drivers.qemu_devices import QemuDevices, hostdev_id
 from xenia.errors import (
     AlreadyExists,
@@ -28,6 +31,7 @@ from xenia.errors import (
     XeniaError,
 )
 from xenia.qemu.process import QemuProcess
+from xenia.revert import Revert
 from xenia.store.base import DomainRecord
 
 log = logging.getLogger(__name__)
@@ -35,13 +39,14 @@ log = logging.getLogger(__name__)
 UNPLUG_TIMEOUT = 30.0
 
 
-class HotplugMixin:
-    proc: QemuProcess
-    devices: QemuDevices
-    _deleted: dict[str, asyncio.Future[None]]
-
-    async def _cmd(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
-        return await self.proc.command(cmd, args)
+class QemuHotplug(DeviceControl):
+    def __init__(self, record: DomainRecord, proc: QemuProcess, host: QemuDevices) -> None:
+        super().__init__(record)
+        self.proc = proc
+        self.qmp = proc.qmp
+        self.host = host  # the host side: taps, disk checks
+        # Devices asked to go (device_del) -> set when QEMU reports DEVICE_DELETED.
+        self._deleted: dict[str, asyncio.Future[None]] = {}
 
     def device_deleted(self, qdev: str) -> None:
         fut = self._deleted.pop(qdev, None)
@@ -53,7 +58,7 @@ class HotplugMixin:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._deleted[qdev] = fut
         try:
-            await self._cmd("device_del", {"id": qdev})
+            await self.qmp.device_del(qdev)
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise BackendError(
@@ -63,42 +68,40 @@ class HotplugMixin:
         finally:
             self._deleted.pop(qdev, None)
 
+    async def _add_blockdevs(self, nodes: list[dict[str, Any]], revert: Revert) -> None:
+        """blockdev-add each node (lowest first), each deleted again on a revert."""
+        for node in nodes:
+            await self.qmp.blockdev_add(node)
+            revert.add(functools.partial(self.qmp.blockdev_del, node["node-name"]))
+
     async def _blockdev_del(self, nodes: list[str]) -> None:
         for node in reversed(nodes):
             with contextlib.suppress(XeniaError):
-                await self._cmd("blockdev-del", {"node-name": node})
+                await self.qmp.blockdev_del(node)
 
     # -- disks ---------------------------------------------------------------------------
     async def attach_disk(self, rec: DomainRecord, spec: DiskSpec) -> None:
         if any(d.vdev == spec.vdev for d in rec.config.disks):
             raise AlreadyExists(f"Failed to attach disk {spec.vdev} to '{rec.name}': it has a "
                                 f"disk {spec.vdev} already (see `xenia block-list {rec.name}`)")
-        path = await asyncio.to_thread(self.devices.check_disk, rec, spec)
+        path = await asyncio.to_thread(self.host.check_disk, rec, spec)
         kind = diskdev.bus_kind(spec, rec.config.type)
         if kind == "ide":
             raise NotSupported(f"Failed to attach disk {spec.vdev} to '{rec.name}': IDE/AHCI "
                                "disks cannot be hot-plugged; use an xvdX or sdX name")
         layout = Layout.from_runtime(rec.runtime)
-        added_ctrl = False
-        if kind == "scsi" and diskdev.SCSI_CONTROLLER not in layout.slots:
-            port = layout.take(diskdev.SCSI_CONTROLLER)
-            await self._cmd("device_add", diskdev.scsi_controller(port))
-            added_ctrl = True
-        qdev = diskdev.qdev_id(spec)
-        disk_port = layout.take(qdev) if kind == "virtio" else None
-        plan = diskdev.plan(spec, path, rec.config.type, disk_port)
-        nodes: list[str] = []
-        try:
-            for b in plan.blockdevs:
-                await self._cmd("blockdev-add", b)
-                nodes.append(b["node-name"])
-            await self._cmd("device_add", plan.device)
-        except BaseException:
-            await self._blockdev_del(nodes)
-            if added_ctrl:
-                with contextlib.suppress(XeniaError):
-                    await self._device_del(diskdev.SCSI_CONTROLLER, "the SCSI controller")
-            raise
+        async with Revert() as revert:
+            if kind == "scsi" and diskdev.SCSI_CONTROLLER not in layout.slots:
+                port = layout.take(diskdev.SCSI_CONTROLLER)
+                await self.qmp.device_add(diskdev.scsi_controller(port))
+                revert.add(lambda: self._device_del(diskdev.SCSI_CONTROLLER,
+                                                    "the SCSI controller"))
+            qdev = diskdev.qdev_id(spec)
+            disk_port = layout.take(qdev) if kind == "virtio" else None
+            plan = diskdev.plan(spec, path, rec.config.type, disk_port)
+            await self._add_blockdevs(plan.blockdevs, revert)
+            await self.qmp.device_add(plan.device)
+            revert.success()
         rec.config.disks.append(spec)
         layout.save(rec.runtime)
 
@@ -134,20 +137,19 @@ class HotplugMixin:
             await self.cd_eject(rec, ref)
         new = DiskSpec(vdev=spec.vdev, target=target, format=fmt, access="ro",
                        devtype="cdrom", spec=spec.spec)
-        path = await asyncio.to_thread(self.devices.check_disk, rec, new)
+        path = await asyncio.to_thread(self.host.check_disk, rec, new)
         plan = diskdev.plan(new, path, rec.config.type, None)
-        nodes: list[str] = []
+        if plan.node is None:
+            raise InvalidConfig(f"Failed to insert into {spec.vdev} of '{rec.name}': give an "
+                                "image to insert (format 'empty' inserts nothing; use "
+                                "cd-eject)")
         qdev = diskdev.qdev_id(spec)
-        try:
-            for b in plan.blockdevs:
-                await self._cmd("blockdev-add", b)
-                nodes.append(b["node-name"])
-            await self._cmd("blockdev-open-tray", {"id": qdev, "force": True})
-            await self._cmd("blockdev-insert-medium", {"id": qdev, "node-name": plan.node})
-            await self._cmd("blockdev-close-tray", {"id": qdev})
-        except BaseException:
-            await self._blockdev_del(nodes)
-            raise
+        async with Revert() as revert:
+            await self._add_blockdevs(plan.blockdevs, revert)
+            await self.qmp.blockdev_open_tray(qdev, force=True)
+            await self.qmp.blockdev_insert_medium(qdev, plan.node)
+            await self.qmp.blockdev_close_tray(qdev)
+            revert.success()
         spec.target, spec.format = str(path), fmt
 
     async def cd_eject(self, rec: DomainRecord, ref: str) -> None:
@@ -155,10 +157,10 @@ class HotplugMixin:
         if not spec.is_cdrom:
             raise InvalidConfig(f"Failed to eject {spec.vdev} of '{rec.name}': it is not a cdrom")
         qdev = diskdev.qdev_id(spec)
-        await self._cmd("blockdev-open-tray", {"id": qdev, "force": True})
-        await self._cmd("blockdev-remove-medium", {"id": qdev})
+        await self.qmp.blockdev_open_tray(qdev, force=True)
+        await self.qmp.blockdev_remove_medium(qdev)
         await self._blockdev_del([f"file-{spec.vdev}", f"drive-{spec.vdev}"])
-        await self._cmd("blockdev-close-tray", {"id": qdev})
+        await self.qmp.blockdev_close_tray(qdev)
         spec.target, spec.format = None, "empty"
 
     # -- NICs ----------------------------------------------------------------------------
@@ -166,26 +168,21 @@ class HotplugMixin:
         if vif.devid is not None and any(v.devid == vif.devid for v in rec.config.vifs):
             raise AlreadyExists(f"Failed to attach vif to '{rec.name}': devid {vif.devid} is "
                                 "taken")
-        self.devices.fill_in_vif(rec, vif)
-        await asyncio.to_thread(self.devices.check_vif, rec, vif)
+        self.host.fill_in_vif(rec, vif)
+        await asyncio.to_thread(self.host.check_vif, rec, vif)
         assert vif.devid is not None
-        tap = self.devices.tap_for(rec, vif)
+        tap = self.host.tap_for(rec, vif)
         layout = Layout.from_runtime(rec.runtime)
         qdev = nicdev.qdev_id(vif.devid)
         port = layout.take(qdev)
         plan = nicdev.plan(vif, vif.devid, tap, rec.config.type, port)
-        await asyncio.to_thread(self.devices.network.plug, tap, vif)
-        netdev_added = False
-        try:
-            await self._cmd("netdev_add", plan.netdev)
-            netdev_added = True
-            await self._cmd("device_add", plan.device)
-        except BaseException:
-            if netdev_added:
-                with contextlib.suppress(XeniaError):
-                    await self._cmd("netdev_del", {"id": plan.netdev["id"]})
-            await asyncio.to_thread(self.devices.network.unplug, tap)
-            raise
+        async with Revert() as revert:
+            await asyncio.to_thread(self.host.network.plug, tap, vif)
+            revert.add(lambda: asyncio.to_thread(self.host.network.unplug, tap))
+            await self.qmp.netdev_add(plan.netdev)
+            revert.add(lambda: self.qmp.netdev_del(plan.netdev["id"]))
+            await self.qmp.device_add(plan.device)
+            revert.success()
         rec.config.vifs.append(vif)
         rec.runtime.setdefault("taps", {})[str(vif.devid)] = tap
         layout.save(rec.runtime)
@@ -203,10 +200,10 @@ class HotplugMixin:
         qdev = nicdev.qdev_id(vif.devid)
         await self._device_del(qdev, f"vif {vif.devid} from '{rec.name}'")
         with contextlib.suppress(XeniaError):
-            await self._cmd("netdev_del", {"id": f"net{vif.devid}"})
+            await self.qmp.netdev_del(f"net{vif.devid}")
         tap = rec.runtime.get("taps", {}).pop(str(vif.devid), None)
         if tap:
-            await asyncio.to_thread(self.devices.network.unplug, tap)
+            await asyncio.to_thread(self.host.network.unplug, tap)
         rec.config.vifs.remove(vif)
         layout = Layout.from_runtime(rec.runtime)
         layout.release(qdev)
@@ -215,15 +212,15 @@ class HotplugMixin:
     # -- memory --------------------------------------------------------------------------
     async def set_memory(self, rec: DomainRecord, mib: int) -> None:
         """The balloon target: the guest gives back (or takes) memory down (up) to it."""
-        await self._cmd("balloon", {"value": mib * 1024 * 1024})
+        await self.qmp.balloon(mib * 1024 * 1024)
 
     async def balloon_actual_mib(self) -> int:
-        return int((await self._cmd("query-balloon"))["actual"]) // (1024 * 1024)
+        return await self.qmp.query_balloon() // (1024 * 1024)
 
     # -- vCPUs ---------------------------------------------------------------------------
     async def vcpu_threads(self) -> dict[int, int]:
         """vCPU index -> host thread id."""
-        cpus = await self._cmd("query-cpus-fast")
+        cpus = await self.qmp.query_cpus_fast()
         return {int(c["cpu-index"]): int(c["thread-id"]) for c in cpus}
 
     async def set_vcpus(self, rec: DomainRecord, count: int) -> list[int]:
@@ -251,7 +248,7 @@ class HotplugMixin:
         # Ascending order: adding a higher core first made the guest's onlining slow
         # (12.7 s measured, ../shared/notes/qemu-facts.md).
         for i in range(len(present), count):
-            await self._cmd("device_add", cpudev.device(i, accel))
+            await self.qmp.device_add(cpudev.device(i, accel))
             added.append(i)
             rec.runtime["vcpu_threads_created"] = created + len(added)
         if added:
@@ -280,8 +277,8 @@ class HotplugMixin:
         qdev = hostdev_id(bdf)
         layout = Layout.from_runtime(rec.runtime)
         port = layout.take(qdev)
-        await self._cmd("device_add", {"driver": "vfio-pci", "host": bdf, "id": qdev,
-                                       "bus": port})
+        await self.qmp.device_add({"driver": "vfio-pci", "host": bdf, "id": qdev,
+                                   "bus": port})
         rec.config.pci.append(bdf)
         layout.save(rec.runtime)
 
@@ -311,7 +308,21 @@ class HotplugMixin:
                 if "pci_bridge" in dev:
                     walk(dev["pci_bridge"])  # {"bus": {...}, "devices": [...]}
 
-        for bus in await self._cmd("query-pci"):
+        for bus in await self.qmp.query_pci():
             walk(bus)
         return out
 
+    # -- the screen ----------------------------------------------------------------------
+    async def screenshot(self) -> bytes:
+        """The guest's screen as PNG (QMP screendump into the run dir, read, removed)."""
+        cfg = self.record.config
+        if cfg.type != "hvm" or cfg.nographic:
+            raise NotSupported(f"Failed to take a screenshot of '{self.record.name}': it has "
+                               "no graphics (an hvm domain without nographic has)")
+        path = self.proc.files.dir / "screen.png"
+        try:
+            await self.qmp.screendump(path, "png")
+            return path.read_bytes()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

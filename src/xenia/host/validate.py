@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid as uuidlib
 
-from xenia.config.model import ACTIONS, DOMAIN_TYPES, DomainConfig
+from xenia.config.model import ACCELS, ACTIONS, DOMAIN_TYPES, DomainConfig
 from xenia.config.names import NAME_RULE, valid_name
 from xenia.errors import InvalidConfig
 
@@ -53,5 +53,5 @@ def check_config(cfg: DomainConfig) -> None:
                 f"Failed to create {who}: {key}='{value}' is not an action "
                 f"(use one of {', '.join(ACTIONS)})"
             )
-    if cfg.accel not in ("auto", "kvm", "tcg"):
+    if cfg.accel not in ACCELS:
         raise InvalidConfig(f"Failed to create {who}: accel='{cfg.accel}' (use auto, kvm, tcg)")

@@ -9,8 +9,8 @@ and unpacked with `dpkg-deb -x` (images/debs.py, as the tiny image does), never 
 on the host. The tree is written to `images_dir/.rootfs-build-*` and renamed to
 `images_dir/rootfs` (what a config's `rootfs =` names); `images_dir/rootfs/manifest.json`
 records what went in, and a tree matching it and the current recipe is reused. When run
-as root the tree is owned by uid/gid 100000 (USERNS_BASE): a container of it then runs in
-a user namespace, its root being host uid 100000 (containers/spec.py, idmap_for).
+as root the tree is owned by uid/gid 100000 (USERNS_BASE), LXC's shifted layout; a
+container sees its files owned by its own root whoever owns them (containers/idmount.py).
 Rebuilding (--force) moves the old tree aside; it is deleted unless a running container
 still has it as its lower layer.
 
@@ -24,7 +24,9 @@ Container contract (tests and users rely on it)
   run /etc/init.d/rcK, then busybox kills every process and calls reboot(2), which in a
   pid namespace ends the container with the status Xenia reads as poweroff or reboot.
   `poweroff`, `halt` and `reboot` typed in the container do the same.
-- Network: lo up. Each ethN, first match wins, from $XENIA_CMDLINE (the config's `extra`
+- Network: lo up. Xenia brings the links up and sets static addresses from the host before
+  the init runs (a container has no CAP_NET_ADMIN); an address already there is left as
+  it is. Each ethN, first match wins, from $XENIA_CMDLINE (the config's `extra`
   or `cmdline`, the same keys as the tiny VM image's kernel command line):
   `xenia.ip.ethN=ADDR/PREFIX|dhcp|off`; for eth0 `xenia.ip=ADDR/PREFIX|dhcp|off` (with
   `xenia.gw=GW`, `xenia.dns=IP[,IP]`); the kernel's `ip=<client>:<server>:<gw>:<netmask>:
@@ -38,7 +40,6 @@ Container contract (tests and users rely on it)
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -50,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from xenia.errors import BackendError, NotFound
+from xenia.errors import BackendError
 from xenia.images.cache import MANIFEST, build_dir, build_errors, build_lock, read_manifest
 from xenia.images.debs import DebFetcher, sha256_file
 
@@ -83,7 +84,9 @@ mkdir -p /run/xenia /var/log
 read -r host < /proc/sys/kernel/hostname
 say "init in container $host"
 printf '127.0.0.1\\tlocalhost\\n127.0.1.1\\t%s\\n::1\\tlocalhost\\n' "$host" > /etc/hosts
-ip link set lo up
+# Xenia brings the links up and sets static addresses from the host (a container has no
+# CAP_NET_ADMIN unless its config adds it); this only covers a runtime that does not.
+ip link set lo up 2>/dev/null
 for d in /sys/class/net/eth*; do
     [ -e "$d" ] && /sbin/xenia-netup "${d##*/}"
 done
@@ -150,7 +153,7 @@ if [ -z "$conf" ] && [ -n "$kip" ]; then
     esac
 fi
 
-ip link set "$iface" up
+ip link set "$iface" up 2>/dev/null
 case "${conf:-dhcp}" in
 off | none)
     say "not configured"
@@ -164,12 +167,16 @@ dhcp)
     ;;
 *)
     case "$conf" in */*) ;; *) conf=$conf/24 ;; esac
-    ip -4 addr flush dev "$iface"
-    if ! ip addr add "$conf" dev "$iface"; then
-        say "bad address $conf"
-        exit 1
+    if ip -4 -o addr show dev "$iface" | grep -q " inet $conf "; then
+        :  # set by the host already (Xenia does, before the init runs)
+    else
+        ip -4 addr flush dev "$iface"
+        if ! ip addr add "$conf" dev "$iface"; then
+            say "bad address $conf"
+            exit 1
+        fi
+        [ -n "$gw" ] && ip route add default via "$gw" dev "$iface" 2>/dev/null
     fi
-    [ -n "$gw" ] && ip route add default via "$gw" dev "$iface" 2>/dev/null
     if [ -n "$dns" ]; then
         IFS=,
         for d in $dns; do echo "nameserver $d"; done > /etc/resolv.conf
@@ -293,17 +300,6 @@ def _valid(tree: Path, owner: int) -> RootfsInfo | None:
         return _info(tree, m)
     except (OSError, KeyError, TypeError, ValueError):
         return None
-
-
-def find_rootfs(images_dir: Path) -> RootfsInfo:
-    tree = images_dir / NAME
-    m = read_manifest(tree)
-    if m is not None:
-        with contextlib.suppress(KeyError, TypeError, ValueError):
-            return _info(tree, m)
-    raise NotFound(f"Failed finding image {NAME}: not built in {images_dir}; run "
-                   f"`xenia image build {NAME}`")
-
 
 
 def default_owner() -> int:

@@ -8,12 +8,12 @@ together.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from xenia.config.model import DomainConfig
 from xenia.devices import disk as diskdev
-from xenia.host import hostinfo
+from xenia.hostos import hostinfo
+from xenia.store.state import LIVE, DomainState
 
 # QEMU 7.x corrupts live-migrated TCG guests (../shared/notes/qemu-facts.md).
 MIN_TCG_LIVE_QEMU = (8, 0, 0)
@@ -26,23 +26,16 @@ def version_tuple(text: str | None) -> tuple[int, ...]:
         return (0,)
 
 
-def cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
 def source_facts(record: dict[str, Any], accel: str, qemu_version: str) -> dict[str, Any]:
     return {"accel": accel, "qemu_version": qemu_version,
-            "cpu_flags": sorted(cpu_flags()) if accel == "kvm" else [],
+            "cpu_flags": sorted(hostinfo.cpu_flags()) if accel == "kvm" else [],
             "machine": record.get("runtime", {}).get("machine")}
 
 
-def check_source(cfg: DomainConfig, state: str, accel: str, qemu_version: str,
+def check_source(cfg: DomainConfig, state: DomainState, accel: str, qemu_version: str,
                  live: bool) -> list[str]:
     problems = []
-    if state not in ("running", "paused"):
+    if state not in LIVE:
         problems.append(f"the domain is {state}; only running or paused domains migrate")
     if live and accel == "tcg" and version_tuple(qemu_version) < MIN_TCG_LIVE_QEMU:
         problems.append(
@@ -78,7 +71,7 @@ def check_destination(cfg: DomainConfig, facts: dict[str, Any], *, my_accel: str
         problems.append(f"the source runs the domain with {facts.get('accel')}, this host "
                         f"would use {my_accel}: the CPU models differ")
     if my_accel == "kvm":
-        missing = set(facts.get("cpu_flags") or []) - cpu_flags()
+        missing = set(facts.get("cpu_flags") or []) - hostinfo.cpu_flags()
         if missing:
             problems.append("this host's CPU lacks features the guest may use: "
                             + " ".join(sorted(missing)[:12]))

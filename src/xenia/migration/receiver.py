@@ -1,9 +1,12 @@
 """Receiver: the destination side of a live migration (Receiver, one per xeniad).
 
 The source's xeniad drives everything over the authenticated peer API:
-check -> prepare (QEMU started with -incoming defer, listening) -> the stream -> commit
-(resume here) or abort (throw the half-received domain away). Until commit the domain here
-stays paused, so the guest never runs on both hosts.
+check -> prepare (the domain built with incoming="defer", the driver listening) -> the
+stream -> commit (resume here) or abort (throw the half-received domain away). Until
+commit the domain here stays paused, so the guest never runs on both hosts. What listens
+and receives is the driver's (Driver.accept_migration, receive_migration,
+finalize_migration); this module talks to the peer and the DomainManager's public
+surface only.
 """
 
 from __future__ import annotations
@@ -11,25 +14,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xenia.config.model import DomainConfig
 from xenia.devices import disk as diskdev
+from xenia.drivers.base import IncomingSetup
 from xenia.errors import BackendError, InvalidConfig, NotFound, XeniaError
 from xenia.migration import preflight
+from xenia.migration.records import arrived, copied_disks
 from xenia.peers.psk import remove_psk_dir, write_psk_dir
 from xenia.qemu.binary import machine_types, qemu_info
+from xenia.revert import Revert
 from xenia.store import schema
 from xenia.store.base import DomainRecord
 
 if TYPE_CHECKING:
     from xenia.drivers.base import Instance
     from xenia.host.manager import DomainManager
+    from xenia.network.manager import NetworkManager
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,7 @@ class Incoming:
     state: str = "preparing"  # preparing, listening, received, committed, aborted, failed
     port: int = 0
     nbd_port: int = 0
+    setup: IncomingSetup | None = None
     error: str = ""
     created_disks: list[Path] = field(default_factory=list)
     tls_dir: Path | None = None
@@ -56,16 +62,10 @@ class Incoming:
     task: asyncio.Task[DomainRecord] | None = None
 
 
-def free_port(host: str) -> int:
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 class Receiver:
-    def __init__(self, manager: DomainManager) -> None:
+    def __init__(self, manager: DomainManager, network: NetworkManager) -> None:
         self.m = manager
+        self.network = network
         self.jobs: dict[str, Incoming] = {}
         # Aborts that came before (or instead of) their prepare: refuse it if it comes.
         self.aborted: set[str] = set()
@@ -82,15 +82,14 @@ class Receiver:
             return [f"the domain record is unreadable ({e})"]
         recs = self.m.store.list()
         info = qemu_info()
-        accel = self.m.host_info().get("accel", "tcg")
-        qemu_drv = self.m.drivers.get("pv")
-        devices = getattr(qemu_drv, "devices", None)
+        drv = self.m.drivers.get(cfg.type)
+        if drv is None:
+            return [f"this host runs no domains of type '{cfg.type}'"]
+        accel = drv.host_info().get("accel", "tcg")
 
         def bridge_problem(vif: Any) -> str | None:
-            if devices is None:
-                return None
             try:
-                devices.network.check_vif(vif)
+                self.network.check_vif(vif)
             except XeniaError as e:
                 return e.message
             return None
@@ -114,27 +113,30 @@ class Receiver:
         if problems:
             raise InvalidConfig(f"Failed to accept '{record['config']['name']}' here: "
                                 + "; ".join(problems))
-        rec = DomainRecord.from_dict(record)
-        rec.state, rec.domid, rec.created_at = "creating", 0, time.time()
+        rec = arrived(record)
         job = Incoming(job_id, rec.uuid, rec.name)
         loop = asyncio.get_running_loop()
         job.listening, job.go = loop.create_future(), loop.create_future()
-        self.jobs[job_id] = job
         host = str(req["listen_host"])
-        try:
+        async with Revert() as revert:
+            self.jobs[job_id] = job
+            revert.add(lambda: self.jobs.pop(job_id, None))
+            revert.add(lambda: self._cleanup(job))
             if req.get("copy_storage"):
                 await asyncio.to_thread(self._create_disks, rec.config, job,
                                         dict(req.get("disk_sizes") or {}))
             if req.get("psk"):
                 job.tls_dir = self.m.paths.run / "migrations" / job_id
                 write_psk_dir(job.tls_dir, req["psk"]["identity"], req["psk"]["key"])
-        except BaseException:
-            self._cleanup(job)
-            self.jobs.pop(job_id, None)
-            raise
+            revert.success()
+        job.setup = IncomingSetup(
+            name=job_id[:8], listen_host=host, copy_storage=bool(req.get("copy_storage")),
+            tls_dir=job.tls_dir, caps=dict(req.get("caps") or {}),
+            disks=[s.vdev for s in copied_disks(rec.config)] if req.get("copy_storage")
+            else [])
 
         async def receive(inst: Instance) -> None:
-            await self._receive(inst, job, host, req)
+            await self._receive(inst, job)
 
         job.task = loop.create_task(self.m.build(
             rec, paused=bool(req.get("paused")), incoming="defer", receive=receive,
@@ -156,64 +158,28 @@ class Receiver:
 
     def _create_disks(self, cfg: DomainConfig, job: Incoming, sizes: dict[str, int]) -> None:
         """Empty images of the source's formats and sizes, for the mirror to fill."""
-        for spec in cfg.disks:
-            if diskdev.is_empty(spec) or spec.is_cdrom:
-                continue
+        for spec in copied_disks(cfg):
             if spec.vdev not in sizes:
                 raise InvalidConfig(f"Failed to copy disk {spec.vdev}: the source sent no size")
             path = diskdev.target_path(spec)
             job.created_disks.append(path)  # before creating: a half-made one goes too
             qemu_img_create(path, diskdev.FORMATS[spec.format], int(sizes[spec.vdev]))
 
-    async def _receive(self, inst: Instance, job: Incoming, host: str,
-                       req: dict[str, Any]) -> None:
-        proc = inst.proc  # type: ignore[attr-defined]
-        assert job.listening is not None and job.go is not None
-        try:
-            tls = ""
-            if job.tls_dir is not None:
-                tls = f"mig-tls-{job.id[:8]}"
-                await proc.command("object-add", {"qom-type": "tls-creds-psk", "id": tls,
-                                                  "endpoint": "server",
-                                                  "dir": str(job.tls_dir)})
-            if req.get("copy_storage"):
-                job.nbd_port = free_port(host)
-                args: dict[str, Any] = {"addr": {"type": "inet", "data": {
-                    "host": host, "port": str(job.nbd_port)}}}
-                if tls:
-                    args["tls-creds"] = tls
-                await proc.command("nbd-server-start", args)
-                for spec in inst.record.config.disks:
-                    if diskdev.is_empty(spec) or spec.is_cdrom:
-                        continue
-                    await proc.command("block-export-add", {
-                        "type": "nbd", "id": f"exp-{spec.vdev}", "node-name":
-                        f"drive-{spec.vdev}", "name": f"drive-{spec.vdev}", "writable": True})
-            caps = dict(req.get("caps") or {})
-            await inst.receive_stream(  # type: ignore[attr-defined]
-                f"tcp:{host}:0", caps, {"tls-creds": tls} if tls else {})
-            info = await proc.command("query-migrate")
-            job.port = int(info["socket-address"][0]["port"])
-            job.listening.set_result(None)
-        except BaseException as e:
-            if not job.listening.done():
-                job.listening.set_exception(e)
-            raise
-        from xenia.migration import stream
+    async def _receive(self, inst: Instance, job: Incoming) -> None:
+        """The build's receive step: listen, take the state in, wait for the commit.
 
-        await stream.wait_incoming(proc, what=f"receiving {job.name}",
-                                   connect_timeout=CONNECT_TIMEOUT)
+        If it fails before listening, the build undoes itself and prepare() answers
+        with the error once it has (it waits on the build too)."""
+        assert job.listening is not None and job.go is not None and job.setup is not None
+        drv = self.m.driver_for(inst.record.config)
+        job.port, job.nbd_port = await drv.accept_migration(inst, job.setup)
+        job.listening.set_result(None)
+        await drv.receive_migration(inst, CONNECT_TIMEOUT)
         job.state = "received"
         job.received.set()
         ok = await asyncio.wait_for(job.go, COMMIT_TIMEOUT)
         if not ok:
             raise BackendError(f"Failed to receive {job.name}: the source aborted")
-        if req.get("copy_storage"):
-            with contextlib.suppress(XeniaError):
-                await proc.command("nbd-server-stop")
-        if job.tls_dir is not None:
-            with contextlib.suppress(XeniaError):
-                await proc.command("object-del", {"id": f"mig-tls-{job.id[:8]}"})
 
     # -- commit / abort --------------------------------------------------------------------
     def _job(self, job_id: str) -> Incoming:
@@ -236,11 +202,11 @@ class Receiver:
         if not job.go.done():
             job.go.set_result(True)
         rec = await job.task
-        inst = self.m._inst.get(rec.uuid)
-        if inst is not None:
-            with contextlib.suppress(XeniaError):  # tell the switches where the guest is
-                await inst.proc.command("announce-self", {  # type: ignore[attr-defined]
-                    "initial": 50, "max": 550, "rounds": 5, "step": 100})
+        assert job.setup is not None
+        # It runs here now: end the exports and tell the switches where the guest is.
+        with contextlib.suppress(XeniaError):
+            inst = self.m.instance(rec)
+            await self.m.driver_for(rec.config).finalize_migration(inst, job.setup)
         job.state = "committed"
         return {"state": "committed", "domid": rec.domid}
 

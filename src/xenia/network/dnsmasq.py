@@ -19,6 +19,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from xenia.errors import BackendError
+from xenia.hostos.procfs import cmdline, pid_alive, read_pid
 from xenia.network.subnet import dhcp_range, dhcp_size
 from xenia.tools import find_tool
 
@@ -64,22 +65,6 @@ def dnsmasq_argv(binary: str, bridge: str, subnet: IPv4Network, files: DnsmasqFi
     ]
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
 class Dnsmasq:
     """The dnsmasq of one network: start, find (adopt), stop."""
 
@@ -93,17 +78,16 @@ class Dnsmasq:
 
     def _ours(self, pid: int) -> bool:
         """Whether `pid` is this network's dnsmasq: a pid in a pidfile may be reused."""
-        argv = _cmdline(pid)
+        argv = cmdline(pid)
         return (bool(argv) and os.path.basename(argv[0]) == "dnsmasq"
                 and f"--pid-file={self.files.pidfile}" in argv and pid_alive(pid))
 
     def pids(self) -> list[int]:
         """Every running dnsmasq of this network (normally one; the pidfile's first)."""
         found: list[int] = []
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(self.files.pidfile.read_text().strip())
-            if self._ours(pid):
-                found.append(pid)
+        pid = read_pid(self.files.pidfile)
+        if pid is not None and self._ours(pid):
+            found.append(pid)
         # Also those the pidfile does not name (it was removed, or a start raced).
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and int(entry.name) not in found and self._ours(

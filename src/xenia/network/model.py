@@ -10,7 +10,6 @@ from typing import Any
 from xenia.network.subnet import gateway
 
 KIND = "network"
-TYPES = ("bridge", "nat")
 
 
 @dataclass

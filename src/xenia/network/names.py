@@ -9,7 +9,6 @@ from xenia.errors import InvalidConfig
 # The kernel takes up to 15 bytes (IFNAMSIZ - 1) and forbids '/', ':' and whitespace. We
 # allow a safe subset: the names end up in nft rules, dnsmasq options and file names, and
 # a leading '-' or '.' would read as an option or a hidden file there.
-IFNAME_MAX = 15
 _IFNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\Z")
 IFNAME_RULE = "1 to 15 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
 # /proc/sys/net/ipv4/conf/{all,default} would be ambiguous with these device names.

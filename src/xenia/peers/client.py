@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 from xenia.errors import KINDS, InvalidConfig, NotFound, Unauthorized, Unreachable, XeniaError
 from xenia.peers import fingerprint as fp
 from xenia.peers.address import split_hostport
+from xenia.peers.kinds import PEER_KIND
 from xenia.store.base import Store
 
 if TYPE_CHECKING:
     from xenia.peers.secrets import PeerTokenFiles
 
 DEFAULT_TIMEOUT = 30.0
-PEER_KIND = "peer"
 
 
 class FingerprintMismatch(Unauthorized):

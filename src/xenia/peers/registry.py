@@ -15,7 +15,8 @@ from typing import Any
 from xenia.errors import AlreadyExists, InvalidConfig, Unauthorized, Unreachable, XeniaError
 from xenia.peers import fingerprint as fp
 from xenia.peers.address import join_hostport, split_hostport
-from xenia.peers.client import PEER_KIND, FingerprintMismatch, PeerClient, fetch_certificate
+from xenia.peers.client import FingerprintMismatch, PeerClient, fetch_certificate
+from xenia.peers.kinds import PEER_KIND
 from xenia.peers.secrets import PeerTokenFiles
 from xenia.peers.tokens import check_name
 from xenia.store.base import Store

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 
 from xenia.errors import NotFound
-from xenia.peers.client import PEER_KIND
 from xenia.peers.identity import write_atomic
+from xenia.peers.kinds import PEER_KIND
 from xenia.peers.tokens import check_name
 from xenia.store.base import Store
 

@@ -12,26 +12,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from xenia.config.model import ACCELS
 from xenia.errors import InvalidConfig, NotSupported
-
-ACCELS = ("auto", "kvm", "tcg")
+from xenia.hostos.hostinfo import cpu_flags
 
 
 @dataclass(frozen=True)
 class AccelChoice:
     name: str  # "kvm" or "tcg"
     reason: str
-
-
-def _cpu_flags(cpuinfo: Path) -> set[str]:
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def probe(
@@ -42,7 +31,7 @@ def probe(
     """Decide between KVM and TCG for this host."""
     if not dev_kvm.exists():
         return AccelChoice("tcg", "no /dev/kvm on this host")
-    flags = _cpu_flags(cpuinfo)
+    flags = cpu_flags(cpuinfo)
     if not flags & {"vmx", "svm"}:
         others = sorted(
             p.name for p in sys_module.glob("kvm_*") if p.name not in ("kvm_intel", "kvm_amd")

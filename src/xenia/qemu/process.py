@@ -14,13 +14,21 @@ import logging
 import os
 import shutil
 import signal
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from xenia.errors import BackendError
+from xenia.hostos.procfs import (
+    PidWatch,
+    cmdline,
+    log_tail,
+    process_cpu_seconds,
+    read_pid,
+    thread_demand,
+    thread_states,
+)
 from xenia.qemu.cmdline import RunFiles
+from xenia.qemu.commands import Qmp
 from xenia.qemu.qmp import EventHandler, QMPSession
 
 log = logging.getLogger(__name__)
@@ -28,28 +36,10 @@ log = logging.getLogger(__name__)
 LAUNCH_TIMEOUT = 60.0
 
 
-def read_pid(pidfile: Path) -> int | None:
-    try:
-        return int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 def pid_matches(pid: int, uuid: str) -> bool:
     """True if `pid` is alive and is the QEMU of domain `uuid` (guards against pid reuse)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"-uuid" in argv and uuid.encode() in argv
-
-
-def log_tail(path: Path, lines: int = 12) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
+    argv = cmdline(pid)
+    return "-uuid" in argv and uuid in argv
 
 
 class QemuProcess:
@@ -60,8 +50,9 @@ class QemuProcess:
         self.uuid = uuid
         self.files = files
         self.pid: int | None = None
-        self.qmp: QMPSession | None = None
-        self._pidfd: int | None = None
+        self._session: QMPSession | None = None
+        self.qmp = Qmp(self)  # the typed commands, over this process's session
+        self._watch: PidWatch | None = None
         self._exited = asyncio.Event()
         self._on_exit: Callable[[], None] | None = None
 
@@ -94,7 +85,7 @@ class QemuProcess:
         pid = read_pid(self.files.pidfile)
         if pid is None:
             raise BackendError(f"Failed to start QEMU for {self.name}: no pidfile written")
-        self._watch(pid)
+        self._start_watching(pid)
 
     def adopt(self) -> bool:
         """Take over a QEMU started earlier (maybe by another xeniad). False if it is gone."""
@@ -102,22 +93,17 @@ class QemuProcess:
         if pid is None or not pid_matches(pid, self.uuid):
             return False
         try:
-            self._watch(pid)
+            self._start_watching(pid)
         except ProcessLookupError:
             return False
         return True
 
-    def _watch(self, pid: int) -> None:
+    def _start_watching(self, pid: int) -> None:
         self.pid = pid
-        self._pidfd = os.pidfd_open(pid)
-        asyncio.get_running_loop().add_reader(self._pidfd, self._exit_seen)
+        self._watch = PidWatch(pid, self._exit_seen)
 
     def _exit_seen(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._pidfd is not None:
-            loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
+        self._watch = None
         self._exited.set()
         if self._on_exit is not None:
             self._on_exit()
@@ -129,17 +115,17 @@ class QemuProcess:
     def alive(self) -> bool:
         return self.pid is not None and not self._exited.is_set()
 
-    async def connect_qmp(self, on_event: EventHandler | None = None) -> QMPSession:
+    async def connect_qmp(self, on_event: EventHandler | None = None) -> None:
         session = QMPSession(self.name, self.files.qmp)
         await session.connect(on_event)
-        self.qmp = session
-        return session
+        self._session = session
 
     async def command(self, cmd: str, args: dict[str, Any] | None = None,
                       timeout: float = 30.0) -> Any:
-        if self.qmp is None:
+        """The QMP transport of `self.qmp` (qemu/commands.py); nobody else calls it."""
+        if self._session is None:
             raise BackendError(f"Failed {cmd} on {self.name}: no QMP connection")
-        return await self.qmp.execute(cmd, args, timeout)
+        return await self._session.execute(cmd, args, timeout)
 
     # -- stop ----------------------------------------------------------------------------
     async def wait_exit(self, timeout: float | None = None) -> bool:
@@ -153,9 +139,9 @@ class QemuProcess:
         """Stop QEMU now: QMP quit, then SIGTERM, then SIGKILL (xl destroy semantics)."""
         if not self.alive:
             return
-        if self.qmp is not None:
+        if self._session is not None:
             with contextlib.suppress(BackendError):
-                await self.qmp.execute("quit", timeout=grace)
+                await self.qmp.quit(timeout=grace)
             if await self.wait_exit(grace):
                 return
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -169,65 +155,36 @@ class QemuProcess:
 
     async def close(self) -> None:
         """Drop our handles (QMP, pidfd) without touching the process."""
-        if self.qmp is not None:
-            await self.qmp.close()
-            self.qmp = None
-        if self._pidfd is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     def remove_files(self) -> None:
         shutil.rmtree(self.files.dir, ignore_errors=True)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the QEMU process."""
-        if self.pid is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
-
-    def _vcpu_stats(self) -> dict[int, tuple[int, list[str]]]:
-        """vCPU index -> (thread id, /proc stat fields after the name), by the thread names
-        QEMU sets."""
-        threads: dict[int, tuple[int, list[str]]] = {}
-        if self.pid is None:
-            return threads
-        for task in Path(f"/proc/{self.pid}/task").glob("*"):
-            try:
-                comm = (task / "comm").read_text().strip()
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            # debug-threads=on names them "CPU 0/TCG" or "CPU 0/KVM".
-            if comm.startswith("CPU ") and "/" in comm:
-                with contextlib.suppress(ValueError):
-                    threads[int(comm[4:].split("/")[0])] = (int(task.name), fields)
-        return threads
+        return 0.0 if self.pid is None else process_cpu_seconds(self.pid)
 
     def vcpu_threads(self) -> dict[int, tuple[int, str]]:
-        """vCPU index -> (thread id, state letter)."""
-        return {i: (tid, f[0]) for i, (tid, f) in self._vcpu_stats().items()}
+        """vCPU index -> (thread id, state letter) from the thread names QEMU sets."""
+        threads: dict[int, tuple[int, str]] = {}
+        if self.pid is None:
+            return threads
+        for tid, (name, state) in thread_states(self.pid).items():
+            # debug-threads=on names them "CPU 0/TCG" or "CPU 0/KVM".
+            if name.startswith("CPU ") and "/" in name:
+                with contextlib.suppress(ValueError):
+                    threads[int(name[4:].split("/")[0])] = (tid, state)
+        return threads
 
     def vcpu_demand(self) -> float:
         """Seconds the vCPU threads ran on a host CPU or waited in a run queue for one: what
         the guest asked of the host, whether it got it or not (a vCPU starved on a busy
-        host still asks; a halted one does not). From /proc schedstat; where that cannot
-        be read, the threads' CPU time."""
-        total = 0.0
-        for tid, fields in self._vcpu_stats().values():
-            try:
-                run, wait, _ = Path(f"/proc/{self.pid}/task/{tid}/schedstat").read_text().split()
-                total += (int(run) + int(wait)) / 1e9
-            except (OSError, ValueError):
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
-
-
-def now() -> float:
-    return time.time()
+        host still asks; a halted one does not)."""
+        if self.pid is None:
+            return 0.0
+        return sum(thread_demand(self.pid, tid) for tid, _ in self.vcpu_threads().values())

@@ -65,10 +65,6 @@ class QMPSession:
         except (TimeoutError, QMPError, OSError) as e:
             raise BackendError(f"Failed {cmd} on {self.name}: QMP {type(e).__name__} {e}") from e
 
-    @property
-    def connected(self) -> bool:
-        return str(self._client.runstate) == "Runstate.RUNNING"
-
     async def close(self) -> None:
         if self._pump is not None:
             self._pump.cancel()

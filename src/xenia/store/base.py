@@ -13,9 +13,7 @@ from typing import Any, Protocol
 
 from xenia.config.model import DomainConfig
 from xenia.store import schema
-
-# Domain states as the store keeps them; `xenia list` maps them to xl's r b p s c d.
-STATES = ("creating", "running", "paused", "shutdown", "crashed", "dying")
+from xenia.store.state import DomainState
 
 
 @dataclass
@@ -24,7 +22,8 @@ class DomainRecord:
     name: str
     domid: int
     config: DomainConfig
-    state: str = "creating"
+    # Stored as its string; `xenia list` maps it to xl's r b p s c d.
+    state: DomainState = DomainState.CREATING
     created_at: float = 0.0
     started_at: float = 0.0
     # Runtime facts: accel, machine, QEMU version, pid, generated MACs, ...
@@ -45,6 +44,7 @@ class DomainRecord:
         d = schema.upgrade_domain(d)
         del d[schema.KEY]
         d["config"] = DomainConfig.from_dict(d["config"])
+        d["state"] = DomainState(d.get("state", DomainState.CREATING))
         return cls(**d)
 
 

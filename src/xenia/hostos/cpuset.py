@@ -1,6 +1,6 @@
 """The CPUs of a container domain: the cpuset group `<cpuset hierarchy>/xenia/<uuid>`.
 
-host/cgroups.py (DomainCgroup) holds a domain's cpu, cpuacct, memory, pids and freezer
+hostos/cgroups.py (DomainCgroup) holds a domain's cpu, cpuacct, memory, pids and freezer
 groups; a container also needs a cpuset, which VMs do not (their vCPUs are threads,
 pinned one by one), so it lives here: `CpusetGroup`. Which hierarchy serves cpuset is
 taken from the same CgroupLayout. `choose_cpus` picks which host CPUs a container with N
@@ -13,24 +13,22 @@ have, lowest first. vcpu-set keeps the CPUs it has and adds or drops the busiest
 
 from __future__ import annotations
 
-import errno
 import time
 from collections import Counter
 from pathlib import Path
 
 from xenia.errors import NotSupported
-from xenia.host.affinity import parse_kernel_cpulist, ranges
-from xenia.host.cgroups import (
+from xenia.hostos.affinity import parse_kernel_cpulist, ranges
+from xenia.hostos.cgroupfs import (
     ROOT_NAME,
     CgroupLayout,
     Hierarchy,
     host_layout,
     os_error,
     read_value,
+    rmdir,
     write_value,
 )
-
-_POLL = 0.02
 
 
 def choose_cpus(allowed: set[int], count: int, current: set[int] | None = None,
@@ -128,15 +126,4 @@ class CpusetGroup:
         until `timeout`: a task that just died keeps it busy until reaped)."""
         if not self.exists():
             return
-        doing = f"to remove the cpuset of '{self.name}'"
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError as e:
-                if e.errno != errno.EBUSY or time.monotonic() >= deadline:
-                    raise os_error(doing, self.path, e) from e
-                time.sleep(_POLL)
+        rmdir(self.path, f"to remove the cpuset of '{self.name}'", time.monotonic() + timeout)

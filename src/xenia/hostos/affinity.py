@@ -1,10 +1,10 @@
-"""vCPU pinning and per-thread statistics: `vcpu-pin`, the `cpus=` key and `vcpu-list`.
+"""vCPU pinning: `vcpu-pin`, the `cpus=` key and `vcpu-list`.
 
 A vCPU is a QEMU thread, so pinning one is sched_setaffinity() on its thread id, and its
-row in `vcpu-list` comes from /proc/<pid>/task/<tid>/stat. The xl CPULIST syntax is parsed
-by xenia.config.cpulist; resolve_cpulist() turns it into this host's CPU numbers (it alone
-knows the host: how many CPUs, which NUMA node has which). Main entry points:
-resolve_cpulist, set_thread_affinity, thread_stats.
+row in `vcpu-list` comes from /proc/<pid>/task/<tid>/stat (hostos/procfs.py). The xl
+CPULIST syntax is parsed by xenia.config.cpulist; resolve_cpulist() turns it into this
+host's CPU numbers (it alone knows the host: how many CPUs, which NUMA node has which).
+Main entry points: resolve_cpulist, set_thread_affinity, get_thread_affinity.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from xenia.config.cpulist import _terms  # the parser; this module adds the host
+from xenia.config.cpulist import parse_terms  # the syntax; this module adds the host
 from xenia.errors import BackendError, InvalidConfig, NotFound
 
 SYS_CPU = Path("/sys/devices/system/cpu")
@@ -93,7 +92,7 @@ def resolve_cpulist(text: str, host_cpus: int | None = None, *,
     host = host_cpu_set(host_cpus)
     topology = dict(nodes) if nodes is not None else host_nodes(host)
     try:
-        terms = _terms(text)
+        terms = parse_terms(text)
     except ValueError as e:
         raise InvalidConfig(f"Failed to {doing}: {e}") from e
     cpus: set[int] = set()
@@ -161,58 +160,3 @@ def get_thread_affinity(tid: int) -> set[int]:
         raise NotFound(f"Failed to read the affinity of thread {tid}: no such thread") from e
     except OSError as e:
         raise BackendError(f"Failed to read the affinity of thread {tid}: {e.strerror}") from e
-
-
-@dataclass(frozen=True)
-class ThreadStats:
-    """One thread's row for vcpu-list, from /proc/<pid>/task/<tid>/stat."""
-
-    state: str  # R running, S sleeping, D disk wait, T stopped, Z zombie, ...
-    cpu_time: float  # seconds in user + kernel mode
-    last_cpu: int  # the CPU it last ran on (field 39, "processor")
-    name: str  # comm, e.g. QEMU's "CPU 0/KVM"
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def parse_stat(text: str) -> ThreadStats:
-    """A /proc/.../stat line. The name (field 2) is in parentheses and may hold blanks and
-    parentheses itself, so it runs from the first "(" to the last ")"."""
-    head, _, rest = text.rpartition(")")
-    name = head.partition("(")[2]
-    fields = rest.split()  # fields[0] is field 3 (state); field n is fields[n - 3]
-    if not head or len(fields) < 37:
-        raise ValueError(f"not a /proc stat line: {text[:80]!r}")
-    return ThreadStats(state=fields[0],
-                       cpu_time=(int(fields[11]) + int(fields[12])) / _CLK_TCK,
-                       last_cpu=int(fields[36]),
-                       name=name)
-
-
-def thread_stats(pid: int, tid: int) -> ThreadStats:
-    """State, CPU time, last CPU and name of thread `tid` of process `pid`."""
-    path = Path(f"/proc/{pid}/task/{tid}/stat")
-    try:
-        text = path.read_text()
-    except FileNotFoundError as e:
-        raise NotFound(f"Failed to read the stats of thread {tid} of process {pid}: no such "
-                       "thread") from e
-    except OSError as e:
-        raise BackendError(f"Failed to read the stats of thread {tid} of process {pid}: "
-                           f"{e.strerror}") from e
-    try:
-        return parse_stat(text)
-    except ValueError as e:
-        raise BackendError(f"Failed to read the stats of thread {tid} of process {pid}: "
-                           f"{e}") from e
-
-
-def process_threads(pid: int) -> list[int]:
-    """Thread ids of process `pid`, ascending."""
-    try:
-        return sorted(int(t.name) for t in Path(f"/proc/{pid}/task").iterdir())
-    except FileNotFoundError as e:
-        raise NotFound(f"Failed to list the threads of process {pid}: no such process") from e
-    except OSError as e:
-        raise BackendError(f"Failed to list the threads of process {pid}: {e.strerror}") from e

@@ -1,4 +1,4 @@
-"""Facts about the host: CPUs, memory, CPU time (Domain-0's row in `xenia list`)."""
+"""Facts about the host: CPUs and their flags, memory, CPU time (Domain-0's row in `xenia list`)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,18 @@ def total_mib() -> int:
 def available_mib() -> int:
     m = meminfo()
     return m.get("MemAvailable", m["MemFree"]) // 1024
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU feature flags (vmx, svm, avx2, ...) of the host's first CPU."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
 
 
 def cpu_count() -> int:

@@ -1,6 +1,7 @@
-"""Driving QEMU's migration over QMP: capabilities, parameters, progress, cancel.
+"""QEMU's migration stream over QMP: progress, waiting for its end, cancel.
 
-Used by save (to a file), restore (from a file) and live migration (over TCP/TLS).
+Used by the QEMU driver's save (to a file), restore (from a file) and live migration
+(over TCP/TLS): drivers/qemu_migrate.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xenia.errors import BackendError
-from xenia.qemu.process import QemuProcess
+from xenia.qemu.commands import Qmp
 
 DONE = ("completed",)
 FAILED = ("failed", "cancelled")
@@ -54,23 +55,13 @@ class Progress:
         )
 
 
-async def set_caps(proc: QemuProcess, **caps: bool) -> None:
-    await proc.command("migrate-set-capabilities", {"capabilities": [
-        {"capability": k.replace("_", "-"), "state": v} for k, v in caps.items()]})
-
-
-async def set_params(proc: QemuProcess, **params: Any) -> None:
-    await proc.command("migrate-set-parameters",
-                       {k.replace("_", "-"): v for k, v in params.items()})
-
-
-async def wait(proc: QemuProcess, *, on_progress: Callable[[Progress], None] | None = None,
+async def wait(qmp: Qmp, *, on_progress: Callable[[Progress], None] | None = None,
                interval: float = 0.1, timeout: float | None = None,
                what: str = "migration") -> Progress:
     """Poll query-migrate until the migration ends; raise BackendError if it failed."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        info = await proc.command("query-migrate")
+        info = await qmp.query_migrate()
         prog = Progress.from_qmp(info)
         if on_progress is not None:
             on_progress(prog)
@@ -84,16 +75,17 @@ async def wait(proc: QemuProcess, *, on_progress: Callable[[Progress], None] | N
         await asyncio.sleep(interval)
 
 
-async def wait_incoming(proc: QemuProcess, timeout: float | None = None,
+async def wait_incoming(qmp: Qmp, alive: Callable[[], bool], timeout: float | None = None,
                         what: str = "restore", connect_timeout: float | None = None) -> None:
     """On the receiving QEMU: until the incoming migration completed (or failed).
 
-    `connect_timeout`: give up if no sender has connected by then (status still "setup").
+    `alive` tells whether QEMU still runs; `connect_timeout`: give up if no sender has
+    connected by then (status still "setup").
     """
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
     while True:
-        info = await proc.command("query-migrate")
+        info = await qmp.query_migrate()
         status = info.get("status")
         if (connect_timeout is not None and status == "setup"
                 and time.monotonic() - start > connect_timeout):
@@ -103,21 +95,21 @@ async def wait_incoming(proc: QemuProcess, timeout: float | None = None,
             return
         if status in FAILED:
             raise BackendError(f"Failed {what}: {info.get('error-desc') or status}")
-        if not proc.alive:
+        if not alive():
             raise BackendError(f"Failed {what}: QEMU exited while receiving the state")
         if deadline is not None and time.monotonic() > deadline:
             raise BackendError(f"Failed {what}: no complete state in {timeout:.0f} s")
         await asyncio.sleep(0.05)
 
 
-async def wait_settled(proc: QemuProcess, timeout: float = SETTLE_TIMEOUT) -> str:
+async def wait_settled(qmp: Qmp, timeout: float = SETTLE_TIMEOUT) -> str:
     """Until QEMU has no migration under way; returns its final state.
 
     Raises BackendError if one is still going (say "cancelling") after `timeout`.
     """
     deadline = time.monotonic() + timeout
     while True:
-        status = str((await proc.command("query-migrate")).get("status", "none"))
+        status = str((await qmp.query_migrate()).get("status", "none"))
         if status in SETTLED:
             return status
         if time.monotonic() > deadline:
@@ -125,11 +117,11 @@ async def wait_settled(proc: QemuProcess, timeout: float = SETTLE_TIMEOUT) -> st
         await asyncio.sleep(0.05)
 
 
-async def cancel(proc: QemuProcess, timeout: float = SETTLE_TIMEOUT) -> str:
+async def cancel(qmp: Qmp, timeout: float = SETTLE_TIMEOUT) -> str:
     """migrate_cancel, then wait until QEMU has wound the migration down.
 
     QEMU's migrate_cancel returns at once with the migration still "cancelling"; whoever
     acts next (resume the guest, retry the migration) must wait for a settled state.
     """
-    await proc.command("migrate_cancel")
-    return await wait_settled(proc, timeout)
+    await qmp.migrate_cancel()
+    return await wait_settled(qmp, timeout)

@@ -1,17 +1,8 @@
 """Per-domain cgroups: CPU weight and cap, memory limit, freezer; the main class is DomainCgroup.
 
-Every domain (and, later, every container) gets a group `<root>/<key>` (root "xenia", key a
-safe name chosen by the caller, e.g. the domain UUID) in each cgroup hierarchy that serves
-one of the controllers we use. Which hierarchy serves what is found once from
-/proc/self/mountinfo (CgroupLayout.detect), so the same code works on
-
-- cgroup v1 hosts and hybrid hosts (this machine: cpu, cpuacct, memory, freezer, pids each
-  mounted under /sys/fs/cgroup/<name>, plus an almost empty v2 tree at .../unified): the
-  domain gets one directory per v1 hierarchy;
-- pure v2 hosts (/sys/fs/cgroup/cgroup.controllers exists): one directory, with the
-  controllers switched on for `<root>` through cgroup.subtree_control.
-
-A controller mounted on v1 wins over v2: in hybrid mode the v2 tree usually has none.
+Every domain (VM or container) gets a group `<root>/<key>` (root "xenia", key a safe name
+chosen by the caller, e.g. the domain UUID) in each cgroup hierarchy that serves one of
+the controllers we use (hostos/cgroupfs.py finds them, on v1, hybrid and v2 hosts alike).
 
 xl's credit scheduler maps onto the CPU controller (sched-credit -w/-c, cpu_weight= and
 cap=): the weight (1..65535, default 256) becomes a relative share, the cap (percent of one
@@ -20,34 +11,32 @@ physical CPU, 0 = none) a CFS bandwidth quota per 100 ms period.
 
 from __future__ import annotations
 
-import errno
-import functools
 import os
-import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xenia.errors import (
-    BackendError,
-    InUse,
-    InvalidConfig,
-    NotFound,
-    NotSupported,
-    XeniaError,
+from xenia.errors import BackendError, InUse, InvalidConfig, NotFound, NotSupported
+from xenia.hostos.cgroupfs import (
+    CONTROLLERS,
+    NAME_RE,
+    POLL,
+    ROOT_NAME,
+    V2_ENABLE,
+    CgroupLayout,
+    Hierarchy,
+    bottom_up,
+    check_name,
+    enable_controllers,
+    host_layout,
+    keyed,
+    os_error,
+    own_group,
+    read_value,
+    rmdir,
+    write_value,
 )
-
-ROOT_NAME = "xenia"
-
-# Controllers a domain group lives under. cpuacct gives the group's CPU time on v1; on v2
-# that is core (cpu.stat), as the freezer is (cgroup.freeze), so v2 lists both implicitly.
-CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "freezer")
-# Controllers that v2 must switch on in cgroup.subtree_control; the others are core there.
-_V2_ENABLE = ("cpu", "memory", "pids")
-_V2_CORE = frozenset({"cpuacct", "freezer"})
-_V1_KNOWN = frozenset({"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls",
-                       "net_prio", "blkio", "perf_event", "hugetlb", "pids", "rdma", "misc"})
 
 WEIGHT_MIN, WEIGHT_MAX, WEIGHT_DEFAULT = 1, 65535, 256
 CAP_MIN, CAP_MAX = 0, 65535  # xl keeps the cap in a uint16
@@ -56,11 +45,6 @@ _SHARES_MIN, _SHARES_MAX = 2, 262_144  # kernel limits of v1 cpu.shares
 _V2_WEIGHT_MIN, _V2_WEIGHT_MAX = 1, 10_000  # kernel limits of v2 cpu.weight
 # v1 reports "no memory limit" as PAGE_COUNTER_MAX pages, rounded to a page: ~2**63.
 _V1_UNLIMITED = 2**62
-
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
-# v1 groups hold a file "tasks": a group of that name could never be made.
-_RESERVED = frozenset({"tasks"})
-_POLL = 0.02
 
 
 # -- conversions (pure) ------------------------------------------------------------------
@@ -94,150 +78,6 @@ def quota_to_cap(quota: int | None, period: int) -> int:
     return max(1, round(quota * 100 / period))
 
 
-# -- layout ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Hierarchy:
-    """One mounted cgroup hierarchy: where, which version, which controllers it serves."""
-
-    mount: Path
-    version: int  # 1 or 2
-    controllers: frozenset[str]
-    # v2 only: controllers listed in cgroup.controllers (the ones subtree_control can enable)
-    enableable: frozenset[str] = field(default_factory=frozenset)
-
-
-@dataclass(frozen=True)
-class CgroupLayout:
-    """The host's cgroup hierarchies; `detect()` reads them from mountinfo."""
-
-    hierarchies: tuple[Hierarchy, ...]
-
-    @classmethod
-    def detect(cls, mountinfo: Path = Path("/proc/self/mountinfo")) -> CgroupLayout:
-        try:
-            text = mountinfo.read_text()
-        except OSError as e:
-            raise BackendError(f"Failed to find the host's cgroups: cannot read {mountinfo}: "
-                               f"{e.strerror}") from e
-        found: list[Hierarchy] = []
-        seen: set[frozenset[str]] = set()
-        for line in text.splitlines():
-            left, sep, right = line.partition(" - ")
-            if not sep:
-                continue
-            fields, sfields = left.split(), right.split()
-            if len(fields) < 5 or len(sfields) < 3:
-                continue
-            # mountinfo escapes blanks in paths as octal (\040)
-            mount = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
-            fstype, options = sfields[0], set(sfields[2].split(","))
-            if fstype == "cgroup":
-                ctrls = frozenset(options & _V1_KNOWN)
-                # The same hierarchy may be mounted twice; the first mount serves it.
-                if ctrls and ctrls not in seen:
-                    seen.add(ctrls)
-                    found.append(Hierarchy(mount, 1, ctrls))
-            elif fstype == "cgroup2" and not any(h.version == 2 for h in found):
-                try:
-                    listed = frozenset((mount / "cgroup.controllers").read_text().split())
-                except OSError:
-                    listed = frozenset()
-                found.append(Hierarchy(mount, 2, listed | _V2_CORE, listed))
-        return cls(tuple(found))
-
-    @property
-    def unified(self) -> bool:
-        """True on a pure v2 host: no controller we use comes from a v1 hierarchy."""
-        used = self.used()
-        return bool(used) and all(h.version == 2 for h in used)
-
-    def hierarchy_for(self, controller: str) -> Hierarchy | None:
-        """The hierarchy serving `controller`, v1 first; None if the host has it nowhere."""
-        for version in (1, 2):
-            for h in self.hierarchies:
-                if h.version == version and controller in h.controllers:
-                    return h
-        return None
-
-    def used(self) -> list[Hierarchy]:
-        """The distinct hierarchies serving CONTROLLERS (a domain has a group in each)."""
-        out: list[Hierarchy] = []
-        for ctrl in CONTROLLERS:
-            h = self.hierarchy_for(ctrl)
-            if h is not None and h not in out:
-                out.append(h)
-        return out
-
-
-@functools.cache
-def host_layout() -> CgroupLayout:
-    """This host's layout, detected once: cgroup mounts do not move under a running daemon."""
-    return CgroupLayout.detect()
-
-
-# -- file access -------------------------------------------------------------------------
-def _check_name(what: str, value: str) -> None:
-    if not _NAME_RE.match(value) or value in _RESERVED:
-        raise InvalidConfig(
-            f"Failed to name a cgroup: {what} '{value}' is not a safe name "
-            "(1 to 128 letters, digits, '-' or '_', starting with a letter or digit)")
-
-
-def os_error(doing: str, path: Path, e: OSError) -> XeniaError:
-    """The XeniaError for an OSError on a cgroup file, with a hint where one helps."""
-    if e.errno == errno.ENOENT:
-        return NotFound(f"Failed {doing}: {path} does not exist (is the cgroup created?)")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return BackendError(f"Failed {doing}: {path}: {e.strerror}; cgroups need root and a "
-                            "read-write cgroupfs")
-    if e.errno == errno.EBUSY:
-        return InUse(f"Failed {doing}: {path} is busy ({e.strerror})")
-    return BackendError(f"Failed {doing}: {path}: {e.strerror or e}")
-
-
-def write_value(path: Path, value: str, doing: str) -> None:
-    # One write() call: cgroupfs parses each write on its own.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise os_error(doing, path, e) from e
-
-
-def read_value(path: Path, doing: str) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError as e:
-        raise os_error(doing, path, e) from e
-
-
-def _keyed(text: str, key: str) -> int | None:
-    """The number after `key` in a "key value" per line file (cgroup.events, memory.events)."""
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == key:
-            return int(parts[1])
-    return None
-
-
-def _own_group(h: Hierarchy) -> Path:
-    """Where this process sits in hierarchy `h` (its root if that cannot be told)."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return h.mount
-    for line in lines:
-        _, ctrls, rel = line.split(":", 2)
-        if (h.version == 2 and ctrls == "") or (
-                h.version == 1 and set(ctrls.split(",")) & h.controllers):
-            path = h.mount / rel.lstrip("/")
-            return path if path.is_dir() else h.mount
-    return h.mount
-
-
 # -- the domain's group -------------------------------------------------------------------
 class DomainCgroup:
     """The cgroup(s) of one domain: `<hierarchy>/<root>/<key>` in every used hierarchy.
@@ -248,8 +88,8 @@ class DomainCgroup:
 
     def __init__(self, key: str, *, name: str | None = None, root: str = ROOT_NAME,
                  layout: CgroupLayout | None = None) -> None:
-        _check_name("key", key)
-        _check_name("root", root)
+        check_name("key", key)
+        check_name("root", root)
         self.key = key
         self.name = name or key
         self.root = root
@@ -264,10 +104,11 @@ class DomainCgroup:
         fails half-way, remove() cleans up what was made."""
         cg = cls(key, name=name, root=root, layout=layout)
         doing = f"to create the cgroup of '{cg.name}'"
-        if not cg._used:
+        used = cg.layout.used()
+        if not used:
             raise NotSupported(f"Failed {doing}: this host has no cgroup hierarchy with any of "
                                f"the controllers {', '.join(CONTROLLERS)} mounted")
-        for h in cg._used:
+        for h in used:
             top = h.mount / root
             try:
                 top.mkdir(exist_ok=True)
@@ -276,9 +117,9 @@ class DomainCgroup:
             if h.version == 2:
                 # Controllers must be on in every ancestor's subtree_control before the
                 # domain's group has their files; the root first, then `<root>`.
-                wanted = [c for c in _V2_ENABLE if c in h.enableable]
+                wanted = [c for c in V2_ENABLE if c in h.enableable]
                 for parent in (h.mount, top):
-                    _enable(parent, wanted, doing)
+                    enable_controllers(parent, wanted, doing)
             try:
                 (top / key).mkdir(exist_ok=True)
             except OSError as e:
@@ -313,7 +154,7 @@ class DomainCgroup:
         hierarchies."""
         found: set[int] = set()
         for h in self._used:
-            for group in _bottom_up(self._dir(h)):
+            for group in bottom_up(self._dir(h)):
                 path = group / "cgroup.procs"
                 try:
                     found.update(int(x) for x in path.read_text().split())
@@ -394,7 +235,7 @@ class DomainCgroup:
         h, d = self._ctrl("cpuacct", doing)
         if h.version == 1:
             return int(read_value(d / "cpuacct.usage", doing)) / 1e9
-        usec = _keyed(read_value(d / "cpu.stat", doing), "usage_usec")
+        usec = keyed(read_value(d / "cpu.stat", doing), "usage_usec")
         return (usec or 0) / 1e6
 
     # -- memory --------------------------------------------------------------------------
@@ -439,7 +280,7 @@ class DomainCgroup:
         doing = f"to read the OOM kills of '{self.name}'"
         h, d = self._ctrl("memory", doing)
         text = read_value(d / ("memory.oom_control" if h.version == 1 else "memory.events"), doing)
-        return _keyed(text, "oom_kill") or 0
+        return keyed(text, "oom_kill") or 0
 
     # -- freezer -------------------------------------------------------------------------
     def freeze(self, timeout: float = 5.0) -> None:
@@ -458,7 +299,7 @@ class DomainCgroup:
             if time.monotonic() >= deadline:
                 raise BackendError(f"Failed {doing}: tasks still not frozen after {timeout:g} "
                                    "s (one may be stuck in the kernel); thaw it or try again")
-            time.sleep(_POLL)
+            time.sleep(POLL)
 
     def thaw(self) -> None:
         doing = f"to thaw '{self.name}'"
@@ -474,7 +315,7 @@ class DomainCgroup:
         h, d = self._ctrl("freezer", doing)
         if h.version == 1:
             return read_value(d / "freezer.state", doing) == "FROZEN"
-        return _keyed(read_value(d / "cgroup.events", doing), "frozen") == 1
+        return keyed(read_value(d / "cgroup.events", doing), "frozen") == 1
 
     # -- removal -------------------------------------------------------------------------
     def remove(self, timeout: float = 5.0, evict: bool = False) -> None:
@@ -498,7 +339,7 @@ class DomainCgroup:
                 self.layout.hierarchy_for("freezer") in present):
             self.thaw()
         while left and time.monotonic() < deadline:
-            time.sleep(_POLL)
+            time.sleep(POLL)
             left = self.pids()
         if left and not evict:
             listed = ", ".join(map(str, sorted(left)))
@@ -507,55 +348,24 @@ class DomainCgroup:
                         "first")
         for h in present:
             if left:
-                target = _own_group(h) / "cgroup.procs"
+                target = own_group(h) / "cgroup.procs"
                 for pid in left:
                     try:
                         write_value(target, str(pid), doing)
                     except NotFound:
                         continue  # exited meanwhile (or the target vanished: rmdir says)
-            for sub in _bottom_up(self._dir(h)):
-                _rmdir(sub, doing, deadline)
+            for sub in bottom_up(self._dir(h)):
+                rmdir(sub, doing, deadline)
 
     # -- misc ----------------------------------------------------------------------------
     def __repr__(self) -> str:
         return f"DomainCgroup({self.key!r}, root={self.root!r})"
 
 
-def _enable(group: Path, controllers: list[str], doing: str) -> None:
-    path = group / "cgroup.subtree_control"
-    on = set(read_value(path, doing).split())
-    missing = [c for c in controllers if c not in on]
-    if missing:
-        write_value(path, " ".join(f"+{c}" for c in missing), doing)
-
-
-def _bottom_up(top: Path) -> Iterator[Path]:
-    """`top`'s sub-groups deepest first, then `top` (cgroupfs directories only)."""
-    if not top.is_dir():
-        return
-    for dirpath, _dirs, _files in os.walk(top, topdown=False):
-        yield Path(dirpath)
-
-
-def _rmdir(path: Path, doing: str, deadline: float) -> None:
-    # A task that just exited can keep the group busy a moment after it leaves
-    # cgroup.procs (until it is reaped), so EBUSY is retried until the deadline.
-    while True:
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            if e.errno != errno.EBUSY or time.monotonic() >= deadline:
-                raise os_error(doing, path, e) from e
-            time.sleep(_POLL)
-
-
-# -- start-up housekeeping ----------------------------------------------------------------
+# -- housekeeping -------------------------------------------------------------------------
 def domain_keys(*, root: str = ROOT_NAME, layout: CgroupLayout | None = None) -> set[str]:
     """Keys of the domain groups under `<root>` in any used hierarchy."""
-    _check_name("root", root)
+    check_name("root", root)
     layout = layout if layout is not None else host_layout()
     keys: set[str] = set()
     for h in layout.used():
@@ -565,7 +375,7 @@ def domain_keys(*, root: str = ROOT_NAME, layout: CgroupLayout | None = None) ->
             continue
         except OSError as e:
             raise os_error("to list domain cgroups", h.mount / root, e) from e
-        keys.update(p.name for p in entries if p.is_dir() and _NAME_RE.match(p.name))
+        keys.update(p.name for p in entries if p.is_dir() and NAME_RE.match(p.name))
     return keys
 
 
@@ -577,9 +387,14 @@ class GcResult:
 
 def collect_garbage(keep: Iterable[str], *, root: str = ROOT_NAME,
                     layout: CgroupLayout | None = None) -> GcResult:
-    """Remove the empty groups whose key is not in `keep` (xeniad start-up: groups of
-    domains that are gone). Groups that still hold processes are left alone and listed in
-    `busy`: they belong to something the caller did not expect, which it should report."""
+    """Remove the empty groups whose key is not in `keep` (groups of domains that are
+    gone). Groups that still hold processes are left alone and listed in `busy`: they
+    belong to something the caller did not expect, which it should report.
+
+    xeniad does not sweep at start-up: every XENIA_ROOT on a machine (the namespaced test
+    hosts, say) shares `xenia/`, and another root's domain may be between creating its
+    group and moving its process in. Each domain's group goes with the domain instead
+    (Driver.release)."""
     keep = set(keep)
     result = GcResult()
     for key in sorted(domain_keys(root=root, layout=layout) - keep):

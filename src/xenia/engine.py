@@ -1,0 +1,47 @@
+"""Engine: the host's services, wired once by xeniad and served by the API.
+
+The DomainManager owns the domains (lifecycle, guest events, adoption); the others are
+built on its public surface: the device verbs and the views of the host (host/), save,
+restore and live migration (migration/), and the storage pools and networks it shares
+with the drivers. Nothing below imports this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xenia.drivers.base import Driver
+from xenia.host.devices import DeviceVerbs
+from xenia.host.manager import DomainManager
+from xenia.host.views import DomainViews
+from xenia.hostos.pci import PciAssign
+from xenia.migration.receiver import Receiver
+from xenia.migration.saving import SaveRestore
+from xenia.migration.sender import Sender
+from xenia.network.manager import NetworkManager
+from xenia.paths import Paths
+from xenia.storage.manager import StorageManager
+from xenia.store.base import Store
+
+
+@dataclass
+class Engine:
+    paths: Paths
+    store: Store
+    manager: DomainManager
+    views: DomainViews  # what `xenia list`, `info`, `top` show
+    devices: DeviceVerbs  # block-, network-, pci-, mem-, vcpu-, sched-credit
+    saves: SaveRestore
+    sender: Sender  # outgoing live migrations
+    receiver: Receiver  # incoming ones
+    storage: StorageManager
+    network: NetworkManager
+
+    @classmethod
+    def create(cls, paths: Paths, store: Store, drivers: list[Driver],
+               storage: StorageManager, network: NetworkManager) -> Engine:
+        manager = DomainManager(paths, store, drivers)
+        return cls(paths=paths, store=store, manager=manager, views=DomainViews(manager),
+                   devices=DeviceVerbs(manager, PciAssign(store)), saves=SaveRestore(manager),
+                   sender=Sender(manager, storage), receiver=Receiver(manager, network),
+                   storage=storage, network=network)
