@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import uvicorn
@@ -33,6 +33,7 @@ from xenia.peers.address import (
 )
 from xenia.peers.audit import AuditLog
 from xenia.peers.auth import TokenAuth
+from xenia.peers.scopes import Grant
 from xenia.peers.service import PeerService
 from xenia.store.base import Store
 
@@ -115,6 +116,17 @@ def protect_peer_tokens(svc: PeerService, store: Store) -> None:
             scrub()
 
 
+def _verifier(app: FastAPI, svc: PeerService) -> Callable[[str], Grant | None]:
+    """This host's tokens, then (on a cluster member) the members' credentials."""
+    def verify(token: str) -> Grant | None:
+        grant = svc.tokens.verify(token)
+        node = getattr(app.state, "cluster", None)
+        if grant is None and node is not None:
+            grant = node.verify(token)
+        return grant
+    return verify
+
+
 @contextlib.asynccontextmanager
 async def serve_peers(app: FastAPI, paths: Paths, store: Store, listen: ListenSpec | None,
                       allowed: list[Path] | None = None) -> AsyncIterator[PeerService]:
@@ -141,7 +153,7 @@ async def serve_peers(app: FastAPI, paths: Paths, store: Store, listen: ListenSp
     except XeniaError as e:
         raise SystemExit(f"xeniad: {e.message}") from e
     audit = AuditLog(paths.audit_log)
-    guarded = TokenAuth(app, svc.tokens.verify, make_access_factory(app, allowed or []), audit)
+    guarded = TokenAuth(app, _verifier(app, svc), make_access_factory(app, allowed or []), audit)
     if allowed:
         log.info("paths allowed over TCP besides the pools': %s",
                  ", ".join(map(str, allowed)))
