@@ -76,19 +76,25 @@ class ClusterForward:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         node = None
-        if scope["type"] == "http":
-            node = getattr(scope["app"].state, "cluster", None) if "app" in scope else None
-        state = scope.get("state") or {}
-        if (node is None or not node.is_member or state.get("access") is not None
-                or any(k == b"x-xenia-forwarded" for k, _ in scope.get("headers", []))):
+        if scope["type"] == "http" and "app" in scope:
+            node = getattr(scope["app"].state, "cluster", None)
+        if node is None or not node.is_member:
             await self.app(scope, receive, send)
             return
+        state = scope.get("state") or {}
         try:
-            await self._route(node, scope, receive, send)
+            if (state.get("access") is not None
+                    or any(k == b"x-xenia-forwarded" for k, _ in scope.get("headers", []))):
+                await self.app(scope, receive, send)
+            else:
+                await self._route(node, scope, receive, send)
         except XeniaError as e:
             await _respond(send, e.http_status, {"error": e.kind, "message": e.message})
-        if scope["method"] != "GET" and node.publisher is not None:
-            node.publisher.kick()
+        finally:
+            # The change on its way to the others' lists (forwarded requests too: they
+            # change this host's domains).
+            if scope["method"] != "GET" and node.publisher is not None:
+                node.publisher.kick()
 
     async def _route(self, node: Any, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
