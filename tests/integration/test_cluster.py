@@ -59,9 +59,14 @@ def cl(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[Cluster]:
         for h in c.hosts:
             for d in json.loads(h.xenia("list", "--local", "-l", check=False).stdout or "[]"):
                 h.xenia("destroy", d["name"], check=False, timeout=60)
-        c.stop(dump=dump)
+        if dump:
+            for h in c.hosts:
+                print(f"\n##### host {h.ns}")
+                h.dump_logs()
+        # Before the namespaces go: the etcd members xeniad started outlive it.
         for h in c.hosts:
             kill_netns(h.ns)
+        c.stop()
 
 
 def status(h: NetHost) -> dict[str, Any]:
@@ -213,8 +218,22 @@ def test_twenty_members_list_quickly(cl: Cluster) -> None:
         "              'vcpus': 1, 'state_letters': 'r-----', 'host': h}))\n"
     )
     tls = h0.root / "state" / "cluster" / "tls"
-    subprocess.run(["ip", "netns", "exec", h0.ns, sys.executable, "-c", script, str(tls),
-                    f"https://{h0.address}:2379"], check=True, cwd=REPO, timeout=60)
+
+    def run(code: str) -> None:
+        subprocess.run(["ip", "netns", "exec", h0.ns, sys.executable, "-c", code, str(tls),
+                        f"https://{h0.address}:2379"], check=True, cwd=REPO, timeout=60)
+
+    run(script)
+    try:
+        check_list(cl.hosts[0])
+    finally:
+        cleanup = script.split("for i in")[0] + (
+            "for p in (keys.MEMBERS, keys.HOSTS, keys.VIEW):\n"
+            "    c.delete(p + 'lw', prefix=True)\n")
+        run(cleanup)
+
+
+def check_list(h0: NetHost) -> None:
     rows = cluster_list(h0)
     assert len({r["host"] for r in rows if r["host"].startswith("lw")}) == 19
     assert len(rows) == 19 * 3 + len(cluster_list(h0, "--local"))
@@ -229,6 +248,10 @@ def test_twenty_members_list_quickly(cl: Cluster) -> None:
         ans = client.get("/v1/cluster/domains")
         times.append(time.monotonic() - t)
         assert len(ans["domains"]) == len(rows)
-    assert min(times) <= 0.100, times
-    print(f"cluster-wide list of {len(rows)} domains on 20 members: "
-          f"{sorted(times)[len(times) // 2] * 1000:.1f} ms median")
+    median = sorted(times)[len(times) // 2]
+    assert median <= 0.100, times
+    t = time.monotonic()
+    h0.xenia("list")
+    cli = time.monotonic() - t
+    print(f"cluster-wide list of {len(rows)} domains on 20 members: API {median * 1000:.1f} ms "
+          f"median; the whole `xenia list` process {cli * 1000:.0f} ms")

@@ -35,7 +35,7 @@ from xenia.cluster.kv import Compare, Put
 from xenia.errors import AlreadyExists, InUse, InvalidConfig, NotFound, NotSupported, XeniaError
 from xenia.paths import Paths
 from xenia.peers import fingerprint as fp
-from xenia.peers.address import ListenSpec
+from xenia.peers.address import ListenSpec, join_hostport
 from xenia.peers.client import PeerClient
 from xenia.peers.identity import write_atomic
 from xenia.peers.scopes import Grant
@@ -212,8 +212,9 @@ class ClusterNode:
         doing = "to make a cluster"
         self._not_member(doing)
         listen = self._need_listener(doing)
-        cfg = NodeConfig(keys.check_host(name or _hostname()), address or listen.host,
-                         str(listen), listen.tls, keys.check_host(cluster))
+        cfg = NodeConfig(keys.check_host(name or _hostname()), _address(address, listen),
+                         join_hostport(_address(address, listen), listen.port), listen.tls,
+                         keys.check_host(cluster))
         await asyncio.to_thread(membership.init, self.files, cfg.name, cfg.address,
                                 cfg.cluster)
         credential = new_token()
@@ -302,8 +303,8 @@ class ClusterNode:
         self._not_member(doing)
         listen = self._need_listener(doing)
         pinned, bearer = parse_join_token(token)
-        cfg = NodeConfig(keys.check_host(name or _hostname()), own_address or listen.host,
-                         str(listen), listen.tls)
+        cfg = NodeConfig(keys.check_host(name or _hostname()), _address(own_address, listen),
+                         join_hostport(_address(own_address, listen), listen.port), listen.tls)
         key_pem, csr = member_request(cfg.name)
         credential = new_token()
         peer = PeerClient(address, bearer, pinned, name="the cluster member")
@@ -412,6 +413,17 @@ def _forget(client: Any, host: str) -> None:
                 keys.fenced(host)):
         client.delete(key)
     client.delete(keys.view_of(host), prefix=True)
+
+
+def _address(given: str | None, listen: ListenSpec) -> str:
+    """The cluster address: given, else the one xeniad listens on (not a wildcard)."""
+    from xenia.cluster.pki import check_address
+
+    address = given or listen.host
+    if not address or address in ("0.0.0.0", "::"):
+        raise InvalidConfig("Failed to choose this host's cluster address: xeniad listens "
+                            f"on every address ({listen}); give --address IP")
+    return check_address(address)
 
 
 def _hostname() -> str:
