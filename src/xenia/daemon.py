@@ -109,9 +109,13 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     try:
         # The host identity, and the same app on TCP (TLS + tokens) with --listen.
         # On a cluster member, its etcd member (adopted or started, then supervised).
+        # There, the member agent: lease, fencing, leader, HA (cluster/agent.py), and the
+        # ClusterNode: the cluster verbs, publication, forwarding (cluster/node.py); a
+        # member made while xeniad runs (cluster init/join) starts its agent then.
         async with cluster.serve_cluster(paths, etcd) as runtime, \
                 peers.serve_peers(app, paths, store, listen, allowed) as svc:
             node = make_node(engine, paths, runtime, listen, svc)
+            node.make_agent = lambda rt: cluster.serve_ha(rt, engine, app.state)
             app.state.cluster = node
             await node.start()
             try:

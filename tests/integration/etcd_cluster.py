@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,21 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def nft(ns: str, script: str) -> None:
     subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, text=True,
                    check=True, capture_output=True)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def report(name: str, value: float) -> None:
+    print(f"\nMEASURED {name}: {value:.3f} s")
 
 
 class AgentError(Exception):
@@ -123,16 +139,7 @@ class EtcdNet:
         ip("-n", self.sw, "link", "add", "sw", "type", "bridge")
         ip("-n", self.sw, "link", "set", "sw", "up")
         for i, ns in enumerate(self.ns):
-            ip("netns", "add", ns)
-            ip("-n", ns, "link", "set", "lo", "up")
-            ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", f"p{i}",
-               "netns", self.sw)
-            ip("-n", self.sw, "link", "set", f"p{i}", "master", "sw", "up")
-            ip("-n", ns, "addr", "add", f"{self.addresses[i]}/24", "dev", "eth0")
-            ip("-n", ns, "link", "set", "eth0", "up")
-            for d in (self.files[i].dir, self.files[i].run):
-                d.mkdir(parents=True, exist_ok=True)
-            self.agents.append(Agent(ns, self.files[i]))
+            self.agents.append(self._host(ns, self.addresses[i], f"p{i}", self.files[i]))
         first = self.agents[0].call("init", name=self.names[0], address=self.addresses[0],
                                     cluster="test")
         self.token = first["token"]
@@ -140,8 +147,43 @@ class EtcdNet:
         for i in range(1, self.n):
             self.issue(i, ca)
             self.join(i, self.urls[:i])
-        for a in self.agents:
+        for i, a in enumerate(self.agents):
+            a.call("client", endpoints=self.own_first(i))
+
+    def add_clients(self, k: int) -> list[Agent]:
+        """k more hosts, each in a namespace of its own on the switch, with a member
+        certificate but no etcd member: cluster members that use the 3 voters as clients
+        (what a large cluster does past its 3 or 5 etcd voters)."""
+        ca = ClusterCA.load(self.files[0].tls.ca.parent)
+        added = []
+        for j in range(k):
+            ns, address = f"{self.tag}c{j}", f"{self.net}.{20 + j}"
+            files = ClusterFiles(self.tmp / f"c{j}" / "cluster", self.tmp / f"c{j}" / "run")
+            self.ns.append(ns)
+            added.append(self._host(ns, address, f"q{j}", files))
+            make_member(files.tls.ca.parent, ca, f"c{j}", address)
+        for a in added:
             a.call("client", endpoints=self.urls)
+        self.agents += added
+        return added
+
+    def _host(self, ns: str, address: str, port: str, files: ClusterFiles) -> Agent:
+        """Namespace `ns` on the switch (its end there named `port`), and its agent."""
+        ip("netns", "add", ns)
+        ip("-n", ns, "link", "set", "lo", "up")
+        ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", port,
+           "netns", self.sw)
+        ip("-n", self.sw, "link", "set", port, "master", "sw", "up")
+        ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+        ip("-n", ns, "link", "set", "eth0", "up")
+        for d in (files.dir, files.run):
+            d.mkdir(parents=True, exist_ok=True)
+        return Agent(ns, files)
+
+    def own_first(self, i: int) -> list[str]:
+        """The endpoints as member i's xeniad orders them: its own member first (on the
+        same side of any partition as the host itself)."""
+        return [self.urls[i]] + [u for j, u in enumerate(self.urls) if j != i]
 
     def issue(self, i: int, ca: ClusterCA | None = None) -> None:
         """Member i's certificate from the cluster CA (what the join token exchange does)."""

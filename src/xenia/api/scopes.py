@@ -54,6 +54,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", D + "/reboot"): _r("power", REF),
     ("POST", D + "/pause"): _r("power", REF),
     ("POST", D + "/unpause"): _r("power", REF),
+    ("POST", D + "/ha"): _r("admin", REF),  # HA: docs/cluster.md
+    ("GET", "/v1/ha"): _r("read"),
     ("POST", D + "/rename"): _r("create", REF),  # the new name is checked by the handler
     ("POST", D + "/wait"): _r("read", REF, readonly=True),
     ("POST", D + "/save"): _r("create", REF),

@@ -14,7 +14,7 @@ etcd's settings that matter (docs/cluster.md, "Timeouts", says why):
   on both (the cluster CA is the only CA trusted);
 - --pre-vote: a member that was cut off does not disrupt the leader when it comes back;
 - heartbeat 100 ms, election timeout 1000 ms (etcd's LAN defaults);
-- progress notifications every 5 s, so a silent watch stream is known dead in 15 s.
+- progress notifications every 2 s, so a silent watch stream is known dead in 6 s.
 """
 
 from __future__ import annotations

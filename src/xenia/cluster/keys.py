@@ -152,10 +152,12 @@ def _ownership(uuid: str, kv: KV) -> Ownership:
 
 
 def claim(client: EtcdClient, uuid: str, host: str, expected: Ownership | None,
-          by: str = "", leader_guard: Compare | None = None) -> tuple[bool, Ownership | None]:
+          by: str = "", leader_guard: Compare | None = None,
+          extra: dict[str, Any] | None = None) -> tuple[bool, Ownership | None]:
     """Make `host` the owner of domain `uuid` if the owner key is still as read
     (`expected`; None: the domain has no owner yet) and, with `leader_guard`, the caller
-    still leads. Returns (won, the owner now).
+    still leads. Returns (won, the owner now). `extra` goes into the value beside host,
+    nonce and by (the HA controller's restart count: "restarts", "gave_up", "from").
 
     The value carries a nonce: if the answer of a transaction that was applied got lost and
     the client sent it again to another member, the second try fails its comparison (the
@@ -166,7 +168,8 @@ def claim(client: EtcdClient, uuid: str, host: str, expected: Ownership | None,
     compare = [Compare.mod(key, expected.mod_revision) if expected else Compare.absent(key)]
     if leader_guard is not None:
         compare.append(leader_guard)
-    value = encode({"host": check_host(host), "nonce": nonce, "by": by or host})
+    value = encode({**(extra or {}), "host": check_host(host), "nonce": nonce,
+                    "by": by or host})
     res = client.txn(compare, [Put(key, value)], [Get(key)])
     if res.succeeded:
         return True, Ownership(uuid, host, res.revision)

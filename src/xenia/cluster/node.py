@@ -27,6 +27,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +112,11 @@ class ClusterNode:
         # Makes the publisher (xeniad sets publish.Publisher; publish.py imports this
         # module, so this one does not import it).
         self.make_publisher: Callable[[ClusterNode], Any] | None = None
+        # The member agent's context (lease, fencing, HA: service.serve_ha), set by xeniad;
+        # entered while this host is a member, so a member made by init/join gets it too.
+        self.make_agent: Callable[[ClusterRuntime], AbstractAsyncContextManager[Any]] | None \
+            = None
+        self._agent: contextlib.AsyncExitStack | None = None
         self.jobs: dict[str, str] = {}  # migration job id -> member, for forwarded ones
 
     # -- state ----------------------------------------------------------------------------
@@ -184,15 +190,23 @@ class ClusterNode:
     # -- start and stop -------------------------------------------------------------------
     async def start(self) -> None:
         """While a member: publish this host and keep the member list (publish.py)."""
-        if not self.is_member or self.make_publisher is None:
+        if not self.is_member:
             return
-        self.publisher = self.make_publisher(self)
-        await self.publisher.start()
+        if self.make_agent is not None and self._agent is None:
+            assert self.runtime is not None
+            self._agent = contextlib.AsyncExitStack()
+            await self._agent.enter_async_context(self.make_agent(self.runtime))
+        if self.make_publisher is not None:
+            self.publisher = self.make_publisher(self)
+            await self.publisher.start()
 
     async def stop(self) -> None:
         if self.publisher is not None:
             await self.publisher.stop()
             self.publisher = None
+        if self._agent is not None:
+            await self._agent.aclose()
+            self._agent = None
 
     async def _activate(self, cfg: NodeConfig) -> None:
         from xenia.cluster.service import start_member
@@ -343,10 +357,17 @@ class ClusterNode:
         if member is None:
             raise NotSupported("Failed to leave the cluster: this host uses an external etcd "
                                "(--etcd); remove it from that cluster there")
+        owned = await asyncio.to_thread(_owned_by, client, name)
+        if owned:
+            raise InUse(f"Failed to leave the cluster: this host owns HA domains "
+                        f"({', '.join(owned)}); the cluster would restart them elsewhere. "
+                        "Evacuate first (`xenia host evacuate "
+                        f"{name}`) or turn their HA off (`xenia ha DOM off`)")
         await self.stop()
 
         def run() -> int:
             _forget(client, name)
+            client.delete(keys.alive(name))
             members = client.members()
             # The supervisor first: it would restart the etcd that leave() stops.
             if runtime.supervisor is not None:
@@ -424,6 +445,13 @@ def _address(given: str | None, listen: ListenSpec) -> str:
         raise InvalidConfig("Failed to choose this host's cluster address: xeniad listens "
                             f"on every address ({listen}); give --address IP")
     return check_address(address)
+
+
+def _owned_by(client: Any, host: str) -> list[str]:
+    """UUIDs of the domains whose owner key names `host` (its HA domains)."""
+    kvs, _ = client.range(keys.DOMAINS)
+    return [kv.key[len(keys.DOMAINS):].split("/")[0] for kv in kvs
+            if kv.key.endswith("/owner") and keys.decode(kv).get("host") == host]
 
 
 def _hostname() -> str:

@@ -17,17 +17,20 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from xenia.paths import Paths
 
 if TYPE_CHECKING:
+    from xenia.cluster.agent import MemberAgent
     from xenia.cluster.client import EtcdClient
     from xenia.cluster.etcd_member import EtcdMember, Supervisor
     from xenia.cluster.pki import MemberTLS
+    from xenia.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class ClusterRuntime:
     member: EtcdMember | None = None
     supervisor: Supervisor | None = None
     endpoints: list[str] = field(default_factory=list)
+    host: str = ""  # this member's name in the cluster (its etcd member's name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,7 +111,8 @@ def _start_member(paths: Paths) -> ClusterRuntime | None:
         client = EtcdClient(endpoints, files.tls)
     except Exception as e:  # any XeniaError or network error: keep the local endpoint
         log.warning("could not read the etcd member list yet: %s", e)
-    return ClusterRuntime(client, member, Supervisor(member).start(), endpoints)
+    return ClusterRuntime(client, member, Supervisor(member).start(), endpoints,
+                          member.cfg.name)
 
 
 def start_member(paths: Paths) -> ClusterRuntime | None:
@@ -124,7 +129,8 @@ async def serve_cluster(paths: Paths, external: ExternalEtcd | None = None
         from xenia.cluster.client import EtcdClient
 
         runtime: ClusterRuntime | None = ClusterRuntime(
-            EtcdClient(external.endpoints, external.tls()), endpoints=external.endpoints)
+            EtcdClient(external.endpoints, external.tls()), endpoints=external.endpoints,
+            host=socket.gethostname().split(".")[0])
     else:
         runtime = await asyncio.to_thread(_start_member, paths)
     try:
@@ -135,3 +141,31 @@ async def serve_cluster(paths: Paths, external: ExternalEtcd | None = None
                 # Only the supervision ends: the member keeps serving the cluster.
                 await asyncio.to_thread(runtime.supervisor.stop)
             runtime.client.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_ha(runtime: ClusterRuntime | None, engine: Engine, state: Any
+                   ) -> AsyncIterator[MemberAgent | None]:
+    """On a member: the MemberAgent (lease, fencing, leader election, HA, the ownership
+    gate of the domain manager), put in `state.ha` for the API. It joins in the
+    background: etcd may have no quorum while xeniad starts, and the daemon must serve its
+    domains all the same (HA domains start only once the lease is held)."""
+    if runtime is None or not runtime.host:
+        yield None
+        return
+    from xenia.cluster.agent import MemberAgent
+
+    agent = MemberAgent(runtime.client, runtime.host, engine.manager,
+                        engine.storage.shared_pool_of,
+                        lease_file=engine.paths.run / "member-lease")
+    engine.manager.gate = agent
+    state.ha = agent
+    task = asyncio.create_task(agent.start_retrying())
+    try:
+        yield agent
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        await agent.stop()
+        engine.manager.gate = None

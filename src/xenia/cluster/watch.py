@@ -34,7 +34,7 @@ from xenia.cluster.kv import Event, b64, prefix_end
 log = logging.getLogger(__name__)
 
 # Progress notifications of the members xeniad runs (etcd_member.py passes it to etcd).
-PROGRESS_INTERVAL = 5.0
+PROGRESS_INTERVAL = 2.0
 READ_TIMEOUT = 3 * PROGRESS_INTERVAL
 _RETRY_MIN, _RETRY_MAX = 0.1, 2.0
 

@@ -43,6 +43,7 @@ class Domains(Protocol):
     async def destroy_locked(self, rec: DomainRecord) -> None: ...
 
     async def relaunch(self, rec: DomainRecord) -> None: ...
+    async def ended(self, rec: DomainRecord) -> None: ...
 
     async def create(self, cfg: DomainConfig, paused: bool = False) -> DomainRecord: ...
 
@@ -98,6 +99,7 @@ class OnActions:
             action = action.removeprefix("coredump-")
         if action == "destroy":
             await d.destroy_locked(rec)
+            await d.ended(rec)
         elif action in ("restart", "soft-reset"):
             await inst.reset()
             rec.started_at = time.time()
