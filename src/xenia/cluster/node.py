@@ -190,13 +190,14 @@ class ClusterNode:
     # -- start and stop -------------------------------------------------------------------
     async def start(self) -> None:
         """While a member: publish this host and keep the member list (publish.py)."""
-        if not self.is_member:
+        if self.runtime is None:
             return
+        # The agent runs on any member, node.json or not (a member made without the
+        # cluster verbs, an external etcd): HA does not depend on the verbs' files.
         if self.make_agent is not None and self._agent is None:
-            assert self.runtime is not None
             self._agent = contextlib.AsyncExitStack()
             await self._agent.enter_async_context(self.make_agent(self.runtime))
-        if self.make_publisher is not None:
+        if self.is_member and self.make_publisher is not None:
             self.publisher = self.make_publisher(self)
             await self.publisher.start()
 
