@@ -87,7 +87,7 @@ def test_wanted_host() -> None:
 
 
 def test_needs_of_a_config() -> None:
-    cfg = DomainConfig(name="db", memory=512, accel="kvm", disks=[
+    cfg = DomainConfig(name="db", memory=512, accel="kvm", kernel="/boot/vmlinuz", disks=[
         DiskSpec(vdev="xvda", target="/mnt/shared/db.qcow2"),
         DiskSpec(vdev="xvdb", target="/srv/data.img"),
         DiskSpec(vdev="hdc", target=None, format="empty", devtype="cdrom"),
@@ -95,7 +95,7 @@ def test_needs_of_a_config() -> None:
     n = Needs.of(cfg, POOLS)
     assert n.memory == 512 and n.accel == "kvm"
     assert n.pools == ("shared=/mnt/shared",)
-    assert n.paths == ("/srv/data.img",)
+    assert n.paths == ("/srv/data.img", "/boot/vmlinuz")
     assert n.bridges == ("lan0", "xenbr0")
 
 

@@ -54,6 +54,8 @@ class Needs:
                 pooled.append(f"{pool}={pools[pool]}")
             else:
                 paths.append(d.target)
+        # The kernel and initrd of a direct boot are read from the host like a disk.
+        paths += [p for p in (cfg.kernel, cfg.ramdisk) if p]
         bridges = [v.bridge or DEFAULT_BRIDGE for v in cfg.vifs]
         if cfg.type == "container":
             # A container's network is its vifs too; its rootfs is a path like a disk.
