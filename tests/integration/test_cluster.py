@@ -123,6 +123,9 @@ def test_list_across_the_cluster_and_a_verb_on_a_remote_domain(cl: Cluster) -> N
     assert cluster_list(h1, "--local")[0]["state"] == "paused"
     h0.xenia("unpause", "g1")
     assert cluster_list(h1, "--local")[0]["state"] == "running"
+    # The console's --run from h0, on h1's guest.
+    ran = h0.xenia("console", "--run", "echo on-$((40+2))", "g1", "--timeout", "60").stdout
+    assert ran.count("on-42") == 1
     info = json.loads(h0.xenia("list", "-l", "g1").stdout)
     assert info[0]["host"] == "h1"
     # A name taken on another member is refused.

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import xenia
-from xenia.api import cluster, devices, domains, ha, migration, network, peers, storage
+from xenia.api import cluster, console, devices, domains, ha, migration, network, peers, storage
 from xenia.api.forward import ClusterForward
 from xenia.api.scopes import enforce
 from xenia.engine import Engine
@@ -35,6 +35,7 @@ def make_app(engine: Engine) -> FastAPI:
     app.include_router(peers.router)
     app.include_router(ha.router)
     app.include_router(cluster.router)
+    app.include_router(console.router)
     # On a cluster member: another member's domains are reached through it (forward.py).
     app.add_middleware(ClusterForward)
 

@@ -78,6 +78,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", D + "/vcpu-pin"): _r("create", REF),
     ("POST", D + "/sched-credit"): _r("create", REF),
     ("GET", D + "/screenshot"): _r("console", REF),
+    ("POST", D + "/console/run"): _r("console", REF),  # api/console.py
+    ("GET", D + "/console/log"): _r("console", REF),
     ("GET", "/v1/stats"): _r("read", HANDLER),
     ("GET", "/v1/vcpus"): _r("read", HANDLER),
     ("GET", "/v1/sched-credit"): _r("read", HANDLER),

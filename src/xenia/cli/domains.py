@@ -351,10 +351,8 @@ def console_cmd(c: Ctx, ctype: str | None, num: int, run_cmd: str | None, show_l
         raise InvalidConfig(f"Failed to attach console {num}: domains have one console (0)")
     d = c.client.get(f"/v1/domains/{dom}")
     if d.get("host"):
-        # A domain of another cluster member: its console socket is on that host.
-        raise NotSupported(f"Failed to attach to the console of '{dom}': it runs on cluster "
-                           f"member {d['host']}; run `xenia console` there (the console is "
-                           "not forwarded between members yet)")
+        _remote_console(c, d, run_cmd, show_log, wait_for, timeout, dom)
+        return
     if not d.get("console"):
         raise XeniaError(f"Failed to attach to the console of '{dom}': it has none running")
     if show_log or wait_for:
@@ -370,3 +368,29 @@ def console_cmd(c: Ctx, ctype: str | None, num: int, run_cmd: str | None, show_l
     con.attach(con.Path(d["console"]))
 
 
+def _remote_console(c: Ctx, d: dict[str, Any], run_cmd: str | None, show_log: bool,
+                    wait_for: str | None, timeout: float, dom: str) -> None:
+    """The console of a domain on another cluster member: --run, --log and --wait go
+    through the API (forwarded to that member); the interactive console does not."""
+    ref = d["uuid"]
+    if run_cmd is not None:
+        ans = c.client.post(f"/v1/domains/{ref}/console/run",
+                            {"command": run_cmd, "timeout": timeout}, timeout=timeout + 30)
+        sys.stdout.write(ans["output"])
+        sys.stdout.flush()
+        sys.exit(ans["rc"])
+    if show_log or wait_for:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = c.client.get(f"/v1/domains/{ref}/console/log")["text"]
+            if not wait_for or wait_for in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        sys.stdout.write(text)
+        if wait_for and wait_for not in text:
+            raise XeniaError(f"Failed waiting for '{wait_for}' on the console of '{dom}': "
+                             f"not seen in {timeout:.0f} s")
+        return
+    raise NotSupported(f"Failed to attach to the console of '{dom}': it runs on cluster "
+                       f"member {d['host']}; attach there (`xenia console {dom}` on that "
+                       "host); --run, --log and --wait work from here")
