@@ -165,9 +165,14 @@ def test_evacuate_three_domains(cl: Cluster) -> None:
     res = h0.xenia("host", "evacuate", "h2", "--parallel", "3", timeout=300)
     assert res.returncode == 0, res.stderr
     assert cluster_list(h2, "--local") == []
-    moved = {d["name"]: d["host"] for d in cluster_list(h0) if d["name"] in names}
-    assert set(moved) == names and "h2" not in moved.values()
-    for name, where in moved.items():
+
+    def moved() -> dict[str, str]:
+        return {d["name"]: d["host"] for d in cluster_list(h0) if d["name"] in names}
+
+    # The members publish their new domains within a round trip of the migration's end.
+    wait_until(lambda: set(moved()) == names and "h2" not in moved().values(), 10,
+               what="the evacuated domains in the cluster-wide list")
+    for name, where in moved().items():
         assert f"{name}: migrated to {where}" in res.stdout
         host = cl.hosts[int(where[1])]
         assert host.xenia("console", "--run", "echo alive-$((20+22))", name,
