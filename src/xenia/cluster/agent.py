@@ -44,6 +44,7 @@ from xenia.cluster.watchdog import Watchdog, open_watchdog
 from xenia.config.model import DomainConfig
 from xenia.errors import BackendError, InUse, NotFound, XeniaError
 from xenia.host.manager import DomainManager
+from xenia.hostos import procfs
 from xenia.hostos.hostinfo import available_mib
 from xenia.store.base import DomainRecord
 from xenia.store.state import CREATING
@@ -54,31 +55,13 @@ KILL_WAIT = 2.0  # how long the fence waits for a killed QEMU to be gone
 RECONCILE_EVERY = 5.0  # seconds between full reconciliations of a member
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    # A zombie of ours counts as gone: it runs nothing.
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    return False
-
-
 def kill_all(pids: list[int], wait: float = KILL_WAIT) -> bool:
-    """SIGKILL each pid; True once every one is gone (within `wait`)."""
+    """SIGKILL each pid; True once every one is gone (a zombie counts: it runs nothing)."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + wait
-    while not all(_gone(p) for p in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+    return all(procfs.wait_gone(p, max(0.0, deadline - time.monotonic())) for p in pids)
 
 
 class MemberAgent:
@@ -133,16 +116,18 @@ class MemberAgent:
                 await asyncio.to_thread(self._end_lease)
                 await asyncio.sleep(every)
 
-    async def stop(self) -> None:
+    async def stop(self, revoke: bool = False) -> None:
         """xeniad stops: leadership and the lease are let go (not revoked: the domains keep
-        running and the next xeniad resumes; if it does not come, the lease runs out)."""
+        running and the next xeniad resumes; if it does not come, the lease runs out).
+        With `revoke` (the host leaves the cluster) alive/<host> goes at once: the leader
+        fails over any HA domain still owned here, so move them first."""
         self._stop.set()
-        await asyncio.to_thread(self._leave_threads)
+        await asyncio.to_thread(self._leave_threads, revoke)
 
-    def _leave_threads(self) -> None:
+    def _leave_threads(self, revoke: bool) -> None:
         if self._watch is not None:
             self._watch.stop()
-        self._end_lease()
+        self._end_lease(revoke)
         if self._recover.is_alive():
             self._recover.join(timeout=5)
         if self._watchdog is not None:
@@ -191,13 +176,14 @@ class MemberAgent:
         except (OSError, ValueError):
             return 0
 
-    def _end_lease(self) -> None:
+    def _end_lease(self, revoke: bool = False) -> None:
         if self.campaign is not None:
             self.campaign.stop()
             self.campaign = None
         self._leading(False)
         if self.keeper is not None:
-            self.keeper.stop()
+            with contextlib.suppress(XeniaError):
+                self.keeper.stop(revoke=revoke)
             self.keeper.client.close()
             self.keeper = None
 
@@ -213,10 +199,16 @@ class MemberAgent:
     def _fence(self, reason: str) -> bool:
         """The lease's guard thread: kill this host's HA domains' QEMUs now. No event loop,
         no etcd: only the local store and signals."""
+        # Set first: a start that passed the gate before this and spawns its QEMU after
+        # the scan below fails its confirm() and is undone (DomainManager._start).
         self.fenced.set()
         recs = [r for r in self.manager.store.list() if r.config.ha]
-        pids = [int(r.runtime["pid"]) for r in recs if r.runtime.get("pid")]
-        ok = kill_all(pids)
+        pids = {int(r.runtime["pid"]) for r in recs if r.runtime.get("pid")}
+        # A QEMU being started has no pid on record yet: found by its run directory.
+        for r in recs:
+            pids.update(procfs.pids_with(str(self.manager.paths.domain_run(r.uuid)) + "/"))
+        pids.discard(os.getpid())
+        ok = kill_all(sorted(pids))
         self.fences.append({"at": time.time(), "reason": reason, "killed": len(pids),
                             "domains": [r.name for r in recs], "confirmed": ok})
         log.error("fenced: killed %d HA domain process(es) (%s)", len(pids), reason)
@@ -287,6 +279,12 @@ class MemberAgent:
         if not won:
             raise InUse(f"{doing}: member {owner.host if owner else '?'} took it over "
                         "meanwhile")
+
+    def confirm(self, rec: DomainRecord) -> None:
+        """After the process started: still allowed (no fence since the gate)."""
+        if rec.config.ha and self.fenced.is_set():
+            raise BackendError(f"Failed to start HA domain '{rec.name}': this member fenced "
+                               "itself while it started; it was stopped again")
 
     @staticmethod
     def _config_value(rec: DomainRecord) -> bytes:

@@ -143,6 +143,21 @@ async def serve_cluster(paths: Paths, external: ExternalEtcd | None = None
             runtime.client.close()
 
 
+def make_agent(runtime: ClusterRuntime, engine: Engine, state: Any) -> MemberAgent:
+    """This member's agent, made the domain manager's ownership gate and put in
+    `state.ha` (the API's). Not started: `await agent.start()` (or a task of
+    `agent.start_retrying()`); a host that becomes a member while xeniad runs (cluster
+    init/join) calls this once its runtime exists, and `await agent.stop()` on leave."""
+    from xenia.cluster.agent import MemberAgent
+
+    agent = MemberAgent(runtime.client, runtime.host, engine.manager,
+                        engine.storage.shared_pool_of,
+                        lease_file=engine.paths.run / "member-lease")
+    engine.manager.gate = agent
+    state.ha = agent
+    return agent
+
+
 @contextlib.asynccontextmanager
 async def serve_ha(runtime: ClusterRuntime | None, engine: Engine, state: Any
                    ) -> AsyncIterator[MemberAgent | None]:
@@ -153,13 +168,7 @@ async def serve_ha(runtime: ClusterRuntime | None, engine: Engine, state: Any
     if runtime is None or not runtime.host:
         yield None
         return
-    from xenia.cluster.agent import MemberAgent
-
-    agent = MemberAgent(runtime.client, runtime.host, engine.manager,
-                        engine.storage.shared_pool_of,
-                        lease_file=engine.paths.run / "member-lease")
-    engine.manager.gate = agent
-    state.ha = agent
+    agent = make_agent(runtime, engine, state)
     task = asyncio.create_task(agent.start_retrying())
     try:
         yield agent
@@ -169,3 +178,4 @@ async def serve_ha(runtime: ClusterRuntime | None, engine: Engine, state: Any
             await task
         await agent.stop()
         engine.manager.gate = None
+        state.ha = None

@@ -83,6 +83,9 @@ class OnActions:
                     await d.relaunch(rec)
                 else:
                     d.forget(rec)
+                    # Gone for good as its on_crash says (a fenced member's kills do not
+                    # count: the gate keeps those domains owned, cluster/agent.py).
+                    await d.ended(rec)
                 return
             action = {"poweroff": cfg.on_poweroff, "reboot": cfg.on_reboot,
                       "crash": cfg.on_crash}[kind]

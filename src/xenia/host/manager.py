@@ -63,6 +63,7 @@ class OwnershipGate(Protocol):
     it when the domain is gone for good."""
 
     async def may_start(self, rec: DomainRecord, incoming: bool) -> None: ...
+    def confirm(self, rec: DomainRecord) -> None: ...
     async def ended(self, rec: DomainRecord) -> None: ...
 
 
@@ -289,6 +290,8 @@ class DomainManager:
             self._inst[rec.uuid] = inst
             self._gone[rec.uuid] = asyncio.Event()
             revert.add(lambda: self._unregister(rec.uuid))
+            if self.gate is not None:
+                self.gate.confirm(rec)  # no fence since may_start (else undone here)
             if receive is not None:
                 await receive(inst)
             if not paused:
