@@ -117,6 +117,7 @@ class ClusterNode:
         self.make_agent: Callable[[ClusterRuntime], AbstractAsyncContextManager[Any]] | None \
             = None
         self._agent: contextlib.AsyncExitStack | None = None
+        self.agent: Any = None  # the MemberAgent while it runs
         self.jobs: dict[str, str] = {}  # migration job id -> member, for forwarded ones
 
     # -- state ----------------------------------------------------------------------------
@@ -196,18 +197,23 @@ class ClusterNode:
         # cluster verbs, an external etcd): HA does not depend on the verbs' files.
         if self.make_agent is not None and self._agent is None:
             self._agent = contextlib.AsyncExitStack()
-            await self._agent.enter_async_context(self.make_agent(self.runtime))
+            self.agent = await self._agent.enter_async_context(self.make_agent(self.runtime))
         if self.is_member and self.make_publisher is not None:
             self.publisher = self.make_publisher(self)
             await self.publisher.start()
 
-    async def stop(self) -> None:
+    async def stop(self, leaving: bool = False) -> None:
         if self.publisher is not None:
             await self.publisher.stop()
             self.publisher = None
+        if leaving and self.agent is not None:
+            # Revoked, not left to run out: alive/<host> and a leader key on this lease go
+            # at once, so the others elect at once (nothing is owned here: leave checks).
+            await self.agent.stop(revoke=True)
         if self._agent is not None:
             await self._agent.aclose()
             self._agent = None
+            self.agent = None
 
     async def _activate(self, cfg: NodeConfig) -> None:
         from xenia.cluster.service import start_member
@@ -364,11 +370,10 @@ class ClusterNode:
                         f"({', '.join(owned)}); the cluster would restart them elsewhere. "
                         "Evacuate first (`xenia host evacuate "
                         f"{name}`) or turn their HA off (`xenia ha DOM off`)")
-        await self.stop()
+        await self.stop(leaving=True)
 
         def run() -> int:
             _forget(client, name)
-            client.delete(keys.alive(name))
             members = client.members()
             # The supervisor first: it would restart the etcd that leave() stops.
             if runtime.supervisor is not None:
