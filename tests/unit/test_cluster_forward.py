@@ -116,3 +116,54 @@ def test_forward_route_refuses_host_changes(app_node: tuple[TestClient, FakeNode
                                                    "body": {}})
     assert res.status_code == 400
     assert "only domain verbs and migrations are forwarded" in res.json()["message"]
+
+
+class NoQuorumClient:
+    """Linearizable reads fail as they do without quorum; serializable ones answer from
+    the local copy."""
+
+    def __init__(self) -> None:
+        from xenia.cluster import keys
+
+        self.data = {keys.member("h0"): {"address": "192.0.2.1", "api": "192.0.2.1:8443"},
+                     keys.member("h1"): {"address": "192.0.2.2", "api": "192.0.2.2:8443"},
+                     keys.host_facts("h0"): {"free_mib": 900, "updated": 1e12},
+                     keys.maintenance("h1"): {"since": 1}}
+
+    def _check(self, serializable: bool) -> None:
+        from xenia.cluster.client import QuorumLost
+
+        if not serializable:
+            raise QuorumLost("Failed to read: the etcd cluster has no quorum")
+
+    def range(self, prefix: str, serializable: bool = False) -> Any:
+        from xenia.cluster import keys
+        from xenia.cluster.kv import KV
+
+        self._check(serializable)
+        return [KV(k, keys.encode(v), 1, 1, 1) for k, v in sorted(self.data.items())
+                if k.startswith(prefix)], 1
+
+    def get(self, key: str, serializable: bool = False) -> Any:
+        self._check(serializable)
+        return None
+
+    def members(self) -> list[dict[str, Any]]:
+        from xenia.cluster.client import QuorumLost
+
+        raise QuorumLost("Failed to list the etcd members: no quorum")
+
+    def lease_ttl(self, lease: int) -> int:
+        raise AssertionError("no lease reads without quorum")
+
+
+def test_status_without_quorum_reads_the_local_copy_and_says_so() -> None:
+    from xenia.cli.cluster import format_status
+    from xenia.cluster.status import cluster_status
+
+    st = cluster_status(NoQuorumClient(), "h0")  # type: ignore[arg-type]
+    assert st["quorum"] is False and st["failover"] == "stopped: no etcd quorum"
+    assert [h["name"] for h in st["hosts"]] == ["h0", "h1"]
+    assert st["hosts"][0]["free_mib"] == 900 and st["hosts"][1]["maintenance"]
+    text = "\n".join(format_status(st))
+    assert "QUORUM LOST - failover decisions are stopped; running domains keep running" in text
