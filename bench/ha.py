@@ -50,20 +50,23 @@ def main() -> None:
     kernel, initrd = tiny_image()
     c = HACluster(Image(kernel=kernel, initrd=initrd))
     runs: list[dict[str, float]] = []
+    ok = False
     try:
         c.start()
         img = c.shared / "hab.img"
         with open(img, "wb") as f:
             f.truncate(16 << 20)
-        c.hosts[0].create(NAME, ha=1, disk=[f"{img},raw,xvda,rw"])
+        # ha_max_restarts: the default (3) would end the runs after the third failover.
+        c.hosts[0].create(NAME, ha=1, ha_max_restarts=1000, disk=[f"{img},raw,xvda,rw"])
         uuid = c.hosts[0].domain(NAME)["uuid"]
         for i in range(args.runs):
             times, _ = one_run(c, uuid)
             runs.append(times)
             print(f"run {i + 1}: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()),
                   flush=True)
+        ok = True
     finally:
-        c.stop()
+        c.stop(dump=not ok)
     med = {k: median([r[k] for r in runs]) for k in runs[0]}
     rows = "\n".join(f"| {i + 1} | {r['detection']:.2f} | {r['decision']:.3f} | "
                      f"{r['restart']:.2f} | {r['total']:.2f} |" for i, r in enumerate(runs))

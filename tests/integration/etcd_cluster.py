@@ -26,7 +26,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from xenia.cluster.etcd_member import ClusterFiles
+from xenia.cluster.etcd_member import ClusterFiles, MemberConfig
 from xenia.cluster.pki import ClusterCA, make_member
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,21 +134,43 @@ class EtcdNet:
         self.agents: list[Agent] = []
         self.token = ""
 
-    def start(self) -> None:
+    def start(self, static: bool = False) -> None:
+        """With init and joins, as `xenia cluster init/join` do (~7 s: etcd refuses the
+        next member-add until its leader has seen every voter for 5 s); `static`: all
+        members at once from one initial cluster (~2 s), for tests of other things."""
         ip("netns", "add", self.sw)
         ip("-n", self.sw, "link", "add", "sw", "type", "bridge")
         ip("-n", self.sw, "link", "set", "sw", "up")
         for i, ns in enumerate(self.ns):
             self.agents.append(self._host(ns, self.addresses[i], f"p{i}", self.files[i]))
-        first = self.agents[0].call("init", name=self.names[0], address=self.addresses[0],
-                                    cluster="test")
-        self.token = first["token"]
-        ca = ClusterCA.load(self.files[0].tls.ca.parent)
-        for i in range(1, self.n):
-            self.issue(i, ca)
-            self.join(i, self.urls[:i])
+        if static:
+            self._start_static()
+        else:
+            first = self.agents[0].call("init", name=self.names[0],
+                                        address=self.addresses[0], cluster="test")
+            self.token = first["token"]
+            ca = ClusterCA.load(self.files[0].tls.ca.parent)
+            for i in range(1, self.n):
+                self.issue(i, ca)
+                self.join(i, self.urls[:i])
         for i, a in enumerate(self.agents):
             a.call("client", endpoints=self.own_first(i))
+        if static:
+            wait_for(lambda: self.agents[0].call("timed_put", key="up",
+                                                 value="1")["error"] is None,
+                     30, "the static cluster to serve")
+
+    def _start_static(self) -> None:
+        ca = ClusterCA.create("test")
+        self.token = "xenia-test-static"
+        initial = ",".join(f"{self.names[i]}=https://{a}:2380"
+                           for i, a in enumerate(self.addresses))
+        for i in range(self.n):
+            make_member(self.files[i].tls.ca.parent, ca, self.names[i], self.addresses[i])
+            MemberConfig(name=self.names[i], address=self.addresses[i], token=self.token,
+                         initial_cluster=initial, state="new").save(self.files[i].config)
+        for f in [a.send("ensure") for a in self.agents]:
+            f.result(30)
 
     def add_clients(self, k: int) -> list[Agent]:
         """k more hosts, each in a namespace of its own on the switch, with a member

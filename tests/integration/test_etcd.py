@@ -27,7 +27,7 @@ TTL = 5  # the default LeaseTiming: ttl 5, interval 1, margin 1.5
 def etcd3(request: pytest.FixtureRequest) -> Iterator[EtcdNet]:
     net = EtcdNet(3)
     try:
-        net.start()
+        net.start(static=True)
         yield net
     finally:
         net.stop(dump=failed(request))
@@ -123,27 +123,31 @@ def test_partitioned_member_fences_before_its_lease_expires(etcd3: EtcdNet, who:
 
 
 def test_client_moves_to_another_member(etcd3: EtcdNet) -> None:
-    a, b, _ = etcd3.agents
-    b.call("client", endpoints=etcd3.urls)  # m0 first, from m1
+    # The member that goes is a follower: losing etcd's leader costs an election (about
+    # 1 s, the client moving on meanwhile), which is not what this measures.
+    v = next(i for i in range(3) if i != etcd3.leader())
+    b = etcd3.agents[1]
+    order = [etcd3.urls[v]] + [u for i, u in enumerate(etcd3.urls) if i != v]
+    b.call("client", endpoints=order)  # the follower v first
     steady = [b.call("timed_put", key="k", value=str(i))["seconds"] for i in range(10)]
     report("put, steady (median)", statistics.median(steady))
-    etcd3.kill_etcd(0)
+    etcd3.kill_etcd(v)
     killed = b.call("timed_put", key="k", value="after-kill")
-    report("first put after m0 was killed", killed["seconds"])
+    report("first put after a member was killed", killed["seconds"])
     assert killed["error"] is None and killed["seconds"] < 0.5
     assert b.call("timed_put", key="k", value="x")["seconds"] < 0.2
-    # m0 back; a fresh client with a connection to it; then m0's traffic is dropped.
-    a.call("ensure")
-    b.call("client", endpoints=etcd3.urls)
+    # v back; a fresh client with a connection to it; then v's traffic is dropped.
+    etcd3.agents[v].call("ensure")
+    b.call("client", endpoints=order)
     wait_for(lambda: b.call("timed_put", key="k", value="y")["error"] is None, 20,
-             "m0 to serve again")
-    etcd3.cut(0)
+             "the member to serve again")
+    etcd3.cut(v)
     dropped = b.call("timed_put", key="k", value="after-cut")
-    report("first put after m0's traffic was dropped", dropped["seconds"])
+    report("first put after a member's traffic was dropped", dropped["seconds"])
     assert dropped["error"] is None and dropped["seconds"] < 2.0 + 0.5
     nxt = b.call("timed_put", key="k", value="z")
-    assert nxt["error"] is None and nxt["seconds"] < 0.2  # m0 is skipped while cooling down
-    etcd3.heal(0)
+    assert nxt["error"] is None and nxt["seconds"] < 0.2  # v is skipped while cooling down
+    etcd3.heal(v)
 
 
 def test_quorum_loss_fails_writes_fast_and_recovers(etcd3: EtcdNet) -> None:
@@ -153,8 +157,13 @@ def test_quorum_loss_fails_writes_fast_and_recovers(etcd3: EtcdNet) -> None:
     first = a.call("timed_put", key="q", value="1")
     report("put right after losing quorum", first["seconds"])
     assert first["error"] and first["seconds"] < 2 * 2.0 + 1
-    wait_for(lambda: not int(a.call("status", url=etcd3.urls[0]).get("leader", 0)), 10,
-             "m0 to notice it has no leader")
+    def leaderless() -> bool:
+        try:
+            return not int(a.call("status", url=etcd3.urls[0]).get("leader", 0))
+        except AgentError as e:
+            return "no leader" in e.message  # the status call itself says so
+
+    wait_for(leaderless, 10, "m0 to notice it has no leader")
     t = a.call("timed_put", key="q", value="2")
     report("put once the member knows it has no leader", t["seconds"])
     assert t["kind"] == "QuorumLost" and "no quorum" in t["error"] and t["seconds"] < 0.5

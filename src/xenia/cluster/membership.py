@@ -20,8 +20,8 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from xenia.cluster.client import EtcdClient, Timeouts
 from xenia.cluster.etcd_member import ClusterFiles, EtcdMember, MemberConfig
@@ -31,6 +31,7 @@ from xenia.errors import BackendError, NotFound, TimedOut, XeniaError
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 30.0
+T = TypeVar("T")
 PROMOTE_TIMEOUT = 30.0
 ADD_TIMEOUT = 15.0
 
@@ -128,18 +129,24 @@ def join(files: ClusterFiles, name: str, address: str, endpoints: Sequence[str],
         client.close()
 
 
-def _add(client: EtcdClient, peer_url: str) -> tuple[int, list[dict[str, Any]]]:
-    """member-add as a learner. etcd refuses any reconfiguration ("unhealthy cluster")
-    until its leader has been connected to every voter for 5 s, e.g. just after the
-    previous join: wait that out."""
+def _healthy(call: Callable[[], T]) -> T:
+    """A reconfiguration, waiting out etcd's "unhealthy cluster": etcd refuses one until
+    its leader has been connected to enough voters for 5 s, e.g. just after a join (the
+    new voter does not count yet) or just after a member died (until the leader has
+    noticed it is down, it still counts it)."""
     deadline = time.monotonic() + ADD_TIMEOUT
     while True:
         try:
-            return client.member_add(peer_url, learner=True)
+            return call()
         except XeniaError as e:
             if "unhealthy cluster" not in str(e) or time.monotonic() > deadline:
                 raise
         time.sleep(0.25)
+
+
+def _add(client: EtcdClient, peer_url: str) -> tuple[int, list[dict[str, Any]]]:
+    """member-add as a learner."""
+    return _healthy(lambda: client.member_add(peer_url, learner=True))
 
 
 def _promote(client: EtcdClient, added: int) -> None:
@@ -160,7 +167,8 @@ def leave(member: EtcdMember, endpoints: Sequence[str]) -> None:
     client = _client(member.files, [e for e in endpoints if e != member.cfg.client_url]
                      or endpoints)
     try:
-        client.member_remove(member_id(client, member.cfg.name))
+        mid = member_id(client, member.cfg.name)
+        _healthy(lambda: client.member_remove(mid))
     finally:
         client.close()
     member.stop()
@@ -171,4 +179,5 @@ def leave(member: EtcdMember, endpoints: Sequence[str]) -> None:
 
 def remove(client: EtcdClient, name: str) -> None:
     """Remove the (dead) member `name` from the cluster."""
-    client.member_remove(member_id(client, name))
+    mid = member_id(client, name)
+    _healthy(lambda: client.member_remove(mid))
