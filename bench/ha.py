@@ -87,7 +87,10 @@ etcd and the guest boots under TCG). Lease TTL 5 s (docs/cluster.md, "The timeou
 {med['restart']:.2f} s; kill to ready {med['total']:.2f} s.** Detection is the lease TTL
 after the last renewal (0-1 s before the kill), up to 0.5 s of etcd's expiry loop, and
 more when the killed host was also etcd's leader (an election, then every lease gets a
-fresh TTL). Proxmox VE, for comparison: {PROXMOX}.
+fresh TTL). The restart is mostly the guest's boot under TCG (the new owner's QEMU runs
+~0.3 s after the decision, tests/integration/test_ha.py): ~4 s on an idle machine
+(bench/boot.py), longer while other tests share the 2 cores. Proxmox VE, for comparison:
+{PROXMOX}.
 """
     print(body)
     if not args.no_write:
