@@ -23,6 +23,8 @@ import uvicorn
 
 from xenia.api.app import make_app
 from xenia.cluster import service as cluster
+from xenia.cluster.node import ClusterNode
+from xenia.cluster.publish import Publisher
 from xenia.drivers.container import ContainerDriver
 from xenia.drivers.qemu import QemuDriver
 from xenia.engine import Engine
@@ -32,6 +34,8 @@ from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
 from xenia.peers import listener as peers
 from xenia.peers.address import ListenSpec
+from xenia.peers.client import PeerClient
+from xenia.peers.service import PeerService
 from xenia.qemu import accel as accel_mod
 from xenia.storage.manager import StorageManager
 from xenia.store.sqlite import SqliteStore
@@ -110,11 +114,19 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     try:
         # The host identity, and the same app on TCP (TLS + tokens) with --listen.
         # On a cluster member, its etcd member (adopted or started, then supervised).
-        # There, the member agent: lease, fencing, leader, HA (cluster/agent.py).
+        # There, the member agent: lease, fencing, leader, HA (cluster/agent.py), and the
+        # ClusterNode: the cluster verbs, publication, forwarding (cluster/node.py); a
+        # member made while xeniad runs (cluster init/join) starts its agent then.
         async with cluster.serve_cluster(paths, etcd) as runtime, \
-                cluster.serve_ha(runtime, engine, app.state), \
-                peers.serve_peers(app, paths, store, listen, allowed, ui_listen):
-            await server.serve(sockets=[sock])
+                peers.serve_peers(app, paths, store, listen, allowed, ui_listen) as svc:
+            node = make_node(engine, paths, runtime, listen, svc)
+            node.make_agent = lambda rt: cluster.serve_ha(rt, engine, app.state)
+            app.state.cluster = node
+            await node.start()
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                await node.stop()
     finally:
         sampler.cancel()
         await engine.manager.detach_all()
@@ -124,6 +136,24 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(paths.api_socket)
         log.info("xeniad stopped; domains keep running")
+
+
+def make_node(engine: Engine, paths: Paths, runtime: cluster.ClusterRuntime | None,
+              listen: ListenSpec | None, svc: PeerService) -> ClusterNode:
+    """This host's part in a cluster (inactive outside one: `xenia cluster init/join`
+    activate it while xeniad runs)."""
+    try:
+        fingerprint: str | None = svc.identity().fingerprint
+    except XeniaError:
+        fingerprint = None
+    node = ClusterNode(engine, paths, runtime, listen, fingerprint)
+    node.make_publisher = Publisher
+
+    def member_peer(name: str) -> PeerClient | None:
+        return node.peer(name) if node.is_member and name in node.members else None
+
+    engine.sender.cluster_peer = member_peer
+    return node
 
 
 def set_title(args: list[str]) -> None:

@@ -11,6 +11,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import xenia
 from xenia.api import (
+    cluster,
+    console,
     devices,
     domains,
     ha,
@@ -21,6 +23,7 @@ from xenia.api import (
     storage,
     webui,
 )
+from xenia.api.forward import ClusterForward
 from xenia.api.scopes import enforce
 from xenia.engine import Engine
 from xenia.errors import InvalidConfig, XeniaError
@@ -46,6 +49,10 @@ def make_app(engine: Engine) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(webui.router)
     app.include_router(ha.router)
+    app.include_router(cluster.router)
+    app.include_router(console.router)
+    # On a cluster member: another member's domains are reached through it (forward.py).
+    app.add_middleware(ClusterForward)
 
     @app.exception_handler(XeniaError)
     async def _xenia_error(_: Request, exc: XeniaError) -> JSONResponse:

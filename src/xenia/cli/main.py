@@ -28,6 +28,7 @@ register("network", "network")
 register("top", "top")
 register("hosts", "host")
 register("ha", "ha")
+register("cluster", "cluster")
 
 
 def main() -> None:

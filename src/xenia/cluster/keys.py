@@ -18,6 +18,11 @@ this one during an upgrade). Values are JSON.
     /xenia/v1/domains/<uuid>/owner      {"host", "nonce", "by"}: who may run the domain;
                                         changed ONLY by claim()/release() (revision-checked)
     /xenia/v1/domains/<uuid>/config     the domain's configuration (the HA controller's)
+    /xenia/v1/hosts/<host>              the host's facts for placement and `cluster status`
+                                        (free memory, accelerator, networks, pools), put by
+                                        the host itself every few seconds
+    /xenia/v1/view/<host>/<uuid>        one row of the cluster-wide `xenia list` (name, uuid,
+                                        state, memory, vcpus, host), put by the owning host
 
 Watches: the HA leader watches alive/ (one watch for all hosts); every member watches
 domains/ to keep its cluster-wide list. That is two watches per member, whatever the number
@@ -36,11 +41,15 @@ import json
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from xenia.cluster.client import EtcdClient
 from xenia.cluster.kv import KV, Compare, Delete, Get, Put
 from xenia.errors import InvalidConfig
+
+if TYPE_CHECKING:
+    # Only for annotations: xeniad imports the key layout on every host, and the client
+    # (requests, etcd3gw) only on a cluster member.
+    from xenia.cluster.client import EtcdClient
 
 ROOT = "/xenia/v1/"
 CLUSTER = ROOT + "cluster"
@@ -50,6 +59,8 @@ ALIVE = ROOT + "alive/"
 MAINTENANCE = ROOT + "maintenance/"
 FENCED = ROOT + "fenced/"
 DOMAINS = ROOT + "domains/"
+HOSTS = ROOT + "hosts/"
+VIEW = ROOT + "view/"
 
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -83,6 +94,19 @@ def maintenance(host: str) -> str:
 
 def fenced(host: str) -> str:
     return FENCED + check_host(host)
+
+
+def host_facts(host: str) -> str:
+    return HOSTS + check_host(host)
+
+
+def view_of(host: str) -> str:
+    """The prefix of one host's rows of the cluster-wide domain list."""
+    return VIEW + check_host(host) + "/"
+
+
+def view(host: str, uuid: str) -> str:
+    return view_of(host) + check_uuid(uuid)
 
 
 def owner(uuid: str) -> str:

@@ -115,6 +115,12 @@ def _start_member(paths: Paths) -> ClusterRuntime | None:
                           member.cfg.name)
 
 
+def start_member(paths: Paths) -> ClusterRuntime | None:
+    """The runtime of a member made while xeniad runs (cluster init or join): its etcd
+    adopted, supervised, and a client with every member's endpoint. Blocking."""
+    return _start_member(paths)
+
+
 @contextlib.asynccontextmanager
 async def serve_cluster(paths: Paths, external: ExternalEtcd | None = None
                         ) -> AsyncIterator[ClusterRuntime | None]:
