@@ -109,7 +109,8 @@ class FakeManager:
         self.receiver = SimpleNamespace(jobs={}, prepare=self._prepare,
                                         check=lambda *a: [])
 
-    def _pool(self, name: str, type: str, path: str | None) -> Any:
+    def _pool(self, name: str, type: str, path: str | None, device: str | None = None,
+              vg: str | None = None) -> Any:
         self.calls.append(("pool", path))
         return SimpleNamespace(to_dict=lambda: {"name": name})
 

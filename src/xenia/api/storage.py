@@ -22,12 +22,14 @@ class PoolCreate(BaseModel):
     name: str
     type: str = "dir"
     path: str | None = None
+    device: str | None = None  # block pools
+    vg: str | None = None  # LVM pools
 
 
 class VolumeCreate(BaseModel):
     name: str
     size: str | int
-    format: str = "qcow2"
+    format: str | None = None  # the pool's first format
 
 
 class VolumeClone(BaseModel):
@@ -53,7 +55,13 @@ def pools(s: Storage) -> list[dict[str, Any]]:
 def pool_create(req: PoolCreate, s: Storage, a: Acc) -> dict[str, Any]:
     if req.path is not None:
         a.check_path(req.path, "pool directory")
-    return s.create_pool(req.name, type=req.type, path=req.path).to_dict()
+    if req.device is not None:
+        a.check_path(req.device, "pool device")
+    if req.vg is not None:
+        # A VG is not a path, but its LVs are: /dev/VG/LV.
+        a.check_path(f"/dev/{req.vg}", "pool volume group")
+    return s.create_pool(req.name, type=req.type, path=req.path, device=req.device,
+                         vg=req.vg).to_dict()
 
 
 @router.get("/pools/{pool}")

@@ -56,16 +56,22 @@ def pool() -> None:
 
 @pool.command("create")
 @click.argument("name")
-@click.option("--type", "type_", default="dir", show_default=True,
-              help="Pool type (dir: a directory of qcow2/raw files).")
+@click.option("--type", "type_", type=click.Choice(("dir", "block", "lvm")), default="dir",
+              show_default=True,
+              help="dir: a directory of qcow2/raw files; block: a block device's partitions "
+                   "(or the whole device); lvm: the logical volumes of a volume group.")
 @click.option("--path", type=click.Path(file_okay=False), default=None,
-              help="The pool's directory (default: <state dir>/pools/NAME).")
+              help="dir: the pool's directory (default: <state dir>/pools/NAME).")
+@click.option("--device", default=None, metavar="/dev/X", help="block: the device.")
+@click.option("--vg", default=None, metavar="VG", help="lvm: the volume group.")
 @pass_ctx
-def pool_create(c: Ctx, name: str, type_: str, path: str | None) -> None:
+def pool_create(c: Ctx, name: str, type_: str, path: str | None, device: str | None,
+                vg: str | None) -> None:
     """Create a storage pool."""
     body = {"name": name, "type": type_,
             # xeniad has another working directory: send the path as the user means it.
-            "path": os.path.abspath(path) if path else None}
+            "path": os.path.abspath(path) if path else None,
+            "device": os.path.abspath(device) if device else None, "vg": vg}
     p = c.client.post("/v1/pools", body)
     out(f"Pool '{p['name']}' created in {p['location']}")
 
@@ -109,12 +115,12 @@ def volume() -> None:
 
 @volume.command("create")
 @pool_option
-@click.option("--format", "-f", "fmt", type=click.Choice(FORMATS), default="qcow2",
-              show_default=True, help="Image format.")
+@click.option("--format", "-f", "fmt", type=click.Choice(FORMATS), default=None,
+              help="Image format (default: qcow2; raw in LVM pools).")
 @click.argument("name")
 @click.argument("size")
 @pass_ctx
-def volume_create(c: Ctx, pool: str, fmt: str, name: str, size: str) -> None:
+def volume_create(c: Ctx, pool: str, fmt: str | None, name: str, size: str) -> None:
     """Create an empty volume NAME of SIZE (e.g. 512M, 10G, 10GiB)."""
     url = _vol_url(pool, None, f"to create volume '{name}' in pool '{pool}'")
     v = c.client.post(url, {"name": name, "size": size, "format": fmt})
