@@ -18,6 +18,7 @@ from xenia.hostos.pci import PciAssign
 from xenia.migration.receiver import Receiver
 from xenia.migration.saving import SaveRestore
 from xenia.migration.sender import Sender
+from xenia.migration.snapshots import DomainSnapshots
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
 from xenia.storage.manager import StorageManager
@@ -36,12 +37,15 @@ class Engine:
     receiver: Receiver  # incoming ones
     storage: StorageManager
     network: NetworkManager
+    snapshots: DomainSnapshots  # snapshot-create/-revert, create --from
 
     @classmethod
     def create(cls, paths: Paths, store: Store, drivers: list[Driver],
                storage: StorageManager, network: NetworkManager) -> Engine:
         manager = DomainManager(paths, store, drivers)
+        saves = SaveRestore(manager)
         return cls(paths=paths, store=store, manager=manager, views=DomainViews(manager),
-                   devices=DeviceVerbs(manager, PciAssign(store)), saves=SaveRestore(manager),
+                   devices=DeviceVerbs(manager, PciAssign(store)), saves=saves,
                    sender=Sender(manager, storage), receiver=Receiver(manager, network),
-                   storage=storage, network=network)
+                   storage=storage, network=network,
+                   snapshots=DomainSnapshots(manager, saves, storage.qemu_img))

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import xenia
-from xenia.api import devices, domains, migration, network, peers, storage
+from xenia.api import devices, domains, migration, network, peers, snapshots, storage
 from xenia.api.scopes import enforce
 from xenia.engine import Engine
 from xenia.errors import InvalidConfig, XeniaError
@@ -30,6 +30,7 @@ def make_app(engine: Engine) -> FastAPI:
     app.include_router(devices.host_router)
     app.include_router(migration.router)
     app.include_router(storage.router)
+    app.include_router(snapshots.router)
     app.include_router(network.router)
     app.include_router(peers.router)
 

@@ -12,6 +12,7 @@ from xenia.host.views import DomainViews
 from xenia.migration.receiver import Receiver
 from xenia.migration.saving import SaveRestore
 from xenia.migration.sender import Sender
+from xenia.migration.snapshots import DomainSnapshots
 from xenia.network.manager import NetworkManager
 from xenia.storage.manager import StorageManager
 
@@ -31,3 +32,4 @@ Network = Annotated[NetworkManager, _part("network")]
 Saves = Annotated[SaveRestore, _part("saves")]
 Outgoing = Annotated[Sender, _part("sender")]
 Incoming = Annotated[Receiver, _part("receiver")]
+Snapshots = Annotated[DomainSnapshots, _part("snapshots")]

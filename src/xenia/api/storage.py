@@ -34,6 +34,7 @@ class VolumeCreate(BaseModel):
 
 class VolumeClone(BaseModel):
     name: str
+    linked: bool = True  # a thin overlay backed by the source; False: a full copy
 
 
 class VolumeResize(BaseModel):
@@ -99,7 +100,7 @@ def volume_delete(pool: str, name: str, s: Storage) -> dict[str, Any]:
 
 @router.post("/pools/{pool}/volumes/{name}/clone", status_code=201)
 def volume_clone(pool: str, name: str, req: VolumeClone, s: Storage) -> dict[str, Any]:
-    return s.describe_volume(s.clone_volume(pool, name, req.name))
+    return s.describe_volume(s.clone_volume(pool, name, req.name, req.linked))
 
 
 @router.post("/pools/{pool}/volumes/{name}/resize")

@@ -176,19 +176,22 @@ def volume_delete(c: Ctx, pool: str, name: str) -> None:
 
 @volume.command("clone")
 @pool_option
+@click.option("--linked", is_flag=True,
+              help="A thin clone: a qcow2 overlay backed by SRC (SRC becomes a template).")
 @click.argument("src")
 @click.argument("new")
 @pass_ctx
-def volume_clone(c: Ctx, pool: str, src: str, new: str) -> None:
-    """Make NEW a thin copy of SRC (a qcow2 overlay backed by SRC).
+def volume_clone(c: Ctx, pool: str, linked: bool, src: str, new: str) -> None:
+    """Make NEW a full copy of SRC, or with --linked a thin one.
 
-    SRC must stay unchanged while clones of it exist: do not boot it any more.
+    After --linked, SRC is a template: it must stay unchanged while clones of it exist,
+    and Xenia refuses to attach it read-write until they are deleted.
     """
     doing = f"to clone volume '{src}' to '{new}' in pool '{pool}'"
     check_name("volume", new, doing)
-    v = c.client.post(_vol_url(pool, src, doing) + "/clone", {"name": new})
-    out(f"Volume '{v['name']}' created in pool '{v['pool']}' as a thin clone of "
-        f"'{v['backing']}': {v['path']}")
+    v = c.client.post(_vol_url(pool, src, doing) + "/clone", {"name": new, "linked": linked})
+    how = f"a thin clone of '{v['backing']}'" if linked else f"a copy of '{src}'"
+    out(f"Volume '{v['name']}' created in pool '{v['pool']}' as {how}: {v['path']}")
 
 
 @volume.command("resize", context_settings={"ignore_unknown_options": True})

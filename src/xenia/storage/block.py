@@ -132,7 +132,7 @@ class BlockDriver(PoolDriver):
     def delete_volume(self, name: str) -> None:
         self._refuse(f"to delete volume '{name}'")
 
-    def clone_volume(self, src: str, new: str) -> VolumeInfo:
+    def clone_volume(self, src: str, new: str, linked: bool = True) -> VolumeInfo:
         self._refuse(f"to clone volume '{src}'")
 
     def resize_volume(self, name: str, size: int, shrink: bool = False) -> VolumeInfo:

@@ -140,11 +140,10 @@ class PoolDriver(ABC):
         """Delete the volume and its snapshots; InUse when other images are backed by it."""
 
     @abstractmethod
-    def clone_volume(self, src: str, new: str) -> VolumeInfo:
-        """A new volume with src's content, sharing what it can with src (thin).
-
-        After a thin clone src must not be written to any more; dependents() names the
-        images that rely on it.
+    def clone_volume(self, src: str, new: str, linked: bool = True) -> VolumeInfo:
+        """A new volume with src's content: `linked`, sharing what it can with src (thin;
+        src must not be written to any more, dependents() names the images relying on
+        it); else a full, independent copy.
         """
 
     @abstractmethod

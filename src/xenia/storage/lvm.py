@@ -242,12 +242,12 @@ class LvmDriver(PoolDriver):
             self._run(self.cmds.remove(snap_lv(name, snap)), doing)
         self._run(self.cmds.remove(name), doing)
 
-    def clone_volume(self, src: str, new: str) -> VolumeInfo:
+    def clone_volume(self, src: str, new: str, linked: bool = True) -> VolumeInfo:
         doing = f"to clone volume '{src}' to '{new}' in pool '{self.name}'"
         lv = self._lv(src)
         if new in self._volumes():
             raise AlreadyExists(f"Failed {doing}: pool '{self.name}' has a volume '{new}'")
-        if self.config.get("thin_pool"):
+        if self.config.get("thin_pool") and linked:
             # A thin snapshot is a writable, independent volume sharing blocks.
             self._run(self.cmds.snapshot(src, new, [], int(lv["lv_size"])), doing)
             return self.volume_info(new)

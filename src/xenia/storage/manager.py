@@ -339,14 +339,14 @@ class StorageManager:
             self._refuse_in_use(drv, name, doing, "delete")
             drv.delete_volume(name)
 
-    def clone_volume(self, pool: str, src: str, new: str) -> VolumeInfo:
+    def clone_volume(self, pool: str, src: str, new: str, linked: bool = True) -> VolumeInfo:
         doing = f"to clone volume '{src}' to '{new}' in pool '{pool}'"
         check_name("volume", src, doing)
         check_name("volume", new, doing)
         drv = self._driver(pool, doing)
         with self._locked(pool), self._os_errors(doing):
             self._refuse_in_use(drv, src, doing, "clone")
-            return drv.clone_volume(src, new)
+            return drv.clone_volume(src, new, linked)
 
     def resize_volume(self, pool: str, name: str, size: str | int,
                       shrink: bool = False) -> VolumeInfo:

@@ -1,0 +1,80 @@
+"""Issue 13: domain snapshots (live, with and without memory) seen from inside the guest.
+
+One guest serves the module: it writes, is snapshotted, overwrites, is reverted and must
+read its old data again, on its disk and in its RAM (a tmpfs file).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import failed
+from tests.integration.harness import COUNTER, Host, Image, counter, volume, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def host(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[Host]:
+    h = Host(tiny_image)
+    try:
+        h.start_daemon()
+        disk = volume(h, "g1-disk", "16M")
+        h.create("g1", disk=[f"format=qcow2,vdev=xvda,access=rw,target={disk}"])
+        h.run("g1", COUNTER)
+        yield h
+    finally:
+        if failed(request):
+            h.dump_logs()
+        h.cleanup()
+
+
+def disk_text(host: Host, name: str) -> str:
+    # iflag=direct: from the disk itself, not the guest's page cache.
+    return host.run(name, "dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | "
+                          "head -c 12").strip()
+
+
+def write_disk(host: Host, name: str, text: str) -> None:
+    host.run(name, f"echo {text} | dd of=/dev/vda bs=512 conv=sync oflag=direct 2>/dev/null; "
+                   f"echo {text} > /tmp/mem")
+
+
+def test_memory_snapshot_is_live_and_reverts_disk_and_ram(host: Host) -> None:
+    write_disk(host, "g1", "old-data-111")
+    c0 = counter(host, "g1")
+    host.xenia("snapshot-create", "--memory", "g1", "s1")
+    # Live: the same guest runs on after the snapshot (its counter moves, no reboot).
+    assert host.domain("g1")["state"] == "running"
+    wait_until(lambda: counter(host, "g1") > c0, what="the counter to run on")
+    write_disk(host, "g1", "new-data-222")
+    assert disk_text(host, "g1") == "new-data-222"
+    snaps = json.loads(host.xenia("snapshot-list", "--json", "g1").stdout)
+    assert [(s["name"], s["memory"], sorted(s["disks"])) for s in snaps] == \
+        [("s1", True, ["xvda"])]
+
+    host.xenia("snapshot-revert", "g1", "s1")
+    assert disk_text(host, "g1") == "old-data-111"
+    assert host.run("g1", "cat /tmp/mem").strip() == "old-data-111"
+    # The counter goes on from the snapshot's moment, not from a new boot.
+    assert counter(host, "g1") >= c0
+
+
+def test_disk_snapshot_and_its_rules(host: Host) -> None:
+    write_disk(host, "g1", "disk-only-33")
+    host.xenia("snapshot-create", "g1", "s2")
+    write_disk(host, "g1", "later-data-4")
+    # Reverting a running guest to a disk-only snapshot would pull its disk away.
+    res = host.xenia("snapshot-revert", "g1", "s2", check=False)
+    assert res.returncode != 0 and "shut it down first" in res.stderr
+    assert disk_text(host, "g1") == "later-data-4"
+    res = host.xenia("snapshot-create", "g1", "s2", check=False)
+    assert res.returncode != 0 and "already" in res.stderr
+    res = host.xenia("snapshot-revert", "g1", "nope", check=False)
+    assert res.returncode != 0 and "no snapshot 'nope'" in res.stderr
+    host.xenia("snapshot-delete", "g1", "s2")
+    names = [s["name"] for s in json.loads(host.xenia("snapshot-list", "--json", "g1").stdout)]
+    assert names == ["s1"]
