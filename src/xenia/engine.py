@@ -15,6 +15,7 @@ from xenia.host.devices import DeviceVerbs
 from xenia.host.manager import DomainManager
 from xenia.host.views import DomainViews
 from xenia.hostos.pci import PciAssign
+from xenia.migration.clones import Clones
 from xenia.migration.receiver import Receiver
 from xenia.migration.saving import SaveRestore
 from xenia.migration.sender import Sender
@@ -37,15 +38,17 @@ class Engine:
     receiver: Receiver  # incoming ones
     storage: StorageManager
     network: NetworkManager
-    snapshots: DomainSnapshots  # snapshot-create/-revert, create --from
+    snapshots: DomainSnapshots  # snapshot-create/-list/-revert/-delete
+    clones: Clones  # create --from DOMAIN@SNAPSHOT
 
     @classmethod
     def create(cls, paths: Paths, store: Store, drivers: list[Driver],
                storage: StorageManager, network: NetworkManager) -> Engine:
         manager = DomainManager(paths, store, drivers)
         saves = SaveRestore(manager)
+        snapshots = DomainSnapshots(manager, saves, storage.qemu_img)
         return cls(paths=paths, store=store, manager=manager, views=DomainViews(manager),
                    devices=DeviceVerbs(manager, PciAssign(store)), saves=saves,
                    sender=Sender(manager, storage), receiver=Receiver(manager, network),
                    storage=storage, network=network,
-                   snapshots=DomainSnapshots(manager, saves, storage.qemu_img))
+                   snapshots=snapshots, clones=Clones(manager, snapshots, storage.qemu_img))

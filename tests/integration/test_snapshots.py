@@ -7,12 +7,21 @@ read its old data again, on its disk and in its RAM (a tmpfs file).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.integration.conftest import failed
-from tests.integration.harness import COUNTER, Host, Image, counter, volume, wait_until
+from tests.integration.harness import (
+    COUNTER,
+    READY,
+    Host,
+    Image,
+    counter,
+    volume,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -78,3 +87,31 @@ def test_disk_snapshot_and_its_rules(host: Host) -> None:
     host.xenia("snapshot-delete", "g1", "s2")
     names = [s["name"] for s in json.loads(host.xenia("snapshot-list", "--json", "g1").stdout)]
     assert names == ["s1"]
+
+
+def test_clones_start_from_the_memory_snapshot_each_with_its_own_identity(host: Host) -> None:
+    uuids = set()
+    for i in (1, 2, 3):
+        t0 = time.monotonic()
+        host.xenia("create", "--from", "g1@s1", f"name=c{i}")
+        # Started from s1's moment: its RAM (tmpfs) and its disk, not a boot.
+        assert host.run(f"c{i}", "cat /tmp/mem").strip() == "old-data-111"
+        took = time.monotonic() - t0
+        d = host.domain(f"c{i}")
+        assert host.run(f"c{i}", "hostname").strip() == f"c{i}"
+        assert host.run(f"c{i}", "cat /run/xenia/uuid").strip() == d["uuid"]
+        uuids.add(d["uuid"])
+        print(f"clone c{i}: create --from to a console answer in {took:.2f} s (CLI included)")
+    assert len(uuids | {host.domain("g1")["uuid"]}) == 4
+    assert READY not in host.console_log("c1")  # never booted
+    # Copy-on-write disks of their own.
+    write_disk(host, "c1", "clone1-data9")
+    assert disk_text(host, "c2") == "old-data-111" and disk_text(host, "c1") == "clone1-data9"
+    res = host.xenia("snapshot-delete", "g1", "s1", check=False)
+    assert res.returncode != 0 and "c1, c2, c3 run from it" in res.stderr
+    res = host.xenia("create", "--from", "g1@s1", "name=c1", check=False)
+    assert res.returncode != 0 and "exists already" in res.stderr
+    for i in (1, 2, 3):
+        host.xenia("destroy", f"c{i}")
+    host.xenia("snapshot-delete", "g1", "s1")
+    assert not list((host.root / "state" / "clones").iterdir())

@@ -200,7 +200,7 @@ def host(tmp_path: Path) -> Iterator[Host]:
     m = FakeManager(paths, store)
     # The fake stands for each engine part the routes under test use.
     engine = SimpleNamespace(paths=paths, store=store, manager=m, views=m, devices=m, saves=m,
-                             storage=m.storage, receiver=m.receiver)
+                             clones=m, storage=m.storage, receiver=m.receiver)
     app = make_app(engine)  # type: ignore[arg-type]
     tokens = TokenRegistry(store)
     allowed, outside = tmp_path / "allowed", tmp_path / "outside"

@@ -113,6 +113,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/domain-snapshots/{dom}"): _r("read", HANDLER),
     ("POST", "/v1/domain-snapshots/{dom}/{snap}/revert"): _r("create", HANDLER),
     ("DELETE", "/v1/domain-snapshots/{dom}/{snap}"): _r("create", HANDLER),
+    ("POST", "/v1/domain-snapshots/{dom}/{snap}/start"): _r("create", HANDLER),
     # -- networks (api/network.py)
     ("GET", "/v1/networks"): _r("read"),
     ("POST", "/v1/networks"): _r("admin"),

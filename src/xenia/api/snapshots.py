@@ -10,7 +10,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from xenia.api.access import Acc
-from xenia.api.deps import Snapshots
+from xenia.api.deps import ClonesDep, Snapshots, Views
+from xenia.config.model import DomainConfig
 
 router = APIRouter(prefix="/v1")
 
@@ -18,6 +19,11 @@ router = APIRouter(prefix="/v1")
 class SnapshotCreate(BaseModel):
     name: str
     memory: bool = False
+
+
+class CloneStart(BaseModel):
+    name: str
+    paused: bool = False
 
 
 @router.post("/domains/{ref}/snapshots", status_code=201)
@@ -42,3 +48,16 @@ async def snapshot_delete(dom: str, snap: str, s: Snapshots, a: Acc) -> dict[str
     a.require_domain(dom, f"to delete snapshot '{snap}' of '{dom}'")
     await s.delete(dom, snap)
     return {}
+
+
+@router.post("/domain-snapshots/{dom}/{snap}/start", status_code=201)
+async def clone_start(dom: str, snap: str, req: CloneStart, c: ClonesDep, v: Views,
+                      a: Acc) -> dict[str, Any]:
+    """`xenia create --from DOM@SNAP`: a new domain from a booted snapshot."""
+    a.require_domain(dom, f"to start a clone of '{dom}'", audit=False)
+
+    def admit(cfg: DomainConfig) -> None:
+        a.check_config(cfg, f"to create domain '{cfg.name}'")
+
+    rec = await c.start(f"{dom}@{snap}", req.name, req.paused, admit=admit)
+    return v.describe(rec)

@@ -187,6 +187,8 @@ def build_config(values: Mapping[str, Value], source: str) -> DomainConfig:
     cfg.boot = boot
     cfg.accel = r.choice("accel", ACCELS) or cfg.accel
     cfg.boot_watchdog = r.integer("boot_watchdog", 0, 86400, "a number of seconds")
+    # Xenia: start from a booted snapshot ("DOMAIN@SNAPSHOT", `xenia create --from`).
+    cfg.from_snapshot = r.string("from_snapshot")
     cfg.disks = _disks(r)
     cfg.vifs = r.each("vif", parse_vif_spec)
     cfg.pci = r.items("pci") or []

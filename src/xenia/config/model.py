@@ -155,6 +155,9 @@ class DomainConfig:
     # Seconds without console output or vCPU progress after which a booting kernel counts
     # as hung (crashed); 0: off; None: the daemon's default (xeniad --boot-watchdog).
     boot_watchdog: int | None = None
+    # Start from this memory snapshot ("DOMAIN@SNAPSHOT") instead of booting; the
+    # snapshot's config is used, with this config's name (migration/clones.py).
+    from_snapshot: str | None = None
 
     # Where the config came from (file path or "<overrides>"), for messages.
     source: str | None = None

@@ -204,31 +204,38 @@ class DomainSnapshots:
     async def delete(self, dom: str, snap: str) -> None:
         doing = f"to delete snapshot '{snap}' of domain '{dom}'"
         self.get(dom, snap, doing)
-        users = self.users(dom, snap)
-        if users:
-            raise InUse(f"Failed {doing}: {', '.join(users)} {'is' if len(users) == 1 else 'are'}"
-                        " started from it and read from its disks; destroy them and "
-                        "`xenia clone-delete` them first")
+        running, stale = self.clones_of(dom, snap)
+        if running:
+            raise InUse(f"Failed {doing}: {', '.join(running)} "
+                        f"{'runs' if len(running) == 1 else 'run'} from it (clone disks read "
+                        "from its disks); destroy them first")
         # Record first: a crash in between leaves files without a record (unreachable),
-        # never a record whose files are gone.
+        # never a record whose files are gone. The disks of clones that no longer run go
+        # with it: they are overlays of its files and useless without them.
         self.m.store.obj_delete(SNAP_KIND, f"{dom}/{snap}")
+        for d in stale:
+            await asyncio.to_thread(shutil.rmtree, d, True)
         await asyncio.to_thread(shutil.rmtree, self.directory(dom, snap), True)
         with contextlib.suppress(OSError):
             (self.root / dom).rmdir()
 
-    def users(self, dom: str, snap: str) -> list[str]:
-        """Clones whose disks are backed by this snapshot's files."""
+    def clones_of(self, dom: str, snap: str) -> tuple[list[str], list[Path]]:
+        """(names of running clones, directories of gone ones) whose disks are backed by
+        this snapshot's files (migration/clones.py writes the "origin" file)."""
         clones = self.m.paths.state / "clones"
         if not clones.is_dir():
-            return []
-        mine = os.path.realpath(self.directory(dom, snap))
-        found = []
+            return [], []
+        mine = str(self.directory(dom, snap))
+        names = {r.name for r in self.m.store.list()}
+        running, stale = [], []
         for d in sorted(clones.iterdir()):
-            origin = d / "origin"
             with contextlib.suppress(OSError):
-                if os.path.realpath(origin.read_text().strip()) == mine:
-                    found.append(d.name)
-        return found
+                if (d / "origin").read_text().strip() == mine:
+                    if d.name in names:
+                        running.append(d.name)
+                    else:
+                        stale.append(d)
+        return running, stale
 
 
 def _meta(rec: DomainRecord, snap: str) -> dict[str, Any]:
