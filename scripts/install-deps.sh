@@ -53,6 +53,10 @@ apt-get install $APT_OPTS $qemu_target qemu-system-x86 qemu-utils
 apt-get install $APT_OPTS --no-install-recommends \
     python3 python3-venv python3-pip ca-certificates apt dpkg iproute2 kmod \
     nftables dnsmasq-base ovmf crun util-linux fdisk dosfstools mtools xorriso
+# lvm2: LVM storage pools (`pool create --type lvm`), and the tests that drive the real
+# LVM tools on a loop device (storage/lvm.py).
+# shellcheck disable=SC2086
+apt-get install $APT_OPTS --no-install-recommends lvm2
 # Subordinate ids for the user namespaces of container domains.
 "$(dirname "$0")/setup-subids.sh"
 if [ "$want_test" = 1 ]; then
