@@ -7,6 +7,7 @@ must refuse at once and say why.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import Host
-from xenia.storage.lvm import dm_available
+from xenia.storage.lvm import DM_CONTROL, dm_available
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +77,8 @@ def test_phy_disk_on_a_loop_device_from_a_block_pool(host: Host,
 def test_lvm_pool_with_the_real_tools(host: Host, loop: tuple[Path, Path]) -> None:
     dev, _ = loop
     vg = f"xt{os.getpid()}"
+    # Without device-mapper libdevmapper still mknods its control node: not ours to keep.
+    made_node = not DM_CONTROL.exists()
     subprocess.run(["pvcreate", "-q", str(dev)], check=True, env=LVM_ENV, capture_output=True)
     try:
         subprocess.run(["vgcreate", "-q", vg, str(dev)], check=True, env=LVM_ENV,
@@ -102,3 +105,7 @@ def test_lvm_pool_with_the_real_tools(host: Host, loop: tuple[Path, Path]) -> No
         subprocess.run(["vgremove", "-f", vg], check=False, env=LVM_ENV, capture_output=True)
         subprocess.run(["pvremove", "-q", str(dev)], check=False, env=LVM_ENV,
                        capture_output=True)
+        if made_node and not dm_available():
+            DM_CONTROL.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                DM_CONTROL.parent.rmdir()

@@ -37,13 +37,20 @@ INSTALL_HINT = "install it with `apt-get install lvm2`"
 
 
 def dm_available(control: Path = DM_CONTROL, misc: Path = Path("/proc/misc")) -> bool:
-    """Whether the kernel offers device-mapper (the node, or the misc device once loaded)."""
-    if control.exists():
-        return True
+    """Whether the kernel has device-mapper: its misc device is registered (module loaded
+    or built in), or its control node opens. The node alone proves nothing: libdevmapper
+    makes it with mknod even where the kernel has no driver behind it (open: ENODEV)."""
     try:
-        return any(line.split()[-1:] == ["device-mapper"] for line in misc.read_text().splitlines())
+        if any(line.split()[-1:] == ["device-mapper"] for line in misc.read_text().splitlines()):
+            return True
+    except OSError:
+        pass
+    try:
+        fd = os.open(control, os.O_RDWR)
     except OSError:
         return False
+    os.close(fd)
+    return True
 
 
 def snap_lv(vol: str, snap: str) -> str:
