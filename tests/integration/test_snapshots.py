@@ -115,3 +115,15 @@ def test_clones_start_from_the_memory_snapshot_each_with_its_own_identity(host: 
         host.xenia("destroy", f"c{i}")
     host.xenia("snapshot-delete", "g1", "s1")
     assert not list((host.root / "state" / "clones").iterdir())
+
+
+def test_disk_only_revert_with_the_domain_shut_down(host: Host) -> None:
+    write_disk(host, "g1", "disk-only-55")
+    host.xenia("snapshot-create", "g1", "s3")
+    write_disk(host, "g1", "after-snap-6")
+    host.xenia("destroy", "g1")
+    assert "Reverted g1 to 's3'" in host.xenia("snapshot-revert", "g1", "s3").stdout
+    assert not host.has_domain("g1")  # a disk-only revert starts nothing
+    disk = host.xenia("volume", "path", "g1-disk").stdout.strip()
+    host.create("g1", disk=[f"format=qcow2,vdev=xvda,access=rw,target={disk}"])
+    assert disk_text(host, "g1") == "disk-only-55"
