@@ -51,6 +51,7 @@ def device_size(name: str) -> int:
 class BlockDriver(PoolDriver):
     kind = "block"
     formats = ("raw",)
+    owns_volumes = False
 
     @property
     def device(self) -> Path:

@@ -81,6 +81,9 @@ class PoolDriver(ABC):
     kind: ClassVar[str]
     # The volume formats this backend can hold (LVM: raw only).
     formats: ClassVar[tuple[str, ...]] = VOLUME_FORMATS
+    # Whether the pool made its volumes (and a pool holding some may not be deleted);
+    # a block pool's volumes are the device's partitions, the user's.
+    owns_volumes: ClassVar[bool] = True
 
     def __init__(self, name: str, config: Mapping[str, Any], qemu_img: QemuImg) -> None:
         self.name = name

@@ -274,7 +274,7 @@ class StorageManager:
             drv = self._make_driver(rec, doing)
             try:
                 drv.mount()
-                names = drv.volume_names()
+                names = drv.volume_names() if drv.owns_volumes else []
             except XeniaError:
                 # An unavailable pool (its directory gone) holds nothing to lose: let
                 # the user forget it.
