@@ -19,6 +19,7 @@ its hostname on its console.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -113,12 +114,44 @@ def bare_incoming(argv: list[str], clone_dir: Path, snap_dir: Path, tmp: Path) -
         args.append(f"file:{memory},offset={offset}" if a == "defer" else a)
     t0 = time.monotonic()
     subprocess.run(args, check=True, capture_output=True)
-    t1 = answer(tmp / "console.sock", "echo bench-$((40+2))", "bench-42")
     pid = int((tmp / "qemu.pid").read_text())
-    os.kill(pid, signal.SIGKILL)
-    while Path(f"/proc/{pid}").exists():
-        time.sleep(0.01)
+    try:
+        # The state was saved from a stopped guest, so QEMU keeps it stopped after the
+        # load whatever -S says; `cont` once loaded, as Xenia does.
+        qmp_cont_when_loaded(tmp / "qmp.sock")
+        t1 = answer(tmp / "console.sock", "echo bench-$((40+2))", "bench-42", timeout=30)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        while Path(f"/proc/{pid}").exists():
+            time.sleep(0.01)
     return t1 - t0
+
+
+def qmp_cont_when_loaded(path: Path, timeout: float = 30.0) -> None:
+    """A bare QMP client: poll query-status every 5 ms until the state is in, then cont."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(path))
+        f = sock.makefile("rwb")
+
+        def call(cmd: str) -> dict[str, object]:
+            f.write(json.dumps({"execute": cmd}).encode() + b"\n")
+            f.flush()
+            while True:
+                msg = json.loads(f.readline())
+                if "return" in msg or "error" in msg:
+                    return dict(msg)
+
+        json.loads(f.readline())  # greeting
+        call("qmp_capabilities")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = call("query-status").get("return", {})
+            assert isinstance(status, dict)
+            if status.get("status") != "inmigrate":
+                call("cont")
+                return
+            time.sleep(0.005)
+        raise TimeoutError("the bare QEMU did not load the state")
 
 
 def main() -> None:
