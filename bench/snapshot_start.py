@@ -174,7 +174,8 @@ def main() -> None:
         keys = {"disk": [f"format=qcow2,vdev=xvda,access=rw,target={disk}"]}
         host.create("tmpl", **keys)
         host.run("tmpl", "echo template-ready")
-        host.xenia("snapshot-create", "--memory", "tmpl", "base")
+        print(host.xenia("snapshot-create", "--memory", "tmpl", "base").stdout.strip(),
+              flush=True)
         host.xenia("destroy", "tmpl")
         b = Bench(host)
         cfg = {"name": "cold", "type": "pv", "kernel": str(kernel), "ramdisk": str(initrd),

@@ -55,7 +55,7 @@ def write_disk(host: Host, name: str, text: str) -> None:
 def test_memory_snapshot_is_live_and_reverts_disk_and_ram(host: Host) -> None:
     write_disk(host, "g1", "old-data-111")
     c0 = counter(host, "g1")
-    host.xenia("snapshot-create", "--memory", "g1", "s1")
+    print(host.xenia("snapshot-create", "--memory", "g1", "s1").stdout.strip())
     # Live: the same guest runs on after the snapshot (its counter moves, no reboot).
     assert host.domain("g1")["state"] == "running"
     wait_until(lambda: counter(host, "g1") > c0, what="the counter to run on")
@@ -74,7 +74,7 @@ def test_memory_snapshot_is_live_and_reverts_disk_and_ram(host: Host) -> None:
 
 def test_disk_snapshot_and_its_rules(host: Host) -> None:
     write_disk(host, "g1", "disk-only-33")
-    host.xenia("snapshot-create", "g1", "s2")
+    print(host.xenia("snapshot-create", "g1", "s2").stdout.strip())
     write_disk(host, "g1", "later-data-4")
     # Reverting a running guest to a disk-only snapshot would pull its disk away.
     res = host.xenia("snapshot-revert", "g1", "s2", check=False)
