@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from tests.unit.test_storage_dir import make
+from tests.unit import test_storage_dir
 from xenia.errors import InvalidConfig, NotFound, NotSupported
 from xenia.storage import lvm
 from xenia.storage.manager import StorageManager
 
-
-@pytest.fixture
-def sm(tmp_path: Path) -> Iterator[StorageManager]:
-    m = make(tmp_path)
-    yield m
-    asyncio.run(m.stop())
-    m.store.close()
+# The dir tests' StorageManager fixture, on a fresh state directory.
+sm = test_storage_dir.sm
 
 
 def names(sm: StorageManager) -> list[str]:
