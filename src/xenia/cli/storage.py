@@ -56,8 +56,7 @@ def pool() -> None:
 
 @pool.command("create")
 @click.argument("name")
-@click.option("--type", "type_", type=click.Choice(("dir", "block", "lvm")), default="dir",
-              show_default=True,
+@click.option("--type", "type_", default="dir", show_default=True,
               help="dir: a directory of qcow2/raw files; block: a block device's partitions "
                    "(or the whole device); lvm: the logical volumes of a volume group.")
 @click.option("--path", type=click.Path(file_okay=False), default=None,
