@@ -22,10 +22,12 @@ import setproctitle
 import uvicorn
 
 from xenia.api.app import make_app
+from xenia.cluster import service as cluster
 from xenia.drivers.container import ContainerDriver
 from xenia.drivers.qemu import QemuDriver
 from xenia.engine import Engine
 from xenia.errors import XeniaError
+from xenia.host.history import History
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
 from xenia.peers import listener as peers
@@ -78,7 +80,9 @@ class _Server(uvicorn.Server):
 
 
 async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
-                allowed: list[Path] | None = None, boot_watchdog: int = 0) -> None:
+                allowed: list[Path] | None = None, boot_watchdog: int = 0,
+                ui_listen: ListenSpec | None = None,
+                etcd: cluster.ExternalEtcd | None = None) -> None:
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
     network = NetworkManager(paths, store)
@@ -96,15 +100,23 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     await engine.manager.adopt_all()
     sock = bind_unix(str(paths.api_socket))
     app = make_app(engine)
+    # The UI's graphs: the last hour of counters, sampled while xeniad runs.
+    app.state.history = History(engine.views)
+    sampler = asyncio.create_task(app.state.history.run(), name="xeniad-history")
     config = uvicorn.Config(app, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=2)
     server = _Server(config)
     log.info("xeniad listening on %s", paths.api_socket)
     try:
         # The host identity, and the same app on TCP (TLS + tokens) with --listen.
-        async with peers.serve_peers(app, paths, store, listen, allowed):
+        # On a cluster member, its etcd member (adopted or started, then supervised).
+        # There, the member agent: lease, fencing, leader, HA (cluster/agent.py).
+        async with cluster.serve_cluster(paths, etcd) as runtime, \
+                cluster.serve_ha(runtime, engine, app.state), \
+                peers.serve_peers(app, paths, store, listen, allowed, ui_listen):
             await server.serve(sockets=[sock])
     finally:
+        sampler.cancel()
         await engine.manager.detach_all()
         await network.stop()
         await storage.stop()
@@ -136,12 +148,15 @@ def main(argv: list[str] | None = None) -> None:
                         "console output and no vCPU progress for this long is crashed "
                         "(default 0: off)")
     peers.add_arguments(parser)
+    cluster.add_arguments(parser)
     args = parser.parse_args(argv)
     set_title(sys.argv[1:] if argv is None else argv)
     if args.boot_watchdog < 0:
         parser.error("--boot-watchdog must be 0 (off) or a number of seconds")
     listen = peers.listen_from_args(parser, args)
     allowed = peers.allowed_from_args(parser, args)
+    ui_listen = peers.ui_listen_from_args(parser, args)
+    etcd = cluster.external_from_args(parser, args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.INFO),
         format="%(asctime)s xeniad[%(process)d] %(levelname)s %(name)s: %(message)s",
@@ -150,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     paths.ensure()
     take_lock(paths)
     try:
-        asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog))
+        asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog, ui_listen,
+                          etcd))
     except KeyboardInterrupt:
         pass
     except XeniaError as e:

@@ -10,7 +10,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import xenia
-from xenia.api import devices, domains, migration, network, peers, snapshots, storage
+from xenia.api import (
+    devices,
+    domains,
+    ha,
+    metrics,
+    migration,
+    network,
+    peers,
+    snapshots,
+    storage,
+    webui,
+)
 from xenia.api.scopes import enforce
 from xenia.engine import Engine
 from xenia.errors import InvalidConfig, XeniaError
@@ -34,6 +45,9 @@ def make_app(engine: Engine) -> FastAPI:
     app.include_router(snapshots.router)
     app.include_router(network.router)
     app.include_router(peers.router)
+    app.include_router(metrics.router)
+    app.include_router(webui.router)
+    app.include_router(ha.router)
 
     @app.exception_handler(XeniaError)
     async def _xenia_error(_: Request, exc: XeniaError) -> JSONResponse:

@@ -24,6 +24,7 @@ class PoolCreate(BaseModel):
     path: str | None = None
     device: str | None = None  # block pools
     vg: str | None = None  # LVM pools
+    shared: bool = False  # a directory every cluster member mounts (HA domains' disks)
 
 
 class VolumeCreate(BaseModel):
@@ -62,7 +63,7 @@ def pool_create(req: PoolCreate, s: Storage, a: Acc) -> dict[str, Any]:
         # A VG is not a path, but its LVs are: /dev/VG/LV.
         a.check_path(f"/dev/{req.vg}", "pool volume group")
     return s.create_pool(req.name, type=req.type, path=req.path, device=req.device,
-                         vg=req.vg).to_dict()
+                         vg=req.vg, shared=req.shared).to_dict()
 
 
 @router.get("/pools/{pool}")

@@ -28,6 +28,7 @@ register("snapshots", "snapshot-create", "snapshot-list", "snapshot-revert", "sn
 register("network", "network")
 register("top", "top")
 register("hosts", "host")
+register("ha", "ha")
 
 
 def main() -> None:

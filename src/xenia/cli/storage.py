@@ -63,11 +63,14 @@ def pool() -> None:
               help="dir: the pool's directory (default: <state dir>/pools/NAME).")
 @click.option("--device", default=None, metavar="/dev/X", help="block: the device.")
 @click.option("--vg", default=None, metavar="VG", help="lvm: the volume group.")
+@click.option("--shared", is_flag=True,
+              help="Every cluster member mounts this directory at the same path (NFS, "
+              "CephFS): HA domains' disks must be on such pools.")
 @pass_ctx
 def pool_create(c: Ctx, name: str, type_: str, path: str | None, device: str | None,
-                vg: str | None) -> None:
+                vg: str | None, shared: bool) -> None:
     """Create a storage pool."""
-    body = {"name": name, "type": type_,
+    body = {"name": name, "type": type_, "shared": shared,
             # xeniad has another working directory: send the path as the user means it.
             "path": os.path.abspath(path) if path else None,
             "device": os.path.abspath(device) if device else None, "vg": vg}

@@ -161,6 +161,12 @@ class DomainConfig:
     # Start from this memory snapshot ("DOMAIN@SNAPSHOT") instead of booting; the
     # snapshot's config is used, with this config's name (migration/clones.py).
     from_snapshot: str | None = None
+    # High availability in a cluster (docs/cluster.md, "High availability"): restarted on
+    # another member when its host dies; higher ha_priority first; at most ha_max_restarts
+    # failovers (the count lives with the domain's owner key in etcd).
+    ha: bool = False
+    ha_priority: int = 0
+    ha_max_restarts: int = 3
 
     # Where the config came from (file path or "<overrides>"), for messages.
     source: str | None = None
