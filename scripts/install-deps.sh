@@ -60,6 +60,10 @@ apt-get install $APT_OPTS --no-install-recommends \
 if [ -d /run/systemd/system ] && systemctl is-enabled --quiet etcd 2>/dev/null; then
     systemctl disable --now etcd || true
 fi
+# lvm2: LVM storage pools (`pool create --type lvm`), and the tests that drive the real
+# LVM tools on a loop device (storage/lvm.py).
+# shellcheck disable=SC2086
+apt-get install $APT_OPTS --no-install-recommends lvm2
 # Subordinate ids for the user namespaces of container domains.
 "$(dirname "$0")/setup-subids.sh"
 if [ "$want_test" = 1 ]; then

@@ -57,7 +57,7 @@ class SaveRestore:
                     "qemu_version": info.get("qemu_version"), "host": platform.node(),
                     "was_paused": rec.state == PAUSED}
             t0 = time.monotonic()
-            size = await self._write(rec, inst, target, meta)
+            size = await self.write_state(rec, inst, target, meta)
             took = time.monotonic() - t0
             if keep:
                 if rec.state == RUNNING:
@@ -69,7 +69,7 @@ class SaveRestore:
         log.info("saved domain %s to %s (%d bytes, %.2f s)", rec.name, target, size, took)
         return {"file": str(target), "bytes": size, "seconds": took}
 
-    async def _write(self, rec: DomainRecord, inst: Instance, target: Path,
+    async def write_state(self, rec: DomainRecord, inst: Instance, target: Path,
                      meta: dict[str, Any]) -> int:
         """The save file at `target`, written whole or not at all (a partial file is
         renamed into place only once complete). Leaves the guest stopped; on failure
