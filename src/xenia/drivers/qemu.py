@@ -23,6 +23,7 @@ from xenia.drivers.base import (
     guest_traffic,
 )
 from xenia.drivers.qemu_bootwatch import BootWatch, BootWatchMixin
+from xenia.drivers.qemu_confine import QemuConfinement
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
 from xenia.drivers.qemu_hotplug import QemuHotplug
 from xenia.errors import BackendError, InvalidConfig, NotFound, XeniaError
@@ -175,7 +176,17 @@ class QemuInstance(BootWatchMixin, Instance):
 
     async def dump_core(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        await self.qmp.dump_guest_memory(path)
+        # Made here (no link followed, none replaced), then given to QEMU, who writes it
+        # as its own user.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        conf = self.devices.host.confinement
+        given = [] if conf is None else await asyncio.to_thread(conf.give_file,
+                                                                self.record, path)
+        try:
+            await self.qmp.dump_guest_memory(path)
+        finally:
+            if conf is not None:
+                await asyncio.to_thread(conf.give_back, self.record, given)
 
     def console_path(self) -> Path:
         return self.proc.files.console
@@ -235,11 +246,13 @@ class QemuDriver(Driver):
 
     def __init__(self, paths: Paths, store: Store, storage: StorageManager,
                  network: NetworkManager, host_accel: str = "auto",
-                 boot_watchdog: int = 0) -> None:
+                 boot_watchdog: int = 0, confinement: QemuConfinement | None = None) -> None:
         self.paths = paths
         self.host_accel = host_accel
         self.boot_watchdog = boot_watchdog  # the default of the domains' boot_watchdog
         self.devices = QemuDevices(store, storage, network)
+        self.confinement = confinement or QemuConfinement(paths)
+        self.devices.confinement = self.confinement
 
     def files(self, uuid: str) -> RunFiles:
         return RunFiles(self.paths.domain_run(uuid))
@@ -304,6 +317,8 @@ class QemuDriver(Driver):
     def release(self, record: DomainRecord) -> None:
         self.devices.unplug_host(record)
         qemu_cpu.remove_cgroup(record)
+        if self.confinement.confined(record):
+            self.confinement.release(record)
         with contextlib.suppress(FileNotFoundError):
             self.nvram(record).unlink()
 
@@ -357,6 +372,9 @@ class QemuDriver(Driver):
                 "already (a stale domain?)"
             )
         record.runtime["accel"] = choice.name
+        # Before the taps: they are made owned by QEMU's user (it opens them as that).
+        who = await asyncio.to_thread(self.confinement.identity)
+        self.devices.network.tap_owner = (who.uid, who.gid)
         async with Revert() as revert:
             await asyncio.to_thread(self.devices.plug_host, record)
             revert.add(lambda: asyncio.to_thread(self.release, record))
@@ -373,6 +391,10 @@ class QemuDriver(Driver):
                               qemu=info.path, layout=layout, devices=devices,
                               incoming=incoming, machine=machine, firmware=firmware,
                               vnc_display=vnc, kernel_params=added)
+            files.dir.mkdir(parents=True)
+            nvram = self.nvram(record) if firmware and self.nvram(record).exists() else None
+            argv = await asyncio.to_thread(self.confinement.prepare, record, files, nvram,
+                                           choice.name, argv)
             await proc.launch(argv)
             await proc.connect_qmp(inst.on_qmp_event)
             if cfg.vnc and cfg.vncpasswd and vnc is not None:
@@ -438,10 +460,19 @@ class QemuDriver(Driver):
         return inst.qmp
 
     async def save(self, inst: Instance, path: Path, offset: int) -> None:
-        await qemu_migrate.save(self._qmp(inst), path, offset)
+        # QEMU writes the file itself, as its own user: given for the save's length.
+        given = await asyncio.to_thread(self.confinement.give_file, inst.record, path)
+        try:
+            await qemu_migrate.save(self._qmp(inst), path, offset)
+        finally:
+            await asyncio.to_thread(self.confinement.give_back, inst.record, given)
 
     async def restore(self, inst: Instance, path: Path, offset: int) -> None:
-        await qemu_migrate.restore(self._qmp(inst), lambda: inst.alive, path, offset)
+        given = await asyncio.to_thread(self.confinement.give_file, inst.record, path)
+        try:
+            await qemu_migrate.restore(self._qmp(inst), lambda: inst.alive, path, offset)
+        finally:
+            await asyncio.to_thread(self.confinement.give_back, inst.record, given)
 
     async def check_migrate(self, inst: Instance) -> None:
         await qemu_migrate.check_source(self._qmp(inst), inst.record.name)
