@@ -191,8 +191,8 @@ class NetworkManager:
         A persistent tap `tap` (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, single queue, owned by
         tap_owner: QEMU's user), MAC fe:xx (the guest's vif.mac with first byte fe, if
         given), MTU vif.mtu or the bridge's, enslaved to the bridge, up, and vif.rate
-        applied to both directions (ratelimit.py). InUse if a device `tap` exists or another tap on this
-        host carries vif.mac; on any failure, nothing is left behind.
+        applied to both directions (ratelimit.py). InUse if a device `tap` exists or
+        another tap on this host carries vif.mac; on any failure, nothing is left behind.
         """
         self._run(self._plug, tap, vif)
 
