@@ -31,6 +31,7 @@ from xenia.errors import (
     NotSupported,
     XeniaError,
 )
+from xenia.hostos.procfs import read_nofollow
 from xenia.qemu.process import QemuProcess
 from xenia.revert import Revert
 from xenia.store.base import DomainRecord
@@ -342,7 +343,8 @@ class QemuHotplug(DeviceControl):
         path = self.proc.files.dir / "screen.png"
         try:
             await self.qmp.screendump(path, "png")
-            return path.read_bytes()
+            # QEMU owns the run dir: never read through a link it may have put there.
+            return await asyncio.to_thread(read_nofollow, path, 64 << 20)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
