@@ -32,6 +32,7 @@ from xenia.hostos.procfs import log_tail
 from xenia.images.hvm import ovmf_paths, ovmf_qemu_args
 from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
+from xenia.peers.psk import PSK_FILE
 from xenia.qemu import accel as accel_mod
 from xenia.qemu import stream
 from xenia.qemu.binary import machine_alias, qemu_info
@@ -477,15 +478,27 @@ class QemuDriver(Driver):
     async def check_migrate(self, inst: Instance) -> None:
         await qemu_migrate.check_source(self._qmp(inst), inst.record.name)
 
+    async def _give_psk(self, inst: Instance, tls_dir: Path | None) -> list[str]:
+        """QEMU reads the migration's PSK file itself (at each TLS handshake)."""
+        if tls_dir is None:
+            return []
+        return await asyncio.to_thread(self.confinement.give_file, inst.record,
+                                       tls_dir / PSK_FILE)
+
     async def migrate(self, inst: Instance, target: MigrationTarget, opts: MigrationOptions,
                       report: MigrationReport) -> None:
-        await qemu_migrate.send(self._qmp(inst), target, opts, report)
+        given = await self._give_psk(inst, target.tls_dir)
+        try:
+            await qemu_migrate.send(self._qmp(inst), target, opts, report)
+        finally:
+            await asyncio.to_thread(self.confinement.give_back, inst.record, given)
 
     async def abort_migration(self, inst: Instance, target: MigrationTarget,
                               resume: bool) -> None:
         await qemu_migrate.rollback(self._qmp(inst), target, resume)
 
     async def accept_migration(self, inst: Instance, setup: IncomingSetup) -> tuple[int, int]:
+        await self._give_psk(inst, setup.tls_dir)  # given back with the rest at release
         return await qemu_migrate.accept(self._qmp(inst), setup)
 
     async def receive_migration(self, inst: Instance, connect_timeout: float) -> None:
