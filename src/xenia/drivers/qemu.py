@@ -26,7 +26,7 @@ from xenia.drivers.qemu_bootwatch import BootWatch, BootWatchMixin
 from xenia.drivers.qemu_confine import QemuConfinement
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
 from xenia.drivers.qemu_hotplug import QemuHotplug
-from xenia.errors import BackendError, InvalidConfig, NotFound, XeniaError
+from xenia.errors import AdoptLater, BackendError, InvalidConfig, NotFound, XeniaError
 from xenia.hostos import affinity, hostinfo
 from xenia.hostos.procfs import log_tail
 from xenia.images.hvm import ovmf_paths, ovmf_qemu_args
@@ -38,7 +38,7 @@ from xenia.qemu import stream
 from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv, tcg_params_added
 from xenia.qemu.commands import Qmp
-from xenia.qemu.process import QemuProcess
+from xenia.qemu.process import QemuProcess, pid_matches
 from xenia.revert import Revert
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
@@ -433,9 +433,13 @@ class QemuDriver(Driver):
             await proc.connect_qmp(inst.on_qmp_event)
             status = await proc.qmp.query_status()
         except XeniaError as e:
-            log.warning("domain %s: QEMU pid %s runs but QMP fails: %s", record.name, proc.pid, e)
             await proc.close()
-            return None
+            if proc.pid is None or not pid_matches(proc.pid, record.uuid):
+                return None
+            # It runs: its record must stay (forgetting it would free its disks and
+            # name for a second QEMU); the manager retries.
+            raise AdoptLater(f"Failed to adopt '{record.name}': QEMU pid {proc.pid} runs "
+                             f"but its QMP fails ({e.message})") from e
         record.runtime["pid"] = proc.pid
         inst.adopt_watch(running=status == "running")
         return inst
