@@ -13,6 +13,7 @@ written), so they pass the same checks as `create` and more:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid as uuidlib
 from collections.abc import Callable
@@ -32,9 +33,9 @@ def check_uuid(value: object, what: str, doing: str) -> str:
     """`value` as a canonical UUID string (lower case, dashed), or InvalidConfig."""
     text = str(value)
     try:
-        canon = str(uuidlib.UUID(text))
+        canon: str | None = str(uuidlib.UUID(text))
     except ValueError:
-        canon = ""
+        canon = None
     if not isinstance(value, str) or canon != text:
         raise InvalidConfig(f"Failed {doing}: {what} {text[:80]!r} is not a UUID in its "
                             "canonical form")
@@ -86,6 +87,15 @@ def check_arriving(data: object, doing: str, machines: Callable[[], set[str]]) -
     if not isinstance(data, dict):
         raise InvalidConfig(f"Failed {doing}: the domain record is not a mapping")
     check_uuid(data.get("uuid"), "the domain's uuid", doing)
+    raw = data.get("config")
+    if isinstance(raw, dict):
+        # DomainConfig.from_dict would drop them; a record with keys this host does not
+        # know comes from a sender this host does not understand.
+        fields = {f.name for f in dataclasses.fields(DomainConfig)}
+        extra = sorted(str(k) for k in raw if k not in fields)
+        if extra:
+            raise InvalidConfig(f"Failed {doing}: the config carries keys this host does "
+                                f"not know: {', '.join(extra)[:200]}")
     try:
         cfg = DomainConfig.from_dict(data["config"])
     except XeniaError:
