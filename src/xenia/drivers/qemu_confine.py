@@ -115,7 +115,17 @@ class QemuConfinement:
         if not self.confined(rec):
             return []
         write, read = disk_files(spec, path)
-        return self.ledger.give(rec.uuid, write=write, read=read)
+        given = self.ledger.give(rec.uuid, write=write, read=read)
+        pid = rec.runtime.get("pid")
+        for p in write + read:
+            if Path(p).is_block_device() and isinstance(pid, int):
+                try:
+                    confine.add_block_device(rec.uuid, pid, p,
+                                             self.identity())
+                except XeniaError:
+                    self.give_back(rec, given)
+                    raise
+        return given
 
     def give_file(self, rec: DomainRecord, path: Path) -> list[str]:
         """Give a file QEMU writes for a while (a save file, a core dump)."""

@@ -144,3 +144,17 @@ def jail_argv(who: Identity, nodes: list[tuple[str, bool]], procs: Path | None,
     spec = {"uid": who.uid, "gid": who.gid, "devices": nodes,
             "cgroup": str(procs) if procs is not None else None}
     return [sys.executable, "-m", "xenia.qemu.jail", json.dumps(spec), "--", *argv]
+
+
+def add_block_device(uuid: str, pid: int, path: str, who: Identity) -> None:
+    """A hot-plugged block device: allowed in the domain's device cgroup and made in its
+    QEMU's private /dev (qemu/jail.py --add-node), before QEMU is asked to open it."""
+    group = _devices_dir(uuid)
+    doing = f"to give block device {path} to domain {uuid}"
+    if group is not None and group.is_dir():
+        try:
+            (group / "devices.allow").write_text(device_rule(path))
+        except OSError as e:
+            raise BackendError(f"Failed {doing}: {e.strerror}") from e
+    run_tool([sys.executable, "-m", "xenia.qemu.jail", "--add-node", str(pid), path,
+              f"{who.uid}:{who.gid}", "--"], doing)

@@ -67,7 +67,33 @@ def private_dev(libc: Any, devices: list[tuple[str, bool]], uid: int, gid: int) 
             os.chown(path, uid, gid)
 
 
+def add_node(libc: Any, pid: int, path: str, uid: int, gid: int) -> None:
+    """Put host node `path` into the private /dev of running QEMU `pid` (a hot-plugged
+    block device): enter its mount namespace, then mknod there."""
+    st = os.stat(path)
+    if not stat.S_ISBLK(st.st_mode):
+        raise OSError(0, f"{path} is not a block device")
+    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(libc.setns(fd, CLONE_NEWNS), "entering QEMU's mount namespace")
+    finally:
+        os.close(fd)
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    if not os.path.exists(path):
+        os.mknod(path, stat.S_IFBLK | 0o600, st.st_rdev)
+    os.chown(path, uid, gid)
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 5 and argv[0] == "--add-node":
+        # --add-node PID PATH UID:GID -- from xeniad, for a hot-plugged block device.
+        uid, gid = (int(x) for x in argv[3].split(":"))
+        try:
+            add_node(_libc(), int(argv[1]), argv[2], uid, gid)
+        except OSError as e:
+            print(f"xenia jail: {e}", file=sys.stderr)
+            return EXIT_JAIL
+        return 0
     if len(argv) < 3 or argv[1] != "--":
         print("usage: python -m xenia.qemu.jail SPEC -- QEMU ARGS...", file=sys.stderr)
         return 2
