@@ -396,7 +396,7 @@ class QemuDriver(Driver):
             nvram = self.nvram(record) if firmware and self.nvram(record).exists() else None
             argv = await asyncio.to_thread(self.confinement.prepare, record, files, nvram,
                                            choice.name, argv)
-            await proc.launch(argv)
+            await proc.launch(argv, jailed=True)
             await proc.connect_qmp(inst.on_qmp_event)
             if cfg.vnc and cfg.vncpasswd and vnc is not None:
                 # Over QMP: a password on the command line would be in /proc for all.

@@ -108,7 +108,7 @@ class QemuConfinement:
             # False on cgroup v2 hosts: no devices.allow there (docs/security.md).
             "device_cgroup": procs is not None,
         }
-        return confine.jail_argv(who, nodes, procs, [*argv, *confine.sandbox_argv()])
+        return confine.jail_argv(who, nodes, procs, argv, files.stderr)
 
     def give(self, rec: DomainRecord, spec: DiskSpec, path: Path | None) -> list[str]:
         """Give a hot-plugged disk or an inserted cdrom; the paths to give back on undo."""

@@ -137,13 +137,16 @@ def device_cgroup_of(pid: int) -> str | None:
 
 
 def jail_argv(who: Identity, nodes: list[tuple[str, bool]], procs: Path | None,
-              argv: list[str]) -> list[str]:
-    """QEMU's argv, run through qemu/jail.py."""
+              argv: list[str], stderr: Path) -> list[str]:
+    """QEMU's argv, run through qemu/jail.py, which daemonizes it (not -daemonize: the
+    sandbox forbids its fork and setsid) with its stderr into `stderr`."""
     if who.uid == 0:
         raise NotSupported("Failed to confine QEMU: its user must not be root")
     spec = {"uid": who.uid, "gid": who.gid, "devices": nodes,
-            "cgroup": str(procs) if procs is not None else None}
-    return [sys.executable, "-m", "xenia.qemu.jail", json.dumps(spec), "--", *argv]
+            "cgroup": str(procs) if procs is not None else None, "stderr": str(stderr)}
+    qemu = [a for a in argv if a != "-daemonize"]
+    return [sys.executable, "-m", "xenia.qemu.jail", json.dumps(spec), "--", *qemu,
+            *sandbox_argv()]
 
 
 def add_block_device(uuid: str, pid: int, path: str, who: Identity) -> None:

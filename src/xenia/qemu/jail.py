@@ -16,7 +16,11 @@ In order:
    filter is in force before QEMU's setuid, which then kills it), hence this helper.
 
 SPEC is JSON: {"uid", "gid", "devices": [[path, owned_by_qemu], ...], "cgroup": path of
-cgroup.procs or null}. Errors go to stderr with exit status 111, which QemuProcess shows.
+cgroup.procs or null, "stderr": path}. With "stderr" the jail daemonizes QEMU itself: a
+child in a session of its own, stdio on /dev/null and that file, and prints its pid.
+QEMU's own -daemonize cannot be used under -sandbox: spawn=deny forbids its fork and
+elevateprivileges=deny its setsid (measured: QEMU 10.0 exits 1 at once). Errors go to
+stderr with exit status 111, which QemuProcess shows.
 """
 
 from __future__ import annotations
@@ -109,6 +113,18 @@ def main(argv: list[str]) -> int:
             with open(spec["cgroup"], "w") as f:
                 f.write(str(os.getpid()))
         private_dev(libc, [(str(p), bool(o)) for p, o in spec["devices"]], uid, gid)
+        if spec.get("stderr"):
+            err = os.open(spec["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                          | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            pid = os.fork()
+            if pid:
+                print(pid, flush=True)
+                os._exit(0)
+            os.setsid()
+            null = os.open("/dev/null", os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            os.dup2(err, 2)
         os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
