@@ -179,7 +179,12 @@ class QemuInstance(BootWatchMixin, Instance):
         path.parent.mkdir(parents=True, exist_ok=True)
         # Made here (no link followed, none replaced), then given to QEMU, who writes it
         # as its own user.
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             0o600))
+        except OSError as e:
+            raise BackendError(f"Failed to dump the core of '{self.record.name}' to "
+                               f"{path}: {e.strerror}") from e
         conf = self.devices.host.confinement
         given = [] if conf is None else await asyncio.to_thread(conf.give_file,
                                                                 self.record, path)
