@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import pwd
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from qemu.qmp import QMPClient
 from qemu.qmp.qmp_client import ExecuteError
 
-from tests.integration.harness import Host, Image
+from tests.integration.harness import Host, Image, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -126,7 +127,29 @@ def test_given_disk_is_qemus_and_an_ungiven_one_is_refused(
     # A host file outside anything given: the same.
     assert "Permission denied" in asyncio.run(blockdev_add(host.root / "state" / "xenia.db",
                                                            True))
-    host.start_daemon()  # adopts the guest, still confined
+
+
+def test_adoption_waits_out_a_stalled_qmp(confined: tuple[Host, dict[str, Any], Path]
+                                          ) -> None:
+    """§4: QMP busy when xeniad starts (a client holds QEMU's one QMP connection): the
+    domain is kept, not forgotten, and adopted once QMP answers again."""
+    host, dom, _ = confined
+    assert host.daemon is None  # stopped by the test before
+    qmp_sock = host.root / "run" / "domains" / dom["uuid"] / "qmp.sock"
+    holder = socket.socket(socket.AF_UNIX)
+    holder.connect(str(qmp_sock))
+    assert holder.recv(4096).startswith(b'{"QMP"')  # QEMU serves this client now
+    try:
+        host.start_daemon(40.0)
+        assert "cannot be adopted now" in host.daemon_log.read_text()
+        assert host.domain("c1")["uuid"] == dom["uuid"]  # kept
+        refused = host.xenia("pause", "c1", check=False)
+        assert refused.returncode != 0 and "could not take it over yet" in refused.stderr
+    finally:
+        holder.close()
+    wait_until(lambda: host.xenia("pause", "c1", check=False).returncode == 0, 40.0,
+               what="the retried adoption")
+    host.xenia("unpause", "c1")
     assert host.domain("c1")["runtime"]["pid"] == dom["runtime"]["pid"]
 
 
