@@ -33,13 +33,13 @@ import json
 import logging
 import os
 import re
-import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from xenia.errors import XeniaError
+from xenia.files import write_atomic
 from xenia.hostos.procfs import read_nofollow
 from xenia.qemu.process import QemuProcess
 from xenia.store.base import DomainRecord
@@ -156,12 +156,7 @@ class BootWatch:
             state["verdict"] = asdict(self.verdict)
         # In the run dir, which the confined QEMU owns: a fresh name, never a planted
         # file or link; the rename replaces whatever is at `path` without following it.
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(state))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(state).encode(), 0o600)
 
     @classmethod
     def load(cls, path: Path, console_log: Path) -> BootWatch | None:

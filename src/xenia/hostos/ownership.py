@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import stat
 import struct
 import threading
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from xenia.errors import BackendError, InvalidConfig
+from xenia.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -122,23 +122,7 @@ class Ledger:
 
     def _save(self, data: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.parent / f".{self.path.name}.{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(self.path, json.dumps(data, sort_keys=True).encode(), 0o600)
 
     def held_by(self, holder: str) -> list[str]:
         with self._lock:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from xenia.errors import InvalidConfig
-from xenia.files import open_regular
+from xenia.files import fsync_dir, open_regular
 
 MAGIC = b"XENIA-SAVE\x00v1\x00\x00\n"
 TRAILER_MAGIC = b"XENIA-SAVE-END\x00\n"
@@ -151,8 +151,4 @@ def publish(tmp: Path, target: Path) -> None:
     """Rename the complete file into place, and fsync the directory so the rename
     itself survives a crash (the file's data was fsynced by finish())."""
     os.replace(tmp, target)
-    dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(target.parent)

@@ -40,6 +40,9 @@ SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=de
 BASE_NODES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 # QEMU opens /dev/net/tun for each -netdev tap (its taps are owned by the QEMU user).
 TUN = "/dev/net/tun"
+# Post-copy migration: an unprivileged QEMU gets a userfaultfd only through this node
+# (vm.unprivileged_userfaultfd is 0 by default); owned by QEMU's user in its /dev.
+USERFAULTFD = "/dev/userfaultfd"
 
 
 def sandbox_argv() -> list[str]:
@@ -72,6 +75,8 @@ def device_nodes(accel: str, pci: bool) -> list[tuple[str, bool]]:
     nodes = [(p, False) for p in BASE_NODES]
     if os.path.exists(TUN):
         nodes.append((TUN, False))
+    if os.path.exists(USERFAULTFD):
+        nodes.append((USERFAULTFD, True))
     if accel == "kvm":
         nodes.append(("/dev/kvm", True))
     if pci and os.path.isdir("/dev/vfio"):
