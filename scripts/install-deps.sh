@@ -67,3 +67,9 @@ if [ "$want_test" = 1 ]; then
     # shellcheck disable=SC2086
     apt-get install $APT_OPTS --no-install-recommends git procps psmisc busybox iperf3 genisoimage
 fi
+if [ "$want_test" = 1 ]; then
+    # chromium: the web UI's browser tests (tests/integration/test_ui.py) drive Debian's
+    # headless Chromium with playwright; playwright's own browser download is not used.
+    # shellcheck disable=SC2086
+    apt-get install $APT_OPTS --no-install-recommends chromium
+fi

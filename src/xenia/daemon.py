@@ -26,6 +26,7 @@ from xenia.drivers.container import ContainerDriver
 from xenia.drivers.qemu import QemuDriver
 from xenia.engine import Engine
 from xenia.errors import XeniaError
+from xenia.host.history import History
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
 from xenia.peers import listener as peers
@@ -79,6 +80,7 @@ class _Server(uvicorn.Server):
 
 async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
                 allowed: list[Path] | None = None, boot_watchdog: int = 0,
+                ui_listen: ListenSpec | None = None,
                 allow_plain_migration: bool = False) -> None:
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
@@ -98,15 +100,19 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     await engine.manager.adopt_all()
     sock = bind_unix(str(paths.api_socket))
     app = make_app(engine)
+    # The UI's graphs: the last hour of counters, sampled while xeniad runs.
+    app.state.history = History(engine.views)
+    sampler = asyncio.create_task(app.state.history.run(), name="xeniad-history")
     config = uvicorn.Config(app, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=2)
     server = _Server(config)
     log.info("xeniad listening on %s", paths.api_socket)
     try:
         # The host identity, and the same app on TCP (TLS + tokens) with --listen.
-        async with peers.serve_peers(app, paths, store, listen, allowed):
+        async with peers.serve_peers(app, paths, store, listen, allowed, ui_listen):
             await server.serve(sockets=[sock])
     finally:
+        sampler.cancel()
         await engine.manager.detach_all()
         await network.stop()
         await storage.stop()
@@ -148,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--boot-watchdog must be 0 (off) or a number of seconds")
     listen = peers.listen_from_args(parser, args)
     allowed = peers.allowed_from_args(parser, args)
+    ui_listen = peers.ui_listen_from_args(parser, args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.INFO),
         format="%(asctime)s xeniad[%(process)d] %(levelname)s %(name)s: %(message)s",
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     paths.ensure()
     take_lock(paths)
     try:
-        asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog,
+        asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog, ui_listen,
                           args.allow_plain_migration))
     except KeyboardInterrupt:
         pass

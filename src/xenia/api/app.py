@@ -10,7 +10,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import xenia
-from xenia.api import devices, domains, migration, network, peers, storage
+from xenia.api import (
+    devices,
+    domains,
+    metrics,
+    migration,
+    network,
+    peers,
+    storage,
+    webui,
+)
 from xenia.api.scopes import enforce
 from xenia.engine import Engine
 from xenia.errors import InvalidConfig, XeniaError
@@ -33,6 +42,8 @@ def make_app(engine: Engine) -> FastAPI:
     app.include_router(storage.router)
     app.include_router(network.router)
     app.include_router(peers.router)
+    app.include_router(metrics.router)
+    app.include_router(webui.router)
 
     @app.exception_handler(XeniaError)
     async def _xenia_error(_: Request, exc: XeniaError) -> JSONResponse:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
 
 from xenia.api.access import Access
@@ -124,8 +125,15 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/peers/{name}"): _r("admin"),
     ("DELETE", "/v1/peers/{name}"): _r("admin"),
     # /openapi.json, /docs and /redoc are not path operations: closed over TCP.
-    # The coming Prometheus endpoint takes `metrics` ("GET", "/metrics"); an entry is
-    # added with the route (a rule without its route fails the table's unit test).
+    # -- Prometheus (api/metrics.py): rows filtered by the token's domain patterns.
+    ("GET", "/metrics"): _r("metrics", HANDLER),
+    # -- the web UI's own (api/webui.py): a dry run starts nothing, so it is not audited.
+    ("POST", "/v1/config/parse"): _r("create", readonly=True),
+    ("WEBSOCKET", D + "/console"): _r("console", REF),
+    ("WEBSOCKET", D + "/vnc"): _r("console", REF),
+    ("GET", D + "/history"): _r("read", REF),
+    ("GET", "/v1/host/history"): _r("read"),
+    ("GET", "/v1/host/audit"): _r("admin"),  # who did what: tokens and clients
 }
 
 
@@ -189,8 +197,15 @@ async def enforce(request: HTTPConnection) -> None:
     state["route"] = template
     # HTTPConnection, not Request: a websocket route gets the same check.
     method = str(request.scope.get("method", "WEBSOCKET"))
-    rule = authorize(access, method, request.url.path, template, dict(request.path_params),
-                     _domain_name(request))
+    try:
+        rule = authorize(access, method, request.url.path, template,
+                         dict(request.path_params), _domain_name(request))
+    except XeniaError as e:
+        if request.scope.get("type") != "websocket":
+            raise
+        # The app's exception handlers answer HTTP only; a WebSocket is refused by
+        # closing it before the accept (policy violation), with the message as reason.
+        raise WebSocketException(code=1008, reason=e.message[:120]) from e
     state["audited"] = is_audited(method, rule)
     state["authorized"] = True
 
