@@ -116,7 +116,7 @@ class FakeManager:
         self.receiver = SimpleNamespace(jobs={}, prepare=self._prepare,
                                         check=lambda *a: [])
 
-    def _pool(self, name: str, type: str, path: str | None) -> Any:
+    def _pool(self, name: str, type: str, path: str | None, shared: bool = False) -> Any:
         self.calls.append(("pool", path))
         return SimpleNamespace(to_dict=lambda: {"name": name})
 

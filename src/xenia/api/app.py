@@ -11,8 +11,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import xenia
 from xenia.api import (
+    cluster,
+    console,
     devices,
     domains,
+    ha,
     metrics,
     migration,
     network,
@@ -20,6 +23,7 @@ from xenia.api import (
     storage,
     webui,
 )
+from xenia.api.forward import ClusterForward
 from xenia.api.scopes import enforce
 from xenia.engine import Engine
 from xenia.errors import InvalidConfig, XeniaError
@@ -44,6 +48,11 @@ def make_app(engine: Engine) -> FastAPI:
     app.include_router(peers.router)
     app.include_router(metrics.router)
     app.include_router(webui.router)
+    app.include_router(ha.router)
+    app.include_router(cluster.router)
+    app.include_router(console.router)
+    # On a cluster member: another member's domains are reached through it (forward.py).
+    app.add_middleware(ClusterForward)
 
     @app.exception_handler(XeniaError)
     async def _xenia_error(_: Request, exc: XeniaError) -> JSONResponse:

@@ -27,6 +27,8 @@ register("storage", "pool", "volume")
 register("network", "network")
 register("top", "top")
 register("hosts", "host")
+register("ha", "ha")
+register("cluster", "cluster")
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ class Domains(Protocol):
     async def destroy_locked(self, rec: DomainRecord) -> None: ...
 
     async def relaunch(self, rec: DomainRecord) -> None: ...
+    async def ended(self, rec: DomainRecord) -> None: ...
 
     async def create(self, cfg: DomainConfig, paused: bool = False) -> DomainRecord: ...
 
@@ -82,6 +83,9 @@ class OnActions:
                     await d.relaunch(rec)
                 else:
                     d.forget(rec)
+                    # Gone for good as its on_crash says (a fenced member's kills do not
+                    # count: the gate keeps those domains owned, cluster/agent.py).
+                    await d.ended(rec)
                 return
             action = {"poweroff": cfg.on_poweroff, "reboot": cfg.on_reboot,
                       "crash": cfg.on_crash}[kind]
@@ -98,6 +102,7 @@ class OnActions:
             action = action.removeprefix("coredump-")
         if action == "destroy":
             await d.destroy_locked(rec)
+            await d.ended(rec)
         elif action in ("restart", "soft-reset"):
             await inst.reset()
             rec.started_at = time.time()

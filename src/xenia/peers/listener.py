@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from xenia.peers.address import (
 from xenia.peers.audit import AuditLog
 from xenia.peers.auth import TokenAuth
 from xenia.peers.limits import BodyLimit, Limits, guarded_protocol
+from xenia.peers.scopes import Grant
 from xenia.peers.service import PeerService
 from xenia.store.base import Store
 from xenia.ui.sessions import Sessions
@@ -147,6 +148,17 @@ def protect_peer_tokens(svc: PeerService, store: Store) -> None:
             scrub()
 
 
+def _verifier(app: FastAPI, svc: PeerService) -> Callable[[str], Grant | None]:
+    """This host's tokens, then (on a cluster member) the members' credentials."""
+    def verify(token: str) -> Grant | None:
+        grant = svc.tokens.verify(token)
+        node = getattr(app.state, "cluster", None)
+        if grant is None and node is not None:
+            grant = node.verify(token)
+        return grant
+    return verify
+
+
 @contextlib.asynccontextmanager
 async def serve_peers(app: FastAPI, paths: Paths, store: Store, listen: ListenSpec | None,
                       allowed: list[Path] | None = None, ui_listen: ListenSpec | None = None
@@ -173,10 +185,11 @@ async def serve_peers(app: FastAPI, paths: Paths, store: Store, listen: ListenSp
         return
     audit = AuditLog(paths.audit_log)
     # The web UI (ui/web.py) in front: its pages, and its session cookies as a second way
-    # through TokenAuth to the same routes and checks.
+    # through TokenAuth to the same routes and checks. Tokens: this host's, then (on a
+    # cluster member) the members' credentials.
     sessions = Sessions(svc.tokens.grant_by_name)
-    api = TokenAuth(app, svc.tokens.verify, make_access_factory(app, allowed or []), audit,
-                    session=sessions.authenticate)
+    api = TokenAuth(app, _verifier(app, svc), make_access_factory(app, allowed or []),
+                    audit, session=sessions.authenticate)
     if allowed:
         log.info("paths allowed over TCP besides the pools': %s",
                  ", ".join(map(str, allowed)))
