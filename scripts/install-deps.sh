@@ -66,6 +66,12 @@ fi
 apt-get install $APT_OPTS --no-install-recommends lvm2
 # Subordinate ids for the user namespaces of container domains.
 "$(dirname "$0")/setup-subids.sh"
+# The unprivileged user QEMU runs as (docs/security.md, "QEMU confinement"); xeniad makes
+# it too when it is missing.
+if ! getent passwd xenia-qemu >/dev/null; then
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin --comment "Xenia QEMU" -- xenia-qemu
+fi
 if [ "$want_test" = 1 ]; then
     # genisoimage: the CD-ROMs of test_disks.py, and isoinfo, an ISO 9660 reader independent
     # of xorriso that checks the ISOs xorriso writes.
