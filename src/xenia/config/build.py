@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from xenia.config.cpulist import normalize_cpulist, union_cpulists
 from xenia.config.diskspec import parse_disk_spec
+from xenia.config.extras import notice_xen_names, read_extras
 from xenia.config.keys import unused_warning
 from xenia.config.model import ACCELS, ACTIONS, DiskSpec, DomainConfig
 from xenia.config.names import NAME_RULE, valid_name
@@ -180,8 +181,10 @@ def build_config(values: Mapping[str, Value], source: str) -> DomainConfig:
     cfg.disks = _disks(r)
     cfg.vifs = r.each("vif", parse_vif_spec)
     cfg.pci = r.items("pci") or []
+    read_extras(r, cfg)
     _container_keys(r, cfg)
     _warn_unused(r)
+    notice_xen_names(cfg, source)
     return cfg
 
 

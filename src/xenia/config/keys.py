@@ -76,12 +76,28 @@ sdl: refused on a host without a display
 nographic:
 usb:
 usbdevice: tablet, mouse, keyboard
+localtime: `-rtc base=localtime`
+rtc_timeoffset: seconds, may be negative (`"-3600"`)
+acpi_s3: the guest's S3 (deep sleep) state
+acpi_s4: the guest's S4 (hibernation) state
+videoram: the card's VGA memory (MiB)
+stdvga: `0` is the Cirrus card, as xl
+vga: `stdvga`, `cirrus`, `qxl`, `none`; default `stdvga` (xl: cirrus)
+on_watchdog: with a watchdog device (i6300esb unless `watchdog=` says otherwise)
 """)
 
 _DIFFERS = _table(DIFFERS, """
 firmware: `bios`/`seabios`/`uefi`/`ovmf` or an image file; `pvgrub*` not yet
 cpus_soft: kept and shown; Linux has no soft affinity
-serial: the first serial port is always the domain's console
+serial: the first is always the console; others (ttyS1-3): `pty`, `file:/PATH`, `null`
+viridian: Hyper-V enlightenments (QEMU `hv-*`) under KVM only; TCG has none
+tsc_mode: `native` adds an invariant TSC (KVM); `always_emulate` refused
+nomigrate: refuses live migration; `save` still works
+smbios: types 0-3 and 11; battery entries refused (QEMU has no type 22)
+channel: virtio-serial ports; `connection=pty` is a socket in the run directory
+device_model_args: appended to QEMU's arguments; over TCP needs the `admin` scope
+device_model_args_pv: as `device_model_args`, pv/pvh domains only
+device_model_args_hvm: as `device_model_args`, hvm domains only
 """)
 
 _NOT_APPLICABLE = _table(NOT_APPLICABLE, """
@@ -182,29 +198,16 @@ xauthority: SDL's X authority; xeniad has none
 _LATER = _table(LATER, """
 pool: cpupools are not implemented yet
 vnuma: the guest sees one NUMA node
-on_watchdog: no watchdog device yet
 bootloader: pygrub is not implemented yet
 bootloader_args: pygrub is not implemented yet
 bootloader_restrict: pygrub is not implemented yet
 bootloader_user: pygrub is not implemented yet
-nomigrate:
 vtpm: swtpm is not wired up yet
 p9: virtio-9p is not wired up yet
-channel: virtio-serial is not wired up yet
 usbctrl: USB passthrough is not implemented yet
 usbdev: USB passthrough is not implemented yet
-acpi_s3:
-acpi_s4:
 nestedhvm: nested virtualization is not exposed yet
 cpuid:
-smbios:
-tsc_mode:
-localtime:
-rtc_timeoffset:
-viridian:
-videoram:
-stdvga:
-vga:
 keymap:
 spice: use `vnc`
 spicehost:
@@ -221,15 +224,13 @@ spice_streaming_video:
 soundhw:
 usbversion:
 vscsi: SUSE's Xen PV SCSI; use `sdX` disks (virtio-scsi)
-device_model_args:
-device_model_args_pv:
-device_model_args_hvm:
 """)
 
 _XENIA = _table(XENIA, """
 accel: `auto`, `kvm` or `tcg`
 machine: reserved
 boot_watchdog: seconds without boot progress that count as a crash
+watchdog: on_watchdog's device: `i6300esb` (default), `ib700` or `none`
 rootfs: containers: the root filesystem
 init: containers: the init's command line
 cap_add: containers: capabilities added

@@ -156,6 +156,27 @@ class DomainConfig:
     # as hung (crashed); 0: off; None: the daemon's default (xeniad --boot-watchdog).
     boot_watchdog: int | None = None
 
+    # xl keys applied on KVM (issue 14; docs/xl-compat.md's key table). The RTC: local
+    # time instead of UTC, plus an offset in seconds.
+    localtime: bool = False
+    rtc_timeoffset: int = 0
+    viridian: list[str] = field(default_factory=list)  # xl groups, expanded; [] is off
+    vga: str | None = None  # stdvga, cirrus, qxl, none; None: stdvga
+    videoram: int | None = None  # MiB
+    # Extra QEMU arguments (admin only over TCP: docs/security.md).
+    device_model_args: list[str] = field(default_factory=list)
+    device_model_args_pv: list[str] = field(default_factory=list)
+    device_model_args_hvm: list[str] = field(default_factory=list)
+    nomigrate: bool = False
+    tsc_mode: str | None = None  # default, native, native_paravirt (always_emulate refused)
+    smbios: list[str] = field(default_factory=list)  # "KEY=VALUE" as xl.cfg(5)
+    acpi_s3: bool = True
+    acpi_s4: bool = True
+    channel: list[str] = field(default_factory=list)  # xl channel specs, checked
+    # The watchdog device on_watchdog watches (Xenia's key; on_watchdog alone picks
+    # i6300esb): i6300esb, ib700 or None for none.
+    watchdog: str | None = None
+
     # Where the config came from (file path or "<overrides>"), for messages.
     source: str | None = None
 

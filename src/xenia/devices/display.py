@@ -19,6 +19,8 @@ from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig, NotSupported
 
 VNC_BASE = 5900
+# xl's vga= (stdvga=1 is "stdvga", stdvga=0 "cirrus") -> QEMU's device; none: no card.
+VGA_DRIVERS = {"stdvga": "VGA", "cirrus": "cirrus-vga", "qxl": "qxl-vga", "none": ""}
 
 def firmware_kind(cfg: DomainConfig) -> str:
     """'seabios', 'ovmf' or 'path' (a firmware image file, as xl's firmware=PATH)."""
@@ -106,7 +108,13 @@ def graphics_argv(cfg: DomainConfig, display: int | None) -> list[str]:
     """VGA (unless nographic) and the VNC server; -display none stays for everything else."""
     if cfg.type != "hvm" or cfg.nographic:
         return []
-    argv = ["-device", _j({"driver": "VGA", "id": "video0", "bus": "pcie.0", "addr": "0x1"})]
+    argv = []
+    driver = VGA_DRIVERS[cfg.vga or "stdvga"]
+    if driver:
+        dev: dict[str, Any] = {"driver": driver, "id": "video0", "bus": "pcie.0", "addr": "0x1"}
+        if cfg.videoram:
+            dev["vgamem_mb"] = cfg.videoram
+        argv += ["-device", _j(dev)]
     if cfg.vnc and display is not None:
         host, _ = vnc_listen(cfg)
         shown = f"[{host}]" if ":" in host else host

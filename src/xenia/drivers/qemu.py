@@ -93,6 +93,9 @@ class QemuInstance(BootWatchMixin, Instance):
                 self._report("poweroff", data)
         elif name == "GUEST_PANICKED":
             self.crashed(data)
+        elif name == "WATCHDOG":
+            # -action watchdog=pause: the guest is stopped; on_watchdog decides the rest.
+            self._report("watchdog", data)
         elif name in ("RESUME", "STOP"):
             self._running = name == "RESUME"
         elif name == "DEVICE_DELETED":

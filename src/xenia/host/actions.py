@@ -1,10 +1,11 @@
-"""OnActions: what a guest event does to its domain — xl's on_poweroff, on_reboot, on_crash.
+"""OnActions: what a guest event does to its domain — xl's on_poweroff, on_reboot, on_crash,
+on_watchdog.
 
-A driver reports "poweroff", "reboot", "crash" (the guest's own doing) or "exited" (its
-process died without being asked); this applies the domain's configured action
-(destroy, restart, preserve, rename-restart, coredump-*, soft-reset) under the domain's
-lock. It acts on the DomainManager through the small surface `Domains` names, so the
-policy can be read (and, for HA, extended) on its own.
+A driver reports "poweroff", "reboot", "crash", "watchdog" (the guest's own doing, or its
+watchdog device firing) or "exited" (its process died without being asked); this applies
+the domain's configured action (destroy, restart, preserve, rename-restart, coredump-*,
+soft-reset) under the domain's lock. It acts on the DomainManager through the small
+surface `Domains` names, so the policy can be read (and, for HA, extended) on its own.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class OnActions:
                     d.forget(rec)
                 return
             action = {"poweroff": cfg.on_poweroff, "reboot": cfg.on_reboot,
-                      "crash": cfg.on_crash}[kind]
+                      "crash": cfg.on_crash, "watchdog": cfg.on_watchdog}[kind]
             log.info("domain %s: guest %s, applying %s", rec.name, kind, action)
             await self._apply(rec, kind, action)
 
