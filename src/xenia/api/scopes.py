@@ -78,6 +78,13 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", D + "/screenshot"): _r("console", REF),
     ("GET", "/v1/stats"): _r("read", HANDLER),
     ("GET", "/v1/vcpus"): _r("read", HANDLER),
+    # -- xl's remaining verbs (api/xl.py). The QEMU monitor can do anything QEMU can
+    # (read host files through a new -drive, say): admin only, as device_model_args.
+    ("POST", D + "/trigger"): _r("power", REF),
+    ("POST", D + "/sysrq"): _r("power", REF),
+    ("POST", D + "/button"): _r("power", REF),
+    ("POST", D + "/monitor"): _r("admin", REF),
+    ("GET", "/v1/host/dmesg"): _r("admin"),
     ("GET", "/v1/sched-credit"): _r("read", HANDLER),
     ("GET", "/v1/pci-assignable"): _r("read"),
     ("POST", "/v1/pci-assignable"): _r("admin"),

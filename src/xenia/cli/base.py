@@ -47,6 +47,21 @@ def register(module: str, *names: str) -> None:
 
 
 class LazyGroup(click.Group):
+    @staticmethod
+    def resolve_abbreviation(name: str) -> str:
+        """xl's abbreviations: a name that starts exactly one command is that command
+        (`xenia li` is list); `v` is vcpu-list, as in xl. An exact name always wins."""
+        if name in COMMAND_MODULES:
+            return name
+        if name == "v":
+            return "vcpu-list"
+        matches = sorted(n for n in COMMAND_MODULES if n.startswith(name))
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise click.UsageError(f"'{name}' is ambiguous: {', '.join(matches)}")
+        return name
+
     def _load(self, module: str) -> None:
         importlib.import_module(f"xenia.cli.{module}")
 
@@ -56,6 +71,7 @@ class LazyGroup(click.Group):
         return sorted(self.commands)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd_name = self.resolve_abbreviation(cmd_name)
         if cmd_name not in self.commands:
             module = COMMAND_MODULES.get(cmd_name)
             if module is None:

@@ -254,10 +254,15 @@ def reboot(c: Ctx, wait: bool, all_: bool, force: bool, dom: str | None) -> None
 
 
 @cli.command()
+@click.option("-f", "force", is_flag=True,
+              help="xl: allow destroying domain 0; Domain-0 is the host here: refused.")
 @click.argument("dom")
 @pass_ctx
-def destroy(c: Ctx, dom: str) -> None:
+def destroy(c: Ctx, force: bool, dom: str) -> None:
     """Terminate a domain immediately."""
+    if dom in ("0", "Domain-0"):
+        raise InvalidConfig("Failed to destroy Domain-0: it is the host itself, not a "
+                            "domain Xenia runs (-f cannot change that)")
     c.client.delete(f"/v1/domains/{dom}")
 
 
@@ -290,6 +295,8 @@ def rename(c: Ctx, dom: str, new_name: str) -> None:
 @click.option("-t", "ctype", type=click.Choice(["pv", "serial", "vuart"]), default=None,
               help="Console type (all map to the serial console).")
 @click.option("-n", "num", type=int, default=0, help="Console number (only 0).")
+@click.option("-e", "escape", default="^]", show_default=True,
+              help="Escape character that detaches: ^X or a single character.")
 @click.option("--run", "run_cmd", metavar="CMD",
               help="Xenia: run CMD in the guest's shell, print its output, exit with its status.")
 @click.option("--log", "show_log", is_flag=True,
@@ -300,9 +307,10 @@ def rename(c: Ctx, dom: str, new_name: str) -> None:
               help="Limit for --run and --wait, in seconds.")
 @click.argument("dom")
 @pass_ctx
-def console_cmd(c: Ctx, ctype: str | None, num: int, run_cmd: str | None, show_log: bool,
-                wait_for: str | None, timeout: float, dom: str) -> None:
+def console_cmd(c: Ctx, ctype: str | None, num: int, escape: str, run_cmd: str | None,
+                show_log: bool, wait_for: str | None, timeout: float, dom: str) -> None:
     """Attach to a domain's console (Ctrl-] detaches)."""
+    escape_byte = con.escape_char(escape)
     if num != 0:
         raise InvalidConfig(f"Failed to attach console {num}: domains have one console (0)")
     d = c.client.get(f"/v1/domains/{dom}")
@@ -318,6 +326,6 @@ def console_cmd(c: Ctx, ctype: str | None, num: int, run_cmd: str | None, show_l
         sys.stdout.write(text)
         sys.stdout.flush()
         sys.exit(rc)
-    con.attach(con.Path(d["console"]))
+    con.attach(con.Path(d["console"]), escape=escape_byte)
 
 

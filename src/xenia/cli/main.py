@@ -27,6 +27,7 @@ register("storage", "pool", "volume")
 register("network", "network")
 register("top", "top")
 register("hosts", "host")
+register("xl", "dmesg", "trigger", "sysrq", "button-press", "qemu-monitor-command")
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from xenia.drivers.base import (
 from xenia.drivers.qemu_bootwatch import BootWatch, BootWatchMixin
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
 from xenia.drivers.qemu_hotplug import QemuHotplug
+from xenia.drivers.qemu_xlverbs import XlVerbsMixin
 from xenia.errors import BackendError, InvalidConfig, NotFound, XeniaError
 from xenia.hostos import affinity, hostinfo
 from xenia.hostos.procfs import log_tail
@@ -62,7 +63,7 @@ def _check_readable(path: str | None, what: str, name: str, key: str) -> None:
         raise InvalidConfig(f"Failed to create domain '{name}': {what} '{path}' is not readable")
 
 
-class QemuInstance(BootWatchMixin, Instance):
+class QemuInstance(BootWatchMixin, XlVerbsMixin, Instance):
     def __init__(self, record: DomainRecord, proc: QemuProcess, events: GuestEvents,
                  host: QemuDevices, hang_timeout: float | None = None) -> None:
         self.record = record  # as at start: for its name in messages, not for state

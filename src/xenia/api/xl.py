@@ -1,0 +1,64 @@
+"""Routes of xl's remaining domain verbs: trigger, sysrq, button-press,
+qemu-monitor-command, and the host's dmesg (host/xlverbs.py does the work)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+
+from xenia.host.xlverbs import XlVerbs
+
+router = APIRouter(prefix="/v1")
+
+
+def _verbs(request: Request) -> XlVerbs:
+    return XlVerbs(request.app.state.engine.manager)
+
+
+Verbs = Annotated[XlVerbs, Depends(_verbs)]
+
+
+class TriggerRequest(BaseModel):
+    kind: str
+
+
+class KeyRequest(BaseModel):
+    key: str
+
+
+class ButtonRequest(BaseModel):
+    button: str
+
+
+class MonitorRequest(BaseModel):
+    command: str
+
+
+@router.post("/domains/{ref}/trigger")
+async def trigger(ref: str, req: TriggerRequest, x: Verbs) -> dict[str, Any]:
+    await x.trigger(ref, req.kind)
+    return {}
+
+
+@router.post("/domains/{ref}/sysrq")
+async def sysrq(ref: str, req: KeyRequest, x: Verbs) -> dict[str, Any]:
+    await x.sysrq(ref, req.key)
+    return {}
+
+
+@router.post("/domains/{ref}/button")
+async def button(ref: str, req: ButtonRequest, x: Verbs) -> dict[str, Any]:
+    await x.button_press(ref, req.button)
+    return {}
+
+
+@router.post("/domains/{ref}/monitor")
+async def monitor(ref: str, req: MonitorRequest, x: Verbs) -> dict[str, Any]:
+    return {"output": await x.monitor_command(ref, req.command)}
+
+
+@router.get("/host/dmesg")
+async def dmesg(x: Verbs, clear: bool = False) -> dict[str, Any]:
+    return {"lines": x.dmesg(clear)}

@@ -1,0 +1,62 @@
+"""XlVerbs: xl's trigger, sysrq, button-press, qemu-monitor-command and dmesg, on the
+DomainManager's public surface (the driver's Instance does the work)."""
+
+from __future__ import annotations
+
+from xenia.drivers.base import Instance
+from xenia.errors import InvalidConfig
+from xenia.host.manager import DomainManager
+from xenia.logring import RING
+from xenia.store.state import LIVE, require
+
+BUTTONS = ("power", "sleep")
+
+
+class XlVerbs:
+    def __init__(self, manager: DomainManager) -> None:
+        self.manager = manager
+
+    async def _live(self, ref: str, doing: str) -> Instance:
+        m = self.manager
+        rec = m.resolve(ref)
+        rec = m.store.get(rec.uuid) or rec
+        require(rec, doing, LIVE)
+        return m.instance(rec)
+
+    async def trigger(self, ref: str, kind: str) -> None:
+        m = self.manager
+        rec = m.resolve(ref)
+        # Under the domain's lock like every verb; what the guest does in answer (a reset
+        # reported as a reboot) is handled after, by OnActions, which takes it again.
+        async with m.locked(rec.uuid):
+            inst = await self._live(ref, f"to send '{kind}' to domain")
+            await inst.trigger(kind)
+
+    async def button_press(self, ref: str, button: str) -> None:
+        if button not in BUTTONS:
+            raise InvalidConfig(f"Failed to press a button of domain '{ref}': unknown button "
+                                f"'{button}' (power or sleep)")
+        await self.trigger(ref, button)
+
+    async def sysrq(self, ref: str, key: str) -> None:
+        rec = self.manager.resolve(ref)
+        async with self.manager.locked(rec.uuid):
+            inst = await self._live(ref, "to send sysrq to domain")
+            await inst.sysrq(key)
+
+    async def monitor_command(self, ref: str, command: str) -> str:
+        rec = self.manager.resolve(ref)
+        async with self.manager.locked(rec.uuid):
+            inst = await self._live(ref, "to run a monitor command in domain")
+            return await inst.monitor_command(command)
+
+    def dmesg(self, clear: bool = False) -> list[str]:
+        """xeniad's recent log, then the last lines of each domain's QEMU log."""
+        lines = RING.lines(clear)
+        for rec in self.manager.store.list():
+            inst = self.manager.instance_of(rec.uuid)
+            tail = inst.log_tail() if inst is not None else ""
+            if tail.strip():
+                lines.append(f"==> {rec.name}: QEMU log <==")
+                lines += tail.rstrip("\n").splitlines()
+        return lines

@@ -1,0 +1,135 @@
+"""Issue 14: xl's platform keys, seen from inside one real guest (shared by the module).
+
+The guest is an hvm domain booted directly from the tiny image's kernel, so the VGA card
+is there too. Its config is a Xen admin's: `root=/dev/xvda1 console=hvc0`, a second
+serial port to a file, a virtio-serial channel, an RTC an hour ahead, SMBIOS strings, no
+S3, device_model_args, and on_watchdog with the watchdog the guest arms itself.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Host, Image, wait_until
+
+pytestmark = pytest.mark.integration
+
+CHANNEL = "org.xenia.test.0"
+# Arms the i6300esb from the guest's shell (the cloud kernel has no driver for it):
+# memory decoding on, then both stages' preload (2000 ticks of 32768 x 30 ns: ~2 s each)
+# after the unlock sequence 0x80, 0x86 on the reload register, then enable (0x68 bit 1).
+ARM_WATCHDOG = """
+d=$(grep -l 0x25ab /sys/bus/pci/devices/*/device | head -1); d=${d%/device}
+printf '\\002\\000' | dd of=$d/config bs=1 seek=4 count=2 conv=notrunc 2>/dev/null
+bar=$(head -1 $d/resource | cut -d' ' -f1)
+for reg in 0 4; do
+  devmem $((bar + 12)) 16 0x80; devmem $((bar + 12)) 16 0x86
+  devmem $((bar + reg)) 32 2000
+done
+printf '\\002' | dd of=$d/config bs=1 seek=104 count=1 conv=notrunc 2>/dev/null
+echo armed
+""".strip()
+
+
+@pytest.fixture(scope="module")
+def xk(tiny_image: Image) -> Iterator[tuple[Host, Path]]:
+    h = Host(tiny_image)
+    ok = False
+    try:
+        h.start_daemon()
+        disk = h.root / "d0.img"
+        disk.write_bytes(b"\0" * (8 << 20))
+        serial_log = h.root / "serial1.log"
+        cfg = h.write_cfg(
+            "xk", type="hvm", extra="root=/dev/xvda1 console=hvc0",
+            disk=[f"{disk},raw,xvda,rw"], rtc_timeoffset=3600, acpi_s3=0, stdvga=0,
+            smbios=["system_manufacturer=XeniaTest", "system_product_name=xk"],
+            device_model_args=["-smbios", "type=1,version=dm-args-ok"],
+            serial=["pty", f"file:{serial_log}"],
+            channel=[f"name={CHANNEL},connection=pty"], on_watchdog="preserve")
+        res = h.xenia("create", str(cfg))
+        assert "notice: Xen device names translated" in res.stderr
+        assert "console=hvc0 -> console=ttyS0" in res.stderr
+        h.wait_console("xk", "xenia-tiny: ready")
+        yield h, serial_log
+        ok = True
+    finally:
+        if not ok:
+            h.dump_logs()
+        h.cleanup()
+
+
+def test_xen_device_names_boot_unchanged(xk: tuple[Host, Path]) -> None:
+    host, _ = xk
+    # The console answering at all is console=hvc0 translated; root= names the guest's disk.
+    words = host.run("xk", "cat /proc/cmdline").split()
+    assert "root=/dev/vda1" in words and "console=ttyS0" in words and "console=hvc0" not in words
+    assert host.run("xk", "cat /sys/block/vda/size").strip() == str(8 << 11)
+
+
+def test_rtc_offset_smbios_acpi_vga(xk: tuple[Host, Path]) -> None:
+    host, _ = xk
+    out = host.run("xk", "cat /sys/class/rtc/rtc0/since_epoch /sys/class/dmi/id/sys_vendor "
+                         "/sys/class/dmi/id/product_name /sys/class/dmi/id/product_version; "
+                         "dmesg | grep 'ACPI: PM: (supports'; cat /sys/bus/pci/devices/*/vendor"
+                   ).splitlines()
+    assert abs(int(out[0]) - time.time() - 3600) < 60, out[0]
+    assert out[1:4] == ["XeniaTest", "xk", "dm-args-ok"]
+    assert "S4" in out[4] and "S3" not in out[4], out[4]
+    assert "0x1013" in out[5:]  # stdvga = 0: the Cirrus card
+
+
+def test_second_serial_port_writes_to_its_file(xk: tuple[Host, Path]) -> None:
+    host, serial_log = xk
+    host.run("xk", "echo serial-one-$((6*7)) > /dev/ttyS1")
+    wait_until(lambda: "serial-one-42" in serial_log.read_text(errors="replace"),
+               what="the guest's ttyS1 line in the serial file")
+
+
+def test_channel_carries_bytes_both_ways(xk: tuple[Host, Path]) -> None:
+    host, _ = xk
+    path = next((host.root / "run").rglob("channel0.sock"))
+    port = host.run("xk", f"grep -l {CHANNEL} /sys/class/virtio-ports/*/name").strip()
+    dev = "/dev/" + port.split("/")[-2]
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(path))
+        s.settimeout(30)
+        # Host to guest: QEMU holds the bytes until the guest opens the port.
+        s.sendall(b"to-guest\n")
+        assert host.run("xk", f"head -n1 {dev}").strip() == "to-guest"
+        host.run("xk", f"echo from-guest > {dev}")
+        got = b""
+        while b"from-guest\n" not in got:
+            got += s.recv(100)
+
+
+def test_trigger_nmi_sysrq_monitor_dmesg(xk: tuple[Host, Path]) -> None:
+    host, _ = xk
+    host.xenia("trigger", "xk", "nmi")
+    wait_until(lambda: "NMI received" in host.run("xk", "dmesg | grep NMI || true"),
+               what="the guest's kernel to log the NMI")
+    host.run("xk", "echo 1 > /proc/sys/kernel/sysrq")
+    host.xenia("sysrq", "xk", "h")
+    host.wait_console("xk", "sysrq: HELP", timeout=30)
+    res = host.xenia("trigger", "xk", "init", check=False)
+    assert res.returncode != 0 and "use `trigger reset`" in res.stderr
+    assert host.xenia("qemu-monitor-command", "xk", "info name").stdout.strip() == "xk"
+    assert "xeniad listening on" in host.xenia("dmesg").stdout
+    # xl's abbreviations; Domain-0 cannot be destroyed.
+    assert host.xenia("li").stdout.splitlines()[0].startswith("Name")
+    res = host.xenia("destroy", "-f", "Domain-0", check=False)
+    assert res.returncode != 0 and "it is the host itself" in res.stderr
+
+
+def test_watchdog_fires_and_on_watchdog_acts(xk: tuple[Host, Path]) -> None:
+    # Last: the guest stops for good.
+    host, _ = xk
+    assert host.run("xk", ARM_WATCHDOG).strip().endswith("armed")
+    wait_until(lambda: host.domain("xk")["state"] == "shutdown", timeout=60,
+               what="on_watchdog=preserve to keep the stopped guest")
+    assert "guest watchdog, applying preserve" in host.daemon_log.read_text()

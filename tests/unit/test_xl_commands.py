@@ -1,0 +1,83 @@
+"""xl's verbs on the CLI side and their refusals: abbreviations, console -e, destroy -f,
+the log ring of `dmesg`, and triggers QEMU has no way to send."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from xenia.cli import console as con
+from xenia.cli.base import LazyGroup, cli
+from xenia.cli.main import main  # noqa: F401 - fills the registry
+from xenia.drivers.qemu_xlverbs import XlVerbsMixin
+from xenia.errors import InvalidConfig, NotSupported
+from xenia.logring import RingHandler
+
+
+def test_abbreviations_as_xl() -> None:
+    resolve = LazyGroup.resolve_abbreviation
+    assert resolve("li") == "list"
+    assert resolve("network") == "network"  # exact wins over network-attach
+    assert resolve("v") == "vcpu-list"
+    assert resolve("qemu-m") == "qemu-monitor-command"
+    with pytest.raises(click.UsageError, match="ambiguous"):
+        resolve("pci")
+    assert resolve("nosuch") == "nosuch"
+    res = CliRunner().invoke(cli, ["dm", "--help"])
+    assert res.exit_code == 0 and "xeniad's recent log" in res.output
+
+
+def test_console_escape_character() -> None:
+    assert con.escape_char("^]") == b"\x1d"
+    assert con.escape_char("^a") == b"\x01"
+    assert con.escape_char("q") == b"q"
+    with pytest.raises(InvalidConfig):
+        con.escape_char("^^^")
+
+
+def test_destroy_domain_0_is_refused_even_with_f() -> None:
+    res = CliRunner().invoke(cli, ["--no-autostart", "destroy", "-f", "Domain-0"])
+    assert isinstance(res.exception, InvalidConfig)
+    assert "it is the host itself" in str(res.exception)
+
+
+def test_log_ring_keeps_the_last_lines_and_clears() -> None:
+    ring = RingHandler(max_lines=3)
+    logger = logging.getLogger("xenia.test.ring")
+    logger.addHandler(ring)
+    logger.setLevel(logging.INFO)
+    try:
+        for i in range(5):
+            logger.info("line %d", i)
+    finally:
+        logger.removeHandler(ring)
+    assert ring.lines(clear=True) == ["line 2", "line 3", "line 4"]
+    assert ring.lines() == []
+
+
+class _Rec:
+    name = "d1"
+
+
+class _NoQmp:
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"QMP {name} must not be called")
+
+
+def test_triggers_qemu_cannot_send_are_refused() -> None:
+    verbs = XlVerbsMixin()
+    verbs.qmp = _NoQmp()  # type: ignore[assignment]
+    verbs.record = _Rec()  # type: ignore[assignment]
+    with pytest.raises(NotSupported, match="no ACPI sleep button"):
+        asyncio.run(verbs.trigger("sleep"))
+    with pytest.raises(NotSupported, match="cannot send an INIT"):
+        asyncio.run(verbs.trigger("init"))
+    with pytest.raises(InvalidConfig, match="unknown trigger"):
+        asyncio.run(verbs.trigger("bogus"))
+    with pytest.raises(InvalidConfig, match="one letter or digit"):
+        asyncio.run(verbs.sysrq("ab"))
