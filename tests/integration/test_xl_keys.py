@@ -8,6 +8,7 @@ S3, device_model_args, and on_watchdog with the watchdog the guest arms itself.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -120,6 +121,12 @@ def test_trigger_nmi_sysrq_monitor_dmesg(xk: tuple[Host, Path]) -> None:
     assert res.returncode != 0 and "use `trigger reset`" in res.stderr
     assert host.xenia("qemu-monitor-command", "xk", "info name").stdout.strip() == "xk"
     assert "xeniad listening on" in host.xenia("dmesg").stdout
+    info = dict(line.split(":", 1) for line in host.xenia("info").stdout.splitlines())
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    assert int(info["nr_nodes"]) >= 1 and int(info["threads_per_core"]) >= 1
+    listing = json.loads(host.xenia("list", "-l").stdout)
+    assert listing[0]["name"] == "Domain-0" and listing[0]["domid"] == 0
+    assert host.xenia("list", "-n").stdout.splitlines()[0].endswith("NODE Affinity")
     # xl's abbreviations; Domain-0 cannot be destroyed.
     assert host.xenia("li").stdout.splitlines()[0].startswith("Name")
     res = host.xenia("destroy", "-f", "Domain-0", check=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import click
@@ -16,6 +17,7 @@ from xenia.cli.base import LazyGroup, cli
 from xenia.cli.main import main  # noqa: F401 - fills the registry
 from xenia.drivers.qemu_xlverbs import XlVerbsMixin
 from xenia.errors import InvalidConfig, NotSupported
+from xenia.hostos import hostinfo
 from xenia.logring import RingHandler
 
 
@@ -81,3 +83,20 @@ def test_triggers_qemu_cannot_send_are_refused() -> None:
         asyncio.run(verbs.trigger("bogus"))
     with pytest.raises(InvalidConfig, match="one letter or digit"):
         asyncio.run(verbs.sysrq("ab"))
+
+
+def test_topology_counts_sockets_cores_threads(tmp_path: Path) -> None:
+    # Two sockets, two cores each, two threads a core: 8 CPUs; two NUMA nodes.
+    cpu = 0
+    for pkg in range(2):
+        for core in range(2):
+            for _ in range(2):
+                topo = tmp_path / "cpu" / f"cpu{cpu}" / "topology"
+                topo.mkdir(parents=True)
+                (topo / "physical_package_id").write_text(f"{pkg}\n")
+                (topo / "core_id").write_text(f"{core}\n")
+                cpu += 1
+    (tmp_path / "node" / "node0").mkdir(parents=True)
+    (tmp_path / "node" / "node1").mkdir()
+    topo = hostinfo.topology(tmp_path)
+    assert (topo["nr_nodes"], topo["cores_per_socket"], topo["threads_per_core"]) == (2, 2, 2)

@@ -93,21 +93,26 @@ def _rows(c: Ctx, refs: tuple[str, ...]) -> list[dict[str, Any]]:
 @cli.command("list")
 @click.option("-l", "--long", "long_", is_flag=True, help="JSON with each domain's config.")
 @click.option("-v", "--verbose", is_flag=True, help="Also show UUID and type.")
+@click.option("-n", "--numa", is_flag=True, help="Also show each domain's NUMA node affinity.")
 @click.argument("domains", nargs=-1)
 @pass_ctx
-def list_(c: Ctx, long_: bool, verbose: bool, domains: tuple[str, ...]) -> None:
+def list_(c: Ctx, long_: bool, verbose: bool, numa: bool, domains: tuple[str, ...]) -> None:
     """List domains (xl list)."""
     rows = _rows(c, domains)
     if long_:
-        out(json.dumps([r for r in rows if r["domid"] != 0], indent=2))
+        # As xl, Domain-0 (the host) is in the list, with domid 0.
+        out(json.dumps(rows, indent=2))
         return
     header = LIST_HEADER + ("   UUID                                 Type" if verbose else "")
-    out(header)
+    out(header + ("  NODE Affinity" if numa else ""))
     for r in rows:
         line = (f"{r['name']:<40} {r['domid']:5d} {r['memory']:5d} {r['vcpus']:5d}     "
                 f"{r['state_letters']}  {r['cpu_time']:8.1f}")
         if verbose:
             line += f"   {r['uuid']} {r['type']}"
+        if numa:
+            # Guests get no NUMA placement of their own: any node, as xl shows it.
+            line += "  all"
         out(line)
 
 
@@ -174,8 +179,19 @@ def info(c: Ctx) -> None:
         ("release", h.get("release")),
         ("machine", h.get("machine")),
         ("nr_cpus", h.get("nr_cpus")),
+        ("max_cpu_id", h.get("max_cpu_id")),
+        ("nr_nodes", h.get("nr_nodes")),
+        ("cores_per_socket", h.get("cores_per_socket")),
+        ("threads_per_core", h.get("threads_per_core")),
+        ("cpu_mhz", h.get("cpu_mhz")),
+        ("virt_caps", "hvm" + (" hap" if h.get("accel") == "kvm" else "")),
         ("total_memory", h.get("total_memory")),
         ("free_memory", h.get("free_memory")),
+        # xl's xen_* lines, for what runs the guests here (QEMU on KVM or TCG).
+        ("virt_version", h.get("qemu_version")),
+        ("virt_caps_accel", h.get("accel")),
+        ("virt_scheduler", "linux"),
+        ("virt_pagesize", 4096),
         ("accelerator", h.get("accel")),
         ("accel_reason", h.get("accel_reason")),
         ("qemu_version", h.get("qemu_version") or h.get("qemu_error")),
