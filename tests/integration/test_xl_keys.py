@@ -127,6 +127,17 @@ def test_trigger_nmi_sysrq_monitor_dmesg(xk: tuple[Host, Path]) -> None:
     listing = json.loads(host.xenia("list", "-l").stdout)
     assert listing[0]["name"] == "Domain-0" and listing[0]["domid"] == 0
     assert host.xenia("list", "-n").stdout.splitlines()[0].endswith("NODE Affinity")
+    # dump-core: an ELF core of the running guest, which runs on.
+    core = host.root / "xk.core"
+    assert host.xenia("dump-core", "xk", str(core)).stdout.strip() == str(core)
+    with core.open("rb") as f:
+        assert f.read(4) == b"\x7fELF"
+    core.unlink()
+    assert host.domain("xk")["state"] == "running"
+    # -N: a dry run changes nothing.
+    res = host.xenia("-N", "pause", "xk")
+    assert "dry run: would POST" in res.stderr and host.domain("xk")["state"] == "running"
+    assert CHANNEL in host.xenia("channel-list", "xk").stdout
     # xl's abbreviations; Domain-0 cannot be destroyed.
     assert host.xenia("li").stdout.splitlines()[0].startswith("Name")
     res = host.xenia("destroy", "-f", "Domain-0", check=False)

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from xenia.cli import console as con
 from xenia.cli.base import LazyGroup, cli
+from xenia.cli.client import DryRun
 from xenia.cli.main import main  # noqa: F401 - fills the registry
 from xenia.drivers.qemu_xlverbs import XlVerbsMixin
 from xenia.errors import InvalidConfig, NotSupported
@@ -100,3 +101,9 @@ def test_topology_counts_sockets_cores_threads(tmp_path: Path) -> None:
     (tmp_path / "node" / "node1").mkdir()
     topo = hostinfo.topology(tmp_path)
     assert (topo["nr_nodes"], topo["cores_per_socket"], topo["threads_per_core"]) == (2, 2, 2)
+
+
+def test_dry_run_sends_no_change() -> None:
+    res = CliRunner().invoke(cli, ["-N", "--no-autostart", "pause", "web1"])
+    assert isinstance(res.exception, DryRun)
+    assert "dry run: would POST /v1/domains/web1/pause" in res.output

@@ -85,6 +85,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", D + "/button"): _r("power", REF),
     ("POST", D + "/monitor"): _r("admin", REF),
     ("GET", "/v1/host/dmesg"): _r("admin"),
+    ("POST", D + "/dump-core"): _r("create", REF),  # the file passes the path rule
     ("GET", "/v1/sched-credit"): _r("read", HANDLER),
     ("GET", "/v1/pci-assignable"): _r("read"),
     ("POST", "/v1/pci-assignable"): _r("admin"),

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
+from xenia.api.access import Acc
+from xenia.errors import InvalidConfig
 from xenia.host.xlverbs import XlVerbs
 
 router = APIRouter(prefix="/v1")
@@ -57,6 +59,20 @@ async def button(ref: str, req: ButtonRequest, x: Verbs) -> dict[str, Any]:
 @router.post("/domains/{ref}/monitor")
 async def monitor(ref: str, req: MonitorRequest, x: Verbs) -> dict[str, Any]:
     return {"output": await x.monitor_command(ref, req.command)}
+
+
+class DumpRequest(BaseModel):
+    file: str | None = None
+
+
+@router.post("/domains/{ref}/dump-core")
+async def dump_core(ref: str, req: DumpRequest, x: Verbs, a: Acc) -> dict[str, Any]:
+    if req.file is not None:
+        a.check_path(req.file, "core file")
+    elif a.grant is not None:
+        raise InvalidConfig("Failed to dump a core over TCP: name the file (a path the "
+                            "token's path rule allows)")
+    return {"file": await x.dump_core(ref, req.file)}
 
 
 @router.get("/host/dmesg")

@@ -12,15 +12,16 @@ from xenia.paths import Paths
 
 
 class Ctx:
-    def __init__(self, autostart: bool) -> None:
+    def __init__(self, autostart: bool, dry_run: bool = False) -> None:
         self.paths = Paths.from_env()
         self.autostart = autostart
+        self.dry_run = dry_run
         self._client: Client | None = None
 
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.paths, autostart=self.autostart)
+            self._client = Client(self.paths, autostart=self.autostart, dry_run=self.dry_run)
         return self._client
 
 
@@ -85,9 +86,11 @@ class LazyGroup(click.Group):
 @click.version_option(xenia.__version__, prog_name="xenia")
 @click.option("--no-autostart", is_flag=True,
               help="Do not start xeniad when none answers (also: XENIA_NO_AUTOSTART=1).")
+@click.option("-N", "dry_run", is_flag=True,
+              help="Dry run (xl -N): print what would change, change nothing.")
 @click.pass_context
-def cli(ctx: click.Context, no_autostart: bool) -> None:
+def cli(ctx: click.Context, no_autostart: bool, dry_run: bool) -> None:
     """Xenia: xl's commands for KVM/QEMU guests and containers."""
-    ctx.obj = Ctx(autostart=not no_autostart)
+    ctx.obj = Ctx(autostart=not no_autostart, dry_run=dry_run)
 
 

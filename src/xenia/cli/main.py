@@ -12,6 +12,7 @@ import sys
 import click
 
 from xenia.cli.base import cli, register
+from xenia.cli.client import DryRun
 from xenia.errors import XeniaError
 
 register("domains", "create", "list", "uptime", "domid", "domname", "info", "shutdown",
@@ -27,7 +28,8 @@ register("storage", "pool", "volume")
 register("network", "network")
 register("top", "top")
 register("hosts", "host")
-register("xl", "dmesg", "trigger", "sysrq", "button-press", "qemu-monitor-command")
+register("xl", "dmesg", "trigger", "sysrq", "button-press", "qemu-monitor-command",
+         "dump-core", "vncviewer", "channel-list")
 
 
 def main() -> None:
@@ -36,6 +38,8 @@ def main() -> None:
     except XeniaError as e:
         click.echo(f"xenia: {e.message}", err=True)
         sys.exit(1)
+    except DryRun:
+        sys.exit(0)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as e:

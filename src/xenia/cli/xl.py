@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import click
 
 from xenia.cli.base import Ctx, cli, out, pass_ctx
+from xenia.config.model import DomainConfig
+from xenia.errors import NotFound, NotSupported
+from xenia.qemu.platform import channel_path, channels
 
 TRIGGERS = ("nmi", "reset", "init", "power", "sleep", "s3resume")
 
@@ -56,3 +63,46 @@ def qemu_monitor_command(c: Ctx, dom: str, command: str) -> None:
     text = c.client.post(f"/v1/domains/{dom}/monitor", {"command": command})["output"]
     if text:
         click.echo(text, nl=not text.endswith("\n"))
+
+
+@cli.command("dump-core")
+@click.argument("dom")
+@click.argument("filename", required=False)
+@pass_ctx
+def dump_core(c: Ctx, dom: str, filename: str | None) -> None:
+    """Write the guest's memory as an ELF core file (crash(8) reads it)."""
+    file = os.path.abspath(filename) if filename else None
+    out(c.client.post(f"/v1/domains/{dom}/dump-core", {"file": file})["file"])
+
+
+@cli.command()
+@click.argument("dom")
+@pass_ctx
+def vncviewer(c: Ctx, dom: str) -> None:
+    """Run a VNC viewer on the domain's display (needs a vncviewer on PATH)."""
+    d = c.client.get(f"/v1/domains/{dom}")
+    address = d.get("runtime", {}).get("vnc")
+    if not address:
+        raise NotFound(f"Failed to find the VNC display of '{dom}': it has none (set vnc=1 "
+                       "in an hvm domain's config)")
+    viewer = shutil.which("vncviewer")
+    if viewer is None:
+        raise NotSupported(f"Failed to start a VNC viewer: none on PATH; connect one to "
+                           f"{address} (apt-get install tigervnc-viewer)")
+    host, _, port = address.rpartition(":")
+    os.execv(viewer, [viewer, f"{host}::{port}"])
+
+
+@cli.command("channel-list")
+@click.argument("dom")
+@pass_ctx
+def channel_list(c: Ctx, dom: str) -> None:
+    """List a domain's virtio-serial channels and where the host end listens."""
+    d = c.client.get(f"/v1/domains/{dom}")
+    cfg = DomainConfig.from_dict(d["config"])
+    # The run directory is the console socket's; a stopped domain has none.
+    run_dir = Path(d["console"]).parent if d.get("console") else Path("-")
+    out("Idx Name                             Connection Path")
+    for i, spec in enumerate(channels(cfg)):
+        path = channel_path(run_dir, i, spec)
+        out(f"{i:<3} {spec.name:<32} {spec.connection:<10} {path}")

@@ -3,6 +3,9 @@ DomainManager's public surface (the driver's Instance does the work)."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 from xenia.drivers.base import Instance
 from xenia.errors import InvalidConfig
 from xenia.host.manager import DomainManager
@@ -49,6 +52,21 @@ class XlVerbs:
         async with self.manager.locked(rec.uuid):
             inst = await self._live(ref, "to run a monitor command in domain")
             return await inst.monitor_command(command)
+
+    async def dump_core(self, ref: str, file: str | None) -> str:
+        """xl dump-core: the guest's memory as an ELF core (crash(8) reads it), to `file`
+        or the state directory's dump/. The guest runs on afterwards."""
+        m = self.manager
+        rec = m.resolve(ref)
+        async with m.locked(rec.uuid):
+            inst = await self._live(ref, "to dump the core of domain")
+            path = Path(file) if file else (m.paths.state / "dump" / f"{rec.name}-"
+                                            f"{time.strftime('%Y%m%dT%H%M%S')}.core")
+            if not path.is_absolute():
+                raise InvalidConfig(f"Failed to dump the core of '{rec.name}': the file must "
+                                    f"be an absolute path, got '{file}'")
+            await inst.dump_core(path)
+        return str(path)
 
     def dmesg(self, clear: bool = False) -> list[str]:
         """xeniad's recent log, then the last lines of each domain's QEMU log."""
