@@ -37,6 +37,18 @@ echo armed
 """.strip()
 
 
+def xk_keys(root: Path, disk: Path, serial_log: Path, **more: object) -> dict[str, object]:
+    keys: dict[str, object] = dict(
+        type="hvm", extra="root=/dev/xvda1 console=hvc0",
+        disk=[f"{disk},raw,xvda,rw"], rtc_timeoffset=3600, acpi_s3=0, stdvga=0,
+        smbios=["system_manufacturer=XeniaTest", "system_product_name=xk"],
+        device_model_args=["-smbios", "type=1,version=dm-args-ok"],
+        serial=["pty", f"file:{serial_log}"],
+        channel=[f"name={CHANNEL},connection=pty"], on_watchdog="preserve")
+    keys.update(more)
+    return keys
+
+
 @pytest.fixture(scope="module")
 def xk(tiny_image: Image) -> Iterator[tuple[Host, Path]]:
     h = Host(tiny_image)
@@ -46,13 +58,7 @@ def xk(tiny_image: Image) -> Iterator[tuple[Host, Path]]:
         disk = h.root / "d0.img"
         disk.write_bytes(b"\0" * (8 << 20))
         serial_log = h.root / "serial1.log"
-        cfg = h.write_cfg(
-            "xk", type="hvm", extra="root=/dev/xvda1 console=hvc0",
-            disk=[f"{disk},raw,xvda,rw"], rtc_timeoffset=3600, acpi_s3=0, stdvga=0,
-            smbios=["system_manufacturer=XeniaTest", "system_product_name=xk"],
-            device_model_args=["-smbios", "type=1,version=dm-args-ok"],
-            serial=["pty", f"file:{serial_log}"],
-            channel=[f"name={CHANNEL},connection=pty"], on_watchdog="preserve")
+        cfg = h.write_cfg("xk", **xk_keys(h.root, disk, serial_log))
         res = h.xenia("create", str(cfg))
         assert "notice: Xen device names translated" in res.stderr
         assert "console=hvc0 -> console=ttyS0" in res.stderr
@@ -142,6 +148,24 @@ def test_trigger_nmi_sysrq_monitor_dmesg(xk: tuple[Host, Path]) -> None:
     assert host.xenia("li").stdout.splitlines()[0].startswith("Name")
     res = host.xenia("destroy", "-f", "Domain-0", check=False)
     assert res.returncode != 0 and "it is the host itself" in res.stderr
+
+
+def test_config_update_applies_at_the_next_reboot(xk: tuple[Host, Path]) -> None:
+    host, serial_log = xk
+    cfg = host.write_cfg("xk", **xk_keys(host.root, host.root / "d0.img", serial_log,
+                                         memory=320))
+    host.xenia("config-update", "xk", str(cfg))
+    assert host.domain("xk")["memory"] == 256  # not before the reboot
+    bad = host.write_cfg("xk", **xk_keys(host.root, host.root / "d0.img", serial_log,
+                                         disk=[]))
+    res = host.xenia("config-update", "xk", str(bad), check=False)
+    assert res.returncode != 0 and "block-/network-/pci-attach" in res.stderr
+    host.xenia("trigger", "xk", "reset")  # a reboot: on_reboot=restart with the new config
+    wait_until(lambda: host.domain("xk")["memory"] == 320, timeout=60,
+               what="the updated config to take effect")
+    host.wait_console("xk", "xenia-tiny: ready")
+    kib = int(host.run("xk", "grep MemTotal /proc/meminfo").split()[1])
+    assert 260_000 < kib <= 320 * 1024, kib
 
 
 def test_watchdog_fires_and_on_watchdog_acts(xk: tuple[Host, Path]) -> None:

@@ -86,6 +86,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", D + "/monitor"): _r("admin", REF),
     ("GET", "/v1/host/dmesg"): _r("admin"),
     ("POST", D + "/dump-core"): _r("create", REF),  # the file passes the path rule
+    ("POST", D + "/config"): _r("create", REF),  # paths and args checked as a create's
     ("GET", "/v1/sched-credit"): _r("read", HANDLER),
     ("GET", "/v1/pci-assignable"): _r("read"),
     ("POST", "/v1/pci-assignable"): _r("admin"),

@@ -3,12 +3,14 @@ qemu-monitor-command, and the host's dmesg (host/xlverbs.py does the work)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from xenia.api.access import Acc
+from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig
 from xenia.host.xlverbs import XlVerbs
 
@@ -73,6 +75,21 @@ async def dump_core(ref: str, req: DumpRequest, x: Verbs, a: Acc) -> dict[str, A
         raise InvalidConfig("Failed to dump a core over TCP: name the file (a path the "
                             "token's path rule allows)")
     return {"file": await x.dump_core(ref, req.file)}
+
+
+class ConfigRequest(BaseModel):
+    config: dict[str, Any]
+
+
+@router.post("/domains/{ref}/config")
+async def config_update(ref: str, req: ConfigRequest, x: Verbs, a: Acc) -> dict[str, Any]:
+    try:
+        cfg = DomainConfig.from_dict(req.config)
+    except (TypeError, ValueError) as e:
+        raise InvalidConfig(f"Failed to read the domain config: {e}") from e
+    await asyncio.to_thread(a.check_config, cfg, f"to update the config of '{ref}'")
+    await x.config_update(ref, cfg)
+    return {}
 
 
 @router.get("/host/dmesg")

@@ -25,7 +25,7 @@ class _WarningPrinter(logging.Handler):
         warn(f"warning: {record.getMessage()}")
 
 
-def _load(path: str, overrides: tuple[str, ...]) -> DomainConfig:
+def load_cfg(path: str, overrides: tuple[str, ...]) -> DomainConfig:
     from xenia.config.build import load_config
 
     click.echo(f"Parsing config from {path}", err=True)
@@ -55,7 +55,7 @@ def create(c: Ctx, attach: bool, paused: bool, dryrun: bool, quiet: bool,
         if not rest or "=" in rest[0]:
             raise InvalidConfig("Failed to create: no config file given (xenia create FILE)")
         cfgfile = rest.pop(0)
-    cfg = _load(cfgfile, tuple(rest))
+    cfg = load_cfg(cfgfile, tuple(rest))
     if dryrun:
         out(json.dumps(cfg.to_dict(), indent=2))
         return

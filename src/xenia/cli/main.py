@@ -29,7 +29,7 @@ register("network", "network")
 register("top", "top")
 register("hosts", "host")
 register("xl", "dmesg", "trigger", "sysrq", "button-press", "qemu-monitor-command",
-         "dump-core", "vncviewer", "channel-list")
+         "dump-core", "vncviewer", "channel-list", "config-update")
 
 
 def main() -> None:

@@ -106,3 +106,17 @@ def channel_list(c: Ctx, dom: str) -> None:
     for i, spec in enumerate(channels(cfg)):
         path = channel_path(run_dir, i, spec)
         out(f"{i:<3} {spec.name:<32} {spec.connection:<10} {path}")
+
+
+@cli.command("config-update")
+@click.argument("dom")
+@click.argument("filename")
+@click.argument("overrides", nargs=-1)
+@pass_ctx
+def config_update(c: Ctx, dom: str, filename: str, overrides: tuple[str, ...]) -> None:
+    """Give a domain a new config, used from its next reboot on (devices keep their own
+    verbs: a config that changes disks, vifs or pci is refused)."""
+    from xenia.cli.domains import load_cfg
+
+    cfg = load_cfg(filename, overrides)
+    c.client.post(f"/v1/domains/{dom}/config", {"config": cfg.to_dict()})

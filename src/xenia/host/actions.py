@@ -24,6 +24,9 @@ from xenia.store.state import CRASHED, CREATING, DYING, RUNNING, SHUTDOWN, Domai
 
 log = logging.getLogger(__name__)
 
+# runtime key: the config `xenia config-update` gave, for the next reboot (host/xlverbs.py).
+PENDING_CONFIG = "pending_config"
+
 
 class Domains(Protocol):
     """What OnActions needs of the DomainManager."""
@@ -99,6 +102,11 @@ class OnActions:
             action = action.removeprefix("coredump-")
         if action == "destroy":
             await d.destroy_locked(rec)
+        elif action in ("restart", "soft-reset") and PENDING_CONFIG in rec.runtime:
+            # `xenia config-update` left a config for this reboot: a new QEMU runs it.
+            rec.config = DomainConfig.from_dict(rec.runtime.pop(PENDING_CONFIG))
+            log.info("domain %s: restarting with its updated config", rec.name)
+            await d.relaunch(rec)
         elif action in ("restart", "soft-reset"):
             await inst.reset()
             rec.started_at = time.time()

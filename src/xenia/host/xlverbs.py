@@ -6,9 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from xenia.config.model import DomainConfig
 from xenia.drivers.base import Instance
-from xenia.errors import InvalidConfig
+from xenia.errors import InvalidConfig, NotSupported
+from xenia.host.actions import PENDING_CONFIG
 from xenia.host.manager import DomainManager
+from xenia.host.validate import check_config
 from xenia.logring import RING
 from xenia.store.state import LIVE, require
 
@@ -67,6 +70,30 @@ class XlVerbs:
                                     f"be an absolute path, got '{file}'")
             await inst.dump_core(path)
         return str(path)
+
+    async def config_update(self, ref: str, cfg: DomainConfig) -> None:
+        """xl config-update: `cfg` becomes the domain's config at its next reboot (which
+        then starts a new QEMU instead of resetting the old one; host/actions.py). Devices
+        have verbs of their own (block-attach, network-attach, pci-attach): a config that
+        changes them is refused, so the running devices and the config never disagree."""
+        m = self.manager
+        rec = m.resolve(ref)
+        async with m.locked(rec.uuid):
+            rec = m.store.get(rec.uuid) or rec
+            doing = f"Failed to update the config of '{rec.name}'"
+            if cfg.name != rec.name or cfg.type != rec.config.type:
+                raise InvalidConfig(f"{doing}: the name and type stay ('{rec.name}', "
+                                    f"{rec.config.type}); use `xenia rename` for the name")
+            old = rec.config
+            if ([d.spec for d in cfg.disks] != [d.spec for d in old.disks]
+                    or [v.spec for v in cfg.vifs] != [v.spec for v in old.vifs]
+                    or cfg.pci != old.pci):
+                raise NotSupported(f"{doing}: it changes disks, vifs or pci; use "
+                                   "block-/network-/pci-attach and -detach for those")
+            check_config(cfg)
+            cfg.uuid, cfg.disks, cfg.vifs = rec.uuid, old.disks, old.vifs
+            rec.runtime[PENDING_CONFIG] = cfg.to_dict()
+            m.store.put(rec)
 
     def dmesg(self, clear: bool = False) -> list[str]:
         """xeniad's recent log, then the last lines of each domain's QEMU log."""
