@@ -16,10 +16,15 @@ from xenia.cli import console as con
 from xenia.cli.base import LazyGroup, cli
 from xenia.cli.client import DryRun
 from xenia.cli.main import main  # noqa: F401 - fills the registry
+from xenia.config.build import build_config
+from xenia.config.xlcfg import parse_config
 from xenia.drivers.qemu_xlverbs import XlVerbsMixin
 from xenia.errors import InvalidConfig, NotSupported
+from xenia.host.actions import PENDING_CONFIG
+from xenia.host.xlverbs import XlVerbs
 from xenia.hostos import hostinfo
 from xenia.logring import RingHandler
+from xenia.store.base import DomainRecord
 
 
 def test_abbreviations_as_xl() -> None:
@@ -107,3 +112,51 @@ def test_dry_run_sends_no_change() -> None:
     res = CliRunner().invoke(cli, ["-N", "--no-autostart", "pause", "web1"])
     assert isinstance(res.exception, DryRun)
     assert "dry run: would POST /v1/domains/web1/pause" in res.output
+
+
+class _Store:
+    def __init__(self, rec: DomainRecord) -> None:
+        self.rec = rec
+        self.puts = 0
+
+    def get(self, uuid: str) -> DomainRecord:
+        return self.rec
+
+    def put(self, rec: DomainRecord) -> None:
+        self.puts += 1
+
+
+class _Manager:
+    """Just the DomainManager surface config_update uses (its error paths)."""
+
+    def __init__(self, rec: DomainRecord) -> None:
+        self.store = _Store(rec)
+        self._lock = asyncio.Lock()
+
+    def resolve(self, ref: str) -> DomainRecord:
+        return self.store.rec
+
+    def locked(self, uuid: str) -> asyncio.Lock:
+        return self._lock
+
+
+def _record() -> DomainRecord:
+    cfg = build_config(parse_config('name="web"\nmemory=256\ndisk=["/d,raw,xvda,rw"]'), "c")
+    return DomainRecord(uuid="u1", name="web", domid=3, config=cfg)
+
+
+def test_config_update_keeps_devices_name_and_type() -> None:
+    rec = _record()
+    verbs = XlVerbs(_Manager(rec))  # type: ignore[arg-type]
+
+    def update(text: str) -> None:
+        asyncio.run(verbs.config_update("web", build_config(parse_config(text), "n")))
+
+    with pytest.raises(NotSupported, match="block-/network-/pci-attach"):
+        update('name="web"\nmemory=512')  # the disk is gone
+    with pytest.raises(InvalidConfig, match="name and type stay"):
+        update('name="other"\nmemory=512\ndisk=["/d,raw,xvda,rw"]')
+    assert PENDING_CONFIG not in rec.runtime
+    update('name="web"\nmemory=512\ndisk=["/d,raw,xvda,rw"]')
+    assert rec.runtime[PENDING_CONFIG]["memory"] == 512
+    assert rec.runtime[PENDING_CONFIG]["uuid"] == "u1" and rec.config.memory == 256
