@@ -125,7 +125,7 @@ def test_channels_and_serial_ports() -> None:
     names = [d["name"] for d in devices(args) if d["driver"] == "virtserialport"]
     assert names == ["org.x.a", "b"]
     # A comma in a path is doubled, so it cannot add an option.
-    assert "file,id=serial1,path=/var/log/s,,1" in args and "null,id=serial2" in args
+    assert "file,id=serial1,path=/var/log/s,,1,append=on" in args and "null,id=serial2" in args
     assert {"driver": "isa-serial", "id": "serial2dev", "chardev": "serial2", "index": 2} \
         in devices(args)
     for bad in ('"name=a"', '"name=a b,connection=pty"', '"name=a,connection=socket"',
@@ -133,7 +133,9 @@ def test_channels_and_serial_ports() -> None:
         with pytest.raises(InvalidConfig):
             build(f"channel = [{bad}]")
     with pytest.raises(InvalidConfig, match="not supported"):
-        argv(build('serial = ["pty", "tcp:1.2.3.4:5"]'))
+        platform.check(build('serial = ["pty", "tcp:1.2.3.4:5"]'))
+    with pytest.raises(InvalidConfig, match="at most 4 serial ports"):
+        build('serial = ["pty", "null", "null", "null", "null"]')
     assert parse_channel("name=n,connection=pty").path is None
 
 
@@ -173,3 +175,17 @@ def test_xen_device_names_translated_with_a_notice(caplog: pytest.LogCaptureFixt
     cfg.disks = [DiskSpec(vdev="xvdb")]
     cfg.root = "/dev/xvdb"
     assert kernel_cmdline(cfg).startswith("root=/dev/vda ")
+
+
+def test_host_paths_qemu_would_clobber_are_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "important"
+    victim.write_text("keep me")
+    with pytest.raises(InvalidConfig, match="is not a socket"):
+        platform.check(build(f'channel = ["name=a,connection=socket,path={victim}"]'))
+    with pytest.raises(InvalidConfig, match="does not exist"):
+        platform.check(build(f'channel = ["name=a,connection=socket,path={tmp_path}/no/s"]'))
+    with pytest.raises(InvalidConfig, match="must be a file"):
+        platform.check(build(f'serial = ["pty", "file:{tmp_path}"]'))
+    platform.check(build(f'serial = ["pty", "file:{victim}"]\n'
+                         f'channel = ["name=a,connection=socket,path={tmp_path}/s"]'))
+    assert victim.read_text() == "keep me"

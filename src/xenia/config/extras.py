@@ -43,6 +43,7 @@ VIRIDIAN_DEFAULTS = ("base", "freq", "time_ref_count", "apic_assist", "crash_ctl
 VGAS = ("stdvga", "cirrus", "qxl", "none")
 TSC_MODES = ("default", "always_emulate", "native", "native_paravirt")
 WATCHDOGS = ("i6300esb", "ib700", "none")
+MAX_SERIALS = 4  # the PC's four legacy ports, ttyS0-ttyS3; ttyS0 is the console
 # xl's smbios keys -> (SMBIOS type, QEMU's field). QEMU builds no battery table (type 22).
 SMBIOS_FIELDS = {
     "bios_vendor": (0, "vendor"), "bios_version": (0, "version"),
@@ -118,6 +119,9 @@ def translate_xen_names(words: Sequence[str], cfg: DomainConfig) -> list[str]:
 
 def read_extras(r: Reader, cfg: DomainConfig) -> None:
     """Reads the platform keys of `r` into `cfg`."""
+    serial = r.values.get("serial")
+    if isinstance(serial, list) and len(serial) > MAX_SERIALS:
+        raise r.fail("serial", f"at most {MAX_SERIALS} serial ports (ttyS0-ttyS3)")
     cfg.localtime = bool(r.boolean("localtime"))
     cfg.rtc_timeoffset = _signed(r, "rtc_timeoffset")
     cfg.viridian = _viridian(r)

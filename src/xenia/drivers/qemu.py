@@ -33,7 +33,7 @@ from xenia.images.hvm import ovmf_paths, ovmf_qemu_args
 from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.qemu import accel as accel_mod
-from xenia.qemu import stream
+from xenia.qemu import platform, stream
 from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv, tcg_params_added
 from xenia.qemu.commands import Qmp
@@ -272,6 +272,7 @@ class QemuDriver(Driver):
                 "set kernel = \"/path/to/vmlinuz\" (and usually ramdisk) in the config "
                 "(`xenia image build tiny` makes one)"
             )
+        platform.check(cfg)
         _check_readable(cfg.kernel, "kernel", name, "kernel")
         _check_readable(cfg.ramdisk, "ramdisk", name, "ramdisk")
         total = hostinfo.total_mib()

@@ -22,7 +22,6 @@ from xenia.errors import InvalidConfig
 # controller of the channels, 0x1b the i6300esb watchdog.
 CHANNEL_ADDR = "0x1a"
 WATCHDOG_ADDR = "0x1b"
-MAX_SERIALS = 4  # the PC's four legacy ports, ttyS0-ttyS3; ttyS0 is the console
 
 # xl viridian group -> QEMU's hv-* properties of the CPU.
 _HV_FLAGS = {
@@ -86,27 +85,49 @@ def smbios_args(cfg: DomainConfig) -> list[str]:
             for a in ("-smbios", ",".join([f"type={kind}"] + fields[kind]))]
 
 
+def check(cfg: DomainConfig) -> None:
+    """What must hold on this host before QEMU starts: QEMU unlinks whatever sits at a
+    socket path it listens on, so a channel's path= must be free or a socket; a serial
+    file must be a plain file (it is appended to, never truncated) in an existing
+    directory. Runs as part of the driver's check, before anything is started."""
+    fail = f"Failed to create domain '{cfg.name}'"
+    for spec in cfg.serial[1:]:
+        if spec in ("pty", "vc", "null", "none"):
+            continue
+        path = Path(spec[5:]) if spec.startswith("file:") and spec[5:].startswith("/") else None
+        if path is None:
+            raise InvalidConfig(f"{fail}: serial '{spec}' is not supported (pty, file:/PATH, "
+                                "null, none)")
+        if not path.parent.is_dir() or (path.exists() and not path.is_file()):
+            raise InvalidConfig(f"{fail}: serial file '{path}' must be a file in an existing "
+                                "directory")
+    for c in channels(cfg):
+        if c.path is None:
+            continue
+        p = Path(c.path)
+        if not p.parent.is_dir():
+            raise InvalidConfig(f"{fail}: the directory of channel '{c.name}''s path "
+                                f"'{p}' does not exist")
+        if p.exists() and not p.is_socket():
+            raise InvalidConfig(f"{fail}: channel '{c.name}''s path '{p}' exists and is not "
+                                "a socket (QEMU would replace it); choose a free path")
+
+
 def serial_ports(cfg: DomainConfig, run_dir: Path) -> list[str]:
-    """Serial ports after the console (serial[1:]): pty (a socket in the run directory,
-    serialN.sock), file:PATH, null, none."""
-    if len(cfg.serial) > MAX_SERIALS:
-        raise InvalidConfig(f"Failed to create domain '{cfg.name}': at most {MAX_SERIALS} "
-                            "serial ports (ttyS0-ttyS3)")
+    """Serial ports after the console (serial[1:], checked by config/extras.py and
+    `check`): pty (a socket in the run directory, serialN.sock), file:PATH, null, none."""
     argv: list[str] = []
     for i, spec in enumerate(cfg.serial[1:], start=1):
         chardev = f"serial{i}"
         if spec in ("pty", "vc"):
             path = escape_opt(str(run_dir / f"serial{i}.sock"))
             argv += ["-chardev", f"socket,id={chardev},path={path},server=on,wait=off"]
-        elif spec.startswith("file:") and spec[5:].startswith("/"):
-            argv += ["-chardev", f"file,id={chardev},path={escape_opt(spec[5:])}"]
+        elif spec.startswith("file:"):
+            argv += ["-chardev", f"file,id={chardev},path={escape_opt(spec[5:])},append=on"]
         elif spec == "null":
             argv += ["-chardev", f"null,id={chardev}"]
-        elif spec == "none":
-            continue
         else:
-            raise InvalidConfig(f"Failed to create domain '{cfg.name}': serial '{spec}' is "
-                                "not supported (pty, file:/PATH, null, none)")
+            continue  # none
         argv += ["-device", _j({"driver": "isa-serial", "id": f"serial{i}dev",
                                 "chardev": chardev, "index": i})]
     return argv
