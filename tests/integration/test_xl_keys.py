@@ -150,6 +150,20 @@ def test_trigger_nmi_sysrq_monitor_dmesg(xk: tuple[Host, Path]) -> None:
     assert res.returncode != 0 and "it is the host itself" in res.stderr
 
 
+def test_cpupool_pins_a_domain_to_its_cpus(xk: tuple[Host, Path]) -> None:
+    host, _ = xk
+    host.xenia("cpupool-create", "name=xkpool", "cpus=1")
+    host.xenia("cpupool-migrate", "xk", "xkpool")
+    rows = [r.split() for r in host.xenia("vcpu-list", "xk").stdout.splitlines()[1:]]
+    assert rows and all(r[-3] == "1" for r in rows), rows  # hard affinity: CPU 1
+    listing = host.xenia("cpupool-list").stdout
+    assert "xkpool" in listing and "Pool-0" in listing
+    res = host.xenia("cpupool-destroy", "xkpool", check=False)
+    assert res.returncode != 0 and "domains are in it" in res.stderr
+    host.xenia("cpupool-migrate", "xk", "Pool-0")
+    host.xenia("cpupool-destroy", "xkpool")
+
+
 def test_config_update_applies_at_the_next_reboot(xk: tuple[Host, Path]) -> None:
     host, serial_log = xk
     cfg = host.write_cfg("xk", **xk_keys(host.root, host.root / "d0.img", serial_log,

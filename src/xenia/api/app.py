@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import xenia
-from xenia.api import devices, domains, migration, network, peers, storage, xl
+from xenia.api import cpupools, devices, domains, migration, network, peers, storage, xl
 from xenia.api.scopes import enforce
 from xenia.engine import Engine
 from xenia.errors import InvalidConfig, XeniaError
@@ -33,6 +33,7 @@ def make_app(engine: Engine) -> FastAPI:
     app.include_router(network.router)
     app.include_router(peers.router)
     app.include_router(xl.router)
+    app.include_router(cpupools.router)
 
     @app.exception_handler(XeniaError)
     async def _xenia_error(_: Request, exc: XeniaError) -> JSONResponse:

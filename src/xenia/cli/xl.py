@@ -10,7 +10,7 @@ import click
 
 from xenia.cli.base import Ctx, cli, out, pass_ctx
 from xenia.config.model import DomainConfig
-from xenia.errors import NotFound, NotSupported
+from xenia.errors import InvalidConfig, NotFound, NotSupported
 from xenia.qemu.platform import channel_path, channels
 
 TRIGGERS = ("nmi", "reset", "init", "power", "sleep", "s3resume")
@@ -120,3 +120,93 @@ def config_update(c: Ctx, dom: str, filename: str, overrides: tuple[str, ...]) -
 
     cfg = load_cfg(filename, overrides)
     c.client.post(f"/v1/domains/{dom}/config", {"config": cfg.to_dict()})
+
+
+# -- cpupools ----------------------------------------------------------------------------
+@cli.command("cpupool-list")
+@click.option("-c", "--cpus", "show_cpus", is_flag=True, help="Show each pool's CPUs.")
+@click.argument("pool", required=False)
+@pass_ctx
+def cpupool_list(c: Ctx, show_cpus: bool, pool: str | None) -> None:
+    """List cpupools (Pool-0 holds every CPU the others do not)."""
+    rows = [p for p in c.client.get("/v1/cpupools") if pool in (None, p["name"])]
+    if show_cpus:
+        out(f"{'Name':<24} CPU list")
+        for p in rows:
+            out(f"{p['name']:<24} {p['cpulist']}")
+        return
+    out(f"{'Name':<24} CPUs   Sched     Active   Domain count")
+    for p in rows:
+        out(f"{p['name']:<24} {len(p['cpus']):4d}   {p['sched']:<9} y       "
+            f"{len(p['domains']):5d}")
+
+
+@cli.command("cpupool-create")
+@click.argument("args", nargs=-1)
+@pass_ctx
+def cpupool_create(c: Ctx, args: tuple[str, ...]) -> None:
+    """Create a cpupool from an xlcpupool.cfg file and/or KEY=VALUE (name, cpus)."""
+    from xenia.config.xlcfg import ParsedConfig, apply_overrides, read_config_file
+
+    files = [a for a in args if "=" not in a]
+    parsed = read_config_file(files[0]) if files else ParsedConfig()
+    parsed = apply_overrides(parsed, [a for a in args if "=" in a])
+    if parsed.get("sched") not in (None, "credit", "credit2"):
+        raise NotSupported("Failed to create the cpupool: Linux has one scheduler for all "
+                           "CPUs; leave sched out")
+    name, cpus = parsed.get("name"), parsed.get("cpus")
+    if not isinstance(name, str) or not isinstance(cpus, (str, int)):
+        raise InvalidConfig("Failed to create the cpupool: give name=\"NAME\" and "
+                            "cpus=\"CPULIST\"")
+    c.client.post("/v1/cpupools", {"name": name, "cpus": str(cpus)})
+
+
+@cli.command("cpupool-destroy")
+@click.argument("pool")
+@pass_ctx
+def cpupool_destroy(c: Ctx, pool: str) -> None:
+    """Destroy an empty cpupool; its CPUs return to Pool-0."""
+    c.client.delete(f"/v1/cpupools/{pool}")
+
+
+@cli.command("cpupool-rename")
+@click.argument("pool")
+@click.argument("new")
+@pass_ctx
+def cpupool_rename(c: Ctx, pool: str, new: str) -> None:
+    """Rename a cpupool."""
+    c.client.post(f"/v1/cpupools/{pool}/rename", {"name": new})
+
+
+@cli.command("cpupool-cpu-add")
+@click.argument("pool")
+@click.argument("cpus")
+@pass_ctx
+def cpupool_cpu_add(c: Ctx, pool: str, cpus: str) -> None:
+    """Move CPUs (a CPULIST) from Pool-0 into a cpupool."""
+    c.client.post(f"/v1/cpupools/{pool}/cpus", {"cpus": cpus})
+
+
+@cli.command("cpupool-cpu-remove")
+@click.argument("pool")
+@click.argument("cpus")
+@pass_ctx
+def cpupool_cpu_remove(c: Ctx, pool: str, cpus: str) -> None:
+    """Give CPUs of a cpupool back to Pool-0."""
+    c.client.post(f"/v1/cpupools/{pool}/cpus", {"cpus": cpus, "remove": True})
+
+
+@cli.command("cpupool-migrate")
+@click.argument("dom")
+@click.argument("pool")
+@pass_ctx
+def cpupool_migrate(c: Ctx, dom: str, pool: str) -> None:
+    """Move a domain to a cpupool: its vCPUs are pinned to the pool's CPUs."""
+    c.client.post(f"/v1/domains/{dom}/cpupool", {"pool": pool})
+
+
+@cli.command("cpupool-numa-split")
+@pass_ctx
+def cpupool_numa_split(c: Ctx) -> None:
+    """One cpupool per NUMA node (Pool-0 keeps node 0)."""
+    c.client.post("/v1/cpupools-numa-split")

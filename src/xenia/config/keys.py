@@ -82,6 +82,7 @@ acpi_s3: the guest's S3 (deep sleep) state
 acpi_s4: the guest's S4 (hibernation) state
 videoram: the card's VGA memory (MiB)
 stdvga: `0` is the Cirrus card, as xl
+pool: the domain's cpupool (`xenia cpupool-*`): its vCPUs run on the pool's CPUs
 vga: `stdvga`, `cirrus`, `qxl`, `none`; default `stdvga` (xl: cirrus)
 on_watchdog: with a watchdog device (i6300esb unless `watchdog=` says otherwise)
 """)
@@ -196,7 +197,6 @@ xauthority: SDL's X authority; xeniad has none
 """)
 
 _LATER = _table(LATER, """
-pool: cpupools are not implemented yet
 vnuma: the guest sees one NUMA node
 bootloader: pygrub is not implemented yet
 bootloader_args: pygrub is not implemented yet

@@ -176,6 +176,7 @@ class DomainConfig:
     # The watchdog device on_watchdog watches (Xenia's key; on_watchdog alone picks
     # i6300esb): i6300esb, ib700 or None for none.
     watchdog: str | None = None
+    pool: str | None = None  # the cpupool (xenia cpupool-list); None: Pool-0
 
     # Where the config came from (file path or "<overrides>"), for messages.
     source: str | None = None

@@ -28,6 +28,7 @@ from xenia.drivers.qemu_hotplug import QemuHotplug
 from xenia.drivers.qemu_xlverbs import XlVerbsMixin
 from xenia.errors import BackendError, InvalidConfig, NotFound, XeniaError
 from xenia.hostos import affinity, hostinfo
+from xenia.hostos.cpupools import POOL0, CpuPoolTable
 from xenia.hostos.procfs import log_tail
 from xenia.images.hvm import ovmf_paths, ovmf_qemu_args
 from xenia.network.manager import NetworkManager
@@ -273,6 +274,8 @@ class QemuDriver(Driver):
                 "(`xenia image build tiny` makes one)"
             )
         platform.check(cfg)
+        if cfg.pool and cfg.pool != POOL0:
+            CpuPoolTable(self.devices.store).cpus(cfg.pool)  # NotFound names the pools
         _check_readable(cfg.kernel, "kernel", name, "kernel")
         _check_readable(cfg.ramdisk, "ramdisk", name, "ramdisk")
         total = hostinfo.total_mib()
@@ -374,6 +377,10 @@ class QemuDriver(Driver):
             record.runtime["machine"] = machine
             firmware, vnc = self._hvm_extras(record)
             added = tcg_params_added(cfg, choice.name)
+            if cfg.pool and cfg.pool != POOL0 and "cpupool" not in record.runtime:
+                record.runtime["cpupool"] = cfg.pool
+                record.runtime["cpupool_cpus"] = sorted(
+                    CpuPoolTable(self.devices.store).cpus(cfg.pool))
             argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files,
                               qemu=info.path, layout=layout, devices=devices,
                               incoming=incoming, machine=machine, firmware=firmware,
