@@ -53,6 +53,9 @@ apt-get install $APT_OPTS $qemu_target qemu-system-x86 qemu-utils
 apt-get install $APT_OPTS --no-install-recommends \
     python3 python3-venv python3-pip ca-certificates apt dpkg iproute2 kmod \
     nftables dnsmasq-base ovmf crun util-linux fdisk dosfstools mtools xorriso
+# swtpm: the software TPM behind `vtpm = [...]` (one swtpm process a domain).
+# shellcheck disable=SC2086
+apt-get install $APT_OPTS --no-install-recommends swtpm
 # Subordinate ids for the user namespaces of container domains.
 "$(dirname "$0")/setup-subids.sh"
 if [ "$want_test" = 1 ]; then

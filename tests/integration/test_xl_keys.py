@@ -44,7 +44,7 @@ def xk_keys(root: Path, disk: Path, serial_log: Path, **more: object) -> dict[st
         smbios=["system_manufacturer=XeniaTest", "system_product_name=xk"],
         device_model_args=["-smbios", "type=1,version=dm-args-ok"],
         serial=["pty", f"file:{serial_log}"],
-        channel=[f"name={CHANNEL},connection=pty"], on_watchdog="preserve")
+        channel=[f"name={CHANNEL},connection=pty"], on_watchdog="preserve", vtpm=[""])
     keys.update(more)
     return keys
 
@@ -89,6 +89,16 @@ def test_rtc_offset_smbios_acpi_vga(xk: tuple[Host, Path]) -> None:
     assert out[1:4] == ["XeniaTest", "xk", "dm-args-ok"]
     assert "S4" in out[4] and "S3" not in out[4], out[4]
     assert "0x1013" in out[5:]  # stdvga = 0: the Cirrus card
+
+
+def test_vtpm_answers(xk: tuple[Host, Path]) -> None:
+    host, _ = xk
+    out = host.run("xk", "cat /sys/class/tpm/tpm0/tpm_version_major "
+                         "/sys/class/tpm/tpm0/pcr-sha256/0").split()
+    # A PCR read is a TPM2_PCR_Read command answered by the host's swtpm.
+    assert out[0] == "2" and len(out[1]) == 64 and int(out[1], 16) >= 0, out
+    listing = host.xenia("vtpm-list", "xk").stdout
+    assert "vtpm0" in listing and "swtpm" in listing
 
 
 def test_second_serial_port_writes_to_its_file(xk: tuple[Host, Path]) -> None:

@@ -18,7 +18,7 @@ from xenia.config.xlcfg import parse_config
 from xenia.errors import InvalidConfig, PermissionDenied
 from xenia.migration.preflight import check_source
 from xenia.peers.scopes import Grant
-from xenia.qemu import platform
+from xenia.qemu import platform, vtpm
 from xenia.qemu.cmdline import RunFiles, build_argv, kernel_cmdline
 
 
@@ -189,3 +189,16 @@ def test_host_paths_qemu_would_clobber_are_refused(tmp_path: Path) -> None:
     platform.check(build(f'serial = ["pty", "file:{victim}"]\n'
                          f'channel = ["name=a,connection=socket,path={tmp_path}/s"]'))
     assert victim.read_text() == "keep me"
+
+
+def test_vtpm_spec_and_qemu_arguments() -> None:
+    assert build('vtpm = ["backend=0,uuid=7d0ab1d4-5a3f-4b8c-9d2e-1f2a3b4c5d6e"]').vtpm
+    with pytest.raises(InvalidConfig, match="one vTPM"):
+        build('vtpm = ["", ""]')
+    with pytest.raises(InvalidConfig, match="always the host"):
+        build('vtpm = ["backend=dom1"]')
+    args = build_argv(build('vtpm = [""]'), uuid="u", accel="tcg",
+                      files=RunFiles(Path("/run/x")), tpm=vtpm.tpm_args(Path("/run/x/s,1")))
+    assert "socket,id=chrtpm,path=/run/x/s,,1" in args
+    assert "emulator,id=tpm0,chardev=chrtpm" in args
+    assert {"driver": "tpm-crb", "id": "vtpm0", "tpmdev": "tpm0"} in devices(args)

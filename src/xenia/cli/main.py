@@ -31,7 +31,8 @@ register("hosts", "host")
 register("xl", "dmesg", "trigger", "sysrq", "button-press", "qemu-monitor-command",
          "dump-core", "vncviewer", "channel-list", "config-update")
 register("xl", "cpupool-list", "cpupool-create", "cpupool-destroy", "cpupool-rename",
-         "cpupool-cpu-add", "cpupool-cpu-remove", "cpupool-migrate", "cpupool-numa-split")
+         "cpupool-cpu-add", "cpupool-cpu-remove", "cpupool-migrate", "cpupool-numa-split",
+         "vtpm-list", "vtpm-attach", "vtpm-detach")
 
 
 def main() -> None:

@@ -210,3 +210,33 @@ def cpupool_migrate(c: Ctx, dom: str, pool: str) -> None:
 def cpupool_numa_split(c: Ctx) -> None:
     """One cpupool per NUMA node (Pool-0 keeps node 0)."""
     c.client.post("/v1/cpupools-numa-split")
+
+
+# -- vTPM --------------------------------------------------------------------------------
+@cli.command("vtpm-list")
+@click.argument("dom")
+@pass_ctx
+def vtpm_list(c: Ctx, dom: str) -> None:
+    """List a domain's vTPM (one swtpm, from vtpm = [...] in its config)."""
+    d = c.client.get(f"/v1/domains/{dom}")
+    out("Idx Device  Backend  Spec")
+    for i, spec in enumerate(d["config"].get("vtpm", [])):
+        out(f"{i:<3} vtpm{i}   swtpm    {spec or '-'}")
+
+
+@cli.command("vtpm-attach")
+@click.argument("dom")
+@click.argument("spec", nargs=-1)
+def vtpm_attach(dom: str, spec: tuple[str, ...]) -> None:
+    """Refused: QEMU cannot add a TPM to a running guest."""
+    raise NotSupported(f"Failed to attach a vTPM to '{dom}': QEMU cannot hotplug a TPM; add "
+                       "vtpm = [\"\"] to the config (`xenia config-update`) and reboot it")
+
+
+@cli.command("vtpm-detach")
+@click.argument("dom")
+@click.argument("devid")
+def vtpm_detach(dom: str, devid: str) -> None:
+    """Refused: QEMU cannot remove a TPM from a running guest."""
+    raise NotSupported(f"Failed to detach the vTPM of '{dom}': QEMU cannot unplug a TPM; "
+                       "remove vtpm from the config (`xenia config-update`) and reboot it")

@@ -124,6 +124,16 @@ def read_extras(r: Reader, cfg: DomainConfig) -> None:
     if isinstance(serial, list) and len(serial) > MAX_SERIALS:
         raise r.fail("serial", f"at most {MAX_SERIALS} serial ports (ttyS0-ttyS3)")
     cfg.pool = r.string("pool")
+    cfg.vtpm = r.items("vtpm") or []
+    if len(cfg.vtpm) > 1:
+        raise r.fail("vtpm", "one vTPM a domain (swtpm): give one entry")
+    for spec in cfg.vtpm:
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            key, _, value = part.partition("=")
+            if key == "backend" and value not in ("0", "Domain-0"):
+                raise r.fail("vtpm", "the vTPM's backend is always the host (swtpm)")
+            if key not in ("backend", "uuid"):
+                raise r.fail("vtpm", f"unknown vtpm option '{part}' (backend=, uuid=)")
     cfg.localtime = bool(r.boolean("localtime"))
     cfg.rtc_timeoffset = _signed(r, "rtc_timeoffset")
     cfg.viridian = _viridian(r)

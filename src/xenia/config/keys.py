@@ -82,6 +82,7 @@ acpi_s3: the guest's S3 (deep sleep) state
 acpi_s4: the guest's S4 (hibernation) state
 videoram: the card's VGA memory (MiB)
 stdvga: `0` is the Cirrus card, as xl
+vtpm: one TPM 2.0 a domain: swtpm on the host, a CRB device in the guest
 pool: the domain's cpupool (`xenia cpupool-*`): its vCPUs run on the pool's CPUs
 vga: `stdvga`, `cirrus`, `qxl`, `none`; default `stdvga` (xl: cirrus)
 on_watchdog: with a watchdog device (i6300esb unless `watchdog=` says otherwise)
@@ -202,7 +203,6 @@ bootloader: pygrub is not implemented yet
 bootloader_args: pygrub is not implemented yet
 bootloader_restrict: pygrub is not implemented yet
 bootloader_user: pygrub is not implemented yet
-vtpm: swtpm is not wired up yet
 p9: virtio-9p is not wired up yet
 usbctrl: USB passthrough is not implemented yet
 usbdev: USB passthrough is not implemented yet

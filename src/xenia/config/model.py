@@ -177,6 +177,7 @@ class DomainConfig:
     # i6300esb): i6300esb, ib700 or None for none.
     watchdog: str | None = None
     pool: str | None = None  # the cpupool (xenia cpupool-list); None: Pool-0
+    vtpm: list[str] = field(default_factory=list)  # xl vtpm specs; at most one (swtpm)
 
     # Where the config came from (file path or "<overrides>"), for messages.
     source: str | None = None

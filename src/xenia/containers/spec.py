@@ -74,6 +74,7 @@ _DEVICE_KEYS = (
     ("watchdog", "on_watchdog", "a watchdog device"),
     ("smbios", "smbios", "SMBIOS tables"),
     ("viridian", "viridian", "Hyper-V enlightenments"),
+    ("vtpm", "vtpm", "a vTPM"),
 )
 SUPPORTED = ("rootfs, init, memory/maxmem (a limit), vcpus/maxvcpus and cpus (a cpuset), "
              "cpu_weight, cap, vif (veth NICs), extra/cmdline (given to init as "

@@ -34,7 +34,7 @@ from xenia.images.hvm import ovmf_paths, ovmf_qemu_args
 from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.qemu import accel as accel_mod
-from xenia.qemu import platform, stream
+from xenia.qemu import platform, stream, vtpm
 from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv, tcg_params_added
 from xenia.qemu.commands import Qmp
@@ -314,6 +314,11 @@ class QemuDriver(Driver):
         qemu_cpu.remove_cgroup(record)
         with contextlib.suppress(FileNotFoundError):
             self.nvram(record).unlink()
+        shutil.rmtree(self.vtpm_dir(record), ignore_errors=True)
+
+    def vtpm_dir(self, record: DomainRecord) -> Path:
+        """The state of the domain's vTPM (swtpm's keys and NVRAM)."""
+        return self.paths.state / "vtpm" / record.uuid
 
     def nvram(self, record: DomainRecord) -> Path:
         """The domain's own copy of the UEFI variable store (its NVRAM)."""
@@ -377,6 +382,12 @@ class QemuDriver(Driver):
             record.runtime["machine"] = machine
             firmware, vnc = self._hvm_extras(record)
             added = tcg_params_added(cfg, choice.name)
+            tpm: list[str] = []
+            if cfg.vtpm:
+                sock = await asyncio.to_thread(vtpm.start_swtpm, self.vtpm_dir(record),
+                                               files.dir)
+                revert.add(lambda: vtpm.stop_swtpm(files.dir))
+                tpm = vtpm.tpm_args(sock)
             if cfg.pool and cfg.pool != POOL0 and "cpupool" not in record.runtime:
                 record.runtime["cpupool"] = cfg.pool
                 record.runtime["cpupool_cpus"] = sorted(
@@ -384,7 +395,7 @@ class QemuDriver(Driver):
             argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files,
                               qemu=info.path, layout=layout, devices=devices,
                               incoming=incoming, machine=machine, firmware=firmware,
-                              vnc_display=vnc, kernel_params=added)
+                              vnc_display=vnc, kernel_params=added, tpm=tpm)
             await proc.launch(argv)
             await proc.connect_qmp(inst.on_qmp_event)
             if cfg.vnc and cfg.vncpasswd and vnc is not None:

@@ -126,6 +126,7 @@ def build_argv(
     firmware: Sequence[str] = (),
     vnc_display: int | None = None,
     kernel_params: Sequence[str] = (),
+    tpm: Sequence[str] = (),
 ) -> list[str]:
     """The full QEMU argv for a domain, started paused (-S) and daemonized.
 
@@ -166,6 +167,7 @@ def build_argv(
     argv += display.graphics_argv(cfg, vnc_display)
     argv += display.usb_argv(cfg)
     argv += platform.platform_argv(cfg, files.dir)
+    argv += list(tpm)  # the vTPM's backend and device (qemu/vtpm.py)
     if cfg.kernel:
         argv += ["-kernel", cfg.kernel]
         if cfg.ramdisk:
