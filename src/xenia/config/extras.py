@@ -124,6 +124,8 @@ def read_extras(r: Reader, cfg: DomainConfig) -> None:
     if isinstance(serial, list) and len(serial) > MAX_SERIALS:
         raise r.fail("serial", f"at most {MAX_SERIALS} serial ports (ttyS0-ttyS3)")
     cfg.pool = r.string("pool")
+    cfg.bootloader = r.string("bootloader")
+    cfg.bootloader_args = r.items("bootloader_args", single_ok=True) or []
     cfg.vtpm = r.items("vtpm") or []
     if len(cfg.vtpm) > 1:
         raise r.fail("vtpm", "one vTPM a domain (swtpm): give one entry")

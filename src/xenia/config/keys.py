@@ -83,6 +83,10 @@ acpi_s4: the guest's S4 (hibernation) state
 videoram: the card's VGA memory (MiB)
 stdvga: `0` is the Cirrus card, as xl
 vtpm: one TPM 2.0 a domain: swtpm on the host, a CRB device in the guest
+bootloader: `pygrub`: the default GRUB entry of the first (raw) disk's FAT or ext fs
+bootloader_args: pygrub's `--entry=N|TITLE` and `--args=...`
+bootloader_restrict: pygrub runs no guest code: it reads the disk with mtools/debugfs
+bootloader_user: pygrub runs no guest code: it reads the disk with mtools/debugfs
 pool: the domain's cpupool (`xenia cpupool-*`): its vCPUs run on the pool's CPUs
 vga: `stdvga`, `cirrus`, `qxl`, `none`; default `stdvga` (xl: cirrus)
 on_watchdog: with a watchdog device (i6300esb unless `watchdog=` says otherwise)
@@ -199,10 +203,6 @@ xauthority: SDL's X authority; xeniad has none
 
 _LATER = _table(LATER, """
 vnuma: the guest sees one NUMA node
-bootloader: pygrub is not implemented yet
-bootloader_args: pygrub is not implemented yet
-bootloader_restrict: pygrub is not implemented yet
-bootloader_user: pygrub is not implemented yet
 p9: virtio-9p is not wired up yet
 usbctrl: USB passthrough is not implemented yet
 usbdev: USB passthrough is not implemented yet

@@ -178,6 +178,8 @@ class DomainConfig:
     watchdog: str | None = None
     pool: str | None = None  # the cpupool (xenia cpupool-list); None: Pool-0
     vtpm: list[str] = field(default_factory=list)  # xl vtpm specs; at most one (swtpm)
+    bootloader: str | None = None  # "pygrub": the kernel comes from the first disk
+    bootloader_args: list[str] = field(default_factory=list)
 
     # Where the config came from (file path or "<overrides>"), for messages.
     source: str | None = None

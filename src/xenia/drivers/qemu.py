@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from xenia.devices import display
-from xenia.drivers import qemu_cpu, qemu_migrate
+from xenia.drivers import qemu_boot, qemu_cpu, qemu_migrate
 from xenia.drivers.base import (
     Driver,
     GuestEvents,
@@ -267,7 +267,8 @@ class QemuDriver(Driver):
                 ovmf_paths()  # NotFound with "apt-get install ovmf" when missing
             if cfg.vnc:
                 display.vnc_listen(cfg)
-        if cfg.type in ("pv", "pvh") and not cfg.kernel:
+        qemu_boot.check_bootloader(cfg)
+        if cfg.type in ("pv", "pvh") and not cfg.kernel and not cfg.bootloader:
             raise InvalidConfig(
                 f"Failed to create domain '{name}': a {cfg.type} domain boots a kernel directly; "
                 "set kernel = \"/path/to/vmlinuz\" (and usually ramdisk) in the config "
@@ -381,6 +382,9 @@ class QemuDriver(Driver):
             machine = record.runtime.get("machine") or machine_alias("q35")
             record.runtime["machine"] = machine
             firmware, vnc = self._hvm_extras(record)
+            # pygrub: the kernel the guest's disk names (qemu_boot.py), for this boot.
+            files.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            cfg = await asyncio.to_thread(qemu_boot.boot_config, record, files.dir)
             added = tcg_params_added(cfg, choice.name)
             tpm: list[str] = []
             if cfg.vtpm:
