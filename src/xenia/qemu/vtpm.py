@@ -29,6 +29,7 @@ def start_swtpm(state_dir: Path, run_dir: Path, timeout: float = 10.0) -> Path:
     exe = find_tool("swtpm", "swtpm", doing)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     sock = run_dir / SOCKET
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     run_tool([exe, "socket", "--tpm2", "--tpmstate", f"dir={state_dir},mode=0600",
               "--ctrl", f"type=unixio,path={sock}", "--terminate", "--daemon",
               "--pid", f"file={run_dir / PIDFILE}", "--log", f"file={run_dir / 'swtpm.log'}"],
