@@ -30,10 +30,16 @@ def start_swtpm(state_dir: Path, run_dir: Path, timeout: float = 10.0) -> Path:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     sock = run_dir / SOCKET
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    run_tool([exe, "socket", "--tpm2", "--tpmstate", f"dir={state_dir},mode=0600",
-              "--ctrl", f"type=unixio,path={sock}", "--terminate", "--daemon",
-              "--pid", f"file={run_dir / PIDFILE}", "--log", f"file={run_dir / 'swtpm.log'}"],
-             doing, timeout=timeout)
+    log = run_dir / "swtpm.log"
+    try:
+        run_tool([exe, "socket", "--tpm2", "--tpmstate", f"dir={state_dir},mode=0600",
+                  "--ctrl", f"type=unixio,path={sock}", "--terminate", "--daemon",
+                  "--pid", f"file={run_dir / PIDFILE}", "--log", f"file={log}"],
+                 doing, timeout=timeout)
+    except BackendError as e:
+        # swtpm says why in its log, not on stderr.
+        tail = log.read_text(errors="replace").strip()[-300:] if log.exists() else ""
+        raise BackendError(f"{e.message}{': ' + tail if tail else ''}") from None
     deadline = time.monotonic() + timeout
     while not sock.exists():
         if time.monotonic() > deadline:
