@@ -1,7 +1,7 @@
 """Issue 14: xl's platform keys, seen from inside one real guest (shared by the module).
 
-The guest is an hvm domain booted directly from the tiny image's kernel, so the VGA card
-is there too. Its config is a Xen admin's: `root=/dev/xvda1 console=hvc0`, a second
+The guest is an hvm domain (so the VGA card is there too) that pygrub boots from the
+GRUB menu on its own disk. Its config is a Xen admin's: `root=/dev/xvda1 console=hvc0`, a second
 serial port to a file, a virtio-serial channel, an RTC an hour ahead, SMBIOS strings, no
 S3, device_model_args, and on_watchdog with the watchdog the guest arms itself.
 """
@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import Host, Image, wait_until
+from xenia.images import fstools
 
 pytestmark = pytest.mark.integration
 
 CHANNEL = "org.xenia.test.0"
+DISK_MIB = 32
 # Arms the i6300esb from the guest's shell (the cloud kernel has no driver for it):
 # memory decoding on, then both stages' preload (2000 ticks of 32768 x 30 ns: ~2 s each)
 # after the unlock sequence 0x80, 0x86 on the reload register, then enable (0x68 bit 1).
@@ -37,8 +39,27 @@ echo armed
 """.strip()
 
 
+def boot_disk(root: Path, image: Image) -> Path:
+    """A Xen guest's disk for pygrub: an MBR, a FAT /boot partition with GRUB's menu
+    naming the tiny image's kernel and initrd (the second entry is the default)."""
+    disk, scratch = root / "d0.img", root / "scratch"
+    scratch.mkdir()
+    part = fstools.mbr_disk(disk, DISK_MIB << 20, disk_signature=0x58656E, boot_code=b"",
+                            scratch=scratch)
+    fstools.make_fat(disk, part, label="BOOT", volume_id=0x58656E, scratch=scratch)
+    menu = scratch / "grub.cfg"
+    menu.write_text("set default=1\n"
+                    "menuentry 'wrong' {\n linux /boot/none\n}\n"
+                    "menuentry 'tiny' {\n linux /boot/vmlinuz xenia.pygrub=1\n"
+                    " initrd /boot/initrd.img\n}\n")
+    fstools.fat_put(disk, {"boot/vmlinuz": image.kernel, "boot/initrd.img": image.initrd,
+                           "boot/grub/grub.cfg": menu}, scratch=scratch, offset=part.offset)
+    return disk
+
+
 def xk_keys(root: Path, disk: Path, serial_log: Path, **more: object) -> dict[str, object]:
     keys: dict[str, object] = dict(
+        kernel=None, ramdisk=None, bootloader="pygrub",
         type="hvm", extra="root=/dev/xvda1 console=hvc0",
         disk=[f"{disk},raw,xvda,rw"], rtc_timeoffset=3600, acpi_s3=0, stdvga=0,
         smbios=["system_manufacturer=XeniaTest", "system_product_name=xk"],
@@ -55,8 +76,7 @@ def xk(tiny_image: Image) -> Iterator[tuple[Host, Path]]:
     ok = False
     try:
         h.start_daemon()
-        disk = h.root / "d0.img"
-        disk.write_bytes(b"\0" * (8 << 20))
+        disk = boot_disk(h.root, tiny_image)
         serial_log = h.root / "serial1.log"
         cfg = h.write_cfg("xk", **xk_keys(h.root, disk, serial_log))
         res = h.xenia("create", str(cfg))
@@ -71,12 +91,15 @@ def xk(tiny_image: Image) -> Iterator[tuple[Host, Path]]:
         h.cleanup()
 
 
-def test_xen_device_names_boot_unchanged(xk: tuple[Host, Path]) -> None:
+def test_pygrub_and_xen_device_names(xk: tuple[Host, Path]) -> None:
     host, _ = xk
-    # The console answering at all is console=hvc0 translated; root= names the guest's disk.
+    # pygrub booted the default entry of the disk's menu (its argument is on the line);
+    # the console answering at all is console=hvc0 translated; root= names the disk.
     words = host.run("xk", "cat /proc/cmdline").split()
+    assert "xenia.pygrub=1" in words
     assert "root=/dev/vda1" in words and "console=ttyS0" in words and "console=hvc0" not in words
-    assert host.run("xk", "cat /sys/block/vda/size").strip() == str(8 << 11)
+    assert host.run("xk", "cat /sys/block/vda/size").strip() == str(DISK_MIB << 11)
+    assert host.domain("xk")["runtime"]["bootloader_entry"] == "tiny"
 
 
 def test_rtc_offset_smbios_acpi_vga(xk: tuple[Host, Path]) -> None:

@@ -202,3 +202,19 @@ def test_vtpm_spec_and_qemu_arguments() -> None:
     assert "socket,id=chrtpm,path=/run/x/s,,1" in args
     assert "emulator,id=tpm0,chardev=chrtpm" in args
     assert {"driver": "tpm-crb", "id": "vtpm0", "tpmdev": "tpm0"} in devices(args)
+
+
+def test_pygrub_boot_config_keeps_extra_and_translates(tmp_path: Path) -> None:
+    from tests.unit.test_pygrub import FILES, GRUB_CFG, disk_with
+    from xenia.drivers import qemu_boot
+    from xenia.store.base import DomainRecord
+
+    disk = disk_with(tmp_path, GRUB_CFG, FILES)
+    cfg = build(f'bootloader = "pygrub"\nextra = "xenia.x=1"\ndisk = ["{disk},raw,xvda,rw"]')
+    qemu_boot.check_bootloader(cfg)
+    rec = DomainRecord(uuid="u", name="g", domid=1, config=cfg)
+    boot = qemu_boot.boot_config(rec, tmp_path / "run")
+    assert rec.runtime["bootloader_entry"] == "New kernel" and rec.config.kernel is None
+    assert kernel_cmdline(boot) == "root=/dev/vda1 console=ttyS0 quiet xenia.x=1"
+    with pytest.raises(InvalidConfig, match="has none"):
+        qemu_boot.check_bootloader(build('bootloader = "pygrub"'))

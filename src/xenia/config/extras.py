@@ -227,6 +227,6 @@ def notice_xen_names(cfg: DomainConfig, where: str) -> None:
     words = cfg.effective_cmdline().split()
     changed = [f"{a} -> {b}" for a, b in zip(words, translate_xen_names(words, cfg), strict=True)
                if a != b]
-    if changed and cfg.kernel and cfg.type != "container":
+    if changed and (cfg.kernel or cfg.bootloader) and cfg.type != "container":
         log.warning("%s: notice: Xen device names translated for KVM: %s", where,
                     ", ".join(changed))
