@@ -71,8 +71,9 @@ def xk_keys(root: Path, disk: Path, serial_log: Path, **more: object) -> dict[st
 
 
 @pytest.fixture(scope="module")
-def xk(tiny_image: Image) -> Iterator[tuple[Host, Path]]:
+def xk(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[tuple[Host, Path]]:
     h = Host(tiny_image)
+    failed_before = request.session.testsfailed
     ok = False
     try:
         h.start_daemon()
@@ -84,7 +85,7 @@ def xk(tiny_image: Image) -> Iterator[tuple[Host, Path]]:
         assert "console=hvc0 -> console=ttyS0" in res.stderr
         h.wait_console("xk", "xenia-tiny: ready")
         yield h, serial_log
-        ok = True
+        ok = request.session.testsfailed == failed_before
     finally:
         if not ok:
             h.dump_logs()
