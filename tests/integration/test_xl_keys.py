@@ -179,6 +179,8 @@ def test_trigger_nmi_sysrq_monitor_dmesg(xk: tuple[Host, Path]) -> None:
     res = host.xenia("-N", "pause", "xk")
     assert "dry run: would POST" in res.stderr and host.domain("xk")["state"] == "running"
     assert CHANNEL in host.xenia("channel-list", "xk").stdout
+    host.xenia("sched-credit2", "-d", "xk", "-w", "512")
+    assert host.xenia("sched-credit2", "-d", "xk").stdout.split()[-1] == "512"
     # xl's abbreviations; Domain-0 cannot be destroyed.
     assert host.xenia("li").stdout.splitlines()[0].startswith("Name")
     res = host.xenia("destroy", "-f", "Domain-0", check=False)

@@ -32,7 +32,7 @@ register("xl", "dmesg", "trigger", "sysrq", "button-press", "qemu-monitor-comman
          "dump-core", "vncviewer", "channel-list", "config-update")
 register("xl", "cpupool-list", "cpupool-create", "cpupool-destroy", "cpupool-rename",
          "cpupool-cpu-add", "cpupool-cpu-remove", "cpupool-migrate", "cpupool-numa-split",
-         "vtpm-list", "vtpm-attach", "vtpm-detach")
+         "vtpm-list", "vtpm-attach", "vtpm-detach", "sched-credit2")
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from urllib.parse import quote
 from pathlib import Path
 
 import click
@@ -240,3 +241,24 @@ def vtpm_detach(dom: str, devid: str) -> None:
     """Refused: QEMU cannot remove a TPM from a running guest."""
     raise NotSupported(f"Failed to detach the vTPM of '{dom}': QEMU cannot unplug a TPM; "
                        "remove vtpm from the config (`xenia config-update`) and reboot it")
+
+
+@cli.command("sched-credit2")
+@click.option("-d", "--domain", "dom", help="Domain to show or change.")
+@click.option("-w", "--weight", type=int, help="Weight 1..65535 (256 default).")
+@click.option("-s", "--schedparam", is_flag=True, help="Show the scheduler's own parameters.")
+@pass_ctx
+def sched_credit2(c: Ctx, dom: str | None, weight: int | None, schedparam: bool) -> None:
+    """Show or set credit2 weights: the domain's cgroup CPU weight, as sched-credit's."""
+    if schedparam:
+        out("Cpupool Pool-0: Linux CFS (no ratelimit or runqueue settings to show or set)")
+        return
+    if weight is not None:
+        if not dom:
+            raise InvalidConfig("Failed to set the weight: name the domain with -d")
+        c.client.post(f"/v1/domains/{dom}/sched-credit", {"weight": weight, "cap": None})
+        return
+    rows = c.client.get("/v1/sched-credit" + (f"?domain={quote(dom)}" if dom else ""))
+    out(f"{'Name':<32} {'ID':>5} {'Weight':>6}")
+    for r in rows:
+        out(f"{r['name']:<32} {r['domid']:>5} {r['weight']:>6}")
