@@ -1,11 +1,12 @@
-"""xl's remaining verbs: dmesg, trigger, sysrq, button-press, qemu-monitor-command."""
+"""xl's remaining verbs: dmesg, trigger, sysrq, button-press, qemu-monitor-command,
+dump-core, vncviewer, channel-list, config-update, cpupool-*, vtpm-*, sched-credit2."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from urllib.parse import quote
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 
