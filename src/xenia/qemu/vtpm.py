@@ -3,8 +3,9 @@ on its control socket; the main functions are start_swtpm and tpm_args.
 
 The TPM's state (its keys, NVRAM) lives in the state directory, `vtpm/<uuid>/`, so it
 survives reboots in place; it is removed when the domain's QEMU is released (destroy, or
-a new QEMU after config-update or a crash), as the UEFI NVRAM is. swtpm runs with --terminate: it exits when QEMU, its only
-client, goes away, so a destroyed domain leaves none behind.
+a new QEMU after config-update or a crash), as the UEFI NVRAM is. swtpm runs with
+--terminate: it exits when QEMU, its only client, goes away, so a destroyed domain leaves
+none behind.
 """
 
 from __future__ import annotations
