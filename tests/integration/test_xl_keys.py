@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,15 @@ pytestmark = pytest.mark.integration
 
 CHANNEL = "org.xenia.test.0"
 DISK_MIB = 32
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+SPICE_PORT = _free_port()
 # Arms the i6300esb from the guest's shell (the cloud kernel has no driver for it):
 # memory decoding on, then both stages' preload (2000 ticks of 32768 x 30 ns: ~2 s each)
 # after the unlock sequence 0x80, 0x86 on the reload register, then enable (0x68 bit 1).
@@ -57,15 +67,17 @@ def boot_disk(root: Path, image: Image) -> Path:
     return disk
 
 
-def xk_keys(root: Path, disk: Path, serial_log: Path, **more: object) -> dict[str, object]:
+def xk_keys(root: Path, disk_path: Path, serial_log: Path, **more: object
+            ) -> dict[str, object]:
     keys: dict[str, object] = dict(
         kernel=None, ramdisk=None, bootloader="pygrub",
         type="hvm", extra="root=/dev/xvda1 console=hvc0",
-        disk=[f"{disk},raw,xvda,rw"], rtc_timeoffset=3600, acpi_s3=0, stdvga=0,
+        disk=[f"{disk_path},raw,xvda,rw"], rtc_timeoffset=3600, acpi_s3=0, stdvga=0,
         smbios=["system_manufacturer=XeniaTest", "system_product_name=xk"],
         device_model_args=["-smbios", "type=1,version=dm-args-ok"],
         serial=["pty", f"file:{serial_log}"],
-        channel=[f"name={CHANNEL},connection=pty"], on_watchdog="preserve", vtpm=[""])
+        channel=[f"name={CHANNEL},connection=pty"], on_watchdog="preserve", vtpm=[""],
+        spice=1, spiceport=SPICE_PORT, spicedisable_ticketing=1, spicevdagent=1)
     keys.update(more)
     return keys
 
@@ -123,6 +135,18 @@ def test_vtpm_answers(xk: tuple[Host, Path]) -> None:
     assert out[0] == "2" and len(out[1]) == 64 and int(out[1], 16) >= 0, out
     listing = host.xenia("vtpm-list", "xk").stdout
     assert "vtpm0" in listing and "swtpm" in listing
+
+
+def test_spice_server_answers_and_vdagent_port_exists(xk: tuple[Host, Path]) -> None:
+    host, _ = xk
+    # A SPICE link request for the main channel; the server answers with its own "REDQ"
+    # link header (the protocol's magic) whatever it thinks of the request.
+    mess = struct.pack("<IBBIII", 0, 1, 0, 0, 0, 18)
+    with socket.create_connection(("127.0.0.1", SPICE_PORT), timeout=30) as s:
+        s.sendall(struct.pack("<4sIII", b"REDQ", 2, 2, len(mess)) + mess)
+        assert s.recv(4) == b"REDQ"
+    names = host.run("xk", "cat /sys/class/virtio-ports/*/name")
+    assert "com.redhat.spice.0" in names
 
 
 def test_second_serial_port_writes_to_its_file(xk: tuple[Host, Path]) -> None:

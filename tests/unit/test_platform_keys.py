@@ -15,7 +15,7 @@ from xenia.config.build import build_config
 from xenia.config.extras import parse_channel
 from xenia.config.model import DiskSpec, DomainConfig
 from xenia.config.xlcfg import parse_config
-from xenia.errors import InvalidConfig, PermissionDenied
+from xenia.errors import InvalidConfig, NotSupported, PermissionDenied
 from xenia.migration.preflight import check_source
 from xenia.peers.scopes import Grant
 from xenia.qemu import platform, vtpm
@@ -218,3 +218,32 @@ def test_pygrub_boot_config_keeps_extra_and_translates(tmp_path: Path) -> None:
     assert kernel_cmdline(boot) == "root=/dev/vda1 console=ttyS0 quiet xenia.x=1"
     with pytest.raises(InvalidConfig, match="has none"):
         qemu_boot.check_bootloader(build('bootloader = "pygrub"'))
+
+
+def test_spice_keys_become_one_checked_spice_option() -> None:
+    from xenia.devices import spice
+
+    cfg = build('type = "hvm"\nkernel = "/k"\nspice = 1\nspiceport = 5930\n'
+                'spicedisable_ticketing = 1\nspiceagent_mouse = 0\nspicevdagent = 1\n'
+                'spice_image_compression = "quic"\nspice_clipboard_sharing = 1')
+    spice.check_spice(cfg)
+    args = argv(cfg)
+    assert args[args.index("-spice") + 1] == (
+        "port=5930,addr=127.0.0.1,disable-ticketing=on,agent-mouse=off,"
+        "disable-copy-paste=off,image-compression=quic")
+    assert {"driver": "virtserialport", "id": "vdagent0port", "bus": "vser0.0",
+            "chardev": "vdagent0", "name": "com.redhat.spice.0"} in devices(args)
+    assert any(d["driver"] == "virtio-serial-pci" for d in devices(args))
+    # The password is never on the command line.
+    with_pw = build('type = "hvm"\nspice = 1\nspiceport = 5930\nspicepasswd = "s3cret"')
+    spice.check_spice(with_pw)
+    assert not any("s3cret" in a for a in argv(with_pw))
+    for bad, match in (('spiceport = 5930\nspicehost = "example.com"', "not an IP"),
+                       ("spiceport = 5930", "spicepasswd"),
+                       ("spicetls_port = 5931", "certificates"),
+                       ("", "spiceport")):
+        with pytest.raises((InvalidConfig, NotSupported), match=match):
+            spice.check_spice(build(f'type = "hvm"\nspice = 1\n{bad}'))
+    with pytest.raises(InvalidConfig, match="image_compression"):
+        build('spice_image_compression = "jpeg"')
+    assert build("spiceport = 5930").spice == {}  # spice = 0: off, keys still known

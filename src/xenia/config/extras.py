@@ -10,7 +10,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from xenia.config.model import DomainConfig
 from xenia.config.xlcfg import Value
@@ -44,6 +44,8 @@ VIRIDIAN_DEFAULTS = ("base", "freq", "time_ref_count", "apic_assist", "crash_ctl
 VGAS = ("stdvga", "cirrus", "qxl", "none")
 TSC_MODES = ("default", "always_emulate", "native", "native_paravirt")
 WATCHDOGS = ("i6300esb", "ib700", "none")
+IMAGE_COMPRESSION = ("auto_glz", "auto_lz", "quic", "glz", "lz", "off")
+STREAMING_VIDEO = ("filter", "all", "off")
 MAX_SERIALS = 4  # the PC's four legacy ports, ttyS0-ttyS3; ttyS0 is the console
 # xl's smbios keys -> (SMBIOS type, QEMU's field). QEMU builds no battery table (type 22).
 SMBIOS_FIELDS = {
@@ -124,6 +126,7 @@ def read_extras(r: Reader, cfg: DomainConfig) -> None:
     if isinstance(serial, list) and len(serial) > MAX_SERIALS:
         raise r.fail("serial", f"at most {MAX_SERIALS} serial ports (ttyS0-ttyS3)")
     cfg.pool = r.string("pool")
+    _spice(r, cfg)
     cfg.bootloader = r.string("bootloader")
     cfg.bootloader_args = r.items("bootloader_args", single_ok=True) or []
     cfg.vtpm = r.items("vtpm") or []
@@ -171,6 +174,25 @@ def read_extras(r: Reader, cfg: DomainConfig) -> None:
     if watchdog is None and r.values.get("on_watchdog") is not None:
         watchdog = "i6300esb"
     cfg.watchdog = None if watchdog == "none" else watchdog
+
+
+def _spice(r: Reader, cfg: DomainConfig) -> None:
+    """xl's spice keys into cfg.spice (empty: off) and cfg.spicepasswd."""
+    keys: dict[str, Any] = {
+        "port": r.integer("spiceport", 1, 65535),
+        "tls_port": r.integer("spicetls_port", 1, 65535),
+        "host": r.string("spicehost"),
+        "disable_ticketing": r.boolean("spicedisable_ticketing"),
+        "agent_mouse": r.boolean("spiceagent_mouse"),
+        "vdagent": r.boolean("spicevdagent"),
+        "clipboard_sharing": r.boolean("spice_clipboard_sharing"),
+        "usbredirection": r.integer("spiceusbredirection", 0, 16),
+        "image_compression": r.choice("spice_image_compression", IMAGE_COMPRESSION),
+        "streaming_video": r.choice("spice_streaming_video", STREAMING_VIDEO),
+    }
+    cfg.spicepasswd = r.string("spicepasswd")
+    if r.boolean("spice"):
+        cfg.spice = {"enabled": True, **{k: v for k, v in keys.items() if v is not None}}
 
 
 def _signed(r: Reader, key: str) -> int:

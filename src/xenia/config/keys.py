@@ -87,6 +87,15 @@ bootloader: `pygrub`: the default GRUB entry of the first (raw) disk's FAT or ex
 bootloader_args: pygrub's `--entry=N|TITLE` and `--args=...`
 bootloader_restrict: pygrub runs no guest code: it reads the disk with mtools/debugfs
 bootloader_user: pygrub runs no guest code: it reads the disk with mtools/debugfs
+spice: QEMU's SPICE server (hvm)
+spiceport:
+spicedisable_ticketing:
+spicepasswd: set over QMP, never on QEMU's command line
+spiceagent_mouse:
+spicevdagent: the agent's virtio-serial channel
+spice_clipboard_sharing:
+spice_image_compression:
+spice_streaming_video:
 pool: the domain's cpupool (`xenia cpupool-*`): its vCPUs run on the pool's CPUs
 vga: `stdvga`, `cirrus`, `qxl`, `none`; default `stdvga` (xl: cirrus)
 on_watchdog: with a watchdog device (i6300esb unless `watchdog=` says otherwise)
@@ -101,6 +110,7 @@ tsc_mode: `native` adds an invariant TSC (KVM); `always_emulate` refused
 nomigrate: refuses live migration; `save` still works
 smbios: types 0-3 and 11; battery entries refused (QEMU has no type 22)
 channel: virtio-serial ports; `connection=pty` is a socket in the run directory
+spicehost: an IP address; default 127.0.0.1 (xl: every interface)
 device_model_args: appended to QEMU's arguments; over TCP needs the `admin` scope
 device_model_args_pv: as `device_model_args`, pv/pvh domains only
 device_model_args_hvm: as `device_model_args`, hvm domains only
@@ -209,20 +219,10 @@ usbdev: USB passthrough is not implemented yet
 nestedhvm: nested virtualization is not exposed yet
 cpuid:
 keymap:
-spice: use `vnc`
-spicehost:
-spiceport:
-spicetls_port:
-spicedisable_ticketing:
-spicepasswd:
-spiceagent_mouse:
-spicevdagent:
-spice_clipboard_sharing:
-spiceusbredirection:
-spice_image_compression:
-spice_streaming_video:
 soundhw:
 usbversion:
+spiceusbredirection: refused (no USB redirection channels yet)
+spicetls_port: refused: needs TLS certificates Xenia does not set up yet
 vscsi: SUSE's Xen PV SCSI; use `sdX` disks (virtio-scsi)
 """)
 

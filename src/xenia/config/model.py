@@ -180,6 +180,8 @@ class DomainConfig:
     vtpm: list[str] = field(default_factory=list)  # xl vtpm specs; at most one (swtpm)
     bootloader: str | None = None  # "pygrub": the kernel comes from the first disk
     bootloader_args: list[str] = field(default_factory=list)
+    spice: dict[str, Any] = field(default_factory=dict)  # xl's spice* keys; {}: off
+    spicepasswd: str | None = None  # set over QMP, never on QEMU's command line
 
     # Where the config came from (file path or "<overrides>"), for messages.
     source: str | None = None

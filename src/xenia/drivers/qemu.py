@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from xenia.devices import display
+from xenia.devices import display, spice
 from xenia.drivers import qemu_boot, qemu_cpu, qemu_migrate
 from xenia.drivers.base import (
     Driver,
@@ -267,6 +267,7 @@ class QemuDriver(Driver):
                 ovmf_paths()  # NotFound with "apt-get install ovmf" when missing
             if cfg.vnc:
                 display.vnc_listen(cfg)
+            spice.check_spice(cfg)
         qemu_boot.check_bootloader(cfg)
         if cfg.type in ("pv", "pvh") and not cfg.kernel and not cfg.bootloader:
             raise InvalidConfig(
@@ -405,6 +406,8 @@ class QemuDriver(Driver):
             if cfg.vnc and cfg.vncpasswd and vnc is not None:
                 # Over QMP: a password on the command line would be in /proc for all.
                 await proc.qmp.set_password("vnc", cfg.vncpasswd)
+            if cfg.spice and cfg.spicepasswd:
+                await proc.qmp.set_password("spice", cfg.spicepasswd)
             assert proc.pid is not None
             await asyncio.to_thread(qemu_cpu.setup_cgroup, record, proc.pid)
             qemu_cpu.pin_threads(record, await inst.devices.vcpu_threads())

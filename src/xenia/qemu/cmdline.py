@@ -21,7 +21,7 @@ from typing import Any
 
 from xenia.config.extras import translate_xen_names
 from xenia.config.model import DomainConfig
-from xenia.devices import cpu, display
+from xenia.devices import cpu, display, spice
 from xenia.devices.layout import SPARE_ROOT_PORTS, Layout
 from xenia.qemu import platform
 from xenia.qemu.platform import escape_opt
@@ -167,6 +167,7 @@ def build_argv(
     argv += display.graphics_argv(cfg, vnc_display)
     argv += display.usb_argv(cfg)
     argv += platform.platform_argv(cfg, files.dir)
+    argv += spice.spice_argv(cfg)  # after the channels' controller (its vdagent port)
     argv += list(tpm)  # the vTPM's backend and device (qemu/vtpm.py)
     if cfg.kernel:
         argv += ["-kernel", cfg.kernel]

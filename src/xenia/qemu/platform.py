@@ -144,7 +144,7 @@ def channel_path(run_dir: Path, index: int, spec: ChannelSpec) -> Path:
 
 def channel_args(cfg: DomainConfig, run_dir: Path) -> list[str]:
     specs = channels(cfg)
-    if not specs:
+    if not specs and not cfg.spice.get("vdagent"):
         return []
     argv = ["-device", _j({"driver": "virtio-serial-pci", "id": "vser0", "bus": "pcie.0",
                            "addr": CHANNEL_ADDR})]
