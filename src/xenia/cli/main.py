@@ -33,6 +33,7 @@ register("xl", "dmesg", "trigger", "sysrq", "button-press", "qemu-monitor-comman
 register("xl", "cpupool-list", "cpupool-create", "cpupool-destroy", "cpupool-rename",
          "cpupool-cpu-add", "cpupool-cpu-remove", "cpupool-migrate", "cpupool-numa-split",
          "vtpm-list", "vtpm-attach", "vtpm-detach", "sched-credit2")
+register("xlshim", "xl-command")
 
 
 def main() -> None:
