@@ -20,12 +20,18 @@ echo "install.sh: installing xenia into $prefix/venv"
 py=/usr/bin/python3  # the distribution's Python, which install-deps.sh installed
 [ -x "$py" ] || py=python3
 [ -x "$prefix/venv/bin/python" ] || "$py" -m venv "$prefix/venv"
-"$prefix/venv/bin/pip" install -q --upgrade pip
-"$prefix/venv/bin/pip" install -q "$here"
+# Exactly the locked versions, each checked against its hash (scripts/lock-deps.sh makes
+# the lock); then Xenia itself, without letting pip resolve anything further.
+"$prefix/venv/bin/pip" install -q --require-hashes -r "$here/requirements.lock"
+"$prefix/venv/bin/pip" install -q --no-deps --no-build-isolation "$here"
 ln -sf "$prefix/venv/bin/xenia" /usr/local/bin/xenia
 ln -sf "$prefix/venv/bin/xeniad" /usr/local/bin/xeniad
 
 install -m 0644 "$here/packaging/xeniad.service" /etc/systemd/system/xeniad.service
+# The unit's ProtectKernelModules=yes keeps xeniad from loading vfio-pci itself (PCI
+# passthrough): load it at boot, and now.
+install -m 0644 "$here/packaging/xenia-modules.conf" /etc/modules-load.d/xenia.conf
+modprobe vfio-pci 2>/dev/null || true
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload || true
 fi

@@ -17,8 +17,10 @@ scripts/install-deps.sh --test
 py=/usr/bin/python3
 [ -x "$py" ] || py=python3
 [ -x .venv/bin/python ] || "$py" -m venv .venv
-.venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e ".[test]"
+# Exactly the locked versions, each checked against its hash (scripts/lock-deps.sh makes
+# the lock); then Xenia itself, without letting pip resolve anything further.
+.venv/bin/pip install -q --require-hashes -r requirements-test.lock
+.venv/bin/pip install -q --no-deps --no-build-isolation -e .
 
 echo "run-tests.sh: ruff"
 .venv/bin/ruff check src tests bench

@@ -103,7 +103,7 @@ def test_golden_argv(case: str) -> None:
 def test_vnc_password_is_not_on_the_command_line() -> None:
     argv = argv_for("hvm-vnc")
     assert not any(VNC_PASSWORD in a for a in argv)
-    assert argv[argv.index("-vnc") + 1] == f"0.0.0.0:{VNC_DISPLAY},password=on"
+    assert argv[argv.index("-vnc") + 1] == f"vnc=0.0.0.0:{VNC_DISPLAY},password=on"
 
 
 def test_every_device_is_json() -> None:

@@ -247,3 +247,22 @@ def test_spice_keys_become_one_checked_spice_option() -> None:
     with pytest.raises(InvalidConfig, match="image_compression"):
         build('spice_image_compression = "jpeg"')
     assert build("spiceport = 5930").spice == {}  # spice = 0: off, keys still known
+
+
+def test_api_configs_with_unparsed_platform_values_are_refused() -> None:
+    from xenia.devices import spice
+
+    good = build('type = "hvm"\nkernel = "/k"')
+    for field, value in (("vga", "hercules"), ("viridian", ["bogus"]),
+                         ("smbios", ["system_manufacturer"]), ("watchdog", "x"),
+                         ("tsc_mode", "always_emulate"), ("videoram", 4096)):
+        cfg = DomainConfig.from_dict({**good.to_dict(), field: value})
+        with pytest.raises(InvalidConfig, match="unknown or bad"):
+            platform.check_values(cfg)
+    cfg = DomainConfig.from_dict({**good.to_dict(), "spice": {
+        "enabled": True, "port": 5930, "disable_ticketing": True,
+        "image_compression": "quic,addr=0.0.0.0"}})
+    with pytest.raises(InvalidConfig, match="image_compression"):
+        spice.check_spice(cfg)
+    with pytest.raises(ValueError, match="spice"):
+        DomainConfig.from_dict({**good.to_dict(), "spice": None})

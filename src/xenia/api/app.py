@@ -7,6 +7,7 @@ import logging
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import xenia
 from xenia.api import cpupools, devices, domains, migration, network, peers, storage, xl
@@ -47,6 +48,14 @@ def make_app(engine: Engine) -> FastAPI:
             f"({type(exc).__name__}: {exc}); see the xeniad log"
         )
         return JSONResponse(error_body(err), status_code=500)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # No such route, method not allowed, ...: the error JSON like every other answer.
+        kind = "not-found" if exc.status_code == 404 else "invalid-request"
+        message = f"Failed {request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse({"error": kind, "message": message}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:

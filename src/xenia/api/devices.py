@@ -44,7 +44,8 @@ async def disks(ref: str, m: Manager) -> list[dict[str, Any]]:
 
 @router.post("/disks", status_code=201)
 async def block_attach(ref: str, req: SpecRequest, d: Devices, a: Acc) -> dict[str, Any]:
-    spec = parse_disk_args(req.args)
+    # Parsing is linear but a body may be 1 MiB of spec: off the event loop.
+    spec = await asyncio.to_thread(parse_disk_args, req.args)
     await asyncio.to_thread(a.check_disk, spec, f"disk {spec.vdev}")
     await d.block_attach(ref, spec)
     return asdict(spec)
@@ -80,7 +81,7 @@ async def nics(ref: str, m: Manager) -> list[dict[str, Any]]:
 
 @router.post("/nics", status_code=201)
 async def network_attach(ref: str, req: SpecRequest, d: Devices) -> dict[str, Any]:
-    vif = parse_vif_spec(",".join(req.args), strict=True)
+    vif = await asyncio.to_thread(parse_vif_spec, ",".join(req.args), strict=True)
     await d.network_attach(ref, vif)
     return asdict(vif)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +17,7 @@ import click
 
 from xenia.cli.base import Ctx, cli, out, pass_ctx, warn
 from xenia.errors import InvalidConfig
+from xenia.files import read_regular
 from xenia.peers import fingerprint as fp
 from xenia.peers.address import split_hostport
 
@@ -164,8 +164,10 @@ def _read_token(token: str | None, token_file: str | None, name: str) -> str:
                             "--token-file (a token from `xenia host token create` there)")
     if token_file is not None:
         try:
+            # A regular file (not a FIFO, not /dev/zero) of a token's size.
             text = (sys.stdin.read() if token_file == "-"
-                    else Path(token_file).read_text())
+                    else read_regular(token_file, f"to read the token from {token_file}",
+                                      limit=64 * 1024).decode(errors="replace"))
         except OSError as e:
             raise InvalidConfig(f"Failed to read the token from {token_file}: "
                                 f"{e.strerror or e}") from e

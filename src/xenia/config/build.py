@@ -25,8 +25,8 @@ from typing import TypeVar
 from xenia.config.cpulist import normalize_cpulist, union_cpulists
 from xenia.config.diskspec import parse_disk_spec
 from xenia.config.extras import notice_xen_names, read_extras
-from xenia.config.keys import unused_warning
-from xenia.config.model import ACCELS, ACTIONS, DiskSpec, DomainConfig
+from xenia.config.keys import KEYS, unused_warning
+from xenia.config.model import ACCELS, ACTIONS, MAX_VCPUS, DiskSpec, DomainConfig
 from xenia.config.names import NAME_RULE, valid_name
 from xenia.config.vdev import vdev_number
 from xenia.config.vifspec import parse_vif_spec
@@ -73,8 +73,15 @@ class _Reader:
         self.used.add(key)
         return self.values.get(key)
 
+    def nul(self, key: str) -> InvalidConfig:
+        # "\0" or "\x00" in a string: no path, name or option can hold one (QEMU's argv,
+        # the kernel's paths), so it is refused here, where the message can say where.
+        return self.fail(key, f"'{key}' holds a NUL character (\\0); remove it")
+
     def string(self, key: str) -> str | None:
         value = self.get(key)
+        if isinstance(value, str) and "\0" in value:
+            raise self.nul(key)
         if value is None or isinstance(value, str):
             return value
         if isinstance(value, int):
@@ -110,6 +117,9 @@ class _Reader:
         value = self.get(key)
         if value is None:
             return None
+        if isinstance(value, str) and "\0" in value or isinstance(value, list) and any(
+                isinstance(v, str) and "\0" in v for v in value):
+            raise self.nul(key)
         if single_ok and isinstance(value, str):
             return [value]
         if not isinstance(value, list) or any(isinstance(v, list) for v in value):
@@ -234,10 +244,12 @@ def _memory_and_vcpus(r: _Reader, cfg: DomainConfig) -> None:
     cfg.maxmem = r.integer("maxmem", 1, what="an integer (MiB)")
     if cfg.maxmem is not None and cfg.maxmem < cfg.memory:
         raise r.fail("maxmem", f"maxmem ({cfg.maxmem}) is below memory ({cfg.memory})")
-    vcpus = r.integer("vcpus", 1)
+    # Bounded here, not only by the engine: per-vCPU affinity lists below are read for
+    # every vCPU up to maxvcpus.
+    vcpus = r.integer("vcpus", 1, MAX_VCPUS)
     if vcpus is not None:
         cfg.vcpus = vcpus
-    cfg.maxvcpus = r.integer("maxvcpus", 1)
+    cfg.maxvcpus = r.integer("maxvcpus", 1, MAX_VCPUS)
     if cfg.maxvcpus is not None and cfg.maxvcpus < cfg.vcpus:
         raise r.fail("maxvcpus", f"maxvcpus ({cfg.maxvcpus}) is below vcpus ({cfg.vcpus})")
     cfg.cpus, cfg.cpus_per_vcpu = _affinity(r, "cpus", cfg.effective_maxvcpus)
@@ -302,6 +314,12 @@ def _disks(r: _Reader) -> list[DiskSpec]:
 
 
 def _warn_unused(r: _Reader) -> None:
+    if not log.isEnabledFor(logging.WARNING):
+        return
+    unknown = 0
     for key in r.values:
         if key not in r.used:
-            log.warning("%s: %s", r.where(key), unused_warning(key))
+            # A typo gets the nearest known key; a file of thousands of unknown keys (a
+            # hostile one) does not pay a fuzzy match for each.
+            unknown += key not in KEYS
+            log.warning("%s: %s", r.where(key), unused_warning(key, suggest=unknown <= 20))

@@ -57,15 +57,21 @@ def parse_terms(text: str) -> list[Term]:
     return terms
 
 
+_DIGIT = bytes.maketrans(b"\x00\x01", b"01")
+
+
 def _mask(terms: list[Term]) -> int | None:
-    """The CPUs as a bitmask, or None if that needs the host (nodes, all)."""
-    mask = 0
-    for remove, nodes, first, last in terms:
-        if nodes or first is None:
-            return None
-        bits = ((1 << (last - first + 1)) - 1) << first
-        mask = mask & ~bits if remove else mask | bits
-    return mask
+    """The CPUs as a bitmask, or None if that needs the host (nodes, all).
+
+    Built in a byte a CPU, each term a slice assignment: OR-ing a 65536-bit integer once
+    a term made a long list cost a second."""
+    if any(t.nodes or t.first is None for t in terms):
+        return None
+    cpus = bytearray(max(t.last for t in terms) + 1)
+    for remove, _, first, last in terms:
+        assert first is not None
+        cpus[first : last + 1] = (b"\x00" if remove else b"\x01") * (last - first + 1)
+    return int(cpus.translate(_DIGIT)[::-1], 2)
 
 
 def normalize_cpulist(text: str) -> str:
@@ -87,16 +93,15 @@ def union_cpulists(items: Sequence[str]) -> str:
     return _render(union)
 
 
+_ONES = re.compile("1+")
+
+
 def _render(mask: int) -> str:
-    """A bitmask as ranges, e.g. 0b101110 -> "1-3,5"."""
+    """A bitmask as ranges, e.g. 0b101110 -> "1-3,5". Read from its binary text in one
+    pass: shifting the mask once a CPU made 65536 CPUs cost seconds."""
+    bits = bin(mask)[:1:-1]  # lowest CPU first
     parts = []
-    cpu = 0
-    while mask >> cpu:
-        if not (mask >> cpu) & 1:
-            cpu += 1
-            continue
-        start = cpu
-        while (mask >> cpu) & 1:
-            cpu += 1
-        parts.append(str(start) if cpu - 1 == start else f"{start}-{cpu - 1}")
+    for m in _ONES.finditer(bits):
+        start, end = m.start(), m.end() - 1
+        parts.append(str(start) if start == end else f"{start}-{end}")
     return ",".join(parts)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from xenia.config.model import DiskSpec
 from xenia.config.vdev import vdev_number
@@ -52,6 +52,7 @@ class _State:
     direct_io_safe: bool = False
     discard: bool | None = None
     trusted: bool | None = None
+    ignored: dict[str, None] = field(default_factory=dict)  # ignored parameters, in order
 
     def save(self, what: str, attr: str, value: str) -> None:
         """Sets a string parameter once; an empty earlier value may be replaced."""
@@ -121,7 +122,9 @@ def _strip(text: str) -> str:
 
 def _ignored(what: str) -> Callable[[_State, str], None]:
     def action(state: _State, text: str) -> None:
-        log.warning("disk spec parameter %s is not supported by Xenia; ignored", what)
+        # Warned about once a spec (in _finish): a spec repeating "colo," must not
+        # write a log line per repetition.
+        state.ignored.setdefault(what)
     return action
 
 
@@ -152,10 +155,20 @@ def _format_prefix(state: _State, text: str) -> None:
 
 
 _Action = Callable[[_State, str], None]
-_ANY = r"(?:.*)"
+# Trailing contexts: flex counts them in a rule's length but does not consume them. Each
+# ends with ".*" (to the end of the line), so they are computed from the end of the line
+# rather than matched: matching ".*" again at every token made a spec of N tokens cost
+# N * its length (a 64 KB "raw:raw:..." took seconds).
+_ANY = "any"                 # (?:.*)
+_NOT_BLANK = "not-blank"     # (?:[^ \t\n].*)?
+_NOT_ALNUM = "not-alnum"     # (?:[^a-z0-9].*)?
+# The last rule, [^=,]*,|[^=,]+, runs to the next '=' or ',' and usually loses to a
+# prefix rule with trailing context ("raw:raw:..."); as a regex it would scan the rest
+# again at every token, so its end comes from _Next too.
+_POSITIONAL = ""
 # (main pattern, trailing context or None, action), in libxlu_disk_l.l's order.
 _RULE_TABLE: list[tuple[str, str | None, _Action]] = [
-    (r"[ \t\n]+", r"(?:[^ \t\n].*)?", lambda s, t: None),
+    (r"[ \t\n]+", _NOT_BLANK, lambda s, t: None),
     (r"format=[^,]*,?", None, lambda s, t: s.set_format(_value(t))),
     (r"cdrom,?", None, _set("cdrom", True)),
     (r"devtype=cdrom,?", None, _set("cdrom", True)),
@@ -198,34 +211,95 @@ _RULE_TABLE: list[tuple[str, str | None, _Action]] = [
     (r"ioemu:", _ANY, _set("had_depr_prefix", True)),
     (r"file:", _ANY, _set("had_depr_prefix", True)),
     (r"phy:", _ANY, _set("had_depr_prefix", True)),
-    (r"[a-z][a-z0-9]*:", r"(?:[^a-z0-9].*)?", _fail("unknown deprecated disk prefix")),
-    (r"[^=,]*,|[^=,]+", None, lambda s, t: s.positional(_strip(t))),
+    (r"[a-z][a-z0-9]*:", _NOT_ALNUM, _fail("unknown deprecated disk prefix")),
+    # The positional rule [^=,]*,|[^=,]+ is matched by _positional_end (see there).
+    (_POSITIONAL, None, lambda s, t: s.positional(_strip(t))),
 ]
-_RULES = [(re.compile(main), re.compile(trail) if trail is not None else None, action)
+_RULES = [(re.compile(main) if main else None, trail, action)
           for main, trail, action in _RULE_TABLE]
+_LITERAL = re.compile(r"[a-z_=-]+")
+
+
+def _by_first_char() -> dict[str, list[tuple[re.Pattern[str] | None, str | None, _Action]]]:
+    """For each ASCII character, the rules (in order) that can match a token starting with
+    it: a rule starting with a literal word only for that word's first letter, the others
+    for every character. Trying 38 regexes at every token made a spec of short tokens
+    ("discard,discard,...") slow; most tokens now try about ten."""
+    table: dict[str, list[tuple[re.Pattern[str] | None, str | None, _Action]]] = {}
+    for code in range(128):
+        c = chr(code)
+        table[c] = [rule for (main, _, _), rule in zip(_RULE_TABLE, _RULES, strict=True)
+                    if not (m := _LITERAL.match(main)) or m.group()[0] == c]
+    return table
+
+
+_RULES_FOR = _by_first_char()
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+class _Next:
+    """The first of some characters at or after a position, for scans whose positions
+    only grow: each is searched for once, so a whole scan stays linear."""
+
+    def __init__(self, text: str, chars: str) -> None:
+        self.text = text
+        self.pattern = re.compile(f"[{re.escape(chars)}]")
+        self.found = -1  # the answer for the last position asked
+
+    def end(self, pos: int) -> int:
+        if self.found < pos:
+            m = self.pattern.search(self.text, pos)
+            self.found = len(self.text) if m is None else m.start()
+        return self.found
+
+
+def _trail_end(trail: str | None, spec: str, pos: int, lines: _Next) -> int:
+    """Where the trailing context starting at `pos` ends (flex's longest match)."""
+    c = spec[pos] if pos < len(spec) else ""
+    if trail == _ANY:
+        return lines.end(pos)
+    if trail == _NOT_BLANK:
+        return lines.end(pos) if c and c not in " \t\n" else pos
+    if trail == _NOT_ALNUM:
+        if not c or c in _ALNUM:
+            return pos
+        # [^a-z0-9] takes one character, a newline too; then ".*" runs to the line's end.
+        return lines.end(pos + 1) if c == "\n" else lines.end(pos)
+    return pos
+
+
+def _positional_end(spec: str, pos: int, separators: _Next) -> int | None:
+    """Where [^=,]*,|[^=,]+ matching at `pos` ends, or None."""
+    stop = separators.end(pos)
+    if stop < len(spec) and spec[stop] == ",":
+        return stop + 1
+    return stop if stop > pos else None
 
 
 def _scan(state: _State, spec: str) -> None:
     """Runs the rules over one spec string, updating `state`."""
     pos = 0
+    lines = _Next(spec, "\n")
+    separators = _Next(spec, "=,")
     while pos < len(spec):
         best: tuple[int, int, _Action] | None = None  # (total length, main end, action)
-        for main, trail, action in _RULES:
-            m = main.match(spec, pos)
-            if m is None:
-                continue
-            total = m.end()
-            if trail is not None:
-                t = trail.match(spec, m.end())
-                if t is None:
+        for main, trail, action in _RULES_FOR.get(spec[pos], _RULES):
+            if main is None:
+                end = _positional_end(spec, pos, separators)
+                if end is None:
                     continue
-                total = t.end()
+            else:
+                m = main.match(spec, pos)
+                if m is None:
+                    continue
+                end = m.end()
+            total = _trail_end(trail, spec, end, lines) if trail else end
             # Strictly longer only: on a tie the earlier rule stays.
             if best is None or total > best[0]:
-                best = (total, m.end(), action)
+                best = (total, end, action)
         if best is None:
             # Only a stray "=" gets here (flex: "." then <LEXERR>.*).
-            rest = spec[pos:].split("\n", 1)[0]
+            rest = spec[pos : lines.end(pos)]
             raise _SpecError(f"bad disk syntax near '{rest}'")
         best[2](state, spec[pos : best[1]])
         pos = best[1]
@@ -254,6 +328,8 @@ def parse_disk_spec(spec: str) -> DiskSpec:
 
 def _finish(state: _State, spec: str) -> DiskSpec:
     """xl's checks after scanning, then ours; builds the DiskSpec."""
+    for what in state.ignored:
+        log.warning("disk spec parameter %s is not supported by Xenia; ignored", what)
     fmt = state.format or "raw"
     access = state.access
     if state.cdrom:

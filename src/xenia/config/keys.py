@@ -249,11 +249,12 @@ def nearest(name: str) -> str | None:
     return match[0] if match else None
 
 
-def unused_warning(name: str) -> str:
-    """What to say about a key in a config that nothing used (the location goes before)."""
+def unused_warning(name: str, suggest: bool = True) -> str:
+    """What to say about a key in a config that nothing used (the location goes before);
+    `suggest`: look for the nearest known key of an unknown one."""
     key = KEYS.get(name)
     if key is None:
-        near = nearest(name)
+        near = nearest(name) if suggest and len(name) <= 64 else None
         hint = f" (did you mean '{near}'?)" if near else ""
         return f"unknown setting '{name}'{hint}; ignored"
     if key.status == NOT_APPLICABLE:

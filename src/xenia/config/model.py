@@ -27,6 +27,9 @@ ACTIONS = (
 )
 
 
+# QEMU's q35 with one socket per vCPU (devices/cpu.py) takes at most 255.
+MAX_VCPUS = 255
+
 @dataclass
 class DiskSpec:
     """One entry of `disk = [...]`, see xl-disk-configuration(5)."""
@@ -210,12 +213,60 @@ class DomainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DomainConfig:
+        """A config from its to_dict() form (the API's, a record's, a save file's).
+
+        Raises TypeError or ValueError for anything to_dict() could not have made: a
+        field of the wrong type, a string with a NUL, a list where a mapping belongs. An
+        API body is not an xl.cfg file: nothing typed it before."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a domain config is a JSON object, not {type(data).__name__}")
         data = dict(data)
-        disks = [DiskSpec(**d) for d in data.pop("disks", [])]
+        disks = [DiskSpec(**_mapping(d, "disks")) for d in _list(data.pop("disks", []), "disks")]
         vifs = []
-        for v in data.pop("vifs", []):
-            v = dict(v)
+        for v in _list(data.pop("vifs", []), "vifs"):
+            v = dict(_mapping(v, "vifs"))
             rate = v.pop("rate", None)
-            vifs.append(VifSpec(rate=RateLimit(**rate) if rate else None, **v))
+            vifs.append(VifSpec(rate=RateLimit(**_mapping(rate, "rate")) if rate else None,
+                                **v))
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(disks=disks, vifs=vifs, **{k: v for k, v in data.items() if k in known})
+        cfg = cls(disks=disks, vifs=vifs, **{k: v for k, v in data.items() if k in known})
+        for obj in (cfg, *cfg.disks, *cfg.vifs, *(v.rate for v in cfg.vifs if v.rate)):
+            check_types(obj)
+        return cfg
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"'{what}' must be a list, got {type(value).__name__}")
+    return value
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"each of '{what}' must be an object, got {type(value).__name__}")
+    return value
+
+
+def _type_ok(value: Any, typ: str) -> bool:
+    if typ.endswith(" | None"):
+        return value is None or _type_ok(value, typ[: -len(" | None")])
+    if typ == "str":
+        return isinstance(value, str) and "\0" not in value
+    if typ == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typ == "bool":
+        return isinstance(value, bool)
+    if typ == "list[str]":
+        return isinstance(value, list) and all(_type_ok(v, "str") for v in value)
+    if typ == "dict[str, Any]":  # spice: its values are checked by devices/spice.py
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return True  # nested dataclasses: built and checked on their own
+
+
+def check_types(obj: Any) -> None:
+    """ValueError unless every field of the dataclass `obj` holds its declared type."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if not _type_ok(value, str(f.type)):
+            shown = "a string with a NUL" if isinstance(value, str) else type(value).__name__
+            raise ValueError(f"'{f.name}' must be {f.type}, got {shown}")

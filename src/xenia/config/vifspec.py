@@ -59,6 +59,9 @@ def parse_vif_spec(spec: str, *, strict: bool = False) -> VifSpec:
 
 def _parse(spec: str, strict: bool) -> VifSpec:
     vif = VifSpec(spec=spec)
+    # Warnings are gathered and logged once a spec: a spec repeating an unknown flag must
+    # not write its whole text once per repetition (quadratic output).
+    ignored: dict[str, None] = {}
     # Like xl's strtok: empty items vanish, leading blanks are dropped.
     for token in (t.lstrip(" ") for t in spec.split(",")):
         if not token:
@@ -68,11 +71,11 @@ def _parse(spec: str, strict: bool) -> VifSpec:
             if token in ("trusted", "untrusted"):
                 vif.trusted = token == "trusted"
             else:
-                _unknown(spec, f"unknown flag '{token}'", strict)
+                _unknown(ignored, f"unknown flag '{token}'", strict)
         elif key in _STRING_KEYS:
             setattr(vif, _STRING_KEYS[key], value or None)
         elif key == "netdev":
-            log.warning("vif spec '%s': netdev= is deprecated, use gatewaydev=", spec)
+            ignored.setdefault("netdev= is deprecated, use gatewaydev=")
             vif.gatewaydev = value or None
         elif key == "type":
             if value not in ("vif", "ioemu"):
@@ -89,16 +92,25 @@ def _parse(spec: str, strict: bool) -> VifSpec:
         elif key == "vlan":
             vif.vlan = _vlan(value)
         elif _IGNORED.match(key):
-            log.warning("vif spec '%s': %s= is not supported by Xenia; ignored", spec, key)
+            ignored.setdefault(f"{key}= is not supported by Xenia; ignored")
         else:
-            _unknown(spec, f"unknown parameter '{key}'", strict)
+            _unknown(ignored, f"unknown parameter '{key}'", strict)
+    if ignored:
+        shown = list(ignored)
+        more = f" (and {len(shown) - 5} more)" if len(shown) > 5 else ""
+        log.warning("vif spec '%s': %s%s", _clip(spec), "; ".join(_clip(w) for w in shown[:5]),
+                    more)
     return vif
 
 
-def _unknown(spec: str, problem: str, strict: bool) -> None:
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unknown(ignored: dict[str, None], problem: str, strict: bool) -> None:
     if strict:
         raise _VifError(problem)
-    log.warning("vif spec '%s': %s; ignored", spec, problem)
+    ignored.setdefault(f"{problem}; ignored")
 
 
 def _mac(value: str) -> str:

@@ -29,7 +29,8 @@ from typing import TypeAlias
 
 from xenia.config import xllexer
 from xenia.config.xllexer import EOF, IDENT, NEWLINE, NUMBER, STRING, Lexer, Token
-from xenia.errors import ConfigSyntaxError, InvalidConfig, NotFound
+from xenia.errors import ConfigSyntaxError, InvalidConfig
+from xenia.files import read_regular
 
 Value: TypeAlias = str | int | list["Value"]
 
@@ -87,15 +88,46 @@ class ParsedConfig(dict[str, Value]):
                 if isinstance(prev, str) and isinstance(value, str):
                     value = prev + value
                 elif isinstance(prev, list) and isinstance(value, list):
-                    value = prev + value
+                    # In place: the list is this mapping's own (copied when stored), and
+                    # `disk += [...]` a thousand times must not copy it a thousand times.
+                    prev.extend(value)
+                    value = prev
                 else:
                     raise _error(stmt.op_location,
                                  f"can't add a {_kind(value)} to the {_kind(prev)} "
                                  f"value of '{stmt.key}'")
+            elif isinstance(value, list):
+                value = list(value)
+        elif isinstance(value, list):
+            value = list(value)
         # Re-inserting keeps the mapping in the order of the effective assignments.
         self.pop(stmt.key, None)
         self[stmt.key] = value
         self.locations[stmt.key] = stmt.location
+
+    def store_all(self, statements: Iterable[Statement]) -> None:
+        """`store` each statement, in linear time: runs of `KEY += "string"` are joined
+        once at the end of the run rather than copied at every step."""
+        parts: dict[str, list[str]] = {}  # key -> strings still to append to its value
+
+        def flush(key: str) -> None:
+            pending = parts.pop(key, None)
+            if pending:
+                # Assigning to an existing key keeps its place in the order.
+                self[key] = str(self[key]) + "".join(pending)
+
+        for stmt in statements:
+            key = stmt.key
+            if stmt.op == "+=" and isinstance(stmt.value, str) and isinstance(
+                    self.get(key), str):
+                parts.setdefault(key, []).append(stmt.value)
+                self[key] = self.pop(key)  # to the end of the order, as store does
+                self.locations[key] = stmt.location
+                continue
+            flush(key)
+            self.store(stmt)
+        for key in list(parts):
+            flush(key)
 
 
 def _deepcopy(value: Value) -> Value:
@@ -194,19 +226,17 @@ def parse_statements(text: str, source: str = "<string>", first_line: int = 1) -
 def parse_config(text: str, source: str = "<string>") -> ParsedConfig:
     """Parses xl.cfg text; raises ConfigSyntaxError on any syntax error."""
     config = ParsedConfig(source)
-    for stmt in parse_statements(text, source):
-        config.store(stmt)
+    config.store_all(parse_statements(text, source))
     return config
 
 
 def read_config_file(path: str | os.PathLike[str]) -> ParsedConfig:
-    """Reads and parses an xl.cfg file (UTF-8)."""
+    """Reads and parses an xl.cfg file (UTF-8, a regular file of at most 1 MiB)."""
     source = os.fspath(path)
+    # Only a regular file of at most MAX_CONFIG_BYTES: `xenia create /dev/zero` or a FIFO
+    # is refused at once instead of reading forever.
     try:
-        with open(source, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise NotFound(f"Failed to read config file {source}: no such file") from None
+        data = read_regular(source, f"to read config file {source}")
     except OSError as e:
         raise InvalidConfig(f"Failed to read config file {source}: {e.strerror or e}") from None
     try:
@@ -242,8 +272,7 @@ def apply_overrides(config: ParsedConfig, overrides: Iterable[str],
             statements = parse_statements(text, source, line)
         except ConfigSyntaxError as e:
             statements = [_lenient(text, source, line, e)]
-        for stmt in statements:
-            result.store(stmt)
+        result.store_all(statements)
         line += text.count("\n") + 1
     return result
 

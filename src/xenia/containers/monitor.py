@@ -62,6 +62,7 @@ import termios
 import time
 from pathlib import Path
 
+from xenia import files
 from xenia.containers import idmount
 
 CLONE_NEWNS = 0x00020000
@@ -96,9 +97,7 @@ def log(msg: str) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    files.write_atomic(path, text.encode(), 0o644)
 
 
 # -- set-up ---------------------------------------------------------------------------------
@@ -203,7 +202,7 @@ def create_container(args: argparse.Namespace, run: Path, slave: int, master: in
                 os.close(fd)
 
     argv = [args.crun, "--cgroup-manager=disabled", "--root", args.state_root, "create",
-            "--bundle", str(run), "--pid-file", str(run / "init.pid"), args.id]
+            "--bundle", str(run), "--pid-file", str(run / "init.pid"), "--", args.id]
     log("running " + " ".join(argv))
     proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
                             preexec_fn=join_cgroups, cwd=str(run))

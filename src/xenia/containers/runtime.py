@@ -80,7 +80,8 @@ class Crun:
         crun does not know it."""
         if not self.exists(cid):
             return None
-        out = self._run("state", cid, doing=f"to read the state of container {cid}")
+        # `--` before every id: an id is ours (a uuid), but never an option all the same.
+        out = self._run("state", "--", cid, doing=f"to read the state of container {cid}")
         try:
             data = json.loads(out)
         except ValueError as e:
@@ -90,13 +91,13 @@ class Crun:
 
     def start(self, cid: str) -> None:
         """Let the created container's init exec (crun start)."""
-        self._run("start", cid, doing=f"to start container {cid}")
+        self._run("start", "--", cid, doing=f"to start container {cid}")
 
     def delete(self, cid: str, force: bool = False) -> None:
         """Forget a stopped container (force: kill it first). Idempotent."""
         if not self.exists(cid):
             return
-        args = ["delete", *(["--force"] if force else []), cid]
+        args = ["delete", *(["--force"] if force else []), "--", cid]
         try:
             self._run(*args, doing=f"to delete container {cid}")
         except BackendError:

@@ -11,16 +11,22 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any
 
 from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig, NotSupported
+from xenia.qemu.opts import escape_opt
 
 VNC_BASE = 5900
 # xl's vga= (stdvga=1 is "stdvga", stdvga=0 "cirrus") -> QEMU's device; none: no card.
 VGA_DRIVERS = {"stdvga": "VGA", "cirrus": "cirrus-vga", "qxl": "qxl-vga", "none": ""}
+# An IPv6 scope id: an interface name (IFNAMSIZ 16 with its NUL) or an interface index.
+# Python's ipaddress takes anything after '%', commas and '=' included.
+_SCOPE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
+
 
 def firmware_kind(cfg: DomainConfig) -> str:
     """'seabios', 'ovmf' or 'path' (a firmware image file, as xl's firmware=PATH)."""
@@ -57,10 +63,17 @@ def vnc_listen(cfg: DomainConfig) -> tuple[str, int | None]:
                             f"vnclisten='{text}'")
     if host != "localhost":
         try:
-            ipaddress.ip_address(host)
+            addr = ipaddress.ip_address(host)
         except ValueError:
             raise InvalidConfig(f"Failed to set up VNC of '{cfg.name}': vnclisten "
                                 f"'{text}' is not an IP address") from None
+        scope = getattr(addr, "scope_id", None)
+        if scope is not None and not _SCOPE_RE.match(scope):
+            raise InvalidConfig(f"Failed to set up VNC of '{cfg.name}': vnclisten '{text}' "
+                                f"has a bad scope id '%{scope}' (an interface name or index)")
+    if display is not None and display > 65535 - VNC_BASE:
+        raise InvalidConfig(f"Failed to set up VNC of '{cfg.name}': display {display} in "
+                            f"vnclisten='{text}' is above {65535 - VNC_BASE}")
     return host, display
 
 
@@ -116,11 +129,17 @@ def graphics_argv(cfg: DomainConfig, display: int | None) -> list[str]:
             dev["vgamem_mb"] = cfg.videoram
         argv += ["-device", _j(dev)]
     if cfg.vnc and display is not None:
-        host, _ = vnc_listen(cfg)
-        shown = f"[{host}]" if ":" in host else host
-        opts = ",password=on" if cfg.vncpasswd else ""
-        argv += ["-vnc", f"{shown}:{display}{opts}"]
+        argv += ["-vnc", vnc_arg(cfg, display)]
     return argv
+
+
+def vnc_arg(cfg: DomainConfig, display: int) -> str:
+    """`-vnc`'s argument: the address under the explicit key `vnc=` and escaped (QemuOpts
+    would take an implied first value holding '=' as another key)."""
+    host, _ = vnc_listen(cfg)
+    shown = f"[{host}]" if ":" in host else host
+    opts = ",password=on" if cfg.vncpasswd else ""
+    return f"vnc={escape_opt(shown)}:{display}{opts}"
 
 
 def usb_argv(cfg: DomainConfig) -> list[str]:

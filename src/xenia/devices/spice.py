@@ -13,6 +13,7 @@ import ipaddress
 import json
 from typing import Any
 
+from xenia.config.extras import IMAGE_COMPRESSION, STREAMING_VIDEO
 from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig, NotSupported
 
@@ -22,6 +23,18 @@ def check_spice(cfg: DomainConfig) -> None:
     if not s:
         return
     fail = f"Failed to set up SPICE of '{cfg.name}'"
+    # From the API the values come unparsed: each must have the type and range the
+    # config parser would have given it before it reaches -spice.
+    for key, value in s.items():
+        ok = {"port": lambda v: isinstance(v, int) and 1 <= v <= 65535,
+              "tls_port": lambda v: isinstance(v, int) and 1 <= v <= 65535,
+              "host": lambda v: isinstance(v, str),
+              "usbredirection": lambda v: isinstance(v, int),
+              "image_compression": lambda v: v in IMAGE_COMPRESSION,
+              "streaming_video": lambda v: v in STREAMING_VIDEO,
+              }.get(key, lambda v: isinstance(v, bool))(value)
+        if not ok:
+            raise InvalidConfig(f"{fail}: bad value for spice key '{key}'")
     if cfg.type != "hvm":
         raise InvalidConfig(f"{fail}: spice is for hvm domains (they have a display)")
     if s.get("tls_port"):

@@ -267,7 +267,6 @@ class QemuDriver(Driver):
                 ovmf_paths()  # NotFound with "apt-get install ovmf" when missing
             if cfg.vnc:
                 display.vnc_listen(cfg)
-            spice.check_spice(cfg)
         qemu_boot.check_bootloader(cfg)
         if cfg.type in ("pv", "pvh") and not cfg.kernel and not cfg.bootloader:
             raise InvalidConfig(
@@ -276,6 +275,7 @@ class QemuDriver(Driver):
                 "(`xenia image build tiny` makes one)"
             )
         platform.check(cfg)
+        spice.check_spice(cfg)
         if cfg.pool and cfg.pool != POOL0:
             CpuPoolTable(self.devices.store).cpus(cfg.pool)  # NotFound names the pools
         _check_readable(cfg.kernel, "kernel", name, "kernel")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid as uuidlib
 
-from xenia.config.model import ACCELS, ACTIONS, DOMAIN_TYPES, DomainConfig
+from xenia.config.model import ACCELS, ACTIONS, DOMAIN_TYPES, MAX_VCPUS, DomainConfig
 from xenia.config.names import NAME_RULE, valid_name
 from xenia.errors import InvalidConfig
 
@@ -44,8 +44,8 @@ def check_config(cfg: DomainConfig) -> None:
         raise InvalidConfig(
             f"Failed to create {who}: maxvcpus ({cfg.maxvcpus}) is below vcpus ({cfg.vcpus})"
         )
-    if cfg.effective_maxvcpus > 255:
-        raise InvalidConfig(f"Failed to create {who}: at most 255 vCPUs are supported")
+    if cfg.effective_maxvcpus > MAX_VCPUS:
+        raise InvalidConfig(f"Failed to create {who}: at most {MAX_VCPUS} vCPUs are supported")
     for key in ("on_poweroff", "on_reboot", "on_crash", "on_watchdog", "on_soft_reset"):
         value = getattr(cfg, key)
         if value not in ACTIONS:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from xenia.errors import BackendError, NotFound, XeniaError
+from xenia.files import fsync_dir
 from xenia.images.debs import DebError
 
 MANIFEST = "manifest.json"
@@ -53,6 +54,7 @@ def replace_dir(new: Path, target: Path, name: str) -> None:
             shutil.rmtree(old)
         os.rename(target, old)
     os.rename(new, target)
+    fsync_dir(target.parent)  # the new image survives a crash once built
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

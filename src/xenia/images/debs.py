@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from xenia.files import fsync_dir
+
 APT_TIMEOUT = 600  # seconds; a 27 MB kernel package over a slow mirror
 
 
@@ -195,10 +197,11 @@ class DebFetcher:
                     "run `apt-get update` and retry"
                 )
             os.replace(debs[0], target)
+            fsync_dir(target.parent)
         return target
 
     def extract(self, deb: Path, dest: Path) -> Path:
         """Unpack `deb` into `dest` (created); nothing is installed on the host."""
         dest.mkdir(parents=True, exist_ok=True)
-        run_tool(["dpkg-deb", "-x", str(deb), str(dest)])
+        run_tool(["dpkg-deb", "-x", "--", str(deb.absolute()), str(dest.absolute())])
         return dest

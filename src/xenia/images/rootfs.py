@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xenia.errors import BackendError
+from xenia.files import fsync_dir
 from xenia.images.cache import MANIFEST, build_dir, build_errors, build_lock, read_manifest
 from xenia.images.debs import DebFetcher, sha256_file
 
@@ -365,6 +366,7 @@ def _replace(new: Path, target: Path, progress: Callable[[str], None]) -> None:
         old = target.with_name(f".{NAME}-old-{int(time.time())}-{os.getpid()}")
         os.rename(target, old)
     os.rename(new, target)
+    fsync_dir(target.parent)
     if old is not None:
         users = lower_users(target)
         if users:

@@ -28,6 +28,7 @@ from xenia.migration.records import arrived, copied_disks
 from xenia.peers.psk import remove_psk_dir, write_psk_dir
 from xenia.qemu.binary import machine_types, qemu_info
 from xenia.revert import Revert
+from xenia.storage import qemuimg
 from xenia.store import schema
 from xenia.store.base import DomainRecord
 
@@ -251,9 +252,11 @@ class Receiver:
 
 
 def qemu_img_create(path: Path, fmt: str, size: int) -> None:
-    res = subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), str(size)],
-                         capture_output=True, text=True)
+    doing = f"to create {path} for the incoming disk"
+    # An absolute path after `--`: never an option or a protocol prefix (storage/qemuimg.py).
+    res = subprocess.run(["qemu-img", "create", "-q", "-f", fmt, "--",
+                          qemuimg.absolute(path, doing), str(size)],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if res.returncode != 0:
-        raise BackendError(f"Failed to create {path} for the incoming disk: "
-                           f"{res.stderr.strip()}")
+        raise BackendError(f"Failed {doing}: {res.stderr.strip()}")
 

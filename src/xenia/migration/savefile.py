@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xenia.errors import InvalidConfig, NotFound
+from xenia.errors import InvalidConfig
+from xenia.files import open_regular
 
 MAGIC = b"XENIA-SAVE\x00v1\x00\x00\n"
 TRAILER_MAGIC = b"XENIA-SAVE-END\x00\n"
@@ -101,14 +102,10 @@ def _digest(path: Path, offset: int, stream_len: int) -> bytes:
 
 def verify(path: Path) -> SaveHeader:
     """Check magic, completeness and checksum; the header if the file is intact."""
-    try:
-        size = path.stat().st_size
-        f = open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        raise NotFound(f"Failed to restore from {path}: no such file") from None
-    except OSError as e:
-        raise InvalidConfig(f"Failed to restore from {path}: {e}") from e
+    # A regular file only: a FIFO would block the restore forever, a device never end.
+    f = open_regular(path, f"to restore from {path}")
     with f:
+        size = os.fstat(f.fileno()).st_size
         _, meta, offset = _read_header(f, path)
         if size < offset + _TRAILER_LEN:
             raise InvalidConfig(f"Failed to restore from {path}: the file is truncated "

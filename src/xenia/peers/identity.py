@@ -11,7 +11,6 @@ Made with `cryptography`, imported only here and only in the daemon.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
 import logging
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xenia import files
 from xenia.errors import BackendError
 from xenia.paths import Paths
 from xenia.peers import fingerprint
@@ -148,23 +148,10 @@ def _generate(d: Path, cert_path: Path, key_path: Path, addresses: Iterable[str]
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    # Created with its final mode: the key is never readable by others, not even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    # The rename itself made durable: a caller may drop the only other copy next.
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    # Under a random name, created with its final mode (the key is never readable by
+    # others, not even briefly), renamed and the rename fsynced: a caller may drop the
+    # only other copy next.
+    files.write_atomic(path, data, mode)
 
 
 def describe_pem(pem: str) -> dict[str, Any]:

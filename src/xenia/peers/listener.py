@@ -33,6 +33,7 @@ from xenia.peers.address import (
 )
 from xenia.peers.audit import AuditLog
 from xenia.peers.auth import TokenAuth
+from xenia.peers.limits import BodyLimit, Limits, guarded_protocol
 from xenia.peers.service import PeerService
 from xenia.store.base import Store
 
@@ -145,9 +146,14 @@ async def serve_peers(app: FastAPI, paths: Paths, store: Store, listen: ListenSp
     if allowed:
         log.info("paths allowed over TCP besides the pools': %s",
                  ", ".join(map(str, allowed)))
-    config = uvicorn.Config(guarded, log_level="warning",
+    # Bounds on what anyone who reaches the port can hold: connections, header and body
+    # time, body size (peers/limits.py).
+    limits = Limits.from_env()
+    config = uvicorn.Config(BodyLimit(guarded, limits.max_body), log_level="warning",
                             lifespan="off", timeout_graceful_shutdown=2, proxy_headers=False,
-                            server_header=False)
+                            server_header=False, http=guarded_protocol(limits),
+                            h11_max_incomplete_event_size=limits.header_bytes,
+                            timeout_keep_alive=5)
     config.load()
     if listen.tls:
         # Our own context rather than uvicorn's ssl_* options: uvicorn's default cipher

@@ -18,6 +18,7 @@ import secrets
 from pathlib import Path
 
 from xenia.errors import InvalidConfig
+from xenia.files import write_atomic
 
 PSK_FILE = "keys.psk"
 KEY_BYTES = 32
@@ -48,26 +49,17 @@ def write_psk_dir(directory: Path | str, identity: str, hex_key: str) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(d, 0o700)
-    path = d / PSK_FILE
-    tmp = d / (PSK_FILE + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    # Created 0600 from the start, then renamed over: never readable by others, and QEMU
-    # never sees half a file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, f"{identity}:{key}\n".encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    # Created 0600 under a random name, then renamed over: never readable by others, and
+    # QEMU never sees half a file.
+    write_atomic(d / PSK_FILE, f"{identity}:{key}\n".encode(), 0o600)
     return d
 
 
 def remove_psk_dir(directory: Path | str) -> None:
     """Remove keys.psk and its directory once the migration is over (either way)."""
     d = Path(directory)
-    for name in (PSK_FILE, PSK_FILE + ".tmp"):
+    for f in [d / PSK_FILE, *d.glob(f".{PSK_FILE}.*.tmp")]:
         with contextlib.suppress(FileNotFoundError):
-            (d / name).unlink()
+            f.unlink()
     with contextlib.suppress(FileNotFoundError, OSError):
         d.rmdir()

@@ -2,8 +2,12 @@
 
 Every device, block node and netdev is passed in QEMU's JSON form, so no user string is
 ever spliced into a comma-separated option. The few legacy options left (-chardev, -name,
--mon) only ever carry paths under our own run directory and validated names; those are
-escaped anyway (QEMU doubles a comma to escape it).
+-mon, -machine, -vnc) only ever carry paths under our own run directory, validated names
+and addresses; those are escaped anyway (QEMU doubles a comma to escape it), and always
+under an explicit key (`type=`, `guest=`, `vnc=`): the first item of an option without a
+key is taken as `key=value` when it holds a '=', so an implied value is never safe to
+escape. Options whose whole argument is one value (-kernel, -initrd, -append, -bios,
+-pidfile, -D, -incoming) are not split by QEMU at all. See qemu/opts.py.
 
 Machine profile (see docs/decisions.md): q35 with a bank of pcie-root-ports, because disks,
 NICs and vCPUs are hot-plugged and microvm has no PCI hotplug. Every virtio device sits on
@@ -24,7 +28,7 @@ from xenia.config.model import DomainConfig
 from xenia.devices import cpu, display, spice
 from xenia.devices.layout import SPARE_ROOT_PORTS, Layout
 from xenia.qemu import platform
-from xenia.qemu.platform import escape_opt
+from xenia.qemu.opts import escape_opt, machine_arg
 
 # Fixed integrated devices on pcie.0: 0x1c rng, 0x1e balloon (0x1d is kept for a USB
 # controller, 0x1f is q35's LPC/SATA/SMBus; slot 1 for VGA on HVM; root ports from slot 2).
@@ -135,14 +139,12 @@ def build_argv(
     `vnc_display` the VNC display chosen for it. `kernel_params` are added to a direct
     kernel boot's command line (tcg_params_added).
     """
-    if cfg.type == "hvm" and not cfg.acpi:
-        machine += ",acpi=off"
     layout = layout or Layout(SPARE_ROOT_PORTS)
     argv: list[str] = [
         qemu,
         "-name", f"guest={escape_opt(cfg.name)},debug-threads=on",
         "-uuid", uuid,
-        "-machine", machine,
+        "-machine", machine_arg(machine, acpi=cfg.type != "hvm" or cfg.acpi),
         "-accel", "kvm" if accel == "kvm" else "tcg",
         "-cpu", cpu_model(accel) + platform.cpu_flags(cfg, accel),
         "-m", f"size={cfg.effective_maxmem}M",

@@ -14,9 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from xenia.config.extras import SMBIOS_FIELDS, ChannelSpec, parse_channel
+from xenia.config.extras import SMBIOS_FIELDS, VGAS, ChannelSpec, parse_channel
 from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig
+from xenia.qemu.opts import escape_opt
 
 # Fixed places on pcie.0 (qemu/cmdline.py names the others): 0x1a the virtio-serial
 # controller of the channels, 0x1b the i6300esb watchdog.
@@ -42,11 +43,6 @@ _HV_FLAGS = {
 
 def _j(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"))
-
-
-def escape_opt(value: str) -> str:
-    """Escape a value for a legacy comma-separated QEMU option (a comma is doubled)."""
-    return value.replace(",", ",,")
 
 
 def cpu_flags(cfg: DomainConfig, accel: str) -> str:
@@ -85,11 +81,34 @@ def smbios_args(cfg: DomainConfig) -> list[str]:
             for a in ("-smbios", ",".join([f"type={kind}"] + fields[kind]))]
 
 
+def check_values(cfg: DomainConfig) -> None:
+    """The platform values a config from the API carries unparsed (config/extras.py checks
+    a file's): each must be one this module turns into QEMU arguments."""
+    fail = f"Failed to create domain '{cfg.name}'"
+    problems = []
+    if cfg.vga is not None and cfg.vga not in VGAS:
+        problems.append(f"vga '{cfg.vga}' (one of {', '.join(VGAS)})")
+    problems += [f"viridian group '{g}'" for g in cfg.viridian if g not in _HV_FLAGS]
+    problems += [f"smbios entry '{e}'" for e in cfg.smbios
+                 if e.partition("=")[0].strip() not in SMBIOS_FIELDS or "=" not in e]
+    if cfg.watchdog not in (None, "i6300esb", "ib700"):
+        problems.append(f"watchdog '{cfg.watchdog}' (i6300esb or ib700)")
+    if cfg.tsc_mode not in (None, "default", "native", "native_paravirt"):
+        problems.append(f"tsc_mode '{cfg.tsc_mode}'")
+    if abs(cfg.rtc_timeoffset) > 100 * 366 * 86400:
+        problems.append(f"rtc_timeoffset {cfg.rtc_timeoffset} (more than 100 years)")
+    if cfg.videoram is not None and not 1 <= cfg.videoram <= 512:
+        problems.append(f"videoram {cfg.videoram} (1 to 512 MiB)")
+    if problems:
+        raise InvalidConfig(f"{fail}: unknown or bad {'; '.join(problems)}")
+
+
 def check(cfg: DomainConfig) -> None:
     """What must hold on this host before QEMU starts: QEMU unlinks whatever sits at a
     socket path it listens on, so a channel's path= must be free or a socket; a serial
     file must be a plain file (it is appended to, never truncated) in an existing
     directory. Runs as part of the driver's check, before anything is started."""
+    check_values(cfg)
     fail = f"Failed to create domain '{cfg.name}'"
     for spec in cfg.serial[1:]:
         if spec in ("pty", "vc", "null", "none"):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from xenia.errors import BackendError
-from xenia.qemu.platform import escape_opt
+from xenia.qemu.opts import escape_opt
 from xenia.tools import find_tool, run_tool
 
 SOCKET = "swtpm.sock"

@@ -19,12 +19,12 @@ import contextlib
 import errno
 import logging
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from xenia.errors import AlreadyExists, BackendError, InUse, InvalidConfig, NotFound, XeniaError
+from xenia.files import create_private, fsync_dir
 from xenia.storage.driver import (
     VOLUME_FORMATS,
     PoolDriver,
@@ -87,7 +87,13 @@ class DirDriver(PoolDriver):
         return self.path / SNAPSHOT_DIR / self._plain(name)
 
     def _tmp(self, directory: Path, name: str, fmt: str) -> Path:
-        return directory / f"{TMP_PREFIX}{name}.{fmt}.{secrets.token_hex(4)}"
+        """A new empty file for an image being written, created here: exclusively, 0600,
+        not through a symlink, under 64 random bits. qemu-img then writes a file of ours
+        (it keeps an existing file's mode), never a name someone planted in a pool
+        directory others can write to, and the image is never readable by others."""
+        fd, path = create_private(directory, f"{TMP_PREFIX}{name}.{fmt}.", mode=VOLUME_MODE)
+        os.close(fd)
+        return Path(path)
 
     def _find(self, name: str) -> tuple[Path, str]:
         """The volume's file and format; NotFound if there is none."""
@@ -129,8 +135,10 @@ class DirDriver(PoolDriver):
             if final.exists():
                 raise AlreadyExists(f"Failed {doing}: {final} exists already") from e
             os.rename(tmp, final)
+            fsync_dir(final.parent)
             return
         _unlink_quiet(tmp)
+        fsync_dir(final.parent)
 
     def _backing_arg(self, backing: Path, directory: Path) -> str:
         """How an image in `directory` names `backing`: relative inside the pool (so the
@@ -462,6 +470,7 @@ class DirDriver(PoolDriver):
             # rename() replaces the volume in one step: a crash leaves the old or the new
             # content, never a mix.
             os.rename(tmp, vpath)
+            fsync_dir(vpath.parent)
             undo.pop_all()
         return self.volume_info(name)
 

@@ -1,8 +1,9 @@
 """QemuImg: every image operation of the storage drivers, run as `qemu-img` with an argv list.
 
-The format is always passed with -f/-F: letting qemu-img probe a raw image a guest can write
-to is the classic hole where the guest writes a qcow2 header naming a host file as its
-backing file (CVE-2008-2004).
+Every image path is absolute and comes after `--` (checked with each verb against
+qemu-img 10: info, create, resize, convert all take it). The format is always passed with
+-f/-F: letting qemu-img probe a raw image a guest can write to is the classic hole where
+the guest writes a qcow2 header naming a host file as its backing file (CVE-2008-2004).
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ from xenia.errors import BackendError, InvalidConfig, NotFound, NotSupported
 
 QEMU_IMG = "qemu-img"
 INSTALL_HINT = "install it with `apt-get install qemu-utils`"
+
+def absolute(path: Path, doing: str) -> str:
+    """`path` as qemu-img's argument, refused unless absolute: a relative name could start
+    with '-' (an option, were it not after `--`) or hold a protocol prefix qemu-img
+    obeys ("json:{...}", "nbd:..."); an absolute one is always a plain file name."""
+    text = str(path)
+    if not text.startswith("/"):
+        raise InvalidConfig(f"Failed {doing}: '{text}' is not an absolute path")
+    return text
+
 
 # Metadata-only operations finish in milliseconds; a minute means a hung filesystem.
 # Copies (convert) scale with the data and get no limit.
@@ -60,7 +71,7 @@ class QemuImg:
         args = ["info", "--output=json", "-U"]
         if fmt is not None:
             args += ["-f", fmt]
-        out = self.run([*args, "--", str(path)], doing)
+        out = self.run([*args, "--", absolute(path, doing)], doing)
         try:
             data: dict[str, Any] = json.loads(out)
         except ValueError as e:
@@ -74,7 +85,7 @@ class QemuImg:
         if backing is not None:
             # A relative backing name is resolved from the new image's directory.
             args += ["-b", backing, "-F", backing_fmt or "raw"]
-        args += ["--", str(path)]
+        args += ["--", absolute(path, doing)]
         if size is not None:
             args.append(str(size))
         self.run(args, doing)
@@ -83,7 +94,7 @@ class QemuImg:
         args = ["resize", "-q", "-f", fmt]
         if shrink:
             args.append("--shrink")
-        self.run([*args, "--", str(path), str(size)], doing)
+        self.run([*args, "--", absolute(path, doing), str(size)], doing)
 
     def convert(self, src: Path, src_fmt: str, dst: Path, dst_fmt: str, doing: str,
                 backing: str | None = None, backing_fmt: str | None = None) -> None:
@@ -95,7 +106,8 @@ class QemuImg:
             if dst_fmt != "qcow2":
                 raise InvalidConfig(f"Failed {doing}: only qcow2 images can have a backing file")
             args += ["-B", backing, "-F", backing_fmt or "raw"]
-        self.run([*args, "--", str(src), str(dst)], doing, timeout=None)
+        self.run([*args, "--", absolute(src, doing), absolute(dst, doing)], doing,
+                 timeout=None)
 
 
 def clean_stderr(stderr: str, returncode: int) -> str:

@@ -1,0 +1,165 @@
+"""A reader of QEMU's command line as QEMU itself splits it, for tests that prove no user
+string adds an option or a key Xenia did not mean.
+
+`parse_argv` walks an argv the way qemu-system's main loop does (each option takes no
+argument or exactly one), and reads each argument by the option's syntax:
+
+* JSON (`-device`, `-blockdev`, `-netdev`, `-object` starting with '{'): json.loads;
+* QemuOpts / keyval (`-machine`, `-vnc`, `-chardev`, `-name`, ...): util/qemu-option.c's
+  get_opt_name_value: items split at single commas, ",," a comma inside a value; an
+  item without '=' is the implied key's value when it comes first, else a flag
+  (`noX` = X=off); the implied first item is cut at the first '=' or ',' like QEMU's
+  strcspn(params, "=,"), so "a=b" there is the key a;
+* plain (`-kernel`, `-append`, `-pidfile`, ...): one value, never split.
+
+`check_argv` adds what Xenia means: every option known, every key in the option's set
+(and, for JSON, the driver's), no key twice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# Options without an argument.
+FLAGS = frozenset({"-nodefaults", "-no-user-config", "-S", "-daemonize"})
+# Options whose argument QEMU takes whole (qdict_put_str / a plain string).
+PLAIN = frozenset({"-uuid", "-kernel", "-initrd", "-append", "-bios", "-incoming",
+                   "-pidfile", "-D", "-cpu", "-accel", "-display"})
+JSON_OPTS = frozenset({"-device", "-blockdev", "-netdev", "-object"})
+# option -> (implied first key or None, the keys Xenia means)
+LEGACY: dict[str, tuple[str | None, frozenset[str]]] = {
+    "-name": ("guest", frozenset({"guest", "debug-threads"})),
+    "-machine": ("type", frozenset({"type", "acpi", "pflash0", "pflash1"})),
+    "-m": ("size", frozenset({"size"})),
+    "-smp": ("cpus", frozenset({"cpus", "sockets", "cores", "threads", "maxcpus"})),
+    "-msg": (None, frozenset({"timestamp"})),
+    "-action": (None, frozenset({"reboot", "shutdown", "panic"})),
+    "-chardev": ("backend", frozenset({"backend", "id", "path", "server", "wait", "logfile",
+                                       "logappend"})),
+    "-mon": ("chardev", frozenset({"chardev", "mode"})),
+    "-vnc": ("vnc", frozenset({"vnc", "password"})),
+}
+# Top-level keys of the JSON objects Xenia writes.
+JSON_KEYS = frozenset({
+    "driver", "id", "bus", "addr", "chardev", "netdev", "mac", "host_mtu", "bootindex",
+    "drive", "serial", "channel", "scsi-id", "lun", "socket-id", "core-id", "thread-id",
+    "chassis", "port", "multifunction", "rng", "host", "node-name", "filename", "read-only",
+    "discard", "file", "type", "ifname", "script", "downscript", "vhost", "vnet_hdr",
+    "qom-type", "fd", "vhostfd", "queues", "x-pci-vendor-id", "slot", "hotplug",
+})
+
+
+class QemuArgvError(AssertionError):
+    pass
+
+
+def split_opts(text: str, implied: str | None) -> list[tuple[str, str]]:
+    """The (key, value) items of a QemuOpts string, as QEMU reads them."""
+    items: list[tuple[str, str]] = []
+    pos = 0
+    first = True
+    while pos < len(text):
+        stop = pos
+        while stop < len(text) and text[stop] not in "=,":
+            stop += 1
+        if stop >= len(text) or text[stop] != "=":
+            if first and implied is not None:
+                value, pos = _value(text, pos)
+                items.append((implied, value))
+            else:
+                name = text[pos:stop]
+                value = "on"
+                if name.startswith("no"):
+                    name, value = name[2:], "off"
+                items.append((name, value))
+                pos = stop + 1 if stop < len(text) else stop
+        else:
+            name = text[pos:stop]
+            value, pos = _value(text, stop + 1)
+            items.append((name, value))
+        first = False
+    return items
+
+
+def _value(text: str, pos: int) -> tuple[str, int]:
+    """get_opt_value: up to a single comma; ",," is a comma. Returns (value, next pos)."""
+    out = []
+    while pos < len(text):
+        if text[pos] == ",":
+            if text.startswith(",,", pos):
+                out.append(",")
+                pos += 2
+                continue
+            return "".join(out), pos + 1
+        out.append(text[pos])
+        pos += 1
+    return "".join(out), pos
+
+
+@dataclass
+class Option:
+    name: str
+    arg: str | None
+    keys: dict[str, str] = field(default_factory=dict)
+    json: dict[str, Any] | None = None
+
+
+def parse_argv(argv: list[str]) -> list[Option]:
+    """The options of a QEMU argv (argv[0] is the binary), each read by its syntax."""
+    for part in argv:
+        if "\0" in part:
+            raise QemuArgvError(f"NUL in argv item {part!r}")
+    out: list[Option] = []
+    i = 1
+    while i < len(argv):
+        name = argv[i]
+        if name in FLAGS:
+            out.append(Option(name, None))
+            i += 1
+            continue
+        if i + 1 >= len(argv):
+            raise QemuArgvError(f"{name} without its argument")
+        arg = argv[i + 1]
+        i += 2
+        opt = Option(name, arg)
+        if name in JSON_OPTS:
+            if not arg.startswith("{"):
+                raise QemuArgvError(f"{name} {arg!r} is not JSON")
+            obj = json.loads(arg)
+            if not isinstance(obj, dict):
+                raise QemuArgvError(f"{name} {arg!r} is not a JSON object")
+            opt.json = obj
+        elif name in LEGACY:
+            implied, _ = LEGACY[name]
+            items = split_opts(arg, implied)
+            keys = [k for k, _ in items]
+            if len(set(keys)) != len(keys):
+                raise QemuArgvError(f"{name} {arg!r} sets a key twice: {keys}")
+            opt.keys = dict(items)
+        elif name not in PLAIN:
+            raise QemuArgvError(f"unknown option {name!r} (a user string as an option?)")
+        out.append(opt)
+    return out
+
+
+def check_argv(argv: list[str]) -> list[Option]:
+    """parse_argv, then: every legacy key and every JSON key is one Xenia means."""
+    opts = parse_argv(argv)
+    for opt in opts:
+        if opt.name in LEGACY:
+            extra = set(opt.keys) - LEGACY[opt.name][1]
+            if extra:
+                raise QemuArgvError(f"{opt.name} {opt.arg!r} has keys Xenia did not mean: "
+                                    f"{sorted(extra)}")
+        if opt.json is not None:
+            extra = set(opt.json) - JSON_KEYS
+            if extra:
+                raise QemuArgvError(f"{opt.name} {opt.arg!r} has keys Xenia did not mean: "
+                                    f"{sorted(extra)}")
+    return opts
+
+
+def values(opts: list[Option], name: str) -> list[Option]:
+    return [o for o in opts if o.name == name]
