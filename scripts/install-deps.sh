@@ -49,10 +49,17 @@ apt-get install $APT_OPTS $qemu_target qemu-system-x86 qemu-utils
 # essential on Debian, listed for minimal images.
 # fdisk (sfdisk), dosfstools (mkfs.fat), mtools and xorriso: `xenia image build` writes the
 # HVM images' partition tables, FAT filesystems and ISO with them (images/fstools.py).
+# etcd-server: the cluster's store; xeniad runs its own member on cluster members
+# (src/xenia/cluster/etcd_member.py, docs/cluster.md).
 # shellcheck disable=SC2086
 apt-get install $APT_OPTS --no-install-recommends \
     python3 python3-venv python3-pip ca-certificates apt dpkg iproute2 kmod \
-    nftables dnsmasq-base ovmf crun util-linux fdisk dosfstools mtools xorriso
+    nftables dnsmasq-base ovmf crun util-linux fdisk dosfstools mtools xorriso etcd-server
+# The package enables a stock single-member etcd on localhost; Xenia's member is started by
+# xeniad with the cluster's TLS, so the stock service only takes memory: keep it off.
+if [ -d /run/systemd/system ] && systemctl is-enabled --quiet etcd 2>/dev/null; then
+    systemctl disable --now etcd || true
+fi
 # swtpm: the software TPM behind `vtpm = [...]` (one swtpm process a domain).
 # shellcheck disable=SC2086
 apt-get install $APT_OPTS --no-install-recommends swtpm
@@ -63,4 +70,10 @@ if [ "$want_test" = 1 ]; then
     # of xorriso that checks the ISOs xorriso writes.
     # shellcheck disable=SC2086
     apt-get install $APT_OPTS --no-install-recommends git procps psmisc busybox iperf3 genisoimage
+fi
+if [ "$want_test" = 1 ]; then
+    # chromium: the web UI's browser tests (tests/integration/test_ui.py) drive Debian's
+    # headless Chromium with playwright; playwright's own browser download is not used.
+    # shellcheck disable=SC2086
+    apt-get install $APT_OPTS --no-install-recommends chromium
 fi

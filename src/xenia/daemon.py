@@ -22,15 +22,21 @@ import setproctitle
 import uvicorn
 
 from xenia.api.app import make_app
+from xenia.cluster import service as cluster
+from xenia.cluster.node import ClusterNode
+from xenia.cluster.publish import Publisher
 from xenia.drivers.container import ContainerDriver
 from xenia.drivers.qemu import QemuDriver
 from xenia.engine import Engine
 from xenia.errors import XeniaError
+from xenia.host.history import History
 from xenia.logring import RING
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
 from xenia.peers import listener as peers
 from xenia.peers.address import ListenSpec
+from xenia.peers.client import PeerClient
+from xenia.peers.service import PeerService
 from xenia.qemu import accel as accel_mod
 from xenia.storage.manager import StorageManager
 from xenia.store.sqlite import SqliteStore
@@ -79,7 +85,9 @@ class _Server(uvicorn.Server):
 
 
 async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
-                allowed: list[Path] | None = None, boot_watchdog: int = 0) -> None:
+                allowed: list[Path] | None = None, boot_watchdog: int = 0,
+                ui_listen: ListenSpec | None = None,
+                etcd: cluster.ExternalEtcd | None = None) -> None:
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
     network = NetworkManager(paths, store)
@@ -97,15 +105,31 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     await engine.manager.adopt_all()
     sock = bind_unix(str(paths.api_socket))
     app = make_app(engine)
+    # The UI's graphs: the last hour of counters, sampled while xeniad runs.
+    app.state.history = History(engine.views)
+    sampler = asyncio.create_task(app.state.history.run(), name="xeniad-history")
     config = uvicorn.Config(app, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=2)
     server = _Server(config)
     log.info("xeniad listening on %s", paths.api_socket)
     try:
         # The host identity, and the same app on TCP (TLS + tokens) with --listen.
-        async with peers.serve_peers(app, paths, store, listen, allowed):
-            await server.serve(sockets=[sock])
+        # On a cluster member, its etcd member (adopted or started, then supervised).
+        # There, the member agent: lease, fencing, leader, HA (cluster/agent.py), and the
+        # ClusterNode: the cluster verbs, publication, forwarding (cluster/node.py); a
+        # member made while xeniad runs (cluster init/join) starts its agent then.
+        async with cluster.serve_cluster(paths, etcd) as runtime, \
+                peers.serve_peers(app, paths, store, listen, allowed, ui_listen) as svc:
+            node = make_node(engine, paths, runtime, listen, svc)
+            node.make_agent = lambda rt: cluster.serve_ha(rt, engine, app.state)
+            app.state.cluster = node
+            await node.start()
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                await node.stop()
     finally:
+        sampler.cancel()
         await engine.manager.detach_all()
         await network.stop()
         await storage.stop()
@@ -113,6 +137,24 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(paths.api_socket)
         log.info("xeniad stopped; domains keep running")
+
+
+def make_node(engine: Engine, paths: Paths, runtime: cluster.ClusterRuntime | None,
+              listen: ListenSpec | None, svc: PeerService) -> ClusterNode:
+    """This host's part in a cluster (inactive outside one: `xenia cluster init/join`
+    activate it while xeniad runs)."""
+    try:
+        fingerprint: str | None = svc.identity().fingerprint
+    except XeniaError:
+        fingerprint = None
+    node = ClusterNode(engine, paths, runtime, listen, fingerprint)
+    node.make_publisher = Publisher
+
+    def member_peer(name: str) -> PeerClient | None:
+        return node.peer(name) if node.is_member and name in node.members else None
+
+    engine.sender.cluster_peer = member_peer
+    return node
 
 
 def set_title(args: list[str]) -> None:
@@ -137,12 +179,15 @@ def main(argv: list[str] | None = None) -> None:
                         "console output and no vCPU progress for this long is crashed "
                         "(default 0: off)")
     peers.add_arguments(parser)
+    cluster.add_arguments(parser)
     args = parser.parse_args(argv)
     set_title(sys.argv[1:] if argv is None else argv)
     if args.boot_watchdog < 0:
         parser.error("--boot-watchdog must be 0 (off) or a number of seconds")
     listen = peers.listen_from_args(parser, args)
     allowed = peers.allowed_from_args(parser, args)
+    ui_listen = peers.ui_listen_from_args(parser, args)
+    etcd = cluster.external_from_args(parser, args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.INFO),
         format="%(asctime)s xeniad[%(process)d] %(levelname)s %(name)s: %(message)s",
@@ -154,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     paths.ensure()
     take_lock(paths)
     try:
-        asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog))
+        asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog, ui_listen,
+                          etcd))
     except KeyboardInterrupt:
         pass
     except XeniaError as e:

@@ -333,7 +333,7 @@ def test_tap_stats_are_from_the_guests_side(tmp_path: Path,
     tap = mgr.nl.Link(index=7, name="vif1.0", kind="tun", master=3, mtu=1500, address="",
                       up=True, carrier=True, is_tap=True, alias=None)
     counters = {"rx_bytes": 1, "rx_packets": 2, "tx_bytes": 3, "tx_packets": 4,
-                "rx_dropped": 5, "tx_dropped": 6}
+                "rx_dropped": 5, "tx_dropped": 6, "rx_errors": 7, "tx_errors": 8}
     monkeypatch.setattr(mgr, "IPRoute", FakeIPRoute)
     monkeypatch.setattr(mgr.nl, "link", lambda ipr, name: tap if name == "vif1.0" else None)
     monkeypatch.setattr(mgr.nl, "stats64", lambda ipr, index: counters)
@@ -341,4 +341,4 @@ def test_tap_stats_are_from_the_guests_side(tmp_path: Path,
     got: dict[str, Any] = nm.tap_stats("vif1.0")
     # what the tap transmits, the guest receives
     assert got == {"rx_bytes": 3, "rx_packets": 4, "tx_bytes": 1, "tx_packets": 2,
-                   "rx_dropped": 6, "tx_dropped": 5}
+                   "rx_dropped": 6, "tx_dropped": 5, "rx_errors": 8, "tx_errors": 7}

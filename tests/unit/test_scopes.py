@@ -34,9 +34,16 @@ from xenia.store.sqlite import SqliteStore
 def every_route() -> list[tuple[str, str]]:
     """(method, path template) of every path operation of the app, as its OpenAPI
     description lists them (FastAPI's public view of its routes)."""
+    from fastapi.routing import APIWebSocketRoute
+
     app = make_app(SimpleNamespace())  # type: ignore[arg-type]
+    # OpenAPI leaves WebSocket routes out; enforce() checks them as method WEBSOCKET.
+    # (routers are included without a prefix of their own: the path is the route's)
+    routers = [getattr(r, "original_router", None) for r in app.routes]
+    sockets = [("WEBSOCKET", r.path) for router in routers if router is not None
+               for r in router.routes if isinstance(r, APIWebSocketRoute)]
     return [(method.upper(), path) for path, ops in app.openapi()["paths"].items()
-            for method in ops]
+            for method in ops] + sockets
 
 
 def test_every_route_has_a_scope() -> None:
@@ -109,7 +116,7 @@ class FakeManager:
         self.receiver = SimpleNamespace(jobs={}, prepare=self._prepare,
                                         check=lambda *a: [])
 
-    def _pool(self, name: str, type: str, path: str | None) -> Any:
+    def _pool(self, name: str, type: str, path: str | None, shared: bool = False) -> Any:
         self.calls.append(("pool", path))
         return SimpleNamespace(to_dict=lambda: {"name": name})
 
@@ -191,8 +198,8 @@ class Host:
         return [json.loads(line) for line in self.audit.read_text().splitlines()]
 
 
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[Host]:
+def fake_app(tmp_path: Path) -> tuple[Any, FakeManager, Paths, SqliteStore, TokenRegistry]:
+    """The API app over a FakeManager, and its paths, store and token registry."""
     paths = Paths(state=tmp_path / "state", run=tmp_path / "run")
     paths.ensure()
     store = SqliteStore(paths.db)
@@ -200,8 +207,12 @@ def host(tmp_path: Path) -> Iterator[Host]:
     # The fake stands for each engine part the routes under test use.
     engine = SimpleNamespace(paths=paths, store=store, manager=m, views=m, devices=m, saves=m,
                              storage=m.storage, receiver=m.receiver)
-    app = make_app(engine)  # type: ignore[arg-type]
-    tokens = TokenRegistry(store)
+    return make_app(engine), m, paths, store, TokenRegistry(store)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    app, m, paths, store, tokens = fake_app(tmp_path)
     allowed, outside = tmp_path / "allowed", tmp_path / "outside"
     allowed.mkdir()
     outside.mkdir()

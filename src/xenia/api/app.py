@@ -10,7 +10,22 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import xenia
-from xenia.api import cpupools, devices, domains, migration, network, peers, storage, xl
+from xenia.api import (
+    cluster,
+    console,
+    cpupools,
+    devices,
+    domains,
+    ha,
+    metrics,
+    migration,
+    network,
+    peers,
+    storage,
+    webui,
+    xl,
+)
+from xenia.api.forward import ClusterForward
 from xenia.api.scopes import enforce
 from xenia.engine import Engine
 from xenia.errors import InvalidConfig, XeniaError
@@ -35,6 +50,13 @@ def make_app(engine: Engine) -> FastAPI:
     app.include_router(peers.router)
     app.include_router(xl.router)
     app.include_router(cpupools.router)
+    app.include_router(metrics.router)
+    app.include_router(webui.router)
+    app.include_router(ha.router)
+    app.include_router(cluster.router)
+    app.include_router(console.router)
+    # On a cluster member: another member's domains are reached through it (forward.py).
+    app.add_middleware(ClusterForward)
 
     @app.exception_handler(XeniaError)
     async def _xenia_error(_: Request, exc: XeniaError) -> JSONResponse:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
 
 from xenia.api.access import Access
@@ -45,7 +46,7 @@ def _r(scopes: str, domain: str = HOST, readonly: bool = False) -> Rule:
 D = "/v1/domains/{ref}"
 RULES: dict[tuple[str, str], Rule] = {
     # -- host and domains (api/domains.py) -- peers read /v1/host before a migration.
-    ("GET", "/v1/host"): _r("read|migrate"),
+    ("GET", "/v1/host"): _r("read|migrate|cluster"),
     ("GET", "/v1/domains"): _r("read", HANDLER),
     ("POST", "/v1/domains"): _r("create", HANDLER),
     ("GET", D): _r("read", REF),
@@ -54,6 +55,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", D + "/reboot"): _r("power", REF),
     ("POST", D + "/pause"): _r("power", REF),
     ("POST", D + "/unpause"): _r("power", REF),
+    ("POST", D + "/ha"): _r("admin", REF),  # HA: docs/cluster.md
+    ("GET", "/v1/ha"): _r("read"),
     ("POST", D + "/rename"): _r("create", REF),  # the new name is checked by the handler
     ("POST", D + "/wait"): _r("read", REF, readonly=True),
     ("POST", D + "/save"): _r("create", REF),
@@ -76,6 +79,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", D + "/vcpu-pin"): _r("create", REF),
     ("POST", D + "/sched-credit"): _r("create", REF),
     ("GET", D + "/screenshot"): _r("console", REF),
+    ("POST", D + "/console/run"): _r("console", REF),  # api/console.py
+    ("GET", D + "/console/log"): _r("console", REF),
     ("GET", "/v1/stats"): _r("read", HANDLER),
     ("GET", "/v1/vcpus"): _r("read", HANDLER),
     # -- xl's remaining verbs (api/xl.py). The QEMU monitor can do anything QEMU can
@@ -104,11 +109,11 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", D + "/migrate/cancel"): _r("create", REF),
     ("GET", "/v1/migrations/{job_id}"): _r("read", HANDLER),
     ("POST", "/v1/migrations/{job_id}/cancel"): _r("create", HANDLER),
-    ("POST", "/v1/migrations/check"): _r("migrate", HANDLER),
-    ("POST", "/v1/migrations/incoming"): _r("migrate", HANDLER),
-    ("POST", "/v1/migrations/incoming/{job_id}/commit"): _r("migrate", HANDLER),
-    ("DELETE", "/v1/migrations/incoming/{job_id}"): _r("migrate", HANDLER),
-    ("GET", "/v1/migrations/incoming/{job_id}"): _r("migrate", HANDLER),
+    ("POST", "/v1/migrations/check"): _r("migrate|cluster", HANDLER),
+    ("POST", "/v1/migrations/incoming"): _r("migrate|cluster", HANDLER),
+    ("POST", "/v1/migrations/incoming/{job_id}/commit"): _r("migrate|cluster", HANDLER),
+    ("DELETE", "/v1/migrations/incoming/{job_id}"): _r("migrate|cluster", HANDLER),
+    ("GET", "/v1/migrations/incoming/{job_id}"): _r("migrate|cluster", HANDLER),
     # -- storage (api/storage.py): volumes are not tied to a domain, so they are admin's.
     ("GET", "/v1/pools"): _r("read"),
     ("POST", "/v1/pools"): _r("admin"),
@@ -131,7 +136,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/v1/networks/{name}"): _r("admin"),
     # -- identity, tokens, peers (api/peers.py)
     ("GET", "/v1/host/identity"): _r("read"),
-    ("GET", "/v1/host/certificate"): _r("read|migrate"),
+    ("GET", "/v1/host/certificate"): _r("read|migrate|cluster"),
     ("GET", "/v1/host/tokens"): _r("admin"),
     ("POST", "/v1/host/tokens"): _r("admin"),  # no more than the maker (peers/tokens.py)
     ("DELETE", "/v1/host/tokens/{name}"): _r("admin"),
@@ -140,9 +145,30 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/peers"): _r("admin"),
     ("GET", "/v1/peers/{name}"): _r("admin"),
     ("DELETE", "/v1/peers/{name}"): _r("admin"),
+    # -- the cluster (api/cluster.py). `cluster` is a member's credential: it joins,
+    # forwards domain verbs to the owning member, and sends migrations inside the cluster.
+    ("GET", "/v1/cluster"): _r("read"),
+    ("GET", "/v1/cluster/domains"): _r("read", HANDLER),
+    ("POST", "/v1/cluster/init"): _r("admin"),
+    ("POST", "/v1/cluster/token"): _r("admin"),
+    ("POST", "/v1/cluster/join"): _r("admin"),
+    ("POST", "/v1/cluster/leave"): _r("admin"),
+    ("POST", "/v1/cluster/remove"): _r("admin"),
+    ("POST", "/v1/cluster/hosts/{host}/maintenance"): _r("admin"),
+    ("POST", "/v1/cluster/hosts/{host}/evacuate"): _r("admin"),
+    ("POST", "/v1/cluster/admit"): _r("cluster"),
+    ("POST", "/v1/cluster/paths"): _r("cluster"),
+    ("POST", "/v1/cluster/forward"): _r("cluster"),
     # /openapi.json, /docs and /redoc are not path operations: closed over TCP.
-    # The coming Prometheus endpoint takes `metrics` ("GET", "/metrics"); an entry is
-    # added with the route (a rule without its route fails the table's unit test).
+    # -- Prometheus (api/metrics.py): rows filtered by the token's domain patterns.
+    ("GET", "/metrics"): _r("metrics", HANDLER),
+    # -- the web UI's own (api/webui.py): a dry run starts nothing, so it is not audited.
+    ("POST", "/v1/config/parse"): _r("create", readonly=True),
+    ("WEBSOCKET", D + "/console"): _r("console", REF),
+    ("WEBSOCKET", D + "/vnc"): _r("console", REF),
+    ("GET", D + "/history"): _r("read", REF),
+    ("GET", "/v1/host/history"): _r("read"),
+    ("GET", "/v1/host/audit"): _r("admin"),  # who did what: tokens and clients
 }
 
 
@@ -206,8 +232,15 @@ async def enforce(request: HTTPConnection) -> None:
     state["route"] = template
     # HTTPConnection, not Request: a websocket route gets the same check.
     method = str(request.scope.get("method", "WEBSOCKET"))
-    rule = authorize(access, method, request.url.path, template, dict(request.path_params),
-                     _domain_name(request))
+    try:
+        rule = authorize(access, method, request.url.path, template,
+                         dict(request.path_params), _domain_name(request))
+    except XeniaError as e:
+        if request.scope.get("type") != "websocket":
+            raise
+        # The app's exception handlers answer HTTP only; a WebSocket is refused by
+        # closing it before the accept (policy violation), with the message as reason.
+        raise WebSocketException(code=1008, reason=e.message[:120]) from e
     state["audited"] = is_audited(method, rule)
     state["authorized"] = True
 

@@ -22,6 +22,7 @@ class PoolCreate(BaseModel):
     name: str
     type: str = "dir"
     path: str | None = None
+    shared: bool = False  # a directory every cluster member mounts (HA domains' disks)
 
 
 class VolumeCreate(BaseModel):
@@ -53,7 +54,8 @@ def pools(s: Storage) -> list[dict[str, Any]]:
 def pool_create(req: PoolCreate, s: Storage, a: Acc) -> dict[str, Any]:
     if req.path is not None:
         a.check_path(req.path, "pool directory")
-    return s.create_pool(req.name, type=req.type, path=req.path).to_dict()
+    return s.create_pool(req.name, type=req.type, path=req.path,
+                         shared=req.shared).to_dict()
 
 
 @router.get("/pools/{pool}")

@@ -14,7 +14,7 @@ import xenia
 from xenia.cli import console as con
 from xenia.cli.base import Ctx, cli, out, pass_ctx, warn
 from xenia.config.model import DomainConfig
-from xenia.errors import InvalidConfig, NotFound, TimedOut, XeniaError
+from xenia.errors import InvalidConfig, NotFound, NotSupported, TimedOut, XeniaError
 
 
 # -- create ------------------------------------------------------------------------------
@@ -45,10 +45,13 @@ def load_cfg(path: str, overrides: tuple[str, ...]) -> DomainConfig:
 @click.option("-n", "dryrun", is_flag=True, help="Dry run: print the parsed config as JSON.")
 @click.option("-q", "quiet", is_flag=True, help="Quiet.")
 @click.option("-f", "cfgfile", metavar="FILE", help="Config file (or give it as an argument).")
+@click.option("--host", "on_host", metavar="HOST",
+              help="Xenia: in a cluster, create it on member HOST (default: placement picks "
+                   "the member with the most free memory that can run it).")
 @click.argument("args", nargs=-1)
 @pass_ctx
 def create(c: Ctx, attach: bool, paused: bool, dryrun: bool, quiet: bool,
-           cfgfile: str | None, args: tuple[str, ...]) -> None:
+           cfgfile: str | None, on_host: str | None, args: tuple[str, ...]) -> None:
     """Create a domain from an xl.cfg FILE, with KEY=VALUE overrides."""
     rest = list(args)
     if cfgfile is None:
@@ -59,11 +62,20 @@ def create(c: Ctx, attach: bool, paused: bool, dryrun: bool, quiet: bool,
     if dryrun:
         out(json.dumps(cfg.to_dict(), indent=2))
         return
+    body: dict[str, Any] = {"config": cfg.to_dict(), "paused": paused}
+    if on_host:
+        body["host"] = on_host
     if not attach:
-        c.client.post("/v1/domains", {"config": cfg.to_dict(), "paused": paused})
+        dom = c.client.post("/v1/domains", body)
+        if dom.get("host") and not quiet:
+            click.echo(f"xenia: '{cfg.name}' placed on cluster member {dom['host']}", err=True)
         return
     # Built paused, the console attached, then resumed: so -c shows the boot from the start.
-    dom = c.client.post("/v1/domains", {"config": cfg.to_dict(), "paused": True})
+    dom = c.client.post("/v1/domains", {**body, "paused": True})
+    if dom.get("host"):
+        raise InvalidConfig(f"Failed to attach to the console of '{cfg.name}': it was placed "
+                            f"on cluster member {dom['host']} and is left paused there; "
+                            f"attach on that host, or create it with --host of this one")
     if not paused:
         sock = con.connect(con.Path(dom["console"]))
         c.client.post(f"/v1/domains/{dom['uuid']}/unpause")
@@ -90,14 +102,47 @@ def _rows(c: Ctx, refs: tuple[str, ...]) -> list[dict[str, Any]]:
     return picked
 
 
+CLUSTER_HEADER = ("Name                                        Host                 ID   Mem "
+                  "VCPUs\tState\tTime(s)")
+
+
+def _cluster_rows(c: Ctx, refs: tuple[str, ...]) -> list[dict[str, Any]] | None:
+    """Every member's domains, or None outside a cluster."""
+    ans = c.client.get("/v1/cluster/domains")
+    if not ans.get("member"):
+        return None
+    rows: list[dict[str, Any]] = ans["domains"]
+    if refs:
+        rows = [r for r in rows if {r["name"], str(r["domid"]), r["uuid"]} & set(refs)]
+        missing = [ref for ref in refs if not any(
+            ref in (r["name"], str(r["domid"]), r["uuid"]) for r in rows)]
+        if missing:
+            raise XeniaError(f"Failed to find domain '{missing[0]}': no such domain")
+    return rows
+
+
 @cli.command("list")
 @click.option("-l", "--long", "long_", is_flag=True, help="JSON with each domain's config.")
 @click.option("-v", "--verbose", is_flag=True, help="Also show UUID and type.")
 @click.option("-n", "--numa", is_flag=True, help="Also show each domain's NUMA node affinity.")
+@click.option("--local", is_flag=True,
+              help="Xenia: in a cluster, only this host's domains (as outside a cluster).")
 @click.argument("domains", nargs=-1)
 @pass_ctx
-def list_(c: Ctx, long_: bool, verbose: bool, numa: bool, domains: tuple[str, ...]) -> None:
-    """List domains (xl list)."""
+def list_(c: Ctx, long_: bool, verbose: bool, numa: bool, local: bool,
+          domains: tuple[str, ...]) -> None:
+    """List domains (xl list); in a cluster, every member's, with a Host column."""
+    every = None if local else _cluster_rows(c, domains)
+    if every is not None:
+        if long_:
+            out(json.dumps(every, indent=2))
+            return
+        out(CLUSTER_HEADER + ("   UUID                                 Type" if verbose else ""))
+        for r in every:
+            line = (f"{r['name']:<40} {r['host']:<20} {r['domid']:5d} {r['memory']:5d} "
+                    f"{r['vcpus']:5d}     {r['state_letters']}  {r.get('cpu_time', 0.0):8.1f}")
+            out(line + (f"   {r['uuid']} {r['type']}" if verbose else ""))
+        return
     rows = _rows(c, domains)
     if long_:
         # As xl, Domain-0 (the host) is in the list, with domid 0.
@@ -330,6 +375,9 @@ def console_cmd(c: Ctx, ctype: str | None, num: int, escape: str, run_cmd: str |
     if num != 0:
         raise InvalidConfig(f"Failed to attach console {num}: domains have one console (0)")
     d = c.client.get(f"/v1/domains/{dom}")
+    if d.get("host"):
+        _remote_console(c, d, run_cmd, show_log, wait_for, timeout, dom)
+        return
     if not d.get("console"):
         raise XeniaError(f"Failed to attach to the console of '{dom}': it has none running")
     if show_log or wait_for:
@@ -345,3 +393,29 @@ def console_cmd(c: Ctx, ctype: str | None, num: int, escape: str, run_cmd: str |
     con.attach(con.Path(d["console"]), escape=escape_byte)
 
 
+def _remote_console(c: Ctx, d: dict[str, Any], run_cmd: str | None, show_log: bool,
+                    wait_for: str | None, timeout: float, dom: str) -> None:
+    """The console of a domain on another cluster member: --run, --log and --wait go
+    through the API (forwarded to that member); the interactive console does not."""
+    ref = d["uuid"]
+    if run_cmd is not None:
+        ans = c.client.post(f"/v1/domains/{ref}/console/run",
+                            {"command": run_cmd, "timeout": timeout}, timeout=timeout + 30)
+        sys.stdout.write(ans["output"])
+        sys.stdout.flush()
+        sys.exit(ans["rc"])
+    if show_log or wait_for:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = c.client.get(f"/v1/domains/{ref}/console/log")["text"]
+            if not wait_for or wait_for in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        sys.stdout.write(text)
+        if wait_for and wait_for not in text:
+            raise XeniaError(f"Failed waiting for '{wait_for}' on the console of '{dom}': "
+                             f"not seen in {timeout:.0f} s")
+        return
+    raise NotSupported(f"Failed to attach to the console of '{dom}': it runs on cluster "
+                       f"member {d['host']}; attach there (`xenia console {dom}` on that "
+                       "host); --run, --log and --wait work from here")

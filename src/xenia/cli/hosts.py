@@ -16,7 +16,7 @@ from urllib.parse import quote
 import click
 
 from xenia.cli.base import Ctx, cli, out, pass_ctx, warn
-from xenia.errors import InvalidConfig
+from xenia.errors import InvalidConfig, XeniaError
 from xenia.files import read_regular
 from xenia.peers import fingerprint as fp
 from xenia.peers.address import split_hostport
@@ -253,3 +253,32 @@ def remove(c: Ctx, name: str) -> None:
     """Forget peer NAME (its token stays valid there until revoked there)."""
     c.client.delete("/v1/peers/" + quote(name, safe=""))
     out(f"Removed host {name}")
+
+
+# -- cluster members (cluster/evacuate.py) ----------------------------------------------
+@host.command("maintenance")
+@click.argument("name")
+@click.argument("mode", type=click.Choice(["on", "off"]))
+@pass_ctx
+def maintenance(c: Ctx, name: str, mode: str) -> None:
+    """Put cluster member NAME in maintenance (no placements) or end it."""
+    c.client.post(f"/v1/cluster/hosts/{name}/maintenance", {"on": mode == "on"})
+
+
+@host.command("evacuate")
+@click.argument("name")
+@click.option("--parallel", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="Live migrations at a time.")
+@pass_ctx
+def evacuate(c: Ctx, name: str, parallel: int) -> None:
+    """Live-migrate every domain off cluster member NAME, then keep it in maintenance."""
+    ans = c.client.post(f"/v1/cluster/hosts/{name}/evacuate", {"parallel": parallel},
+                        timeout=None)
+    for m in ans["migrated"]:
+        out(f"{m['name']}: migrated to {m['to']} ({m.get('seconds', 0):.1f} s)")
+    for f in ans["failed"]:
+        warn(f"{f['name']}: NOT migrated: {f['reason']}")
+    out(f"{name} is in maintenance")
+    if ans["failed"]:
+        raise XeniaError(f"Failed to evacuate {name}: {len(ans['failed'])} domain(s) still "
+                         "run there (see above)")

@@ -60,10 +60,13 @@ def pool() -> None:
               help="Pool type (dir: a directory of qcow2/raw files).")
 @click.option("--path", type=click.Path(file_okay=False), default=None,
               help="The pool's directory (default: <state dir>/pools/NAME).")
+@click.option("--shared", is_flag=True,
+              help="Every cluster member mounts this directory at the same path (NFS, "
+              "CephFS): HA domains' disks must be on such pools.")
 @pass_ctx
-def pool_create(c: Ctx, name: str, type_: str, path: str | None) -> None:
+def pool_create(c: Ctx, name: str, type_: str, path: str | None, shared: bool) -> None:
     """Create a storage pool."""
-    body = {"name": name, "type": type_,
+    body = {"name": name, "type": type_, "shared": shared,
             # xeniad has another working directory: send the path as the user means it.
             "path": os.path.abspath(path) if path else None}
     p = c.client.post("/v1/pools", body)

@@ -48,7 +48,7 @@ _BUILDERS = {"hvm": "hvm", "generic": "pv", "linux": "pv"}
 
 _STRINGS = ("kernel", "ramdisk", "cmdline", "root", "extra", "firmware", "vnclisten",
             "vncpasswd", "rootfs", "init", "machine")
-_BOOLEANS = ("acpi", "vnc", "vncunused", "sdl", "nographic", "usb")
+_BOOLEANS = ("acpi", "vnc", "vncunused", "sdl", "nographic", "usb", "ha")
 _STRING_LISTS = ("serial", "usbdevice")
 
 class _Reader:
@@ -188,6 +188,10 @@ def build_config(values: Mapping[str, Value], source: str) -> DomainConfig:
     cfg.boot = boot
     cfg.accel = r.choice("accel", ACCELS) or cfg.accel
     cfg.boot_watchdog = r.integer("boot_watchdog", 0, 86400, "a number of seconds")
+    cfg.ha_priority = r.integer("ha_priority", -1000, 1000) or 0
+    restarts = r.integer("ha_max_restarts", 0, 1000)
+    if restarts is not None:
+        cfg.ha_max_restarts = restarts
     cfg.disks = _disks(r)
     cfg.vifs = r.each("vif", parse_vif_spec)
     cfg.pci = r.items("pci") or []

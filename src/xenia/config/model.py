@@ -158,6 +158,12 @@ class DomainConfig:
     # Seconds without console output or vCPU progress after which a booting kernel counts
     # as hung (crashed); 0: off; None: the daemon's default (xeniad --boot-watchdog).
     boot_watchdog: int | None = None
+    # High availability in a cluster (docs/cluster.md, "High availability"): restarted on
+    # another member when its host dies; higher ha_priority first; at most ha_max_restarts
+    # failovers (the count lives with the domain's owner key in etcd).
+    ha: bool = False
+    ha_priority: int = 0
+    ha_max_restarts: int = 3
 
     # xl keys applied on KVM (issue 14; docs/xl-compat.md's key table). The RTC: local
     # time instead of UTC, plus an offset in seconds.

@@ -26,15 +26,24 @@ from xenia.network.manager import NetworkManager
 from xenia.store.base import DomainRecord
 
 
-def guest_traffic(network: NetworkManager, devices: Iterable[str]) -> tuple[int, int]:
-    """Bytes (received, sent) by a guest over its taps or veths, for `xenia top`; a device
-    that is gone counts nothing. Blocking (netlink)."""
-    rx = tx = 0
-    for dev in devices:
+def nic_counters(network: NetworkManager, devices: dict[str, str]) -> list[dict[str, Any]]:
+    """Per NIC (devid -> host device: tap or veth), the guest-side counters of
+    NetworkManager.tap_stats plus "devid" and "device", for /metrics; a device that is
+    gone is left out. Blocking (netlink)."""
+    out: list[dict[str, Any]] = []
+    for devid, dev in devices.items():
         try:
             st = network.tap_stats(dev)
         except XeniaError:
             continue
+        out.append({"devid": str(devid), "device": dev, **st})
+    return out
+
+
+def guest_traffic(nics: Iterable[dict[str, Any]]) -> tuple[int, int]:
+    """Bytes (received, sent) by a guest over the NICs of nic_counters(), for `xenia top`."""
+    rx = tx = 0
+    for st in nics:
         rx += st.get("rx_bytes", 0)
         tx += st.get("tx_bytes", 0)
     return rx, tx

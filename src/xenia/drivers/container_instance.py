@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from xenia.containers import confine
-from xenia.drivers.base import DeviceControl, GuestEvents, Instance, guest_traffic
+from xenia.drivers.base import (
+    DeviceControl,
+    GuestEvents,
+    Instance,
+    guest_traffic,
+    nic_counters,
+)
 from xenia.drivers.container_host import ContainerHost
 from xenia.errors import BackendError, NotSupported, XeniaError
 from xenia.hostos import affinity
@@ -212,9 +218,12 @@ class ContainerInstance(Instance):
                                "vcpus": len(rec.runtime.get("cpuset") or []) or rec.config.vcpus}
         with contextlib.suppress(XeniaError):
             out["memory_kib"] = cg.memory_usage() // 1024
-        rx, tx = await asyncio.to_thread(guest_traffic, self.host.network,
-                                         rec.runtime.get("veths", {}).values())
-        out.update(nets=len(rec.config.vifs), net_rx_bytes=rx, net_tx_bytes=tx, vbds=0)
+        veths = dict(rec.runtime.get("veths", {}))
+        nics = await asyncio.to_thread(nic_counters, self.host.network,
+                                       veths) if veths else []
+        rx, tx = guest_traffic(nics)
+        out.update(nets=len(rec.config.vifs), net_rx_bytes=rx, net_tx_bytes=tx, vbds=0,
+                   nic_io=nics, disk_io=[])
         return out
 
     def running_now(self) -> bool:

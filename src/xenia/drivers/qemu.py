@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from xenia.drivers.base import (
     MigrationReport,
     MigrationTarget,
     guest_traffic,
+    nic_counters,
 )
 from xenia.drivers.qemu_bootwatch import BootWatch, BootWatchMixin
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
@@ -44,6 +46,8 @@ from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
 
 log = logging.getLogger(__name__)
+# The qdev path of a disk: /machine/peripheral/disk-xvda/virtio-backend (cdroms too).
+_DISK_QDEV = re.compile(r"/disk-([^/]+)")
 
 
 def _check_readable(path: str | None, what: str, name: str, key: str) -> None:
@@ -205,23 +209,30 @@ class QemuInstance(BootWatchMixin, XlVerbsMixin, Instance):
         except XeniaError:
             out["memory_kib"] = rec.config.memory * 1024
         rd_ops = wr_ops = rd_b = wr_b = 0
+        disks: list[dict[str, Any]] = []
         try:
             for dev in await self.qmp.query_blockstats():
-                # qdev: /machine/peripheral/disk-xvda/virtio-backend; cdroms count too.
-                if "/disk-" not in str(dev.get("qdev", "")):
+                found = _DISK_QDEV.search(str(dev.get("qdev", "")))
+                if found is None:
                     continue
                 st = dev.get("stats", {})
-                rd_ops += int(st.get("rd_operations", 0))
-                wr_ops += int(st.get("wr_operations", 0))
-                rd_b += int(st.get("rd_bytes", 0))
-                wr_b += int(st.get("wr_bytes", 0))
+                n = {k: int(st.get(k, 0)) for k in ("rd_operations", "wr_operations",
+                                                    "rd_bytes", "wr_bytes")}
+                disks.append({"vdev": found.group(1), **n})
+                rd_ops += n["rd_operations"]
+                wr_ops += n["wr_operations"]
+                rd_b += n["rd_bytes"]
+                wr_b += n["wr_bytes"]
         except XeniaError:
             pass
         out.update(vbds=len(rec.config.disks), vbd_rd_ops=rd_ops, vbd_wr_ops=wr_ops,
-                   vbd_rd_bytes=rd_b, vbd_wr_bytes=wr_b)
-        rx, tx = await asyncio.to_thread(guest_traffic, self.devices.host.network,
-                                         rec.runtime.get("taps", {}).values())
-        out.update(nets=len(rec.config.vifs), net_rx_bytes=rx, net_tx_bytes=tx)
+                   vbd_rd_bytes=rd_b, vbd_wr_bytes=wr_b, disk_io=disks)
+        taps = dict(rec.runtime.get("taps", {}))
+        # No thread hop without NICs: a scrape of many domains would queue on the pool.
+        nics = await asyncio.to_thread(nic_counters, self.devices.host.network,
+                                       taps) if taps else []
+        rx, tx = guest_traffic(nics)
+        out.update(nets=len(rec.config.vifs), net_rx_bytes=rx, net_tx_bytes=tx, nic_io=nics)
         return out
 
     def cpu_seconds(self) -> float:

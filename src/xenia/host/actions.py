@@ -47,6 +47,7 @@ class Domains(Protocol):
     async def destroy_locked(self, rec: DomainRecord) -> None: ...
 
     async def relaunch(self, rec: DomainRecord) -> None: ...
+    async def ended(self, rec: DomainRecord) -> None: ...
 
     async def create(self, cfg: DomainConfig, paused: bool = False) -> DomainRecord: ...
 
@@ -86,6 +87,9 @@ class OnActions:
                     await d.relaunch(rec)
                 else:
                     d.forget(rec)
+                    # Gone for good as its on_crash says (a fenced member's kills do not
+                    # count: the gate keeps those domains owned, cluster/agent.py).
+                    await d.ended(rec)
                 return
             action = {"poweroff": cfg.on_poweroff, "reboot": cfg.on_reboot,
                       "crash": cfg.on_crash, "watchdog": cfg.on_watchdog}[kind]
@@ -102,6 +106,7 @@ class OnActions:
             action = action.removeprefix("coredump-")
         if action == "destroy":
             await d.destroy_locked(rec)
+            await d.ended(rec)
         elif action in ("restart", "soft-reset") and PENDING_CONFIG in rec.runtime:
             # `xenia config-update` left a config for this reboot: a new QEMU runs it.
             rec.config = DomainConfig.from_dict(rec.runtime.pop(PENDING_CONFIG))

@@ -23,7 +23,7 @@ import shutil
 import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from xenia.config.model import DomainConfig
 from xenia.drivers.base import Driver, GuestEvents, Instance
@@ -32,6 +32,7 @@ from xenia.errors import (
     BackendError,
     InvalidConfig,
     NotFound,
+    NotSupported,
     TimedOut,
     XeniaError,
 )
@@ -56,6 +57,16 @@ log = logging.getLogger(__name__)
 DOM0_NAME = "Domain-0"
 
 
+class OwnershipGate(Protocol):
+    """A cluster member's say over its HA domains (cluster/agent.py): may_start raises
+    unless this host owns the domain (and takes ownership of a new one); ended releases
+    it when the domain is gone for good."""
+
+    async def may_start(self, rec: DomainRecord, incoming: bool) -> None: ...
+    def confirm(self, rec: DomainRecord) -> None: ...
+    async def ended(self, rec: DomainRecord) -> None: ...
+
+
 class DomainManager:
     def __init__(self, paths: Paths, store: Store, drivers: list[Driver]) -> None:
         self.paths = paths
@@ -68,6 +79,8 @@ class DomainManager:
         self._create_lock = asyncio.Lock()
         # Set when the build of a domain (create, restore, incoming migration) has ended.
         self._built: dict[str, asyncio.Event] = {}
+        # Set by xeniad on a cluster member: every start of an HA domain's process asks it.
+        self.gate: OwnershipGate | None = None
 
     # -- finding domains -----------------------------------------------------------------
     def driver_for(self, cfg: DomainConfig) -> Driver:
@@ -268,6 +281,8 @@ class DomainManager:
     async def _start(self, rec: DomainRecord, drv: Driver, paused: bool,
                      incoming: str | None = None,
                      receive: Callable[[Instance], Awaitable[None]] | None = None) -> None:
+        # Ownership first, before any process exists (an HA domain runs only where owned).
+        await self.may_start(rec, incoming is not None)
         inst = await drv.start(rec, self._events_for(rec.uuid), incoming=incoming)
         async with Revert() as revert:
             revert.add(lambda: asyncio.to_thread(drv.release, rec))
@@ -275,6 +290,8 @@ class DomainManager:
             self._inst[rec.uuid] = inst
             self._gone[rec.uuid] = asyncio.Event()
             revert.add(lambda: self._unregister(rec.uuid))
+            if self.gate is not None:
+                self.gate.confirm(rec)  # no fence since may_start (else undone here)
             if receive is not None:
                 await receive(inst)
             if not paused:
@@ -283,6 +300,22 @@ class DomainManager:
         rec.started_at = time.time()
         self.set_state(rec, PAUSED if paused else RUNNING)
         log.info("started domain %s (domid %d)", rec.name, rec.domid)
+
+    async def may_start(self, rec: DomainRecord, incoming: bool) -> None:
+        if self.gate is not None:
+            await self.gate.may_start(rec, incoming)
+        elif rec.config.ha and not incoming:
+            raise NotSupported(f"Failed to start domain '{rec.name}' with ha = 1: this host is "
+                               "no cluster member (see docs/cluster.md); set ha = 0")
+
+    async def ended(self, rec: DomainRecord) -> None:
+        """The domain is gone for good (destroyed by a user or by its on_* action)."""
+        if self.gate is not None:
+            try:
+                await self.gate.ended(rec)
+            except XeniaError as e:
+                log.warning("domain %s: releasing its cluster ownership failed: %s",
+                            rec.name, e)
 
     def _unregister(self, uuid: str) -> None:
         self._inst.pop(uuid, None)
@@ -309,6 +342,7 @@ class DomainManager:
         async with self.locked(rec.uuid):
             rec = self.store.get(rec.uuid) or rec
             await self.destroy_locked(rec)
+            await self.ended(rec)
 
     async def shutdown(self, ref: str, wait: bool = False) -> None:
         rec = self.resolve(ref)

@@ -55,6 +55,23 @@ def cmdline(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
+def pids_with(text: str) -> list[int]:
+    """Processes with `text` in their command line (the fence finds a QEMU that was
+    started but not yet recorded by its run directory, cluster/agent.py)."""
+    needle = text.encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                if needle in f.read():
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def wait_gone(pid: int, timeout: float, poll: float = 0.02) -> bool:
     """Until `pid` is gone (or a zombie); False if it is still there after `timeout` s."""
     deadline = time.monotonic() + timeout

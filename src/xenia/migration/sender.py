@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from xenia.config.model import DiskSpec
 from xenia.devices import disk as diskdev
 from xenia.drivers.base import MigrationOptions, MigrationTarget
-from xenia.errors import BackendError, InvalidConfig, Unreachable, XeniaError
+from xenia.errors import BackendError, InvalidConfig, NotFound, Unreachable, XeniaError
 from xenia.migration import preflight
 from xenia.migration.records import copied_disks, portable
 from xenia.peers.client import PeerClient
@@ -76,6 +77,9 @@ class Sender:
         self.storage = storage
         self.jobs: dict[str, MigrationJob] = {}
         self._background: set[asyncio.Task[bool]] = set()
+        # On a cluster member: name -> client of that member (cluster/node.py), so that a
+        # migration inside the cluster needs no `xenia host add`. Known peers go first.
+        self.cluster_peer: Callable[[str], PeerClient | None] | None = None
 
     def job_for(self, uuid: str) -> MigrationJob | None:
         for job in self.jobs.values():
@@ -88,8 +92,14 @@ class Sender:
         if self.job_for(rec.uuid) is not None:
             raise InvalidConfig(f"Failed to migrate '{rec.name}': it is being migrated "
                                 f"already (cancel with `xenia migrate --cancel {rec.name}`)")
-        peer = PeerClient.from_store(self.m.store, opts.host,
-                                     PeerTokenFiles(self.m.paths.peer_tokens))
+        try:
+            peer = PeerClient.from_store(self.m.store, opts.host,
+                                         PeerTokenFiles(self.m.paths.peer_tokens))
+        except NotFound:
+            found = self.cluster_peer(opts.host) if self.cluster_peer is not None else None
+            if found is None:
+                raise
+            peer = found
         job = MigrationJob(uuid=rec.uuid, domain=rec.name, id=str(uuidlib.uuid4()),
                            options=opts)
         self.jobs[job.id] = job

@@ -213,7 +213,8 @@ class NetworkManager:
     def tap_stats(self, tap: str) -> dict[str, int]:
         """Traffic counters from the guest's side: rx_* = the tap's tx, tx_* = its rx.
 
-        Keys: rx_bytes, rx_packets, tx_bytes, tx_packets, rx_dropped, tx_dropped.
+        Keys: rx_bytes, rx_packets, tx_bytes, tx_packets, rx_dropped, tx_dropped,
+        rx_errors, tx_errors.
         """
         return self._run(self._tap_stats, tap)
 
@@ -649,7 +650,8 @@ class NetworkManager:
             s = nl.stats64(ipr, t.index)
         return {"rx_bytes": s["tx_bytes"], "rx_packets": s["tx_packets"],
                 "tx_bytes": s["rx_bytes"], "tx_packets": s["rx_packets"],
-                "rx_dropped": s["tx_dropped"], "tx_dropped": s["rx_dropped"]}
+                "rx_dropped": s["tx_dropped"], "tx_dropped": s["rx_dropped"],
+                "rx_errors": s["tx_errors"], "tx_errors": s["rx_errors"]}
 
     def _mac_in_use(self, mac: str, ignore_tap: str | None, ipr: Any = None) -> str | None:
         mac = macs.normalize_mac(mac)

@@ -160,4 +160,5 @@ def stats64(ipr: Any, index: int) -> dict[str, int]:
     msg = ipr.get_links(index)[0]
     stats = msg.get_attr("IFLA_STATS64") or msg.get_attr("IFLA_STATS") or {}
     return {k: int(stats.get(k, 0)) for k in ("rx_bytes", "rx_packets", "tx_bytes",
-                                              "tx_packets", "rx_dropped", "tx_dropped")}
+                                              "tx_packets", "rx_dropped", "tx_dropped",
+                                              "rx_errors", "tx_errors")}

@@ -65,11 +65,15 @@ class TokenAuth:
     (api/access.py); `audit`: where mutating calls are recorded."""
 
     def __init__(self, app: ASGIApp, verify: Callable[[str], Grant | None],
-                 access: Callable[[Grant], Any], audit: AuditLog | None = None) -> None:
+                 access: Callable[[Grant], Any], audit: AuditLog | None = None,
+                 session: Callable[[Scope], Grant | None] | None = None) -> None:
         self.app = app
         self.verify = verify
         self.access = access
         self.audit = audit
+        # The web UI's way in (ui/sessions.py): a session cookie instead of a bearer
+        # token, then the very same checks. It raises for a bad session or CSRF.
+        self.session = session
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -79,10 +83,14 @@ class TokenAuth:
         path = scope.get("path", "")
         client = (scope.get("client") or ("?", 0))[0]
         token = bearer_token(scope)
-        grant = self.verify(token) if token is not None else None
-        if grant is None:
-            err = Unauthorized(NO_CREDENTIALS if token is None else BAD_TOKEN)
-            log.warning("refused %s %s from %s: %s", method, path, client, err.kind)
+        try:
+            grant = self.verify(token) if token is not None else None
+            if token is None and self.session is not None:
+                grant = self.session(scope)  # raises for a bad session or CSRF
+            if grant is None:
+                raise Unauthorized(NO_CREDENTIALS if token is None else BAD_TOKEN)
+        except XeniaError as err:
+            log.warning("refused %s %s from %s: %s", method, path, client, err.message)
             if self.audit is not None and method not in READS:
                 self.audit.record(token=None, client=client, method=method, route=path,
                                   path=path, domain=None, status=err.http_status)
@@ -124,6 +132,8 @@ class TokenAuth:
                     await _deny(scope, receive, send, err, received=True)
                     return
                 record(status)
+            elif kind == "websocket.close":
+                record(403)  # closed before the accept: refused (a close after is recorded)
             if not swallowed:
                 await send(message)
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -34,8 +37,11 @@ from xenia.peers.address import (
 from xenia.peers.audit import AuditLog
 from xenia.peers.auth import TokenAuth
 from xenia.peers.limits import BodyLimit, Limits, guarded_protocol
+from xenia.peers.scopes import Grant
 from xenia.peers.service import PeerService
 from xenia.store.base import Store
+from xenia.ui.sessions import Sessions
+from xenia.ui.web import UiFront
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="requests over TCP may use host paths (disks, cdroms, kernels, save files, "
              "pools) inside DIR as well as inside the storage pools; repeat for more "
              f"(also ${ALLOW_ENV}, colon-separated)")
+    parser.add_argument(
+        "--ui-listen", metavar="ADDR:PORT",
+        help="also serve the web UI (and the API, tokens required) as plain HTTP on this "
+             "loopback address, for an SSH tunnel (e.g. 127.0.0.1:8080); the UI is always "
+             "on --listen, with TLS (default: off)")
+
+
+def ui_listen_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
+                        ) -> ListenSpec | None:
+    """--ui-listen: loopback only, since it is plain HTTP (a session cookie and the token
+    typed at login would otherwise cross the network readable)."""
+    try:
+        spec = parse_listen(args.ui_listen, insecure_no_tls=False)
+    except XeniaError as e:
+        parser.error(e.message)
+    if spec is None:
+        return None
+    try:
+        loopback = spec.host == "localhost" or ipaddress.ip_address(spec.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        parser.error(f"--ui-listen {args.ui_listen}: give a loopback address (127.0.0.1:PORT "
+                     "or [::1]:PORT): it is plain HTTP, meant for an SSH tunnel; the UI is "
+                     "on --listen with TLS for other machines")
+    return ListenSpec(spec.host, spec.port, tls=False)
 
 
 def listen_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
@@ -116,12 +148,26 @@ def protect_peer_tokens(svc: PeerService, store: Store) -> None:
             scrub()
 
 
+def _verifier(app: FastAPI, svc: PeerService) -> Callable[[str], Grant | None]:
+    """This host's tokens, then (on a cluster member) the members' credentials."""
+    def verify(token: str) -> Grant | None:
+        grant = svc.tokens.verify(token)
+        node = getattr(app.state, "cluster", None)
+        if grant is None and node is not None:
+            grant = node.verify(token)
+        return grant
+    return verify
+
+
 @contextlib.asynccontextmanager
 async def serve_peers(app: FastAPI, paths: Paths, store: Store, listen: ListenSpec | None,
-                      allowed: list[Path] | None = None) -> AsyncIterator[PeerService]:
+                      allowed: list[Path] | None = None, ui_listen: ListenSpec | None = None
+                      ) -> AsyncIterator[PeerService]:
     """Make sure the identity exists; serve the API on TCP while the block runs.
 
     `allowed`: the directories (besides the pools') whose paths requests over TCP may use.
+    `ui_listen`: a loopback address where the same stack is served as plain HTTP, for the
+    web UI through an SSH tunnel (--ui-listen).
     """
     svc = PeerService(paths, store, listen)
     app.state.peers = svc
@@ -134,37 +180,61 @@ async def serve_peers(app: FastAPI, paths: Paths, store: Store, listen: ListenSp
             raise SystemExit(f"xeniad: {e.message}") from e
         # Without a TLS listener the identity is only shown; the local API still works.
         log.warning("%s", e.message)
-    if listen is None:
+    if listen is None and ui_listen is None:
         yield svc
         return
-    try:
-        sock = bind_tcp(listen)
-    except XeniaError as e:
-        raise SystemExit(f"xeniad: {e.message}") from e
     audit = AuditLog(paths.audit_log)
-    guarded = TokenAuth(app, svc.tokens.verify, make_access_factory(app, allowed or []), audit)
+    # The web UI (ui/web.py) in front: its pages, and its session cookies as a second way
+    # through TokenAuth to the same routes and checks. Tokens: this host's, then (on a
+    # cluster member) the members' credentials.
+    sessions = Sessions(svc.tokens.grant_by_name)
+    api = TokenAuth(app, _verifier(app, svc), make_access_factory(app, allowed or []),
+                    audit, session=sessions.authenticate)
     if allowed:
         log.info("paths allowed over TCP besides the pools': %s",
                  ", ".join(map(str, allowed)))
+    try:
+        async with contextlib.AsyncExitStack() as servers:
+            if listen is not None:
+                front = UiFront(api, sessions, svc.tokens.verify, secure=listen.tls)
+                ctx = svc.identity().ssl_server_context() if listen.tls else None
+                if ctx is None:
+                    log.warning("!!! INSECURE: the API on %s is plain HTTP (--insecure-no-tls): "
+                                "tokens and everything else cross the network readable and "
+                                "changeable by anyone on the path. Use it only on an isolated "
+                                "test network. !!!", listen)
+                await servers.enter_async_context(_serving(front, listen, ctx, "the API"))
+            if ui_listen is not None:
+                front = UiFront(api, sessions, svc.tokens.verify, secure=False)
+                await servers.enter_async_context(_serving(front, ui_listen, None,
+                                                           "the web UI (loopback)"))
+            yield svc
+    finally:
+        audit.close()
+
+
+@contextlib.asynccontextmanager
+async def _serving(asgi: Any, spec: ListenSpec, ssl_ctx: ssl.SSLContext | None, what: str
+                   ) -> AsyncIterator[None]:
+    """Serve `asgi` on `spec` (TLS with `ssl_ctx`) while the block runs."""
+    try:
+        sock = bind_tcp(spec)
+    except XeniaError as e:
+        raise SystemExit(f"xeniad: {e.message}") from e
     # Bounds on what anyone who reaches the port can hold: connections, header and body
     # time, body size (peers/limits.py).
     limits = Limits.from_env()
-    config = uvicorn.Config(BodyLimit(guarded, limits.max_body), log_level="warning",
+    config = uvicorn.Config(BodyLimit(asgi, limits.max_body), log_level="warning",
                             lifespan="off", timeout_graceful_shutdown=2, proxy_headers=False,
                             server_header=False, http=guarded_protocol(limits),
                             h11_max_incomplete_event_size=limits.header_bytes,
                             timeout_keep_alive=5)
     config.load()
-    if listen.tls:
-        # Our own context rather than uvicorn's ssl_* options: uvicorn's default cipher
-        # string ("TLSv1") leaves out TLS 1.2's AEAD suites; this one is Python's default.
-        config.ssl = svc.identity().ssl_server_context()
-    else:
-        log.warning("!!! INSECURE: the API on %s is plain HTTP (--insecure-no-tls): tokens and "
-                    "everything else cross the network readable and changeable by anyone on "
-                    "the path. Use it only on an isolated test network. !!!", listen)
+    # Our own context rather than uvicorn's ssl_* options: uvicorn's default cipher
+    # string ("TLSv1") leaves out TLS 1.2's AEAD suites; this one is Python's default.
+    config.ssl = ssl_ctx
     server = _TcpServer(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]), name="xeniad-tcp")
+    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"xeniad-tcp-{spec}")
     deadline = asyncio.get_running_loop().time() + START_TIMEOUT
     while not server.started and not task.done():
         if asyncio.get_running_loop().time() > deadline:
@@ -175,17 +245,15 @@ async def serve_peers(app: FastAPI, paths: Paths, store: Store, listen: ListenSp
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 5)
         sock.close()
-        audit.close()
-        raise SystemExit(f"xeniad: Failed to serve the API on {listen}: the server did not start")
-    log.info("xeniad listening on %s (%s, token required)", listen,
-             "TLS" if listen.tls else "plain HTTP")
+        raise SystemExit(f"xeniad: Failed to serve {what} on {spec}: the server did not start")
+    log.info("xeniad serving %s on %s (%s, token required)", what, spec,
+             "TLS" if ssl_ctx is not None else "plain HTTP")
     try:
-        yield svc
+        yield
     finally:
         server.should_exit = True
         try:
             await asyncio.wait_for(task, 10)
         except Exception:
-            log.exception("the TCP listener did not stop cleanly")
+            log.exception("the TCP listener on %s did not stop cleanly", spec)
         sock.close()
-        audit.close()

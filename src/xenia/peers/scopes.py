@@ -25,6 +25,8 @@ SCOPES: dict[str, str] = {
     "migrate": "receive a live migration from a peer (the incoming-migration routes)",
     "admin": "pools, volumes, networks, tokens, peers, PCI assignment",
     "metrics": "the Prometheus metrics endpoint",
+    "cluster": "join this host's cluster: get a member certificate from the cluster CA and "
+               "the etcd member added (the routes come with the cluster verbs)",
 }
 ALL = "all"
 # A token made without --scope is for a peer: it can send migrations here, nothing else.

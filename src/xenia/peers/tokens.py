@@ -120,6 +120,12 @@ class TokenRegistry:
             self.store.obj_delete(KIND, n)
         return gone
 
+    def grant_by_name(self, name: str) -> Grant | None:
+        """The current rights of the token called `name` (a web UI session holds the name),
+        or None once it is revoked."""
+        rec = self.store.obj_get(KIND, name)
+        return grant_of(rec) if rec is not None else None
+
     def verify(self, token: str) -> Grant | None:
         """The rights of the token that matches, or None.
 

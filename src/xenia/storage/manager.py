@@ -50,6 +50,9 @@ class PoolInfo:
     available: int
     created_at: float
     error: str | None = None
+    # Marked by the user as mounted by every cluster member (NFS, CephFS): the only pools
+    # an HA domain's disks may be on (cluster/ha.py).
+    shared: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,7 +166,8 @@ class StorageManager:
                                f"{' (' + e.filename + ')' if e.filename else ''}") from e
 
     # -- pools ---------------------------------------------------------------------------
-    def create_pool(self, name: str, type: str = "dir", path: str | None = None) -> PoolInfo:
+    def create_pool(self, name: str, type: str = "dir", path: str | None = None,
+                    shared: bool = False) -> PoolInfo:
         doing = f"to create pool '{name}'"
         check_name("pool", name, doing)
         if type not in DRIVERS:
@@ -179,6 +183,8 @@ class StorageManager:
             self._check_overlap(where, doing)
             rec: dict[str, Any] = {"name": name, "type": type, "created_at": time.time(),
                                    "config": {"path": str(where)}}
+            if shared:
+                rec["shared"] = True
             # Claim the name in the store first (it is also the record of what to clean
             # up should xeniad die while making the pool), then make the storage.
             self.store.obj_put(POOL_KIND, name, rec, create=True)
@@ -211,7 +217,8 @@ class StorageManager:
         doing = f"to read pool '{name}'"
         base = {"name": name, "type": rec.get("type", "?"),
                 "location": rec.get("config", {}).get("path", "?"),
-                "created_at": rec.get("created_at", 0.0)}
+                "created_at": rec.get("created_at", 0.0),
+                "shared": bool(rec.get("shared", False))}
         try:
             drv = self._driver(name, doing)
             with self._os_errors(doing):
@@ -373,6 +380,19 @@ class StorageManager:
         p = Path(path)
         with self._os_errors(f"to read the image {p}"):
             return self.qemu_img.info(p, fmt, f"to read the image {p}")
+
+    def shared_pool_of(self, path: str | Path) -> str | None:
+        """The shared pool whose directory holds `path` (a volume or any file below it),
+        or None: what HA checks of every disk (cluster/ha.py)."""
+        real = os.path.realpath(path)
+        for rec in self.store.obj_list(POOL_KIND):
+            where = rec.get("config", {}).get("path")
+            if not rec.get("shared") or not where:
+                continue
+            top = os.path.realpath(where)
+            if os.path.commonpath([real, top]) == top and real != top:
+                return str(rec["name"])
+        return None
 
     def volume_at(self, path: str | Path) -> tuple[str, str] | None:
         """(pool, volume) whose image is `path`, or None if no pool volume is."""

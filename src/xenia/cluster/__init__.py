@@ -1,0 +1,1 @@
+"""The cluster foundation: etcd member, client, lease and fencing, key layout."""

@@ -1,0 +1,181 @@
+"""xeniad's cluster options and start-up: ClusterRuntime, made by serve_cluster().
+
+- A host that is no cluster member (no <state>/cluster/etcd.json, no --etcd) runs as
+  before: nothing of the cluster is imported, no etcd runs.
+- A member: its etcd is adopted or started, a Supervisor thread keeps it running while
+  xeniad runs, and stopping xeniad leaves it running (the next xeniad adopts it).
+- `--etcd URL,... --etcd-ca --etcd-cert --etcd-key`: an external etcd cluster instead of
+  a member of xeniad's own; then no local etcd is run.
+
+The lease, the election and the HA controller come on top (the cluster verbs); they get
+the client from ClusterRuntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xenia.paths import Paths
+
+if TYPE_CHECKING:
+    from xenia.cluster.agent import MemberAgent
+    from xenia.cluster.client import EtcdClient
+    from xenia.cluster.etcd_member import EtcdMember, Supervisor
+    from xenia.cluster.pki import MemberTLS
+    from xenia.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExternalEtcd:
+    endpoints: list[str]
+    ca: Path
+    cert: Path
+    key: Path
+
+    def tls(self) -> MemberTLS:
+        from xenia.cluster.pki import MemberTLS
+
+        return MemberTLS(self.ca, self.cert, self.key)
+
+
+@dataclass
+class ClusterRuntime:
+    client: EtcdClient
+    member: EtcdMember | None = None
+    supervisor: Supervisor | None = None
+    endpoints: list[str] = field(default_factory=list)
+    host: str = ""  # this member's name in the cluster (its etcd member's name)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("cluster store (instead of xeniad's own etcd member)")
+    g.add_argument("--etcd", metavar="URL,...",
+                   help="use this external etcd cluster (https://HOST:PORT, comma-separated)")
+    g.add_argument("--etcd-ca", type=Path, metavar="FILE", help="CA of the etcd cluster")
+    g.add_argument("--etcd-cert", type=Path, metavar="FILE", help="client certificate")
+    g.add_argument("--etcd-key", type=Path, metavar="FILE", help="client certificate's key")
+
+
+def external_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
+                       ) -> ExternalEtcd | None:
+    files = (args.etcd_ca, args.etcd_cert, args.etcd_key)
+    if not args.etcd:
+        if any(files):
+            parser.error("--etcd-ca/--etcd-cert/--etcd-key need --etcd")
+        return None
+    if not all(files):
+        parser.error("--etcd needs --etcd-ca, --etcd-cert and --etcd-key (etcd's client "
+                     "traffic is TLS with client certificates)")
+    for f in files:
+        if not f.is_file():
+            parser.error(f"{f}: no such file")
+    from xenia.cluster.client import parse_endpoints
+    from xenia.errors import InvalidConfig
+
+    try:
+        endpoints = parse_endpoints(args.etcd)
+    except InvalidConfig as e:
+        parser.error(str(e))
+    return ExternalEtcd(endpoints, *files)
+
+
+def _start_member(paths: Paths) -> ClusterRuntime | None:
+    from xenia.cluster.client import EtcdClient
+    from xenia.cluster.etcd_member import ClusterFiles, EtcdMember, MemberConfig, Supervisor
+
+    files = ClusterFiles.of(paths)
+    if not files.config.exists():
+        return None
+    member = EtcdMember(files, MemberConfig.load(files.config))
+    pid, adopted = member.ensure()
+    log.info("etcd member %s %s (pid %d)", member.cfg.name,
+             "adopted" if adopted else "started", pid)
+    endpoints = [member.cfg.client_url]
+    client = EtcdClient(endpoints, files.tls)
+    # The other members' client URLs, so the client fails over; not fatal here: etcd may
+    # be without quorum while this host starts, and the daemon must start all the same.
+    try:
+        for m in client.members():
+            endpoints += [u for u in m.get("clientURLs", []) if u not in endpoints]
+        client.close()
+        client = EtcdClient(endpoints, files.tls)
+    except Exception as e:  # any XeniaError or network error: keep the local endpoint
+        log.warning("could not read the etcd member list yet: %s", e)
+    return ClusterRuntime(client, member, Supervisor(member).start(), endpoints,
+                          member.cfg.name)
+
+
+def start_member(paths: Paths) -> ClusterRuntime | None:
+    """The runtime of a member made while xeniad runs (cluster init or join): its etcd
+    adopted, supervised, and a client with every member's endpoint. Blocking."""
+    return _start_member(paths)
+
+
+@contextlib.asynccontextmanager
+async def serve_cluster(paths: Paths, external: ExternalEtcd | None = None
+                        ) -> AsyncIterator[ClusterRuntime | None]:
+    """The cluster runtime while xeniad runs (None on a host outside any cluster)."""
+    if external is not None:
+        from xenia.cluster.client import EtcdClient
+
+        runtime: ClusterRuntime | None = ClusterRuntime(
+            EtcdClient(external.endpoints, external.tls()), endpoints=external.endpoints,
+            host=socket.gethostname().split(".")[0])
+    else:
+        runtime = await asyncio.to_thread(_start_member, paths)
+    try:
+        yield runtime
+    finally:
+        if runtime is not None:
+            if runtime.supervisor is not None:
+                # Only the supervision ends: the member keeps serving the cluster.
+                await asyncio.to_thread(runtime.supervisor.stop)
+            runtime.client.close()
+
+
+def make_agent(runtime: ClusterRuntime, engine: Engine, state: Any) -> MemberAgent:
+    """This member's agent, made the domain manager's ownership gate and put in
+    `state.ha` (the API's). Not started: `await agent.start()` (or a task of
+    `agent.start_retrying()`); a host that becomes a member while xeniad runs (cluster
+    init/join) calls this once its runtime exists, and `await agent.stop()` on leave."""
+    from xenia.cluster.agent import MemberAgent
+
+    agent = MemberAgent(runtime.client, runtime.host, engine.manager,
+                        engine.storage.shared_pool_of,
+                        lease_file=engine.paths.run / "member-lease")
+    engine.manager.gate = agent
+    state.ha = agent
+    return agent
+
+
+@contextlib.asynccontextmanager
+async def serve_ha(runtime: ClusterRuntime | None, engine: Engine, state: Any
+                   ) -> AsyncIterator[MemberAgent | None]:
+    """On a member: the MemberAgent (lease, fencing, leader election, HA, the ownership
+    gate of the domain manager), put in `state.ha` for the API. It joins in the
+    background: etcd may have no quorum while xeniad starts, and the daemon must serve its
+    domains all the same (HA domains start only once the lease is held)."""
+    if runtime is None or not runtime.host:
+        yield None
+        return
+    agent = make_agent(runtime, engine, state)
+    task = asyncio.create_task(agent.start_retrying())
+    try:
+        yield agent
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        await agent.stop()
+        engine.manager.gate = None
+        state.ha = None

@@ -1,0 +1,375 @@
+/* Xenia web UI: one script for every page (body[data-page] says which).
+ *
+ * Every call goes to the same /v1/... API as the CLI's, with the session cookie the
+ * login set (HttpOnly: this script never sees it) and, for a change, the session's CSRF
+ * token in X-CSRF-Token. The server checks the token's scopes; this script only hides
+ * what cannot work and shows the server's refusal as it is. Same origin only (the
+ * page's Content-Security-Policy forbids any other).
+ */
+"use strict";
+
+const xenia = (() => {
+  let session = null;
+
+  function show(text, ok = false) {
+    const box = document.getElementById("msg");
+    if (!box) return;
+    box.textContent = text;
+    box.className = ok ? "ok" : "";
+    box.hidden = !text;
+  }
+
+  async function api(method, path, body) {
+    const headers = {};
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (method !== "GET" && session) headers["X-CSRF-Token"] = session.csrf;
+    const r = await fetch(path, {
+      method, headers, credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (r.status === 401 && document.body.dataset.page !== "login") {
+      location.href = "/ui/login?next=" + encodeURIComponent(location.pathname + location.search);
+      throw new Error("not logged in");
+    }
+    const type = r.headers.get("content-type") || "";
+    const data = type.includes("json") ? await r.json() : await r.text();
+    if (!r.ok) {
+      const err = new Error((data && data.message) || `${method} ${path}: HTTP ${r.status}`);
+      err.status = r.status;
+      throw err;
+    }
+    return data;
+  }
+
+  // Run an action, show its refusal or failure message (the server's, verbatim).
+  async function act(what, fn) {
+    show("");
+    try {
+      const out = await fn();
+      show(`${what}: done`, true);
+      return out;
+    } catch (e) {
+      show(e.message);
+      return undefined;
+    }
+  }
+
+  function el(tag, attrs = {}, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (k === "text") e.textContent = v; else e.setAttribute(k, v);
+    }
+    for (const c of children) e.append(c);
+    return e;
+  }
+
+  function uptime(s) {
+    s = Math.floor(s || 0);
+    if (!s) return "-";
+    const d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60);
+    return (d ? d + "d " : "") + String(h).padStart(2, "0") + ":" + String(m).padStart(2, "0")
+      + ":" + String(s % 60).padStart(2, "0");
+  }
+
+  async function loadSession() {
+    session = await api("GET", "/ui/session");
+    document.getElementById("who").textContent =
+      `token ${session.token} (${session.scopes.join(", ")})`
+      + (session.domains.length ? ` on ${session.domains.join(", ")}` : "");
+    document.getElementById("logout").addEventListener("click", async () => {
+      await api("POST", "/ui/logout").catch(() => {});
+      location.href = "/ui/login";
+    });
+    return session;
+  }
+
+  // -- login ---------------------------------------------------------------------------
+  function loginPage() {
+    document.getElementById("bar").querySelector("nav").hidden = true;
+    document.getElementById("logout").hidden = true;
+    document.getElementById("login-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      try {
+        await api("POST", "/ui/login", { token: document.getElementById("token").value });
+        const next = new URLSearchParams(location.search).get("next") || "/ui/";
+        location.href = next.startsWith("/ui/") ? next : "/ui/";
+      } catch (e) {
+        show(e.message);
+      }
+    });
+  }
+
+  // -- domain list ---------------------------------------------------------------------
+  async function listPage() {
+    const [doms, host] = await Promise.all([api("GET", "/v1/domains"), api("GET", "/v1/host")]);
+    const rows = doms.filter((d) => d.domid !== 0).map((d) => ({
+      name: d.name, host: host.host, type: d.type, state: d.state, memory: d.memory,
+      vcpus: d.vcpus, ha: (d.config && d.config.ha) ? "yes" : "-", uptime: d.uptime || 0,
+    }));
+    const tbody = document.querySelector("#domains tbody");
+    const filter = document.getElementById("filter");
+    let key = "name", dir = 1;
+    function draw() {
+      const q = filter.value.trim().toLowerCase();
+      const shown = rows.filter((r) => !q || [r.name, r.type, r.state, r.host]
+        .some((v) => String(v).toLowerCase().includes(q)));
+      shown.sort((a, b) => (a[key] > b[key] ? 1 : a[key] < b[key] ? -1 : 0) * dir);
+      tbody.replaceChildren(...shown.map((r) => el("tr", { "data-name": r.name },
+        el("td", {}, el("a", { href: "/ui/domain?name=" + encodeURIComponent(r.name), text: r.name })),
+        el("td", { text: r.host }), el("td", { text: r.type }),
+        el("td", { text: r.state, class: "state" }), el("td", { text: String(r.memory) }),
+        el("td", { text: String(r.vcpus) }), el("td", { text: r.ha }),
+        el("td", { text: uptime(r.uptime) }))));
+      document.querySelectorAll("#domains th").forEach((th) => {
+        th.className = th.dataset.key === key ? (dir > 0 ? "sorted-asc" : "sorted-desc") : "";
+      });
+    }
+    document.querySelectorAll("#domains th[data-key]").forEach((th) => th.addEventListener("click", () => {
+      dir = key === th.dataset.key ? -dir : 1;
+      key = th.dataset.key;
+      draw();
+    }));
+    filter.addEventListener("input", draw);
+    draw();
+  }
+
+  // -- create --------------------------------------------------------------------------
+  function createPage() {
+    const text = document.getElementById("cfg-text");
+    const create = document.getElementById("create");
+    let parsed = null;
+    text.addEventListener("input", () => { create.disabled = true; parsed = null; });
+    document.getElementById("cfg-file").addEventListener("change", async (ev) => {
+      const f = ev.target.files[0];
+      if (f) { text.value = await f.text(); create.disabled = true; }
+    });
+    document.getElementById("check").addEventListener("click", async () => {
+      const out = await act("Check", () => api("POST", "/v1/config/parse", { text: text.value }));
+      const list = document.getElementById("warnings");
+      list.replaceChildren();
+      document.getElementById("parsed").textContent = out ? JSON.stringify(out.config, null, 2) : "";
+      if (!out) return;
+      parsed = out.config;
+      for (const w of out.warnings) list.append(el("li", { class: "warn", text: w }));
+      create.disabled = false;
+    });
+    create.addEventListener("click", async () => {
+      if (!parsed) return;
+      const dom = await act("Create", () => api("POST", "/v1/domains", { config: parsed }));
+      if (dom) location.href = "/ui/domain?name=" + encodeURIComponent(dom.name);
+    });
+  }
+
+  // -- graphs --------------------------------------------------------------------------
+  const GRAPHS = [
+    ["cpu", "CPU (% of one host CPU)"], ["memory", "Memory in use (MiB)"],
+    ["net", "Network (KiB/s, rx and tx)"], ["disk", "Disk (KiB/s, read and write)"],
+  ];
+
+  function drawGraphs(box, hist) {
+    box.replaceChildren();
+    const t = hist.t;
+    const series = {
+      cpu: [hist.cpu], memory: [hist.memory_mib], net: [hist.net_rx_kibs, hist.net_tx_kibs],
+      disk: [hist.disk_rd_kibs, hist.disk_wr_kibs],
+    };
+    const names = { cpu: ["CPU %"], memory: ["MiB"], net: ["rx", "tx"], disk: ["read", "write"] };
+    for (const [id, title] of GRAPHS) {
+      const div = el("div", { class: "graph", id: "graph-" + id, "data-points": String(t.length) });
+      box.append(div);
+      const opts = {
+        title, width: 520, height: 180,
+        series: [{}, ...names[id].map((label, i) => ({ label, stroke: i ? "#c0392b" : "#2f5f8f" }))],
+      };
+      // eslint-disable-next-line no-undef
+      new uPlot(opts, [t, ...series[id]], div);
+    }
+  }
+
+  function startGraphs(path) {
+    const box = document.getElementById("graphs");
+    async function tick() {
+      try {
+        drawGraphs(box, await api("GET", path));
+      } catch (e) {
+        box.textContent = e.message;
+      }
+    }
+    tick();
+    setInterval(tick, 5000);
+  }
+
+  // -- domain page ---------------------------------------------------------------------
+  async function domainPage() {
+    const name = new URLSearchParams(location.search).get("name");
+    const ref = encodeURIComponent(name);
+    let dom = await api("GET", `/v1/domains/${ref}`);
+    function facts() {
+      document.getElementById("dom-name").textContent = dom.name;
+      const f = document.getElementById("facts");
+      f.replaceChildren(el("p", { id: "dom-state", text:
+        `${dom.type} · ${dom.state} · ${dom.memory} MiB · ${dom.vcpus} vCPUs · uptime ${uptime(dom.uptime)}` }));
+      const cfg = dom.config || {};
+      const devs = el("ul");
+      for (const d of cfg.disks || []) devs.append(el("li", { text: `disk ${d.vdev}: ${d.target || "(empty)"}` }));
+      for (const v of cfg.vifs || []) devs.append(el("li", { text: `nic ${v.devid ?? ""} ${v.mac || ""} ${v.bridge || ""}` }));
+      f.append(devs);
+      document.getElementById("config").textContent = JSON.stringify(cfg, null, 2);
+      document.getElementById("mem").value = dom.memory;
+      document.getElementById("vcpus").value = dom.vcpus;
+      document.getElementById("vnc-section").hidden = dom.type !== "hvm";
+    }
+    facts();
+    const base = `/v1/domains/${ref}`;
+    const val = (id) => document.getElementById(id).value;
+    const actions = {
+      shutdown: () => api("POST", base + "/shutdown", {}),
+      reboot: () => api("POST", base + "/reboot", {}),
+      pause: () => api("POST", base + "/pause"),
+      unpause: () => api("POST", base + "/unpause"),
+      destroy: () => api("DELETE", base),
+      "mem-set": () => api("POST", base + "/memory", { mib: Number(val("mem")) }),
+      "vcpu-set": () => api("POST", base + "/vcpus", { count: Number(val("vcpus")) }),
+      save: () => api("POST", base + "/save", { file: val("save-file") }),
+      migrate: () => migrate(base, val("migrate-host")),
+      "disk-attach": () => api("POST", base + "/disks", { args: [val("disk-spec")] }),
+      "nic-attach": () => api("POST", base + "/nics", { args: [val("nic-spec")] }),
+    };
+    document.querySelectorAll("#actions button[data-act]").forEach((b) => b.addEventListener("click", async () => {
+      const what = b.dataset.act;
+      if (what === "destroy" && !confirm(`Destroy ${dom.name}?`)) return;
+      const ok = await act(b.textContent, actions[what]);
+      if (ok === undefined) return;
+      if (what === "destroy") { location.href = "/ui/"; return; }
+      dom = await api("GET", `/v1/domains/${ref}`).catch(() => dom);
+      facts();
+    }));
+    document.getElementById("console-open").addEventListener("click", () => openConsole(ref));
+    document.getElementById("vnc-open").addEventListener("click", () => {
+      window.dispatchEvent(new CustomEvent("xenia-vnc", { detail: { ref } }));
+    });
+    startGraphs(`/v1/domains/${ref}/history`);
+  }
+
+  // A long operation: start it, then follow its job as `xenia migrate` does.
+  async function migrate(base, host) {
+    const job = await api("POST", base + "/migrate", { host });
+    const p = document.getElementById("progress");
+    p.hidden = false;
+    for (;;) {
+      const st = await api("GET", `/v1/migrations/${job.id}`);
+      const pr = st.progress || {};
+      p.textContent = `migration: ${st.status}` + (pr.transferred !== undefined
+        ? ` · ${Math.round(pr.transferred / 1048576)} MiB sent` : "") + (st.message ? ` · ${st.message}` : "");
+      if (["completed", "failed", "cancelled"].includes(st.status)) {
+        if (st.status !== "completed") throw new Error(st.message || `migration ${st.status}`);
+        return st;
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+
+  function openConsole(ref) {
+    const box = document.getElementById("terminal");
+    box.replaceChildren();
+    // eslint-disable-next-line no-undef
+    const term = new Terminal({ convertEol: false, cols: 100, rows: 28 });
+    term.open(box);
+    const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/domains/${ref}/console`);
+    ws.binaryType = "arraybuffer";
+    const enc = new TextEncoder();
+    ws.onopen = () => { box.dataset.state = "open"; term.focus(); ws.send(enc.encode("\r")); };
+    ws.onmessage = (ev) => term.write(new Uint8Array(ev.data));
+    ws.onclose = (ev) => {
+      const opened = box.dataset.state === "open";
+      box.dataset.state = "closed";
+      term.write(`\r\n[console closed${ev.reason ? ": " + ev.reason : ""}]\r\n`);
+      // A refused handshake reaches a page as code 1006 without the server's reason.
+      if (!opened) {
+        show("The console could not be opened: the token needs the scope 'console', and the "
+          + "domain must be running (and no `xenia console` attached to it).");
+      }
+    };
+    term.onData((d) => { if (ws.readyState === 1) ws.send(enc.encode(d)); });
+    window.xeniaTerm = term;  // for the browser tests: what the terminal shows
+  }
+
+  // -- host page -----------------------------------------------------------------------
+  async function hostPage() {
+    const h = await api("GET", "/v1/host");
+    // The cluster (etcd membership, leases, fencing) is the cluster work's (branches
+    // etcd/clusterops). The seam: once this host is a member, a route listing the
+    // members in this row shape fills the table; until then this host is shown alone.
+    document.getElementById("cluster-note").textContent =
+      "This host is not part of a cluster: it is shown alone.";
+    const hosts = [{
+      name: h.host, state: "up", lease: "-", cpus: h.nr_cpus,
+      memory: `${h.free_memory} / ${h.total_memory}`, domains: h.domains, accel: h.accel || "-",
+    }];
+    document.querySelector("#hosts tbody").replaceChildren(...hosts.map((r) => el("tr", {},
+      el("td", { text: r.name }), el("td", { text: r.state }), el("td", { text: r.lease }),
+      el("td", { text: String(r.cpus) }), el("td", { text: r.memory }),
+      el("td", { text: String(r.domains) }), el("td", { text: r.accel }))));
+    startGraphs("/v1/host/history");
+  }
+
+  // -- event log and tokens (admin) ------------------------------------------------------
+  async function eventsPage() {
+    const rows = await api("GET", "/v1/host/audit?limit=500");
+    document.querySelector("#events tbody").replaceChildren(...rows.map((e) => el("tr", {},
+      el("td", { text: e.time }), el("td", { text: e.token || "(none)" }),
+      el("td", { text: e.client || "" }), el("td", { text: `${e.method} ${e.path}` }),
+      el("td", { text: e.domain || "" }),
+      el("td", { text: e.status < 400 ? `ok (${e.status})` : `refused or failed (${e.status})` }))));
+  }
+
+  async function tokensPage() {
+    async function draw() {
+      const rows = await api("GET", "/v1/host/tokens");
+      document.querySelector("#tokens tbody").replaceChildren(...rows.map((t) => {
+        const revoke = el("button", { class: "danger", text: "Revoke" });
+        revoke.addEventListener("click", async () => {
+          if (!confirm(`Revoke ${t.name} and the tokens made with it?`)) return;
+          await act("Revoke", () => api("DELETE", `/v1/host/tokens/${encodeURIComponent(t.name)}`));
+          draw();
+        });
+        return el("tr", {}, el("td", { text: t.name }), el("td", { text: t.scopes.join(", ") }),
+          el("td", { text: t.domains.join(", ") || "all" }), el("td", { text: t.parent || "" }),
+          el("td", {}, revoke));
+      }));
+    }
+    const list = (id) => document.getElementById(id).value.split(",").map((x) => x.trim()).filter(Boolean);
+    document.getElementById("tok-create").addEventListener("click", async () => {
+      const out = await act("Create token", () => api("POST", "/v1/host/tokens", {
+        name: document.getElementById("tok-name").value || null,
+        scopes: list("tok-scopes"), domains: list("tok-domains"),
+      }));
+      if (!out) return;
+      document.getElementById("tok-value").textContent = out.token;
+      document.getElementById("tok-new").hidden = false;
+      draw();
+    });
+    await draw();
+  }
+
+  async function main() {
+    const page = document.body.dataset.page;
+    if (page === "login") { loginPage(); return; }
+    try {
+      await loadSession();
+      if (page === "index") await listPage();
+      else if (page === "create") createPage();
+      else if (page === "domain") await domainPage();
+      else if (page === "host") await hostPage();
+      else if (page === "events") await eventsPage();
+      else if (page === "tokens") await tokensPage();
+    } catch (e) {
+      show(e.message);
+    }
+  }
+
+  return { main, api, show };
+})();
+
+window.xenia = xenia;
+xenia.main();

@@ -1,0 +1,239 @@
+"""The web UI in a real headless Chromium (Debian's, driven by playwright) against a real
+xeniad serving TLS on 127.0.0.1, and /metrics against a real guest doing I/O.
+
+One PV guest, created from the UI's create page, is shared by every test; one HVM guest
+(firmware only, a blank disk: its screen is SeaBIOS's) for the VNC screen. Every request any
+page makes is recorded; the last test checks that none went to another origin. A failed
+test keeps a screenshot of its page in $XENIA_UI_SHOTS (default /var/tmp/xenia-ui-shots).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright import sync_api as playwright_api
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import failed
+from tests.integration.harness import READY, Host, Image, volume, wait_until, write_xl_cfg
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(os.environ.get("XENIA_UI_SHOTS", "/var/tmp/xenia-ui-shots"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Ui:
+    h: Host
+    base: str
+    browser: Any
+    tokens: dict[str, str]
+    disk: Path
+    requests: list[str] = field(default_factory=list)
+    pages: list[Any] = field(default_factory=list)
+
+    def page(self, token: str | None = "full") -> Any:
+        """A new browser context (its own cookies), logged in with `token` when given."""
+        ctx = self.browser.new_context(ignore_https_errors=True)
+        page = ctx.new_page()
+        page.on("request", lambda r: self.requests.append(r.url))
+        page.set_default_timeout(30_000)
+        self.pages.append(page)
+        if token is not None:
+            page.goto(self.base + "/ui/login")
+            page.fill("#token", self.tokens[token])
+            page.click("button[type=submit]")
+            page.wait_for_url(self.base + "/ui/")
+        return page
+
+    def metrics(self) -> str:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        r = httpx.get(self.base + "/metrics", verify=ctx,
+                      headers={"Authorization": f"Bearer {self.tokens['prom']}"})
+        r.raise_for_status()
+        return r.text
+
+
+@pytest.fixture(scope="module")
+def ui(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[Ui]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-deps.sh --test")
+    h = Host(tiny_image)
+    h.env["XENIA_HISTORY_INTERVAL"] = "1"  # graphs get points within seconds
+    port = free_port()
+    pw = playwright_api.sync_playwright().start()
+    browser = None
+    try:
+        h.start_daemon(20.0, "--listen", f"127.0.0.1:{port}",
+                       "--allow-path", str(tiny_image.kernel.parent))
+        tokens = {name: h.xenia("host", "token", "create", "--name", name, "--scope",
+                                scopes).stdout.strip()
+                  for name, scopes in (("full", "read,power,console,create"), ("ro", "read"),
+                                       ("prom", "metrics"))}
+        disk = volume(h, "data", "16M", fmt="raw")
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield Ui(h, f"https://127.0.0.1:{port}", browser, tokens, disk)
+    finally:
+        if browser is not None:
+            browser.close()
+        pw.stop()
+        if request.session.testsfailed:
+            h.dump_logs()
+        h.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def screenshots(request: pytest.FixtureRequest, ui: Ui) -> Iterator[None]:
+    yield
+    if failed(request):
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        for i, page in enumerate(ui.pages):
+            if not page.is_closed():
+                path = SHOTS / f"{request.node.name}-{i}.png"
+                page.screenshot(path=str(path), full_page=True)
+                print(f"screenshot: {path}")
+    for page in ui.pages:
+        if not page.is_closed():
+            page.context.close()  # closes the page's WebSockets (the console takes one)
+    ui.pages.clear()
+
+
+def test_login_create_from_xlcfg_and_see_it_running(ui: Ui) -> None:
+    page = ui.page()
+    cfg = write_xl_cfg(ui.h.cfgdir / "web-1.cfg", {
+        "name": "web-1", "type": "pv", "kernel": str(ui.h.image.kernel),
+        "ramdisk": str(ui.h.image.initrd), "extra": "console=ttyS0", "memory": 256,
+        "vcpus": 1, "vif": [], "disk": [f"format=raw,vdev=xvda,target={ui.disk}"],
+        "frobnicate": 1})
+    page.goto(ui.base + "/ui/create")
+    page.fill("#cfg-text", cfg.read_text())
+    page.click("#check")
+    # The server's dry run: what it read, and the warning about the unknown key.
+    page.wait_for_selector("#warnings li")
+    assert "frobnicate" in page.inner_text("#warnings")
+    assert json.loads(page.inner_text("#parsed"))["memory"] == 256
+    assert not ui.h.has_domain("web-1")  # the check created nothing
+    page.click("#create")
+    page.wait_for_url(re.compile(r".*/ui/domain\?name=web-1$"))
+    ui.h.wait_console("web-1", READY)
+    page.goto(ui.base + "/ui/")
+    page.fill("#filter", "web")
+    row = page.locator("#domains tbody tr[data-name=web-1]")
+    assert row.locator("td.state").inner_text() == "running"
+    assert page.locator("#domains tbody tr").count() == 1
+    assert ui.h.domain("web-1")["state"] == "running"
+
+
+def samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of series `name` in a scrape whose labels include `labels`."""
+    return [(s.labels, s.value) for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+
+
+def test_metrics_move_when_the_guest_writes(ui: Ui) -> None:
+    def host_bytes() -> float:
+        found = samples(ui.metrics(), "xenia_domain_block_write_bytes_total",
+                        domain="web-1", disk="xvda")
+        assert len(found) == 1, f"web-1's xvda write counter in /metrics: {found}"
+        return found[0][1]
+
+    def guest_bytes() -> int:  # field 7 of /sys/block/X/stat: sectors written
+        return int(ui.h.run("web-1", "cat /sys/block/vda/stat").split()[6]) * 512
+
+    before_host, before_guest = host_bytes(), guest_bytes()
+    ui.h.run("web-1", "dd if=/dev/urandom of=/dev/vda bs=64k count=64 oflag=direct "
+                      "2>/dev/null; sync")
+    written = guest_bytes() - before_guest
+    assert written >= 4 << 20  # the guest's own count of what it wrote
+    grew = host_bytes() - before_host
+    assert written <= grew <= written + (1 << 20), (written, grew)
+    info = samples(ui.metrics(), "xenia_domain_info", domain="web-1")
+    assert len(info) == 1 and info[0][0]["type"] == "pv" and info[0][0]["host"]
+    # The host is in the info series only, not on the counters.
+    assert "host" not in samples(ui.metrics(), "xenia_domain_cpu_seconds_total",
+                                 domain="web-1")[0][0]
+
+
+def test_serial_console_runs_a_typed_command(ui: Ui) -> None:
+    page = ui.page()
+    page.goto(ui.base + "/ui/domain?name=web-1")
+    page.click("#console-open")
+    page.wait_for_selector("#terminal[data-state=open]")
+    page.click("#terminal")
+    page.keyboard.type("echo $((6*7))-from-the-browser\n")
+    text = """() => { const b = window.xeniaTerm.buffer.active; let s = "";
+        for (let i = 0; i < b.length; i++) s += b.getLine(i).translateToString(true) + "\\n";
+        return s; }"""
+    wait_until(lambda: "42-from-the-browser" in page.evaluate(text), timeout=30,
+               what="the command's output in the browser terminal")
+
+
+def test_graph_has_points(ui: Ui) -> None:
+    page = ui.page()
+    page.goto(ui.base + "/ui/domain?name=web-1")
+    page.wait_for_selector("#graph-cpu canvas")
+    # The page redraws its graphs every 5 s from the ring buffer (sampled every 1 s here).
+    wait_until(lambda: int(page.get_attribute("#graph-cpu", "data-points") or 0) >= 2,
+               timeout=30, interval=0.5, what="points in the CPU graph")
+    hist = page.evaluate("() => window.xenia.api('GET', '/v1/domains/web-1/history')")
+    assert len(hist["t"]) >= 2 and all(c >= 0 for c in hist["cpu"])
+    assert max(hist["memory_mib"]) > 0
+
+
+def test_read_only_token_sees_the_refusal(ui: Ui) -> None:
+    page = ui.page("ro")
+    page.goto(ui.base + "/ui/domain?name=web-1")
+    page.wait_for_selector("#dom-state")
+    page.click("button[data-act=pause]")
+    page.wait_for_selector("#msg:not([hidden])")
+    assert "lacks the scope 'power'" in page.inner_text("#msg")
+    assert ui.h.domain("web-1")["state"] == "running"
+
+
+def test_hvm_screen_through_novnc(ui: Ui) -> None:
+    # A blank disk: SeaBIOS finds nothing to boot and says so on the screen.
+    blank = volume(ui.h, "blank", "1M", fmt="raw")
+    cfg = write_xl_cfg(ui.h.cfgdir / "h1.cfg", {
+        "name": "h1", "type": "hvm", "memory": 128, "vcpus": 1, "vnc": True, "vif": [],
+        "disk": [f"{blank},raw,hda,rw"]})
+    ui.h.xenia("create", str(cfg))
+    page = ui.page()
+    page.goto(ui.base + "/ui/domain?name=h1")
+    page.wait_for_selector("#vnc-section:not([hidden])")
+    page.click("#vnc-open")
+    page.wait_for_selector("#vnc[data-state=connected]")
+    # Distinct colours on the noVNC canvas: SeaBIOS's text on black, not an empty screen.
+    colours = """() => { const c = document.querySelector('#vnc canvas');
+        if (!c || !c.width) return 0;
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const seen = new Set();
+        for (let i = 0; i < d.length; i += 16) seen.add((d[i] << 16) | (d[i+1] << 8) | d[i+2]);
+        return seen.size; }"""
+    wait_until(lambda: page.evaluate(colours) > 1, timeout=60, interval=0.5,
+               what="a non-blank VNC screen")
+
+
+def test_no_page_requested_another_origin(ui: Ui) -> None:
+    assert len(ui.requests) > 20  # the tests above did load pages
+    foreign = [u for u in ui.requests
+               if not (u.startswith(ui.base + "/") or u.startswith(("data:", "blob:")))]
+    assert foreign == []
