@@ -63,8 +63,18 @@ fi
 # swtpm: the software TPM behind `vtpm = [...]` (one swtpm process a domain).
 # shellcheck disable=SC2086
 apt-get install $APT_OPTS --no-install-recommends swtpm
+# lvm2: LVM storage pools (`pool create --type lvm`), and the tests that drive the real
+# LVM tools on a loop device (storage/lvm.py).
+# shellcheck disable=SC2086
+apt-get install $APT_OPTS --no-install-recommends lvm2
 # Subordinate ids for the user namespaces of container domains.
 "$(dirname "$0")/setup-subids.sh"
+# The unprivileged user QEMU runs as (docs/security.md, "QEMU confinement"); xeniad makes
+# it too when it is missing.
+if ! getent passwd xenia-qemu >/dev/null; then
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin --comment "Xenia QEMU" -- xenia-qemu
+fi
 if [ "$want_test" = 1 ]; then
     # genisoimage: the CD-ROMs of test_disks.py, and isoinfo, an ISO 9660 reader independent
     # of xorriso that checks the ISOs xorriso writes.

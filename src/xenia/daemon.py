@@ -87,7 +87,8 @@ class _Server(uvicorn.Server):
 async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
                 allowed: list[Path] | None = None, boot_watchdog: int = 0,
                 ui_listen: ListenSpec | None = None,
-                etcd: cluster.ExternalEtcd | None = None) -> None:
+                etcd: cluster.ExternalEtcd | None = None,
+                allow_plain_migration: bool = False) -> None:
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
     network = NetworkManager(paths, store)
@@ -97,6 +98,7 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     engine = Engine.create(paths, store, [qemu, ContainerDriver(paths, store, network)],
                            storage=storage, network=network)
     storage.set_in_use_check(qemu.devices.path_in_use)
+    engine.receiver.allow_plain = allow_plain_migration
     choice = accel_mod.resolve("auto", host_accel)
     if choice.name == "tcg":
         log.warning("accelerator: TCG (%s)", choice.reason)
@@ -178,6 +180,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="default of the domains' boot_watchdog: a booting kernel with no "
                         "console output and no vCPU progress for this long is crashed "
                         "(default 0: off)")
+    parser.add_argument("--allow-plain-migration", action="store_true",
+                        default=os.environ.get("XENIA_ALLOW_PLAIN_MIGRATION") == "1",
+                        help="accept incoming live migrations without TLS (default: "
+                        "refused; never with --copy-storage)")
     peers.add_arguments(parser)
     cluster.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     take_lock(paths)
     try:
         asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog, ui_listen,
-                          etcd))
+                          etcd, args.allow_plain_migration))
     except KeyboardInterrupt:
         pass
     except XeniaError as e:

@@ -15,9 +15,11 @@ from xenia.host.devices import DeviceVerbs
 from xenia.host.manager import DomainManager
 from xenia.host.views import DomainViews
 from xenia.hostos.pci import PciAssign
+from xenia.migration.clones import Clones
 from xenia.migration.receiver import Receiver
 from xenia.migration.saving import SaveRestore
 from xenia.migration.sender import Sender
+from xenia.migration.snapshots import DomainSnapshots
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
 from xenia.storage.manager import StorageManager
@@ -36,12 +38,17 @@ class Engine:
     receiver: Receiver  # incoming ones
     storage: StorageManager
     network: NetworkManager
+    snapshots: DomainSnapshots  # snapshot-create/-list/-revert/-delete
+    clones: Clones  # create --from DOMAIN@SNAPSHOT
 
     @classmethod
     def create(cls, paths: Paths, store: Store, drivers: list[Driver],
                storage: StorageManager, network: NetworkManager) -> Engine:
         manager = DomainManager(paths, store, drivers)
+        saves = SaveRestore(manager)
+        snapshots = DomainSnapshots(manager, saves, storage.qemu_img)
         return cls(paths=paths, store=store, manager=manager, views=DomainViews(manager),
-                   devices=DeviceVerbs(manager, PciAssign(store)), saves=SaveRestore(manager),
+                   devices=DeviceVerbs(manager, PciAssign(store)), saves=saves,
                    sender=Sender(manager, storage), receiver=Receiver(manager, network),
-                   storage=storage, network=network)
+                   storage=storage, network=network,
+                   snapshots=snapshots, clones=Clones(manager, snapshots, storage.qemu_img))

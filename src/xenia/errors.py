@@ -120,3 +120,10 @@ class TimedOut(BackendError):
 
 # Registered here, not in the tuple above, so this addition merges without touching it.
 KINDS.update({cls.kind: cls for cls in (Unauthorized, PermissionDenied, TimedOut)})
+
+
+class AdoptLater(BackendError):
+    """A domain's process runs but could not be taken over now (QMP busy or slow): its
+    record is kept and the adoption retried; it is never forgotten while it runs."""
+
+    kind = "adopt-later"

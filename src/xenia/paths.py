@@ -69,8 +69,19 @@ class Paths:
         # Root-only: the run dir holds the API socket and the guests' consoles, the state
         # dir the database, the TLS key and the peer tokens. Set at every start, so a dir
         # an older Xenia (or a hand) made with other modes is fixed too.
-        os.chmod(self.run, 0o700)
-        os.chmod(self.state, 0o700)
+        for d in (self.run, self.state):
+            os.chmod(d, _root_only_mode(d))
         for f in (self.daemon_log, self.audit_log):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(f, 0o600)
+
+
+def _root_only_mode(d: Path) -> int:
+    """0700, except that a directory with an ACL keeps its group bits: they are the ACL's
+    mask, and clearing them would cut the search entry a confined QEMU was given
+    (hostos/ownership.py) while it runs; the ACL's own entries keep others out."""
+    try:
+        os.getxattr(d, "system.posix_acl_access")
+    except OSError:
+        return 0o700
+    return 0o700 | (os.stat(d).st_mode & 0o070)

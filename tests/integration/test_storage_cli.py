@@ -136,7 +136,7 @@ def test_clone_snapshot_and_data(host: Host, tmp_path: Path) -> None:
     assert same_content(data, base, "qcow2")
 
     # clone: a thin overlay backed by base, with base's data
-    host.xenia("volume", "clone", "base", "web")
+    host.xenia("volume", "clone", "--linked", "base", "web")
     web = pool_dir(host) / "web.qcow2"
     q = qemu_info(web, "qcow2")
     assert q["backing-filename"] == "base.qcow2" and q["backing-filename-format"] == "qcow2"
@@ -214,7 +214,7 @@ def test_deletes_that_would_lose_data_are_refused(host: Host) -> None:
     assert f"Pool 'fast' created in {own}" in res.stdout
     assert own.is_dir()
     host.xenia("volume", "create", "--pool", "fast", "base", "16M")
-    host.xenia("volume", "clone", "--pool", "fast", "base", "c1")
+    host.xenia("volume", "clone", "--linked", "--pool", "fast", "base", "c1")
 
     err = fails(host, "volume", "delete", "--pool", "fast", "base", match="c1 is backed by it")
     assert err.startswith("xenia: Failed to delete volume 'base' in pool 'fast'")

@@ -72,6 +72,9 @@ class HangingBuild:
         return rec
 
 
+JOB = "0e8c7a52-35a4-4c8e-9a53-2f4d1b1f7a10"
+
+
 def test_prepare_aborted_by_the_source_answers_with_an_error() -> None:
     """The abort cancels the build; the prepare call must answer with an error that says
     so, not let a CancelledError escape into the web server."""
@@ -83,14 +86,15 @@ def test_prepare_aborted_by_the_source_answers_with_an_error() -> None:
         m = HangingBuild()
         r = Receiver(m, network=None)  # type: ignore[arg-type]
         r.check = lambda *a: []  # type: ignore[method-assign]
-        prep = asyncio.create_task(r.prepare({"id": "j1", "record": record,
+        r.allow_plain = True
+        prep = asyncio.create_task(r.prepare({"id": JOB, "record": record,
                                               "listen_host": "127.0.0.1"}))
         await asyncio.wait_for(m.building.wait(), 5)
-        await r.abort("j1")
+        await r.abort(JOB)
         with pytest.raises(InvalidConfig, match="Failed to prepare the migration of 'x': "
                                                 "the source aborted it"):
             await asyncio.wait_for(prep, 5)
-        assert r.jobs["j1"].state == "aborted"
+        assert r.jobs[JOB].state == "aborted"
 
     asyncio.run(main())
 

@@ -116,7 +116,8 @@ class FakeManager:
         self.receiver = SimpleNamespace(jobs={}, prepare=self._prepare,
                                         check=lambda *a: [])
 
-    def _pool(self, name: str, type: str, path: str | None, shared: bool = False) -> Any:
+    def _pool(self, name: str, type: str, path: str | None, device: str | None = None,
+              vg: str | None = None, shared: bool = False) -> Any:
         self.calls.append(("pool", path))
         return SimpleNamespace(to_dict=lambda: {"name": name})
 
@@ -206,7 +207,7 @@ def fake_app(tmp_path: Path) -> tuple[Any, FakeManager, Paths, SqliteStore, Toke
     m = FakeManager(paths, store)
     # The fake stands for each engine part the routes under test use.
     engine = SimpleNamespace(paths=paths, store=store, manager=m, views=m, devices=m, saves=m,
-                             storage=m.storage, receiver=m.receiver)
+                             clones=m, storage=m.storage, receiver=m.receiver)
     return make_app(engine), m, paths, store, TokenRegistry(store)  # type: ignore[arg-type]
 
 

@@ -300,6 +300,21 @@ def test_clone_is_a_thin_overlay(sm: StorageManager, fmt: str) -> None:
     assert sm.list_volumes()[1].backing == "base"
 
 
+@pytest.mark.parametrize("fmt", ["qcow2", "raw"])
+def test_full_clone_is_an_independent_copy(sm: StorageManager, fmt: str) -> None:
+    base = sm.create_volume(DEFAULT_POOL, "base", "64M", fmt)
+    write(base.path, fmt, 0xAB, 0)
+    c = sm.clone_volume(DEFAULT_POOL, "base", "c1", linked=False)
+    assert (c.path, c.format, c.backing) == (pool_dir(sm) / f"c1.{fmt}", fmt, None)
+    assert holds(c.path, fmt, 0xAB, 0)
+    write(c.path, fmt, 0xCD, 0)
+    assert holds(base.path, fmt, 0xAB, 0)
+    # Nothing relies on base: it may be written and deleted.
+    assert sm.dependents_of(base.path) == []
+    sm.delete_volume(DEFAULT_POOL, "base")
+    assert holds(c.path, fmt, 0xCD, 0)
+
+
 def test_a_backing_volume_cannot_be_deleted(sm: StorageManager) -> None:
     sm.create_volume(DEFAULT_POOL, "base", "8M")
     sm.clone_volume(DEFAULT_POOL, "base", "c1")

@@ -9,9 +9,11 @@ from fastapi import Depends, Request
 from xenia.host.devices import DeviceVerbs
 from xenia.host.manager import DomainManager
 from xenia.host.views import DomainViews
+from xenia.migration.clones import Clones
 from xenia.migration.receiver import Receiver
 from xenia.migration.saving import SaveRestore
 from xenia.migration.sender import Sender
+from xenia.migration.snapshots import DomainSnapshots
 from xenia.network.manager import NetworkManager
 from xenia.storage.manager import StorageManager
 
@@ -31,3 +33,5 @@ Network = Annotated[NetworkManager, _part("network")]
 Saves = Annotated[SaveRestore, _part("saves")]
 Outgoing = Annotated[Sender, _part("sender")]
 Incoming = Annotated[Receiver, _part("receiver")]
+Snapshots = Annotated[DomainSnapshots, _part("snapshots")]
+ClonesDep = Annotated[Clones, _part("clones")]

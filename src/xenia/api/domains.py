@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from xenia.api.access import Acc
-from xenia.api.deps import Manager, Saves, Views
+from xenia.api.deps import ClonesDep, Manager, Saves, Views
 from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig
 
@@ -48,11 +48,20 @@ async def domains(v: Views, a: Acc) -> list[dict[str, Any]]:
 
 
 @router.post("/domains", status_code=201)
-async def create(req: CreateRequest, m: Manager, v: Views, a: Acc) -> dict[str, Any]:
+async def create(req: CreateRequest, m: Manager, v: Views, a: Acc,
+                 clones: ClonesDep) -> dict[str, Any]:
     try:
         cfg = DomainConfig.from_dict(req.config)
     except (TypeError, ValueError) as e:
         raise InvalidConfig(f"Failed to read the domain config: {e}") from e
+    if cfg.from_snapshot:
+        # xl.cfg's from_snapshot: the snapshot's machine under this config's name.
+        a.require_domain(cfg.name, f"to create domain '{cfg.name}'")
+
+        def admit(c: DomainConfig) -> None:
+            a.check_config(c, f"to create domain '{c.name}'")
+
+        return v.describe(await clones.start(cfg.from_snapshot, cfg.name, req.paused, admit))
     # Its name and host paths, for a token (qemu-img reads backing chains: off the loop).
     await asyncio.to_thread(a.check_config, cfg, f"to create domain '{cfg.name}'")
     rec = await m.create(cfg, paused=req.paused)

@@ -129,6 +129,13 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/pools/{pool}/volumes/{name}/snapshots"): _r("admin"),
     ("DELETE", "/v1/pools/{pool}/volumes/{name}/snapshots/{snap}"): _r("admin"),
     ("POST", "/v1/pools/{pool}/volumes/{name}/snapshots/{snap}/restore"): _r("admin"),
+    # -- domain snapshots (api/snapshots.py): a snapshot outlives its domain, so the
+    # handler checks the domain name in the path.
+    ("POST", D + "/snapshots"): _r("create", REF),
+    ("GET", "/v1/domain-snapshots/{dom}"): _r("read", HANDLER),
+    ("POST", "/v1/domain-snapshots/{dom}/{snap}/revert"): _r("create", HANDLER),
+    ("DELETE", "/v1/domain-snapshots/{dom}/{snap}"): _r("create", HANDLER),
+    ("POST", "/v1/domain-snapshots/{dom}/{snap}/start"): _r("create", HANDLER),
     # -- networks (api/network.py)
     ("GET", "/v1/networks"): _r("read"),
     ("POST", "/v1/networks"): _r("admin"),

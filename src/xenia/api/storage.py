@@ -22,17 +22,20 @@ class PoolCreate(BaseModel):
     name: str
     type: str = "dir"
     path: str | None = None
+    device: str | None = None  # block pools
+    vg: str | None = None  # LVM pools
     shared: bool = False  # a directory every cluster member mounts (HA domains' disks)
 
 
 class VolumeCreate(BaseModel):
     name: str
     size: str | int
-    format: str = "qcow2"
+    format: str | None = None  # the pool's first format
 
 
 class VolumeClone(BaseModel):
     name: str
+    linked: bool = True  # a thin overlay backed by the source; False: a full copy
 
 
 class VolumeResize(BaseModel):
@@ -54,8 +57,13 @@ def pools(s: Storage) -> list[dict[str, Any]]:
 def pool_create(req: PoolCreate, s: Storage, a: Acc) -> dict[str, Any]:
     if req.path is not None:
         a.check_path(req.path, "pool directory")
-    return s.create_pool(req.name, type=req.type, path=req.path,
-                         shared=req.shared).to_dict()
+    if req.device is not None:
+        a.check_path(req.device, "pool device")
+    if req.vg is not None:
+        # A VG is not a path, but its LVs are: /dev/VG/LV.
+        a.check_path(f"/dev/{req.vg}", "pool volume group")
+    return s.create_pool(req.name, type=req.type, path=req.path, device=req.device,
+                         vg=req.vg, shared=req.shared).to_dict()
 
 
 @router.get("/pools/{pool}")
@@ -93,7 +101,7 @@ def volume_delete(pool: str, name: str, s: Storage) -> dict[str, Any]:
 
 @router.post("/pools/{pool}/volumes/{name}/clone", status_code=201)
 def volume_clone(pool: str, name: str, req: VolumeClone, s: Storage) -> dict[str, Any]:
-    return s.describe_volume(s.clone_volume(pool, name, req.name))
+    return s.describe_volume(s.clone_volume(pool, name, req.name, req.linked))
 
 
 @router.post("/pools/{pool}/volumes/{name}/resize")

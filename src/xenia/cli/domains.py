@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from typing import Any
+from urllib.parse import quote
 
 import click
 
@@ -48,11 +49,23 @@ def load_cfg(path: str, overrides: tuple[str, ...]) -> DomainConfig:
 @click.option("--host", "on_host", metavar="HOST",
               help="Xenia: in a cluster, create it on member HOST (default: placement picks "
                    "the member with the most free memory that can run it).")
+@click.option("--from", "from_snap", metavar="DOMAIN@SNAPSHOT",
+              help="Xenia: start from a booted snapshot (snapshot-create --memory) instead "
+                   "of booting; give the new name as name=NAME.")
 @click.argument("args", nargs=-1)
 @pass_ctx
 def create(c: Ctx, attach: bool, paused: bool, dryrun: bool, quiet: bool,
-           cfgfile: str | None, on_host: str | None, args: tuple[str, ...]) -> None:
+           cfgfile: str | None, on_host: str | None, from_snap: str | None,
+           args: tuple[str, ...]) -> None:
     """Create a domain from an xl.cfg FILE, with KEY=VALUE overrides."""
+    if from_snap is not None:
+        if on_host:
+            # A snapshot's files are on the host that took it: the clone starts there.
+            raise InvalidConfig(f"Failed to create a domain from snapshot '{from_snap}': "
+                                "--host cannot be combined with --from; run the command on "
+                                "the host that holds the snapshot")
+        _create_from(c, from_snap, cfgfile, args, paused, attach)
+        return
     rest = list(args)
     if cfgfile is None:
         if not rest or "=" in rest[0]:
@@ -81,6 +94,29 @@ def create(c: Ctx, attach: bool, paused: bool, dryrun: bool, quiet: bool,
         c.client.post(f"/v1/domains/{dom['uuid']}/unpause")
         sock.close()
     con.attach(con.Path(dom["console"]))
+
+
+def _create_from(c: Ctx, ref: str, cfgfile: str | None, args: tuple[str, ...], paused: bool,
+                 attach: bool) -> None:
+    """create --from DOM@SNAP name=NEW (or a config file, whose name is used)."""
+    doing = f"to create a domain from snapshot '{ref}'"
+    dom, at, snap = ref.partition("@")
+    if not (dom and at and snap):
+        raise InvalidConfig(f"Failed {doing}: name the snapshot as DOMAIN@SNAPSHOT")
+    rest = list(args)
+    if cfgfile is None and rest and "=" not in rest[0]:
+        cfgfile = rest.pop(0)
+    names = [a.split("=", 1)[1] for a in rest if a.startswith("name=")]
+    if len(names) != len(rest):
+        raise InvalidConfig(f"Failed {doing}: only name=NAME can be given; the rest of the "
+                            "machine is the snapshot's")
+    name = names[-1] if names else (load_cfg(cfgfile, ()).name if cfgfile else None)
+    if not name:
+        raise InvalidConfig(f"Failed {doing}: give the new domain's name (name=NAME)")
+    d = c.client.post(f"/v1/domain-snapshots/{quote(dom, safe='')}/{quote(snap, safe='')}"
+                      "/start", {"name": name, "paused": paused})
+    if attach:
+        con.attach(con.Path(d["console"]))
 
 
 # -- list and friends --------------------------------------------------------------------

@@ -25,6 +25,7 @@ register("devices", "block-attach", "block-detach", "block-list", "cd-insert", "
 register("migrate", "save", "restore", "migrate")
 register("images", "image")
 register("storage", "pool", "volume")
+register("snapshots", "snapshot-create", "snapshot-list", "snapshot-revert", "snapshot-delete")
 register("network", "network")
 register("top", "top")
 register("hosts", "host")

@@ -57,18 +57,23 @@ def pool() -> None:
 @pool.command("create")
 @click.argument("name")
 @click.option("--type", "type_", default="dir", show_default=True,
-              help="Pool type (dir: a directory of qcow2/raw files).")
+              help="dir: a directory of qcow2/raw files; block: a block device's partitions "
+                   "(or the whole device); lvm: the logical volumes of a volume group.")
 @click.option("--path", type=click.Path(file_okay=False), default=None,
-              help="The pool's directory (default: <state dir>/pools/NAME).")
+              help="dir: the pool's directory (default: <state dir>/pools/NAME).")
+@click.option("--device", default=None, metavar="/dev/X", help="block: the device.")
+@click.option("--vg", default=None, metavar="VG", help="lvm: the volume group.")
 @click.option("--shared", is_flag=True,
               help="Every cluster member mounts this directory at the same path (NFS, "
               "CephFS): HA domains' disks must be on such pools.")
 @pass_ctx
-def pool_create(c: Ctx, name: str, type_: str, path: str | None, shared: bool) -> None:
+def pool_create(c: Ctx, name: str, type_: str, path: str | None, device: str | None,
+                vg: str | None, shared: bool) -> None:
     """Create a storage pool."""
     body = {"name": name, "type": type_, "shared": shared,
             # xeniad has another working directory: send the path as the user means it.
-            "path": os.path.abspath(path) if path else None}
+            "path": os.path.abspath(path) if path else None,
+            "device": os.path.abspath(device) if device else None, "vg": vg}
     p = c.client.post("/v1/pools", body)
     out(f"Pool '{p['name']}' created in {p['location']}")
 
@@ -112,12 +117,12 @@ def volume() -> None:
 
 @volume.command("create")
 @pool_option
-@click.option("--format", "-f", "fmt", type=click.Choice(FORMATS), default="qcow2",
-              show_default=True, help="Image format.")
+@click.option("--format", "-f", "fmt", type=click.Choice(FORMATS), default=None,
+              help="Image format (default: qcow2; raw in LVM pools).")
 @click.argument("name")
 @click.argument("size")
 @pass_ctx
-def volume_create(c: Ctx, pool: str, fmt: str, name: str, size: str) -> None:
+def volume_create(c: Ctx, pool: str, fmt: str | None, name: str, size: str) -> None:
     """Create an empty volume NAME of SIZE (e.g. 512M, 10G, 10GiB)."""
     url = _vol_url(pool, None, f"to create volume '{name}' in pool '{pool}'")
     v = c.client.post(url, {"name": name, "size": size, "format": fmt})
@@ -173,19 +178,22 @@ def volume_delete(c: Ctx, pool: str, name: str) -> None:
 
 @volume.command("clone")
 @pool_option
+@click.option("--linked", is_flag=True,
+              help="A thin clone: a qcow2 overlay backed by SRC (SRC becomes a template).")
 @click.argument("src")
 @click.argument("new")
 @pass_ctx
-def volume_clone(c: Ctx, pool: str, src: str, new: str) -> None:
-    """Make NEW a thin copy of SRC (a qcow2 overlay backed by SRC).
+def volume_clone(c: Ctx, pool: str, linked: bool, src: str, new: str) -> None:
+    """Make NEW a full copy of SRC, or with --linked a thin one.
 
-    SRC must stay unchanged while clones of it exist: do not boot it any more.
+    After --linked, SRC is a template: it must stay unchanged while clones of it exist,
+    and Xenia refuses to attach it read-write until they are deleted.
     """
     doing = f"to clone volume '{src}' to '{new}' in pool '{pool}'"
     check_name("volume", new, doing)
-    v = c.client.post(_vol_url(pool, src, doing) + "/clone", {"name": new})
-    out(f"Volume '{v['name']}' created in pool '{v['pool']}' as a thin clone of "
-        f"'{v['backing']}': {v['path']}")
+    v = c.client.post(_vol_url(pool, src, doing) + "/clone", {"name": new, "linked": linked})
+    how = f"a thin clone of '{v['backing']}'" if linked else f"a copy of '{src}'"
+    out(f"Volume '{v['name']}' created in pool '{v['pool']}' as {how}: {v['path']}")
 
 
 @volume.command("resize", context_settings={"ignore_unknown_options": True})

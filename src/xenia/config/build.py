@@ -188,6 +188,8 @@ def build_config(values: Mapping[str, Value], source: str) -> DomainConfig:
     cfg.boot = boot
     cfg.accel = r.choice("accel", ACCELS) or cfg.accel
     cfg.boot_watchdog = r.integer("boot_watchdog", 0, 86400, "a number of seconds")
+    # Xenia: start from a booted snapshot ("DOMAIN@SNAPSHOT", `xenia create --from`).
+    cfg.from_snapshot = r.string("from_snapshot")
     cfg.ha_priority = r.integer("ha_priority", -1000, 1000) or 0
     restarts = r.integer("ha_max_restarts", 0, 1000)
     if restarts is not None:

@@ -158,6 +158,9 @@ class DomainConfig:
     # Seconds without console output or vCPU progress after which a booting kernel counts
     # as hung (crashed); 0: off; None: the daemon's default (xeniad --boot-watchdog).
     boot_watchdog: int | None = None
+    # Start from this memory snapshot ("DOMAIN@SNAPSHOT") instead of booting; the
+    # snapshot's config is used, with this config's name (migration/clones.py).
+    from_snapshot: str | None = None
     # High availability in a cluster (docs/cluster.md, "High availability"): restarted on
     # another member when its host dies; higher ha_priority first; at most ha_max_restarts
     # failovers (the count lives with the domain's owner key in etcd).

@@ -25,22 +25,24 @@ from xenia.drivers.base import (
     nic_counters,
 )
 from xenia.drivers.qemu_bootwatch import BootWatch, BootWatchMixin
+from xenia.drivers.qemu_confine import QemuConfinement
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
 from xenia.drivers.qemu_hotplug import QemuHotplug
 from xenia.drivers.qemu_xlverbs import XlVerbsMixin
-from xenia.errors import BackendError, InvalidConfig, NotFound, XeniaError
+from xenia.errors import AdoptLater, BackendError, InvalidConfig, NotFound, XeniaError
 from xenia.hostos import affinity, hostinfo
 from xenia.hostos.cpupools import POOL0, CpuPoolTable
 from xenia.hostos.procfs import log_tail
 from xenia.images.hvm import ovmf_paths, ovmf_qemu_args
 from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
+from xenia.peers.psk import PSK_FILE
 from xenia.qemu import accel as accel_mod
 from xenia.qemu import platform, stream, vtpm
 from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv, tcg_params_added
 from xenia.qemu.commands import Qmp
-from xenia.qemu.process import QemuProcess
+from xenia.qemu.process import QemuProcess, pid_matches
 from xenia.revert import Revert
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
@@ -184,7 +186,22 @@ class QemuInstance(BootWatchMixin, XlVerbsMixin, Instance):
 
     async def dump_core(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        await self.qmp.dump_guest_memory(path)
+        # Made here (no link followed, none replaced), then given to QEMU, who writes it
+        # as its own user.
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             0o600))
+        except OSError as e:
+            raise BackendError(f"Failed to dump the core of '{self.record.name}' to "
+                               f"{path}: {e.strerror}") from e
+        conf = self.devices.host.confinement
+        given = [] if conf is None else await asyncio.to_thread(conf.give_file,
+                                                                self.record, path)
+        try:
+            await self.qmp.dump_guest_memory(path)
+        finally:
+            if conf is not None:
+                await asyncio.to_thread(conf.give_back, self.record, given)
 
     def console_path(self) -> Path:
         return self.proc.files.console
@@ -251,11 +268,13 @@ class QemuDriver(Driver):
 
     def __init__(self, paths: Paths, store: Store, storage: StorageManager,
                  network: NetworkManager, host_accel: str = "auto",
-                 boot_watchdog: int = 0) -> None:
+                 boot_watchdog: int = 0, confinement: QemuConfinement | None = None) -> None:
         self.paths = paths
         self.host_accel = host_accel
         self.boot_watchdog = boot_watchdog  # the default of the domains' boot_watchdog
         self.devices = QemuDevices(store, storage, network)
+        self.confinement = confinement or QemuConfinement(paths)
+        self.devices.confinement = self.confinement
 
     def files(self, uuid: str) -> RunFiles:
         return RunFiles(self.paths.domain_run(uuid))
@@ -325,6 +344,8 @@ class QemuDriver(Driver):
     def release(self, record: DomainRecord) -> None:
         self.devices.unplug_host(record)
         qemu_cpu.remove_cgroup(record)
+        if self.confinement.confined(record):
+            self.confinement.release(record)
         with contextlib.suppress(FileNotFoundError):
             self.nvram(record).unlink()
         shutil.rmtree(self.vtpm_dir(record), ignore_errors=True)
@@ -383,6 +404,9 @@ class QemuDriver(Driver):
                 "already (a stale domain?)"
             )
         record.runtime["accel"] = choice.name
+        # Before the taps: they are made owned by QEMU's user (it opens them as that).
+        who = await asyncio.to_thread(self.confinement.identity)
+        self.devices.network.tap_owner = (who.uid, who.gid)
         async with Revert() as revert:
             await asyncio.to_thread(self.devices.plug_host, record)
             revert.add(lambda: asyncio.to_thread(self.release, record))
@@ -412,7 +436,11 @@ class QemuDriver(Driver):
                               qemu=info.path, layout=layout, devices=devices,
                               incoming=incoming, machine=machine, firmware=firmware,
                               vnc_display=vnc, kernel_params=added, tpm=tpm)
-            await proc.launch(argv)
+            files.dir.mkdir(parents=True, exist_ok=True)  # pygrub and swtpm made it
+            nvram = self.nvram(record) if firmware and self.nvram(record).exists() else None
+            argv = await asyncio.to_thread(self.confinement.prepare, record, files, nvram,
+                                           choice.name, argv)
+            await proc.launch(argv, jailed=True)
             await proc.connect_qmp(inst.on_qmp_event)
             if cfg.vnc and cfg.vncpasswd and vnc is not None:
                 # Over QMP: a password on the command line would be in /proc for all.
@@ -451,9 +479,13 @@ class QemuDriver(Driver):
             await proc.connect_qmp(inst.on_qmp_event)
             status = await proc.qmp.query_status()
         except XeniaError as e:
-            log.warning("domain %s: QEMU pid %s runs but QMP fails: %s", record.name, proc.pid, e)
             await proc.close()
-            return None
+            if proc.pid is None or not pid_matches(proc.pid, record.uuid):
+                return None
+            # It runs: its record must stay (forgetting it would free its disks and
+            # name for a second QEMU); the manager retries.
+            raise AdoptLater(f"Failed to adopt '{record.name}': QEMU pid {proc.pid} runs "
+                             f"but its QMP fails ({e.message})") from e
         record.runtime["pid"] = proc.pid
         inst.adopt_watch(running=status == "running")
         return inst
@@ -479,23 +511,44 @@ class QemuDriver(Driver):
         return inst.qmp
 
     async def save(self, inst: Instance, path: Path, offset: int) -> None:
-        await qemu_migrate.save(self._qmp(inst), path, offset)
+        # QEMU writes the file itself, as its own user: given for the save's length.
+        given = await asyncio.to_thread(self.confinement.give_file, inst.record, path)
+        try:
+            await qemu_migrate.save(self._qmp(inst), path, offset)
+        finally:
+            await asyncio.to_thread(self.confinement.give_back, inst.record, given)
 
     async def restore(self, inst: Instance, path: Path, offset: int) -> None:
-        await qemu_migrate.restore(self._qmp(inst), lambda: inst.alive, path, offset)
+        given = await asyncio.to_thread(self.confinement.give_file, inst.record, path)
+        try:
+            await qemu_migrate.restore(self._qmp(inst), lambda: inst.alive, path, offset)
+        finally:
+            await asyncio.to_thread(self.confinement.give_back, inst.record, given)
 
     async def check_migrate(self, inst: Instance) -> None:
         await qemu_migrate.check_source(self._qmp(inst), inst.record.name)
 
+    async def _give_psk(self, inst: Instance, tls_dir: Path | None) -> list[str]:
+        """QEMU reads the migration's PSK file itself (at each TLS handshake)."""
+        if tls_dir is None:
+            return []
+        return await asyncio.to_thread(self.confinement.give_file, inst.record,
+                                       tls_dir / PSK_FILE)
+
     async def migrate(self, inst: Instance, target: MigrationTarget, opts: MigrationOptions,
                       report: MigrationReport) -> None:
-        await qemu_migrate.send(self._qmp(inst), target, opts, report)
+        given = await self._give_psk(inst, target.tls_dir)
+        try:
+            await qemu_migrate.send(self._qmp(inst), target, opts, report)
+        finally:
+            await asyncio.to_thread(self.confinement.give_back, inst.record, given)
 
     async def abort_migration(self, inst: Instance, target: MigrationTarget,
                               resume: bool) -> None:
         await qemu_migrate.rollback(self._qmp(inst), target, resume)
 
     async def accept_migration(self, inst: Instance, setup: IncomingSetup) -> tuple[int, int]:
+        await self._give_psk(inst, setup.tls_dir)  # given back with the rest at release
         return await qemu_migrate.accept(self._qmp(inst), setup)
 
     async def receive_migration(self, inst: Instance, connect_timeout: float) -> None:

@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from xenia.errors import XeniaError
+from xenia.files import write_atomic
+from xenia.hostos.procfs import read_nofollow
 from xenia.qemu.process import QemuProcess
 from xenia.store.base import DomainRecord
 
@@ -152,15 +154,15 @@ class BootWatch:
         state: dict[str, Any] = {"start": self.start, "hang_timeout": self.hang_timeout}
         if self.verdict is not None:
             state["verdict"] = asdict(self.verdict)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(path)
+        # In the run dir, which the confined QEMU owns: a fresh name, never a planted
+        # file or link; the rename replaces whatever is at `path` without following it.
+        write_atomic(path, json.dumps(state).encode(), 0o600)
 
     @classmethod
     def load(cls, path: Path, console_log: Path) -> BootWatch | None:
         """The watch a state file describes; None without one (the boot is over)."""
         try:
-            state = json.loads(path.read_text())
+            state = json.loads(read_nofollow(path, 64 * 1024))
             watch = cls(console_log, float(state["hang_timeout"]), int(state["start"]))
             if "verdict" in state:
                 watch.verdict = Verdict(**state["verdict"])

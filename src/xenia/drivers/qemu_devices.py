@@ -18,6 +18,7 @@ from xenia.devices import disk as diskdev
 from xenia.devices import display
 from xenia.devices import nic as nicdev
 from xenia.devices.layout import SPARE_ROOT_PORTS, Layout
+from xenia.drivers.qemu_confine import QemuConfinement
 from xenia.errors import AlreadyExists, InvalidConfig, XeniaError
 from xenia.hostos.pci import PciAssign
 from xenia.network.manager import NetworkManager
@@ -31,6 +32,7 @@ class QemuDevices:
         self.store = store
         self.storage = storage
         self.network = network
+        self.confinement: QemuConfinement | None = None  # set by QemuDriver
 
     # -- disks ---------------------------------------------------------------------------
     def disk_users(self, path: Path, me: str) -> list[tuple[str, bool]]:

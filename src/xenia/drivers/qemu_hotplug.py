@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from pathlib import Path
 from typing import Any
 
 from xenia.config.model import DiskSpec, VifSpec
@@ -30,6 +31,7 @@ from xenia.errors import (
     NotSupported,
     XeniaError,
 )
+from xenia.hostos.procfs import read_nofollow
 from xenia.qemu.process import QemuProcess
 from xenia.revert import Revert
 from xenia.store.base import DomainRecord
@@ -79,6 +81,21 @@ class QemuHotplug(DeviceControl):
             with contextlib.suppress(XeniaError):
                 await self.qmp.blockdev_del(node)
 
+    # -- the files a confined QEMU is given (drivers/qemu_confine.py) -------------------
+    async def _give(self, rec: DomainRecord, spec: DiskSpec, path: Path | None,
+                    revert: Revert) -> None:
+        """Before QEMU opens a new disk or medium itself: give it its files."""
+        conf = self.host.confinement
+        if conf is None or path is None:
+            return
+        given = await asyncio.to_thread(conf.give, rec, spec, path)
+        revert.add(lambda: asyncio.to_thread(conf.give_back, rec, given))
+
+    async def _give_back(self, rec: DomainRecord, spec: DiskSpec) -> None:
+        conf = self.host.confinement
+        if conf is not None:
+            await asyncio.to_thread(conf.give_back_disk, rec, spec)
+
     # -- disks ---------------------------------------------------------------------------
     async def attach_disk(self, rec: DomainRecord, spec: DiskSpec) -> None:
         if any(d.vdev == spec.vdev for d in rec.config.disks):
@@ -99,6 +116,7 @@ class QemuHotplug(DeviceControl):
             qdev = diskdev.qdev_id(spec)
             disk_port = layout.take(qdev) if kind == "virtio" else None
             plan = diskdev.plan(spec, path, rec.config.type, disk_port)
+            await self._give(rec, spec, path, revert)
             await self._add_blockdevs(plan.blockdevs, revert)
             await self.qmp.device_add(plan.device)
             revert.success()
@@ -123,6 +141,7 @@ class QemuHotplug(DeviceControl):
         await self._device_del(qdev, f"disk {spec.vdev} from '{rec.name}'")
         if not diskdev.is_empty(spec):
             await self._blockdev_del([f"file-{spec.vdev}", f"drive-{spec.vdev}"])
+            await self._give_back(rec, spec)
         rec.config.disks.remove(spec)
         layout = Layout.from_runtime(rec.runtime)
         layout.release(qdev)
@@ -145,6 +164,7 @@ class QemuHotplug(DeviceControl):
                                 "cd-eject)")
         qdev = diskdev.qdev_id(spec)
         async with Revert() as revert:
+            await self._give(rec, new, path, revert)
             await self._add_blockdevs(plan.blockdevs, revert)
             await self.qmp.blockdev_open_tray(qdev, force=True)
             await self.qmp.blockdev_insert_medium(qdev, plan.node)
@@ -161,6 +181,7 @@ class QemuHotplug(DeviceControl):
         await self.qmp.blockdev_remove_medium(qdev)
         await self._blockdev_del([f"file-{spec.vdev}", f"drive-{spec.vdev}"])
         await self.qmp.blockdev_close_tray(qdev)
+        await self._give_back(rec, spec)
         spec.target, spec.format = None, "empty"
 
     # -- NICs ----------------------------------------------------------------------------
@@ -322,7 +343,8 @@ class QemuHotplug(DeviceControl):
         path = self.proc.files.dir / "screen.png"
         try:
             await self.qmp.screendump(path, "png")
-            return path.read_bytes()
+            # QEMU owns the run dir: never read through a link it may have put there.
+            return await asyncio.to_thread(read_nofollow, path, 64 << 20)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

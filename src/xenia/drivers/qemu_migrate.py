@@ -81,7 +81,9 @@ async def save(qmp: Qmp, path: Path, offset: int) -> None:
 async def restore(qmp: Qmp, alive: Callable[[], bool], path: Path, offset: int) -> None:
     """On a QEMU started with -incoming defer: load the state from a save file."""
     await qmp.migrate_incoming(f"file:{path},offset={offset}")
-    await stream.wait_incoming(qmp, alive, what=f"restoring from {path}")
+    # Polled often: a restore from a local file (a clone's start) takes a few hundred
+    # ms, and each poll's wait is time the guest is not running yet.
+    await stream.wait_incoming(qmp, alive, what=f"restoring from {path}", interval=0.01)
 
 
 async def cancel(qmp: Qmp) -> None:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from xenia.config.model import DomainConfig
 from xenia.drivers.base import Driver, GuestEvents, Instance
 from xenia.errors import (
+    AdoptLater,
     AlreadyExists,
     BackendError,
     InvalidConfig,
@@ -55,6 +56,9 @@ from xenia.store.state import (
 log = logging.getLogger(__name__)
 
 DOM0_NAME = "Domain-0"
+# Seconds between the attempts to adopt a running domain whose QMP did not answer; the
+# last is repeated for as long as its process runs.
+ADOPT_RETRY = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
 class OwnershipGate(Protocol):
@@ -79,6 +83,8 @@ class DomainManager:
         self._create_lock = asyncio.Lock()
         # Set when the build of a domain (create, restore, incoming migration) has ended.
         self._built: dict[str, asyncio.Event] = {}
+        # Domains whose process runs but whose adoption failed: the retrying tasks.
+        self._adopting: dict[str, asyncio.Task[None]] = {}
         # Set by xeniad on a cluster member: every start of an HA domain's process asks it.
         self.gate: OwnershipGate | None = None
 
@@ -110,6 +116,10 @@ class DomainManager:
     def instance(self, rec: DomainRecord) -> Instance:
         """The domain's running instance; BackendError if its process is not running."""
         inst = self._inst.get(rec.uuid)
+        if inst is None and rec.uuid in self._adopting:
+            raise BackendError(f"Failed to reach domain '{rec.name}': it runs, but xeniad "
+                               "could not take it over yet (its QMP does not answer); "
+                               "retrying — try again in a moment")
         if inst is None or not inst.alive:
             raise BackendError(f"Failed to reach domain '{rec.name}': its process is not running")
         return inst
@@ -166,35 +176,70 @@ class DomainManager:
 
     # -- startup / shutdown of the daemon ------------------------------------------------
     async def adopt_all(self) -> None:
-        """Re-attach to every domain in the store; forget those whose process is gone."""
+        """Re-attach to every domain in the store; forget those whose process is gone.
+        One whose process runs but cannot be reached now is retried in the background
+        (ADOPT_RETRY): forgetting it would let a second QEMU be started on its disks."""
         for rec in self.store.list():
-            drv = self.drivers.get(rec.config.type)
+            await self._adopt(rec, retry=True)
+
+    async def _adopt(self, rec: DomainRecord, retry: bool) -> bool:
+        """Adopt one domain; False if it must be tried again later."""
+        drv = self.drivers.get(rec.config.type)
+        inst = None
+        if drv is not None:
+            try:
+                inst = await drv.adopt(rec, self._events_for(rec.uuid))
+            except AdoptLater as e:
+                log.warning("domain %s: its process runs but cannot be adopted now (%s); "
+                            "keeping it and retrying", rec.name, e.message)
+                if retry:
+                    self._adopting[rec.uuid] = asyncio.get_running_loop().create_task(
+                        self._adopt_later(rec.uuid), name=f"adopt-{rec.name}")
+                return False
+            except XeniaError as e:
+                log.warning("could not adopt %s: %s", rec.name, e)
+        if inst is not None and rec.state == CREATING:
+            # Half-built when the last daemon died (a create, restore or incoming
+            # migration): nobody can finish it, so it goes.
+            log.warning("domain %s was still being built; removing it", rec.name)
+            with contextlib.suppress(Exception):
+                await inst.destroy()
             inst = None
-            if drv is not None:
-                try:
-                    inst = await drv.adopt(rec, self._events_for(rec.uuid))
-                except XeniaError as e:
-                    log.warning("could not adopt %s: %s", rec.name, e)
-            if inst is not None and rec.state == CREATING:
-                # Half-built when the last daemon died (a create, restore or incoming
-                # migration): nobody can finish it, so it goes.
-                log.warning("domain %s was still being built; removing it", rec.name)
-                with contextlib.suppress(Exception):
-                    await inst.destroy()
-                inst = None
-            if inst is None:
-                log.warning("domain %s (%s) is gone; removing its record", rec.name, rec.uuid)
-                self.forget(rec)
-                continue
-            self._inst[rec.uuid] = inst
-            self._gone[rec.uuid] = asyncio.Event()
-            if rec.state == DYING:  # a destroy was cut short: finish it
-                await self.destroy_locked(rec)
-                continue
-            self.store.put(rec)
-            log.info("adopted domain %s (domid %d, pid %s)", rec.name, rec.domid,
-                     rec.runtime.get("pid"))
-            await self._catch_up(rec, inst)
+        if inst is None:
+            log.warning("domain %s (%s) is gone; removing its record", rec.name, rec.uuid)
+            self.forget(rec)
+            return True
+        self._inst[rec.uuid] = inst
+        self._gone[rec.uuid] = asyncio.Event()
+        if rec.state == DYING:  # a destroy was cut short: finish it
+            await self.destroy_locked(rec)
+            return True
+        self.store.put(rec)
+        log.info("adopted domain %s (domid %d, pid %s)", rec.name, rec.domid,
+                 rec.runtime.get("pid"))
+        await self._catch_up(rec, inst)
+        return True
+
+    async def _adopt_later(self, uuid: str) -> None:
+        try:
+            for delay in ADOPT_RETRY:
+                await asyncio.sleep(delay)
+                rec = self.store.get(uuid)
+                if rec is None:
+                    return
+                if await self._adopt(rec, retry=False):
+                    return
+            while True:  # as long as it runs: never forget it
+                await asyncio.sleep(ADOPT_RETRY[-1])
+                rec = self.store.get(uuid)
+                if rec is None or await self._adopt(rec, retry=False):
+                    return
+        finally:
+            self._adopting.pop(uuid, None)
+
+    def adopting(self, uuid: str) -> bool:
+        """True while a running domain waits for its adoption to be retried."""
+        return uuid in self._adopting
 
     async def _catch_up(self, rec: DomainRecord, inst: Instance) -> None:
         """Apply a guest event that happened while no daemon was watching."""
@@ -212,6 +257,11 @@ class DomainManager:
                     self.set_state(rec, DomainState(status))
 
     async def detach_all(self) -> None:
+        for task in list(self._adopting.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._adopting.clear()
         for inst in list(self._inst.values()):
             with contextlib.suppress(Exception):
                 await inst.detach()

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,10 +26,31 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- pids ----------------------------------------------------------------------------------
+def read_nofollow(path: Path, limit: int = 1 << 20) -> bytes:
+    """Up to the last `limit` bytes of regular file `path`, never through a link.
+
+    For files in a directory a confined QEMU owns (its run dir): QEMU could replace one
+    with a link to a host file, which xeniad, root, must not read on its behalf. A hard
+    link to another user's file is refused by the kernel (fs.protected_hardlinks)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if st.st_size > limit:
+            os.lseek(fd, st.st_size - limit, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)[-limit:]
+    finally:
+        os.close(fd)
+
+
 def read_pid(pidfile: Path) -> int | None:
     """The number in a pidfile; None if it is missing or holds no number."""
     try:
-        return int(pidfile.read_text().strip())
+        return int(read_nofollow(pidfile, 64).decode().strip())
     except (OSError, ValueError):
         return None
 
@@ -116,7 +139,7 @@ class PidWatch:
 def log_tail(path: Path, lines: int = 12) -> str:
     """The last `lines` lines of a log file ("" if it cannot be read)."""
     try:
-        text = path.read_text(errors="replace")
+        text = read_nofollow(path, 64 * 1024).decode(errors="replace")
     except OSError:
         return ""
     return "\n".join(text.strip().splitlines()[-lines:])

@@ -23,7 +23,7 @@ from xenia.config.model import DomainConfig
 from xenia.devices import disk as diskdev
 from xenia.drivers.base import IncomingSetup
 from xenia.errors import BackendError, InvalidConfig, NotFound, XeniaError
-from xenia.migration import preflight
+from xenia.migration import admission, preflight
 from xenia.migration.records import arrived, copied_disks
 from xenia.peers.psk import remove_psk_dir, write_psk_dir
 from xenia.qemu.binary import machine_types, qemu_info
@@ -68,6 +68,8 @@ class Receiver:
         self.m = manager
         self.network = network
         self.jobs: dict[str, Incoming] = {}
+        # xeniad --allow-plain-migration: accept a stream without TLS (docs/security.md).
+        self.allow_plain = False
         # Aborts that came before (or instead of) their prepare: refuse it if it comes.
         self.aborted: set[str] = set()
 
@@ -75,6 +77,7 @@ class Receiver:
     def check(self, record: dict[str, Any], facts: dict[str, Any],
               copy_storage: bool) -> list[str]:
         try:
+            admission.check_arriving(record, "to accept the domain", machine_types)
             # A record from a sender of an older release is upgraded; a newer one refused.
             cfg = DomainConfig.from_dict(schema.upgrade_domain(record)["config"])
         except XeniaError as e:
@@ -103,12 +106,29 @@ class Receiver:
 
     # -- prepare ---------------------------------------------------------------------------
     async def prepare(self, req: dict[str, Any]) -> dict[str, Any]:
-        job_id = str(req["id"])
+        # The id names a directory here (the PSK's): a UUID, never a path.
+        job_id = admission.check_uuid(req.get("id"), "the migration id",
+                                      "to accept a migration")
+        if not req.get("psk"):
+            if req.get("copy_storage"):
+                raise InvalidConfig(
+                    "Failed to accept a migration with --copy-storage without TLS: the disks' "
+                    "NBD export would take writes from anyone who reaches it; migrate "
+                    "without --no-tls")
+            if not self.allow_plain:
+                raise InvalidConfig(
+                    "Failed to accept a migration without TLS: this host requires an "
+                    "encrypted stream; migrate without --no-tls, or start this host's "
+                    "xeniad with --allow-plain-migration")
         if job_id in self.aborted:
             raise InvalidConfig(f"Failed to accept migration {job_id}: it was aborted")
         if job_id in self.jobs:
             raise InvalidConfig(f"Failed to accept migration {job_id}: it exists already")
+        if not isinstance(req.get("record"), dict):
+            raise InvalidConfig("Failed to accept a migration: it carries no domain record")
         record = dict(req["record"])
+        await asyncio.to_thread(admission.check_arriving, record, "to accept the domain",
+                                machine_types)
         problems = await asyncio.to_thread(self.check, record, req.get("facts", {}),
                                            bool(req.get("copy_storage")))
         if problems:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from xenia.errors import InvalidConfig
-from xenia.files import open_regular
+from xenia.files import fsync_dir, open_regular
 
 MAGIC = b"XENIA-SAVE\x00v1\x00\x00\n"
 TRAILER_MAGIC = b"XENIA-SAVE-END\x00\n"
@@ -37,13 +38,28 @@ class SaveHeader:
     meta: dict[str, Any]
 
 
+# A save file's directory may be writable by others (/tmp, a shared dir): a file or a
+# link planted at the name is never followed or reused.
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def partial_name(target: Path) -> Path:
+    """The unpredictable name a save file is written under before it is complete."""
+    return target.with_name(f".{target.name}.partial-{secrets.token_hex(8)}")
+
+
 def begin(path: Path, meta: dict[str, Any]) -> SaveHeader:
-    """Write magic and header; return the offset at which QEMU must write its stream."""
+    """Write magic and header into a new file `path` (never an existing file or link);
+    return the offset at which QEMU must write its stream."""
     meta = dict(meta, format_version=FORMAT_VERSION)
     blob = json.dumps(meta, sort_keys=True).encode()
     head = MAGIC + struct.pack(">Q", len(blob)) + blob
     offset = -(-len(head) // STREAM_ALIGN) * STREAM_ALIGN
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(path, _NEW, 0o600)
+    except FileExistsError as e:
+        raise InvalidConfig(f"Failed to save to {path}: something appeared at that name "
+                            "(a planted file or link?); retry") from e
     with os.fdopen(fd, "wb") as f:
         f.write(head + bytes(offset - len(head)))
     return SaveHeader(offset, meta)
@@ -56,7 +72,8 @@ def finish(path: Path, header: SaveHeader) -> int:
     if stream_len <= 0:
         raise InvalidConfig(f"Failed to save to {path}: QEMU wrote no state")
     digest = _digest(path, header.offset, stream_len)
-    with open(path, "ab") as f:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "ab") as f:
         f.write(TRAILER_MAGIC + struct.pack(">Q", stream_len) + digest)
         f.flush()
         os.fsync(f.fileno())
@@ -100,8 +117,11 @@ def _digest(path: Path, offset: int, stream_len: int) -> bytes:
     return h.digest()
 
 
-def verify(path: Path) -> SaveHeader:
-    """Check magic, completeness and checksum; the header if the file is intact."""
+def verify(path: Path, digest: bool = True) -> SaveHeader:
+    """Check magic, completeness and checksum; the header if the file is intact.
+
+    digest=False skips the checksum (a pass over the whole file): for files Xenia wrote
+    itself and reads many times, such as a snapshot's memory that clones start from."""
     # A regular file only: a FIFO would block the restore forever, a device never end.
     f = open_regular(path, f"to restore from {path}")
     with f:
@@ -121,10 +141,17 @@ def verify(path: Path) -> SaveHeader:
             f"Failed to restore from {path}: the file is truncated or has trailing data "
             f"({size} bytes, {offset + stream_len + _TRAILER_LEN} expected)"
         )
-    if _digest(path, offset, stream_len) != trailer[24:]:
+    if digest and _digest(path, offset, stream_len) != trailer[24:]:
         raise InvalidConfig(f"Failed to restore from {path}: checksum mismatch, the file is "
                             "corrupted")
     if meta.get("format_version") != FORMAT_VERSION:
         raise InvalidConfig(f"Failed to restore from {path}: save format version "
                             f"{meta.get('format_version')} is not supported")
     return SaveHeader(offset, meta)
+
+
+def publish(tmp: Path, target: Path) -> None:
+    """Rename the complete file into place, and fsync the directory so the rename
+    itself survives a crash (the file's data was fsynced by finish())."""
+    os.replace(tmp, target)
+    fsync_dir(target.parent)

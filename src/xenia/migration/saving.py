@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -19,8 +18,9 @@ from xenia.config.model import DomainConfig
 from xenia.drivers.base import Instance
 from xenia.errors import InvalidConfig, NotFound
 from xenia.host.validate import check_config, check_name
-from xenia.migration import savefile
+from xenia.migration import admission, savefile
 from xenia.migration.records import arrived, portable
+from xenia.qemu.binary import machine_types
 from xenia.revert import Revert
 from xenia.store.base import DomainRecord
 from xenia.store.state import LIVE, PAUSED, RUNNING, require
@@ -57,7 +57,7 @@ class SaveRestore:
                     "qemu_version": info.get("qemu_version"), "host": platform.node(),
                     "was_paused": rec.state == PAUSED}
             t0 = time.monotonic()
-            size = await self._write(rec, inst, target, meta)
+            size = await self.write_state(rec, inst, target, meta)
             took = time.monotonic() - t0
             if keep:
                 if rec.state == RUNNING:
@@ -69,12 +69,12 @@ class SaveRestore:
         log.info("saved domain %s to %s (%d bytes, %.2f s)", rec.name, target, size, took)
         return {"file": str(target), "bytes": size, "seconds": took}
 
-    async def _write(self, rec: DomainRecord, inst: Instance, target: Path,
+    async def write_state(self, rec: DomainRecord, inst: Instance, target: Path,
                      meta: dict[str, Any]) -> int:
         """The save file at `target`, written whole or not at all (a partial file is
         renamed into place only once complete). Leaves the guest stopped; on failure
         it runs on as it did."""
-        tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        tmp = savefile.partial_name(target)
         async with Revert() as revert:
             header = savefile.begin(tmp, meta)
             revert.add(lambda: tmp.unlink(missing_ok=True))
@@ -82,7 +82,7 @@ class SaveRestore:
             if rec.state == RUNNING:
                 revert.add(inst.resume)
             size = savefile.finish(tmp, header)
-            os.replace(tmp, target)
+            savefile.publish(tmp, target)
             revert.success()
         return size
 
@@ -96,6 +96,10 @@ class SaveRestore:
         """
         target = Path(path)
         header = await asyncio.to_thread(savefile.verify, target)
+        # The file may have been written by anyone (a guest's disk, a peer): its record
+        # passes the checks of a record from another host.
+        await asyncio.to_thread(admission.check_arriving, header.meta.get("record"),
+                                f"to restore from {target}", machine_types)
         try:
             rec = arrived(header.meta["record"])
         except (KeyError, TypeError, ValueError) as e:

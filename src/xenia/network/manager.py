@@ -97,6 +97,8 @@ class NetworkManager:
         self.paths = paths
         self.store = store
         self.nft = nft or Nft()
+        # Owner (uid, gid) of the taps plug() makes: QEMU's user (drivers/qemu.py sets it).
+        self.tap_owner: tuple[int, int] = (0, 0)
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
         # Set in the worker thread only: a call from there runs directly (no deadlock).
@@ -187,10 +189,10 @@ class NetworkManager:
         """Create the host side of a guest NIC, ready for QEMU's `-netdev tap,ifname=TAP`.
 
         A persistent tap `tap` (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, single queue, owned by
-        root), MAC fe:xx (the guest's vif.mac with first byte fe, if given), MTU vif.mtu
-        or the bridge's, enslaved to the bridge, up, and vif.rate applied to both
-        directions (ratelimit.py). InUse if a device `tap` exists or another tap on this
-        host carries vif.mac; on any failure, nothing is left behind.
+        tap_owner: QEMU's user), MAC fe:xx (the guest's vif.mac with first byte fe, if
+        given), MTU vif.mtu or the bridge's, enslaved to the bridge, up, and vif.rate
+        applied to both directions (ratelimit.py). InUse if a device `tap` exists or
+        another tap on this host carries vif.mac; on any failure, nothing is left behind.
         """
         self._run(self._plug, tap, vif)
 
@@ -568,7 +570,7 @@ class NetworkManager:
             guest_mac = macs.check_guest_mac(vif.mac) if vif.mac else None
             if guest_mac is not None:
                 self._check_mac(guest_mac, tap, ipr)
-            t = nl.create_tap(ipr, tap)
+            t = nl.create_tap(ipr, tap, *self.tap_owner)
             undo.callback(_quietly, self._remove_tap, ipr, t)
             mtu = vif.mtu or br.mtu
             settings: dict[str, Any] = {"mtu": mtu}

@@ -100,9 +100,10 @@ def delete_link(ipr: Any, name: str) -> bool:
     return bool(found)
 
 
-def create_tap(ipr: Any, name: str) -> Link:
-    """A persistent tap owned by root: it stays when QEMU closes it, until unplug."""
-    ipr.link("add", ifname=name, kind="tuntap", mode="tap", uid=0, gid=0, ifr=TAP_FLAGS)
+def create_tap(ipr: Any, name: str, uid: int = 0, gid: int = 0) -> Link:
+    """A persistent tap (it stays when QEMU closes it, until unplug), owned by `uid`:
+    the confined QEMU's user, who may then attach to it without CAP_NET_ADMIN."""
+    ipr.link("add", ifname=name, kind="tuntap", mode="tap", uid=uid, gid=gid, ifr=TAP_FLAGS)
     return _created(ipr, name)
 
 

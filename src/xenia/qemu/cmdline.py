@@ -74,6 +74,11 @@ class RunFiles:
     def pidfile(self) -> Path:
         return self.dir / "qemu.pid"
 
+    @property
+    def stderr(self) -> Path:
+        """QEMU's stderr when the jail daemonizes it (its errors at start)."""
+        return self.dir / "qemu.err"
+
 
 def cpu_model(accel: str) -> str:
     # KVM: the host's CPU. TCG: qemu64, a stable model that migrates between any two

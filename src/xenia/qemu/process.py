@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from xenia.errors import BackendError
@@ -34,6 +35,23 @@ from xenia.qemu.qmp import EventHandler, QMPSession
 log = logging.getLogger(__name__)
 
 LAUNCH_TIMEOUT = 60.0
+
+
+async def _greets(path: Path) -> bool:
+    """True if a QMP server at `path` sends its greeting within a second."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        line = await asyncio.wait_for(reader.readline(), 1.0)
+        return line.startswith(b'{"QMP"')
+    except (OSError, TimeoutError, ValueError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 def pid_matches(pid: int, uuid: str) -> bool:
@@ -57,8 +75,9 @@ class QemuProcess:
         self._on_exit: Callable[[], None] | None = None
 
     # -- start / adopt -------------------------------------------------------------------
-    async def launch(self, argv: list[str]) -> None:
-        """Run QEMU (-daemonize) and return once it is up, paused, with QMP listening."""
+    async def launch(self, argv: list[str], jailed: bool = False) -> None:
+        """Run QEMU (-daemonize, or through qemu/jail.py with `jailed`) and return once
+        it is up, paused, with QMP listening."""
         self.files.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.files.dir, 0o700)
         try:
@@ -82,10 +101,34 @@ class QemuProcess:
             msg = (err.decode(errors="replace").strip() or log_tail(self.files.qemu_log)
                    or f"exit status {proc.returncode}")
             raise BackendError(f"Failed to start QEMU for {self.name}: {msg}")
+        if jailed:
+            try:
+                child = int(out.decode().strip())
+            except ValueError:
+                raise BackendError(f"Failed to start QEMU for {self.name}: the jail "
+                                   f"answered {out[:80]!r}") from None
+            self._start_watching(child)
+            await self._wait_ready()
+            return
         pid = read_pid(self.files.pidfile)
         if pid is None:
             raise BackendError(f"Failed to start QEMU for {self.name}: no pidfile written")
         self._start_watching(pid)
+
+    async def _wait_ready(self) -> None:
+        """Until QEMU's QMP greets (its machine is built: -daemonize's moment), or it
+        exited (its error is on its stderr file)."""
+        deadline = asyncio.get_running_loop().time() + LAUNCH_TIMEOUT
+        while True:
+            if await self.wait_exit(0.02):
+                msg = (log_tail(self.files.stderr) or log_tail(self.files.qemu_log)
+                       or "it exited at once")
+                raise BackendError(f"Failed to start QEMU for {self.name}: {msg}")
+            if self.files.qmp.exists() and await _greets(self.files.qmp):
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise BackendError(f"Failed to start QEMU for {self.name}: no QMP greeting "
+                                   f"in {LAUNCH_TIMEOUT:.0f} s")
 
     def adopt(self) -> bool:
         """Take over a QEMU started earlier (maybe by another xeniad). False if it is gone."""

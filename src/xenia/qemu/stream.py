@@ -76,7 +76,8 @@ async def wait(qmp: Qmp, *, on_progress: Callable[[Progress], None] | None = Non
 
 
 async def wait_incoming(qmp: Qmp, alive: Callable[[], bool], timeout: float | None = None,
-                        what: str = "restore", connect_timeout: float | None = None) -> None:
+                        what: str = "restore", connect_timeout: float | None = None,
+                        interval: float = 0.05) -> None:
     """On the receiving QEMU: until the incoming migration completed (or failed).
 
     `alive` tells whether QEMU still runs; `connect_timeout`: give up if no sender has
@@ -99,7 +100,7 @@ async def wait_incoming(qmp: Qmp, alive: Callable[[], bool], timeout: float | No
             raise BackendError(f"Failed {what}: QEMU exited while receiving the state")
         if deadline is not None and time.monotonic() > deadline:
             raise BackendError(f"Failed {what}: no complete state in {timeout:.0f} s")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(interval)
 
 
 async def wait_settled(qmp: Qmp, timeout: float = SETTLE_TIMEOUT) -> str:

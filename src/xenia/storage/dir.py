@@ -314,18 +314,27 @@ class DirDriver(PoolDriver):
         except OSError as e:
             raise BackendError(f"Failed {doing}: cannot remove {path}: {e.strerror or e}") from e
 
-    def clone_volume(self, src: str, new: str) -> VolumeInfo:
+    def clone_volume(self, src: str, new: str, linked: bool = True) -> VolumeInfo:
         doing = f"to clone volume '{src}' to '{new}' in pool '{self.name}'"
         src_path, src_fmt = self._find(src)
         self._check_free(new, doing)
-        tmp = self._tmp(self.path, new, "qcow2")
+        fmt = "qcow2" if linked else src_fmt
+        tmp = self._tmp(self.path, new, fmt)
         with contextlib.ExitStack() as undo:
             undo.callback(_unlink_quiet, tmp)
-            # No size: the overlay takes its backing file's virtual size.
-            self.qemu_img.create(tmp, "qcow2", None, doing,
-                                 backing=src_path.name, backing_fmt=src_fmt)
+            if linked:
+                # No size: the overlay takes its backing file's virtual size.
+                self.qemu_img.create(tmp, "qcow2", None, doing,
+                                     backing=src_path.name, backing_fmt=src_fmt)
+            else:
+                # A full copy keeps src's own backing file (if any): it is src's data.
+                info = self.volume_info(src)
+                backing = (self._backing_arg(info.backing_path, self.path)
+                           if info.backing_path is not None else None)
+                self.qemu_img.convert(src_path, src_fmt, tmp, fmt, doing, backing=backing,
+                                      backing_fmt=info.backing_format)
             os.chmod(tmp, VOLUME_MODE)
-            self._commit(tmp, self._file(new, "qcow2"), doing)
+            self._commit(tmp, self._file(new, fmt), doing)
             undo.pop_all()
         return self.volume_info(new)
 

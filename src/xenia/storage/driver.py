@@ -81,6 +81,9 @@ class PoolDriver(ABC):
     kind: ClassVar[str]
     # The volume formats this backend can hold (LVM: raw only).
     formats: ClassVar[tuple[str, ...]] = VOLUME_FORMATS
+    # Whether the pool made its volumes (and a pool holding some may not be deleted);
+    # a block pool's volumes are the device's partitions, the user's.
+    owns_volumes: ClassVar[bool] = True
 
     def __init__(self, name: str, config: Mapping[str, Any], qemu_img: QemuImg) -> None:
         self.name = name
@@ -140,11 +143,10 @@ class PoolDriver(ABC):
         """Delete the volume and its snapshots; InUse when other images are backed by it."""
 
     @abstractmethod
-    def clone_volume(self, src: str, new: str) -> VolumeInfo:
-        """A new volume with src's content, sharing what it can with src (thin).
-
-        After a thin clone src must not be written to any more; dependents() names the
-        images that rely on it.
+    def clone_volume(self, src: str, new: str, linked: bool = True) -> VolumeInfo:
+        """A new volume with src's content: `linked`, sharing what it can with src (thin;
+        src must not be written to any more, dependents() names the images relying on
+        it); else a full, independent copy.
         """
 
     @abstractmethod

@@ -23,8 +23,10 @@ from typing import Any
 
 from xenia.errors import AlreadyExists, BackendError, InUse, InvalidConfig, NotFound, XeniaError
 from xenia.paths import Paths
+from xenia.storage.block import BlockDriver, check_block_device
 from xenia.storage.dir import DirDriver
 from xenia.storage.driver import VOLUME_FORMATS, PoolDriver, SnapshotInfo, VolumeInfo
+from xenia.storage.lvm import LvmDriver
 from xenia.storage.qemuimg import QemuImg
 from xenia.storage.units import check_name, parse_size
 from xenia.store.base import Store
@@ -33,7 +35,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_POOL = "default"
 POOL_KIND = "pool"
-DRIVERS: dict[str, type[PoolDriver]] = {DirDriver.kind: DirDriver}
+DRIVERS: dict[str, type[PoolDriver]] = {
+    DirDriver.kind: DirDriver, BlockDriver.kind: BlockDriver, LvmDriver.kind: LvmDriver,
+}
 
 # fn(path) -> the name of a running domain that has the image open, or None.
 InUseCheck = Callable[[str], str | None]
@@ -167,22 +171,20 @@ class StorageManager:
 
     # -- pools ---------------------------------------------------------------------------
     def create_pool(self, name: str, type: str = "dir", path: str | None = None,
+                    device: str | None = None, vg: str | None = None,
                     shared: bool = False) -> PoolInfo:
         doing = f"to create pool '{name}'"
         check_name("pool", name, doing)
         if type not in DRIVERS:
             raise InvalidConfig(f"Failed {doing}: unknown pool type '{type}' "
                                 f"(known: {', '.join(sorted(DRIVERS))})")
-        where = Path(path) if path else self.pools_dir / name
-        if not where.is_absolute():
-            raise InvalidConfig(f"Failed {doing}: the path {path} is not absolute")
-        where = Path(os.path.normpath(where))
+        config = self._pool_config(name, type, path, device, vg, doing)
         with self._pools_lock, self._os_errors(doing):
             if self.store.obj_get(POOL_KIND, name) is not None:
                 raise AlreadyExists(f"Failed {doing}: a pool of that name exists already")
-            self._check_overlap(where, doing)
+            self._check_overlap(config, doing)
             rec: dict[str, Any] = {"name": name, "type": type, "created_at": time.time(),
-                                   "config": {"path": str(where)}}
+                                   "config": config}
             if shared:
                 rec["shared"] = True
             # Claim the name in the store first (it is also the record of what to clean
@@ -198,7 +200,42 @@ class StorageManager:
                 undo.pop_all()
         return self.get_pool(name)
 
-    def _check_overlap(self, where: Path, doing: str) -> None:
+    def _pool_config(self, name: str, type: str, path: str | None, device: str | None,
+                     vg: str | None, doing: str) -> dict[str, Any]:
+        """The driver config a pool starts from; each type takes exactly its own option."""
+        given = {"path": path, "device": device, "vg": vg}
+        wanted = {"dir": "path", "block": "device", "lvm": "vg"}[type]
+        extra = [k for k, v in given.items() if v is not None and k != wanted]
+        if extra:
+            raise InvalidConfig(f"Failed {doing}: a {type} pool takes no --{extra[0]} "
+                                f"(it takes --{wanted})")
+        if type == "block":
+            if not device:
+                raise InvalidConfig(f"Failed {doing}: a block pool needs --device /dev/X")
+            return {"device": str(check_block_device(device, doing))}
+        if type == "lvm":
+            if not vg:
+                raise InvalidConfig(f"Failed {doing}: an LVM pool needs --vg VOLUMEGROUP")
+            return {"vg": vg}
+        where = Path(path) if path else self.pools_dir / name
+        if not where.is_absolute():
+            raise InvalidConfig(f"Failed {doing}: the path {path} is not absolute")
+        return {"path": os.path.normpath(where)}
+
+    def _check_overlap(self, config: dict[str, Any], doing: str) -> None:
+        for rec in self.store.obj_list(POOL_KIND):
+            other = rec.get("config", {})
+            for key in ("device", "vg"):
+                mine = config.get(key)
+                if mine and other.get(key) and (
+                        os.path.realpath(mine) == os.path.realpath(other[key])
+                        if key == "device" else mine == other[key]):
+                    raise InvalidConfig(f"Failed {doing}: pool '{rec['name']}' uses {mine} "
+                                        "already")
+        if "path" in config:
+            self._check_dir_overlap(Path(config["path"]), doing)
+
+    def _check_dir_overlap(self, where: Path, doing: str) -> None:
         # Two pools on one directory would list each other's volumes and delete them.
         real = os.path.realpath(where)
         for rec in self.store.obj_list(POOL_KIND):
@@ -216,7 +253,7 @@ class StorageManager:
         name = rec["name"]
         doing = f"to read pool '{name}'"
         base = {"name": name, "type": rec.get("type", "?"),
-                "location": rec.get("config", {}).get("path", "?"),
+                "location": _location(rec.get("config", {})),
                 "created_at": rec.get("created_at", 0.0),
                 "shared": bool(rec.get("shared", False))}
         try:
@@ -244,7 +281,7 @@ class StorageManager:
             drv = self._make_driver(rec, doing)
             try:
                 drv.mount()
-                names = drv.volume_names()
+                names = drv.volume_names() if drv.owns_volumes else []
             except XeniaError:
                 # An unavailable pool (its directory gone) holds nothing to lose: let
                 # the user forget it.
@@ -288,14 +325,16 @@ class StorageManager:
         return self._driver(pool, doing).volume_path(name)
 
     def create_volume(self, pool: str, name: str, size: str | int,
-                      fmt: str = "qcow2") -> VolumeInfo:
+                      fmt: str | None = None) -> VolumeInfo:
+        """`fmt` None: the pool's first format (qcow2 in dir pools, raw on LVM)."""
         doing = f"to create volume '{name}' in pool '{pool}'"
         check_name("volume", name, doing)
         nbytes = parse_size(size, doing)
-        if fmt not in VOLUME_FORMATS:
+        if fmt is not None and fmt not in VOLUME_FORMATS:
             raise InvalidConfig(f"Failed {doing}: unknown format '{fmt}' "
                                 f"(pick one of {', '.join(VOLUME_FORMATS)})")
         drv = self._driver(pool, doing)
+        fmt = fmt or drv.formats[0]
         with self._locked(pool), self._os_errors(doing):
             return drv.create_volume(name, nbytes, fmt)
 
@@ -307,14 +346,14 @@ class StorageManager:
             self._refuse_in_use(drv, name, doing, "delete")
             drv.delete_volume(name)
 
-    def clone_volume(self, pool: str, src: str, new: str) -> VolumeInfo:
+    def clone_volume(self, pool: str, src: str, new: str, linked: bool = True) -> VolumeInfo:
         doing = f"to clone volume '{src}' to '{new}' in pool '{pool}'"
         check_name("volume", src, doing)
         check_name("volume", new, doing)
         drv = self._driver(pool, doing)
         with self._locked(pool), self._os_errors(doing):
             self._refuse_in_use(drv, src, doing, "clone")
-            return drv.clone_volume(src, new)
+            return drv.clone_volume(src, new, linked)
 
     def resize_volume(self, pool: str, name: str, size: str | int,
                       shrink: bool = False) -> VolumeInfo:
@@ -417,6 +456,10 @@ class StorageManager:
         pool, name = found
         with self._os_errors(f"to find the images backed by {path}"):
             return self._driver(pool).dependents(name)
+
+
+def _location(config: dict[str, Any]) -> str:
+    return str(config.get("path") or config.get("device") or config.get("vg") or "?")
 
 
 _HINTS = {

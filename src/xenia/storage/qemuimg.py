@@ -97,11 +97,17 @@ class QemuImg:
         self.run([*args, "--", absolute(path, doing), str(size)], doing)
 
     def convert(self, src: Path, src_fmt: str, dst: Path, dst_fmt: str, doing: str,
-                backing: str | None = None, backing_fmt: str | None = None) -> None:
+                backing: str | None = None, backing_fmt: str | None = None,
+                force_share: bool = False, existing: bool = False) -> None:
         """Copy `src` into a new image `dst` (sparse). With `backing`, dst becomes an
         overlay of it and holds only what differs from it: `backing` must have the same
-        content as src's own backing chain."""
+        content as src's own backing chain. `force_share` (-U) reads an image a stopped
+        QEMU still holds; `existing` (-n) writes into a dst that exists (a block device)."""
         args = ["convert", "-q", "-f", src_fmt, "-O", dst_fmt]
+        if force_share:
+            args.append("-U")
+        if existing:
+            args.append("-n")
         if backing is not None:
             if dst_fmt != "qcow2":
                 raise InvalidConfig(f"Failed {doing}: only qcow2 images can have a backing file")

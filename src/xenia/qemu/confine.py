@@ -1,0 +1,168 @@
+"""How a QEMU is confined: its user, its /dev, its device cgroup, its seccomp sandbox.
+
+The layers (docs/security.md, "QEMU confinement"):
+
+- QEMU runs as the system user `xenia-qemu` (QEMU_USER), never as root. The install step
+  creates it; xeniad creates it too at its first QEMU start if it is missing, so a
+  host set up by an older install step keeps working. It is dropped to before exec by
+  qemu/jail.py, which also gives QEMU
+- a private mount namespace with a tmpfs /dev holding only device_nodes(), and
+- the domain's device cgroup (v1 devices.allow: the same nodes and nothing else).
+  cgroup v2 has no devices.allow; it needs a BPF program, which Xenia does not load yet:
+  there the private /dev is the only device layer, and the domain's record says so
+  (runtime["confinement"]).
+- -sandbox (QEMU's seccomp filter): SANDBOX.
+
+The files a domain is given are chowned to the QEMU user for its life (hostos/ownership).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import pwd
+import sys
+from pathlib import Path
+
+from xenia.errors import BackendError, NotSupported
+from xenia.hostos.cgroupfs import ROOT_NAME, check_name, host_layout
+from xenia.hostos.ownership import Identity
+from xenia.tools import find_tool, run_tool
+
+log = logging.getLogger(__name__)
+
+QEMU_USER = "xenia-qemu"
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+# Always in QEMU's /dev: mode kept from the host (world read/write, nothing secret).
+BASE_NODES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+# QEMU opens /dev/net/tun for each -netdev tap (its taps are owned by the QEMU user).
+TUN = "/dev/net/tun"
+# Post-copy migration: an unprivileged QEMU gets a userfaultfd only through this node
+# (vm.unprivileged_userfaultfd is 0 by default); owned by QEMU's user in its /dev.
+USERFAULTFD = "/dev/userfaultfd"
+
+
+def sandbox_argv() -> list[str]:
+    return ["-sandbox", SANDBOX]
+
+
+@functools.lru_cache(maxsize=4)
+def qemu_identity(user: str = QEMU_USER) -> Identity:
+    """The uid/gid QEMU runs as; the user is created (system user, no login, no home)
+    if missing."""
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        useradd = find_tool("useradd", "passwd", f"to create the QEMU user {user}")
+        run_tool([useradd, "--system", "--user-group", "--no-create-home",
+                  "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
+                  "--comment", "Xenia QEMU", "--", user],
+                 f"to create the QEMU user {user}")
+        log.info("created the system user %s for QEMU", user)
+        pw = pwd.getpwnam(user)
+    if pw.pw_uid == 0 or pw.pw_gid == 0:
+        raise BackendError(f"Failed to confine QEMU: user {user} has uid/gid 0; QEMU must "
+                           "not run as root (give it a system uid: userdel it and let "
+                           "xeniad create it)")
+    return Identity(pw.pw_uid, pw.pw_gid)
+
+
+def device_nodes(accel: str, pci: bool) -> list[tuple[str, bool]]:
+    """(path, owned by QEMU's user) of each node in QEMU's private /dev."""
+    nodes = [(p, False) for p in BASE_NODES]
+    if os.path.exists(TUN):
+        nodes.append((TUN, False))
+    if os.path.exists(USERFAULTFD):
+        nodes.append((USERFAULTFD, True))
+    if accel == "kvm":
+        nodes.append(("/dev/kvm", True))
+    if pci and os.path.isdir("/dev/vfio"):
+        # VFIO is refused on this host's kernel for now (hostos/pci.py); the nodes are
+        # here so a host that allows it needs no change to the jail.
+        nodes += [(str(p), True) for p in sorted(Path("/dev/vfio").iterdir())
+                  if not p.is_dir()]
+    return nodes
+
+
+# -- the device cgroup (v1) -----------------------------------------------------------
+def _devices_dir(uuid: str) -> Path | None:
+    h = host_layout().hierarchy_for("devices")
+    if h is None or h.version != 1:
+        return None
+    check_name("key", uuid)
+    return h.mount / ROOT_NAME / uuid
+
+
+def device_rule(path: str) -> str:
+    st = os.stat(path)
+    kind = "c" if (st.st_mode & 0o170000) == 0o020000 else "b"
+    return f"{kind} {os.major(st.st_rdev)}:{os.minor(st.st_rdev)} rwm"
+
+
+def setup_device_cgroup(uuid: str, nodes: list[tuple[str, bool]]) -> Path | None:
+    """Make the domain's devices group allowing just `nodes`; its cgroup.procs (for the
+    jail to join), or None on a host without a v1 devices controller."""
+    group = _devices_dir(uuid)
+    if group is None:
+        return None
+    doing = f"to set the device allow-list of domain {uuid}"
+    try:
+        group.parent.mkdir(exist_ok=True)
+        group.mkdir(exist_ok=True)
+        # Deny all first, then allow each node: a group starts with its parent's list.
+        (group / "devices.deny").write_text("a")
+        for path, _ in nodes:
+            (group / "devices.allow").write_text(device_rule(path))
+    except OSError as e:
+        remove_device_cgroup(uuid)
+        raise BackendError(f"Failed {doing}: {group}: {e.strerror}") from e
+    return group / "cgroup.procs"
+
+
+def remove_device_cgroup(uuid: str) -> None:
+    group = _devices_dir(uuid)
+    if group is not None:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            group.rmdir()
+
+
+def device_cgroup_of(pid: int) -> str | None:
+    """The devices-controller group of a process (for tests and `xenia info`)."""
+    try:
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            _, ctrls, path = line.split(":", 2)
+            if "devices" in ctrls.split(","):
+                return path
+    except OSError:
+        return None
+    return None
+
+
+def jail_argv(who: Identity, nodes: list[tuple[str, bool]], procs: Path | None,
+              argv: list[str], stderr: Path) -> list[str]:
+    """QEMU's argv, run through qemu/jail.py, which daemonizes it (not -daemonize: the
+    sandbox forbids its fork and setsid) with its stderr into `stderr`."""
+    if who.uid == 0:
+        raise NotSupported("Failed to confine QEMU: its user must not be root")
+    spec = {"uid": who.uid, "gid": who.gid, "devices": nodes,
+            "cgroup": str(procs) if procs is not None else None, "stderr": str(stderr)}
+    qemu = [a for a in argv if a != "-daemonize"]
+    return [sys.executable, "-m", "xenia.qemu.jail", json.dumps(spec), "--", *qemu,
+            *sandbox_argv()]
+
+
+def add_block_device(uuid: str, pid: int, path: str, who: Identity) -> None:
+    """A hot-plugged block device: allowed in the domain's device cgroup and made in its
+    QEMU's private /dev (qemu/jail.py --add-node), before QEMU is asked to open it."""
+    group = _devices_dir(uuid)
+    doing = f"to give block device {path} to domain {uuid}"
+    if group is not None and group.is_dir():
+        try:
+            (group / "devices.allow").write_text(device_rule(path))
+        except OSError as e:
+            raise BackendError(f"Failed {doing}: {e.strerror}") from e
+    run_tool([sys.executable, "-m", "xenia.qemu.jail", "--add-node", str(pid), path,
+              f"{who.uid}:{who.gid}", "--"], doing)

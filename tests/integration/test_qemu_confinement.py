@@ -1,0 +1,179 @@
+"""Issue 10 §1: a real QEMU runs confined — not root, seccomp on, a private /dev, a
+device allow-list, only the files it was given (and those given back when it ends).
+
+One guest serves every assertion (module-scoped); they run in file order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qemu.qmp import QMPClient
+from qemu.qmp.qmp_client import ExecuteError
+
+from tests.integration.harness import Host, Image, wait_until
+
+pytestmark = pytest.mark.integration
+
+ORIG_UID, ORIG_GID, ORIG_MODE = 1234, 4321, 0o640
+
+
+def status(pid: int) -> dict[str, str]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
+def owner(p: Path) -> tuple[int, int, int]:
+    st = os.stat(p)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+def disk_file(path: Path) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(16 * 1024 * 1024)
+    os.chown(path, ORIG_UID, ORIG_GID)
+    os.chmod(path, ORIG_MODE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def confined(tiny_image: Image) -> Iterator[tuple[Host, dict[str, Any], Path]]:
+    h = Host(tiny_image)
+    disks = h.root / "disks"
+    disks.mkdir(mode=0o700)
+    disk_file(disks / "mine.img")
+    disk_file(disks / "other-domain.img")  # a disk this domain was not given
+    try:
+        h.start_daemon()
+        dom = h.create("c1", disk=[f"format=raw,vdev=xvdb,access=rw,target={disks}/mine.img"])
+        yield h, dom, disks
+    except BaseException:
+        h.dump_logs()
+        raise
+    finally:
+        h.cleanup()
+
+
+def test_qemu_runs_as_its_own_user_with_seccomp(confined: tuple[Host, dict[str, Any], Path]
+                                                 ) -> None:
+    _, dom, _ = confined
+    st = status(dom["runtime"]["pid"])
+    qemu_uid = pwd.getpwnam("xenia-qemu").pw_uid
+    assert qemu_uid != 0
+    assert st["Uid"].split() == [str(qemu_uid)] * 4
+    assert st["Gid"].split()[0] != "0" and st["Groups"] == ""
+    assert st["Seccomp"] == "2"
+    assert st["NoNewPrivs"] == "1"
+
+
+def test_private_dev_and_device_allow_list(confined: tuple[Host, dict[str, Any], Path]
+                                           ) -> None:
+    _, dom, _ = confined
+    pid = dom["runtime"]["pid"]
+    # QEMU's root as its own mount namespace sees it.
+    dev = Path(f"/proc/{pid}/root/dev")
+    uffd = ["userfaultfd"] if os.path.exists("/dev/userfaultfd") else []  # post-copy
+    assert sorted(os.listdir(dev)) == sorted(["full", "net", "null", "random", "urandom",
+                                              "zero", *uffd])
+    if uffd:
+        assert os.stat(dev / "userfaultfd").st_uid == pwd.getpwnam("xenia-qemu").pw_uid
+    assert os.listdir(dev / "net") == ["tun"]
+    assert os.stat(f"/proc/{pid}/root/dev").st_dev != os.stat("/dev").st_dev
+    groups = dict(line.split(":", 2)[1:] for line in
+                  Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+    if "devices" in groups:  # cgroup v1 (this machine); v2 has no devices.allow
+        path = Path("/sys/fs/cgroup/devices") / groups["devices"].lstrip("/")
+        assert path.name == dom["uuid"]
+        allowed = set((path / "devices.list").read_text().split("\n")) - {""}
+        assert allowed == {"c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
+                           "c 10:200 rwm", *(["c 10:257 rwm"] if uffd else [])}
+    assert dom["runtime"]["confinement"]["user"] == "xenia-qemu"
+
+
+def test_given_disk_is_qemus_and_an_ungiven_one_is_refused(
+        confined: tuple[Host, dict[str, Any], Path]) -> None:
+    host, dom, disks = confined
+    qemu = pwd.getpwnam("xenia-qemu")
+    assert owner(disks / "mine.img")[:2] == (qemu.pw_uid, qemu.pw_gid)
+    assert owner(disks / "other-domain.img") == (ORIG_UID, ORIG_GID, ORIG_MODE)
+    # QMP straight to QEMU (xeniad lets go of it while stopped; the guest runs on).
+    host.kill_daemon()
+    qmp_sock = host.root / "run" / "domains" / dom["uuid"] / "qmp.sock"
+
+    async def blockdev_add(path: Path, read_only: bool) -> str:
+        qmp = QMPClient("test")
+        await qmp.connect(str(qmp_sock))
+        try:
+            await qmp.execute("blockdev-add", {"driver": "file", "node-name": "stolen",
+                                               "filename": str(path),
+                                               "read-only": read_only})
+            return "opened"
+        except ExecuteError as e:
+            return str(e)
+        finally:
+            await qmp.disconnect()
+
+    for ro in (True, False):
+        err = asyncio.run(blockdev_add(disks / "other-domain.img", ro))
+        assert "Permission denied" in err, err
+    # A host file outside anything given: the same.
+    assert "Permission denied" in asyncio.run(blockdev_add(host.root / "state" / "xenia.db",
+                                                           True))
+
+
+def test_adoption_waits_out_a_stalled_qmp(confined: tuple[Host, dict[str, Any], Path]
+                                          ) -> None:
+    """§4: QMP busy when xeniad starts (a client holds QEMU's one QMP connection): the
+    domain is kept, not forgotten, and adopted once QMP answers again."""
+    host, dom, _ = confined
+    assert host.daemon is None  # stopped by the test before
+    qmp_sock = host.root / "run" / "domains" / dom["uuid"] / "qmp.sock"
+    holder = socket.socket(socket.AF_UNIX)
+    holder.connect(str(qmp_sock))
+    assert holder.recv(4096).startswith(b'{"QMP"')  # QEMU serves this client now
+    try:
+        host.start_daemon(40.0)
+        assert "cannot be adopted now" in host.daemon_log.read_text()
+        assert host.domain("c1")["uuid"] == dom["uuid"]  # kept
+        refused = host.xenia("pause", "c1", check=False)
+        assert refused.returncode != 0 and "could not take it over yet" in refused.stderr
+    finally:
+        holder.close()
+    wait_until(lambda: host.xenia("pause", "c1", check=False).returncode == 0, 40.0,
+               what="the retried adoption")
+    host.xenia("unpause", "c1")
+    assert host.domain("c1")["runtime"]["pid"] == dom["runtime"]["pid"]
+
+
+def test_hotplugged_disk_given_then_given_back(confined: tuple[Host, dict[str, Any], Path]
+                                               ) -> None:
+    host, _, disks = confined
+    extra = disk_file(disks / "extra.img")
+    host.xenia("block-attach", "c1", f"format=raw,vdev=xvdc,access=rw,target={extra}")
+    assert owner(extra)[0] == pwd.getpwnam("xenia-qemu").pw_uid
+    host.xenia("block-detach", "c1", "xvdc")
+    assert owner(extra) == (ORIG_UID, ORIG_GID, ORIG_MODE)
+
+
+def test_files_given_back_after_destroy(confined: tuple[Host, dict[str, Any], Path]) -> None:
+    host, _, disks = confined
+    host.xenia("destroy", "c1")
+    assert owner(disks / "mine.img") == (ORIG_UID, ORIG_GID, ORIG_MODE)
+    # The directory QEMU could search for the disk: its ACL entry is gone again.
+    assert stat.S_IMODE(os.stat(disks).st_mode) == 0o700
+    with pytest.raises(OSError):
+        os.getxattr(disks, "system.posix_acl_access")
+    ledger = host.root / "state" / "ownership.json"
+    assert json.loads(ledger.read_text()) == {}

@@ -1,0 +1,129 @@
+"""Issue 13: domain snapshots (live, with and without memory) seen from inside the guest.
+
+One guest serves the module: it writes, is snapshotted, overwrites, is reverted and must
+read its old data again, on its disk and in its RAM (a tmpfs file).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import failed
+from tests.integration.harness import (
+    COUNTER,
+    READY,
+    Host,
+    Image,
+    counter,
+    volume,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def host(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[Host]:
+    h = Host(tiny_image)
+    try:
+        h.start_daemon()
+        disk = volume(h, "g1-disk", "16M")
+        h.create("g1", disk=[f"format=qcow2,vdev=xvda,access=rw,target={disk}"])
+        h.run("g1", COUNTER)
+        yield h
+    finally:
+        if failed(request):
+            h.dump_logs()
+        h.cleanup()
+
+
+def disk_text(host: Host, name: str) -> str:
+    # iflag=direct: from the disk itself, not the guest's page cache.
+    return host.run(name, "dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | "
+                          "head -c 12").strip()
+
+
+def write_disk(host: Host, name: str, text: str) -> None:
+    host.run(name, f"echo {text} | dd of=/dev/vda bs=512 conv=sync oflag=direct 2>/dev/null; "
+                   f"echo {text} > /tmp/mem")
+
+
+def test_memory_snapshot_is_live_and_reverts_disk_and_ram(host: Host) -> None:
+    write_disk(host, "g1", "old-data-111")
+    c0 = counter(host, "g1")
+    print(host.xenia("snapshot-create", "--memory", "g1", "s1").stdout.strip())
+    # Live: the same guest runs on after the snapshot (its counter moves, no reboot).
+    assert host.domain("g1")["state"] == "running"
+    wait_until(lambda: counter(host, "g1") > c0, what="the counter to run on")
+    write_disk(host, "g1", "new-data-222")
+    assert disk_text(host, "g1") == "new-data-222"
+    snaps = json.loads(host.xenia("snapshot-list", "--json", "g1").stdout)
+    assert [(s["name"], s["memory"], sorted(s["disks"])) for s in snaps] == \
+        [("s1", True, ["xvda"])]
+
+    host.xenia("snapshot-revert", "g1", "s1")
+    assert disk_text(host, "g1") == "old-data-111"
+    assert host.run("g1", "cat /tmp/mem").strip() == "old-data-111"
+    # The counter goes on from the snapshot's moment, not from a new boot.
+    assert counter(host, "g1") >= c0
+
+
+def test_disk_snapshot_and_its_rules(host: Host) -> None:
+    write_disk(host, "g1", "disk-only-33")
+    print(host.xenia("snapshot-create", "g1", "s2").stdout.strip())
+    write_disk(host, "g1", "later-data-4")
+    # Reverting a running guest to a disk-only snapshot would pull its disk away.
+    res = host.xenia("snapshot-revert", "g1", "s2", check=False)
+    assert res.returncode != 0 and "shut it down first" in res.stderr
+    assert disk_text(host, "g1") == "later-data-4"
+    res = host.xenia("snapshot-create", "g1", "s2", check=False)
+    assert res.returncode != 0 and "already" in res.stderr
+    res = host.xenia("snapshot-revert", "g1", "nope", check=False)
+    assert res.returncode != 0 and "no snapshot 'nope'" in res.stderr
+    host.xenia("snapshot-delete", "g1", "s2")
+    names = [s["name"] for s in json.loads(host.xenia("snapshot-list", "--json", "g1").stdout)]
+    assert names == ["s1"]
+
+
+def test_clones_start_from_the_memory_snapshot_each_with_its_own_identity(host: Host) -> None:
+    uuids = set()
+    for i in (1, 2, 3):
+        t0 = time.monotonic()
+        host.xenia("create", "--from", "g1@s1", f"name=c{i}")
+        # Started from s1's moment: its RAM (tmpfs) and its disk, not a boot.
+        assert host.run(f"c{i}", "cat /tmp/mem").strip() == "old-data-111"
+        took = time.monotonic() - t0
+        d = host.domain(f"c{i}")
+        assert host.run(f"c{i}", "hostname").strip() == f"c{i}"
+        assert host.run(f"c{i}", "cat /run/xenia/uuid").strip() == d["uuid"]
+        uuids.add(d["uuid"])
+        print(f"clone c{i}: create --from to a console answer in {took:.2f} s (CLI included)")
+    assert len(uuids | {host.domain("g1")["uuid"]}) == 4
+    assert READY not in host.console_log("c1")  # never booted
+    # Copy-on-write disks of their own.
+    write_disk(host, "c1", "clone1-data9")
+    assert disk_text(host, "c2") == "old-data-111" and disk_text(host, "c1") == "clone1-data9"
+    res = host.xenia("snapshot-delete", "g1", "s1", check=False)
+    assert res.returncode != 0 and "c1, c2, c3 run from it" in res.stderr
+    res = host.xenia("create", "--from", "g1@s1", "name=c1", check=False)
+    assert res.returncode != 0 and "exists already" in res.stderr
+    for i in (1, 2, 3):
+        host.xenia("destroy", f"c{i}")
+    host.xenia("snapshot-delete", "g1", "s1")
+    assert not list((host.root / "state" / "clones").iterdir())
+
+
+def test_disk_only_revert_with_the_domain_shut_down(host: Host) -> None:
+    write_disk(host, "g1", "disk-only-55")
+    host.xenia("snapshot-create", "g1", "s3")
+    write_disk(host, "g1", "after-snap-6")
+    host.xenia("destroy", "g1")
+    assert "Reverted g1 to 's3'" in host.xenia("snapshot-revert", "g1", "s3").stdout
+    assert not host.has_domain("g1")  # a disk-only revert starts nothing
+    disk = host.xenia("volume", "path", "g1-disk").stdout.strip()
+    host.create("g1", disk=[f"format=qcow2,vdev=xvda,access=rw,target={disk}"])
+    assert disk_text(host, "g1") == "disk-only-55"

@@ -1,0 +1,181 @@
+"""Issue 10 §3: what a host accepts of a domain record it did not make (an incoming
+migration's, a save file's): migration/admission.py, the Receiver, SaveRestore."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from xenia.config.model import DomainConfig
+from xenia.errors import InvalidConfig
+from xenia.migration import admission, savefile
+from xenia.migration.receiver import Receiver
+from xenia.migration.saving import SaveRestore
+from xenia.store.base import DomainRecord
+
+UUID = "6b1f6c57-0000-4000-8000-000000000001"
+JOB = "0e8c7a52-35a4-4c8e-9a53-2f4d1b1f7a10"
+
+
+def machines() -> set[str]:
+    return {"pc-q35-10.0", "q35"}
+
+
+def record(**runtime: Any) -> dict[str, Any]:
+    cfg = DomainConfig.from_dict({"name": "web", "type": "pv", "kernel": "/k"})
+    rec = DomainRecord(uuid=UUID, name="web", domid=3, config=cfg, state="running")
+    rec.runtime = {"machine": "pc-q35-10.0", "root_ports": 9, "boot_maxmem": 256,
+                   "slots": {"disk-xvda": "rp0", "net0": "rp1"}, "pins": {"0": "0-1"}}
+    rec.runtime.update(runtime)
+    return rec.to_dict()
+
+
+def check(data: Any) -> None:
+    admission.check_arriving(data, "to accept the domain", machines)
+
+
+def test_a_portable_record_passes() -> None:
+    check(record())
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"uuid": "../../../etc"}, "not a UUID"),
+    ({"uuid": UUID.upper()}, "canonical"),
+    ({"uuid": 5}, "not a UUID"),
+    ({"name": "other"}, "name and its config's differ"),
+])
+def test_bad_identity_refused(bad: dict[str, Any], match: str) -> None:
+    data = record()
+    data.update(bad)
+    with pytest.raises(InvalidConfig, match=match):
+        check(data)
+
+
+def test_bad_name_refused_as_create_would() -> None:
+    data = record()
+    data["name"] = data["config"]["name"] = "../evil"
+    with pytest.raises(InvalidConfig, match="Failed to use domain name '../evil'"):
+        check(data)
+
+
+def test_config_uuid_must_match() -> None:
+    data = record()
+    data["config"]["uuid"] = "0e8c7a52-35a4-4c8e-9a53-2f4d1b1f7a11"
+    with pytest.raises(InvalidConfig, match="uuid and its config's differ"):
+        check(data)
+
+
+@pytest.mark.parametrize("runtime, match", [
+    ({"pid": 1}, "runtime keys this host does not accept: pid"),
+    ({"taps": {"0": "eth0"}}, "does not accept: taps"),
+    ({"machine": "q35,accel=kvm"}, "machine 'q35,accel=kvm' is not a machine type"),
+    ({"machine": ["q35"]}, "is not a machine type"),
+    ({"root_ports": 10_000}, "root_ports must be"),
+    ({"root_ports": True}, "root_ports must be"),
+    ({"slots": {"disk-xvda": "rp0,addr=3"}}, "slots must map"),
+    ({"slots": {"x,y": "rp0"}}, "slots must map"),
+    ({"boot_maxmem": "256"}, "boot_maxmem must be"),
+    ({"pins": {"0": "0;rm -rf"}}, "pins must map"),
+])
+def test_runtime_allow_list(runtime: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidConfig, match=match):
+        check(record(**runtime))
+
+
+def test_unknown_config_key_refused() -> None:
+    data = record()
+    data["config"]["qemu_extra_args"] = ["-drive", "file=/etc/shadow"]
+    with pytest.raises(InvalidConfig, match="config carries keys this host does not know: "
+                                            "qemu_extra_args"):
+        check(data)
+
+
+# -- the Receiver's prepare (what /migrations/incoming calls) ----------------------------
+def prepare(req: dict[str, Any], allow_plain: bool = False) -> None:
+    r = Receiver(manager=None, network=None)  # type: ignore[arg-type]
+    r.allow_plain = allow_plain
+    asyncio.run(r.prepare(req))
+
+
+def base_req(**kw: Any) -> dict[str, Any]:
+    req = {"id": JOB, "record": record(), "listen_host": "127.0.0.1",
+           "psk": {"identity": "xenia-mig-1", "key": "00" * 32}}
+    req.update(kw)
+    return req
+
+
+@pytest.mark.parametrize("job_id", ["../../x", "j1", "", None, JOB + "/.."])
+def test_prepare_refuses_an_id_that_is_not_a_uuid(job_id: Any) -> None:
+    with pytest.raises(InvalidConfig, match="the migration id .* is not a UUID"):
+        prepare(base_req(id=job_id))
+
+
+def test_prepare_refuses_a_plain_stream_unless_allowed() -> None:
+    with pytest.raises(InvalidConfig, match="requires an encrypted stream.*"
+                                            "--allow-plain-migration"):
+        prepare(base_req(psk=None))
+
+
+def test_prepare_refuses_copy_storage_without_tls_even_if_plain_allowed() -> None:
+    with pytest.raises(InvalidConfig, match="NBD export would take writes from anyone"):
+        prepare(base_req(psk=None, copy_storage=True), allow_plain=True)
+
+
+def test_prepare_refuses_a_crafted_record_before_anything_is_made(tmp_path: Path) -> None:
+    bad = record(qemu_args="-sandbox off")
+    with pytest.raises(InvalidConfig, match="runtime keys this host does not accept"):
+        prepare(base_req(record=bad))
+
+
+# -- restore from a crafted save file ------------------------------------------------------
+def save_file(path: Path, rec: dict[str, Any]) -> Path:
+    header = savefile.begin(path, {"record": rec})
+    with open(path, "ab") as f:
+        f.write(b"QEVM" + bytes(100))
+    savefile.finish(path, header)
+    return path
+
+
+def test_restore_refuses_a_crafted_record(tmp_path: Path) -> None:
+    data = record()
+    data["uuid"] = "../../run/xenia"
+    path = save_file(tmp_path / "x.save", data)
+    saves = SaveRestore(manager=None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidConfig, match=f"Failed to restore from {path}: the domain's "
+                                            "uuid .* is not a UUID"):
+        asyncio.run(saves.restore(str(path)))
+    good = copy.deepcopy(record(extra_key=1))
+    path2 = save_file(tmp_path / "y.save", good)
+    with pytest.raises(InvalidConfig, match="does not accept: extra_key"):
+        asyncio.run(saves.restore(str(path2)))
+
+
+# -- the save file: never through a planted link ---------------------------------------
+def test_save_file_not_written_through_a_planted_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    link = tmp_path / "planted"
+    link.symlink_to(victim)
+    with pytest.raises(InvalidConfig, match="something appeared at that name"):
+        savefile.begin(link, {"record": {}})
+    assert victim.read_text() == "precious"
+    assert os.path.islink(link)
+
+
+def test_partial_names_are_unpredictable(tmp_path: Path) -> None:
+    target = tmp_path / "dom.save"
+    names = {savefile.partial_name(target).name for _ in range(50)}
+    assert len(names) == 50
+    assert all(n.startswith(".dom.save.partial-") for n in names)
+
+
+def test_publish_renames_into_place(tmp_path: Path) -> None:
+    tmp = tmp_path / ".a.partial-x"
+    tmp.write_text("data")
+    savefile.publish(tmp, tmp_path / "a.save")
+    assert (tmp_path / "a.save").read_text() == "data" and not tmp.exists()
