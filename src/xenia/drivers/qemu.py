@@ -38,7 +38,7 @@ from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.peers.psk import PSK_FILE
 from xenia.qemu import accel as accel_mod
-from xenia.qemu import platform, stream, vtpm
+from xenia.qemu import confine, platform, stream, vtpm
 from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv, tcg_params_added
 from xenia.qemu.commands import Qmp
@@ -424,8 +424,9 @@ class QemuDriver(Driver):
             added = tcg_params_added(cfg, choice.name)
             tpm: list[str] = []
             if cfg.vtpm:
+                who = confine.qemu_identity()
                 sock = await asyncio.to_thread(vtpm.start_swtpm, self.vtpm_dir(record),
-                                               files.dir)
+                                               files.dir, (who.uid, who.gid))
                 revert.add(lambda: vtpm.stop_swtpm(files.dir))
                 tpm = vtpm.tpm_args(sock)
             if cfg.pool and cfg.pool != POOL0 and "cpupool" not in record.runtime:

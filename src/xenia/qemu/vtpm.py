@@ -24,8 +24,10 @@ SOCKET = "swtpm.sock"
 PIDFILE = "swtpm.pid"
 
 
-def start_swtpm(state_dir: Path, run_dir: Path, timeout: float = 10.0) -> Path:
-    """Starts the domain's swtpm (TPM 2.0); returns its control socket."""
+def start_swtpm(state_dir: Path, run_dir: Path, owner: tuple[int, int] | None = None,
+                timeout: float = 10.0) -> Path:
+    """Starts the domain's swtpm (TPM 2.0); returns its control socket, owned by `owner`
+    (uid, gid: the confined QEMU's, which must connect to it)."""
     doing = "to start the domain's vTPM"
     exe = find_tool("swtpm", "swtpm", doing)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -34,7 +36,9 @@ def start_swtpm(state_dir: Path, run_dir: Path, timeout: float = 10.0) -> Path:
     log = run_dir / "swtpm.log"
     try:
         run_tool([exe, "socket", "--tpm2", "--tpmstate", f"dir={state_dir},mode=0600",
-                  "--ctrl", f"type=unixio,path={sock}", "--terminate", "--daemon",
+                  "--ctrl", f"type=unixio,path={sock},mode=0600"
+                  + (f",uid={owner[0]},gid={owner[1]}" if owner else ""),
+                  "--terminate", "--daemon",
                   "--pid", f"file={run_dir / PIDFILE}", "--log", f"file={log}"],
                  doing, timeout=timeout)
     except BackendError as e:
