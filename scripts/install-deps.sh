@@ -60,6 +60,9 @@ apt-get install $APT_OPTS --no-install-recommends \
 if [ -d /run/systemd/system ] && systemctl is-enabled --quiet etcd 2>/dev/null; then
     systemctl disable --now etcd || true
 fi
+# swtpm: the software TPM behind `vtpm = [...]` (one swtpm process a domain).
+# shellcheck disable=SC2086
+apt-get install $APT_OPTS --no-install-recommends swtpm
 # lvm2: LVM storage pools (`pool create --type lvm`), and the tests that drive the real
 # LVM tools on a loop device (storage/lvm.py).
 # shellcheck disable=SC2086

@@ -30,6 +30,7 @@ from xenia.drivers.qemu import QemuDriver
 from xenia.engine import Engine
 from xenia.errors import XeniaError
 from xenia.host.history import History
+from xenia.logring import RING
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
 from xenia.peers import listener as peers
@@ -197,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
         level=getattr(logging, args.log_level.upper(), logging.INFO),
         format="%(asctime)s xeniad[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
+    # `xenia dmesg` shows the recent lines too (logring.py).
+    RING.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(RING)
     paths = Paths.from_env(args.root)
     paths.ensure()
     take_lock(paths)

@@ -45,15 +45,22 @@ class InvalidConfig(XeniaError):
 class ConfigSyntaxError(InvalidConfig):
     """A config file (or override) that does not follow the xl.cfg grammar.
 
-    Carries the position so the message can name file, line and column.
+    Carries the position so the message can name file, line and column. The message has
+    xl's shape, `FILE:LINE: config parsing error near `TEXT': PROBLEM`, because scripts
+    written for xl match it; Xenia adds the column at the end.
     """
 
-    def __init__(self, source: str, line: int, column: int, problem: str) -> None:
+    def __init__(self, source: str, line: int, column: int, problem: str,
+                 near: str = "") -> None:
         self.source = source
         self.line = line
         self.column = column
         self.problem = problem
-        super().__init__(f"{source}:{line}:{column}: {problem}")
+        self.near = near
+        # As libxlu: a word in `quotes', a bare <newline>; Xenia names the end of file.
+        shown = near if near == "<newline>" else f"`{near}'" if near else "<end of file>"
+        super().__init__(f"{source}:{line}: config parsing error near {shown}: {problem} "
+                         f"(column {column})")
 
 
 class NotSupported(XeniaError):

@@ -158,7 +158,8 @@ class Host:
 
     def domains(self) -> list[dict[str, Any]]:
         out = self.xenia("list", "-l").stdout
-        return json.loads(out)
+        # Domain-0 (the host, domid 0) is in `list -l` as in xl; tests mean the guests.
+        return [d for d in json.loads(out) if d.get("domid") != 0]
 
     def domain(self, name: str) -> dict[str, Any]:
         for d in self.domains():

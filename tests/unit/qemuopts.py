@@ -35,11 +35,20 @@ LEGACY: dict[str, tuple[str | None, frozenset[str]]] = {
     "-m": ("size", frozenset({"size"})),
     "-smp": ("cpus", frozenset({"cpus", "sockets", "cores", "threads", "maxcpus"})),
     "-msg": (None, frozenset({"timestamp"})),
-    "-action": (None, frozenset({"reboot", "shutdown", "panic"})),
+    "-action": (None, frozenset({"reboot", "shutdown", "panic", "watchdog"})),
     "-chardev": ("backend", frozenset({"backend", "id", "path", "server", "wait", "logfile",
-                                       "logappend"})),
+                                       "logappend", "append", "name"})),
     "-mon": ("chardev", frozenset({"chardev", "mode"})),
     "-vnc": ("vnc", frozenset({"vnc", "password"})),
+    # The xl platform keys (qemu/platform.py, devices/spice.py, qemu/vtpm.py).
+    "-rtc": (None, frozenset({"base"})),
+    "-smbios": (None, frozenset({"type", "vendor", "version", "manufacturer", "product",
+                                 "serial", "asset", "location", "value"})),
+    "-global": ("driver", frozenset({"driver", "ICH9-LPC.disable_s3", "ICH9-LPC.disable_s4"})),
+    "-spice": (None, frozenset({"port", "addr", "disable-ticketing", "agent-mouse",
+                                "disable-copy-paste", "image-compression",
+                                "streaming-video"})),
+    "-tpmdev": ("type", frozenset({"type", "id", "chardev"})),
 }
 # Top-level keys of the JSON objects Xenia writes.
 JSON_KEYS = frozenset({
@@ -48,6 +57,7 @@ JSON_KEYS = frozenset({
     "chassis", "port", "multifunction", "rng", "host", "node-name", "filename", "read-only",
     "discard", "file", "type", "ifname", "script", "downscript", "vhost", "vnet_hdr",
     "qom-type", "fd", "vhostfd", "queues", "x-pci-vendor-id", "slot", "hotplug",
+    "index", "name", "tpmdev", "vgamem_mb",
 })
 
 

@@ -338,7 +338,9 @@ def test_syntax_error_positions(text: str, line: int, column: int, problem: str)
     err = syntax_error(text)
     assert (err.source, err.line, err.column) == ("t.cfg", line, column)
     assert problem in err.problem
-    assert str(err).startswith(f"t.cfg:{line}:{column}: ")
+    # xl's shape, which scripts match: FILE:LINE: config parsing error near ...
+    assert str(err).startswith(f"t.cfg:{line}: config parsing error near ")
+    assert str(err).endswith(f"(column {column})")
 
 
 def test_first_error_in_file_order_wins() -> None:
@@ -537,3 +539,18 @@ def test_render_then_parse_round_trips(values: dict[str, Value]) -> None:
 @given(st.text(alphabet=string.printable))
 def test_string_values_round_trip(text: str) -> None:
     assert parse_config(f"k = {render_value(text)}")["k"] == text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name = 'a'\nmemory = = 2\n",
+         "t.cfg:2: config parsing error near `=': expected a value (a quoted string, a "
+         "number or a [list]), found '=' (column 10)"),
+        ("name\n", "t.cfg:1: config parsing error near <newline>: expected '=' or '+=' "
+                   "after 'name', found end of line (column 5)"),
+        ("a = 08\n", "t.cfg:1: config parsing error near `08': "),
+    ],
+)
+def test_syntax_errors_have_xl_shape(text: str, message: str) -> None:
+    assert str(syntax_error(text)).startswith(message)

@@ -18,6 +18,8 @@ from xenia.api.pathrule import PathRule
 from xenia.config.model import DiskSpec, DomainConfig
 from xenia.errors import PermissionDenied
 from xenia.peers.scopes import Grant
+from xenia.qemu.platform import channels
+from xenia.qemu.platform import dm_args as platform_dm_args
 
 # The host's own row in `list`/`top`: shown to every reader (it is the host, not a domain
 # a token acts on; GET /v1/host tells the same).
@@ -67,8 +69,28 @@ class Access:
     def check_config(self, cfg: DomainConfig, doing: str) -> None:
         """A whole domain config: its name, then every host path in it (runs qemu-img)."""
         self.require_domain(cfg.name, doing)
+        self.require_admin_for_qemu_args(cfg, doing)
         if self.paths is not None:
             self.paths.check_config(cfg)
+            for path in platform_paths(cfg):
+                self.paths.check(path, "a serial port or channel socket")
+
+    def require_admin_for_qemu_args(self, cfg: DomainConfig, doing: str) -> None:
+        """device_model_args reach QEMU unchecked: whoever sets them can make QEMU read or
+        write any host file xeniad's QEMU can (-chardev file, -drive, -object), so over
+        TCP they need the admin scope, not `create` (docs/security.md)."""
+        if self.grant is None or not platform_dm_args(cfg) or self.grant.has("admin"):
+            return
+        raise PermissionDenied(
+            f"Failed {doing}: device_model_args pass arguments to QEMU unchecked and need a "
+            f"token with the 'admin' scope; token '{self.grant.token}' lacks it"
+        )
+
+
+def platform_paths(cfg: DomainConfig) -> list[str]:
+    """Host paths named by serial = ["file:..."] and channel path=."""
+    paths = [s[5:] for s in cfg.serial[1:] if s.startswith("file:")]
+    return paths + [c.path for c in channels(cfg) if c.path]
 
 
 def access_of(request: Request) -> Access:

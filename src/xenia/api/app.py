@@ -13,6 +13,7 @@ import xenia
 from xenia.api import (
     cluster,
     console,
+    cpupools,
     devices,
     domains,
     ha,
@@ -23,6 +24,7 @@ from xenia.api import (
     snapshots,
     storage,
     webui,
+    xl,
 )
 from xenia.api.forward import ClusterForward
 from xenia.api.scopes import enforce
@@ -48,6 +50,8 @@ def make_app(engine: Engine) -> FastAPI:
     app.include_router(snapshots.router)
     app.include_router(network.router)
     app.include_router(peers.router)
+    app.include_router(xl.router)
+    app.include_router(cpupools.router)
     app.include_router(metrics.router)
     app.include_router(webui.router)
     app.include_router(ha.router)

@@ -83,6 +83,23 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", D + "/console/log"): _r("console", REF),
     ("GET", "/v1/stats"): _r("read", HANDLER),
     ("GET", "/v1/vcpus"): _r("read", HANDLER),
+    # -- xl's remaining verbs (api/xl.py). The QEMU monitor can do anything QEMU can
+    # (read host files through a new -drive, say): admin only, as device_model_args.
+    ("POST", D + "/trigger"): _r("power", REF),
+    ("POST", D + "/sysrq"): _r("power", REF),
+    ("POST", D + "/button"): _r("power", REF),
+    ("POST", D + "/monitor"): _r("admin", REF),
+    ("GET", "/v1/host/dmesg"): _r("admin"),
+    ("POST", D + "/dump-core"): _r("create", REF),  # the file passes the path rule
+    ("POST", D + "/config"): _r("create", REF),  # paths and args checked as a create's
+    # -- cpupools (api/cpupools.py): host CPUs are the host's, so changes are admin's.
+    ("GET", "/v1/cpupools"): _r("read"),
+    ("POST", "/v1/cpupools"): _r("admin"),
+    ("POST", "/v1/cpupools-numa-split"): _r("admin"),
+    ("DELETE", "/v1/cpupools/{name}"): _r("admin"),
+    ("POST", "/v1/cpupools/{name}/rename"): _r("admin"),
+    ("POST", "/v1/cpupools/{name}/cpus"): _r("admin"),
+    ("POST", D + "/cpupool"): _r("admin", REF),
     ("GET", "/v1/sched-credit"): _r("read", HANDLER),
     ("GET", "/v1/pci-assignable"): _r("read"),
     ("POST", "/v1/pci-assignable"): _r("admin"),

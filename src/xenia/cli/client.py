@@ -38,9 +38,16 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+class DryRun(Exception):  # noqa: N818 - not an error: the end of a dry run
+    """Raised instead of sending a changing request under `xenia -N`."""
+
+
 class Client:
-    def __init__(self, paths: Paths, autostart: bool = True) -> None:
+    def __init__(self, paths: Paths, autostart: bool = True, dry_run: bool = False) -> None:
         self.paths = paths
+        # xl -N: requests that change something are printed, not sent (reads still are,
+        # so a dry run still fails where the real one would fail to find a domain).
+        self.dry_run = dry_run
         self.autostart = autostart and not os.environ.get(AUTOSTART_ENV)
         self._checked = False
 
@@ -115,6 +122,10 @@ class Client:
     # -- requests ------------------------------------------------------------------------
     def request(self, method: str, url: str, json: Any = None,
                 timeout: float | None = 300.0) -> Any:
+        if self.dry_run and method != "GET":
+            shown = f" {jsonlib.dumps(json, sort_keys=True)}" if json else ""
+            print(f"xenia: dry run: would {method} {url}{shown}", file=sys.stderr)
+            raise DryRun()
         self.ensure_daemon()
         try:
             status, body = self._raw(method, url, json, timeout)

@@ -19,7 +19,7 @@ import tty
 from pathlib import Path
 from typing import TextIO
 
-from xenia.errors import BackendError
+from xenia.errors import BackendError, InvalidConfig
 
 ESCAPE = b"\x1d"  # Ctrl-], as xl console
 
@@ -38,7 +38,17 @@ def connect(path: Path, timeout: float = 10.0) -> socket.socket:
             time.sleep(0.1)
 
 
-def attach(path: Path, linger: float = 2.0) -> None:
+def escape_char(text: str) -> bytes:
+    """xl console -e: "^]" (a control character) or one plain character."""
+    if len(text) == 2 and text[0] == "^" and 0x40 <= ord(text[1].upper()) <= 0x5F:
+        return bytes([ord(text[1].upper()) - 0x40])
+    if len(text) == 1 and ord(text) < 0x80:
+        return text.encode()
+    raise InvalidConfig(f"Failed to attach the console: bad escape character '{text}' (use "
+                        "^X for Ctrl-X, or one character)")
+
+
+def attach(path: Path, linger: float = 2.0, escape: bytes = ESCAPE) -> None:
     """Copy between the console and stdin/stdout until Ctrl-] or the guest goes away.
 
     On a terminal, stdin is put in raw mode. On pipes, end of input does not end the
@@ -74,8 +84,8 @@ def attach(path: Path, linger: float = 2.0) -> None:
                 if not data:
                     stdin_open = False
                     continue
-                if ESCAPE in data:
-                    before = data.split(ESCAPE, 1)[0]
+                if escape in data:
+                    before = data.split(escape, 1)[0]
                     if before:
                         sock.sendall(before)
                     return

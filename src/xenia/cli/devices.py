@@ -193,9 +193,15 @@ def vcpu_pin(c: Ctx, force: bool, dom: str, vcpu: str, hard: str, soft: str | No
 @click.option("-d", "--domain", "dom", help="Domain to show or change.")
 @click.option("-w", "--weight", type=int, help="Weight 1..65535 (256 default).")
 @click.option("-c", "--cap", type=int, help="Cap in percent of one CPU (0: none).")
+@click.option("-s", "--schedparam", is_flag=True,
+              help="Show the scheduler's own parameters (Linux: none to set).")
 @pass_ctx
-def sched_credit(c: Ctx, dom: str | None, weight: int | None, cap: int | None) -> None:
+def sched_credit(c: Ctx, dom: str | None, weight: int | None, cap: int | None,
+                 schedparam: bool) -> None:
     """Show or set credit-scheduler weight and cap (through cgroups)."""
+    if schedparam:
+        out("Cpupool Pool-0: Linux CFS (no tslice or ratelimit to show or set)")
+        return
     if weight is not None or cap is not None:
         if not dom:
             raise InvalidConfig("Failed to set weight/cap: name the domain with -d")

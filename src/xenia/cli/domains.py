@@ -26,7 +26,7 @@ class _WarningPrinter(logging.Handler):
         warn(f"warning: {record.getMessage()}")
 
 
-def _load(path: str, overrides: tuple[str, ...]) -> DomainConfig:
+def load_cfg(path: str, overrides: tuple[str, ...]) -> DomainConfig:
     from xenia.config.build import load_config
 
     click.echo(f"Parsing config from {path}", err=True)
@@ -71,7 +71,7 @@ def create(c: Ctx, attach: bool, paused: bool, dryrun: bool, quiet: bool,
         if not rest or "=" in rest[0]:
             raise InvalidConfig("Failed to create: no config file given (xenia create FILE)")
         cfgfile = rest.pop(0)
-    cfg = _load(cfgfile, tuple(rest))
+    cfg = load_cfg(cfgfile, tuple(rest))
     if dryrun:
         out(json.dumps(cfg.to_dict(), indent=2))
         return
@@ -110,7 +110,7 @@ def _create_from(c: Ctx, ref: str, cfgfile: str | None, args: tuple[str, ...], p
     if len(names) != len(rest):
         raise InvalidConfig(f"Failed {doing}: only name=NAME can be given; the rest of the "
                             "machine is the snapshot's")
-    name = names[-1] if names else (_load(cfgfile, ()).name if cfgfile else None)
+    name = names[-1] if names else (load_cfg(cfgfile, ()).name if cfgfile else None)
     if not name:
         raise InvalidConfig(f"Failed {doing}: give the new domain's name (name=NAME)")
     d = c.client.post(f"/v1/domain-snapshots/{quote(dom, safe='')}/{quote(snap, safe='')}"
@@ -160,11 +160,13 @@ def _cluster_rows(c: Ctx, refs: tuple[str, ...]) -> list[dict[str, Any]] | None:
 @cli.command("list")
 @click.option("-l", "--long", "long_", is_flag=True, help="JSON with each domain's config.")
 @click.option("-v", "--verbose", is_flag=True, help="Also show UUID and type.")
+@click.option("-n", "--numa", is_flag=True, help="Also show each domain's NUMA node affinity.")
 @click.option("--local", is_flag=True,
               help="Xenia: in a cluster, only this host's domains (as outside a cluster).")
 @click.argument("domains", nargs=-1)
 @pass_ctx
-def list_(c: Ctx, long_: bool, verbose: bool, local: bool, domains: tuple[str, ...]) -> None:
+def list_(c: Ctx, long_: bool, verbose: bool, numa: bool, local: bool,
+          domains: tuple[str, ...]) -> None:
     """List domains (xl list); in a cluster, every member's, with a Host column."""
     every = None if local else _cluster_rows(c, domains)
     if every is not None:
@@ -179,15 +181,19 @@ def list_(c: Ctx, long_: bool, verbose: bool, local: bool, domains: tuple[str, .
         return
     rows = _rows(c, domains)
     if long_:
-        out(json.dumps([r for r in rows if r["domid"] != 0], indent=2))
+        # As xl, Domain-0 (the host) is in the list, with domid 0.
+        out(json.dumps(rows, indent=2))
         return
     header = LIST_HEADER + ("   UUID                                 Type" if verbose else "")
-    out(header)
+    out(header + ("  NODE Affinity" if numa else ""))
     for r in rows:
         line = (f"{r['name']:<40} {r['domid']:5d} {r['memory']:5d} {r['vcpus']:5d}     "
                 f"{r['state_letters']}  {r['cpu_time']:8.1f}")
         if verbose:
             line += f"   {r['uuid']} {r['type']}"
+        if numa:
+            # Guests get no NUMA placement of their own: any node, as xl shows it.
+            line += "  all"
         out(line)
 
 
@@ -254,8 +260,19 @@ def info(c: Ctx) -> None:
         ("release", h.get("release")),
         ("machine", h.get("machine")),
         ("nr_cpus", h.get("nr_cpus")),
+        ("max_cpu_id", h.get("max_cpu_id")),
+        ("nr_nodes", h.get("nr_nodes")),
+        ("cores_per_socket", h.get("cores_per_socket")),
+        ("threads_per_core", h.get("threads_per_core")),
+        ("cpu_mhz", h.get("cpu_mhz")),
+        ("virt_caps", "hvm" + (" hap" if h.get("accel") == "kvm" else "")),
         ("total_memory", h.get("total_memory")),
         ("free_memory", h.get("free_memory")),
+        # xl's xen_* lines, for what runs the guests here (QEMU on KVM or TCG).
+        ("virt_version", h.get("qemu_version")),
+        ("virt_caps_accel", h.get("accel")),
+        ("virt_scheduler", "linux"),
+        ("virt_pagesize", 4096),
         ("accelerator", h.get("accel")),
         ("accel_reason", h.get("accel_reason")),
         ("qemu_version", h.get("qemu_version") or h.get("qemu_error")),
@@ -334,10 +351,15 @@ def reboot(c: Ctx, wait: bool, all_: bool, force: bool, dom: str | None) -> None
 
 
 @cli.command()
+@click.option("-f", "force", is_flag=True,
+              help="xl: allow destroying domain 0; Domain-0 is the host here: refused.")
 @click.argument("dom")
 @pass_ctx
-def destroy(c: Ctx, dom: str) -> None:
+def destroy(c: Ctx, force: bool, dom: str) -> None:
     """Terminate a domain immediately."""
+    if dom in ("0", "Domain-0"):
+        raise InvalidConfig("Failed to destroy Domain-0: it is the host itself, not a "
+                            "domain Xenia runs (-f cannot change that)")
     c.client.delete(f"/v1/domains/{dom}")
 
 
@@ -370,6 +392,8 @@ def rename(c: Ctx, dom: str, new_name: str) -> None:
 @click.option("-t", "ctype", type=click.Choice(["pv", "serial", "vuart"]), default=None,
               help="Console type (all map to the serial console).")
 @click.option("-n", "num", type=int, default=0, help="Console number (only 0).")
+@click.option("-e", "escape", default="^]", show_default=True,
+              help="Escape character that detaches: ^X or a single character.")
 @click.option("--run", "run_cmd", metavar="CMD",
               help="Xenia: run CMD in the guest's shell, print its output, exit with its status.")
 @click.option("--log", "show_log", is_flag=True,
@@ -380,9 +404,10 @@ def rename(c: Ctx, dom: str, new_name: str) -> None:
               help="Limit for --run and --wait, in seconds.")
 @click.argument("dom")
 @pass_ctx
-def console_cmd(c: Ctx, ctype: str | None, num: int, run_cmd: str | None, show_log: bool,
-                wait_for: str | None, timeout: float, dom: str) -> None:
+def console_cmd(c: Ctx, ctype: str | None, num: int, escape: str, run_cmd: str | None,
+                show_log: bool, wait_for: str | None, timeout: float, dom: str) -> None:
     """Attach to a domain's console (Ctrl-] detaches)."""
+    escape_byte = con.escape_char(escape)
     if num != 0:
         raise InvalidConfig(f"Failed to attach console {num}: domains have one console (0)")
     d = c.client.get(f"/v1/domains/{dom}")
@@ -401,7 +426,7 @@ def console_cmd(c: Ctx, ctype: str | None, num: int, run_cmd: str | None, show_l
         sys.stdout.write(text)
         sys.stdout.flush()
         sys.exit(rc)
-    con.attach(con.Path(d["console"]))
+    con.attach(con.Path(d["console"]), escape=escape_byte)
 
 
 def _remote_console(c: Ctx, d: dict[str, Any], run_cmd: str | None, show_log: bool,

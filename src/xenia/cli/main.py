@@ -12,6 +12,7 @@ import sys
 import click
 
 from xenia.cli.base import cli, register
+from xenia.cli.client import DryRun
 from xenia.errors import XeniaError
 
 register("domains", "create", "list", "uptime", "domid", "domname", "info", "shutdown",
@@ -28,6 +29,12 @@ register("snapshots", "snapshot-create", "snapshot-list", "snapshot-revert", "sn
 register("network", "network")
 register("top", "top")
 register("hosts", "host")
+register("xl", "dmesg", "trigger", "sysrq", "button-press", "qemu-monitor-command",
+         "dump-core", "vncviewer", "channel-list", "config-update")
+register("xl", "cpupool-list", "cpupool-create", "cpupool-destroy", "cpupool-rename",
+         "cpupool-cpu-add", "cpupool-cpu-remove", "cpupool-migrate", "cpupool-numa-split",
+         "vtpm-list", "vtpm-attach", "vtpm-detach", "sched-credit2")
+register("xlshim", "xl-command")
 register("ha", "ha")
 register("cluster", "cluster")
 
@@ -38,6 +45,8 @@ def main() -> None:
     except XeniaError as e:
         click.echo(f"xenia: {e.message}", err=True)
         sys.exit(1)
+    except DryRun:
+        sys.exit(0)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as e:

@@ -24,6 +24,8 @@ from typing import TypeVar
 
 from xenia.config.cpulist import normalize_cpulist, union_cpulists
 from xenia.config.diskspec import parse_disk_spec
+from xenia.config.extras import notice_xen_names, read_extras
+from xenia.config.keys import KEYS, unused_warning
 from xenia.config.model import ACCELS, ACTIONS, MAX_VCPUS, DiskSpec, DomainConfig
 from xenia.config.names import NAME_RULE, valid_name
 from xenia.config.vdev import vdev_number
@@ -48,21 +50,6 @@ _STRINGS = ("kernel", "ramdisk", "cmdline", "root", "extra", "firmware", "vnclis
             "vncpasswd", "rootfs", "init", "machine")
 _BOOLEANS = ("acpi", "vnc", "vncunused", "sdl", "nographic", "usb", "ha")
 _STRING_LISTS = ("serial", "usbdevice")
-
-# xl settings Xenia does not implement: warned about as such, not as typos.
-XL_IGNORED = frozenset("""
-    bootloader bootloader_args pool hap oos pae apic viridian stdvga videoram localtime
-    rtc_timeoffset device_model_version device_model_override device_model_args
-    device_model_stubdomain_override vfb vkb vtpm channel vif2 e820_host shadow_memory
-    seclabel init_seclabel max_grant_frames max_maptrack_frames max_grant_version
-    nestedhvm soundhw keymap spice gfx_passthru xen_platform_pci tsc_mode vga
-    driver_domain period slice latency extratime on_xend_start on_xend_stop vscsi
-    usbctrl usbdev cpuid altp2m blkdev_start timer_mode hpet vpt_align dm_restrict
-    claim_mode vnuma rdm mmio_hole iomem ioports irqs dtdev device_tree
-    passthrough vkb_device vdispl vsnd p9 pvcalls vuart llc_colors
-    xenstore_feature_mask xenstore_quota vcpu_soft_affinity gic_version
-""".split())
-
 
 class _Reader:
     """Typed access to the values, with the key's location in every message."""
@@ -184,6 +171,10 @@ def build_config(values: Mapping[str, Value], source: str) -> DomainConfig:
             setattr(cfg, key, action)
     for key in _STRINGS:
         setattr(cfg, key, r.string(key))
+    # xl's older HVM key for the firmware; `firmware` wins when both are set.
+    bios = r.choice("bios", ("rombios", "seabios", "ovmf"))
+    if bios is not None and cfg.firmware is None:
+        cfg.firmware = "seabios" if bios == "rombios" else bios
     for key in _BOOLEANS:
         flag = r.boolean(key)
         if flag is not None:
@@ -206,8 +197,10 @@ def build_config(values: Mapping[str, Value], source: str) -> DomainConfig:
     cfg.disks = _disks(r)
     cfg.vifs = r.each("vif", parse_vif_spec)
     cfg.pci = r.items("pci") or []
+    read_extras(r, cfg)
     _container_keys(r, cfg)
     _warn_unused(r)
+    notice_xen_names(cfg, source)
     return cfg
 
 
@@ -327,12 +320,12 @@ def _disks(r: _Reader) -> list[DiskSpec]:
 
 
 def _warn_unused(r: _Reader) -> None:
+    if not log.isEnabledFor(logging.WARNING):
+        return
+    unknown = 0
     for key in r.values:
-        if key in r.used:
-            continue
-        if key in XL_IGNORED:
-            log.warning("%s: '%s' is an xl setting Xenia does not support; ignored",
-                        r.where(key), key)
-        else:
-            log.warning("%s: unknown setting '%s'; ignored", r.where(key), key)
-
+        if key not in r.used:
+            # A typo gets the nearest known key; a file of thousands of unknown keys (a
+            # hostile one) does not pay a fuzzy match for each.
+            unknown += key not in KEYS
+            log.warning("%s: %s", r.where(key), unused_warning(key, suggest=unknown <= 20))

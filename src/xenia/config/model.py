@@ -168,6 +168,33 @@ class DomainConfig:
     ha_priority: int = 0
     ha_max_restarts: int = 3
 
+    # xl keys applied on KVM (issue 14; docs/xl-compat.md's key table). The RTC: local
+    # time instead of UTC, plus an offset in seconds.
+    localtime: bool = False
+    rtc_timeoffset: int = 0
+    viridian: list[str] = field(default_factory=list)  # xl groups, expanded; [] is off
+    vga: str | None = None  # stdvga, cirrus, qxl, none; None: stdvga
+    videoram: int | None = None  # MiB
+    # Extra QEMU arguments (admin only over TCP: docs/security.md).
+    device_model_args: list[str] = field(default_factory=list)
+    device_model_args_pv: list[str] = field(default_factory=list)
+    device_model_args_hvm: list[str] = field(default_factory=list)
+    nomigrate: bool = False
+    tsc_mode: str | None = None  # default, native, native_paravirt (always_emulate refused)
+    smbios: list[str] = field(default_factory=list)  # "KEY=VALUE" as xl.cfg(5)
+    acpi_s3: bool = True
+    acpi_s4: bool = True
+    channel: list[str] = field(default_factory=list)  # xl channel specs, checked
+    # The watchdog device on_watchdog watches (Xenia's key; on_watchdog alone picks
+    # i6300esb): i6300esb, ib700 or None for none.
+    watchdog: str | None = None
+    pool: str | None = None  # the cpupool (xenia cpupool-list); None: Pool-0
+    vtpm: list[str] = field(default_factory=list)  # xl vtpm specs; at most one (swtpm)
+    bootloader: str | None = None  # "pygrub": the kernel comes from the first disk
+    bootloader_args: list[str] = field(default_factory=list)
+    spice: dict[str, Any] = field(default_factory=dict)  # xl's spice* keys; {}: off
+    spicepasswd: str | None = None  # set over QMP, never on QEMU's command line
+
     # Where the config came from (file path or "<overrides>"), for messages.
     source: str | None = None
 
@@ -240,6 +267,8 @@ def _type_ok(value: Any, typ: str) -> bool:
         return isinstance(value, bool)
     if typ == "list[str]":
         return isinstance(value, list) and all(_type_ok(v, "str") for v in value)
+    if typ == "dict[str, Any]":  # spice: its values are checked by devices/spice.py
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
     return True  # nested dataclasses: built and checked on their own
 
 

@@ -81,7 +81,8 @@ class ParsedConfig(dict[str, Value]):
         value = stmt.value
         if stmt.op == "+=":
             if isinstance(value, int) or isinstance(self.get(stmt.key), int):
-                raise _error(stmt.op_location, f"can't use += with a number (key '{stmt.key}')")
+                raise _error(stmt.op_location, f"can't use += with a number (key '{stmt.key}')",
+                             "+=")
             if stmt.key in self:
                 prev = self[stmt.key]
                 if isinstance(prev, str) and isinstance(value, str):
@@ -137,8 +138,14 @@ def _kind(value: Value) -> str:
     return "list" if isinstance(value, list) else "number" if isinstance(value, int) else "string"
 
 
-def _error(loc: Location, problem: str) -> ConfigSyntaxError:
-    return ConfigSyntaxError(loc.source, loc.line, loc.column, problem)
+def _error(loc: Location, problem: str, near: str = "") -> ConfigSyntaxError:
+    return ConfigSyntaxError(loc.source, loc.line, loc.column, problem, near)
+
+
+def _near(token: Token) -> str:
+    if token.kind == NEWLINE:
+        return "<newline>"
+    return "" if token.kind == EOF else token.text[:40]
 
 
 class _Parser:
@@ -159,7 +166,8 @@ class _Parser:
 
     def fail(self, expected: str, token: Token | None = None) -> ConfigSyntaxError:
         token = token or self.token
-        return _error(self.where(token), f"expected {expected}, found {token.describe()}")
+        return _error(self.where(token), f"expected {expected}, found {token.describe()}",
+                      _near(token))
 
     def statements(self) -> list[Statement]:
         result: list[Statement] = []
@@ -189,7 +197,8 @@ class _Parser:
             hint = " (quote strings: \"...\")" if token.kind == IDENT else ""
             raise self.fail(f"a value (a quoted string, a number or a [list]){hint}")
         if depth >= MAX_DEPTH:
-            raise _error(self.where(token), f"lists nested deeper than {MAX_DEPTH} levels")
+            raise _error(self.where(token), f"lists nested deeper than {MAX_DEPTH} levels",
+                         "[")
         self.advance()
         items: list[Value] = []
         self.skip_newlines()

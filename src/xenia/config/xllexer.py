@@ -85,6 +85,17 @@ def _clip(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def near_text(text: str, at: int) -> str:
+    """What xl's "config parsing error near `X'" names: the word starting at `at`."""
+    end = at
+    while end < len(text) and end - at < 40 and text[end] not in " \t\r\n;,]":
+        end += 1
+    if end == at and at < len(text):
+        end = at + 1
+    word = text[at:end]
+    return "<newline>" if word == "\n" else word
+
+
 class Lexer:
     """Turns xl.cfg text into Tokens, one at a time (see `next`).
 
@@ -102,7 +113,8 @@ class Lexer:
     def error(self, problem: str, pos: int | None = None) -> ConfigSyntaxError:
         """An error at `pos` (default: the current position) on the current line."""
         at = self.pos if pos is None else pos
-        return ConfigSyntaxError(self.source, self.line, at - self.line_start + 1, problem)
+        return ConfigSyntaxError(self.source, self.line, at - self.line_start + 1, problem,
+                                 near_text(self.text, at))
 
     def next(self) -> Token:
         text = self.text

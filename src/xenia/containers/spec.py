@@ -69,6 +69,12 @@ _DEVICE_KEYS = (
     ("machine", "machine", "a machine type"),
     ("boot", "boot", "a boot order"),
     ("boot_watchdog", "boot_watchdog", "a kernel boot to watch"),
+    ("channel", "channel", "virtio-serial channels"),
+    ("device_model_args", "device_model_args", "QEMU arguments"),
+    ("watchdog", "on_watchdog", "a watchdog device"),
+    ("smbios", "smbios", "SMBIOS tables"),
+    ("viridian", "viridian", "Hyper-V enlightenments"),
+    ("vtpm", "vtpm", "a vTPM"),
 )
 SUPPORTED = ("rootfs, init, memory/maxmem (a limit), vcpus/maxvcpus and cpus (a cpuset), "
              "cpu_weight, cap, vif (veth NICs), extra/cmdline (given to init as "

@@ -21,6 +21,8 @@ from xenia.errors import InvalidConfig, NotSupported
 from xenia.qemu.opts import escape_opt
 
 VNC_BASE = 5900
+# xl's vga= (stdvga=1 is "stdvga", stdvga=0 "cirrus") -> QEMU's device; none: no card.
+VGA_DRIVERS = {"stdvga": "VGA", "cirrus": "cirrus-vga", "qxl": "qxl-vga", "none": ""}
 # An IPv6 scope id: an interface name (IFNAMSIZ 16 with its NUL) or an interface index.
 # Python's ipaddress takes anything after '%', commas and '=' included.
 _SCOPE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
@@ -119,7 +121,13 @@ def graphics_argv(cfg: DomainConfig, display: int | None) -> list[str]:
     """VGA (unless nographic) and the VNC server; -display none stays for everything else."""
     if cfg.type != "hvm" or cfg.nographic:
         return []
-    argv = ["-device", _j({"driver": "VGA", "id": "video0", "bus": "pcie.0", "addr": "0x1"})]
+    argv = []
+    driver = VGA_DRIVERS[cfg.vga or "stdvga"]
+    if driver:
+        dev: dict[str, Any] = {"driver": driver, "id": "video0", "bus": "pcie.0", "addr": "0x1"}
+        if cfg.videoram:
+            dev["vgamem_mb"] = cfg.videoram
+        argv += ["-device", _j(dev)]
     if cfg.vnc and display is not None:
         argv += ["-vnc", vnc_arg(cfg, display)]
     return argv

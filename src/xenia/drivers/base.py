@@ -162,6 +162,20 @@ class Instance(abc.ABC):
         """The last lines of the backend's own log, for messages about its death."""
         return ""
 
+    # xl's trigger, sysrq and qemu-monitor-command (drivers/qemu_xlverbs.py); a driver
+    # without them refuses.
+    async def trigger(self, kind: str) -> None:
+        raise NotSupported(f"Failed to send '{kind}' to domain '{self.record.name}': its "
+                           "type has no such trigger")
+
+    async def sysrq(self, key: str) -> None:
+        raise NotSupported(f"Failed to send sysrq to domain '{self.record.name}': its type "
+                           "has no keyboard")
+
+    async def monitor_command(self, command: str) -> str:
+        raise NotSupported(f"Failed to run a monitor command in domain "
+                           f"'{self.record.name}': its type has no QEMU monitor")
+
     async def run_state(self) -> str | None:
         """What the backend itself says of the guest ("running", "paused", "shutdown",
         "guest-panicked"), to catch up with what happened while no daemon watched; None

@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from xenia.devices import display
-from xenia.drivers import qemu_cpu, qemu_migrate
+from xenia.devices import display, spice
+from xenia.drivers import qemu_boot, qemu_cpu, qemu_migrate
 from xenia.drivers.base import (
     Driver,
     GuestEvents,
@@ -28,15 +28,17 @@ from xenia.drivers.qemu_bootwatch import BootWatch, BootWatchMixin
 from xenia.drivers.qemu_confine import QemuConfinement
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
 from xenia.drivers.qemu_hotplug import QemuHotplug
+from xenia.drivers.qemu_xlverbs import XlVerbsMixin
 from xenia.errors import AdoptLater, BackendError, InvalidConfig, NotFound, XeniaError
 from xenia.hostos import affinity, hostinfo
+from xenia.hostos.cpupools import POOL0, CpuPoolTable
 from xenia.hostos.procfs import log_tail
 from xenia.images.hvm import ovmf_paths, ovmf_qemu_args
 from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.peers.psk import PSK_FILE
 from xenia.qemu import accel as accel_mod
-from xenia.qemu import stream
+from xenia.qemu import confine, platform, stream, vtpm
 from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv, tcg_params_added
 from xenia.qemu.commands import Qmp
@@ -68,7 +70,7 @@ def _check_readable(path: str | None, what: str, name: str, key: str) -> None:
         raise InvalidConfig(f"Failed to create domain '{name}': {what} '{path}' is not readable")
 
 
-class QemuInstance(BootWatchMixin, Instance):
+class QemuInstance(BootWatchMixin, XlVerbsMixin, Instance):
     def __init__(self, record: DomainRecord, proc: QemuProcess, events: GuestEvents,
                  host: QemuDevices, hang_timeout: float | None = None) -> None:
         self.record = record  # as at start: for its name in messages, not for state
@@ -99,6 +101,9 @@ class QemuInstance(BootWatchMixin, Instance):
                 self._report("poweroff", data)
         elif name == "GUEST_PANICKED":
             self.crashed(data)
+        elif name == "WATCHDOG":
+            # -action watchdog=pause: the guest is stopped; on_watchdog decides the rest.
+            self._report("watchdog", data)
         elif name in ("RESUME", "STOP"):
             self._running = name == "RESUME"
         elif name == "DEVICE_DELETED":
@@ -292,12 +297,17 @@ class QemuDriver(Driver):
                 ovmf_paths()  # NotFound with "apt-get install ovmf" when missing
             if cfg.vnc:
                 display.vnc_listen(cfg)
-        if cfg.type in ("pv", "pvh") and not cfg.kernel:
+        qemu_boot.check_bootloader(cfg)
+        if cfg.type in ("pv", "pvh") and not cfg.kernel and not cfg.bootloader:
             raise InvalidConfig(
                 f"Failed to create domain '{name}': a {cfg.type} domain boots a kernel directly; "
                 "set kernel = \"/path/to/vmlinuz\" (and usually ramdisk) in the config "
                 "(`xenia image build tiny` makes one)"
             )
+        platform.check(cfg)
+        spice.check_spice(cfg)
+        if cfg.pool and cfg.pool != POOL0:
+            CpuPoolTable(self.devices.store).cpus(cfg.pool)  # NotFound names the pools
         _check_readable(cfg.kernel, "kernel", name, "kernel")
         _check_readable(cfg.ramdisk, "ramdisk", name, "ramdisk")
         total = hostinfo.total_mib()
@@ -338,6 +348,11 @@ class QemuDriver(Driver):
             self.confinement.release(record)
         with contextlib.suppress(FileNotFoundError):
             self.nvram(record).unlink()
+        shutil.rmtree(self.vtpm_dir(record), ignore_errors=True)
+
+    def vtpm_dir(self, record: DomainRecord) -> Path:
+        """The state of the domain's vTPM (swtpm's keys and NVRAM)."""
+        return self.paths.state / "vtpm" / record.uuid
 
     def nvram(self, record: DomainRecord) -> Path:
         """The domain's own copy of the UEFI variable store (its NVRAM)."""
@@ -403,12 +418,26 @@ class QemuDriver(Driver):
             machine = record.runtime.get("machine") or machine_alias("q35")
             record.runtime["machine"] = machine
             firmware, vnc = self._hvm_extras(record)
+            # pygrub: the kernel the guest's disk names (qemu_boot.py), for this boot.
+            files.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            cfg = await asyncio.to_thread(qemu_boot.boot_config, record, files.dir)
             added = tcg_params_added(cfg, choice.name)
+            tpm: list[str] = []
+            if cfg.vtpm:
+                who = confine.qemu_identity()
+                sock = await asyncio.to_thread(vtpm.start_swtpm, self.vtpm_dir(record),
+                                               files.dir, (who.uid, who.gid))
+                revert.add(lambda: vtpm.stop_swtpm(files.dir))
+                tpm = vtpm.tpm_args(sock)
+            if cfg.pool and cfg.pool != POOL0 and "cpupool" not in record.runtime:
+                record.runtime["cpupool"] = cfg.pool
+                record.runtime["cpupool_cpus"] = sorted(
+                    CpuPoolTable(self.devices.store).cpus(cfg.pool))
             argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files,
                               qemu=info.path, layout=layout, devices=devices,
                               incoming=incoming, machine=machine, firmware=firmware,
-                              vnc_display=vnc, kernel_params=added)
-            files.dir.mkdir(parents=True)
+                              vnc_display=vnc, kernel_params=added, tpm=tpm)
+            files.dir.mkdir(parents=True, exist_ok=True)  # pygrub and swtpm made it
             nvram = self.nvram(record) if firmware and self.nvram(record).exists() else None
             argv = await asyncio.to_thread(self.confinement.prepare, record, files, nvram,
                                            choice.name, argv)
@@ -417,6 +446,8 @@ class QemuDriver(Driver):
             if cfg.vnc and cfg.vncpasswd and vnc is not None:
                 # Over QMP: a password on the command line would be in /proc for all.
                 await proc.qmp.set_password("vnc", cfg.vncpasswd)
+            if cfg.spice and cfg.spicepasswd:
+                await proc.qmp.set_password("spice", cfg.spicepasswd)
             assert proc.pid is not None
             await asyncio.to_thread(qemu_cpu.setup_cgroup, record, proc.pid)
             qemu_cpu.pin_threads(record, await inst.devices.vcpu_threads())

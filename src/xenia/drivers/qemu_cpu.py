@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from xenia.errors import NotSupported, XeniaError
+from xenia.errors import InvalidConfig, NotSupported, XeniaError
 from xenia.hostos import affinity
 from xenia.hostos.cgroups import DomainCgroup
 from xenia.hostos.procfs import thread_stats
@@ -36,12 +36,23 @@ def hard_affinity_text(rec: DomainRecord, vcpu: int) -> str | None:
 
 
 def pin_threads(rec: DomainRecord, threads: dict[int, int]) -> None:
-    """Apply each vCPU's hard affinity to its thread (at start, and for hot-added vCPUs)."""
+    """Apply each vCPU's hard affinity to its thread (at start, and for hot-added vCPUs),
+    inside the CPUs of the domain's cpupool if it is in one (host/cpupools.py)."""
+    pool_list = rec.runtime.get("cpupool_cpus")
+    pool = set(pool_list) if pool_list is not None else None
     for vcpu, tid in threads.items():
         text = hard_affinity_text(rec, vcpu)
-        if text is not None:
-            cpus = affinity.resolve_cpulist(text, doing=f"apply cpus= of '{rec.name}'")
-            affinity.set_thread_affinity(tid, cpus)
+        if text is None and pool is None:
+            continue
+        cpus = (affinity.resolve_cpulist(text, doing=f"apply cpus= of '{rec.name}'")
+                if text is not None else set(pool or ()))
+        if pool is not None:
+            cpus &= pool
+            if not cpus:
+                raise InvalidConfig(f"Failed to pin vCPU {vcpu} of '{rec.name}': cpus= "
+                                    f"'{text}' has no CPU in its cpupool "
+                                    f"{rec.runtime.get('cpupool')} ({affinity.ranges(pool)})")
+        affinity.set_thread_affinity(tid, cpus)
 
 
 def pin(rec: DomainRecord, threads: dict[int, int], vcpu: str, hard: str) -> None:

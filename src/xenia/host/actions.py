@@ -1,10 +1,11 @@
-"""OnActions: what a guest event does to its domain — xl's on_poweroff, on_reboot, on_crash.
+"""OnActions: what a guest event does to its domain — xl's on_poweroff, on_reboot, on_crash,
+on_watchdog.
 
-A driver reports "poweroff", "reboot", "crash" (the guest's own doing) or "exited" (its
-process died without being asked); this applies the domain's configured action
-(destroy, restart, preserve, rename-restart, coredump-*, soft-reset) under the domain's
-lock. It acts on the DomainManager through the small surface `Domains` names, so the
-policy can be read (and, for HA, extended) on its own.
+A driver reports "poweroff", "reboot", "crash", "watchdog" (the guest's own doing, or its
+watchdog device firing) or "exited" (its process died without being asked); this applies
+the domain's configured action (destroy, restart, preserve, rename-restart, coredump-*,
+soft-reset) under the domain's lock. It acts on the DomainManager through the small
+surface `Domains` names, so the policy can be read (and, for HA, extended) on its own.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from xenia.store.base import DomainRecord, Store
 from xenia.store.state import CRASHED, CREATING, DYING, RUNNING, SHUTDOWN, DomainState
 
 log = logging.getLogger(__name__)
+
+# runtime key: the config `xenia config-update` gave, for the next reboot (host/xlverbs.py).
+PENDING_CONFIG = "pending_config"
 
 
 class Domains(Protocol):
@@ -88,7 +92,7 @@ class OnActions:
                     await d.ended(rec)
                 return
             action = {"poweroff": cfg.on_poweroff, "reboot": cfg.on_reboot,
-                      "crash": cfg.on_crash}[kind]
+                      "crash": cfg.on_crash, "watchdog": cfg.on_watchdog}[kind]
             log.info("domain %s: guest %s, applying %s", rec.name, kind, action)
             await self._apply(rec, kind, action)
 
@@ -103,6 +107,11 @@ class OnActions:
         if action == "destroy":
             await d.destroy_locked(rec)
             await d.ended(rec)
+        elif action in ("restart", "soft-reset") and PENDING_CONFIG in rec.runtime:
+            # `xenia config-update` left a config for this reboot: a new QEMU runs it.
+            rec.config = DomainConfig.from_dict(rec.runtime.pop(PENDING_CONFIG))
+            log.info("domain %s: restarting with its updated config", rec.name)
+            await d.relaunch(rec)
         elif action in ("restart", "soft-reset"):
             await inst.reset()
             rec.started_at = time.time()

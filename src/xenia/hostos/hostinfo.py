@@ -66,4 +66,33 @@ def describe() -> dict[str, object]:
         "nr_cpus": cpu_count(),
         "total_memory": total_mib(),
         "free_memory": available_mib(),
+        **topology(),
+    }
+
+
+def topology(sysfs: Path = Path("/sys/devices/system")) -> dict[str, object]:
+    """The keys of `xl info` that Xen's scripts read about the CPUs and nodes."""
+    cpus = sorted(sysfs.glob("cpu/cpu[0-9]*/topology"))
+    sockets: dict[str, set[str]] = {}
+    threads: dict[tuple[str, str], int] = {}
+    for topo in cpus:
+        try:
+            pkg = (topo / "physical_package_id").read_text().strip()
+            core = (topo / "core_id").read_text().strip()
+        except OSError:
+            continue
+        sockets.setdefault(pkg, set()).add(core)
+        threads[(pkg, core)] = threads.get((pkg, core), 0) + 1
+    nodes = len(list(sysfs.glob("node/node[0-9]*"))) or 1
+    mhz = 0
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("cpu MHz"):
+            mhz = int(float(line.split(":")[1]))
+            break
+    return {
+        "max_cpu_id": max(cpu_count() - 1, 0),
+        "nr_nodes": nodes,
+        "cores_per_socket": max((len(c) for c in sockets.values()), default=1),
+        "threads_per_core": max(threads.values(), default=1),
+        "cpu_mhz": mhz,
     }

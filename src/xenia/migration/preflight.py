@@ -44,6 +44,9 @@ def check_source(cfg: DomainConfig, state: DomainState, accel: str, qemu_version
         )
     if cfg.pci:
         problems.append("the domain has host PCI devices passed through; pci-detach them")
+    if cfg.nomigrate:
+        problems.append("the domain's config sets nomigrate = 1; it may not migrate (save and "
+                        "restore it instead, or create it without nomigrate)")
     return problems
 
 

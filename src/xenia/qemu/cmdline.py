@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xenia.config.extras import translate_xen_names
 from xenia.config.model import DomainConfig
-from xenia.devices import cpu, display
+from xenia.devices import cpu, display, spice
 from xenia.devices.layout import SPARE_ROOT_PORTS, Layout
+from xenia.qemu import platform
 from xenia.qemu.opts import escape_opt, machine_arg
 
 # Fixed integrated devices on pcie.0: 0x1c rng, 0x1e balloon (0x1d is kept for a USB
@@ -107,9 +109,11 @@ def tcg_params_added(cfg: DomainConfig, accel: str) -> list[str]:
 
 
 def kernel_cmdline(cfg: DomainConfig, added: Sequence[str] = ()) -> str:
-    """The -append line: the config's, plus console=ttyS0 if it names no console, plus
-    `added` (tcg_params_added); both go before a `--`, after which words are init's."""
+    """The -append line: the config's (Xen's device names translated), plus console=ttyS0
+    if it names no console, plus `added` (tcg_params_added); both go before a `--`, after
+    which words are init's."""
     kernel, init = _split_cmdline(cfg.effective_cmdline())
+    kernel = translate_xen_names(kernel, cfg)
     # The guest's console is the first serial port. A Xen PV config names hvc0 or nothing;
     # with no console= at all, point the kernel at ttyS0 so `xenia console` shows the boot.
     if not any(w.startswith("console=") for w in kernel):
@@ -131,6 +135,7 @@ def build_argv(
     firmware: Sequence[str] = (),
     vnc_display: int | None = None,
     kernel_params: Sequence[str] = (),
+    tpm: Sequence[str] = (),
 ) -> list[str]:
     """The full QEMU argv for a domain, started paused (-S) and daemonized.
 
@@ -146,7 +151,7 @@ def build_argv(
         "-uuid", uuid,
         "-machine", machine_arg(machine, acpi=cfg.type != "hvm" or cfg.acpi),
         "-accel", "kvm" if accel == "kvm" else "tcg",
-        "-cpu", cpu_model(accel),
+        "-cpu", cpu_model(accel) + platform.cpu_flags(cfg, accel),
         "-m", f"size={cfg.effective_maxmem}M",
         "-smp", cpu.smp(cfg.effective_maxvcpus),
         "-nodefaults",
@@ -168,6 +173,9 @@ def build_argv(
     argv += list(firmware)
     argv += display.graphics_argv(cfg, vnc_display)
     argv += display.usb_argv(cfg)
+    argv += platform.platform_argv(cfg, files.dir)
+    argv += spice.spice_argv(cfg)  # after the channels' controller (its vdagent port)
+    argv += list(tpm)  # the vTPM's backend and device (qemu/vtpm.py)
     if cfg.kernel:
         argv += ["-kernel", cfg.kernel]
         if cfg.ramdisk:
@@ -190,6 +198,9 @@ def build_argv(
         argv += [opt, jarg(obj)]
     if incoming:
         argv += ["-incoming", incoming]
+    # The admin's own arguments (device_model_args), after Xenia's devices and before the
+    # process options, which must stay Xenia's.
+    argv += platform.dm_args(cfg)
     argv += [
         "-pidfile", str(files.pidfile),
         "-D", str(files.qemu_log),

@@ -61,6 +61,15 @@ class Qmp:
         """Press `keys` (QEMU qcodes, e.g. ["ctrl", "alt", "delete"]) together."""
         await self._call("send-key", {"keys": [{"type": "qcode", "data": k} for k in keys]})
 
+    async def inject_nmi(self) -> None:
+        await self._call("inject-nmi")
+
+    async def system_wakeup(self) -> None:
+        await self._call("system_wakeup")
+
+    async def human_monitor_command(self, command: str) -> str:
+        return str(await self._call("human-monitor-command", {"command-line": command}))
+
     async def set_action(self, **actions: str) -> None:
         """What QEMU does on guest events, e.g. set_action(reboot="shutdown")."""
         await self._call("set-action", _dashed(actions))
