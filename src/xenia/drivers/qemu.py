@@ -185,23 +185,37 @@ class QemuInstance(BootWatchMixin, XlVerbsMixin, Instance):
         await self.proc.close()
 
     async def dump_core(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Made here (no link followed, none replaced), then given to QEMU, who writes it
-        # as its own user.
+        """QEMU's user may not write where the core goes: xeniad makes the file (no link
+        followed, none replaced, in the directory it opened) and passes QEMU the open
+        fd over QMP (getfd), as libvirt does; QEMU never opens a path."""
+        fail = f"Failed to dump the core of '{self.record.name}' to {path}"
+        if not path.is_absolute() or path.name in ("", ".", ".."):
+            raise InvalidConfig(f"{fail}: the file must be an absolute path to a file")
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                             0o600))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
-            raise BackendError(f"Failed to dump the core of '{self.record.name}' to "
-                               f"{path}: {e.strerror}") from e
-        conf = self.devices.host.confinement
-        given = [] if conf is None else await asyncio.to_thread(conf.give_file,
-                                                                self.record, path)
+            raise BackendError(f"{fail}: {e.strerror}; give an existing directory") from e
         try:
-            await self.qmp.dump_guest_memory(path)
+            try:
+                fd = os.open(path.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+            except OSError as e:
+                raise BackendError(f"{fail}: {e.strerror}; name a file that does not "
+                                   "exist yet") from e
+            try:
+                fdname = f"dump-{os.getpid()}-{fd}"
+                await self.qmp.getfd(fdname, fd)
+                await self.qmp.dump_guest_memory(fdname)
+            except BaseException:
+                # Ours alone (O_EXCL): a failed dump leaves no half-written core behind.
+                with contextlib.suppress(OSError):
+                    os.unlink(path.name, dir_fd=dir_fd)
+                raise
+            finally:
+                os.close(fd)
         finally:
-            if conf is not None:
-                await asyncio.to_thread(conf.give_back, self.record, given)
+            os.close(dir_fd)
 
     def console_path(self) -> Path:
         return self.proc.files.console

@@ -170,6 +170,12 @@ class QemuProcess:
             raise BackendError(f"Failed {cmd} on {self.name}: no QMP connection")
         return await self._session.execute(cmd, args, timeout)
 
+    def send_fd(self, fd: int) -> None:
+        """The fd-passing half of `self.qmp.getfd`."""
+        if self._session is None:
+            raise BackendError(f"Failed to pass a file to {self.name}: no QMP connection")
+        self._session.send_fd(fd)
+
     # -- stop ----------------------------------------------------------------------------
     async def wait_exit(self, timeout: float | None = None) -> bool:
         try:
