@@ -38,7 +38,7 @@ from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.peers.psk import PSK_FILE
 from xenia.qemu import accel as accel_mod
-from xenia.qemu import confine, platform, stream, vtpm
+from xenia.qemu import confine, hostfds, platform, stream, vtpm
 from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv, tcg_params_added
 from xenia.qemu.commands import Qmp
@@ -360,6 +360,11 @@ class QemuDriver(Driver):
         qemu_cpu.remove_cgroup(record)
         if self.confinement.confined(record):
             self.confinement.release(record)
+        # The channel sockets xeniad bound (qemu/hostfds.py); QEMU had only their fds.
+        for sock in hostfds.channel_paths(record.config):
+            with contextlib.suppress(OSError):
+                if sock.is_socket():
+                    sock.unlink()
         with contextlib.suppress(FileNotFoundError):
             self.nvram(record).unlink()
         shutil.rmtree(self.vtpm_dir(record), ignore_errors=True)
@@ -447,15 +452,23 @@ class QemuDriver(Driver):
                 record.runtime["cpupool"] = cfg.pool
                 record.runtime["cpupool_cpus"] = sorted(
                     CpuPoolTable(self.devices.store).cpus(cfg.pool))
-            argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files,
-                              qemu=info.path, layout=layout, devices=devices,
-                              incoming=incoming, machine=machine, firmware=firmware,
-                              vnc_display=vnc, kernel_params=added, tpm=tpm)
-            files.dir.mkdir(parents=True, exist_ok=True)  # pygrub and swtpm made it
-            nvram = self.nvram(record) if firmware and self.nvram(record).exists() else None
-            argv = await asyncio.to_thread(self.confinement.prepare, record, files, nvram,
-                                           choice.name, argv)
-            await proc.launch(argv, jailed=True)
+            # Serial files and channel sockets outside the run dir: xeniad opens them,
+            # QEMU inherits the fds (its user could not open the paths).
+            host_fds = await asyncio.to_thread(hostfds.open_host_fds, cfg)
+            try:
+                argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files,
+                                  qemu=info.path, layout=layout, devices=devices,
+                                  incoming=incoming, machine=machine, firmware=firmware,
+                                  vnc_display=vnc, kernel_params=added, tpm=tpm,
+                                  host_fds=host_fds)
+                files.dir.mkdir(parents=True, exist_ok=True)  # pygrub and swtpm made it
+                nvram = (self.nvram(record) if firmware and self.nvram(record).exists()
+                         else None)
+                argv = await asyncio.to_thread(self.confinement.prepare, record, files,
+                                               nvram, choice.name, argv)
+                await proc.launch(argv, jailed=True, pass_fds=list(host_fds.values()))
+            finally:
+                hostfds.close_host_fds(host_fds)  # QEMU holds its own copies now
             await proc.connect_qmp(inst.on_qmp_event)
             if cfg.vnc and cfg.vncpasswd and vnc is not None:
                 # Over QMP: a password on the command line would be in /proc for all.
