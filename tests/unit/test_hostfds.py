@@ -47,9 +47,15 @@ def test_open_host_fds_makes_file_and_listening_socket(tmp_path: Path) -> None:
         assert os.get_inheritable(fds["serial1"]) is False  # only pass_fds hands it on
         with socket.socket(socket.AF_UNIX) as c:
             c.connect(str(sock))  # listening already, before any QEMU
-        assert hostfds.channel_paths(cfg) == [sock]
+        bound = hostfds.bound_sockets(cfg)
     finally:
         hostfds.close_host_fds(fds)
+    # A later domain bound the same path since: its socket is not removed.
+    hostfds.close_host_fds(hostfds.open_host_fds(cfg))
+    hostfds.remove_sockets(bound)
+    assert sock.is_socket()
+    hostfds.remove_sockets(hostfds.bound_sockets(cfg))
+    assert not sock.exists()
     new = tmp_path / "new.log"
     fds = hostfds.open_host_fds(build(f'serial = ["pty", "file:{new}"]'))
     hostfds.close_host_fds(fds)

@@ -48,6 +48,9 @@ from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
 
 log = logging.getLogger(__name__)
+
+# runtime key: {path: dev:inode:ctime} of the channel sockets xeniad bound (qemu/hostfds.py).
+BOUND_SOCKETS = "bound_sockets"
 # The qdev path of a disk: /machine/peripheral/disk-xvda/virtio-backend (cdroms too).
 _DISK_QDEV = re.compile(r"/disk-([^/]+)")
 
@@ -361,10 +364,7 @@ class QemuDriver(Driver):
         if self.confinement.confined(record):
             self.confinement.release(record)
         # The channel sockets xeniad bound (qemu/hostfds.py); QEMU had only their fds.
-        for sock in hostfds.channel_paths(record.config):
-            with contextlib.suppress(OSError):
-                if sock.is_socket():
-                    sock.unlink()
+        hostfds.remove_sockets(record.runtime.pop(BOUND_SOCKETS, None) or {})
         with contextlib.suppress(FileNotFoundError):
             self.nvram(record).unlink()
         shutil.rmtree(self.vtpm_dir(record), ignore_errors=True)
@@ -455,6 +455,7 @@ class QemuDriver(Driver):
             # Serial files and channel sockets outside the run dir: xeniad opens them,
             # QEMU inherits the fds (its user could not open the paths).
             host_fds = await asyncio.to_thread(hostfds.open_host_fds, cfg)
+            record.runtime[BOUND_SOCKETS] = hostfds.bound_sockets(cfg)
             try:
                 argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files,
                                   qemu=info.path, layout=layout, devices=devices,

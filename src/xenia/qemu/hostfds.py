@@ -90,7 +90,27 @@ def close_host_fds(fds: HostFds) -> None:
             os.close(fd)
 
 
-def channel_paths(cfg: DomainConfig) -> list[Path]:
-    """The sockets xeniad bound for `cfg` (removed when the domain ends: QEMU, given
-    only the fd, does not unlink them as it does a path it bound itself)."""
-    return [Path(c.path) for c in map(parse_channel, cfg.channel) if c.path]
+def _identity(st: os.stat_result) -> str:
+    # The inode alone may be reused at once by the next socket bound at the same path.
+    return f"{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}"
+
+
+def bound_sockets(cfg: DomainConfig) -> dict[str, str]:
+    """{path: identity} of the channel sockets just bound for `cfg`, for remove_sockets."""
+    out: dict[str, str] = {}
+    for c in map(parse_channel, cfg.channel):
+        if c.path:
+            with contextlib.suppress(OSError):
+                out[c.path] = _identity(os.lstat(c.path))
+    return out
+
+
+def remove_sockets(bound: Mapping[str, str]) -> None:
+    """When the domain ends: QEMU, given only the fds, does not unlink the sockets as it
+    does a path it bound itself. Only the very socket bound is removed: a later domain
+    (a rename-restart's) may have bound the same path since."""
+    for path, ident in bound.items():
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if stat.S_ISSOCK(st.st_mode) and _identity(st) == ident:
+                os.unlink(path)
