@@ -3,10 +3,12 @@ QEMU, and the argv that hands QEMU the fds instead of the paths."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,7 @@ from xenia.config.xlcfg import parse_config
 from xenia.errors import BackendError, InvalidConfig
 from xenia.qemu import hostfds
 from xenia.qemu.cmdline import RunFiles, build_argv
+from xenia.qemu.commands import Qmp
 
 
 def build(text: str) -> DomainConfig:
@@ -76,3 +79,25 @@ def test_links_and_non_sockets_are_refused_leaving_all_closed(tmp_path: Path) ->
                                     f'channel = ["name=a,connection=socket,path={victim}"]'))
     assert len(os.listdir("/proc/self/fd")) == before  # the serial fd was closed again
     assert victim.read_text() == "keep me" and link.is_symlink()
+
+
+def test_core_goes_to_qemu_as_an_fd() -> None:
+    """getfd sends the fd over the socket before naming it; the dump names only it."""
+    sent: list[tuple[str, Any]] = []
+
+    class Chan:
+        async def command(self, cmd: str, args: dict[str, Any] | None = None,
+                          timeout: float = 30.0) -> Any:
+            sent.append((cmd, args))
+
+        def send_fd(self, fd: int) -> None:
+            sent.append(("SCM_RIGHTS", fd))
+
+    async def run() -> None:
+        q = Qmp(Chan())
+        await q.getfd("dump-1", 5)
+        await q.dump_guest_memory("dump-1")
+
+    asyncio.run(run())
+    assert sent == [("SCM_RIGHTS", 5), ("getfd", {"fdname": "dump-1"}),
+                    ("dump-guest-memory", {"paging": False, "protocol": "fd:dump-1"})]
