@@ -23,6 +23,7 @@ from xenia.images import fstools
 pytestmark = pytest.mark.integration
 
 CHANNEL = "org.xenia.test.0"
+OUT_CHANNEL = "org.xenia.test.1"  # its socket outside the run dir, bound by xeniad
 DISK_MIB = 32
 
 
@@ -75,10 +76,12 @@ def xk_keys(root: Path, disk_path: Path, serial_log: Path, **more: object
         disk=[f"{disk_path},raw,xvda,rw"], rtc_timeoffset=3600, acpi_s3=0, stdvga=0,
         smbios=["system_manufacturer=XeniaTest", "system_product_name=xk"],
         device_model_args=["-smbios", "type=1,version=dm-args-ok"],
-        # ttyS1 on a socket in the run directory: the jailed QEMU (main's confinement)
-        # cannot open a file:PATH outside it (reported; see the branch's report).
-        serial=["pty", "pty"],
-        channel=[f"name={CHANNEL},connection=pty"], on_watchdog="preserve", vtpm=[""],
+        # ttyS1's file and a channel's socket outside the run dir (the test's root,
+        # 0700): the jailed QEMU cannot open them, xeniad passes it the fds.
+        serial=["pty", f"file:{serial_log}"],
+        channel=[f"name={CHANNEL},connection=pty",
+                 f"name={OUT_CHANNEL},connection=socket,path={root / 'out-ch.sock'}"],
+        on_watchdog="preserve", vtpm=[""],
         spice=1, spiceport=SPICE_PORT, spicedisable_ticketing=1, spicevdagent=1)
     keys.update(more)
     return keys
@@ -151,22 +154,20 @@ def test_spice_server_answers_and_vdagent_port_exists(xk: tuple[Host, Path]) -> 
     assert "com.redhat.spice.0" in names
 
 
-def test_second_serial_port_carries_the_guests_bytes(xk: tuple[Host, Path]) -> None:
-    host, _ = xk
-    path = next((host.root / "run").rglob("serial1.sock"))
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(str(path))
-        s.settimeout(30)
-        host.run("xk", "echo serial-one-$((6*7)) > /dev/ttyS1")
-        got = b""
-        while b"serial-one-42" not in got:
-            got += s.recv(100)
+def test_second_serial_port_writes_to_its_file(xk: tuple[Host, Path]) -> None:
+    host, serial_log = xk
+    host.run("xk", "echo serial-one-$((6*7)) > /dev/ttyS1")
+    wait_until(lambda: "serial-one-42" in serial_log.read_text(errors="replace"),
+               what="the guest's ttyS1 line in the serial file")
+    assert serial_log.stat().st_uid == 0  # QEMU had an fd, never the file itself
 
 
-def test_channel_carries_bytes_both_ways(xk: tuple[Host, Path]) -> None:
+@pytest.mark.parametrize("name", [CHANNEL, OUT_CHANNEL])
+def test_channel_carries_bytes_both_ways(xk: tuple[Host, Path], name: str) -> None:
     host, _ = xk
-    path = next((host.root / "run").rglob("channel0.sock"))
-    port = host.run("xk", f"grep -l {CHANNEL} /sys/class/virtio-ports/*/name").strip()
+    path = (host.root / "out-ch.sock" if name == OUT_CHANNEL
+            else next((host.root / "run").rglob("channel0.sock")))
+    port = host.run("xk", f"grep -l {name} /sys/class/virtio-ports/*/name").strip()
     dev = "/dev/" + port.split("/")[-2]
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(path))
@@ -199,11 +200,15 @@ def test_trigger_nmi_sysrq_monitor_dmesg(xk: tuple[Host, Path]) -> None:
     listing = json.loads(host.xenia("list", "-l").stdout)
     assert listing[0]["name"] == "Domain-0" and listing[0]["domid"] == 0
     assert host.xenia("list", "-n").stdout.splitlines()[0].endswith("NODE Affinity")
-    # dump-core: an ELF core of the running guest, which runs on.
+    # dump-core: an ELF core of the running guest, which runs on; written outside the
+    # run dir (the test's root, 0700) through the fd xeniad passed the jailed QEMU.
     core = host.root / "xk.core"
     assert host.xenia("dump-core", "xk", str(core)).stdout.strip() == str(core)
     with core.open("rb") as f:
         assert f.read(4) == b"\x7fELF"
+    assert core.stat().st_uid == 0 and core.stat().st_mode & 0o777 == 0o600
+    res = host.xenia("dump-core", "xk", str(core), check=False)  # never replaced
+    assert res.returncode != 0 and "does not exist yet" in res.stderr
     core.unlink()
     assert host.domain("xk")["state"] == "running"
     # -N: a dry run changes nothing.

@@ -38,7 +38,7 @@ from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.peers.psk import PSK_FILE
 from xenia.qemu import accel as accel_mod
-from xenia.qemu import confine, platform, stream, vtpm
+from xenia.qemu import confine, hostfds, platform, stream, vtpm
 from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv, tcg_params_added
 from xenia.qemu.commands import Qmp
@@ -48,6 +48,9 @@ from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
 
 log = logging.getLogger(__name__)
+
+# runtime key: {path: dev:inode:ctime} of the channel sockets xeniad bound (qemu/hostfds.py).
+BOUND_SOCKETS = "bound_sockets"
 # The qdev path of a disk: /machine/peripheral/disk-xvda/virtio-backend (cdroms too).
 _DISK_QDEV = re.compile(r"/disk-([^/]+)")
 
@@ -185,23 +188,37 @@ class QemuInstance(BootWatchMixin, XlVerbsMixin, Instance):
         await self.proc.close()
 
     async def dump_core(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Made here (no link followed, none replaced), then given to QEMU, who writes it
-        # as its own user.
+        """QEMU's user may not write where the core goes: xeniad makes the file (no link
+        followed, none replaced, in the directory it opened) and passes QEMU the open
+        fd over QMP (getfd), as libvirt does; QEMU never opens a path."""
+        fail = f"Failed to dump the core of '{self.record.name}' to {path}"
+        if not path.is_absolute() or path.name in ("", ".", ".."):
+            raise InvalidConfig(f"{fail}: the file must be an absolute path to a file")
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                             0o600))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
-            raise BackendError(f"Failed to dump the core of '{self.record.name}' to "
-                               f"{path}: {e.strerror}") from e
-        conf = self.devices.host.confinement
-        given = [] if conf is None else await asyncio.to_thread(conf.give_file,
-                                                                self.record, path)
+            raise BackendError(f"{fail}: {e.strerror}; give an existing directory") from e
         try:
-            await self.qmp.dump_guest_memory(path)
+            try:
+                fd = os.open(path.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+            except OSError as e:
+                raise BackendError(f"{fail}: {e.strerror}; name a file that does not "
+                                   "exist yet") from e
+            try:
+                fdname = f"dump-{os.getpid()}-{fd}"
+                await self.qmp.getfd(fdname, fd)
+                await self.qmp.dump_guest_memory(fdname)
+            except BaseException:
+                # Ours alone (O_EXCL): a failed dump leaves no half-written core behind.
+                with contextlib.suppress(OSError):
+                    os.unlink(path.name, dir_fd=dir_fd)
+                raise
+            finally:
+                os.close(fd)
         finally:
-            if conf is not None:
-                await asyncio.to_thread(conf.give_back, self.record, given)
+            os.close(dir_fd)
 
     def console_path(self) -> Path:
         return self.proc.files.console
@@ -346,6 +363,8 @@ class QemuDriver(Driver):
         qemu_cpu.remove_cgroup(record)
         if self.confinement.confined(record):
             self.confinement.release(record)
+        # The channel sockets xeniad bound (qemu/hostfds.py); QEMU had only their fds.
+        hostfds.remove_sockets(record.runtime.pop(BOUND_SOCKETS, None) or {})
         with contextlib.suppress(FileNotFoundError):
             self.nvram(record).unlink()
         shutil.rmtree(self.vtpm_dir(record), ignore_errors=True)
@@ -433,15 +452,24 @@ class QemuDriver(Driver):
                 record.runtime["cpupool"] = cfg.pool
                 record.runtime["cpupool_cpus"] = sorted(
                     CpuPoolTable(self.devices.store).cpus(cfg.pool))
-            argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files,
-                              qemu=info.path, layout=layout, devices=devices,
-                              incoming=incoming, machine=machine, firmware=firmware,
-                              vnc_display=vnc, kernel_params=added, tpm=tpm)
-            files.dir.mkdir(parents=True, exist_ok=True)  # pygrub and swtpm made it
-            nvram = self.nvram(record) if firmware and self.nvram(record).exists() else None
-            argv = await asyncio.to_thread(self.confinement.prepare, record, files, nvram,
-                                           choice.name, argv)
-            await proc.launch(argv, jailed=True)
+            # Serial files and channel sockets outside the run dir: xeniad opens them,
+            # QEMU inherits the fds (its user could not open the paths).
+            host_fds = await asyncio.to_thread(hostfds.open_host_fds, cfg)
+            record.runtime[BOUND_SOCKETS] = hostfds.bound_sockets(cfg)
+            try:
+                argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files,
+                                  qemu=info.path, layout=layout, devices=devices,
+                                  incoming=incoming, machine=machine, firmware=firmware,
+                                  vnc_display=vnc, kernel_params=added, tpm=tpm,
+                                  host_fds=host_fds)
+                files.dir.mkdir(parents=True, exist_ok=True)  # pygrub and swtpm made it
+                nvram = (self.nvram(record) if firmware and self.nvram(record).exists()
+                         else None)
+                argv = await asyncio.to_thread(self.confinement.prepare, record, files,
+                                               nvram, choice.name, argv)
+                await proc.launch(argv, jailed=True, pass_fds=list(host_fds.values()))
+            finally:
+                hostfds.close_host_fds(host_fds)  # QEMU holds its own copies now
             await proc.connect_qmp(inst.on_qmp_event)
             if cfg.vnc and cfg.vncpasswd and vnc is not None:
                 # Over QMP: a password on the command line would be in /proc for all.

@@ -128,7 +128,7 @@ class QemuConfinement:
         return given
 
     def give_file(self, rec: DomainRecord, path: Path) -> list[str]:
-        """Give a file QEMU writes for a while (a save file, a core dump)."""
+        """Give a file QEMU writes for a while (a save file)."""
         if not self.confined(rec):
             return []
         return self.ledger.give(rec.uuid, write=[str(path)])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,13 +136,15 @@ def build_argv(
     vnc_display: int | None = None,
     kernel_params: Sequence[str] = (),
     tpm: Sequence[str] = (),
+    host_fds: Mapping[str, int] | None = None,
 ) -> list[str]:
     """The full QEMU argv for a domain, started paused (-S) and daemonized.
 
     `devices` are (option, JSON) pairs for disks, NICs and controllers, already placed on
     the root ports of `layout`. HVM: `firmware` are the firmware's arguments (OVMF flash),
     `vnc_display` the VNC display chosen for it. `kernel_params` are added to a direct
-    kernel boot's command line (tcg_params_added).
+    kernel boot's command line (tcg_params_added). `host_fds` are the fds xeniad opened
+    for QEMU (qemu/hostfds.py), inherited by it.
     """
     layout = layout or Layout(SPARE_ROOT_PORTS)
     argv: list[str] = [
@@ -173,7 +175,7 @@ def build_argv(
     argv += list(firmware)
     argv += display.graphics_argv(cfg, vnc_display)
     argv += display.usb_argv(cfg)
-    argv += platform.platform_argv(cfg, files.dir)
+    argv += platform.platform_argv(cfg, files.dir, host_fds)
     argv += spice.spice_argv(cfg)  # after the channels' controller (its vdagent port)
     argv += list(tpm)  # the vTPM's backend and device (qemu/vtpm.py)
     if cfg.kernel:

@@ -22,6 +22,9 @@ class Channel(Protocol):
     async def command(self, cmd: str, args: dict[str, Any] | None = None,
                       timeout: float = 30.0) -> Any: ...
 
+    def send_fd(self, fd: int) -> None:
+        """Send `fd` to QEMU (SCM_RIGHTS); the next getfd names it."""
+
 
 def _dashed(values: dict[str, Any]) -> dict[str, Any]:
     return {k.replace("_", "-"): v for k, v in values.items()}
@@ -79,8 +82,18 @@ class Qmp:
         return str((await self._call("query-status"))["status"])
 
     # -- guest memory, screen, console ----------------------------------------------------
-    async def dump_guest_memory(self, path: Path, timeout: float = 600.0) -> None:
-        await self._call("dump-guest-memory", {"paging": False, "protocol": f"file:{path}"},
+    async def getfd(self, fdname: str, fd: int) -> None:
+        """Hand QEMU our open file `fd` under `fdname` (it keeps a duplicate; the caller
+        still closes its own). For files QEMU's user could not open itself."""
+        self._channel.send_fd(fd)
+        await self._call("getfd", {"fdname": fdname})
+
+    async def closefd(self, fdname: str) -> None:
+        await self._call("closefd", {"fdname": fdname})
+
+    async def dump_guest_memory(self, fdname: str, timeout: float = 600.0) -> None:
+        """Dump into the fd QEMU was given as `fdname` (getfd); QEMU closes it after."""
+        await self._call("dump-guest-memory", {"paging": False, "protocol": f"fd:{fdname}"},
                          timeout=timeout)
 
     async def screendump(self, path: Path, fmt: str = "png") -> None:

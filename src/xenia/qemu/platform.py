@@ -17,6 +17,7 @@ from typing import Any
 from xenia.config.extras import SMBIOS_FIELDS, VGAS, ChannelSpec, parse_channel
 from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig
+from xenia.qemu.hostfds import HostFds
 from xenia.qemu.opts import escape_opt
 
 # Fixed places on pcie.0 (qemu/cmdline.py names the others): 0x1a the virtio-serial
@@ -132,16 +133,20 @@ def check(cfg: DomainConfig) -> None:
                                 "a socket (QEMU would replace it); choose a free path")
 
 
-def serial_ports(cfg: DomainConfig, run_dir: Path) -> list[str]:
+def serial_ports(cfg: DomainConfig, run_dir: Path, fds: HostFds) -> list[str]:
     """Serial ports after the console (serial[1:], checked by config/extras.py and
-    `check`): pty (a socket in the run directory, serialN.sock), file:PATH, null, none."""
+    `check`): pty (a socket in the run directory, serialN.sock), file:PATH (the fd
+    xeniad opened, `fds`, as fd set N; qemu/hostfds.py), null, none."""
     argv: list[str] = []
     for i, spec in enumerate(cfg.serial[1:], start=1):
         chardev = f"serial{i}"
         if spec in ("pty", "vc"):
             path = escape_opt(str(run_dir / f"serial{i}.sock"))
             argv += ["-chardev", f"socket,id={chardev},path={path},server=on,wait=off"]
-        elif spec.startswith("file:"):
+        elif spec.startswith("file:") and chardev in fds:
+            argv += ["-add-fd", f"fd={int(fds[chardev])},set={i}",
+                     "-chardev", f"file,id={chardev},path=/dev/fdset/{i},append=on"]
+        elif spec.startswith("file:"):  # an unconfined QEMU opens the path itself
             argv += ["-chardev", f"file,id={chardev},path={escape_opt(spec[5:])},append=on"]
         elif spec == "null":
             argv += ["-chardev", f"null,id={chardev}"]
@@ -161,15 +166,20 @@ def channel_path(run_dir: Path, index: int, spec: ChannelSpec) -> Path:
     return Path(spec.path) if spec.path else run_dir / f"channel{index}.sock"
 
 
-def channel_args(cfg: DomainConfig, run_dir: Path) -> list[str]:
+def channel_args(cfg: DomainConfig, run_dir: Path, fds: HostFds) -> list[str]:
+    """The virtio-serial channels: a socket QEMU listens on in the run dir, or the one
+    xeniad bound at path= and passed as a listening fd (`fds`; qemu/hostfds.py)."""
     specs = channels(cfg)
     if not specs and not cfg.spice.get("vdagent"):
         return []
     argv = ["-device", _j({"driver": "virtio-serial-pci", "id": "vser0", "bus": "pcie.0",
                            "addr": CHANNEL_ADDR})]
     for i, spec in enumerate(specs):
-        path = escape_opt(str(channel_path(run_dir, i, spec)))
-        argv += ["-chardev", f"socket,id=channel{i},path={path},server=on,wait=off",
+        if f"channel{i}" in fds:
+            where = f"fd={int(fds[f'channel{i}'])}"
+        else:
+            where = f"path={escape_opt(str(channel_path(run_dir, i, spec)))}"
+        argv += ["-chardev", f"socket,id=channel{i},{where},server=on,wait=off",
                  "-device", _j({"driver": "virtserialport", "id": f"channel{i}dev",
                                 "bus": "vser0.0", "chardev": f"channel{i}",
                                 "name": spec.name})]
@@ -204,7 +214,8 @@ def dm_args(cfg: DomainConfig) -> list[str]:
     return list(cfg.device_model_args) + list(own)
 
 
-def platform_argv(cfg: DomainConfig, run_dir: Path) -> list[str]:
+def platform_argv(cfg: DomainConfig, run_dir: Path, fds: HostFds | None = None) -> list[str]:
     """Everything above but the -cpu flags and device_model_args (which go last)."""
+    fds = fds or {}
     return (rtc_arg(cfg) + smbios_args(cfg) + acpi_args(cfg) + watchdog_args(cfg)
-            + serial_ports(cfg, run_dir) + channel_args(cfg, run_dir))
+            + serial_ports(cfg, run_dir, fds) + channel_args(cfg, run_dir, fds))

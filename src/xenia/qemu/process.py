@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +75,11 @@ class QemuProcess:
         self._on_exit: Callable[[], None] | None = None
 
     # -- start / adopt -------------------------------------------------------------------
-    async def launch(self, argv: list[str], jailed: bool = False) -> None:
+    async def launch(self, argv: list[str], jailed: bool = False,
+                     pass_fds: Sequence[int] = ()) -> None:
         """Run QEMU (-daemonize, or through qemu/jail.py with `jailed`) and return once
-        it is up, paused, with QMP listening."""
+        it is up, paused, with QMP listening. `pass_fds` are inherited by QEMU (the jail
+        keeps them open across its fork and exec)."""
         self.files.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.files.dir, 0o700)
         try:
@@ -87,6 +89,7 @@ class QemuProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                pass_fds=tuple(pass_fds),
             )
         except OSError as e:
             raise BackendError(f"Failed to start QEMU for {self.name}: {e}") from e
@@ -169,6 +172,12 @@ class QemuProcess:
         if self._session is None:
             raise BackendError(f"Failed {cmd} on {self.name}: no QMP connection")
         return await self._session.execute(cmd, args, timeout)
+
+    def send_fd(self, fd: int) -> None:
+        """The fd-passing half of `self.qmp.getfd`."""
+        if self._session is None:
+            raise BackendError(f"Failed to pass a file to {self.name}: no QMP connection")
+        self._session.send_fd(fd)
 
     # -- stop ----------------------------------------------------------------------------
     async def wait_exit(self, timeout: float | None = None) -> bool:

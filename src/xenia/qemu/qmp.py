@@ -65,6 +65,13 @@ class QMPSession:
         except (TimeoutError, QMPError, OSError) as e:
             raise BackendError(f"Failed {cmd} on {self.name}: QMP {type(e).__name__} {e}") from e
 
+    def send_fd(self, fd: int) -> None:
+        """Pass `fd` over the QMP socket (SCM_RIGHTS); a getfd must follow."""
+        try:
+            self._client.send_fd_scm(fd)
+        except (QMPError, OSError, AssertionError) as e:
+            raise BackendError(f"Failed to pass a file to {self.name} over QMP: {e}") from e
+
     async def close(self) -> None:
         if self._pump is not None:
             self._pump.cancel()
