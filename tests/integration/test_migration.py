@@ -189,15 +189,19 @@ def test_ctrl_c_and_cancel(hosts: tuple[NetHost, NetHost]) -> None:
     # on_crash=restart: the destination's QEMU exits when the stream breaks, and that
     # exit must not restart the half-received domain there (a second, fresh guest).
     start_guest(a, "x", "10.66.0.7", on_crash="restart")
+    # The migration must still run when the cancel comes. An idle guest at 2 MiB/s gave
+    # up as not converging (10 passes of ~0.5 s) before a slow, loaded test got its
+    # Ctrl-C in; rewriting 8 MiB over and over at 1 MiB/s makes every pass take 8 s.
+    a.run("x", "(while :; do cp /tmp/keep /tmp/x; done) >/dev/null 2>&1 &")
     before = counter(a, "x")
-    proc = migrate_bg(a, "--bandwidth", "2", "x", "h1")
+    proc = migrate_bg(a, "--bandwidth", "1", "x", "h1")
     wait_prepared(b, "x", proc)
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "cancelled" in err, (out, err)
     assert_source_unharmed(a, b, "x", before)
-    proc = migrate_bg(a, "--bandwidth", "2", "x", "h1")
+    proc = migrate_bg(a, "--bandwidth", "1", "x", "h1")
     wait_prepared(b, "x", proc)
     a.xenia("migrate", "--cancel", "x")
     out, err = proc.communicate(timeout=120)
