@@ -266,3 +266,13 @@ def test_api_configs_with_unparsed_platform_values_are_refused() -> None:
         spice.check_spice(cfg)
     with pytest.raises(ValueError, match="spice"):
         DomainConfig.from_dict({**good.to_dict(), "spice": None})
+
+
+@pytest.mark.parametrize("arg", ["", "-x\0y"])
+def test_device_model_args_refuse_words_that_are_no_argument(arg: str) -> None:
+    # Found by the fuzz campaign: [''] reached QEMU's argv as an empty word.
+    from xenia.host.validate import check_config
+    cfg = DomainConfig(name="dm", kernel="/bin/true", device_model_args=["-S", arg])
+    with pytest.raises(InvalidConfig, match="device_model_args holds"):
+        check_config(cfg)
+    check_config(DomainConfig(name="dm", kernel="/bin/true", device_model_args=["-S"]))

@@ -55,3 +55,11 @@ def check_config(cfg: DomainConfig) -> None:
             )
     if cfg.accel not in ACCELS:
         raise InvalidConfig(f"Failed to create {who}: accel='{cfg.accel}' (use auto, kvm, tcg)")
+    for key in ("device_model_args", "device_model_args_pv", "device_model_args_hvm"):
+        # Passed to QEMU as they are (admin only over TCP), but an empty or NUL-holding
+        # word is never a meant argument: QEMU would read '' as a disk image name.
+        for arg in getattr(cfg, key):
+            if not isinstance(arg, str) or not arg or "\0" in arg:
+                raise InvalidConfig(
+                    f"Failed to create {who}: {key} holds {arg!r}, which is not a QEMU "
+                    "argument; give each option and each value as a non-empty string")
