@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,11 @@ class Cluster:
         self.links: list[str] = []
 
     def start(self) -> None:
+        # Namespaces of these names can only be left by an earlier run that died (the tag
+        # is this process's pid modulo 40): clear them, or `netns add` fails every test of
+        # the module with "File exists".
+        for ns in [self.sw, *(f"xh{self.tag}{i}" for i in range(self.n))]:
+            clear_stale_netns(ns)
         ip("netns", "add", self.sw)
         ip("-n", self.sw, "link", "add", "ctl", "type", "bridge")
         ip("-n", self.sw, "link", "add", "lan", "type", "bridge")
@@ -136,3 +142,13 @@ class Cluster:
 
 def tag() -> str:
     return str(os.getpid() % 40 + 10)
+
+
+def clear_stale_netns(ns: str) -> None:
+    """Kill what still runs in namespace `ns` and delete it, if it exists."""
+    if ns not in ip("netns", "list", check=False).stdout.split():
+        return
+    for pid in ip("netns", "pids", ns, check=False).stdout.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+    ip("netns", "del", ns, check=False)
