@@ -26,6 +26,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from tests.integration.multihost import clear_stale_netns
 from xenia.cluster.etcd_member import ClusterFiles, MemberConfig
 from xenia.cluster.pki import ClusterCA, make_member
 
@@ -138,6 +139,8 @@ class EtcdNet:
         """With init and joins, as `xenia cluster init/join` do (~7 s: etcd refuses the
         next member-add until its leader has seen every voter for 5 s); `static`: all
         members at once from one initial cluster (~2 s), for tests of other things."""
+        for ns in [self.sw, *self.ns]:
+            clear_stale_netns(ns)  # left by an earlier run with the same pid tag
         ip("netns", "add", self.sw)
         ip("-n", self.sw, "link", "add", "sw", "type", "bridge")
         ip("-n", self.sw, "link", "set", "sw", "up")
