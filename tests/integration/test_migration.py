@@ -69,10 +69,17 @@ def md5(h: NetHost, name: str, path: str) -> str:
     return h.run(name, f"md5sum {path} | cut -d' ' -f1").strip()
 
 
+def _default_sigint() -> None:
+    # A test run started in the background by a non-interactive shell inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler in the child: the
+    # Ctrl-C of test_ctrl_c_and_cancel would be lost. Give the command a terminal's default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def migrate_bg(a: NetHost, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "xenia.cli", "migrate", *args],
                             env=a.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_sigint)
 
 
 def wait_prepared(b: NetHost, name: str, proc: subprocess.Popen[str]) -> None:
@@ -189,9 +196,9 @@ def test_ctrl_c_and_cancel(hosts: tuple[NetHost, NetHost]) -> None:
     # on_crash=restart: the destination's QEMU exits when the stream breaks, and that
     # exit must not restart the half-received domain there (a second, fresh guest).
     start_guest(a, "x", "10.66.0.7", on_crash="restart")
-    # The migration must still run when the cancel comes. An idle guest at 2 MiB/s gave
-    # up as not converging (10 passes of ~0.5 s) before a slow, loaded test got its
-    # Ctrl-C in; rewriting 8 MiB over and over at 1 MiB/s makes every pass take 8 s.
+    # The migration must still run when the cancel comes: an idle guest at 2 MiB/s gives
+    # up as not converging after ~5 s (10 passes of ~0.5 s); rewriting 8 MiB over and
+    # over at 1 MiB/s makes every pass take 8 s.
     a.run("x", "(while :; do cp /tmp/keep /tmp/x; done) >/dev/null 2>&1 &")
     before = counter(a, "x")
     proc = migrate_bg(a, "--bandwidth", "1", "x", "h1")
