@@ -21,7 +21,7 @@ from typing import Any
 
 from tests.integration.etcd_cluster import EtcdNet
 from tests.integration.harness import Image, qemu_pids_with
-from tests.integration.multihost import NetHost
+from tests.integration.multihost import NetHost, stop_hosts
 from xenia.cluster.etcd_member import ClusterFiles
 from xenia.paths import Paths
 
@@ -95,11 +95,6 @@ class HACluster:
         return None
 
     def stop(self, dump: bool = False) -> None:
-        for h in self.hosts:
-            if dump:
-                print(f"\n##### host {h.ns}")
-                h.dump_logs()
-            with contextlib.suppress(Exception):
-                h.cleanup()
+        stop_hosts(self.hosts, dump)
         self.etcd.stop(dump=dump)
         shutil.rmtree(self.shared, ignore_errors=True)

@@ -129,15 +129,20 @@ class Cluster:
         ip("-n", self.hosts[i].ns, "link", "set", "eth0", "up" if up else "down")
 
     def stop(self, dump: bool = False) -> None:
-        for h in self.hosts:
-            if dump:
-                print(f"\n##### host {h.ns}")
-                h.dump_logs()
-            with contextlib.suppress(Exception):
-                h.cleanup()
+        stop_hosts(self.hosts, dump)
         for h in self.hosts:
             ip("netns", "del", h.ns, check=False)
         ip("netns", "del", self.sw, check=False)
+
+
+def stop_hosts(hosts: list[NetHost], dump: bool) -> None:
+    """Stop each host's daemon and domains; with `dump`, print their logs first."""
+    for h in hosts:
+        if dump:
+            print(f"\n##### host {h.ns}")
+            h.dump_logs()
+        with contextlib.suppress(Exception):
+            h.cleanup()
 
 
 def tag() -> str:
