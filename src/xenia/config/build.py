@@ -31,6 +31,7 @@ from xenia.config.names import NAME_RULE, valid_name
 from xenia.config.vdev import vdev_number
 from xenia.config.vifspec import parse_vif_spec
 from xenia.config.xlcfg import Value, apply_overrides, read_config_file
+from xenia.config.xldevices import read_devices
 from xenia.config.xllexer import number_value
 from xenia.containers import caps, limits
 from xenia.containers.idmap import parse_request
@@ -198,6 +199,7 @@ def build_config(values: Mapping[str, Value], source: str) -> DomainConfig:
     cfg.vifs = r.each("vif", parse_vif_spec)
     cfg.pci = r.items("pci") or []
     read_extras(r, cfg)
+    read_devices(r, cfg)
     _container_keys(r, cfg)
     _warn_unused(r)
     notice_xen_names(cfg, source)

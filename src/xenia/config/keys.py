@@ -99,10 +99,15 @@ spice_streaming_video:
 pool: the domain's cpupool (`xenia cpupool-*`): its vCPUs run on the pool's CPUs
 vga: `stdvga`, `cirrus`, `qxl`, `none`; default `stdvga` (xl: cirrus)
 on_watchdog: with a watchdog device (i6300esb unless `watchdog=` says otherwise)
+cpuid: libxl's `host,NAME=1|0|x` and xend's `LEAF:REG=BITS` list; unknown bits refused
+vnuma: QEMU NUMA nodes (`size=`, `vcpus=`, `vdistances=`); sizes sum to maxmem
+keymap: the VNC keyboard layout (QEMU's `-k`; its keymap names)
+soundhw: `hda`, `ac97`, `es1370`, `sb16`, `all`; audio into `-audiodev none`
+usbversion: usb=1's controller: 1 UHCI, 2 EHCI, 3 xHCI (the default)
 """)
 
 _DIFFERS = _table(DIFFERS, """
-firmware: `bios`/`seabios`/`uefi`/`ovmf` or an image file; `pvgrub*` not yet
+firmware: `bios`/`seabios`/`uefi`/`ovmf`, an image file; `pvgrub*` is pygrub (a notice)
 cpus_soft: kept and shown; Linux has no soft affinity
 serial: the first is always the console; others (ttyS1-3): `pty`, `file:/PATH`, `null`
 viridian: Hyper-V enlightenments (QEMU `hv-*`) under KVM only; TCG has none
@@ -114,6 +119,9 @@ spicehost: an IP address; default 127.0.0.1 (xl: every interface)
 device_model_args: appended to QEMU's arguments; over TCP needs the `admin` scope
 device_model_args_pv: as `device_model_args`, pv/pvh domains only
 device_model_args_hvm: as `device_model_args`, hvm domains only
+nestedhvm: the host's `vmx`/`svm` (KVM needs nested=1); TCG: `svm` only
+usbctrl: QEMU's UHCI/EHCI/xHCI (`version=1|2|3`, `ports=`); PV USB (`qusb`) refused
+usbdev: `hostdev` (usb-host); Xenia adds `type=tablet|mouse|keyboard`
 """)
 
 _NOT_APPLICABLE = _table(NOT_APPLICABLE, """
@@ -212,15 +220,7 @@ xauthority: SDL's X authority; xeniad has none
 """)
 
 _LATER = _table(LATER, """
-vnuma: the guest sees one NUMA node
 p9: virtio-9p is not wired up yet
-usbctrl: USB passthrough is not implemented yet
-usbdev: USB passthrough is not implemented yet
-nestedhvm: nested virtualization is not exposed yet
-cpuid:
-keymap:
-soundhw:
-usbversion:
 spiceusbredirection: refused (no USB redirection channels yet)
 spicetls_port: refused: needs TLS certificates Xenia does not set up yet
 vscsi: SUSE's Xen PV SCSI; use `sdX` disks (virtio-scsi)

@@ -194,6 +194,16 @@ class DomainConfig:
     bootloader_args: list[str] = field(default_factory=list)
     spice: dict[str, Any] = field(default_factory=dict)  # xl's spice* keys; {}: off
     spicepasswd: str | None = None  # set over QMP, never on QEMU's command line
+    # The guest's CPU, NUMA nodes, USB and sound (config/xldevices.py checks them,
+    # qemu/xldevices.py makes QEMU's arguments).
+    cpuid: list[str] = field(default_factory=list)  # QEMU -cpu settings: "aes=on"
+    nestedhvm: bool | None = None  # None: the CPU model's default
+    vnuma: list[dict[str, Any]] = field(default_factory=list)  # size, vcpus, distances
+    usbctrl: list[dict[str, Any]] = field(default_factory=list)  # devid, version, ports
+    usbdev: list[dict[str, Any]] = field(default_factory=list)  # type, controller, port
+    usbversion: int | None = None  # usb=1's controller: 1 UHCI, 2 EHCI, 3 xHCI (default)
+    soundhw: list[str] = field(default_factory=list)  # hda, ac97, es1370, sb16
+    keymap: str | None = None  # the VNC keyboard layout (QEMU's -k)
 
     # Where the config came from (file path or "<overrides>"), for messages.
     source: str | None = None
@@ -267,6 +277,8 @@ def _type_ok(value: Any, typ: str) -> bool:
         return isinstance(value, bool)
     if typ == "list[str]":
         return isinstance(value, list) and all(_type_ok(v, "str") for v in value)
+    if typ == "list[dict[str, Any]]":  # checked in full by config/xldevices.py
+        return isinstance(value, list) and all(_type_ok(v, "dict[str, Any]") for v in value)
     if typ == "dict[str, Any]":  # spice: its values are checked by devices/spice.py
         return isinstance(value, dict) and all(isinstance(k, str) for k in value)
     return True  # nested dataclasses: built and checked on their own

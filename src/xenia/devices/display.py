@@ -145,8 +145,9 @@ def vnc_arg(cfg: DomainConfig, display: int) -> str:
 def usb_argv(cfg: DomainConfig) -> list[str]:
     if cfg.type != "hvm" or not (cfg.usb or cfg.usbdevice):
         return []
-    argv = ["-device", _j({"driver": "qemu-xhci", "id": "usb0", "bus": "pcie.0",
-                           "addr": "0x1d"})]
+    # usbversion: 1 UHCI, 2 EHCI, 3 (the default) xHCI, as xl's emulated USB bus.
+    driver = {1: "piix3-usb-uhci", 2: "usb-ehci"}.get(cfg.usbversion or 3, "qemu-xhci")
+    argv = ["-device", _j({"driver": driver, "id": "usb0", "bus": "pcie.0", "addr": "0x1d"})]
     for i, dev in enumerate(cfg.usbdevice):
         driver = {"tablet": "usb-tablet", "mouse": "usb-mouse", "keyboard": "usb-kbd"}[dev]
         argv += ["-device", _j({"driver": driver, "id": f"usbdev{i}", "bus": "usb0.0"})]

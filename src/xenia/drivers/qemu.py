@@ -38,7 +38,7 @@ from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.peers.psk import PSK_FILE
 from xenia.qemu import accel as accel_mod
-from xenia.qemu import confine, hostfds, platform, stream, vtpm
+from xenia.qemu import confine, hostfds, platform, stream, vtpm, xldevices
 from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv, tcg_params_added
 from xenia.qemu.commands import Qmp
@@ -322,6 +322,7 @@ class QemuDriver(Driver):
                 "(`xenia image build tiny` makes one)"
             )
         platform.check(cfg)
+        xldevices.check(cfg)
         spice.check_spice(cfg)
         if cfg.pool and cfg.pool != POOL0:
             CpuPoolTable(self.devices.store).cpus(cfg.pool)  # NotFound names the pools

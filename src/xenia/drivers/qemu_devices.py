@@ -22,6 +22,7 @@ from xenia.drivers.qemu_confine import QemuConfinement
 from xenia.errors import AlreadyExists, InvalidConfig, XeniaError
 from xenia.hostos.pci import PciAssign
 from xenia.network.manager import NetworkManager
+from xenia.qemu import xldevices
 from xenia.revert import Revert
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
@@ -149,6 +150,8 @@ class QemuDevices:
             layout.slots[nicdev.qdev_id(vif.devid)] = ""
         for bdf in rec.config.pci:
             layout.slots[hostdev_id(bdf)] = ""
+        for ctrl in rec.config.usbctrl:
+            layout.slots[xldevices.usbctrl_id(ctrl["devid"])] = ""
         wanted = list(layout.slots)
         layout = Layout(len(wanted) + SPARE_ROOT_PORTS)
         for qdev in wanted:
@@ -199,6 +202,7 @@ def argv_devices(rec: DomainRecord) -> tuple[Layout, list[tuple[str, dict[str, A
     for bdf in rec.config.pci:
         out.append(("-device", {"driver": "vfio-pci", "host": bdf, "id": hostdev_id(bdf),
                                 "bus": layout.slots[hostdev_id(bdf)]}))
+    out += xldevices.usb_args(rec.config, layout.slots)
     return layout, out
 
 

@@ -27,7 +27,7 @@ from xenia.config.extras import translate_xen_names
 from xenia.config.model import DomainConfig
 from xenia.devices import cpu, display, spice
 from xenia.devices.layout import SPARE_ROOT_PORTS, Layout
-from xenia.qemu import platform
+from xenia.qemu import platform, xldevices
 from xenia.qemu.opts import escape_opt, machine_arg
 
 # Fixed integrated devices on pcie.0: 0x1c rng, 0x1e balloon (0x1d is kept for a USB
@@ -153,7 +153,8 @@ def build_argv(
         "-uuid", uuid,
         "-machine", machine_arg(machine, acpi=cfg.type != "hvm" or cfg.acpi),
         "-accel", "kvm" if accel == "kvm" else "tcg",
-        "-cpu", cpu_model(accel) + platform.cpu_flags(cfg, accel),
+        "-cpu", cpu_model(accel) + platform.cpu_flags(cfg, accel)
+        + xldevices.cpu_flags(cfg, accel),
         "-m", f"size={cfg.effective_maxmem}M",
         "-smp", cpu.smp(cfg.effective_maxvcpus),
         "-nodefaults",
@@ -172,9 +173,11 @@ def build_argv(
         "-device", jarg({"driver": "isa-serial", "id": "serial0", "chardev": CONSOLE_CHARDEV}),
         "-device", jarg({"driver": "pvpanic", "id": "pvpanic0"}),
     ]
+    argv += xldevices.vnuma_args(cfg)
     argv += list(firmware)
     argv += display.graphics_argv(cfg, vnc_display)
     argv += display.usb_argv(cfg)
+    argv += xldevices.sound_args(cfg, platform.dm_args(cfg)) + xldevices.keymap_args(cfg)
     argv += platform.platform_argv(cfg, files.dir, host_fds)
     argv += spice.spice_argv(cfg)  # after the channels' controller (its vdagent port)
     argv += list(tpm)  # the vTPM's backend and device (qemu/vtpm.py)

@@ -1,0 +1,241 @@
+"""cpuid, nestedhvm, vnuma, usbctrl/usbdev/usbversion, soundhw, keymap and pvgrub firmware:
+parsed and checked (config/xldevices.py, config/cpuid.py), turned into QEMU arguments
+(qemu/xldevices.py, qemu/cmdline.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from xenia.config.build import build_config
+from xenia.config.cpuid import parse_cpuid
+from xenia.config.model import DomainConfig
+from xenia.config.xlcfg import parse_config
+from xenia.devices.layout import Layout
+from xenia.errors import InvalidConfig, NotFound, NotSupported
+from xenia.qemu import xldevices
+from xenia.qemu.cmdline import RunFiles, build_argv
+
+
+def build(text: str) -> DomainConfig:
+    return build_config(parse_config('name = "g"\n' + text, "g.cfg"), "g.cfg")
+
+
+def argv(cfg: DomainConfig, accel: str = "tcg") -> list[str]:
+    return build_argv(cfg, uuid="00000000-0000-0000-0000-000000000001", accel=accel,
+                      files=RunFiles(Path("/run/x")))
+
+
+def devices(args: list[str]) -> list[dict[str, object]]:
+    return [json.loads(args[i + 1]) for i, a in enumerate(args) if a == "-device"]
+
+
+def cpu_arg(args: list[str]) -> str:
+    return args[args.index("-cpu") + 1]
+
+
+# --- cpuid ---------------------------------------------------------------------------
+
+
+def test_cpuid_libxl_form_sets_and_clears_qemu_flags() -> None:
+    cfg = build('cpuid = "host,aes=1,sse3=0,lahfsahf=0,tm=x,avx=k"')
+    assert cfg.cpuid == ["aes=on", "pni=off", "lahf-lm=off"]
+    assert cpu_arg(argv(cfg)) == "qemu64,aes=on,pni=off,lahf-lm=off"
+    assert cpu_arg(argv(cfg, "kvm")).startswith("host,aes=on,pni=off")
+
+
+def test_cpuid_xend_list_form() -> None:
+    # leaf 1 ecx: bit 25 (aes) set, bit 0 (sse3) cleared; leaf 0x80000001 edx bit 27 set.
+    ecx = "x" * 6 + "1" + "x" * 24 + "0"
+    cfg = build(f'cpuid = ["0x1:ecx={ecx}", "0x80000001:edx=xxxx1{"x" * 27}"]')
+    assert cfg.cpuid == ["aes=on", "pni=off", "rdtscp=on"]
+
+
+def test_cpuid_unknown_bits_refused_by_name() -> None:
+    with pytest.raises(InvalidConfig, match="unknown CPUID bit 'frobnicate'"):
+        build('cpuid = "host,frobnicate=1"')
+    with pytest.raises(InvalidConfig, match="leaf 0x1 ecx bit 11 is not a bit QEMU"):
+        build(f'cpuid = ["0x1:ecx={"x" * 20}1{"x" * 11}"]')
+    with pytest.raises(InvalidConfig, match="'aes=2': a value is 1, 0"):
+        parse_cpuid("host,aes=2")
+    with pytest.raises(InvalidConfig, match="g.cfg:2"):
+        build('cpuid = ["0x1:ecx=short"]')
+
+
+def test_cpuid_last_setting_wins() -> None:
+    assert parse_cpuid("aes=1,aes=0") == ["aes=off"]
+
+
+# --- nestedhvm ----------------------------------------------------------------------
+
+
+def test_nestedhvm_tcg_gives_svm_and_off_clears_both() -> None:
+    assert cpu_arg(argv(build("nestedhvm = 1"))) == "qemu64,svm=on"
+    assert cpu_arg(argv(build("nestedhvm = 0"))) == "qemu64,vmx=off,svm=off"
+    assert cpu_arg(argv(build("nestedhvm = 1\ncpuid = 'svm=0'"))) == "qemu64,svm=off"
+    assert cpu_arg(argv(build(""))) == "qemu64"
+
+
+def test_nestedhvm_kvm_needs_nested_module(tmp_path: Path) -> None:
+    cfg = build("nestedhvm = 1")
+    with pytest.raises(NotSupported, match="nested=N.*modprobe kvm_"):
+        xldevices.check_nested(cfg, "kvm", sys=tmp_path)
+    for module in ("kvm_intel", "kvm_amd"):
+        (tmp_path / module / "parameters").mkdir(parents=True)
+        (tmp_path / module / "parameters" / "nested").write_text("Y\n")
+    xldevices.check_nested(cfg, "kvm", sys=tmp_path)
+    assert xldevices.nested_flag("kvm", "GenuineIntel") == "vmx"
+    assert xldevices.nested_flag("kvm", "AuthenticAMD") == "svm"
+
+
+# --- vnuma --------------------------------------------------------------------------
+
+VNUMA = ('memory = 512\nvcpus = 3\nvnuma = [["pnode=0", "size=256", "vcpus=0-1", '
+         '"vdistances=10,30"], ["size=256", "vcpus=2", "vdistances=30,10"]]')
+
+
+def test_vnuma_nodes_memory_cpus_distances() -> None:
+    cfg = build(VNUMA)
+    assert [n["size"] for n in cfg.vnuma] == [256, 256]
+    args = argv(cfg)
+    numa = [args[i + 1] for i, a in enumerate(args) if a == "-numa"]
+    assert numa == ["node,nodeid=0,memdev=vnode0", "cpu,node-id=0,socket-id=0",
+                    "cpu,node-id=0,socket-id=1", "node,nodeid=1,memdev=vnode1",
+                    "cpu,node-id=1,socket-id=2", "dist,src=0,dst=1,val=30",
+                    "dist,src=1,dst=0,val=30"]
+    objs = [json.loads(args[i + 1]) for i, a in enumerate(args) if a == "-object"]
+    assert {"qom-type": "memory-backend-ram", "id": "vnode1", "size": 256 << 20} in objs
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ('memory = 512\nvnuma = [["size=256", "vcpus=0"]]', "add up to 256 MiB, not the"),
+    ('vcpus = 2\nmemory = 2\nvnuma = [["size=1", "vcpus=0"], ["size=1", "vcpus=0"]]',
+     "each of vCPUs 0-1"),
+    ('memory = 2\nvnuma = [["size=1", "vcpus=0", "vdistances=10,20"], ["size=1"]]',
+     "node 1 needs size= and vcpus="),
+    ('vnuma = [["size=128", "vcpus=0", "vdistances=20"]]', "10 to itself"),
+    ('vnuma = [["size=128", "vcpus=0", "colour=red"]]', "bad item 'colour=red'"),
+    ('vnuma = ["size=128"]', "a list of nodes"),
+])
+def test_vnuma_refused(text: str, match: str) -> None:
+    with pytest.raises(InvalidConfig, match=match):
+        build(text)
+
+
+# --- USB ----------------------------------------------------------------------------
+
+
+def test_usbctrl_and_usbdev_placed_on_ports() -> None:
+    cfg = build('usbctrl = ["version=3,ports=2", "version=2"]\n'
+                'usbdev = ["type=tablet", "type=mouse", "type=keyboard", '
+                '"type=hostdev,hostbus=1,hostaddr=0x4,controller=1,port=5"]')
+    assert cfg.usbctrl == [{"version": 3, "ports": 2, "devid": 0},
+                           {"version": 2, "ports": 6, "devid": 1}]
+    assert [(d["controller"], d["port"]) for d in cfg.usbdev] == [(0, 1), (0, 2), (1, 1),
+                                                                   (1, 5)]
+    layout = Layout(2)
+    layout.take("usbctrl0")
+    devs = [d for _, d in xldevices.usb_args(cfg, layout.slots)]
+    assert devs[0] == {"driver": "qemu-xhci", "id": "usbctrl0", "bus": "rp0", "p2": 2, "p3": 2}
+    assert devs[1]["driver"] == "usb-ehci"
+    assert devs[-1] == {"driver": "usb-host", "id": "usbdev1-5", "bus": "usbctrl1.0",
+                        "port": "5", "hostbus": 1, "hostaddr": 4}
+
+
+def test_usbdev_alone_gets_a_controller() -> None:
+    cfg = build('usbdev = ["type=tablet"]')
+    assert cfg.usbctrl == [{"version": 3, "ports": 8, "devid": 0}]
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ('usbctrl = ["type=qusb"]', "PV USB"),
+    ('usbctrl = ["version=2,ports=7"]', "ports= must be a number from 1 to 6"),
+    ('usbdev = ["type=hostdev,hostbus=1"]', "needs hostbus= and hostaddr="),
+    ('usbdev = ["type=scanner"]', "type= must be one of"),
+    ('usbctrl = ["version=1"]\nusbdev = ["type=tablet", "type=mouse", "type=keyboard"]',
+     "no free USB port"),
+    ('usbdev = ["type=tablet,controller=3"]', "no USB controller 3"),
+    ('usbdev = ["type=tablet,port=1", "type=mouse,port=1"]', "two devices on one port"),
+])
+def test_usb_refused(text: str, match: str) -> None:
+    with pytest.raises(InvalidConfig, match=match):
+        build(text)
+
+
+def test_usb_hostdev_must_exist(tmp_path: Path) -> None:
+    cfg = build('usbdev = ["type=hostdev,hostbus=2,hostaddr=3"]')
+    with pytest.raises(NotFound, match="USB device 2:3.*lsusb"):
+        xldevices.check_usb_host(cfg, "g", dev_root=tmp_path)
+    (tmp_path / "002").mkdir()
+    (tmp_path / "002" / "003").touch()
+    xldevices.check_usb_host(cfg, "g", dev_root=tmp_path)
+
+
+def test_usbversion_picks_the_emulated_controller() -> None:
+    for version, driver in ((1, "piix3-usb-uhci"), (2, "usb-ehci"), (3, "qemu-xhci")):
+        cfg = build(f'type = "hvm"\nusb = 1\nusbversion = {version}')
+        assert [d["driver"] for d in devices(argv(cfg)) if d["id"] == "usb0"] == [driver]
+    with pytest.raises(InvalidConfig, match="from 1 to 3"):
+        build("usbversion = 4")
+
+
+def test_api_config_values_checked() -> None:
+    cfg = build("")
+    cfg.usbctrl = [{"version": 9, "ports": 1, "devid": 0}]
+    with pytest.raises(InvalidConfig, match="version= must be a number from 1 to 3"):
+        xldevices.check(cfg)
+    cfg = build("")
+    cfg.cpuid = ["aes=on,kvm=off"]
+    with pytest.raises(InvalidConfig, match="bad cpuid setting"):
+        xldevices.check(cfg)
+    cfg = build("")
+    cfg.keymap = "de,x=1"
+    with pytest.raises(InvalidConfig, match="unknown keymap"):
+        xldevices.check(cfg)
+
+
+# --- sound, keymap, pvgrub ----------------------------------------------------------
+
+
+def test_soundhw_cards_on_a_none_backend() -> None:
+    args = argv(build('soundhw = "all"'))
+    assert args[args.index("-audiodev") + 1] == "none,id=snd0"
+    drivers = [d["driver"] for d in devices(args)]
+    for d in ("intel-hda", "hda-duplex", "AC97", "ES1370", "sb16"):
+        assert d in drivers
+    assert all(d.get("audiodev") == "snd0" for d in devices(args)
+               if d["driver"] in ("hda-duplex", "AC97", "ES1370", "sb16"))
+
+
+def test_soundhw_uses_the_backend_of_device_model_args() -> None:
+    args = argv(build('soundhw = "ac97"\ndevice_model_args = ["-audiodev", "pa,id=snd0"]'))
+    assert args.count("-audiodev") == 1
+    assert args[args.index("-audiodev") + 1] == "pa,id=snd0"
+    with pytest.raises(InvalidConfig, match="unknown sound card 'gus'"):
+        build('soundhw = "gus"')
+
+
+def test_keymap() -> None:
+    args = argv(build('keymap = "de-ch"'))
+    assert args[args.index("-k") + 1] == "de-ch"
+    with pytest.raises(InvalidConfig, match="'keymap' must be one of"):
+        build('keymap = "klingon"')
+
+
+def test_pvgrub_firmware_is_pygrub_with_a_notice(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="xenia.config"):
+        cfg = build('firmware = "pvgrub64"\ndisk = ["/d.img,raw,xvda,rw"]')
+    assert cfg.bootloader == "pygrub" and cfg.firmware is None
+    assert any("notice: firmware 'pvgrub64'" in r.getMessage() for r in caplog.records)
+    assert build('firmware = "pvgrub32"\nbootloader = "/usr/bin/pygrub"').bootloader == \
+        "/usr/bin/pygrub"
+
+
+def test_new_keys_do_not_warn(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="xenia.config"):
+        build('cpuid = "host"\nnestedhvm = 0\nkeymap = "fr"\nsoundhw = "hda"\n'
+              'usbctrl = ["version=2"]\nusbdev = ["type=tablet"]\nusbversion = 3')
+    assert caplog.records == []
