@@ -168,10 +168,10 @@ def test_usb_refused(text: str, match: str) -> None:
 def test_usb_hostdev_must_exist(tmp_path: Path) -> None:
     cfg = build('usbdev = ["type=hostdev,hostbus=2,hostaddr=3"]')
     with pytest.raises(NotFound, match="USB device 2:3.*lsusb"):
-        xldevices.check_usb_host(cfg, "g", dev_root=tmp_path)
+        xldevices.check_usb_host(cfg.usbdev, "g", dev_root=tmp_path)
     (tmp_path / "002").mkdir()
     (tmp_path / "002" / "003").touch()
-    xldevices.check_usb_host(cfg, "g", dev_root=tmp_path)
+    xldevices.check_usb_host(cfg.usbdev, "g", dev_root=tmp_path)
 
 
 def test_usbversion_picks_the_emulated_controller() -> None:

@@ -70,6 +70,7 @@ class Access:
         """A whole domain config: its name, then every host path in it (runs qemu-img)."""
         self.require_domain(cfg.name, doing)
         self.require_admin_for_qemu_args(cfg, doing)
+        self.require_admin_for_host_usb(cfg.usbdev, doing)
         if self.paths is not None:
             self.paths.check_config(cfg)
             for path in platform_paths(cfg):
@@ -85,6 +86,17 @@ class Access:
             f"Failed {doing}: device_model_args pass arguments to QEMU unchecked and need a "
             f"token with the 'admin' scope; token '{self.grant.token}' lacks it"
         )
+
+
+    def require_admin_for_host_usb(self, devs: list[dict[str, Any]], doing: str) -> None:
+        """A host USB device (usbdev type=hostdev) is the host's hardware, given to a
+        guest as a host PCI device is assigned: over TCP it needs the admin scope."""
+        if self.grant is None or self.grant.has("admin") or not any(
+                d.get("type") == "hostdev" for d in devs):
+            return
+        raise PermissionDenied(
+            f"Failed {doing}: a host USB device (type=hostdev) needs a token with the "
+            f"'admin' scope; token '{self.grant.token}' lacks it")
 
 
 def platform_paths(cfg: DomainConfig) -> list[str]:

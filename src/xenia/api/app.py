@@ -23,6 +23,7 @@ from xenia.api import (
     peers,
     snapshots,
     storage,
+    usb,
     webui,
     xl,
 )
@@ -51,6 +52,7 @@ def make_app(engine: Engine) -> FastAPI:
     app.include_router(network.router)
     app.include_router(peers.router)
     app.include_router(xl.router)
+    app.include_router(usb.router)
     app.include_router(cpupools.router)
     app.include_router(metrics.router)
     app.include_router(webui.router)

@@ -89,6 +89,14 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", D + "/sysrq"): _r("power", REF),
     ("POST", D + "/button"): _r("power", REF),
     ("POST", D + "/monitor"): _r("admin", REF),
+    # -- USB and S3 (api/usb.py); a host USB device (hostdev) needs admin (api/access.py).
+    ("GET", D + "/usb"): _r("read", REF),
+    ("POST", D + "/usbctrl"): _r("create", REF),
+    ("DELETE", D + "/usbctrl/{devid}"): _r("create", REF),
+    ("POST", D + "/usbdev"): _r("create", REF),
+    ("DELETE", D + "/usbdev/{controller}/{port}"): _r("create", REF),
+    ("POST", D + "/suspend"): _r("power", REF),
+    ("POST", D + "/resume"): _r("power", REF),
     ("GET", "/v1/host/dmesg"): _r("admin"),
     ("POST", D + "/dump-core"): _r("create", REF),  # the file passes the path rule
     ("POST", D + "/config"): _r("create", REF),  # paths and args checked as a create's

@@ -35,6 +35,8 @@ register("xl", "cpupool-list", "cpupool-create", "cpupool-destroy", "cpupool-ren
          "cpupool-cpu-add", "cpupool-cpu-remove", "cpupool-migrate", "cpupool-numa-split",
          "vtpm-list", "vtpm-attach", "vtpm-detach", "sched-credit2")
 register("xlshim", "xl-command")
+register("usb", "usbctrl-attach", "usbctrl-detach", "usbdev-attach", "usbdev-detach",
+         "usb-list", "suspend", "resume")
 register("ha", "ha")
 register("cluster", "cluster")
 

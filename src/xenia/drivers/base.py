@@ -112,6 +112,22 @@ class DeviceControl:
     async def pci_detach(self, rec: DomainRecord, bdf: str) -> None:
         raise self.unsupported("detach a host PCI device")
 
+    # xl's usbctrl-*, usbdev-* and usb-list (drivers/qemu_usb.py).
+    async def usbctrl_attach(self, rec: DomainRecord, ctrl: dict[str, Any]) -> int:
+        raise self.unsupported("attach a USB controller")
+
+    async def usbctrl_detach(self, rec: DomainRecord, devid: int) -> None:
+        raise self.unsupported("detach a USB controller")
+
+    async def usbdev_attach(self, rec: DomainRecord, dev: dict[str, Any]) -> dict[str, Any]:
+        raise self.unsupported("attach a USB device")
+
+    async def usbdev_detach(self, rec: DomainRecord, controller: int, port: int) -> None:
+        raise self.unsupported("detach a USB device")
+
+    async def usb_rows(self, rec: DomainRecord) -> list[dict[str, Any]]:
+        raise self.unsupported("list the USB devices")
+
 
 class Instance(abc.ABC):
     """One running (or paused, or preserved) domain as seen by its driver: its lifecycle
@@ -175,6 +191,16 @@ class Instance(abc.ABC):
     async def monitor_command(self, command: str) -> str:
         raise NotSupported(f"Failed to run a monitor command in domain "
                            f"'{self.record.name}': its type has no QEMU monitor")
+
+    async def suspend(self) -> None:
+        """xl suspend: the guest goes to sleep (S3), with its consent."""
+        raise NotSupported(f"Failed to suspend domain '{self.record.name}': its type has "
+                           "no sleep state")
+
+    async def wakeup(self) -> None:
+        """xl resume: wake a guest from S3."""
+        raise NotSupported(f"Failed to resume domain '{self.record.name}': its type has "
+                           "no sleep state")
 
     async def run_state(self) -> str | None:
         """What the backend itself says of the guest ("running", "paused", "shutdown",

@@ -23,6 +23,7 @@ from xenia.devices.layout import Layout
 from xenia.drivers import qemu_cpu
 from xenia.drivers.base import DeviceControl
 from xenia.drivers.qemu_devices import QemuDevices, hostdev_id
+from xenia.drivers.qemu_usb import UsbHotplugMixin
 from xenia.errors import (
     AlreadyExists,
     BackendError,
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 UNPLUG_TIMEOUT = 30.0
 
 
-class QemuHotplug(DeviceControl):
+class QemuHotplug(UsbHotplugMixin, DeviceControl):
     def __init__(self, record: DomainRecord, proc: QemuProcess, host: QemuDevices) -> None:
         super().__init__(record)
         self.proc = proc

@@ -1,4 +1,5 @@
-"""XlVerbsMixin: xl's trigger, sysrq and qemu-monitor-command for QEMU guests.
+"""XlVerbsMixin: xl's trigger, sysrq, qemu-monitor-command, suspend and resume for QEMU
+guests.
 
 What each trigger is on KVM/QEMU (xl(1) `trigger`): nmi is QMP inject-nmi; reset a hard
 reset (on_reboot applies, as for `reboot -F`); power the ACPI power button; s3resume
@@ -8,13 +9,23 @@ INIT to a vCPU, so `sleep` and `init` are refused with what to do instead.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-from xenia.errors import InvalidConfig, NotSupported
+from xenia.errors import BackendError, InvalidConfig, NotSupported
 from xenia.qemu.commands import Qmp
+from xenia.qemu.platform import channel_path, channels
 from xenia.store.base import DomainRecord
 
 TRIGGERS = ("nmi", "reset", "init", "power", "sleep", "s3resume")
+# The virtio-serial port a guest agent (qemu-guest-agent, or anything speaking its
+# protocol) listens on: `suspend` asks the guest through it.
+GUEST_AGENT = "org.qemu.guest_agent.0"
+SLEEP_TIMEOUT = 30.0
 # SysRq keys as QEMU's key names (QKeyCode): letters and digits are their own.
 _SYSRQ_RE = re.compile(r"[a-z0-9]\Z")
 
@@ -22,6 +33,7 @@ _SYSRQ_RE = re.compile(r"[a-z0-9]\Z")
 class XlVerbsMixin:
     qmp: Qmp
     record: DomainRecord
+    console_path: Callable[[], Path]  # the Instance's; its directory is the run dir
 
     async def trigger(self, kind: str) -> None:
         name = self.record.name
@@ -54,3 +66,54 @@ class XlVerbsMixin:
 
     async def monitor_command(self, command: str) -> str:
         return await self.qmp.human_monitor_command(command)
+
+    async def _wait_status(self, want: str, doing: str, why: str) -> None:
+        deadline = time.monotonic() + SLEEP_TIMEOUT
+        while (status := await self.qmp.query_status()) != want:
+            if time.monotonic() > deadline:
+                raise BackendError(f"Failed to {doing} domain '{self.record.name}': it is "
+                                   f"still {status} after {SLEEP_TIMEOUT:.0f} s ({why})")
+            await asyncio.sleep(0.1)
+
+    async def suspend(self) -> None:
+        """xl suspend: S3 with the guest's consent. A host cannot put a guest to sleep
+        (QEMU has no ACPI sleep button): the guest's agent is asked (guest-suspend-ram on
+        the GUEST_AGENT channel), and the domain is suspended once QEMU says so."""
+        cfg, name = self.record.config, self.record.name
+        if not cfg.acpi_s3 or not cfg.acpi:
+            raise NotSupported(f"Failed to suspend domain '{name}': it has no S3 sleep state "
+                               "(acpi_s3 = 0 or acpi = 0 in its config)")
+        status = await self.qmp.query_status()
+        if status != "running":
+            raise InvalidConfig(f"Failed to suspend domain '{name}': it is {status}, not "
+                                "running")
+        agent = next((channel_path(self.console_path().parent, i, c)
+                      for i, c in enumerate(channels(cfg)) if c.name == GUEST_AGENT), None)
+        if agent is None:
+            raise NotSupported(
+                f"Failed to suspend domain '{name}': it has no guest agent to ask; add "
+                f'channel = ["name={GUEST_AGENT},connection=pty"] and run '
+                "qemu-guest-agent in the guest, or suspend it from inside (echo mem > "
+                "/sys/power/state); `xenia resume` wakes it either way")
+        request = json.dumps({"execute": "guest-suspend-ram"}).encode() + b"\n"
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(agent)), 5)
+            writer.write(request)
+            await writer.drain()
+        except (OSError, TimeoutError) as e:
+            raise BackendError(f"Failed to suspend domain '{name}': cannot reach its agent "
+                               f"channel {agent}: {e}") from None
+        try:
+            await self._wait_status("suspended", "suspend", "its agent did not suspend it")
+        finally:
+            writer.close()
+
+    async def wakeup(self) -> None:
+        """xl resume: wake a guest from S3 (QMP system_wakeup)."""
+        name = self.record.name
+        status = await self.qmp.query_status()
+        if status != "suspended":
+            raise InvalidConfig(f"Failed to resume domain '{name}': it is {status}, not "
+                                "suspended (`xenia unpause` resumes a paused domain)")
+        await self.qmp.system_wakeup()
+        await self._wait_status("running", "resume", "the guest did not wake")

@@ -84,6 +84,27 @@ class DeviceVerbs:
         rec = self.m.resolve(ref)
         return await self.m.instance(rec).devices.pci_devices()
 
+    # -- USB (drivers/qemu_usb.py) ---------------------------------------------------------
+    async def usbctrl_attach(self, ref: str, ctrl: dict[str, Any]) -> int:
+        return await self._live(ref, "to attach a USB controller to",
+                                lambda d, r: d.usbctrl_attach(r, ctrl))
+
+    async def usbctrl_detach(self, ref: str, devid: int) -> None:
+        await self._live(ref, "to detach a USB controller from",
+                         lambda d, r: d.usbctrl_detach(r, devid))
+
+    async def usbdev_attach(self, ref: str, dev: dict[str, Any]) -> dict[str, Any]:
+        return await self._live(ref, "to attach a USB device to",
+                                lambda d, r: d.usbdev_attach(r, dev))
+
+    async def usbdev_detach(self, ref: str, controller: int, port: int) -> None:
+        await self._live(ref, "to detach a USB device from",
+                         lambda d, r: d.usbdev_detach(r, controller, port))
+
+    async def usb_list(self, ref: str) -> list[dict[str, Any]]:
+        return await self._live(ref, "to list the USB devices of",
+                                lambda d, r: d.usb_rows(r))
+
     def assignable_list(self) -> list[dict[str, Any]]:
         return self.pci.list()
 

@@ -44,6 +44,20 @@ class XlVerbs:
                                 f"'{button}' (power or sleep)")
         await self.trigger(ref, button)
 
+    async def suspend(self, ref: str) -> None:
+        """xl suspend: S3, asked of the guest's agent (drivers/qemu_xlverbs.py)."""
+        rec = self.manager.resolve(ref)
+        async with self.manager.locked(rec.uuid):
+            inst = await self._live(ref, "to suspend domain")
+            await inst.suspend()
+
+    async def resume(self, ref: str) -> None:
+        """xl resume: wake a suspended (S3) guest."""
+        rec = self.manager.resolve(ref)
+        async with self.manager.locked(rec.uuid):
+            inst = await self._live(ref, "to resume domain")
+            await inst.wakeup()
+
     async def sysrq(self, ref: str, key: str) -> None:
         rec = self.manager.resolve(ref)
         async with self.manager.locked(rec.uuid):

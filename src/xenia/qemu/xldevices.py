@@ -154,13 +154,13 @@ def check(cfg: DomainConfig) -> None:
     from xenia.config.xldevices import check_values
 
     check_values(cfg)
-    check_usb_host(cfg, cfg.name)
+    check_usb_host(cfg.usbdev, cfg.name)
 
 
-def check_usb_host(cfg: DomainConfig, name: str, dev_root: Path = Path("/dev/bus/usb")
-                   ) -> None:
+def check_usb_host(devs: list[dict[str, Any]], name: str,
+                   dev_root: Path = Path("/dev/bus/usb")) -> None:
     """A hostdev usbdev names a USB device the host has (lsusb's bus and device)."""
-    for dev in cfg.usbdev:
+    for dev in devs:
         if dev["type"] != "hostdev":
             continue
         node = dev_root / f"{int(dev['hostbus']):03d}" / f"{int(dev['hostaddr']):03d}"
