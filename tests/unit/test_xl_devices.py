@@ -239,3 +239,14 @@ def test_new_keys_do_not_warn(caplog: pytest.LogCaptureFixture) -> None:
         build('cpuid = "host"\nnestedhvm = 0\nkeymap = "fr"\nsoundhw = "hda"\n'
               'usbctrl = ["version=2"]\nusbdev = ["type=tablet"]\nusbversion = 3')
     assert caplog.records == []
+
+
+@pytest.mark.parametrize("text", ['cpuid = "aes=1"', "nestedhvm = 1", 'soundhw = "hda"',
+                                  'usbdev = ["type=tablet"]', 'keymap = "de"',
+                                  'vnuma = [["size=128", "vcpus=0"]]'])
+def test_container_refuses_the_vm_keys(text: str) -> None:
+    from xenia.containers.spec import check_config
+
+    cfg = build(f'type = "container"\nrootfs = "/r"\n{text}')
+    with pytest.raises(InvalidConfig, match="a container cannot have"):
+        check_config(cfg)

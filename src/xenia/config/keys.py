@@ -220,7 +220,7 @@ xauthority: SDL's X authority; xeniad has none
 """)
 
 _LATER = _table(LATER, """
-p9: virtio-9p is not wired up yet
+p9: not yet: the guest kernel has no 9p; virtiofs needs virtiofsd
 spiceusbredirection: refused (no USB redirection channels yet)
 spicetls_port: refused: needs TLS certificates Xenia does not set up yet
 vscsi: SUSE's Xen PV SCSI; use `sdX` disks (virtio-scsi)

@@ -75,6 +75,13 @@ _DEVICE_KEYS = (
     ("smbios", "smbios", "SMBIOS tables"),
     ("viridian", "viridian", "Hyper-V enlightenments"),
     ("vtpm", "vtpm", "a vTPM"),
+    ("cpuid", "cpuid", "CPUID settings (it runs on the host's CPU)"),
+    ("nestedhvm", "nestedhvm", "nested virtualization"),
+    ("vnuma", "vnuma", "virtual NUMA nodes"),
+    ("usbctrl", "usbctrl", "USB controllers"),
+    ("usbdev", "usbdev", "USB devices"),
+    ("soundhw", "soundhw", "sound cards"),
+    ("keymap", "keymap", "a VNC keyboard layout"),
 )
 SUPPORTED = ("rootfs, init, memory/maxmem (a limit), vcpus/maxvcpus and cpus (a cpuset), "
              "cpu_weight, cap, vif (veth NICs), extra/cmdline (given to init as "
