@@ -166,6 +166,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/cluster/admit"): _r("cluster"),
     ("POST", "/v1/cluster/paths"): _r("cluster"),
     ("POST", "/v1/cluster/forward"): _r("cluster"),
+    ("GET", "/v1/cluster/quorum"): _r("cluster"),
     # /openapi.json, /docs and /redoc are not path operations: closed over TCP.
     # -- Prometheus (api/metrics.py): rows filtered by the token's domain patterns.
     ("GET", "/metrics"): _r("metrics", HANDLER),

@@ -39,6 +39,7 @@ from xenia.cluster.election import Campaign, Election
 from xenia.cluster.ha import HAController, check_ha
 from xenia.cluster.kv import Compare, Delete, Event
 from xenia.cluster.lease import LeaseKeeper, LeaseTiming
+from xenia.cluster.quorum import LATE, QuorumProbe
 from xenia.cluster.watch import Watch
 from xenia.cluster.watchdog import Watchdog, open_watchdog
 from xenia.config.model import DomainConfig
@@ -67,7 +68,8 @@ def kill_all(pids: list[int], wait: float = KILL_WAIT) -> bool:
 class MemberAgent:
     def __init__(self, client: EtcdClient, host: str, manager: DomainManager,
                  shared_pool_of: Callable[[str], str | None],
-                 timing: LeaseTiming | None = None, lease_file: Path | None = None) -> None:
+                 timing: LeaseTiming | None = None, lease_file: Path | None = None,
+                 ask: Callable[[str], str] | None = None) -> None:
         self.client = client
         self.host = keys.check_host(host)
         self.manager = manager
@@ -87,6 +89,12 @@ class MemberAgent:
         self.restarts: list[dict[str, Any]] = []  # HA domains this member started for others
         self._watch: Watch | None = None
         self._watchdog: Watchdog | None = None
+        # While renewals are late: is it the whole cluster that lost its etcd quorum (hold
+        # the HA domains) or only this member (fence)? `ask(host)` asks that member's
+        # xeniad (quorum.py); without it (no member credentials) this member always fences.
+        self.quorum: QuorumProbe | None = None
+        if ask is not None:
+            self.quorum = QuorumProbe(self._voters, ask, self._renewals_late)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._tasks: set[concurrent.futures.Future[Any]] = set()
@@ -102,6 +110,8 @@ class MemberAgent:
                 Watch(self.client, keys.DOMAINS, self._events).start)
         if not self._recover.is_alive():
             self._recover.start()
+        if self.quorum is not None and not self.quorum.started:
+            self.quorum.start()
         await self.reconcile_all()
         return self
 
@@ -130,6 +140,8 @@ class MemberAgent:
         self._end_lease(revoke)
         if self._recover.is_alive():
             self._recover.join(timeout=5)
+        if self.quorum is not None:
+            self.quorum.stop()
         if self._watchdog is not None:
             self._watchdog.disarm()
 
@@ -144,7 +156,8 @@ class MemberAgent:
             # HA domains or not (docs/cluster.md, "The watchdog").
             self._watchdog = open_watchdog(self.timing.watchdog)
         keeper = LeaseKeeper(self._keeper_client(), self._fence, self.timing,
-                             watchdog=self._watchdog)
+                             watchdog=self._watchdog,
+                             hold=self.quorum.hold if self.quorum is not None else None)
         lease = 0
         old = self._saved_lease()
         if old:
@@ -196,6 +209,21 @@ class MemberAgent:
             self.controller = None
 
     # -- fencing ---------------------------------------------------------------------------
+    def _voters(self) -> list[str]:
+        """The etcd voters' names (a member's etcd name is its host name)."""
+        return [str(m["name"]) for m in self.client.members()
+                if m.get("name") and not m.get("isLearner")]
+
+    def _renewals_late(self) -> bool:
+        """Probe while the last answered renewal is late (or while holding)."""
+        keeper = self.keeper
+        guard = keeper.guard if keeper is not None else None
+        if keeper is None or guard is None:
+            return False
+        if guard.state != "live":
+            return guard.state == "held"
+        return keeper.clock.now() - guard.last_sent > self.timing.interval + LATE
+
     def _fence(self, reason: str) -> bool:
         """The lease's guard thread: kill this host's HA domains' QEMUs now. No event loop,
         no etcd: only the local store and signals."""
@@ -391,6 +419,13 @@ class MemberAgent:
                               "running": time.time()})
 
     # -- status ----------------------------------------------------------------------------
+    def hold_status(self) -> dict[str, Any] | None:
+        """While the lease is held through a quorum loss: since when and why."""
+        keeper = self.keeper
+        if keeper is None or keeper.state != "held" or self.quorum is None:
+            return None
+        return {"state": "quorum lost, failover suspended", **(self.quorum.held or {})}
+
     def status(self) -> dict[str, Any]:
         """This member's view, for `xenia cluster status` (the cluster verbs) and tests."""
         keeper = self.keeper
@@ -413,6 +448,7 @@ class MemberAgent:
             "restarts": list(self.restarts),
             "leading": bool(self.election and self.election.is_leader),
             "ha": self.controller.state if self.controller else None,
+            "hold": self.hold_status(),
             "decisions": list(self.controller.decisions) if self.controller else [],
         }
 

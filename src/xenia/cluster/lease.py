@@ -76,16 +76,23 @@ class LeaseTiming:
         return self
 
 
+HOLD_RECHECK = 0.1  # while holding, the guard asks hold() again this often
+
+
 class FenceGuard:
     """When to fence and whether the watchdog may be fed; fence(reason) -> True when every
-    HA domain here is confirmed stopped. States: live, fenced (renewals may resume: the
-    lease was still alive), lost (etcd no longer has the lease)."""
+    HA domain here is confirmed stopped. States: live, held (past the deadline, but
+    `hold()` says the whole cluster lost its etcd quorum: nobody can take the domains over;
+    quorum.py), fenced (renewals may resume: the lease was still alive), lost (etcd no
+    longer has the lease)."""
 
     def __init__(self, timing: LeaseTiming, clock: Clock, fence: Callable[[str], bool],
-                 granted_sent: float, ttl: int) -> None:
+                 granted_sent: float, ttl: int,
+                 hold: Callable[[], bool] | None = None) -> None:
         self.timing = timing
         self.clock = clock
         self._fence = fence
+        self._hold = hold
         self.last_sent = granted_sent
         self.ttl = ttl
         self.state = "live"
@@ -107,7 +114,12 @@ class FenceGuard:
                 return
             self.last_sent = max(self.last_sent, sent)
             self.ttl = ttl
-            if self.state == "fenced" and self.clock.now() < self.deadline():
+            if self.state == "held":
+                # etcd answered with a TTL: the lease lives (a new etcd leader gave it a
+                # fresh TTL) and is renewed from `sent` on.
+                log.warning("lease renewed again while holding; live")
+                self.state = "live"
+            elif self.state == "fenced" and self.clock.now() < self.deadline():
                 # The lease outlived the outage: it is ours again; the HA domains stay
                 # stopped until the cluster (its HA controller) decides otherwise.
                 log.warning("lease renewed again after fencing; re-armed")
@@ -120,10 +132,28 @@ class FenceGuard:
     def poll(self) -> float:
         """Fence if the deadline has come; seconds until the guard must look again."""
         now = self.clock.now()
-        if self.state == "live" and now >= self.deadline():
+        if self.state in ("live", "held") and now >= self.deadline():
+            if self._may_hold():
+                return HOLD_RECHECK
             self._do_fence(f"no renewal answered for {now - self.last_sent:.2f} s "
                            f"(ttl {self.ttl} s, margin {self.timing.margin} s)", final=False)
         return max(0.0, self.deadline() - self.clock.now()) if self.state == "live" else 1.0
+
+    def _may_hold(self) -> bool:
+        if self._hold is None:
+            return False
+        try:
+            ok = bool(self._hold())
+        except Exception:
+            log.exception("the quorum check failed: fencing")
+            ok = False
+        with self._lock:
+            if ok and self.state in ("live", "held"):
+                self.state = "held"
+                return True
+            if self.state == "held":
+                self.state = "live"  # so that the fence below runs
+        return False
 
     def _do_fence(self, reason: str, final: bool) -> None:
         with self._lock:
@@ -148,6 +178,10 @@ class FenceGuard:
                       "any) is no longer fed")
 
     def may_feed(self) -> bool:
+        if self.state == "held":
+            # Confirmed within the last HOLD_RECHECK: no lease can expire before a new etcd
+            # leader's fresh TTL (docs/cluster.md), so a reset now would protect nothing.
+            return True
         if self.state != "live":
             return self.fence_ok
         wd = self.timing.watchdog + WATCHDOG_SLACK
@@ -161,8 +195,10 @@ class LeaseKeeper:
 
     def __init__(self, client: EtcdClient, fence: Callable[[str], bool],
                  timing: LeaseTiming | None = None, clock: Clock | None = None,
-                 watchdog: Watchdog | None = None) -> None:
+                 watchdog: Watchdog | None = None,
+                 hold: Callable[[], bool] | None = None) -> None:
         self.client = client
+        self._hold = hold
         self.timing = (timing or LeaseTiming()).check()
         self.clock = clock or MonotonicClock()
         self.watchdog = watchdog
@@ -187,7 +223,7 @@ class LeaseKeeper:
         else:
             lease_id, ttl = self.client.lease_grant(self.timing.ttl)
         self.lease_id = lease_id
-        self.guard = FenceGuard(self.timing, self.clock, self._fence, sent, ttl)
+        self.guard = FenceGuard(self.timing, self.clock, self._fence, sent, ttl, self._hold)
         for target, name in ((self._renew_loop, "lease-renew"), (self._guard_loop, "fence")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,6 +143,25 @@ async def serve_cluster(paths: Paths, external: ExternalEtcd | None = None
             runtime.client.close()
 
 
+def quorum_asker(runtime: ClusterRuntime, state: Any) -> Callable[[str], str]:
+    """ask(host) for the quorum probe (quorum.py): this host's etcd directly, another
+    member's through its xeniad (GET /v1/cluster/quorum, TLS pinned, this member's
+    credential: the ClusterNode in `state.cluster` has them once the verbs made it a
+    member). Blocking; raises when the member cannot be asked."""
+    from xenia.cluster.quorum import ASK_TIMEOUT, UNKNOWN, local_answer
+
+    def ask(host: str) -> str:
+        if host == runtime.host:
+            return str(local_answer(runtime)["etcd"])
+        node = getattr(state, "cluster", None)
+        if node is None or not node.is_member:
+            return UNKNOWN
+        ans = node.peer(host, timeout=ASK_TIMEOUT).request("GET", "/v1/cluster/quorum")
+        return str(ans.get("etcd", UNKNOWN)) if isinstance(ans, dict) else UNKNOWN
+
+    return ask
+
+
 def make_agent(runtime: ClusterRuntime, engine: Engine, state: Any) -> MemberAgent:
     """This member's agent, made the domain manager's ownership gate and put in
     `state.ha` (the API's). Not started: `await agent.start()` (or a task of
@@ -152,7 +171,8 @@ def make_agent(runtime: ClusterRuntime, engine: Engine, state: Any) -> MemberAge
 
     agent = MemberAgent(runtime.client, runtime.host, engine.manager,
                         engine.storage.shared_pool_of,
-                        lease_file=engine.paths.run / "member-lease")
+                        lease_file=engine.paths.run / "member-lease",
+                        ask=quorum_asker(runtime, state))
     engine.manager.gate = agent
     state.ha = agent
     return agent

@@ -1,0 +1,185 @@
+"""The quorum-loss hold (cluster/quorum.py QuorumView, QuorumProbe) and the fence guard
+that uses it (cluster/lease.py FenceGuard), with explicit times and an injected clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from xenia.cluster.lease import HOLD_RECHECK, FenceGuard, LeaseTiming
+from xenia.cluster.quorum import DEAD, LEADER, NO_LEADER, UNKNOWN, QuorumProbe, QuorumView
+
+
+def view(*voters: str) -> QuorumView:
+    v = QuorumView(election=1.0)
+    v.set_voters(list(voters or ("a", "b", "c")))
+    return v
+
+
+def rounds(v: QuorumView, answers: dict[str, str], start: float, end: float,
+           every: float = 0.25, latency: float = 0.05) -> None:
+    t = start
+    while t <= end + 1e-9:
+        for host, answer in answers.items():
+            v.record(host, answer, t, t + latency)
+        t += every
+
+
+def test_majority_without_leader_for_two_election_timeouts_holds() -> None:
+    v = view()
+    rounds(v, {"a": DEAD, "b": DEAD, "c": UNKNOWN}, 10.0, 11.75)
+    ok, why = v.holds(11.8)
+    assert not ok and "only 0 of 3" in why  # dead: no look-back; 1.7 s proven, 2 s needed
+    rounds(v, {"a": DEAD, "b": DEAD, "c": UNKNOWN}, 12.0, 12.25)
+    ok, why = v.holds(12.3)
+    assert ok and "2 of 3" in why
+
+
+def test_a_running_etcd_without_leader_proves_one_election_timeout_back() -> None:
+    v = view()
+    # "no leader" means its election timer ran out: no leader for 1 s before the answer.
+    rounds(v, {"a": NO_LEADER, "b": NO_LEADER}, 10.0, 11.0)
+    assert not v.holds(11.05)[0]  # from 10.05 - 1 to 11.0: 0.05 s short
+    rounds(v, {"a": NO_LEADER, "b": NO_LEADER}, 11.25, 11.25)
+    assert v.holds(11.3)[0]
+
+
+def test_one_voter_with_a_leader_prevents_the_hold() -> None:
+    v = view()
+    rounds(v, {"a": NO_LEADER, "b": NO_LEADER, "c": LEADER}, 10.0, 12.0)
+    ok, why = v.holds(12.05)
+    assert not ok and "c still see(s) an etcd leader" in why
+
+
+def test_a_minority_never_holds() -> None:
+    v = view("a", "b", "c", "d", "e")
+    rounds(v, {"a": DEAD, "b": NO_LEADER, "c": UNKNOWN, "d": UNKNOWN}, 10.0, 14.0)
+    ok, why = v.holds(14.05)
+    assert not ok and "(3 needed)" in why
+
+
+def test_unknown_or_a_gap_breaks_the_streak() -> None:
+    v = view()
+    rounds(v, {"a": DEAD, "b": DEAD}, 10.0, 12.25)
+    assert v.holds(12.3)[0]
+    v.record("b", UNKNOWN, 12.5, 12.55)  # a frozen etcd may be a stale leader
+    assert not v.holds(12.55)[0]
+    rounds(v, {"a": DEAD, "b": DEAD}, 12.75, 13.25)
+    assert not v.holds(13.3)[0]  # b's streak starts again at 12.8
+    # a: a silence longer than an election timeout starts a new streak too.
+    v2 = view()
+    rounds(v2, {"a": DEAD, "b": DEAD}, 10.0, 11.0)
+    rounds(v2, {"a": DEAD, "b": DEAD}, 12.5, 13.0)
+    assert not v2.holds(13.05)[0]
+
+
+def test_answers_must_be_fresh() -> None:
+    v = view()
+    rounds(v, {"a": DEAD, "b": DEAD}, 10.0, 12.5)
+    assert v.holds(12.6)[0]
+    assert not v.holds(13.6)[0]  # the last answers are more than a timeout old
+
+
+def test_no_known_voters_never_holds() -> None:
+    v = QuorumView()
+    assert v.holds(1.0) == (False, "the etcd voters are not known")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def now(self) -> float:
+        return self.t
+
+
+def guard_with(hold: list[bool]) -> tuple[FenceGuard, Clock, list[str]]:
+    clock = Clock()
+    fences: list[str] = []
+
+    def fence(reason: str) -> bool:
+        fences.append(reason)
+        return True
+
+    g = FenceGuard(LeaseTiming(), clock, fence, granted_sent=100.0, ttl=5,
+                   hold=lambda: hold[0])
+    return g, clock, fences
+
+
+def test_guard_holds_past_the_deadline_then_fences_when_the_hold_ends() -> None:
+    hold = [True]
+    g, clock, fences = guard_with(hold)
+    clock.t = 103.5  # the deadline
+    assert g.poll() == HOLD_RECHECK
+    assert g.state == "held" and fences == [] and g.may_feed()
+    clock.t = 110.0  # far past the lease's nominal expiry: still held
+    g.poll()
+    assert g.state == "held" and fences == []
+    hold[0] = False
+    g.poll()
+    assert g.state == "fenced" and len(fences) == 1
+
+
+def test_guard_without_a_hold_fences_at_the_deadline() -> None:
+    g, clock, fences = guard_with([False])
+    clock.t = 103.5
+    g.poll()
+    assert g.state == "fenced" and len(fences) == 1
+
+
+def test_a_renewal_while_held_makes_the_lease_live_again() -> None:
+    g, clock, fences = guard_with([True])
+    clock.t = 104.0
+    g.poll()
+    assert g.state == "held"
+    g.renewed(sent=109.0, ttl=5)  # a new etcd leader: the lease lives on
+    assert g.state == "live" and g.deadline() == pytest.approx(112.5)
+    clock.t = 109.5
+    assert g.poll() == pytest.approx(3.0)
+    assert fences == []
+
+
+def test_a_lost_lease_fences_even_while_held() -> None:
+    g, clock, fences = guard_with([True])
+    clock.t = 104.0
+    g.poll()
+    g.lost("etcd answered that it no longer has the lease")
+    assert g.state == "lost" and len(fences) == 1
+
+
+def test_a_hold_check_that_raises_fences() -> None:
+    clock = Clock()
+    fences: list[str] = []
+
+    def bad() -> bool:
+        raise RuntimeError("boom")
+
+    g = FenceGuard(LeaseTiming(), clock, lambda r: fences.append(r) is None, 100.0, 5,
+                   hold=bad)
+    clock.t = 103.5
+    g.poll()
+    assert g.state == "fenced" and len(fences) == 1
+
+
+def test_probe_asks_every_voter_and_an_error_is_unknown() -> None:
+    t = [0.0]
+    asked: list[str] = []
+
+    def ask(host: str) -> str:
+        asked.append(host)
+        if host == "c":
+            raise OSError("unreachable")
+        return DEAD
+
+    p = QuorumProbe(lambda: ["a", "b", "c"], ask, lambda: True, clock=lambda: t[0])
+    p._refresh_voters()
+    try:
+        for i in range(9):
+            t[0] = i * 0.25
+            p.round()
+        assert sorted(set(asked)) == ["a", "b", "c"] and p.rounds == 9
+        assert p.view.last["c"][0] == UNKNOWN
+        assert p.hold() and p.held is not None and "a, b" in p.held["why"]
+        t[0] = 5.0
+        assert not p.hold() and p.held is None
+    finally:
+        p.stop()
