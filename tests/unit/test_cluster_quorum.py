@@ -79,6 +79,18 @@ def test_answers_must_be_fresh() -> None:
     assert not v.holds(13.6)[0]  # the last answers are more than a timeout old
 
 
+def test_a_dead_etcd_counts_from_when_its_xeniad_saw_it_die() -> None:
+    v = view()
+    for h in ("a", "b"):
+        v.record(h, DEAD, 10.0, 10.05, back=1.5)
+    v.record("a", DEAD, 10.25, 10.3, back=1.75)
+    v.record("b", NO_LEADER, 10.25, 10.3)  # restarted meanwhile, isolated: the same streak
+    assert not v.holds(10.3)[0]  # from 8.55 to 10.25: 1.7 s
+    for h in ("a", "b"):
+        v.record(h, NO_LEADER, 10.6, 10.65)
+    assert v.holds(10.65)[0]
+
+
 def test_no_known_voters_never_holds() -> None:
     v = QuorumView()
     assert v.holds(1.0) == (False, "the etcd voters are not known")
@@ -164,11 +176,11 @@ def test_probe_asks_every_voter_and_an_error_is_unknown() -> None:
     t = [0.0]
     asked: list[str] = []
 
-    def ask(host: str) -> str:
+    def ask(host: str) -> tuple[str, float]:
         asked.append(host)
         if host == "c":
             raise OSError("unreachable")
-        return DEAD
+        return DEAD, 0.0
 
     p = QuorumProbe(lambda: ["a", "b", "c"], ask, lambda: True, clock=lambda: t[0])
     p._refresh_voters()

@@ -69,7 +69,7 @@ class MemberAgent:
     def __init__(self, client: EtcdClient, host: str, manager: DomainManager,
                  shared_pool_of: Callable[[str], str | None],
                  timing: LeaseTiming | None = None, lease_file: Path | None = None,
-                 ask: Callable[[str], str] | None = None) -> None:
+                 ask: Callable[[str], tuple[str, float]] | None = None) -> None:
         self.client = client
         self.host = keys.check_host(host)
         self.manager = manager

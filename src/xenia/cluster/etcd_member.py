@@ -265,6 +265,9 @@ class Supervisor:
     def __init__(self, member: EtcdMember) -> None:
         self.member = member
         self.restarts = 0
+        # Since when (monotonic) the member has been seen not running; None while it runs.
+        # The quorum probe's answer "dead for N s" (quorum.py) reads it.
+        self.down_since: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="etcd-supervisor", daemon=True)
 
@@ -282,7 +285,10 @@ class Supervisor:
         while not self._stop.wait(CHECK_EVERY):
             if self.member.pid() is not None:
                 delay = 1.0
+                self.down_since = None
                 continue
+            if self.down_since is None:
+                self.down_since = time.monotonic()
             log.error("etcd member %s is not running; restarting it in %.0f s. Its log "
                       "ends:\n%s", self.member.cfg.name, delay, self.member.log_tail())
             if self._stop.wait(delay):

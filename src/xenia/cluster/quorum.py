@@ -16,7 +16,8 @@ arithmetic):
   nothing);
 - a voter's *streak* is its run of `no-leader`/`dead` answers, each sent at most one
   election timeout after the one before; it covers from (first answer's arrival, minus one
-  election timeout for `no-leader`) to the last answer's send time;
+  election timeout for `no-leader`, minus the time its xeniad has seen it not running for
+  `dead`) to the last answer's send time;
 - hold while a majority of the voters (this member counted) have a fresh streak covering
   at least two election timeouts, and no voter's last answer was `leader`. Anything else:
   fence, exactly as without this module.
@@ -54,7 +55,10 @@ def local_answer(runtime: ClusterRuntime | None) -> dict[str, Any]:
     if member is None:
         return {"etcd": UNKNOWN, "why": "this host runs no etcd member (external etcd)"}
     if member.pid() is None:
-        return {"etcd": DEAD, "why": "its etcd process is not running"}
+        sup = runtime.supervisor if runtime is not None else None
+        since = sup.down_since if sup is not None else None
+        return {"etcd": DEAD, "why": "its etcd process is not running",
+                "for": 0.0 if since is None else round(time.monotonic() - since, 3)}
     from xenia.cluster.client import EtcdClient, Timeouts
 
     assert runtime is not None
@@ -94,7 +98,10 @@ class QuorumView:
         with self._lock:
             self.voters = sorted(set(voters))
 
-    def record(self, host: str, answer: str, sent: float, recv: float) -> None:
+    def record(self, host: str, answer: str, sent: float, recv: float,
+               back: float = 0.0) -> None:
+        """One answer, asked at `sent`, back at `recv`; `back`: for DEAD, how long the
+        answering xeniad has seen its etcd not running."""
         with self._lock:
             self.last[host] = (answer, sent)
             if answer not in (NO_LEADER, DEAD):
@@ -102,7 +109,7 @@ class QuorumView:
                 return
             s = self.streaks.get(host)
             if s is None or sent - s.last_sent > self.election:
-                look_back = self.election if answer == NO_LEADER else 0.0
+                look_back = self.election if answer == NO_LEADER else max(0.0, back)
                 self.streaks[host] = Streak(recv - look_back, recv, sent)
             else:
                 s.last_sent = max(s.last_sent, sent)
@@ -132,9 +139,11 @@ class QuorumProbe:
     """Rounds of questions while `needed()` says the renewals are late.
 
     `voters()`: the etcd voters' host names (read while etcd answers, cached here);
-    `ask(host)`: that host's answer (LEADER, NO_LEADER, DEAD or UNKNOWN; may raise)."""
+    `ask(host)`: that host's answer (LEADER, NO_LEADER, DEAD or UNKNOWN) and, for DEAD,
+    for how long (may raise)."""
 
-    def __init__(self, voters: Callable[[], list[str]], ask: Callable[[str], str],
+    def __init__(self, voters: Callable[[], list[str]],
+                 ask: Callable[[str], tuple[str, float]],
                  needed: Callable[[], bool], clock: Callable[[], float] = time.monotonic,
                  every: float = PROBE_EVERY) -> None:
         self.view = QuorumView()
@@ -205,11 +214,11 @@ class QuorumProbe:
         def one(host: str) -> None:
             sent = self.clock()
             try:
-                answer = self._ask(host)
+                answer, back = self._ask(host)
             except Exception as e:
                 log.debug("quorum question to %s: %s", host, e)
-                answer = UNKNOWN
-            self.view.record(host, answer, sent, self.clock())
+                answer, back = UNKNOWN, 0.0
+            self.view.record(host, answer, sent, self.clock(), back)
 
         for f in [self._pool.submit(one, h) for h in self.view.voters]:
             f.result()

@@ -143,21 +143,25 @@ async def serve_cluster(paths: Paths, external: ExternalEtcd | None = None
             runtime.client.close()
 
 
-def quorum_asker(runtime: ClusterRuntime, state: Any) -> Callable[[str], str]:
+def quorum_asker(runtime: ClusterRuntime, state: Any
+                 ) -> Callable[[str], tuple[str, float]]:
     """ask(host) for the quorum probe (quorum.py): this host's etcd directly, another
     member's through its xeniad (GET /v1/cluster/quorum, TLS pinned, this member's
     credential: the ClusterNode in `state.cluster` has them once the verbs made it a
     member). Blocking; raises when the member cannot be asked."""
     from xenia.cluster.quorum import ASK_TIMEOUT, UNKNOWN, local_answer
 
-    def ask(host: str) -> str:
+    def ask(host: str) -> tuple[str, float]:
         if host == runtime.host:
-            return str(local_answer(runtime)["etcd"])
-        node = getattr(state, "cluster", None)
-        if node is None or not node.is_member:
-            return UNKNOWN
-        ans = node.peer(host, timeout=ASK_TIMEOUT).request("GET", "/v1/cluster/quorum")
-        return str(ans.get("etcd", UNKNOWN)) if isinstance(ans, dict) else UNKNOWN
+            ans = local_answer(runtime)
+        else:
+            node = getattr(state, "cluster", None)
+            if node is None or not node.is_member:
+                return UNKNOWN, 0.0
+            ans = node.peer(host, timeout=ASK_TIMEOUT).request("GET", "/v1/cluster/quorum")
+        if not isinstance(ans, dict):
+            return UNKNOWN, 0.0
+        return str(ans.get("etcd", UNKNOWN)), float(ans.get("for", 0.0) or 0.0)
 
     return ask
 
