@@ -34,10 +34,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from xenia.cluster.service import ClusterRuntime
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +46,9 @@ LOCAL_TIMEOUT = 0.3  # that xeniad's question to its own etcd member
 LATE = 0.1  # a renewal this late (after its interval) starts the probes
 
 
-def local_answer(runtime: ClusterRuntime | None) -> dict[str, Any]:
-    """What this host's etcd member knows (GET /v1/cluster/quorum). Blocking."""
+def local_answer(runtime: Any) -> dict[str, Any]:
+    """What this host's etcd member knows (GET /v1/cluster/quorum); `runtime`: the
+    ClusterRuntime (service.py, which imports this module), or None. Blocking."""
     member = runtime.member if runtime is not None else None
     if member is None:
         return {"etcd": UNKNOWN, "why": "this host runs no etcd member (external etcd)"}
