@@ -54,7 +54,7 @@ def test_a_minority_never_holds() -> None:
     v = view("a", "b", "c", "d", "e")
     rounds(v, {"a": DEAD, "b": NO_LEADER, "c": UNKNOWN, "d": UNKNOWN}, 10.0, 14.0)
     ok, why = v.holds(14.05)
-    assert not ok and "(3 needed)" in why
+    assert not ok and "(3 needed; last answers: a: dead; b: no-leader" in why
 
 
 def test_unknown_or_a_gap_breaks_the_streak() -> None:

@@ -44,6 +44,7 @@ PROBE_EVERY = 0.25  # a round of questions this often while renewals are late
 ASK_TIMEOUT = 0.5  # one question to another member's xeniad (connect + answer)
 LOCAL_TIMEOUT = 0.3  # that xeniad's question to its own etcd member
 LATE = 0.1  # a renewal this late (after its interval) starts the probes
+VOTERS_EVERY = 5.0  # the etcd voter list is read again this often while etcd answers
 
 
 def local_answer(runtime: Any) -> dict[str, Any]:
@@ -90,6 +91,7 @@ class QuorumView:
         self.voters: list[str] = []
         self.streaks: dict[str, Streak] = {}
         self.last: dict[str, tuple[str, float]] = {}  # host -> (answer, sent)
+        self.notes: dict[str, str] = {}  # host -> why its last answer was unknown
         self._lock = threading.Lock()
 
     def set_voters(self, voters: list[str]) -> None:
@@ -97,11 +99,12 @@ class QuorumView:
             self.voters = sorted(set(voters))
 
     def record(self, host: str, answer: str, sent: float, recv: float,
-               back: float = 0.0) -> None:
+               back: float = 0.0, note: str = "") -> None:
         """One answer, asked at `sent`, back at `recv`; `back`: for DEAD, how long the
         answering xeniad has seen its etcd not running."""
         with self._lock:
             self.last[host] = (answer, sent)
+            self.notes[host] = note
             if answer not in (NO_LEADER, DEAD):
                 self.streaks.pop(host, None)
                 return
@@ -126,11 +129,14 @@ class QuorumView:
             proven = [h for h in voters if (s := self.streaks.get(h)) is not None
                       and s.last_sent >= now - self.election
                       and s.last_sent - s.start >= 2 * self.election]
+            seen = "; ".join(f"{h}: {self.last.get(h, ('not asked', 0))[0]}"
+                             + (f" ({self.notes[h]})" if self.notes.get(h) else "")
+                             for h in voters)
         if len(proven) >= need:
             return True, (f"{len(proven)} of {len(voters)} etcd voters ({', '.join(proven)}) "
                           "have had no etcd leader for 2 election timeouts")
         return False, (f"only {len(proven)} of {len(voters)} etcd voters proven without a "
-                       f"leader ({need} needed)")
+                       f"leader ({need} needed; last answers: {seen})")
 
 
 class QuorumProbe:
@@ -200,7 +206,7 @@ class QuorumProbe:
     def _run(self) -> None:
         while not self._stop.is_set():
             if not self._needed():
-                if self.clock() - self._refreshed > 30:
+                if self.clock() - self._refreshed > VOTERS_EVERY:
                     self._refresh_voters()
                 self._stop.wait(self.every)
                 continue
@@ -211,12 +217,12 @@ class QuorumProbe:
     def round(self) -> None:
         def one(host: str) -> None:
             sent = self.clock()
+            note = ""
             try:
                 answer, back = self._ask(host)
             except Exception as e:
-                log.debug("quorum question to %s: %s", host, e)
-                answer, back = UNKNOWN, 0.0
-            self.view.record(host, answer, sent, self.clock(), back)
+                answer, back, note = UNKNOWN, 0.0, str(e)[:200]
+            self.view.record(host, answer, sent, self.clock(), back, note)
 
         for f in [self._pool.submit(one, h) for h in self.view.voters]:
             f.result()
