@@ -53,9 +53,10 @@ def local_answer(runtime: Any) -> dict[str, Any]:
     member = runtime.member if runtime is not None else None
     if member is None:
         return {"etcd": UNKNOWN, "why": "this host runs no etcd member (external etcd)"}
-    if member.pid() is None:
-        sup = runtime.supervisor if runtime is not None else None
-        since = sup.down_since if sup is not None else None
+    sup = runtime.supervisor
+    since = sup.down_since if sup is not None else None
+    pid = member.pid()
+    if pid is None:
         return {"etcd": DEAD, "why": "its etcd process is not running",
                 "for": 0.0 if since is None else round(time.monotonic() - since, 3)}
     from xenia.cluster.client import EtcdClient, Timeouts
@@ -68,6 +69,11 @@ def local_answer(runtime: Any) -> dict[str, Any]:
     except Exception as e:  # XeniaError, or a requests timeout: both say "no answer"
         if "no leader" in str(e):
             return {"etcd": NO_LEADER, "why": "etcd answered: no leader"}
+        if since is not None and sup is not None and pid == sup.restarted_pid:
+            # Restarted after it died and not serving yet: it has not been part of a
+            # quorum since (it would have published itself and serve).
+            return {"etcd": DEAD, "why": "its etcd was restarted and does not serve yet",
+                    "for": round(time.monotonic() - since, 3)}
         return {"etcd": UNKNOWN, "why": f"its etcd did not answer: {e}"}
     finally:
         client.close()

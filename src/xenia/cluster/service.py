@@ -150,6 +150,7 @@ def quorum_asker(runtime: ClusterRuntime, state: Any
     credential: the ClusterNode in `state.cluster` has them once the verbs made it a
     member). Blocking; raises when the member cannot be asked."""
     from xenia.cluster.quorum import ASK_TIMEOUT, UNKNOWN, local_answer
+    from xenia.errors import XeniaError
 
     def ask(host: str) -> tuple[str, float]:
         if host == runtime.host:
@@ -161,6 +162,8 @@ def quorum_asker(runtime: ClusterRuntime, state: Any
             ans = node.peer(host, timeout=ASK_TIMEOUT).request("GET", "/v1/cluster/quorum")
         if not isinstance(ans, dict):
             return UNKNOWN, 0.0
+        if ans.get("etcd") == UNKNOWN:
+            raise XeniaError(str(ans.get("why", "no answer")))
         return str(ans.get("etcd", UNKNOWN)), float(ans.get("for", 0.0) or 0.0)
 
     return ask
