@@ -91,6 +91,13 @@ def test_a_dead_etcd_counts_from_when_its_xeniad_saw_it_die() -> None:
     assert v.holds(10.65)[0]
 
 
+def test_a_later_answer_can_reach_further_back() -> None:
+    v = view()
+    v.record("a", DEAD, 10.0, 10.05)  # not yet seen dead by its xeniad: proves from 10.05
+    v.record("a", DEAD, 10.25, 10.3, back=2.0)  # seen dead since 8.3
+    assert v.streaks["a"].start == pytest.approx(8.3)
+
+
 def test_no_known_voters_never_holds() -> None:
     v = QuorumView()
     assert v.holds(1.0) == (False, "the etcd voters are not known")

@@ -115,10 +115,13 @@ class QuorumView:
                 self.streaks.pop(host, None)
                 return
             s = self.streaks.get(host)
+            look_back = self.election if answer == NO_LEADER else max(0.0, back)
             if s is None or sent - s.last_sent > self.election:
-                look_back = self.election if answer == NO_LEADER else max(0.0, back)
                 self.streaks[host] = Streak(recv - look_back, recv, sent)
             else:
+                # Each answer proves on its own: a later "dead for longer" reaches back
+                # further than the first one did.
+                s.start = min(s.start, recv - look_back)
                 s.last_sent = max(s.last_sent, sent)
 
     def holds(self, now: float) -> tuple[bool, str]:
