@@ -78,6 +78,8 @@ def status(h: NetHost) -> dict[str, Any]:
 def status_or_none(h: NetHost) -> dict[str, Any] | None:
     """The status, or None while etcd cannot answer even from the member's own copy."""
     res = h.xenia("cluster", "status", "--json", check=False)
+    if res.returncode != 0:
+        print(f"cluster status on {h.ns}: {res.stderr.strip()}")
     return dict(json.loads(res.stdout)) if res.returncode == 0 else None
 
 

@@ -100,7 +100,7 @@ def test_a_later_answer_can_reach_further_back() -> None:
 
 def test_no_known_voters_never_holds() -> None:
     v = QuorumView()
-    assert v.holds(1.0) == (False, "the etcd voters are not known")
+    assert v.holds(1.0) == (None, "the etcd voters are not known")
 
 
 class Clock:
@@ -111,7 +111,7 @@ class Clock:
         return self.t
 
 
-def guard_with(hold: list[bool]) -> tuple[FenceGuard, Clock, list[str]]:
+def guard_with(hold: list[float | None]) -> tuple[FenceGuard, Clock, list[str]]:
     clock = Clock()
     fences: list[str] = []
 
@@ -125,28 +125,34 @@ def guard_with(hold: list[bool]) -> tuple[FenceGuard, Clock, list[str]]:
 
 
 def test_guard_holds_past_the_deadline_then_fences_when_the_hold_ends() -> None:
-    hold = [True]
+    hold: list[float | None] = [103.4]
     g, clock, fences = guard_with(hold)
     clock.t = 103.5  # the deadline
     assert g.poll() == HOLD_RECHECK
     assert g.state == "held" and fences == [] and g.may_feed()
     clock.t = 110.0  # far past the lease's nominal expiry: still held
+    hold[0] = 109.9
     g.poll()
     assert g.state == "held" and fences == []
-    hold[0] = False
+    # The proof ends (a leader is back): the last proof counts as a renewal sent then,
+    # since any leader after it is a new one that gave the lease a fresh TTL.
+    hold[0] = None
+    assert g.poll() == pytest.approx(109.9 + 5 - 1.5 - 110.0)
+    assert g.state == "live" and fences == []
+    clock.t = 113.4
     g.poll()
     assert g.state == "fenced" and len(fences) == 1
 
 
 def test_guard_without_a_hold_fences_at_the_deadline() -> None:
-    g, clock, fences = guard_with([False])
+    g, clock, fences = guard_with([None])
     clock.t = 103.5
     g.poll()
     assert g.state == "fenced" and len(fences) == 1
 
 
 def test_a_renewal_while_held_makes_the_lease_live_again() -> None:
-    g, clock, fences = guard_with([True])
+    g, clock, fences = guard_with([103.9])
     clock.t = 104.0
     g.poll()
     assert g.state == "held"
@@ -158,7 +164,7 @@ def test_a_renewal_while_held_makes_the_lease_live_again() -> None:
 
 
 def test_a_lost_lease_fences_even_while_held() -> None:
-    g, clock, fences = guard_with([True])
+    g, clock, fences = guard_with([103.9])
     clock.t = 104.0
     g.poll()
     g.lost("etcd answered that it no longer has the lease")
@@ -169,7 +175,7 @@ def test_a_hold_check_that_raises_fences() -> None:
     clock = Clock()
     fences: list[str] = []
 
-    def bad() -> bool:
+    def bad() -> float | None:
         raise RuntimeError("boom")
 
     g = FenceGuard(LeaseTiming(), clock, lambda r: fences.append(r) is None, 100.0, 5,

@@ -88,7 +88,7 @@ class FenceGuard:
 
     def __init__(self, timing: LeaseTiming, clock: Clock, fence: Callable[[str], bool],
                  granted_sent: float, ttl: int,
-                 hold: Callable[[], bool] | None = None) -> None:
+                 hold: Callable[[], float | None] | None = None) -> None:
         self.timing = timing
         self.clock = clock
         self._fence = fence
@@ -98,6 +98,7 @@ class FenceGuard:
         self.state = "live"
         self.fence_ok = False
         self.fenced_at: float | None = None
+        self.held_until = 0.0  # while held: no etcd leader is proven up to this moment
         self.fences = 0
         self._lock = threading.Lock()
 
@@ -135,24 +136,32 @@ class FenceGuard:
         if self.state in ("live", "held") and now >= self.deadline():
             if self._may_hold():
                 return HOLD_RECHECK
+        if self.state == "live" and now >= self.deadline():
             self._do_fence(f"no renewal answered for {now - self.last_sent:.2f} s "
                            f"(ttl {self.ttl} s, margin {self.timing.margin} s)", final=False)
         return max(0.0, self.deadline() - self.clock.now()) if self.state == "live" else 1.0
 
     def _may_hold(self) -> bool:
+        """Past the deadline: hold (True) while the quorum probe proves that no etcd leader
+        exists. When that proof ends (a leader is back, or a majority cannot be asked),
+        the last proof counts as a renewal sent at its time: any leader after it is a new
+        one, and etcd 3.4's new leader gives every lease a fresh TTL plus an election
+        timeout from its election on (docs/cluster.md, "Quorum loss")."""
         if self._hold is None:
             return False
         try:
-            ok = bool(self._hold())
+            proven = self._hold()
         except Exception:
             log.exception("the quorum check failed: fencing")
-            ok = False
+            proven = None
         with self._lock:
-            if ok and self.state in ("live", "held"):
+            if proven is not None and self.state in ("live", "held"):
                 self.state = "held"
+                self.held_until = max(self.held_until, proven)
                 return True
             if self.state == "held":
-                self.state = "live"  # so that the fence below runs
+                self.state = "live"
+                self.last_sent = max(self.last_sent, self.held_until)
         return False
 
     def _do_fence(self, reason: str, final: bool) -> None:
@@ -196,7 +205,7 @@ class LeaseKeeper:
     def __init__(self, client: EtcdClient, fence: Callable[[str], bool],
                  timing: LeaseTiming | None = None, clock: Clock | None = None,
                  watchdog: Watchdog | None = None,
-                 hold: Callable[[], bool] | None = None) -> None:
+                 hold: Callable[[], float | None] | None = None) -> None:
         self.client = client
         self._hold = hold
         self.timing = (timing or LeaseTiming()).check()

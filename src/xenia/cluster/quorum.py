@@ -124,17 +124,17 @@ class QuorumView:
                 s.start = min(s.start, recv - look_back)
                 s.last_sent = max(s.last_sent, sent)
 
-    def holds(self, now: float) -> tuple[bool, str]:
-        """(hold?, why) at monotonic time `now`."""
+    def holds(self, now: float) -> tuple[float | None, str]:
+        """(the moment up to which no leader is proven, or None; why) at `now`."""
         with self._lock:
             voters = list(self.voters)
             if not voters:
-                return False, "the etcd voters are not known"
+                return None, "the etcd voters are not known"
             need = len(voters) // 2 + 1
             with_leader = [h for h in voters if self.last.get(h, ("", 0.0))[0] == LEADER
                            and self.last[h][1] >= now - 2 * self.election]
             if with_leader:
-                return False, f"{', '.join(with_leader)} still see(s) an etcd leader"
+                return None, f"{', '.join(with_leader)} still see(s) an etcd leader"
             proven = [h for h in voters if (s := self.streaks.get(h)) is not None
                       and s.last_sent >= now - self.election
                       and s.last_sent - s.start >= 2 * self.election]
@@ -142,9 +142,11 @@ class QuorumView:
                              + (f" ({self.notes[h]})" if self.notes.get(h) else "")
                              for h in voters)
         if len(proven) >= need:
-            return True, (f"{len(proven)} of {len(voters)} etcd voters ({', '.join(proven)}) "
+            # The proof holds up to the need-th latest answer of the proven voters.
+            until = sorted((self.streaks[h].last_sent for h in proven), reverse=True)[need - 1]
+            return until, (f"{len(proven)} of {len(voters)} etcd voters ({', '.join(proven)}) "
                           "have had no etcd leader for 2 election timeouts")
-        return False, (f"only {len(proven)} of {len(voters)} etcd voters proven without a "
+        return None, (f"only {len(proven)} of {len(voters)} etcd voters proven without a "
                        f"leader ({need} needed; last answers: {seen})")
 
 
@@ -186,10 +188,10 @@ class QuorumProbe:
             self._thread.join(timeout=2)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def hold(self) -> bool:
+    def hold(self) -> float | None:
         """The guard's question at (and after) its deadline: no I/O, answers at once."""
         ok, why = self.view.holds(self.clock())
-        if ok:
+        if ok is not None:
             if self.held is None:
                 log.warning("quorum lost, failover suspended: holding the HA domains (%s)",
                             why)
