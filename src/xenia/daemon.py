@@ -88,7 +88,7 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
                 allowed: list[Path] | None = None, boot_watchdog: int = 0,
                 ui_listen: ListenSpec | None = None,
                 etcd: cluster.ExternalEtcd | None = None,
-                allow_plain_migration: bool = False) -> None:
+                allow_plain_migration: bool = False, ha_watchdog: str = "auto") -> None:
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
     network = NetworkManager(paths, store)
@@ -109,6 +109,7 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     app = make_app(engine)
     # The UI's graphs: the last hour of counters, sampled while xeniad runs.
     app.state.history = History(engine.views)
+    app.state.ha_watchdog = ha_watchdog  # the member agent's (cluster/service.py)
     sampler = asyncio.create_task(app.state.history.run(), name="xeniad-history")
     config = uvicorn.Config(app, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=2)
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     take_lock(paths)
     try:
         asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog, ui_listen,
-                          etcd, args.allow_plain_migration))
+                          etcd, args.allow_plain_migration, args.ha_watchdog))
     except KeyboardInterrupt:
         pass
     except XeniaError as e:

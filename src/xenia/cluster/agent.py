@@ -41,6 +41,7 @@ from xenia.cluster.kv import Compare, Delete, Event
 from xenia.cluster.lease import LeaseKeeper, LeaseTiming
 from xenia.cluster.quorum import LATE, QuorumProbe
 from xenia.cluster.watch import Watch
+from xenia.cluster.watchdog import DEFAULT_PATH as DEFAULT_WATCHDOG
 from xenia.cluster.watchdog import Watchdog, open_watchdog
 from xenia.config.model import DomainConfig
 from xenia.errors import BackendError, InUse, NotFound, XeniaError
@@ -69,8 +70,14 @@ class MemberAgent:
     def __init__(self, client: EtcdClient, host: str, manager: DomainManager,
                  shared_pool_of: Callable[[str], str | None],
                  timing: LeaseTiming | None = None, lease_file: Path | None = None,
-                 ask: Callable[[str], tuple[str, float]] | None = None) -> None:
+                 ask: Callable[[str], tuple[str, float]] | None = None,
+                 watchdog: str = "auto", watchdog_path: Path = DEFAULT_WATCHDOG) -> None:
         self.client = client
+        # /dev/watchdog, the fence's backstop: "auto" arms it where the device exists,
+        # "on" refuses to join without it, "off" never (xeniad --ha-watchdog).
+        self.watchdog_mode = watchdog
+        self.watchdog_path = watchdog_path
+        self._watchdog_tried = False
         self.host = keys.check_host(host)
         self.manager = manager
         self.shared_pool_of = shared_pool_of
@@ -151,10 +158,7 @@ class MemberAgent:
 
     def _join(self) -> None:
         """Grant the member lease, put alive/<host> on it, campaign."""
-        if self._watchdog is None and os.environ.get("XENIA_HA_WATCHDOG") == "1":
-            # Opt-in for now: an armed watchdog resets the host when xeniad is killed,
-            # HA domains or not (docs/cluster.md, "The watchdog").
-            self._watchdog = open_watchdog(self.timing.watchdog)
+        self._open_watchdog()
         keeper = LeaseKeeper(self._keeper_client(), self._fence, self.timing,
                              watchdog=self._watchdog,
                              hold=self.quorum.hold if self.quorum is not None else None)
@@ -180,6 +184,24 @@ class MemberAgent:
         self.campaign = Campaign(self.election, self._leading).start()
         self.fenced.clear()
         log.info("cluster member %s: lease %x, alive", self.host, lease)
+
+    def _open_watchdog(self) -> None:
+        """Arm the watchdog once (a rejoin keeps the one it has). Armed, it resets the host
+        if xeniad dies or hangs without disarming it (docs/cluster.md, "The watchdog")."""
+        if self._watchdog is not None or self._watchdog_tried or self.watchdog_mode == "off":
+            return
+        required = self.watchdog_mode == "on"
+        try:
+            self._watchdog = open_watchdog(self.timing.watchdog, self.watchdog_path,
+                                           required=required)
+        except BackendError as e:
+            if required:
+                raise
+            log.error("%s; HA fencing runs without a watchdog (--ha-watchdog off hides "
+                      "this)", e.message)
+        # NotSupported with "on" propagates each time (start_retrying says why); with
+        # "auto" a missing device was logged once.
+        self._watchdog_tried = not required
 
     def _saved_lease(self) -> int:
         if self.lease_file is None:

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--etcd-ca", type=Path, metavar="FILE", help="CA of the etcd cluster")
     g.add_argument("--etcd-cert", type=Path, metavar="FILE", help="client certificate")
     g.add_argument("--etcd-key", type=Path, metavar="FILE", help="client certificate's key")
+    env = {"1": "on", "0": "off"}.get(os.environ.get("XENIA_HA_WATCHDOG", ""), None)
+    g.add_argument("--ha-watchdog", choices=("auto", "on", "off"),
+                   default=env or os.environ.get("XENIA_HA_WATCHDOG") or "auto",
+                   help="arm /dev/watchdog as the backstop of HA fencing on a cluster "
+                   "member: auto (default: where the device exists), on (refuse to run "
+                   "HA without it), off; $XENIA_HA_WATCHDOG")
 
 
 def external_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
@@ -179,7 +186,8 @@ def make_agent(runtime: ClusterRuntime, engine: Engine, state: Any) -> MemberAge
     agent = MemberAgent(runtime.client, runtime.host, engine.manager,
                         engine.storage.shared_pool_of,
                         lease_file=engine.paths.run / "member-lease",
-                        ask=quorum_asker(runtime, state))
+                        ask=quorum_asker(runtime, state),
+                        watchdog=str(getattr(state, "ha_watchdog", "auto")))
     engine.manager.gate = agent
     state.ha = agent
     return agent
