@@ -208,3 +208,36 @@ def test_probe_asks_every_voter_and_an_error_is_unknown() -> None:
         assert not p.hold() and p.held is None
     finally:
         p.stop()
+
+
+class _Member:
+    def __init__(self, pid: int | None) -> None:
+        self._pid = pid
+
+    def pid(self) -> int | None:
+        return self._pid
+
+
+class _Supervisor:
+    def __init__(self, down_since: float | None, restarted_pid: int | None = None) -> None:
+        self.down_since = down_since
+        self.restarted_pid = restarted_pid
+
+
+class _Runtime:
+    def __init__(self, member: _Member | None, sup: _Supervisor | None) -> None:
+        self.member = member
+        self.supervisor = sup
+
+
+def test_local_answer_without_an_own_etcd_or_with_a_dead_one() -> None:
+    import time
+
+    from xenia.cluster.quorum import local_answer
+
+    assert local_answer(None)["etcd"] == UNKNOWN
+    assert local_answer(_Runtime(None, None))["etcd"] == UNKNOWN  # an external etcd
+    ans = local_answer(_Runtime(_Member(None), _Supervisor(time.monotonic() - 2.0)))
+    assert ans["etcd"] == DEAD and 1.9 < ans["for"] < 3.0
+    ans = local_answer(_Runtime(_Member(None), _Supervisor(None)))  # not yet seen dead
+    assert ans["etcd"] == DEAD and ans["for"] == 0.0
