@@ -28,6 +28,7 @@ from xenia.storage.dir import DirDriver
 from xenia.storage.driver import VOLUME_FORMATS, PoolDriver, SnapshotInfo, VolumeInfo
 from xenia.storage.lvm import LvmDriver
 from xenia.storage.qemuimg import QemuImg
+from xenia.storage.replica_records import replica_view
 from xenia.storage.units import check_name, parse_size
 from xenia.store.base import Store
 
@@ -316,6 +317,7 @@ class StorageManager:
         """A volume as the API shows it: its info and the domain using it, if any."""
         d = info.to_dict()
         d["used_by"] = self._user(info.path)
+        d["replica"] = replica_view(self.store, info.pool, info.name)
         return d
 
     def volume_path(self, pool: str, name: str) -> Path:
