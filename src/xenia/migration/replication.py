@@ -81,7 +81,9 @@ class Replication:
             "key": key, "primary": os.uname().nodename}, timeout=60)
         if not isinstance(ans, dict) or "port" not in ans:
             raise BackendError(f"Failed {doing}: the replica host answered {ans!r}")
-        write_psk_dir(self._dir(export_key(pool, volume)), identity, key)
+        # A directory a key: QEMU is given the file it reads (ownership.py), and a file
+        # renamed over a given one would be root's again.
+        write_psk_dir(self._dir(export_key(pool, volume)) / identity, identity, key)
         return {"address": peer.host, "port": int(ans["port"]), "identity": identity,
                 "key": key, "remote_path": ans.get("path")}
 
@@ -152,7 +154,10 @@ class Replication:
         if rec is None:
             return
         self.m.store.obj_delete(REPLICA_KIND, export_key(pool, name))
-        remove_psk_dir(self._dir(export_key(pool, name)))
+        for d in self._dir(export_key(pool, name)).glob("*"):
+            remove_psk_dir(d)
+        with contextlib.suppress(OSError):
+            self._dir(export_key(pool, name)).rmdir()
         await self._drop_old(str(rec["host"]), pool, name)
 
     # -- domains -------------------------------------------------------------------------
@@ -166,7 +171,8 @@ class Replication:
     async def _attach(self, drec: DomainRecord, inst: Instance, rec: dict[str, Any]) -> None:
         link = ReplicaLink(vdev=str(rec["vdev"]), host=str(rec["address"]),
                            port=int(rec["port"]), identity=str(rec["identity"]),
-                           tls_dir=self._dir(export_key(rec["pool"], rec["volume"])))
+                           tls_dir=self._dir(export_key(rec["pool"], rec["volume"]))
+                           / str(rec["identity"]))
         await self.m.driver_for(drec.config).attach_replica(inst, link)
 
     async def on_start(self, drec: DomainRecord, inst: Instance) -> None:
