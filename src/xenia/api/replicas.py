@@ -34,6 +34,7 @@ class ServeReplica(BaseModel):
     identity: str
     key: str
     primary: str = ""
+    primary_path: str = ""  # the primary's image: an HA failover maps it to this copy
 
 
 @router.post("/pools/{pool}/replicated-volumes", status_code=201)
@@ -56,7 +57,8 @@ def replicas(e: ReplicaExportsDep) -> list[dict[str, Any]]:
 @router.post("/replicas", status_code=201)
 async def replica_serve(req: ServeReplica, e: ReplicaExportsDep) -> dict[str, Any]:
     return await asyncio.to_thread(e.serve, req.pool, req.volume, req.size, req.format,
-                                   req.listen_host, req.identity, req.key, req.primary)
+                                   req.listen_host, req.identity, req.key, req.primary,
+                                   req.primary_path)
 
 
 @router.delete("/replicas/{pool}/{name}")

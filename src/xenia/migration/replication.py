@@ -78,7 +78,8 @@ class Replication:
         ans = await peer.arequest("POST", "/v1/replicas", {
             "pool": pool, "volume": volume, "size": info.virtual_size,
             "format": info.format, "listen_host": peer.host, "identity": identity,
-            "key": key, "primary": os.uname().nodename}, timeout=60)
+            "key": key, "primary": os.uname().nodename,
+            "primary_path": str(info.path)}, timeout=60)
         if not isinstance(ans, dict) or "port" not in ans:
             raise BackendError(f"Failed {doing}: the replica host answered {ans!r}")
         # A directory a key: QEMU is given the file it reads (ownership.py), and a file
@@ -160,6 +161,13 @@ class Replication:
             self._dir(export_key(pool, name)).rmdir()
         await self._drop_old(str(rec["host"]), pool, name)
 
+    def replica_host_of(self, path: str) -> str | None:
+        """The host keeping the copy of the volume at `path`, None if it has none: what
+        HA accepts instead of a shared pool (the domain may restart there only)."""
+        found = self.storage.volume_at(path)
+        rec = self.record(*found) if found is not None else None
+        return str(rec["host"]) if rec is not None else None
+
     # -- domains -------------------------------------------------------------------------
     def _user(self, rec: dict[str, Any]) -> tuple[Instance | None, DomainRecord | None]:
         uuid = rec.get("domain")
@@ -186,6 +194,9 @@ class Replication:
             if rec is None:
                 continue
             rec.update(domain=drec.uuid, vdev=spec.vdev)
+            if not rec.get("port"):  # a copy HA promoted: no replica until a resync
+                self._save(rec, state=DEGRADED)
+                continue
             try:
                 await self._attach(drec, inst, rec)
                 self._save(rec, state=SYNCING, progress=0.0, error=None)

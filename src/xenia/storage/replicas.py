@@ -31,7 +31,7 @@ from xenia.hostos.procfs import pid_alive
 from xenia.paths import Paths
 from xenia.peers.psk import PSK_FILE, remove_psk_dir, write_psk_dir
 from xenia.storage.manager import StorageManager
-from xenia.storage.replica_records import EXPORT_KIND, export_key
+from xenia.storage.replica_records import EXPORT_KIND, REPLICA_KIND, export_key
 from xenia.storage.units import check_name
 from xenia.store.base import Store
 from xenia.tools import find_tool
@@ -95,7 +95,8 @@ class ReplicaExports:
         return out
 
     def serve(self, pool: str, volume: str, size: int, fmt: str, host: str,
-              identity: str, key: str, primary: str) -> dict[str, Any]:
+              identity: str, key: str, primary: str,
+              primary_path: str = "") -> dict[str, Any]:
         """Keep a copy of `pool`/`volume` for `primary` and export it; returns where.
 
         The volume is made if missing (a new replica) and kept if present (a resync to
@@ -121,7 +122,7 @@ class ReplicaExports:
         self.stop(pool, volume, forget=False)
         rec = {"pool": pool, "volume": volume, "host": host, "port": 0, "identity": identity,
                "key": key, "format": info.format, "path": str(path), "primary": primary,
-               "created_at": time.time()}
+               "primary_path": primary_path, "created_at": time.time()}
         try:
             rec["port"] = self._launch(k, rec, doing)
         except Exception:
@@ -192,6 +193,27 @@ class ReplicaExports:
                 self._launch(k, rec, f"to serve the replica {k} again")
             except (BackendError, OSError) as e:
                 log.warning("replica %s: %s", k, e)
+
+    def promote(self, primary_path: str, former: str) -> Path | None:
+        """An HA failover starts the primary's domain here: the copy of the disk the
+        primary had at `primary_path` becomes this host's own volume. Its export ends
+        (the QSD holds the image) and it is recorded as replicated to `former`, the dead
+        primary, and degraded, so `volume resync` makes a copy again. None if this host
+        keeps no copy of that disk."""
+        for rec in self.store.obj_list(EXPORT_KIND):
+            if not primary_path or rec.get("primary_path") != primary_path:
+                continue
+            self.stop(rec["pool"], rec["volume"])
+            self.store.obj_put(REPLICA_KIND, export_key(rec["pool"], rec["volume"]), {
+                "pool": rec["pool"], "volume": rec["volume"], "host": former,
+                "address": "", "port": 0, "identity": "", "key": "", "state": "degraded",
+                "progress": 0.0, "domain": None, "vdev": None, "created_at": time.time(),
+                "error": f"this copy took over from {former} (HA failover); "
+                         f"`xenia volume resync {rec['volume']}` makes a new copy"})
+            log.warning("replica %s/%s now serves the domain of %s here", rec["pool"],
+                        rec["volume"], former)
+            return Path(rec["path"])
+        return None
 
     def psk_file(self, pool: str, volume: str) -> Path:
         return self._dir(export_key(pool, volume)) / "tls" / PSK_FILE
