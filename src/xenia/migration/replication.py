@@ -141,16 +141,21 @@ class Replication:
         return self.describe(pool, name)
 
     async def _drop_old(self, host: str, pool: str, name: str) -> None:
-        """Tell the former replica host to stop serving (it may well be dead)."""
+        await asyncio.to_thread(self._drop, host, pool, name)
+
+    def _drop(self, host: str, pool: str, name: str) -> None:
+        """Tell the (former) replica host to stop serving its copy (it may well be dead);
+        the copy stays there, an ordinary volume its user may delete."""
         try:
             peer = self._peer(host)
             peer.timeout = 5.0
-            await peer.arequest("DELETE", f"/v1/replicas/{pool}/{name}")
+            peer.request("DELETE", f"/v1/replicas/{pool}/{name}")
         except XeniaError as e:
             log.info("replica of %s/%s on %s not dropped: %s", pool, name, host, e.message)
 
-    async def forget(self, pool: str, name: str) -> None:
-        """The volume was deleted here: drop its copy on the replica host too."""
+    def forget(self, pool: str, name: str) -> None:
+        """The volume was deleted here (blocking; from the API's thread pool): its
+        record and keys go, and the replica host stops serving the copy."""
         rec = self.record(pool, name)
         if rec is None:
             return
@@ -159,7 +164,8 @@ class Replication:
             remove_psk_dir(d)
         with contextlib.suppress(OSError):
             self._dir(export_key(pool, name)).rmdir()
-        await self._drop_old(str(rec["host"]), pool, name)
+        if rec.get("port"):
+            self._drop(str(rec["host"]), pool, name)
 
     def replica_host_of(self, path: str) -> str | None:
         """The host keeping the copy of the volume at `path`, None if it has none: what
