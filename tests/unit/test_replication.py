@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.unit import test_cluster_ha
 from tests.unit.test_cluster_ha import U1, U2, domains
 from xenia.cli.storage import replica_text
 from xenia.cluster.ha import plan
 from xenia.drivers import qemu_replica
 from xenia.drivers.qemu_replica import ReplicaLink
 from xenia.errors import BackendError, InUse
-from xenia.paths import Paths
 from xenia.storage.manager import StorageManager
 from xenia.storage.replica_records import (
     EXPORT_KIND,
@@ -28,7 +27,6 @@ from xenia.storage.replica_records import (
     replica_view,
 )
 from xenia.storage.replicas import ReplicaExports, qsd_argv
-from xenia.store.sqlite import SqliteStore
 
 
 def test_qsd_argv_is_json_and_keeps_odd_names_whole() -> None:
@@ -115,14 +113,7 @@ def test_detach_dismisses_a_concluded_job_before_deleting_its_node() -> None:
     assert names.index("job_dismiss") < names.index("blockdev_del") < names.index("object_del")
 
 
-@pytest.fixture
-def sm(tmp_path: Path) -> Iterator[StorageManager]:
-    paths = Paths(state=tmp_path / "state", run=tmp_path / "run")
-    m = StorageManager(paths, SqliteStore(paths.db))
-    asyncio.run(m.start())
-    yield m
-    asyncio.run(m.stop())
-    m.store.close()
+sm = test_cluster_ha.sm  # the storage manager fixture, on a temporary root
 
 
 def test_a_served_copy_is_shown_and_not_deleted(sm: StorageManager) -> None:
