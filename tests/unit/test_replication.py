@@ -18,7 +18,9 @@ from xenia.cli.storage import replica_text
 from xenia.cluster.ha import plan
 from xenia.drivers import qemu_replica
 from xenia.drivers.qemu_replica import ReplicaLink
-from xenia.errors import BackendError, InUse
+from xenia.errors import BackendError, InUse, InvalidConfig, NotFound
+from xenia.host.manager import DomainManager
+from xenia.migration.replication import Replication
 from xenia.storage.manager import StorageManager
 from xenia.storage.replica_records import (
     EXPORT_KIND,
@@ -167,3 +169,16 @@ def test_plan_restarts_a_replicated_domain_only_where_its_copy_is() -> None:
     # "a" has the most free memory but no copy; "c" (the other's copy) is dead.
     assert sorted((d.config.name, host) for d, host in out) == [("nocopy", None),
                                                                  ("rep", "b")]
+
+
+def test_bad_replica_requests_leave_everything_as_it_was(sm: StorageManager) -> None:
+    r = Replication(DomainManager(sm.paths, sm.store, []), sm)
+    with pytest.raises(NotFound, match="not a known peer"):
+        asyncio.run(r.create_volume("default", "rv", "1M", "raw", "nosuchhost"))
+    assert sm.list_volumes("default") == []
+    sm.create_volume("default", "plain", "1M", "raw")
+    with pytest.raises(InvalidConfig, match="not replicated"):
+        asyncio.run(r.resync("default", "plain"))
+    assert r.replica_host_of(str(sm.volume_path("default", "plain"))) is None
+    r.forget("default", "plain")  # not replicated: nothing to do
+    assert [v.name for v in sm.list_volumes("default")] == ["plain"]

@@ -136,7 +136,7 @@ class ReplicaExports:
 
     def _launch(self, k: str, rec: dict[str, Any], doing: str) -> int:
         """Start the QSD of record `rec`; its port (a free one unless the record has one)."""
-        qsd = find_tool("qemu-storage-daemon", "qemu-system-x86 / qemu-utils", doing)
+        qsd = find_tool("qemu-storage-daemon", "qemu-utils", doing)
         d = self._dir(k)
         tls = write_psk_dir(d / "tls", rec["identity"], rec["key"])
         pidfile = d / "qsd.pid"
