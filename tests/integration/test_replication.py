@@ -107,3 +107,10 @@ def test_replicated_volume(cluster: Cluster) -> None:
     # And stays synchronous: a new write is on h2 when the guest's fsync returns.
     again = a.run("g", WRITE).strip()
     assert md5_of(fresh, 2 * 1024 * 1024) == again
+
+    # A resync to the same host while in sync: a new key and export, the mirror made anew.
+    a.xenia("volume", "resync", "rv")
+    assert replica(a, "rv")["host"] == "h2"
+    wait_state(a, "rv", "in-sync", timeout=60)
+    last = a.run("g", WRITE).strip()
+    assert md5_of(fresh, 2 * 1024 * 1024) == last
