@@ -51,10 +51,12 @@ class Engine:
         manager = DomainManager(paths, store, drivers)
         saves = SaveRestore(manager)
         snapshots = DomainSnapshots(manager, saves, storage.qemu_img)
+        sender, replication = Sender(manager, storage), Replication(manager, storage)
+        sender.replica_host_of = replication.replica_host_of
         return cls(paths=paths, store=store, manager=manager, views=DomainViews(manager),
                    devices=DeviceVerbs(manager, PciAssign(store)), saves=saves,
-                   sender=Sender(manager, storage), receiver=Receiver(manager, network),
+                   sender=sender, receiver=Receiver(manager, network),
                    storage=storage, network=network,
                    snapshots=snapshots, clones=Clones(manager, snapshots, storage.qemu_img),
-                   replication=Replication(manager, storage),
+                   replication=replication,
                    replica_exports=ReplicaExports(paths, store, storage))
