@@ -116,7 +116,7 @@ def test_migrate_from_the_domain_page(ui: Ui) -> None:
     h0, h1 = ui.c.hosts
     page = ui.page()
     page.goto(ui.base + "/ui/domain?name=g1")
-    page.wait_for_selector("#migrate-host option[value=h1]")
+    page.wait_for_selector("#migrate-host option[value=h1]", state="attached")
     seen = record_progress(page)
     page.select_option("#migrate-host", "h1")
     page.click("button[data-act=migrate]")
