@@ -127,6 +127,7 @@ def test_migrate_from_the_domain_page(ui: Ui) -> None:
     assert {"starting", "migrating"} <= set(statuses), seen
     pcts = [float(p) for _, p in seen if p is not None]
     assert pcts == sorted(pcts), seen  # it only moves forward
+    assert any(0 < p < 100 for p in pcts), seen  # and was seen between the ends
     assert "Migrate: done" in page.inner_text("#msg")
     # g1 runs on h1 now, and answers there.
     assert local_names(h1) == ["g1"] and local_names(h0) == []
