@@ -182,6 +182,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", D + "/history"): _r("read", REF),
     ("GET", "/v1/host/history"): _r("read"),
     ("GET", "/v1/host/audit"): _r("admin"),  # who did what: tokens and clients
+    ("GET", "/v1/host/targets"): _r("read"),  # migration targets' names, for the picker
 }
 
 
