@@ -111,6 +111,10 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     app.state.history = History(engine.views)
     app.state.ha_watchdog = ha_watchdog  # the member agent's (cluster/service.py)
     sampler = asyncio.create_task(app.state.history.run(), name="xeniad-history")
+    # Replicated volumes: the copies served for other hosts run again, and the state of
+    # this host's mirrors is watched.
+    await asyncio.to_thread(engine.replica_exports.supervise)
+    replication = asyncio.create_task(engine.replication.run(), name="xeniad-replication")
     config = uvicorn.Config(app, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=2)
     server = _Server(config)
@@ -133,6 +137,7 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
                 await node.stop()
     finally:
         sampler.cancel()
+        replication.cancel()
         await engine.manager.detach_all()
         await network.stop()
         await storage.stop()
@@ -157,6 +162,7 @@ def make_node(engine: Engine, paths: Paths, runtime: cluster.ClusterRuntime | No
         return node.peer(name) if node.is_member and name in node.members else None
 
     engine.sender.cluster_peer = member_peer
+    engine.replication.cluster_peer = member_peer
     return node
 
 
