@@ -241,3 +241,38 @@ def test_local_answer_without_an_own_etcd_or_with_a_dead_one() -> None:
     assert ans["etcd"] == DEAD and 1.9 < ans["for"] < 3.0
     ans = local_answer(_Runtime(_Member(None), _Supervisor(None)))  # not yet seen dead
     assert ans["etcd"] == DEAD and ans["for"] == 0.0
+
+
+def test_a_proof_under_way_delays_the_fence_by_the_grace_at_most() -> None:
+    from xenia.cluster.lease import HOLD_GRACE
+
+    clock = Clock()
+    fences: list[float] = []
+    proof: list[float | None] = [None]
+    g = FenceGuard(LeaseTiming(), clock, lambda r: fences.append(clock.t) is None, 100.0, 5,
+                   hold=lambda: proof[0], pending=lambda: True)
+    clock.t = 103.5
+    assert 0 < g.poll() <= HOLD_GRACE and fences == [] and g.state == "live"
+    clock.t = 103.8
+    proof[0] = 103.7  # proven within the grace: held
+    g.poll()
+    assert g.state == "held" and fences == []
+    # Not proven in time: fenced at the end of the grace, 1 s before the earliest expiry.
+    g2 = FenceGuard(LeaseTiming(), clock, lambda r: fences.append(clock.t) is None, 100.0, 5,
+                    hold=lambda: None, pending=lambda: True)
+    clock.t = 103.99
+    g2.poll()
+    assert fences == []
+    clock.t = 103.5 + HOLD_GRACE
+    g2.poll()
+    assert fences == [104.0] and g2.state == "fenced"
+
+
+def test_pending_needs_a_fresh_majority_and_no_leader() -> None:
+    v = view()
+    v.record("a", DEAD, 10.0, 10.05)
+    assert not v.pending(10.1)
+    v.record("b", NO_LEADER, 10.0, 10.05)
+    assert v.pending(10.1) and not v.holds(10.1)[0]
+    v.record("c", LEADER, 10.2, 10.25)
+    assert not v.pending(10.3)

@@ -167,7 +167,8 @@ class MemberAgent:
         self._open_watchdog()
         keeper = LeaseKeeper(self._keeper_client(), self._fence, self.timing,
                              watchdog=self._watchdog,
-                             hold=self.quorum.hold if self.quorum is not None else None)
+                             hold=self.quorum.hold if self.quorum is not None else None,
+                             pending=self.quorum.pending if self.quorum is not None else None)
         lease = 0
         old = self._saved_lease()
         if old:

@@ -63,8 +63,10 @@ class LeaseTiming:
         if self.ttl < 2:
             problems.append("ttl must be at least 2 s (etcd raises shorter ones to 1.5 x its "
                             "election timeout anyway)")
-        if self.margin < MIN_MARGIN:
-            problems.append(f"margin must be at least {MIN_MARGIN} s")
+        if self.margin - HOLD_GRACE < MIN_MARGIN:
+            problems.append(f"margin must be at least {MIN_MARGIN + HOLD_GRACE} s "
+                            f"({MIN_MARGIN} s, and {HOLD_GRACE} s a quorum-loss proof may "
+                            "take from it)")
         if 2 * self.interval + self.attempt > fence_after:
             problems.append(f"two renewals and one attempt ({2 * self.interval + self.attempt}"
                             f" s) must fit before the fence at ttl - margin ({fence_after} s)")
@@ -77,6 +79,10 @@ class LeaseTiming:
 
 
 HOLD_RECHECK = 0.1  # while holding, the guard asks hold() again this often
+# A quorum-loss proof still being gathered at the deadline (a majority answers "no leader"
+# or "dead", not yet for long enough) may delay the fence by this much, taken from the
+# margin: the fence then comes at the latest margin - HOLD_GRACE before the earliest expiry.
+HOLD_GRACE = 0.5
 
 
 class FenceGuard:
@@ -88,11 +94,13 @@ class FenceGuard:
 
     def __init__(self, timing: LeaseTiming, clock: Clock, fence: Callable[[str], bool],
                  granted_sent: float, ttl: int,
-                 hold: Callable[[], float | None] | None = None) -> None:
+                 hold: Callable[[], float | None] | None = None,
+                 pending: Callable[[], bool] | None = None) -> None:
         self.timing = timing
         self.clock = clock
         self._fence = fence
         self._hold = hold
+        self._pending = pending
         self.last_sent = granted_sent
         self.ttl = ttl
         self.state = "live"
@@ -136,6 +144,9 @@ class FenceGuard:
         if self.state in ("live", "held") and now >= self.deadline():
             if self._may_hold():
                 return HOLD_RECHECK
+            if self.state == "live" and now < self.deadline() + HOLD_GRACE \
+                    and self._still_pending():
+                return min(HOLD_RECHECK / 2, self.deadline() + HOLD_GRACE - now)
         if self.state == "live" and now >= self.deadline():
             self._do_fence(f"no renewal answered for {now - self.last_sent:.2f} s "
                            f"(ttl {self.ttl} s, margin {self.timing.margin} s)", final=False)
@@ -163,6 +174,13 @@ class FenceGuard:
                 self.state = "live"
                 self.last_sent = max(self.last_sent, self.held_until)
         return False
+
+    def _still_pending(self) -> bool:
+        try:
+            return bool(self._pending is not None and self._pending())
+        except Exception:
+            log.exception("the quorum check failed: fencing")
+            return False
 
     def _do_fence(self, reason: str, final: bool) -> None:
         with self._lock:
@@ -205,9 +223,11 @@ class LeaseKeeper:
     def __init__(self, client: EtcdClient, fence: Callable[[str], bool],
                  timing: LeaseTiming | None = None, clock: Clock | None = None,
                  watchdog: Watchdog | None = None,
-                 hold: Callable[[], float | None] | None = None) -> None:
+                 hold: Callable[[], float | None] | None = None,
+                 pending: Callable[[], bool] | None = None) -> None:
         self.client = client
         self._hold = hold
+        self._pending = pending
         self.timing = (timing or LeaseTiming()).check()
         self.clock = clock or MonotonicClock()
         self.watchdog = watchdog
@@ -232,7 +252,8 @@ class LeaseKeeper:
         else:
             lease_id, ttl = self.client.lease_grant(self.timing.ttl)
         self.lease_id = lease_id
-        self.guard = FenceGuard(self.timing, self.clock, self._fence, sent, ttl, self._hold)
+        self.guard = FenceGuard(self.timing, self.clock, self._fence, sent, ttl, self._hold,
+                                self._pending)
         for target, name in ((self._renew_loop, "lease-renew"), (self._guard_loop, "fence")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()

@@ -42,7 +42,7 @@ LEADER, NO_LEADER, DEAD, UNKNOWN = "leader", "no-leader", "dead", "unknown"
 ELECTION = 1.0  # etcd's election timeout (etcd_member.ELECTION_MS), in seconds
 PROBE_EVERY = 0.25  # a round of questions this often while renewals are late
 ASK_TIMEOUT = 0.5  # one question to another member's xeniad (connect + answer)
-LOCAL_TIMEOUT = 0.3  # that xeniad's question to its own etcd member
+LOCAL_TIMEOUT = 0.2  # that xeniad's question to its own etcd member
 LATE = 0.1  # a renewal this late (after its interval) starts the probes
 VOTERS_EVERY = 5.0  # the etcd voter list is read again this often while etcd answers
 
@@ -123,6 +123,19 @@ class QuorumView:
                 # further than the first one did.
                 s.start = min(s.start, recv - look_back)
                 s.last_sent = max(s.last_sent, sent)
+
+    def pending(self, now: float) -> bool:
+        """A proof under way: a majority of voters on a fresh streak (of any length) and
+        none with a leader. The guard may wait a little for it (lease.HOLD_GRACE)."""
+        with self._lock:
+            voters = list(self.voters)
+            if not voters or any(self.last.get(h, ("", 0.0))[0] == LEADER
+                                 and self.last[h][1] >= now - 2 * self.election
+                                 for h in voters):
+                return False
+            fresh = [h for h in voters if (s := self.streaks.get(h)) is not None
+                     and s.last_sent >= now - self.election]
+            return len(fresh) >= len(voters) // 2 + 1
 
     def holds(self, now: float) -> tuple[float | None, str]:
         """(the moment up to which no leader is proven, or None; why) at `now`."""
@@ -206,6 +219,9 @@ class QuorumProbe:
 
     def renewed(self) -> None:
         self.held = None
+
+    def pending(self) -> bool:
+        return self.view.pending(self.clock())
 
     def _refresh_voters(self) -> None:
         try:
