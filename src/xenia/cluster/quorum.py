@@ -124,14 +124,17 @@ class QuorumView:
                 s.start = min(s.start, recv - look_back)
                 s.last_sent = max(s.last_sent, sent)
 
+    def _with_leader(self, voters: list[str], now: float) -> list[str]:
+        """Voters whose answer of the last 2 election timeouts was LEADER (lock held)."""
+        return [h for h in voters if self.last.get(h, ("", 0.0))[0] == LEADER
+                and self.last[h][1] >= now - 2 * self.election]
+
     def pending(self, now: float) -> bool:
         """A proof under way: a majority of voters on a fresh streak (of any length) and
         none with a leader. The guard may wait a little for it (lease.HOLD_GRACE)."""
         with self._lock:
             voters = list(self.voters)
-            if not voters or any(self.last.get(h, ("", 0.0))[0] == LEADER
-                                 and self.last[h][1] >= now - 2 * self.election
-                                 for h in voters):
+            if not voters or self._with_leader(voters, now):
                 return False
             fresh = [h for h in voters if (s := self.streaks.get(h)) is not None
                      and s.last_sent >= now - self.election]
@@ -144,8 +147,7 @@ class QuorumView:
             if not voters:
                 return None, "the etcd voters are not known"
             need = len(voters) // 2 + 1
-            with_leader = [h for h in voters if self.last.get(h, ("", 0.0))[0] == LEADER
-                           and self.last[h][1] >= now - 2 * self.election]
+            with_leader = self._with_leader(voters, now)
             if with_leader:
                 return None, f"{', '.join(with_leader)} still see(s) an etcd leader"
             proven = [h for h in voters if (s := self.streaks.get(h)) is not None
