@@ -7,6 +7,7 @@ One guest serves every assertion (module-scoped); they run in file order.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import pwd
@@ -21,6 +22,9 @@ from qemu.qmp import QMPClient
 from qemu.qmp.qmp_client import ExecuteError
 
 from tests.integration.harness import Host, Image, wait_until
+from xenia.hostos import devbpf
+from xenia.hostos.cgroupfs import host_layout
+from xenia.qemu import confine
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +42,11 @@ def status(pid: int) -> dict[str, str]:
 def owner(p: Path) -> tuple[int, int, int]:
     st = os.stat(p)
     return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+def v2_mount() -> Path | None:
+    v2 = [h for h in host_layout().hierarchies if h.version == 2]
+    return v2[0].mount if v2 else None
 
 
 def disk_file(path: Path) -> Path:
@@ -100,6 +109,19 @@ def test_private_dev_and_device_allow_list(confined: tuple[Host, dict[str, Any],
         assert allowed == {"c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
                            "c 10:200 rwm", *(["c 10:257 rwm"] if uffd else [])}
     assert dom["runtime"]["confinement"]["user"] == "xenia-qemu"
+    # cgroup v2 (here the unified mount of a hybrid host): the BPF allow-list is attached
+    # to QEMU's v2 group.
+    v2 = v2_mount()
+    assert v2 is not None, "this test host has cgroup2 mounted"
+    group = v2 / groups[""].lstrip("/")
+    assert group.name == dom["uuid"]
+    gfd = os.open(group, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert len(devbpf.query(gfd)) == 1
+    finally:
+        os.close(gfd)
+    conf = dom["runtime"]["confinement"]
+    assert conf["device_cgroup"] is True and "bpf" in conf["device_cgroup_layers"]
 
 
 def test_given_disk_is_qemus_and_an_ungiven_one_is_refused(
@@ -168,7 +190,7 @@ def test_hotplugged_disk_given_then_given_back(confined: tuple[Host, dict[str, A
 
 
 def test_files_given_back_after_destroy(confined: tuple[Host, dict[str, Any], Path]) -> None:
-    host, _, disks = confined
+    host, dom, disks = confined
     host.xenia("destroy", "c1")
     assert owner(disks / "mine.img") == (ORIG_UID, ORIG_GID, ORIG_MODE)
     # The directory QEMU could search for the disk: its ACL entry is gone again.
@@ -177,3 +199,41 @@ def test_files_given_back_after_destroy(confined: tuple[Host, dict[str, Any], Pa
         os.getxattr(disks, "system.posix_acl_access")
     ledger = host.root / "state" / "ownership.json"
     assert json.loads(ledger.read_text()) == {}
+    v2 = v2_mount()
+    assert v2 is not None and not (v2 / "xenia" / dom["uuid"]).exists()
+
+
+def test_v2_device_program_allows_only_listed_nodes(tmp_path: Path) -> None:
+    """The BPF program alone (the process joins only the v2 group): /dev/null opens, a
+    /dev/mem node (c 1:1) made elsewhere does not, even for root."""
+    uuid = "0badc0de-0000-4000-8000-00000000beef"
+    procs, layers = confine.setup_device_cgroup(uuid, [("/dev/null", False)])
+    mem = tmp_path / "mem"
+    os.mknod(mem, stat.S_IFCHR | 0o600, os.makedev(1, 1))
+    try:
+        assert "bpf" in layers
+        v2_procs = [p for p in procs if v2_mount() in p.parents]
+        assert len(v2_procs) == 1
+        rd, wr = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            out = []
+            try:
+                v2_procs[0].write_text(str(os.getpid()))
+                for path in ("/dev/null", str(mem)):
+                    try:
+                        os.close(os.open(path, os.O_RDONLY))
+                        out.append("ok")
+                    except OSError as e:
+                        out.append(str(e.errno))
+            finally:
+                os.write(wr, ",".join(out).encode())
+                os._exit(0)
+        os.close(wr)
+        os.waitpid(pid, 0)
+        with os.fdopen(rd) as f:
+            assert f.read() == f"ok,{errno.EPERM}"
+        assert os.geteuid() == 0
+    finally:
+        confine.remove_device_cgroup(uuid)
+    assert not v2_procs[0].parent.exists()

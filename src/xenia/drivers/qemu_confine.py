@@ -98,15 +98,16 @@ class QemuConfinement:
         nodes += [(p, True) for p in read + write if Path(p).is_block_device()]
         try:
             self.ledger.give(rec.uuid, write=[*write, str(files.dir)], read=read)
-            procs = confine.setup_device_cgroup(rec.uuid, nodes)
+            procs, layers = confine.setup_device_cgroup(rec.uuid, nodes)
         except XeniaError:
             self.release(rec)
             raise
         rec.runtime["confinement"] = {
             "user": self.user, "uid": who.uid, "sandbox": confine.SANDBOX,
             "private_dev": [p for p, _ in nodes],
-            # False on cgroup v2 hosts: no devices.allow there (docs/security.md).
-            "device_cgroup": procs is not None,
+            # "v1" devices.allow, "bpf" the v2 program; False where neither could be
+            # made (docs/security.md).
+            "device_cgroup": bool(layers), "device_cgroup_layers": layers,
         }
         return confine.jail_argv(who, nodes, procs, argv, files.stderr)
 
@@ -120,8 +121,10 @@ class QemuConfinement:
         for p in write + read:
             if Path(p).is_block_device() and isinstance(pid, int):
                 try:
-                    confine.add_block_device(rec.uuid, pid, p,
-                                             self.identity())
+                    conf = rec.runtime["confinement"]
+                    confine.add_block_device(rec.uuid, pid, p, self.identity(),
+                                             list(conf.get("private_dev", [])))
+                    conf["private_dev"] = [*conf.get("private_dev", []), p]
                 except XeniaError:
                     self.give_back(rec, given)
                     raise
