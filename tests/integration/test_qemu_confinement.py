@@ -22,8 +22,9 @@ from qemu.qmp import QMPClient
 from qemu.qmp.qmp_client import ExecuteError
 
 from tests.integration.harness import Host, Image, wait_until
-from xenia.hostos import devbpf
+from xenia.hostos import devbpf, qemuids
 from xenia.hostos.cgroupfs import host_layout
+from xenia.hostos.qemuids import UidRange
 from xenia.qemu import confine
 
 pytestmark = pytest.mark.integration
@@ -42,6 +43,27 @@ def status(pid: int) -> dict[str, str]:
 def owner(p: Path) -> tuple[int, int, int]:
     st = os.stat(p)
     return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+def blockdev_add(host: Host, uuid: str, path: Path, read_only: bool) -> str:
+    """QMP straight to a domain's QEMU (xeniad stopped: QEMU serves one QMP client):
+    "opened" or QEMU's error."""
+    qmp_sock = host.root / "run" / "domains" / uuid / "qmp.sock"
+
+    async def add() -> str:
+        qmp = QMPClient("test")
+        await qmp.connect(str(qmp_sock))
+        try:
+            await qmp.execute("blockdev-add", {"driver": "file", "node-name": "stolen",
+                                               "filename": str(path),
+                                               "read-only": read_only})
+            return "opened"
+        except ExecuteError as e:
+            return str(e)
+        finally:
+            await qmp.disconnect()
+
+    return asyncio.run(add())
 
 
 def v2_mount() -> Path | None:
@@ -79,10 +101,11 @@ def test_qemu_runs_as_its_own_user_with_seccomp(confined: tuple[Host, dict[str, 
                                                  ) -> None:
     _, dom, _ = confined
     st = status(dom["runtime"]["pid"])
-    qemu_uid = pwd.getpwnam("xenia-qemu").pw_uid
-    assert qemu_uid != 0
+    qemu_uid = dom["runtime"]["confinement"]["uid"]  # its own, from Xenia's range
+    assert qemu_uid != 0 and UidRange.from_env().holds(qemu_uid)
     assert st["Uid"].split() == [str(qemu_uid)] * 4
-    assert st["Gid"].split()[0] != "0" and st["Groups"] == ""
+    assert st["Gid"].split() == [str(pwd.getpwnam("xenia-qemu").pw_gid)] * 4
+    assert st["Groups"] == ""
     assert st["Seccomp"] == "2"
     assert st["NoNewPrivs"] == "1"
 
@@ -97,7 +120,7 @@ def test_private_dev_and_device_allow_list(confined: tuple[Host, dict[str, Any],
     assert sorted(os.listdir(dev)) == sorted(["full", "net", "null", "random", "urandom",
                                               "zero", *uffd])
     if uffd:
-        assert os.stat(dev / "userfaultfd").st_uid == pwd.getpwnam("xenia-qemu").pw_uid
+        assert os.stat(dev / "userfaultfd").st_uid == dom["runtime"]["confinement"]["uid"]
     assert os.listdir(dev / "net") == ["tun"]
     assert os.stat(f"/proc/{pid}/root/dev").st_dev != os.stat("/dev").st_dev
     groups = dict(line.split(":", 2)[1:] for line in
@@ -127,32 +150,17 @@ def test_private_dev_and_device_allow_list(confined: tuple[Host, dict[str, Any],
 def test_given_disk_is_qemus_and_an_ungiven_one_is_refused(
         confined: tuple[Host, dict[str, Any], Path]) -> None:
     host, dom, disks = confined
-    qemu = pwd.getpwnam("xenia-qemu")
-    assert owner(disks / "mine.img")[:2] == (qemu.pw_uid, qemu.pw_gid)
+    # Its QEMU's uid; the group kept (the QEMU group is every QEMU's).
+    assert owner(disks / "mine.img")[:2] == (dom["runtime"]["confinement"]["uid"], ORIG_GID)
     assert owner(disks / "other-domain.img") == (ORIG_UID, ORIG_GID, ORIG_MODE)
     # QMP straight to QEMU (xeniad lets go of it while stopped; the guest runs on).
     host.kill_daemon()
-    qmp_sock = host.root / "run" / "domains" / dom["uuid"] / "qmp.sock"
-
-    async def blockdev_add(path: Path, read_only: bool) -> str:
-        qmp = QMPClient("test")
-        await qmp.connect(str(qmp_sock))
-        try:
-            await qmp.execute("blockdev-add", {"driver": "file", "node-name": "stolen",
-                                               "filename": str(path),
-                                               "read-only": read_only})
-            return "opened"
-        except ExecuteError as e:
-            return str(e)
-        finally:
-            await qmp.disconnect()
-
     for ro in (True, False):
-        err = asyncio.run(blockdev_add(disks / "other-domain.img", ro))
+        err = blockdev_add(host, dom["uuid"], disks / "other-domain.img", ro)
         assert "Permission denied" in err, err
     # A host file outside anything given: the same.
-    assert "Permission denied" in asyncio.run(blockdev_add(host.root / "state" / "xenia.db",
-                                                           True))
+    assert "Permission denied" in blockdev_add(host, dom["uuid"],
+                                               host.root / "state" / "xenia.db", True)
 
 
 def test_adoption_waits_out_a_stalled_qmp(confined: tuple[Host, dict[str, Any], Path]
@@ -179,12 +187,43 @@ def test_adoption_waits_out_a_stalled_qmp(confined: tuple[Host, dict[str, Any], 
     assert host.domain("c1")["runtime"]["pid"] == dom["runtime"]["pid"]
 
 
+def test_two_running_domains_cannot_open_each_others_disks(
+        confined: tuple[Host, dict[str, Any], Path]) -> None:
+    """Issue 10's acceptance test across two running domains: each QEMU has its own uid,
+    and B's QEMU cannot open A's disk (nor A B's); a restarted xeniad gives B's files
+    back and frees its uid."""
+    host, a, disks = confined
+    disk_file(disks / "b.img")
+    # No need to wait for B's guest: its QEMU is what is tested.
+    b = host.create("c2", wait_ready=False,
+                    disk=[f"format=raw,vdev=xvdb,access=rw,target={disks}/b.img"])
+    uid_a, uid_b = (d["runtime"]["confinement"]["uid"] for d in (a, b))
+    assert uid_a != uid_b and 0 not in (uid_a, uid_b)
+    assert status(a["runtime"]["pid"])["Uid"].split()[0] == str(uid_a)  # ps's view
+    assert status(b["runtime"]["pid"])["Uid"].split()[0] == str(uid_b)
+    assert owner(disks / "b.img")[0] == uid_b and owner(disks / "mine.img")[0] == uid_a
+    host.kill_daemon()
+    try:
+        for ro in (True, False):
+            err = blockdev_add(host, b["uuid"], disks / "mine.img", ro)
+            assert "Permission denied" in err, err
+        err = blockdev_add(host, a["uuid"], disks / "b.img", True)
+        assert "Permission denied" in err, err
+    finally:
+        host.start_daemon(40.0)
+    claim = qemuids.CLAIMS / str(uid_b)
+    assert claim.exists()
+    host.xenia("destroy", "c2")
+    assert owner(disks / "b.img") == (ORIG_UID, ORIG_GID, ORIG_MODE)
+    assert not claim.exists()  # uid b freed
+
+
 def test_hotplugged_disk_given_then_given_back(confined: tuple[Host, dict[str, Any], Path]
                                                ) -> None:
     host, _, disks = confined
     extra = disk_file(disks / "extra.img")
     host.xenia("block-attach", "c1", f"format=raw,vdev=xvdc,access=rw,target={extra}")
-    assert owner(extra)[0] == pwd.getpwnam("xenia-qemu").pw_uid
+    assert owner(extra)[0] == host.domain("c1")["runtime"]["confinement"]["uid"]
     host.xenia("block-detach", "c1", "xvdc")
     assert owner(extra) == (ORIG_UID, ORIG_GID, ORIG_MODE)
 
