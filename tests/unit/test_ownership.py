@@ -191,3 +191,19 @@ def test_acl_with_search_keeps_existing_entries() -> None:
     assert (0x10, 5, 0xFFFFFFFF) in entries  # mask: group r-x | x
     again = acl_with_search(raw, 0o750, 42)
     assert again == raw
+
+
+def test_a_file_another_roots_gone_qemu_had_goes_back_to_root(tmp_path: Path, tree: Path
+                                                              ) -> None:
+    """A migration between two Xenia roots on one machine: the file was the source
+    QEMU's (uid 70001) when this root gave it; that QEMU is gone at give-back, and its
+    uid may go to another domain next, so the file goes to root, not to it."""
+    os.chown(tree / "a.img", A.uid, 4321)
+    os.setxattr(tree, ACL_XATTR, acl_with_search(None, 0o700, A.uid))
+    gone = {A.uid}
+    ledger = Ledger(tmp_path / "ledger.json", stale_uid=lambda uid: uid in gone)
+    ledger.give("dom2", write=[tree / "a.img"], who=B)
+    assert owner(tree / "a.img")[0] == B.uid
+    ledger.give_back("dom2")
+    assert owner(tree / "a.img") == (0, 4321, 0o600)
+    assert user_entries(tree) == {}  # the gone QEMU's search entry is not put back

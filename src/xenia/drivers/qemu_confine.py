@@ -99,7 +99,8 @@ class QemuConfinement:
     @property
     def ledger(self) -> Ledger:
         if self._ledger is None:
-            self._ledger = Ledger(self.paths.state / "ownership.json")
+            self._ledger = Ledger(self.paths.state / "ownership.json",
+                                  stale_uid=self.uids.stale)
         return self._ledger
 
     def given_files(self, rec: DomainRecord, nvram: Path | None) -> tuple[list[str], list[str]]:

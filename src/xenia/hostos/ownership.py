@@ -23,7 +23,7 @@ import os
 import stat
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,9 +132,15 @@ class Ledger:
     "perm", "acl": whether an ACL entry was added}}}.
     """
 
-    def __init__(self, path: Path, who: Identity | None = None) -> None:
+    def __init__(self, path: Path, who: Identity | None = None,
+                 stale_uid: Callable[[int], bool] | None = None) -> None:
         self.path = path
         self.who = who  # the identity of a give() that names none
+        # Whether a uid is a QEMU uid whose QEMU is gone. A file another Xenia root on
+        # this machine had given to its QEMU (a migration between two roots) was
+        # recorded here with that QEMU's uid as its owner: it is given back to root
+        # instead once that QEMU is gone, since the uid may go to another domain next.
+        self.stale_uid = stale_uid or (lambda uid: False)
         self._lock = threading.Lock()
 
     def _load(self) -> dict[str, Any]:
@@ -258,9 +264,11 @@ class Ledger:
                 continue
             grant = entry["holders"].pop(holder)
             try:
+                if entry["uid"] != 0 and self.stale_uid(entry["uid"]):
+                    entry["uid"] = 0
                 if not entry["holders"]:
                     del data[path]
-                    _restore(path, entry)
+                    _restore(path, entry, self.stale_uid)
                 else:
                     _withdraw(path, entry, holder, grant)
             except FileNotFoundError:
@@ -284,10 +292,14 @@ def _withdraw(path: str, entry: dict[str, Any], holder: str, grant: dict[str, An
         entry["owner"] = None
 
 
-def _restore(path: str, entry: dict[str, Any]) -> None:
+def _restore(path: str, entry: dict[str, Any], stale_uid: Callable[[int], bool]) -> None:
     os.chown(path, entry["uid"], entry["gid"], follow_symlinks=False)
     if entry["acl"] is not None:
-        os.setxattr(path, ACL_XATTR, bytes.fromhex(entry["acl"]), follow_symlinks=False)
+        raw = bytes.fromhex(entry["acl"])
+        for tag, _perm, uid in _acl_entries(raw, entry["mode"]):
+            if tag == _USER and stale_uid(uid):
+                raw = acl_without(raw, entry["mode"], uid)  # another root's gone QEMU
+        os.setxattr(path, ACL_XATTR, raw, follow_symlinks=False)
     else:
         with contextlib.suppress(OSError):
             os.removexattr(path, ACL_XATTR, follow_symlinks=False)

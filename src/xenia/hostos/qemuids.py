@@ -187,3 +187,7 @@ class UidRange:
     def holds(self, uid: int) -> bool:
         return self.first <= uid < self.first + self.count
 
+    def stale(self, uid: int) -> bool:
+        """A uid of this range that no process runs as (its QEMU is gone)."""
+        return self.holds(uid) and uid not in _running_uids()
+
