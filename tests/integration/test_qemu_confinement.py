@@ -244,15 +244,15 @@ def test_files_given_back_after_destroy(confined: tuple[Host, dict[str, Any], Pa
 
 def test_v2_device_program_allows_only_listed_nodes(tmp_path: Path) -> None:
     """The BPF program alone (the process joins only the v2 group): /dev/null opens, a
-    /dev/mem node (c 1:1) made elsewhere does not, even for root."""
+    /dev/mem node (c 1:1) made elsewhere does not, even for root; once allowed (as a
+    hot-plugged device is), it opens, and the old program is gone."""
     uuid = "0badc0de-0000-4000-8000-00000000beef"
     procs, layers = confine.setup_device_cgroup(uuid, [("/dev/null", False)])
     mem = tmp_path / "mem"
     os.mknod(mem, stat.S_IFCHR | 0o600, os.makedev(1, 1))
-    try:
-        assert "bpf" in layers
-        v2_procs = [p for p in procs if v2_mount() in p.parents]
-        assert len(v2_procs) == 1
+    v2_procs = [p for p in procs if v2_mount() in p.parents]
+
+    def opens() -> str:
         rd, wr = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
@@ -271,8 +271,24 @@ def test_v2_device_program_allows_only_listed_nodes(tmp_path: Path) -> None:
         os.close(wr)
         os.waitpid(pid, 0)
         with os.fdopen(rd) as f:
-            assert f.read() == f"ok,{errno.EPERM}"
+            return f.read()
+
+    def programs() -> list[int]:
+        gfd = os.open(v2_procs[0].parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return devbpf.query(gfd)
+        finally:
+            os.close(gfd)
+
+    try:
+        assert "bpf" in layers and len(v2_procs) == 1
         assert os.geteuid() == 0
+        assert opens() == f"ok,{errno.EPERM}"
+        before = programs()
+        confine.allow_node(uuid, str(mem), ["/dev/null"])
+        assert opens() == "ok,ok"
+        after = programs()
+        assert len(after) == 1 and after != before
     finally:
         confine.remove_device_cgroup(uuid)
     assert not v2_procs[0].parent.exists()

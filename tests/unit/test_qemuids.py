@@ -71,3 +71,34 @@ def test_stale_claim_is_taken_over(tmp_path: Path, etc: Path) -> None:
     r = UidRange(3_000_000_000, 3, claims=claims, etc=etc)
     assert r.allocate("dom-new") == 3_000_000_000
     assert r.allocate("dom-next") == 3_000_000_002
+
+
+def test_confinement_assigns_records_and_frees_a_domains_uid(tmp_path: Path, etc: Path
+                                                             ) -> None:
+    from xenia.config.model import DomainConfig
+    from xenia.drivers.qemu_confine import QemuConfinement
+    from xenia.paths import Paths
+    from xenia.store.base import DomainRecord
+
+    claims = tmp_path / "claims"
+    conf = QemuConfinement(Paths(state=tmp_path / "s", run=tmp_path / "r"),
+                           uids=UidRange(3_000_000_000, 8, claims=claims, etc=etc))
+
+    def rec(uuid: str) -> DomainRecord:
+        cfg = DomainConfig.from_dict({"name": uuid, "type": "pv", "kernel": "/k"})
+        return DomainRecord(uuid=uuid, name=uuid, domid=1, config=cfg, state="running")
+
+    a, b = rec("dom-a"), rec("dom-b")
+    with pytest.raises(BackendError, match="has none"):
+        QemuConfinement.identity(a)
+    who_a, who_b = conf.assign(a), conf.assign(b)
+    assert who_a.uid != who_b.uid and who_a.gid == who_b.gid != 0
+    # In the record, for a restarted xeniad.
+    assert QemuConfinement.identity(a) == who_a
+    assert a.runtime["confinement"]["uid"] == who_a.uid
+    # Its taps: its uid, group 0 (not the QEMU group every QEMU is in).
+    assert QemuConfinement.tap_owner(a) == (who_a.uid, 0)
+    assert (claims / str(who_a.uid)).exists()
+    conf.release(a)
+    assert not (claims / str(who_a.uid)).exists()
+    assert (claims / str(who_b.uid)).exists()

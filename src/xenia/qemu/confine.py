@@ -195,14 +195,11 @@ def jail_argv(who: Identity, nodes: list[tuple[str, bool]], procs: list[Path],
             *sandbox_argv()]
 
 
-def add_block_device(uuid: str, pid: int, path: str, who: Identity,
-                     nodes: list[str]) -> None:
-    """A hot-plugged block device: allowed in the domain's device cgroups (v1: one more
-    devices.allow line; v2: a program for `nodes` (the private /dev so far) plus `path`
-    replaces the old one) and made in its QEMU's private /dev (qemu/jail.py --add-node),
-    before QEMU is asked to open it."""
+def allow_node(uuid: str, path: str, nodes: list[str]) -> None:
+    """One more node in the domain's device cgroups: v1 one more devices.allow line; v2 a
+    program for `nodes` (its private /dev so far) plus `path` replaces the old one."""
+    doing = f"to give device {path} to domain {uuid}"
     group = _devices_dir(uuid)
-    doing = f"to give block device {path} to domain {uuid}"
     try:
         if group is not None and group.is_dir():
             (group / "devices.allow").write_text(device_rule(path))
@@ -213,10 +210,17 @@ def add_block_device(uuid: str, pid: int, path: str, who: Identity,
                 had_program = bool(devbpf.query(gfd))
             finally:
                 os.close(gfd)
-            if had_program:  # no program: the kernel could not load one at start
+            if had_program:  # none: the kernel could not load one at start
                 devbpf.install(str(v2), [devbpf.Rule.of_node(p)
                                          for p in [*nodes, path] if os.path.exists(p)])
     except OSError as e:
         raise BackendError(f"Failed {doing}: {e.strerror or e}") from e
+
+
+def add_block_device(uuid: str, pid: int, path: str, who: Identity,
+                     nodes: list[str]) -> None:
+    """A hot-plugged block device: allowed in the domain's device cgroups and made in its
+    QEMU's private /dev (qemu/jail.py --add-node), before QEMU is asked to open it."""
+    allow_node(uuid, path, nodes)
     run_tool([sys.executable, "-m", "xenia.qemu.jail", "--add-node", str(pid), path,
-              f"{who.uid}:{who.gid}", "--"], doing)
+              f"{who.uid}:{who.gid}", "--"], f"to give block device {path} to domain {uuid}")
