@@ -99,6 +99,11 @@ def test_confinement_assigns_records_and_frees_a_domains_uid(tmp_path: Path, etc
     # Its taps: its uid, group 0 (not the QEMU group every QEMU is in).
     assert QemuConfinement.tap_owner(a) == (who_a.uid, 0)
     assert (claims / str(who_a.uid)).exists()
+    # A new QEMU for b's record without a release between (a crash restart): b's old
+    # claim goes (no process runs as its uid), so no uid leaks.
+    again = conf.assign(b)
+    assert again.uid == who_b.uid  # freed, then the lowest free uid again
+    assert sorted(os.listdir(claims)) == sorted([".lock", str(who_a.uid), str(who_b.uid)])
     conf.release(a)
     assert not (claims / str(who_a.uid)).exists()
     assert (claims / str(who_b.uid)).exists()

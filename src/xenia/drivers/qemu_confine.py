@@ -75,6 +75,11 @@ class QemuConfinement:
         """Give the domain's QEMU a uid of its own (group: the QEMU user's), recorded in
         rec.runtime["confinement"] so a restarted xeniad knows it. Undo: release()."""
         group = confine.qemu_identity(self.user).gid
+        old = (rec.runtime.get("confinement") or {}).get("uid")
+        if isinstance(old, int) and self.uids.stale(old):
+            # A new QEMU for the same record (a restart after a crash) whose last one
+            # was not released: its claim would otherwise stay while xeniad runs.
+            self.uids.free(old, rec.uuid)
         uid = self.uids.allocate(rec.uuid)
         rec.runtime["confinement"] = {"user": self.user, "uid": uid, "gid": group}
         return Identity(uid, group)
