@@ -107,3 +107,20 @@ def test_confinement_assigns_records_and_frees_a_domains_uid(tmp_path: Path, etc
     conf.release(a)
     assert not (claims / str(who_a.uid)).exists()
     assert (claims / str(who_b.uid)).exists()
+
+
+def test_an_older_confined_record_keeps_its_shared_user() -> None:
+    """A QEMU an older xeniad confined (all as xenia-qemu; no gid in its record) is
+    adopted with that uid, and the QEMU user's group."""
+    import pwd
+
+    from xenia.config.model import DomainConfig
+    from xenia.drivers.qemu_confine import QemuConfinement
+    from xenia.store.base import DomainRecord
+
+    cfg = DomainConfig.from_dict({"name": "old", "type": "pv", "kernel": "/k"})
+    rec = DomainRecord(uuid="u", name="old", domid=1, config=cfg, state="running")
+    qemu = pwd.getpwnam("xenia-qemu")
+    rec.runtime["confinement"] = {"user": "xenia-qemu", "uid": qemu.pw_uid}
+    who = QemuConfinement.identity(rec)
+    assert (who.uid, who.gid) == (qemu.pw_uid, qemu.pw_gid)

@@ -86,12 +86,16 @@ class QemuConfinement:
 
     @staticmethod
     def identity(rec: DomainRecord) -> Identity:
-        """Who the domain's QEMU runs as (from its record)."""
+        """Who the domain's QEMU runs as (from its record). A QEMU confined by an older
+        xeniad (all as xenia-qemu) has its uid there but no gid: the QEMU user's."""
         conf = rec.runtime.get("confinement") or {}
-        if not isinstance(conf.get("uid"), int) or not isinstance(conf.get("gid"), int):
+        if not isinstance(conf.get("uid"), int):
             raise BackendError(f"Failed to find the QEMU uid of '{rec.name}': its record "
                                "has none (a QEMU started by an older Xenia?)")
-        return Identity(conf["uid"], conf["gid"])
+        gid = conf.get("gid")
+        if not isinstance(gid, int):
+            gid = confine.qemu_identity(str(conf.get("user") or confine.QEMU_USER)).gid
+        return Identity(conf["uid"], gid)
 
     @staticmethod
     def tap_owner(rec: DomainRecord) -> tuple[int, int]:
