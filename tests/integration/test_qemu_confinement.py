@@ -244,12 +244,14 @@ def test_files_given_back_after_destroy(confined: tuple[Host, dict[str, Any], Pa
 
 def test_v2_device_program_allows_only_listed_nodes(tmp_path: Path) -> None:
     """The BPF program alone (the process joins only the v2 group): /dev/null opens, a
-    /dev/mem node (c 1:1) made elsewhere does not, even for root; once allowed (as a
-    hot-plugged device is), it opens, and the old program is gone."""
+    /dev/mem node (c 1:1) and a /dev/zero node (c 1:5) made elsewhere do not, even for
+    root; once the second is allowed (as a hot-plugged device is), it opens, the first
+    still does not, and the old program is gone."""
     uuid = "0badc0de-0000-4000-8000-00000000beef"
     procs, layers = confine.setup_device_cgroup(uuid, [("/dev/null", False)])
-    mem = tmp_path / "mem"
+    mem, zero = tmp_path / "mem", tmp_path / "zero"
     os.mknod(mem, stat.S_IFCHR | 0o600, os.makedev(1, 1))
+    os.mknod(zero, stat.S_IFCHR | 0o600, os.makedev(1, 5))
     v2_procs = [p for p in procs if v2_mount() in p.parents]
 
     def opens() -> str:
@@ -259,7 +261,7 @@ def test_v2_device_program_allows_only_listed_nodes(tmp_path: Path) -> None:
             out = []
             try:
                 v2_procs[0].write_text(str(os.getpid()))
-                for path in ("/dev/null", str(mem)):
+                for path in ("/dev/null", str(mem), str(zero)):
                     try:
                         os.close(os.open(path, os.O_RDONLY))
                         out.append("ok")
@@ -283,10 +285,10 @@ def test_v2_device_program_allows_only_listed_nodes(tmp_path: Path) -> None:
     try:
         assert "bpf" in layers and len(v2_procs) == 1
         assert os.geteuid() == 0
-        assert opens() == f"ok,{errno.EPERM}"
+        assert opens() == f"ok,{errno.EPERM},{errno.EPERM}"
         before = programs()
-        confine.allow_node(uuid, str(mem), ["/dev/null"])
-        assert opens() == "ok,ok"
+        confine.allow_node(uuid, str(zero), ["/dev/null"])
+        assert opens() == f"ok,{errno.EPERM},ok"
         after = programs()
         assert len(after) == 1 and after != before
     finally:

@@ -96,8 +96,8 @@ def test_confinement_assigns_records_and_frees_a_domains_uid(tmp_path: Path, etc
     # In the record, for a restarted xeniad.
     assert QemuConfinement.identity(a) == who_a
     assert a.runtime["confinement"]["uid"] == who_a.uid
-    # Its taps: its uid, group 0 (not the QEMU group every QEMU is in).
-    assert QemuConfinement.tap_owner(a) == (who_a.uid, 0)
+    # Its taps: its uid, no group (not the QEMU group every QEMU is in).
+    assert QemuConfinement.tap_owner(a) == (who_a.uid, None)
     assert (claims / str(who_a.uid)).exists()
     # A new QEMU for b's record without a release between (a crash restart): b's old
     # claim goes (no process runs as its uid), so no uid leaks.

@@ -98,12 +98,13 @@ class QemuConfinement:
         return Identity(conf["uid"], gid)
 
     @staticmethod
-    def tap_owner(rec: DomainRecord) -> tuple[int, int]:
-        """The owner of the domain's taps: its QEMU's uid, and group 0 (never the QEMU
-        group, through which every other QEMU could attach to the tap)."""
+    def tap_owner(rec: DomainRecord) -> tuple[int, int | None]:
+        """The owner of the domain's taps: its QEMU's uid, and no group (never the QEMU
+        group, through which every other QEMU could attach to the tap; nor group 0: the
+        kernel wants the owner and the group to match when both are set)."""
         conf = rec.runtime.get("confinement") or {}
         uid = conf.get("uid")
-        return (uid, 0) if isinstance(uid, int) else (0, 0)
+        return (uid, None) if isinstance(uid, int) else (0, 0)
 
     @property
     def ledger(self) -> Ledger:

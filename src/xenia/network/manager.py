@@ -98,7 +98,7 @@ class NetworkManager:
         self.store = store
         self.nft = nft or Nft()
         # Owner (uid, gid) of the taps plug() makes: QEMU's user (drivers/qemu.py sets it).
-        self.tap_owner: tuple[int, int] = (0, 0)
+        self.tap_owner: tuple[int, int | None] = (0, 0)
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
         # Set in the worker thread only: a call from there runs directly (no deadlock).
@@ -185,7 +185,8 @@ class NetworkManager:
         """
         self._run(self._check_vif, vif)
 
-    def plug(self, tap: str, vif: VifSpec, owner: tuple[int, int] | None = None) -> None:
+    def plug(self, tap: str, vif: VifSpec, owner: tuple[int, int | None] | None = None
+             ) -> None:
         """Create the host side of a guest NIC, ready for QEMU's `-netdev tap,ifname=TAP`.
 
         A persistent tap `tap` (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, single queue, owned by
@@ -560,7 +561,7 @@ class NetworkManager:
         with IPRoute() as ipr, _kernel_errors(doing):
             self._find_bridge(ipr, bridge, doing, restore=False)
 
-    def _plug(self, tap: str, vif: VifSpec, owner: tuple[int, int]) -> None:
+    def _plug(self, tap: str, vif: VifSpec, owner: tuple[int, int | None]) -> None:
         doing = f"to attach vif {tap}"
         check_ifname(tap, "tap name", doing)
         bridge = self._check_vif_spec(vif, doing)
