@@ -21,6 +21,7 @@ from xenia.api import (
     migration,
     network,
     peers,
+    replicas,
     snapshots,
     storage,
     webui,
@@ -47,6 +48,7 @@ def make_app(engine: Engine) -> FastAPI:
     app.include_router(devices.host_router)
     app.include_router(migration.router)
     app.include_router(storage.router)
+    app.include_router(replicas.router)
     app.include_router(snapshots.router)
     app.include_router(network.router)
     app.include_router(peers.router)

@@ -11,11 +11,13 @@ from xenia.host.manager import DomainManager
 from xenia.host.views import DomainViews
 from xenia.migration.clones import Clones
 from xenia.migration.receiver import Receiver
+from xenia.migration.replication import Replication
 from xenia.migration.saving import SaveRestore
 from xenia.migration.sender import Sender
 from xenia.migration.snapshots import DomainSnapshots
 from xenia.network.manager import NetworkManager
 from xenia.storage.manager import StorageManager
+from xenia.storage.replicas import ReplicaExports
 
 
 def _part(name: str) -> Any:
@@ -35,3 +37,5 @@ Outgoing = Annotated[Sender, _part("sender")]
 Incoming = Annotated[Receiver, _part("receiver")]
 Snapshots = Annotated[DomainSnapshots, _part("snapshots")]
 ClonesDep = Annotated[Clones, _part("clones")]
+ReplicationDep = Annotated[Replication, _part("replication")]
+ReplicaExportsDep = Annotated[ReplicaExports, _part("replica_exports")]

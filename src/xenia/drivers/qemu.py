@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from xenia.devices import display, spice
-from xenia.drivers import qemu_boot, qemu_cpu, qemu_migrate
+from xenia.drivers import qemu_boot, qemu_cpu, qemu_migrate, qemu_replica
 from xenia.drivers.base import (
     Driver,
     GuestEvents,
@@ -587,3 +587,17 @@ class QemuDriver(Driver):
 
     async def finalize_migration(self, inst: Instance, setup: IncomingSetup) -> None:
         await qemu_migrate.finalize(self._qmp(inst), setup)
+
+    # -- replicated volumes (the QMP side: qemu_replica.py) ------------------------------
+    async def attach_replica(self, inst: Instance, link: Any) -> None:
+        assert isinstance(link, qemu_replica.ReplicaLink), link
+        # QEMU reads the PSK at each TLS handshake (a reconnect, a resync): given for the
+        # domain's life, taken back with the rest at release.
+        await self._give_psk(inst, link.tls_dir)
+        await qemu_replica.attach(self._qmp(inst), link)
+
+    async def replica_status(self, inst: Instance) -> dict[str, dict[str, Any]]:
+        return await qemu_replica.status(self._qmp(inst))
+
+    async def detach_replica(self, inst: Instance, vdev: str) -> None:
+        await qemu_replica.detach(self._qmp(inst), vdev)

@@ -46,6 +46,7 @@ XTERM = ('<link rel="stylesheet" href="/ui/static/vendor/xterm/xterm.css">\n',
 UPLOT = ('<link rel="stylesheet" href="/ui/static/vendor/uplot/uPlot.min.css">\n',
          '<script src="/ui/static/vendor/uplot/uPlot.iife.min.js"></script>\n')
 NOVNC = ("", '<script type="module" src="/ui/static/vnc.js"></script>\n')
+CLUSTER = ("", '<script src="/ui/static/cluster.js"></script>\n')
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ PAGES: dict[str, tuple[str, Page]] = {
     "login": ("login", Page("Log in")),
     "domain": ("domain", Page("Domain", (XTERM, UPLOT, NOVNC))),
     "create": ("create", Page("Create")),
-    "host": ("host", Page("Host", (UPLOT,))),
+    "host": ("host", Page("Cluster", (UPLOT, CLUSTER))),
     "events": ("events", Page("Events")),
     "tokens": ("tokens", Page("Tokens")),
 }
