@@ -161,7 +161,7 @@ class QemuDevices:
         with Revert() as revert:
             for vif in rec.config.vifs:
                 tap = self.tap_for(rec, vif)
-                self.network.plug(tap, vif)
+                self.network.plug(tap, vif, QemuConfinement.tap_owner(rec))
                 revert.add(functools.partial(self.network.unplug, tap))
                 taps[str(vif.devid)] = tap
             revert.success()

@@ -22,6 +22,7 @@ from xenia.devices import nic as nicdev
 from xenia.devices.layout import Layout
 from xenia.drivers import qemu_cpu
 from xenia.drivers.base import DeviceControl
+from xenia.drivers.qemu_confine import QemuConfinement
 from xenia.drivers.qemu_devices import QemuDevices, hostdev_id
 from xenia.errors import (
     AlreadyExists,
@@ -198,7 +199,8 @@ class QemuHotplug(DeviceControl):
         port = layout.take(qdev)
         plan = nicdev.plan(vif, vif.devid, tap, rec.config.type, port)
         async with Revert() as revert:
-            await asyncio.to_thread(self.host.network.plug, tap, vif)
+            await asyncio.to_thread(self.host.network.plug, tap, vif,
+                                    QemuConfinement.tap_owner(rec))
             revert.add(lambda: asyncio.to_thread(self.host.network.unplug, tap))
             await self.qmp.netdev_add(plan.netdev)
             revert.add(lambda: self.qmp.netdev_del(plan.netdev["id"]))
