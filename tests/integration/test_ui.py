@@ -266,7 +266,7 @@ def test_image_build_shows_its_progress_lines(ui: Ui) -> None:
     # The lines `xenia image build rootfs` prints, in order, ending with the result.
     assert log.index("Unpacking busybox-static") < log.index("Image rootfs ready")
     text = page.inner_text("#progress .text")
-    tree = Path(text.split("rootfs ", 1)[1].strip())
+    tree = Path(text.split(": rootfs ", 1)[1].strip())
     assert text.startswith("Image rootfs built") and (tree / "bin" / "busybox").is_file()
     assert tree.is_relative_to(ui.h.root / "state" / "images")
 

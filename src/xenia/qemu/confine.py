@@ -183,16 +183,17 @@ def device_cgroup_of(pid: int) -> str | None:
 
 
 def jail_argv(who: Identity, nodes: list[tuple[str, bool]], procs: list[Path],
-              argv: list[str], stderr: Path) -> list[str]:
+              argv: list[str], stderr: Path, sandbox: bool = True) -> list[str]:
     """QEMU's argv, run through qemu/jail.py, which daemonizes it (not -daemonize: the
-    sandbox forbids its fork and setsid) with its stderr into `stderr`."""
+    sandbox forbids its fork and setsid) with its stderr into `stderr`. `sandbox`: add
+    -sandbox (qemu-storage-daemon has no such option)."""
     if who.uid == 0:
         raise NotSupported("Failed to confine QEMU: its user must not be root")
     spec = {"uid": who.uid, "gid": who.gid, "devices": nodes,
             "cgroups": [str(p) for p in procs], "stderr": str(stderr)}
     qemu = [a for a in argv if a != "-daemonize"]
     return [sys.executable, "-m", "xenia.qemu.jail", json.dumps(spec), "--", *qemu,
-            *sandbox_argv()]
+            *(sandbox_argv() if sandbox else [])]
 
 
 def allow_node(uuid: str, path: str, nodes: list[str]) -> None:
