@@ -101,6 +101,10 @@ class QemuHotplug(DeviceControl):
         if any(d.vdev == spec.vdev for d in rec.config.disks):
             raise AlreadyExists(f"Failed to attach disk {spec.vdev} to '{rec.name}': it has a "
                                 f"disk {spec.vdev} already (see `xenia block-list {rec.name}`)")
+        if diskdev.is_remote(spec):
+            raise NotSupported(f"Failed to attach disk {spec.vdev} to '{rec.name}': a disk a "
+                               "driver domain serves is attached at create only (add it to "
+                               "the config and restart the domain)")
         path = await asyncio.to_thread(self.host.check_disk, rec, spec)
         kind = diskdev.bus_kind(spec, rec.config.type)
         if kind == "ide":
@@ -139,7 +143,7 @@ class QemuHotplug(DeviceControl):
             raise NotSupported(f"Failed to detach disk {spec.vdev} from '{rec.name}': IDE/AHCI "
                                "disks cannot be hot-unplugged")
         await self._device_del(qdev, f"disk {spec.vdev} from '{rec.name}'")
-        if not diskdev.is_empty(spec):
+        if not diskdev.is_empty(spec):  # driver domain disks too: file- is their nbd node
             await self._blockdev_del([f"file-{spec.vdev}", f"drive-{spec.vdev}"])
             await self._give_back(rec, spec)
         rec.config.disks.remove(spec)
