@@ -34,7 +34,7 @@ class QemuDevices:
         self.storage = storage
         self.network = network
         self.confinement: QemuConfinement | None = None  # set by QemuDriver
-        self.links = DriverLinks(store, getattr(network, "nft", None))
+        self.links = DriverLinks(store, network)
 
     # -- disks ---------------------------------------------------------------------------
     def disk_users(self, path: Path, me: str) -> list[tuple[str, bool]]:

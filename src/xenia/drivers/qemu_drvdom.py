@@ -19,11 +19,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections.abc import Callable
+from typing import Any
 
 from xenia.config.model import DiskSpec, VifSpec
 from xenia.devices import disk as diskdev
 from xenia.errors import InvalidConfig, NotFound, XeniaError
 from xenia.network import drvlink
+from xenia.network.manager import NetworkManager
 from xenia.network.nft import Nft
 from xenia.store.base import DomainRecord, Store
 from xenia.store.state import RUNNING
@@ -58,9 +61,17 @@ def export_of(spec: DiskSpec, domain: str) -> tuple[str, int]:
 
 
 class DriverLinks:
-    def __init__(self, store: Store, nft: Nft | None = None) -> None:
+    def __init__(self, store: Store, network: NetworkManager | None) -> None:
         self.store = store
-        self.nft = nft or Nft()
+        self.nft = network.nft if network is not None else Nft()
+        self.network = network
+
+    def _net(self, fn: Callable[..., None], *args: Any) -> None:
+        """Netlink work on the network worker thread (pyroute2 needs its own loop)."""
+        if self.network is not None:
+            self.network.call(fn, *args)
+        else:
+            fn(*args)
 
     # -- link numbers --------------------------------------------------------------------
     def number(self, name: str) -> int | None:
@@ -72,7 +83,10 @@ class DriverLinks:
         if n is not None:
             return n
         taken = {int(d["n"]) for d in self.store.obj_list(KIND)}
-        free = [i for i in range(drvlink.MAX_LINKS) if i not in taken]
+        # Bridges are the host's, the store this xeniad's: skip a number whose bridges
+        # exist (another xeniad's driver domain on this host, or a crash's leftovers).
+        present = drvlink.present_links()
+        free = [i for i in range(drvlink.MAX_LINKS) if i not in taken and i not in present]
         if not free:
             raise XeniaError(f"Failed to create driver domain '{name}': all "
                              f"{drvlink.MAX_LINKS} driver domain links are taken")
@@ -125,12 +139,29 @@ class DriverLinks:
             if bridge not in have:
                 rec.config.vifs.append(VifSpec(bridge=bridge, spec=spec))
 
+    def fence(self, up: DomainRecord | None = None, gone: DomainRecord | None = None) -> None:
+        """Apply the fence: every link whose driver domain is not running (or is `gone`;
+        `up` is starting) is down, and the host resets its connections to it."""
+        links = self.store.obj_list(KIND)
+        if not links:
+            drvlink.fence(self.nft, None)
+            return
+        running = {r.name for r in self.store.list()
+                   if r.state == RUNNING and is_driver_domain(r)}
+        if up is not None:
+            running.add(up.name)
+        if gone is not None:
+            running.discard(gone.name)
+        drvlink.fence(self.nft, [str(drvlink.guest_address(int(d["n"])).ip) for d in links
+                                 if d["name"] not in running])
+
     def bring_up(self, rec: DomainRecord) -> None:
-        """Before the taps: a driver domain's bridges exist (made, or kept)."""
+        """Before the taps: a driver domain's bridges exist (made, or kept), fenced."""
         if is_driver_domain(rec):
             n = self.number(rec.name)
             assert n is not None, "prepare() gave it a link"
-            drvlink.bring_up(n, self.nft)
+            self.fence(up=rec)
+            self._net(drvlink.bring_up, n)
 
     def kernel_params(self, rec: DomainRecord) -> list[str]:
         """A driver domain's link address and NBD server, for the driver-domain image."""
@@ -179,13 +210,16 @@ class DriverLinks:
                 users.add(r.name)
         if not involved:
             return
-        links = self.store.obj_list(KIND)
-        unused = [d for d in links if d["name"] not in users]
-        for i, doc in enumerate(unused):
+        for doc in self.store.obj_list(KIND):
+            if doc["name"] in users:
+                continue
             try:
-                drvlink.tear_down(int(doc["n"]), self.nft,
-                                  last=len(unused) == len(links) and i == len(unused) - 1)
+                self._net(drvlink.tear_down, int(doc["n"]))
             except XeniaError as e:
                 log.warning("driver domain link %s: %s", doc["n"], e)
                 continue
             self.store.obj_delete(KIND, doc["name"])
+        try:
+            self.fence(gone=gone)
+        except XeniaError as e:
+            log.warning("driver domain links: %s", e)

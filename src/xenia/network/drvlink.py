@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -56,8 +57,12 @@ def guest_address(n: int) -> IPv4Interface:
     return IPv4Interface(f"169.254.{n}.2/30")
 
 
-def ruleset() -> dict[str, Any]:
-    """The JSON batch that (re)creates the fence table (nft -j -f -)."""
+def ruleset(down: list[str]) -> dict[str, Any]:
+    """The JSON batch that (re)creates the fence table (nft -j -f -). `down`: the link
+    addresses of driver domains that are not running: the host's packets to them are
+    answered with a TCP reset, so a front end's NBD client learns at its next packet that
+    the server is gone (its connection would otherwise wait for TCP's timeout, minutes)
+    and reconnect-delay starts counting."""
     tref = {"family": "ip", "name": TABLE}
     wild = f"{PREFIX}*"
 
@@ -75,9 +80,9 @@ def ruleset() -> dict[str, Any]:
 
     answers = {"match": {"op": "in", "left": {"ct": {"key": "state"}},
                          "right": ["established", "related"]}}
-    return {"nftables": [
+    batch: list[dict[str, Any]] = [
         {"add": {"table": tref}}, {"delete": {"table": tref}}, {"add": {"table": tref}},
-        chain("input"), chain("forward"),
+        chain("input"), chain("forward"), chain("output"),
         rule("input", match("iifname", wild), answers, {"accept": None}),
         rule("input", match("iifname", wild), {"drop": None}),
         # Bridged inside one switch (seen here only with br_netfilter).
@@ -85,7 +90,13 @@ def ruleset() -> dict[str, Any]:
              {"accept": None}),
         rule("forward", match("iifname", wild), {"drop": None}),
         rule("forward", match("oifname", wild), {"drop": None}),
-    ]}
+    ]
+    for addr in sorted(down):
+        batch.append(rule("output", match("l4proto", "tcp"),
+                          {"match": {"op": "==", "left": {"payload": {
+                              "protocol": "ip", "field": "daddr"}}, "right": addr}},
+                          {"reject": {"type": "tcp reset"}}))
+    return {"nftables": batch}
 
 
 def removal() -> dict[str, Any]:
@@ -93,15 +104,28 @@ def removal() -> dict[str, Any]:
     return {"nftables": [{"add": {"table": tref}}, {"delete": {"table": tref}}]}
 
 
-def _apply(nft: Nft, batch: dict[str, Any], doing: str) -> None:
+def fence(nft: Nft, down: list[str] | None) -> None:
+    """Apply the fence with these down addresses; None: no link is left, remove it."""
+    doing = "to set up the driver domain links' firewall"
+    batch = removal() if down is None else ruleset(down)
     run_tool([nft.binary(doing), "-j", "-f", "-"], doing, input=json.dumps(batch))
 
 
-def bring_up(n: int, nft: Nft) -> None:
-    """Create (or keep) link N's two bridges, the host address and the fence. The fence
-    goes first: the storage bridge never carries the host address unfenced."""
+def present_links() -> set[int]:
+    """Link numbers whose bridges exist on this host (from /sys: no netlink needed)."""
+    found = set()
+    for name in ("s", "n"):
+        for dev in Path("/sys/class/net").glob(f"{PREFIX}{name}*"):
+            number = dev.name[len(PREFIX) + 1:]
+            if number.isdigit():
+                found.add(int(number))
+    return found
+
+
+def bring_up(n: int) -> None:
+    """Create (or keep) link N's two bridges and the host address. Call fence() first:
+    the storage bridge must never carry the host address unfenced."""
     doing = f"to set up driver domain link {n}"
-    _apply(nft, ruleset(), doing)
     try:
         with IPRoute() as ipr:
             for name in (storage_bridge(n), switch_bridge(n)):
@@ -111,18 +135,16 @@ def bring_up(n: int, nft: Nft) -> None:
                 if name == storage_bridge(n):
                     nl.add_address(ipr, br.index, host_address(n))
                 nl.set_up(ipr, br.index)
-    except NetlinkError as e:
+    except (NetlinkError, OSError) as e:
         raise BackendError(f"Failed {doing}: {e}") from e
 
 
-def tear_down(n: int, nft: Nft, last: bool) -> None:
-    """Delete link N's bridges; `last`: no link is left, so the fence goes too."""
+def tear_down(n: int) -> None:
+    """Delete link N's bridges."""
     doing = f"to remove driver domain link {n}"
     try:
         with IPRoute() as ipr:
             for name in (storage_bridge(n), switch_bridge(n)):
                 nl.delete_link(ipr, name)
-    except NetlinkError as e:
+    except (NetlinkError, OSError) as e:
         raise BackendError(f"Failed {doing}: {e}") from e
-    if last:
-        _apply(nft, removal(), doing)
