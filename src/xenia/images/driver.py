@@ -21,6 +21,7 @@ import json
 import re
 import shutil
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 
 from xenia.errors import BackendError
@@ -42,6 +43,10 @@ FORMAT = 1
 SERVE_SCRIPT = "sbin/xenia-nbd-serve"
 INITTAB_LINE = f"::once:/{SERVE_SCRIPT}\n"
 _LDD_RE = re.compile(r"^\s*(?:\S+ => )?(/\S+) \(0x[0-9a-f]+\)$")
+
+
+def _data(name: str) -> bytes:
+    return (resources.files("xenia.images") / "data" / name).read_bytes()
 
 
 def _fail(cause: str) -> BackendError:
@@ -67,8 +72,8 @@ def _recipe(base: tiny.ImageInfo, nbd: Path) -> str:
     h.update(sha256_file(base.initrd).encode())
     h.update(sha256_file(base.kernel).encode())
     h.update(sha256_file(nbd).encode())
-    h.update(tiny._data("driver-nbd-serve"))
-    h.update(tiny._data("tiny-inittab"))
+    h.update(_data("driver-nbd-serve"))
+    h.update(_data("tiny-inittab"))
     return h.hexdigest()
 
 
@@ -110,8 +115,8 @@ def build_driver(
             progress(f"Adding {nbd} and its libraries (ldd)")
             for path in [nbd, *shared_libraries(nbd)]:
                 extra.add_file(str(path), path.read_bytes(), 0o755)
-            extra.add_file(SERVE_SCRIPT, tiny._data("driver-nbd-serve"), 0o755)
-            extra.add_file("etc/inittab", tiny._data("tiny-inittab") + INITTAB_LINE.encode(),
+            extra.add_file(SERVE_SCRIPT, _data("driver-nbd-serve"), 0o755)
+            extra.add_file("etc/inittab", _data("tiny-inittab") + INITTAB_LINE.encode(),
                            0o644)
             extra.write(tmp / "extra.gz")
             # Concatenated archives: tiny's, then ours (its inittab replaces tiny's).
