@@ -202,7 +202,9 @@ class QemuHotplug(DeviceControl):
         port = layout.take(qdev)
         plan = nicdev.plan(vif, vif.devid, tap, rec.config.type, port)
         async with Revert() as revert:
-            await asyncio.to_thread(self.host.network.plug, tap, vif)
+            # backend=DOM: a tap on that driver domain's switch (qemu_drvdom.py).
+            await asyncio.to_thread(self.host.network.plug, tap,
+                                    self.host.links.host_vif(rec, vif))
             revert.add(lambda: asyncio.to_thread(self.host.network.unplug, tap))
             await self.qmp.netdev_add(plan.netdev)
             revert.add(lambda: self.qmp.netdev_del(plan.netdev["id"]))
