@@ -110,6 +110,10 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     # The UI's graphs: the last hour of counters, sampled while xeniad runs.
     app.state.history = History(engine.views)
     sampler = asyncio.create_task(app.state.history.run(), name="xeniad-history")
+    # Replicated volumes: the copies served for other hosts run again, and the state of
+    # this host's mirrors is watched.
+    await asyncio.to_thread(engine.replica_exports.supervise)
+    replication = asyncio.create_task(engine.replication.run(), name="xeniad-replication")
     config = uvicorn.Config(app, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=2)
     server = _Server(config)
@@ -132,6 +136,7 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
                 await node.stop()
     finally:
         sampler.cancel()
+        replication.cancel()
         await engine.manager.detach_all()
         await network.stop()
         await storage.stop()
@@ -156,6 +161,7 @@ def make_node(engine: Engine, paths: Paths, runtime: cluster.ClusterRuntime | No
         return node.peer(name) if node.is_member and name in node.members else None
 
     engine.sender.cluster_peer = member_peer
+    engine.replication.cluster_peer = member_peer
     return node
 
 

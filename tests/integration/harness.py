@@ -36,7 +36,8 @@ class Image:
 
 
 def qemu_pids_with(text: str) -> list[int]:
-    """Pids of QEMU processes whose command line contains `text`."""
+    """Pids of QEMU processes (and qemu-storage-daemons, which serve replicated volumes'
+    copies) whose command line contains `text`."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -45,7 +46,8 @@ def qemu_pids_with(text: str) -> list[int]:
             argv = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"qemu-system" in argv and text.encode() in argv:
+        if (b"qemu-system" in argv or b"qemu-storage-daemon" in argv) \
+                and text.encode() in argv:
             pids.append(int(proc.name))
     return pids
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -92,6 +93,11 @@ class MemberAgent:
         self._tasks: set[concurrent.futures.Future[Any]] = set()
         self._recover = threading.Thread(target=self._recover_loop, name="lease-recover",
                                          daemon=True)
+        # Replicated disks (set by service.make_agent): the host keeping a disk's copy
+        # (HA restarts the domain only there), and making that copy this host's own
+        # when a failover starts the domain here (its new path, or None).
+        self.replica_host_of: Callable[[str], str | None] = lambda path: None
+        self.promote: Callable[[str, str], Path | None] = lambda path, former: None
 
     # -- start and stop ------------------------------------------------------------------
     async def start(self) -> MemberAgent:
@@ -274,11 +280,26 @@ class MemberAgent:
                             "or migrate it")
             expected = keys.Ownership(rec.uuid, self.host, kv.mod_revision)
             extra = {k: v for k, v in now.items() if k in ("restarts", "from")}
+        only_on = self._only_on(rec)
+        if only_on is not None:
+            extra["only_on"] = only_on
         self.client.put(keys.domain_config(rec.uuid), self._config_value(rec))
         won, owner = keys.claim(self.client, rec.uuid, self.host, expected, extra=extra)
         if not won:
             raise InUse(f"{doing}: member {owner.host if owner else '?'} took it over "
                         "meanwhile")
+
+    def _only_on(self, rec: DomainRecord) -> list[str] | None:
+        """The members an HA domain with replicated disks may fail over to: those
+        keeping a copy of every such disk (None: any member, all disks are shared)."""
+        hosts: set[str] | None = None
+        for d in rec.config.disks:
+            if not d.target or d.is_cdrom:
+                continue
+            h = self.replica_host_of(d.target)
+            if h is not None:
+                hosts = {h} if hosts is None else hosts & {h}
+        return sorted(hosts) if hosts is not None else None
 
     def confirm(self, rec: DomainRecord) -> None:
         """After the process started: still allowed (no fence since the gate)."""
@@ -365,7 +386,8 @@ class MemberAgent:
         if local is not None and local.config.ha and okv is not None and not mine:
             await self._drop_stale(local, str(owner.get("host")))
         elif local is None and mine and ckv is not None and not owner.get("gave_up"):
-            await self._start_here(uuid, DomainConfig.from_dict(keys.decode(ckv)))
+            await self._start_here(uuid, DomainConfig.from_dict(keys.decode(ckv)),
+                                   str(owner.get("from") or ""))
 
     async def _drop_stale(self, rec: DomainRecord, owner: str) -> None:
         m = self.manager
@@ -377,8 +399,14 @@ class MemberAgent:
                         rec.name, owner)
             await m.destroy_locked(rec)
 
-    async def _start_here(self, uuid: str, cfg: DomainConfig) -> None:
+    async def _start_here(self, uuid: str, cfg: DomainConfig, former: str = "") -> None:
         log.warning("domain %s is owned by this member: starting it (HA)", cfg.name)
+        # Replicated disks run on this host's copies (before the build opens them).
+        for i, d in enumerate(cfg.disks):
+            if d.target and former:
+                mine = await asyncio.to_thread(self.promote, d.target, former)
+                if mine is not None:
+                    cfg.disks[i] = dataclasses.replace(d, target=str(mine))
         rec = DomainRecord(uuid=uuid, name=cfg.name, domid=0, config=cfg, state=CREATING,
                            created_at=time.time())
         t = time.time()

@@ -150,9 +150,17 @@ def make_agent(runtime: ClusterRuntime, engine: Engine, state: Any) -> MemberAge
     init/join) calls this once its runtime exists, and `await agent.stop()` on leave."""
     from xenia.cluster.agent import MemberAgent
 
-    agent = MemberAgent(runtime.client, runtime.host, engine.manager,
-                        engine.storage.shared_pool_of,
+    def ha_storage_of(path: str) -> str | None:
+        # A disk qualifies for HA on a shared pool, or replicated (then the domain may
+        # restart on its replica's host only: agent.only_on).
+        replica = engine.replication.replica_host_of(path)
+        return engine.storage.shared_pool_of(path) or (
+            f"replica on {replica}" if replica is not None else None)
+
+    agent = MemberAgent(runtime.client, runtime.host, engine.manager, ha_storage_of,
                         lease_file=engine.paths.run / "member-lease")
+    agent.replica_host_of = engine.replication.replica_host_of
+    agent.promote = engine.replica_exports.promote
     engine.manager.gate = agent
     state.ha = agent
     return agent

@@ -179,7 +179,7 @@ stubdomain_cmdline: no stub domains
 stubdomain_ramdisk: no stub domains
 stubdomain_memory: no stub domains
 dm_restrict: QEMU runs confined by Xenia always
-device_model_user: QEMU runs as xeniad's user
+device_model_user: each domain's QEMU runs as its own uid (`XENIA_QEMU_UIDS`)
 bios_path_override: use `firmware = "PATH"`
 acpi_firmware: Xen hvmloader ACPI tables
 smbios_firmware: Xen hvmloader SMBIOS blob; use `smbios`

@@ -17,8 +17,9 @@ from pathlib import Path
 from xenia.config.model import DiskSpec
 from xenia.devices import disk as diskdev
 from xenia.devices import display
-from xenia.errors import XeniaError
+from xenia.errors import BackendError, XeniaError
 from xenia.hostos.ownership import Identity, Ledger
+from xenia.hostos.qemuids import UidRange
 from xenia.paths import Paths
 from xenia.qemu import confine
 from xenia.qemu.cmdline import RunFiles
@@ -57,18 +58,59 @@ def disk_files(spec: DiskSpec, path: Path | None) -> tuple[list[str], list[str]]
 
 
 class QemuConfinement:
-    def __init__(self, paths: Paths, user: str = confine.QEMU_USER) -> None:
+    def __init__(self, paths: Paths, user: str = confine.QEMU_USER,
+                 uids: UidRange | None = None) -> None:
         self.paths = paths
         self.user = user
+        self._uids = uids
         self._ledger: Ledger | None = None
 
-    def identity(self) -> Identity:
-        return confine.qemu_identity(self.user)
+    @property
+    def uids(self) -> UidRange:
+        if self._uids is None:
+            self._uids = UidRange.from_env()
+        return self._uids
+
+    def assign(self, rec: DomainRecord) -> Identity:
+        """Give the domain's QEMU a uid of its own (group: the QEMU user's), recorded in
+        rec.runtime["confinement"] so a restarted xeniad knows it. Undo: release()."""
+        group = confine.qemu_identity(self.user).gid
+        old = (rec.runtime.get("confinement") or {}).get("uid")
+        if isinstance(old, int) and self.uids.stale(old):
+            # A new QEMU for the same record (a restart after a crash) whose last one
+            # was not released: its claim would otherwise stay while xeniad runs.
+            self.uids.free(old, rec.uuid)
+        uid = self.uids.allocate(rec.uuid)
+        rec.runtime["confinement"] = {"user": self.user, "uid": uid, "gid": group}
+        return Identity(uid, group)
+
+    @staticmethod
+    def identity(rec: DomainRecord) -> Identity:
+        """Who the domain's QEMU runs as (from its record). A QEMU confined by an older
+        xeniad (all as xenia-qemu) has its uid there but no gid: the QEMU user's."""
+        conf = rec.runtime.get("confinement") or {}
+        if not isinstance(conf.get("uid"), int):
+            raise BackendError(f"Failed to find the QEMU uid of '{rec.name}': its record "
+                               "has none (a QEMU started by an older Xenia?)")
+        gid = conf.get("gid")
+        if not isinstance(gid, int):
+            gid = confine.qemu_identity(str(conf.get("user") or confine.QEMU_USER)).gid
+        return Identity(conf["uid"], gid)
+
+    @staticmethod
+    def tap_owner(rec: DomainRecord) -> tuple[int, int | None]:
+        """The owner of the domain's taps: its QEMU's uid, and no group (never the QEMU
+        group, through which every other QEMU could attach to the tap; nor group 0: the
+        kernel wants the owner and the group to match when both are set)."""
+        conf = rec.runtime.get("confinement") or {}
+        uid = conf.get("uid")
+        return (uid, None) if isinstance(uid, int) else (0, 0)
 
     @property
     def ledger(self) -> Ledger:
         if self._ledger is None:
-            self._ledger = Ledger(self.paths.state / "ownership.json", self.identity())
+            self._ledger = Ledger(self.paths.state / "ownership.json",
+                                  stale_uid=self.uids.stale)
         return self._ledger
 
     def given_files(self, rec: DomainRecord, nvram: Path | None) -> tuple[list[str], list[str]]:
@@ -92,21 +134,22 @@ class QemuConfinement:
                 argv: list[str]) -> list[str]:
         """Give the domain its files and run dir, make its device cgroup; the argv that
         starts its QEMU confined. Undo: release()."""
-        who = self.identity()
+        who = self.identity(rec)
         write, read = self.given_files(rec, nvram)
         nodes = confine.device_nodes(accel, bool(rec.config.pci))
         nodes += [(p, True) for p in read + write if Path(p).is_block_device()]
         try:
-            self.ledger.give(rec.uuid, write=[*write, str(files.dir)], read=read)
-            procs = confine.setup_device_cgroup(rec.uuid, nodes)
+            self.ledger.give(rec.uuid, write=[*write, str(files.dir)], read=read, who=who)
+            procs, layers = confine.setup_device_cgroup(rec.uuid, nodes)
         except XeniaError:
             self.release(rec)
             raise
         rec.runtime["confinement"] = {
-            "user": self.user, "uid": who.uid, "sandbox": confine.SANDBOX,
+            "user": self.user, "uid": who.uid, "gid": who.gid, "sandbox": confine.SANDBOX,
             "private_dev": [p for p, _ in nodes],
-            # False on cgroup v2 hosts: no devices.allow there (docs/security.md).
-            "device_cgroup": procs is not None,
+            # "v1" devices.allow, "bpf" the v2 program; False where neither could be
+            # made (docs/security.md).
+            "device_cgroup": bool(layers), "device_cgroup_layers": layers,
         }
         return confine.jail_argv(who, nodes, procs, argv, files.stderr)
 
@@ -115,13 +158,15 @@ class QemuConfinement:
         if not self.confined(rec):
             return []
         write, read = disk_files(spec, path)
-        given = self.ledger.give(rec.uuid, write=write, read=read)
+        given = self.ledger.give(rec.uuid, write=write, read=read, who=self.identity(rec))
         pid = rec.runtime.get("pid")
         for p in write + read:
             if Path(p).is_block_device() and isinstance(pid, int):
                 try:
-                    confine.add_block_device(rec.uuid, pid, p,
-                                             self.identity())
+                    conf = rec.runtime["confinement"]
+                    confine.add_block_device(rec.uuid, pid, p, self.identity(rec),
+                                             list(conf.get("private_dev", [])))
+                    conf["private_dev"] = [*conf.get("private_dev", []), p]
                 except XeniaError:
                     self.give_back(rec, given)
                     raise
@@ -131,7 +176,7 @@ class QemuConfinement:
         """Give a file QEMU writes for a while (a save file)."""
         if not self.confined(rec):
             return []
-        return self.ledger.give(rec.uuid, write=[str(path)])
+        return self.ledger.give(rec.uuid, write=[str(path)], who=self.identity(rec))
 
     def give_back(self, rec: DomainRecord, paths: list[str]) -> None:
         if paths:
@@ -163,3 +208,11 @@ class QemuConfinement:
         except XeniaError as e:
             log.warning("domain %s: giving its files back failed: %s", rec.name, e)
         confine.remove_device_cgroup(rec.uuid)
+        self.free_uid(rec)
+
+    def free_uid(self, rec: DomainRecord) -> None:
+        """The domain's QEMU uid back to the range (after QEMU exited: a uid handed on
+        while its QEMU runs would give the next domain its files)."""
+        uid = (rec.runtime.get("confinement") or {}).get("uid")
+        if isinstance(uid, int) and self.uids.holds(uid):
+            self.uids.free(uid, rec.uuid)

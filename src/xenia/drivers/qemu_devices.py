@@ -170,7 +170,8 @@ class QemuDevices:
         with Revert() as revert:
             for vif in rec.config.vifs:
                 tap = self.tap_for(rec, vif)
-                self.network.plug(tap, self.links.host_vif(rec, vif))
+                self.network.plug(tap, self.links.host_vif(rec, vif),
+                                  QemuConfinement.tap_owner(rec))
                 revert.add(functools.partial(self.network.unplug, tap))
                 taps[str(vif.devid)] = tap
             revert.success()

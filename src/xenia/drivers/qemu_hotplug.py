@@ -22,6 +22,7 @@ from xenia.devices import nic as nicdev
 from xenia.devices.layout import Layout
 from xenia.drivers import qemu_cpu
 from xenia.drivers.base import DeviceControl
+from xenia.drivers.qemu_confine import QemuConfinement
 from xenia.drivers.qemu_devices import QemuDevices, hostdev_id
 from xenia.errors import (
     AlreadyExists,
@@ -204,7 +205,8 @@ class QemuHotplug(DeviceControl):
         async with Revert() as revert:
             # backend=DOM: a tap on that driver domain's switch (qemu_drvdom.py).
             await asyncio.to_thread(self.host.network.plug, tap,
-                                    self.host.links.host_vif(rec, vif))
+                                    self.host.links.host_vif(rec, vif),
+                                    QemuConfinement.tap_owner(rec))
             revert.add(lambda: asyncio.to_thread(self.host.network.unplug, tap))
             await self.qmp.netdev_add(plan.netdev)
             revert.add(lambda: self.qmp.netdev_del(plan.netdev["id"]))

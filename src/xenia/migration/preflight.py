@@ -8,6 +8,7 @@ together.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from xenia.config.model import DomainConfig
@@ -47,6 +48,21 @@ def check_source(cfg: DomainConfig, state: DomainState, accel: str, qemu_version
     if cfg.nomigrate:
         problems.append("the domain's config sets nomigrate = 1; it may not migrate (save and "
                         "restore it instead, or create it without nomigrate)")
+    return problems
+
+
+def replicated_disks(cfg: DomainConfig, replica_host_of: Callable[[str], str | None]
+                     ) -> list[str]:
+    """A replicated disk's copy is kept in step by the source QEMU's mirror job, which a
+    live migration would leave behind: refused, with the ways that do move it."""
+    problems = []
+    for disk in cfg.disks:
+        host = replica_host_of(disk.target) if disk.target else None
+        if host is not None:
+            problems.append(
+                f"disk {disk.vdev} is a replicated volume (its copy is on '{host}'); live "
+                "migration of replicated disks is not supported: with `ha = 1` the domain "
+                f"fails over to '{host}', or shut it down and move the volume")
     return problems
 
 
