@@ -18,17 +18,32 @@ HVM_IMAGES = {"hvm-disk": "bios-disk", "uefi-disk": "uefi-disk", "hvm-iso": "iso
 
 
 @image.command("build")
-@click.argument("name", type=click.Choice(["tiny", "rootfs", *HVM_IMAGES]))
+@click.argument("name", type=click.Choice(["tiny", "rootfs", "driver", *HVM_IMAGES]),
+                required=False)
 @click.option("--force", is_flag=True, help="Rebuild even when cached.")
+@click.option("--driver-domain", is_flag=True,
+              help="Build the driver-domain image (same as NAME `driver`).")
 @pass_ctx
-def image_build(c: Ctx, name: str, force: bool) -> None:
+def image_build(c: Ctx, name: str | None, force: bool, driver_domain: bool) -> None:
     """Build a guest image into the state dir.
 
     tiny: kernel + initramfs for direct kernel boot. hvm-disk (BIOS, MBR + SYSLINUX),
     uefi-disk (UEFI, GPT + EFI System Partition) and hvm-iso (BIOS and UEFI): the tiny
-    kernel booted through firmware; building one builds all three.
+    kernel booted through firmware; building one builds all three. driver: tiny plus an
+    NBD server (qemu-nbd), for driver domains (`driver_domain = 1`).
     """
+    if driver_domain and name not in (None, "driver"):
+        raise click.UsageError("--driver-domain builds the image `driver`; give no other NAME")
+    name = "driver" if driver_domain else name or "tiny"
     c.paths.ensure()
+    if name == "driver":
+        from xenia.images.driver import build_driver
+
+        img = build_driver(c.paths.images, force=force,
+                           progress=lambda s: click.echo(f"  {s}", err=True))
+        out(f"kernel: {img.kernel}")
+        out(f"ramdisk: {img.initrd}")
+        return
     if name == "rootfs":  # a root filesystem for container domains (images/rootfs.py)
         from xenia.images.rootfs import build_rootfs
 

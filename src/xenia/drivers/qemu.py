@@ -360,6 +360,7 @@ class QemuDriver(Driver):
 
     def release(self, record: DomainRecord) -> None:
         self.devices.unplug_host(record)
+        self.devices.links.collect(record)  # after its taps: a bridge goes empty
         qemu_cpu.remove_cgroup(record)
         if self.confinement.confined(record):
             self.confinement.release(record)
@@ -441,6 +442,8 @@ class QemuDriver(Driver):
             files.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             cfg = await asyncio.to_thread(qemu_boot.boot_config, record, files.dir)
             added = tcg_params_added(cfg, choice.name)
+            if cfg.kernel:
+                added += self.devices.links.kernel_params(record)
             tpm: list[str] = []
             if cfg.vtpm:
                 who = self.confinement.identity(record)

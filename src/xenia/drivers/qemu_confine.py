@@ -123,7 +123,7 @@ class QemuConfinement:
         if nvram is not None:
             write.append(str(nvram))
         for spec in cfg.disks:
-            if diskdev.is_empty(spec):
+            if not diskdev.has_host_file(spec):
                 continue
             w, r = disk_files(spec, diskdev.target_path(spec))
             write += w
@@ -184,12 +184,12 @@ class QemuConfinement:
 
     def give_back_disk(self, rec: DomainRecord, spec: DiskSpec) -> None:
         """After a disk's blockdev-del: give back its files no other disk still uses."""
-        if not self.confined(rec) or diskdev.is_empty(spec):
+        if not self.confined(rec) or not diskdev.has_host_file(spec):
             return
         write, read = disk_files(spec, diskdev.target_path(spec))
         keep: set[str] = set()
         for other in rec.config.disks:
-            if other is not spec and not diskdev.is_empty(other):
+            if other is not spec and diskdev.has_host_file(other):
                 w, r = disk_files(other, diskdev.target_path(other))
                 keep.update(w + r)
         gone = [p for p in write + read if p not in keep]

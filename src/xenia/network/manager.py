@@ -165,6 +165,11 @@ class NetworkManager:
         problems behind a state other than active."""
         return self._run(self._get, name)
 
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(*args) on the network worker thread: pyroute2 cannot run on the event
+        loop's thread (drivers/qemu_drvdom.py's bridges go through here)."""
+        return self._run(fn, *args)
+
     # -- guest NICs ----------------------------------------------------------------------
     @staticmethod
     def tap_name(domid: int, devid: int, vifname: str | None = None) -> str:
