@@ -48,3 +48,9 @@ def test_one_build_at_a_time_and_a_failure_is_reported(tmp_path: Path,
             b.get("nope")
 
     asyncio.run(go())
+
+
+def test_the_cli_offers_exactly_the_targets_xeniad_builds() -> None:
+    from xenia.cli import images as cli_images
+
+    assert cli_images.TARGETS == builds.TARGETS

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # HVM images (firmware boot of the tiny kernel): target name -> build_hvm_images() key.
 HVM_IMAGES = {"hvm-disk": "bios-disk", "uefi-disk": "uefi-disk", "hvm-iso": "iso"}
-TARGETS = ("tiny", "rootfs", *HVM_IMAGES)
+TARGETS = ("tiny", "rootfs", "driver", *HVM_IMAGES)
 KEEP = 20  # finished builds remembered for their pages
 MAX_LINES = 500  # progress lines kept per build (a build prints a few dozen)
 
@@ -42,10 +42,12 @@ def build_image(images: Path, name: str, force: bool,
 
         paths = build_hvm_images(images, force=force, progress=progress)
         return {"cdrom" if name == "hvm-iso" else "disk": str(paths[HVM_IMAGES[name]])}
-    if name == "tiny":
+    if name in ("tiny", "driver"):  # driver: tiny plus an NBD server (images/driver.py)
+        from xenia.images.driver import build_driver
         from xenia.images.tiny import build_tiny
 
-        img = build_tiny(images, force=force, progress=progress)
+        build = build_driver if name == "driver" else build_tiny
+        img = build(images, force=force, progress=progress)
         return {"kernel": str(img.kernel), "ramdisk": str(img.initrd)}
     raise InvalidConfig(f"Failed to build image '{name}': no such target; one of "
                         + ", ".join(TARGETS))
