@@ -18,8 +18,8 @@ from xenia.config.model import DiskSpec
 from xenia.devices import disk as diskdev
 from xenia.devices import display
 from xenia.errors import BackendError, XeniaError
-from xenia.hostos.ownership import Identity, Ledger
-from xenia.hostos.qemuids import UidRange
+from xenia.hostos.ownership import Identity
+from xenia.hostos.qemuids import UidRange, UidsAndLedger
 from xenia.paths import Paths
 from xenia.qemu import confine
 from xenia.qemu.cmdline import RunFiles
@@ -57,19 +57,12 @@ def disk_files(spec: DiskSpec, path: Path | None) -> tuple[list[str], list[str]]
     return [str(path)], below
 
 
-class QemuConfinement:
+class QemuConfinement(UidsAndLedger):
     def __init__(self, paths: Paths, user: str = confine.QEMU_USER,
                  uids: UidRange | None = None) -> None:
+        super().__init__(paths.state / "ownership.json", uids)
         self.paths = paths
         self.user = user
-        self._uids = uids
-        self._ledger: Ledger | None = None
-
-    @property
-    def uids(self) -> UidRange:
-        if self._uids is None:
-            self._uids = UidRange.from_env()
-        return self._uids
 
     def assign(self, rec: DomainRecord) -> Identity:
         """Give the domain's QEMU a uid of its own (group: the QEMU user's), recorded in
@@ -105,13 +98,6 @@ class QemuConfinement:
         conf = rec.runtime.get("confinement") or {}
         uid = conf.get("uid")
         return (uid, None) if isinstance(uid, int) else (0, 0)
-
-    @property
-    def ledger(self) -> Ledger:
-        if self._ledger is None:
-            self._ledger = Ledger(self.paths.state / "ownership.json",
-                                  stale_uid=self.uids.stale)
-        return self._ledger
 
     def given_files(self, rec: DomainRecord, nvram: Path | None) -> tuple[list[str], list[str]]:
         """(written, read) files domain `rec` is given at start."""

@@ -24,6 +24,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from xenia.errors import BackendError, InvalidConfig
+from xenia.hostos.ownership import Ledger
 
 ENV = "XENIA_QEMU_UIDS"
 DEFAULT_RANGE = (1_879_048_192, 65_536)  # 0x70000000: far above system and login uids
@@ -191,3 +192,26 @@ class UidRange:
         """A uid of this range that no process runs as (its QEMU is gone)."""
         return self.holds(uid) and uid not in _running_uids()
 
+
+
+class UidsAndLedger:
+    """The QEMU uid range and an ownership ledger giving files to its uids, both made at
+    first use (the range is read from the environment, checked at its first allocation):
+    what every confined process kind (a domain's QEMU, a replica's storage daemon) needs."""
+
+    def __init__(self, ledger_path: Path, uids: UidRange | None = None) -> None:
+        self.ledger_path = ledger_path
+        self._uids = uids
+        self._ledger: Ledger | None = None
+
+    @property
+    def uids(self) -> UidRange:
+        if self._uids is None:
+            self._uids = UidRange.from_env()
+        return self._uids
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = Ledger(self.ledger_path, stale_uid=self.uids.stale)
+        return self._ledger

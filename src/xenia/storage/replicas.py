@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from xenia.errors import BackendError, InUse, NotFound, XeniaError
-from xenia.hostos.ownership import Identity, Ledger
+from xenia.hostos.ownership import Identity
 from xenia.hostos.procfs import pid_alive
-from xenia.hostos.qemuids import UidRange
+from xenia.hostos.qemuids import UidRange, UidsAndLedger
 from xenia.paths import Paths
 from xenia.peers.psk import PSK_FILE, remove_psk_dir, write_psk_dir
 from xenia.qemu import confine
@@ -76,29 +76,16 @@ def qsd_argv(qsd: str, image: Path, fmt: str, host: str, port: int, tls_dir: Pat
             "--pidfile", str(pidfile)]
 
 
-class ReplicaExports:
+class ReplicaExports(UidsAndLedger):
     """The NBD exports of the replica copies this host keeps for other hosts."""
 
     def __init__(self, paths: Paths, store: Store, storage: StorageManager,
                  uids: UidRange | None = None) -> None:
+        # Not the domains' ledger: two Ledger objects on one file would race.
+        super().__init__(paths.state / "replica-ownership.json", uids)
         self.paths = paths
         self.store = store
         self.storage = storage
-        self._uids = uids
-        self._ledger: Ledger | None = None
-
-    @property
-    def uids(self) -> UidRange:
-        if self._uids is None:
-            self._uids = UidRange.from_env()
-        return self._uids
-
-    @property
-    def ledger(self) -> Ledger:
-        if self._ledger is None:
-            self._ledger = Ledger(self.paths.state / "replica-ownership.json",
-                                  stale_uid=self.uids.stale)
-        return self._ledger
 
     def _dir(self, key: str) -> Path:
         return self.paths.run / "replicas" / key
