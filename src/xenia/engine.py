@@ -15,6 +15,7 @@ from xenia.host.devices import DeviceVerbs
 from xenia.host.manager import DomainManager
 from xenia.host.views import DomainViews
 from xenia.hostos.pci import PciAssign
+from xenia.images.builds import ImageBuilds
 from xenia.migration.clones import Clones
 from xenia.migration.receiver import Receiver
 from xenia.migration.replication import Replication
@@ -44,6 +45,7 @@ class Engine:
     clones: Clones  # create --from DOMAIN@SNAPSHOT
     replication: Replication  # replicated volumes here (volume create --replica, resync)
     replica_exports: ReplicaExports  # the copies this host keeps for other hosts
+    image_builds: ImageBuilds  # `xenia image build` run by xeniad, for the web UI
 
     @classmethod
     def create(cls, paths: Paths, store: Store, drivers: list[Driver],
@@ -59,4 +61,5 @@ class Engine:
                    storage=storage, network=network,
                    snapshots=snapshots, clones=Clones(manager, snapshots, storage.qemu_img),
                    replication=replication,
-                   replica_exports=ReplicaExports(paths, store, storage))
+                   replica_exports=ReplicaExports(paths, store, storage),
+                   image_builds=ImageBuilds(paths.images))

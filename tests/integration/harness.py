@@ -93,11 +93,20 @@ class Host:
         self.daemon: subprocess.Popen[bytes] | None = None
         self.cfgdir = self.root / "cfg"
         self.cfgdir.mkdir(parents=True, exist_ok=True)
+        self.log_mark = 0  # where log_since_mark starts reading the daemon log
 
     # -- daemon --------------------------------------------------------------------------
     @property
     def daemon_log(self) -> Path:
         return self.root / "xeniad.test.log"
+
+    def log_since_mark(self) -> str:
+        """The daemon log from `log_mark` on: a host shared by a module's tests
+        (conftest's shared_host) sets the mark as each test starts."""
+        with contextlib.suppress(FileNotFoundError), self.daemon_log.open("rb") as f:
+            f.seek(self.log_mark)
+            return f.read().decode(errors="replace")
+        return ""
 
     def daemon_argv(self, *args: str) -> list[str]:
         """How this host's xeniad is run (hosts in a namespace wrap it)."""
@@ -215,9 +224,10 @@ class Host:
                     print(f"===== {p} =====")
                     print(p.read_text(errors="replace")[-8000:])
 
-    def cleanup(self) -> None:
-        # Through the daemon first: destroying a domain removes its taps, deleting a
-        # network its bridge, nft table and dnsmasq — host-wide things a kill would leak.
+    def clear(self) -> None:
+        """Destroy every domain and delete every network, through the daemon."""
+        # Through the daemon: destroying a domain removes its taps, deleting a network its
+        # bridge, nft table and dnsmasq — host-wide things a kill would leak.
         if self.daemon is not None and self.daemon.poll() is None:
             with contextlib.suppress(Exception):
                 for d in self.domains():
@@ -225,6 +235,9 @@ class Host:
                 nets = json.loads(self.xenia("network", "list", "--json").stdout or "[]")
                 for n in nets:
                     self.xenia("network", "delete", n["name"], check=False, timeout=60)
+
+    def cleanup(self) -> None:
+        self.clear()
         self.kill_daemon()
         for pid in qemu_pids_with(str(self.root)):
             with contextlib.suppress(ProcessLookupError):

@@ -67,6 +67,13 @@ def kill_host(h: NetHost) -> None:
     h.kill_daemon()
 
 
+def qsd_uid(h: NetHost) -> int:
+    """The uid the host's one storage daemon runs as (it serves one copy)."""
+    pidfile = next((h.root / "run" / "replicas").glob("*/pid/qsd.pid"))
+    status = Path(f"/proc/{int(pidfile.read_text())}/status").read_text()
+    return int(next(ln for ln in status.splitlines() if ln.startswith("Uid:")).split()[1])
+
+
 def test_replicated_volume(cluster: Cluster) -> None:
     a, b, c = cluster.hosts
     a.xenia("volume", "create", "-f", "raw", "--replica", "h1", "rv", SIZE)
@@ -76,6 +83,9 @@ def test_replicated_volume(cluster: Cluster) -> None:
     assert replica(b, "rv")["role"] == "replica"
     listed = a.xenia("volume", "list").stdout
     assert "h1 in-sync" in listed, listed
+    # The storage daemon serving the copy is confined: a QEMU-range uid owning the copy.
+    uid = qsd_uid(b)
+    assert uid >= 1 << 30 and copy.stat().st_uid == uid
 
     a.create("g", memory=128, disk=[f"format=raw,vdev=xvda,target={local}"])
     wait_state(a, "rv", "in-sync")
@@ -114,3 +124,10 @@ def test_replicated_volume(cluster: Cluster) -> None:
     wait_state(a, "rv", "in-sync", timeout=60)
     last = a.run("g", WRITE).strip()
     assert md5_of(fresh, 2 * 1024 * 1024) == last
+    assert qsd_uid(c) >= 1 << 30 and fresh.stat().st_uid == qsd_uid(c)
+
+    # Deleting the primary's volume ends the export: the copy is root's again.
+    a.xenia("destroy", "g")
+    a.xenia("volume", "delete", "rv")
+    wait_until(lambda: fresh.stat().st_uid == 0, timeout=15, interval=0.1,
+               what="h2's copy given back")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import ssl
 from collections.abc import Iterator
@@ -23,7 +24,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.browser import Browser, chromium, screenshots_on_failure
-from tests.integration.harness import READY, Host, Image, volume, wait_until, write_xl_cfg
+from tests.integration.conftest import CACHE
+from tests.integration.harness import (
+    READY,
+    Host,
+    Image,
+    volume,
+    wait_until,
+    write_xl_cfg,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +72,8 @@ def ui(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[Ui]:
             tokens = {name: h.xenia("host", "token", "create", "--name", name, "--scope",
                                     scopes).stdout.strip()
                       for name, scopes in (("full", "read,power,console,create"),
-                                           ("ro", "read"), ("prom", "metrics"))}
+                                           ("ro", "read"), ("prom", "metrics"),
+                                           ("admin", "read,admin"))}
             disk = volume(h, "data", "16M", fmt="raw")
             yield Ui(b.browser, f"https://127.0.0.1:{port}", tokens, h=h, disk=disk,
                      saves=saves)
@@ -230,6 +240,35 @@ def test_save_shows_progress_then_the_result(ui: Ui) -> None:
     assert page.get_attribute("#progress", "data-pct") == "100.0"
     assert target.stat().st_size > 1 << 20
     assert ui.h.domain("web-1")["state"] == "running"  # -c: kept running
+
+
+def test_image_build_shows_its_progress_lines(ui: Ui) -> None:
+    # The build's one package comes from the test cache, as a fresh host's first build
+    # would have downloaded it.
+    cache = ui.h.root / "state" / "images" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    for deb in (CACHE / "debs").glob("busybox-static_*.deb"):
+        shutil.copy(deb, cache / deb.name)
+    # Without the admin scope: the server's refusal, naming the scope.
+    page = ui.page()
+    page.goto(ui.base + "/ui/images")
+    page.select_option("#build-name", "rootfs")
+    page.click("#build-go")
+    page.wait_for_selector("#msg:not([hidden])")
+    assert "admin" in page.inner_text("#msg")
+    page = ui.page("admin")
+    page.goto(ui.base + "/ui/images")
+    page.select_option("#build-name", "rootfs")
+    page.check("#build-force")
+    page.click("#build-go")
+    page.wait_for_selector("#progress[data-status=completed]", timeout=120_000)
+    log = page.inner_text("#build-log")
+    # The lines `xenia image build rootfs` prints, in order, ending with the result.
+    assert log.index("Unpacking busybox-static") < log.index("Image rootfs ready")
+    text = page.inner_text("#progress .text")
+    tree = Path(text.split(": rootfs ", 1)[1].strip())
+    assert text.startswith("Image rootfs built") and (tree / "bin" / "busybox").is_file()
+    assert tree.is_relative_to(ui.h.root / "state" / "images")
 
 
 def test_failed_test_keeps_screenshots(ui: Ui) -> None:

@@ -17,6 +17,7 @@ from xenia.api import (
     devices,
     domains,
     ha,
+    images,
     metrics,
     migration,
     network,
@@ -59,6 +60,7 @@ def make_app(engine: Engine) -> FastAPI:
     app.include_router(ha.router)
     app.include_router(cluster.router)
     app.include_router(console.router)
+    app.include_router(images.router)
     # On a cluster member: another member's domains are reached through it (forward.py).
     app.add_middleware(ClusterForward)
 

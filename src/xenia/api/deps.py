@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from xenia.host.devices import DeviceVerbs
 from xenia.host.manager import DomainManager
 from xenia.host.views import DomainViews
+from xenia.images.builds import ImageBuilds
 from xenia.migration.clones import Clones
 from xenia.migration.receiver import Receiver
 from xenia.migration.replication import Replication
@@ -39,3 +40,4 @@ Snapshots = Annotated[DomainSnapshots, _part("snapshots")]
 ClonesDep = Annotated[Clones, _part("clones")]
 ReplicationDep = Annotated[Replication, _part("replication")]
 ReplicaExportsDep = Annotated[ReplicaExports, _part("replica_exports")]
+ImageBuildsDep = Annotated[ImageBuilds, _part("image_builds")]

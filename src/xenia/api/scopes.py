@@ -184,6 +184,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/host/history"): _r("read"),
     ("GET", "/v1/host/audit"): _r("admin"),  # who did what: tokens and clients
     ("GET", "/v1/host/targets"): _r("read"),  # migration targets' names, for the picker
+    # -- guest images (api/images.py): a build writes the host's image dir: admin's.
+    ("GET", "/v1/images"): _r("read"),
+    ("POST", "/v1/images/builds"): _r("admin"),
+    ("GET", "/v1/images/builds/{build_id}"): _r("admin"),
 }
 
 

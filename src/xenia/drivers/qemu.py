@@ -38,7 +38,7 @@ from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.peers.psk import PSK_FILE
 from xenia.qemu import accel as accel_mod
-from xenia.qemu import confine, hostfds, platform, stream, vtpm
+from xenia.qemu import hostfds, platform, stream, vtpm
 from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv, tcg_params_added
 from xenia.qemu.commands import Qmp
@@ -360,6 +360,7 @@ class QemuDriver(Driver):
 
     def release(self, record: DomainRecord) -> None:
         self.devices.unplug_host(record)
+        self.devices.links.collect(record)  # after its taps: a bridge goes empty
         qemu_cpu.remove_cgroup(record)
         if self.confinement.confined(record):
             self.confinement.release(record)
@@ -423,10 +424,10 @@ class QemuDriver(Driver):
                 "already (a stale domain?)"
             )
         record.runtime["accel"] = choice.name
-        # Before the taps: they are made owned by QEMU's user (it opens them as that).
-        who = await asyncio.to_thread(self.confinement.identity)
-        self.devices.network.tap_owner = (who.uid, who.gid)
         async with Revert() as revert:
+            # Before the taps: they are made owned by QEMU's uid (it opens them as that).
+            await asyncio.to_thread(self.confinement.assign, record)
+            revert.add(lambda: asyncio.to_thread(self.confinement.free_uid, record))
             await asyncio.to_thread(self.devices.plug_host, record)
             revert.add(lambda: asyncio.to_thread(self.release, record))
             proc = QemuProcess(record.name, record.uuid, files)
@@ -441,9 +442,11 @@ class QemuDriver(Driver):
             files.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             cfg = await asyncio.to_thread(qemu_boot.boot_config, record, files.dir)
             added = tcg_params_added(cfg, choice.name)
+            if cfg.kernel:
+                added += self.devices.links.kernel_params(record)
             tpm: list[str] = []
             if cfg.vtpm:
-                who = confine.qemu_identity()
+                who = self.confinement.identity(record)
                 sock = await asyncio.to_thread(vtpm.start_swtpm, self.vtpm_dir(record),
                                                files.dir, (who.uid, who.gid))
                 revert.add(lambda: vtpm.stop_swtpm(files.dir))

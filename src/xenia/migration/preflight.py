@@ -99,6 +99,10 @@ def check_destination(cfg: DomainConfig, facts: dict[str, Any], *, my_accel: str
         problems.append(f"the domain needs {cfg.effective_maxmem} MiB, only {free} MiB "
                         "are free here")
     for spec in cfg.disks:
+        if diskdev.is_remote(spec):
+            problems.append(f"disk {spec.vdev} is served by driver domain '{spec.backend}' "
+                            "of the source host; it cannot move")
+            continue
         if diskdev.is_empty(spec):
             continue
         path = diskdev.target_path(spec)

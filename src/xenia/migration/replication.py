@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from xenia.devices import disk as diskdev
 from xenia.drivers.base import Instance
 from xenia.drivers.qemu_replica import ReplicaLink
 from xenia.errors import BackendError, InvalidConfig, NotFound, XeniaError
@@ -194,6 +195,8 @@ class Replication:
         reached does not stop the boot: the volume is degraded until a resync."""
         for spec in drec.config.disks:
             if spec.target is None or spec.readonly or spec.is_cdrom:
+                continue
+            if diskdev.is_remote(spec):  # a path inside a driver domain, not the host's
                 continue
             found = await asyncio.to_thread(self.storage.volume_at, spec.target)
             rec = self.record(*found) if found is not None else None

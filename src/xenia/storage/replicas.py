@@ -11,6 +11,11 @@ The records ("replica-export" documents, one a volume: pool, volume, listen addr
 port, PSK) are written before the QSD starts, so a restarted xeniad starts a QSD again
 for each (supervise()). A QSD outlives xeniad like a domain's QEMU does: the primary's
 writes must not stop because this xeniad restarts.
+
+A QSD listens on the network, so it is confined as a domain's QEMU is (qemu/jail.py): a uid
+of its own from the QEMU range (hostos/qemuids.py), the QEMU group, a private /dev,
+no_new_privs; it is given the copy, its PSK and its pid directory through an ownership
+ledger of its own (state/replica-ownership.json), and they go back when it is stopped.
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xenia.errors import BackendError, InUse, NotFound
+from xenia.errors import BackendError, InUse, NotFound, XeniaError
+from xenia.hostos.ownership import Identity
 from xenia.hostos.procfs import pid_alive
+from xenia.hostos.qemuids import UidRange, UidsAndLedger
 from xenia.paths import Paths
 from xenia.peers.psk import PSK_FILE, remove_psk_dir, write_psk_dir
+from xenia.qemu import confine
 from xenia.storage.manager import StorageManager
 from xenia.storage.replica_records import EXPORT_KIND, REPLICA_KIND, export_key
 from xenia.storage.units import check_name
@@ -68,10 +76,13 @@ def qsd_argv(qsd: str, image: Path, fmt: str, host: str, port: int, tls_dir: Pat
             "--pidfile", str(pidfile)]
 
 
-class ReplicaExports:
+class ReplicaExports(UidsAndLedger):
     """The NBD exports of the replica copies this host keeps for other hosts."""
 
-    def __init__(self, paths: Paths, store: Store, storage: StorageManager) -> None:
+    def __init__(self, paths: Paths, store: Store, storage: StorageManager,
+                 uids: UidRange | None = None) -> None:
+        # Not the domains' ledger: two Ledger objects on one file would race.
+        super().__init__(paths.state / "replica-ownership.json", uids)
         self.paths = paths
         self.store = store
         self.storage = storage
@@ -79,9 +90,18 @@ class ReplicaExports:
     def _dir(self, key: str) -> Path:
         return self.paths.run / "replicas" / key
 
+    @staticmethod
+    def _holder(key: str) -> str:
+        return f"replica-{key}"  # its uid claim and its ledger entries
+
+    def _pidfile(self, key: str) -> Path:
+        # In a directory of its own: the confined QSD writes it, and may write nothing
+        # else of the export's directory (its PSK, its log).
+        return self._dir(key) / "pid" / "qsd.pid"
+
     def _pid(self, key: str) -> int | None:
         try:
-            pid = int((self._dir(key) / "qsd.pid").read_text().strip())
+            pid = int(self._pidfile(key).read_text().strip())
         except (OSError, ValueError):
             return None
         return pid if pid_alive(pid) else None
@@ -139,31 +159,67 @@ class ReplicaExports:
         qsd = find_tool("qemu-storage-daemon", "qemu-utils", doing)
         d = self._dir(k)
         tls = write_psk_dir(d / "tls", rec["identity"], rec["key"])
-        pidfile = d / "qsd.pid"
+        pidfile = self._pidfile(k)
+        pidfile.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
         port = int(rec.get("port") or 0) or free_port(rec["host"])
+        who = self._confine(k, Path(rec["path"]), tls, pidfile.parent)
         argv = qsd_argv(qsd, Path(rec["path"]), rec["format"], rec["host"], port, tls, pidfile)
-        logf = open(d / "qsd.log", "ab")  # noqa: SIM115 - handed to the child
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                    start_new_session=True)
-        finally:
-            logf.close()
+        logf = d / "qsd.log"
+        # The jail (qemu/jail.py) daemonizes the QSD with its stderr into the log, drops
+        # to its uid and prints its pid.
+        proc = subprocess.Popen(confine.jail_argv(who, [(n, False) for n in confine.BASE_NODES],
+                                                  [], argv, logf, sandbox=False),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        out, err = proc.communicate(timeout=START_TIMEOUT)
+        pid = int(out.split()[0]) if proc.returncode == 0 and out.split() else None
         # QSD writes the pidfile once the export listens: wait for that, or its exit.
         deadline = time.monotonic() + START_TIMEOUT
         while not pidfile.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
-                tail = (d / "qsd.log").read_text(errors="replace").strip().splitlines()[-3:]
+            if pid is None or not pid_alive(pid) or time.monotonic() > deadline:
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                self._unconfine(k)
+                tail = logf.read_text(errors="replace").strip().splitlines()[-3:] \
+                    if logf.exists() else []
+                why = " ".join(tail) or err.decode(errors="replace").strip() or "no output"
                 raise BackendError(f"Failed {doing}: qemu-storage-daemon did not start: "
-                                   f"{' '.join(tail) or 'no output'}")
+                                   f"{why}")
             time.sleep(0.02)
-        log.info("serving replica %s/%s on %s:%d (pid %d)", rec["pool"], rec["volume"],
-                 rec["host"], port, proc.pid)
+        log.info("serving replica %s/%s on %s:%d (pid %d, uid %d)", rec["pool"],
+                 rec["volume"], rec["host"], port, pid, who.uid)
         return port
+
+    def _confine(self, k: str, image: Path, tls: Path, piddir: Path) -> Identity:
+        """A uid for the QSD of export `k`, and its files given to it (the copy and, for a
+        qcow2 copy, nothing else: a replica has no backing file)."""
+        holder = self._holder(k)
+        self._unconfine(k)  # an earlier QSD of this export, gone without a stop
+        uid = self.uids.allocate(holder)
+        who = Identity(uid, confine.qemu_identity().gid)
+        (self._dir(k) / "uid").write_text(f"{uid}\n")
+        try:
+            self.ledger.give(holder, write=[image, piddir], read=[tls / PSK_FILE], who=who)
+        except BaseException:
+            self._unconfine(k)
+            raise
+        return who
+
+    def _unconfine(self, k: str) -> None:
+        """The QSD's files back to their owners and its uid back to the range (after the
+        QSD exited)."""
+        holder = self._holder(k)
+        try:
+            self.ledger.give_back(holder)
+        except XeniaError as e:
+            log.warning("replica %s: giving its files back failed: %s", k, e)
+        uidfile = self._dir(k) / "uid"
+        with contextlib.suppress(OSError, ValueError):
+            self.uids.free(int(uidfile.read_text()), holder)
+            uidfile.unlink()
 
     def stop(self, pool: str, volume: str, forget: bool = True) -> None:
         """End the export (the copy stays); with `forget`, drop its record too."""
@@ -178,6 +234,10 @@ class ReplicaExports:
             if pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5
+                while pid_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+        self._unconfine(k)
         if forget:
             self.store.obj_delete(EXPORT_KIND, k)
             remove_psk_dir(self._dir(k) / "tls")

@@ -47,6 +47,7 @@ UPLOT = ('<link rel="stylesheet" href="/ui/static/vendor/uplot/uPlot.min.css">\n
          '<script src="/ui/static/vendor/uplot/uPlot.iife.min.js"></script>\n')
 NOVNC = ("", '<script type="module" src="/ui/static/vnc.js"></script>\n')
 CLUSTER = ("", '<script src="/ui/static/cluster.js"></script>\n')
+IMAGES = ("", '<script src="/ui/static/images.js"></script>\n')
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ PAGES: dict[str, tuple[str, Page]] = {
     "create": ("create", Page("Create")),
     "host": ("host", Page("Cluster", (UPLOT, CLUSTER))),
     "events": ("events", Page("Events")),
+    "images": ("images", Page("Images", (IMAGES,))),
     "tokens": ("tokens", Page("Tokens")),
 }
 
