@@ -43,6 +43,20 @@ fi
 
 # shellcheck disable=SC2086
 apt-get install $APT_OPTS $qemu_target qemu-system-x86 qemu-utils
+
+# apt-get install with APT_OPTS, unless every package named is installed already: each
+# apt-get reads its package lists for 1-2 s even with nothing to do, and run-tests.sh
+# calls this script on every run.
+apt_install() {
+    for p in "$@"; do
+        case "$p" in -*) continue ;; esac
+        if ! dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q " ok installed"; then
+            # shellcheck disable=SC2086
+            apt-get install $APT_OPTS "$@"
+            return
+        fi
+    done
+}
 # ovmf: UEFI firmware for firmware="uefi" HVM guests (SeaBIOS comes with qemu-system-x86).
 # crun: the OCI runtime of container domains (type = "container"); util-linux gives
 # nsenter (Xenia configures container NICs with it; the tests use unshare) and is
@@ -52,7 +66,7 @@ apt-get install $APT_OPTS $qemu_target qemu-system-x86 qemu-utils
 # etcd-server: the cluster's store; xeniad runs its own member on cluster members
 # (src/xenia/cluster/etcd_member.py, docs/cluster.md).
 # shellcheck disable=SC2086
-apt-get install $APT_OPTS --no-install-recommends \
+apt_install --no-install-recommends \
     python3 python3-venv python3-pip ca-certificates apt dpkg iproute2 kmod \
     nftables dnsmasq-base ovmf crun util-linux fdisk dosfstools mtools xorriso etcd-server
 # The package enables a stock single-member etcd on localhost; Xenia's member is started by
@@ -62,11 +76,11 @@ if [ -d /run/systemd/system ] && systemctl is-enabled --quiet etcd 2>/dev/null; 
 fi
 # swtpm: the software TPM behind `vtpm = [...]` (one swtpm process a domain).
 # shellcheck disable=SC2086
-apt-get install $APT_OPTS --no-install-recommends swtpm
+apt_install --no-install-recommends swtpm
 # lvm2: LVM storage pools (`pool create --type lvm`), and the tests that drive the real
 # LVM tools on a loop device (storage/lvm.py).
 # shellcheck disable=SC2086
-apt-get install $APT_OPTS --no-install-recommends lvm2
+apt_install --no-install-recommends lvm2
 # Subordinate ids for the user namespaces of container domains.
 "$(dirname "$0")/setup-subids.sh"
 # The unprivileged user QEMU runs as (docs/security.md, "QEMU confinement"); xeniad makes
@@ -79,11 +93,11 @@ if [ "$want_test" = 1 ]; then
     # genisoimage: the CD-ROMs of test_disks.py, and isoinfo, an ISO 9660 reader independent
     # of xorriso that checks the ISOs xorriso writes.
     # shellcheck disable=SC2086
-    apt-get install $APT_OPTS --no-install-recommends git procps psmisc busybox iperf3 genisoimage
+    apt_install --no-install-recommends git procps psmisc busybox iperf3 genisoimage
 fi
 if [ "$want_test" = 1 ]; then
     # chromium: the web UI's browser tests (tests/integration/test_ui.py) drive Debian's
     # headless Chromium with playwright; playwright's own browser download is not used.
     # shellcheck disable=SC2086
-    apt-get install $APT_OPTS --no-install-recommends chromium
+    apt_install --no-install-recommends chromium
 fi

@@ -88,7 +88,7 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
                 allowed: list[Path] | None = None, boot_watchdog: int = 0,
                 ui_listen: ListenSpec | None = None,
                 etcd: cluster.ExternalEtcd | None = None,
-                allow_plain_migration: bool = False) -> None:
+                allow_plain_migration: bool = False, ha_watchdog: str = "auto") -> None:
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
     network = NetworkManager(paths, store)
@@ -109,7 +109,12 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     app = make_app(engine)
     # The UI's graphs: the last hour of counters, sampled while xeniad runs.
     app.state.history = History(engine.views)
+    app.state.ha_watchdog = ha_watchdog  # the member agent's (cluster/service.py)
     sampler = asyncio.create_task(app.state.history.run(), name="xeniad-history")
+    # Replicated volumes: the copies served for other hosts run again, and the state of
+    # this host's mirrors is watched.
+    await asyncio.to_thread(engine.replica_exports.supervise)
+    replication = asyncio.create_task(engine.replication.run(), name="xeniad-replication")
     config = uvicorn.Config(app, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=2)
     server = _Server(config)
@@ -132,6 +137,7 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
                 await node.stop()
     finally:
         sampler.cancel()
+        replication.cancel()
         await engine.manager.detach_all()
         await network.stop()
         await storage.stop()
@@ -156,6 +162,7 @@ def make_node(engine: Engine, paths: Paths, runtime: cluster.ClusterRuntime | No
         return node.peer(name) if node.is_member and name in node.members else None
 
     engine.sender.cluster_peer = member_peer
+    engine.replication.cluster_peer = member_peer
     return node
 
 
@@ -206,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     take_lock(paths)
     try:
         asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog, ui_listen,
-                          etcd, args.allow_plain_migration))
+                          etcd, args.allow_plain_migration, args.ha_watchdog))
     except KeyboardInterrupt:
         pass
     except XeniaError as e:

@@ -15,14 +15,17 @@ from xenia.host.devices import DeviceVerbs
 from xenia.host.manager import DomainManager
 from xenia.host.views import DomainViews
 from xenia.hostos.pci import PciAssign
+from xenia.images.builds import ImageBuilds
 from xenia.migration.clones import Clones
 from xenia.migration.receiver import Receiver
+from xenia.migration.replication import Replication
 from xenia.migration.saving import SaveRestore
 from xenia.migration.sender import Sender
 from xenia.migration.snapshots import DomainSnapshots
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
 from xenia.storage.manager import StorageManager
+from xenia.storage.replicas import ReplicaExports
 from xenia.store.base import Store
 
 
@@ -40,6 +43,9 @@ class Engine:
     network: NetworkManager
     snapshots: DomainSnapshots  # snapshot-create/-list/-revert/-delete
     clones: Clones  # create --from DOMAIN@SNAPSHOT
+    replication: Replication  # replicated volumes here (volume create --replica, resync)
+    replica_exports: ReplicaExports  # the copies this host keeps for other hosts
+    image_builds: ImageBuilds  # `xenia image build` run by xeniad, for the web UI
 
     @classmethod
     def create(cls, paths: Paths, store: Store, drivers: list[Driver],
@@ -47,8 +53,13 @@ class Engine:
         manager = DomainManager(paths, store, drivers)
         saves = SaveRestore(manager)
         snapshots = DomainSnapshots(manager, saves, storage.qemu_img)
+        sender, replication = Sender(manager, storage), Replication(manager, storage)
+        sender.replica_host_of = replication.replica_host_of
         return cls(paths=paths, store=store, manager=manager, views=DomainViews(manager),
                    devices=DeviceVerbs(manager, PciAssign(store)), saves=saves,
-                   sender=Sender(manager, storage), receiver=Receiver(manager, network),
+                   sender=sender, receiver=Receiver(manager, network),
                    storage=storage, network=network,
-                   snapshots=snapshots, clones=Clones(manager, snapshots, storage.qemu_img))
+                   snapshots=snapshots, clones=Clones(manager, snapshots, storage.qemu_img),
+                   replication=replication,
+                   replica_exports=ReplicaExports(paths, store, storage),
+                   image_builds=ImageBuilds(paths.images))

@@ -42,3 +42,32 @@ def host(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[Host]:
         if failed(request):
             h.dump_logs()
         h.cleanup()
+
+
+# One xeniad for all tests of a module that asks for it (its module defines
+# `host` as `shared_host`): starting and stopping a daemon costs 2-5 s a test. Each test
+# still starts with no domains and no networks, and with a running daemon.
+@pytest.fixture(scope="module")
+def module_host(tiny_image: Image) -> Iterator[Host]:
+    h = Host(tiny_image)
+    try:
+        h.start_daemon()
+        yield h
+    finally:
+        h.cleanup()
+
+
+@pytest.fixture
+def shared_host(request: pytest.FixtureRequest, module_host: Host) -> Iterator[Host]:
+    h = module_host
+    if h.daemon is None or h.daemon.poll() is not None:  # a test before killed it
+        h.start_daemon()
+    h.log_mark = h.daemon_log.stat().st_size
+    try:
+        yield h
+    finally:
+        if failed(request):
+            h.dump_logs()
+        if h.daemon is None or h.daemon.poll() is not None:
+            h.start_daemon()
+        h.clear()

@@ -36,7 +36,8 @@ class Image:
 
 
 def qemu_pids_with(text: str) -> list[int]:
-    """Pids of QEMU processes whose command line contains `text`."""
+    """Pids of QEMU processes (and qemu-storage-daemons, which serve replicated volumes'
+    copies) whose command line contains `text`."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -45,7 +46,8 @@ def qemu_pids_with(text: str) -> list[int]:
             argv = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"qemu-system" in argv and text.encode() in argv:
+        if (b"qemu-system" in argv or b"qemu-storage-daemon" in argv) \
+                and text.encode() in argv:
             pids.append(int(proc.name))
     return pids
 
@@ -91,11 +93,20 @@ class Host:
         self.daemon: subprocess.Popen[bytes] | None = None
         self.cfgdir = self.root / "cfg"
         self.cfgdir.mkdir(parents=True, exist_ok=True)
+        self.log_mark = 0  # where log_since_mark starts reading the daemon log
 
     # -- daemon --------------------------------------------------------------------------
     @property
     def daemon_log(self) -> Path:
         return self.root / "xeniad.test.log"
+
+    def log_since_mark(self) -> str:
+        """The daemon log from `log_mark` on: a host shared by a module's tests
+        (conftest's shared_host) sets the mark as each test starts."""
+        with contextlib.suppress(FileNotFoundError), self.daemon_log.open("rb") as f:
+            f.seek(self.log_mark)
+            return f.read().decode(errors="replace")
+        return ""
 
     def daemon_argv(self, *args: str) -> list[str]:
         """How this host's xeniad is run (hosts in a namespace wrap it)."""
@@ -213,9 +224,10 @@ class Host:
                     print(f"===== {p} =====")
                     print(p.read_text(errors="replace")[-8000:])
 
-    def cleanup(self) -> None:
-        # Through the daemon first: destroying a domain removes its taps, deleting a
-        # network its bridge, nft table and dnsmasq — host-wide things a kill would leak.
+    def clear(self) -> None:
+        """Destroy every domain and delete every network, through the daemon."""
+        # Through the daemon: destroying a domain removes its taps, deleting a network its
+        # bridge, nft table and dnsmasq — host-wide things a kill would leak.
         if self.daemon is not None and self.daemon.poll() is None:
             with contextlib.suppress(Exception):
                 for d in self.domains():
@@ -223,6 +235,9 @@ class Host:
                 nets = json.loads(self.xenia("network", "list", "--json").stdout or "[]")
                 for n in nets:
                     self.xenia("network", "delete", n["name"], check=False, timeout=60)
+
+    def cleanup(self) -> None:
+        self.clear()
         self.kill_daemon()
         for pid in qemu_pids_with(str(self.root)):
             with contextlib.suppress(ProcessLookupError):

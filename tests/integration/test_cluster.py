@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import READY, Image, wait_until
+from tests.integration.etcd_cluster import nft, wait_for
+from tests.integration.harness import READY, Image, qemu_pids_with, wait_until
 from tests.integration.multihost import Cluster, NetHost, ip, tag
 
 pytestmark = pytest.mark.integration
@@ -71,6 +73,14 @@ def cl(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[Cluster]:
 
 def status(h: NetHost) -> dict[str, Any]:
     return dict(json.loads(h.xenia("cluster", "status", "--json").stdout))
+
+
+def status_or_none(h: NetHost) -> dict[str, Any] | None:
+    """The status, or None while etcd cannot answer even from the member's own copy."""
+    res = h.xenia("cluster", "status", "--json", check=False)
+    if res.returncode != 0:
+        print(f"cluster status on {h.ns}: {res.stderr.strip()}")
+    return dict(json.loads(res.stdout)) if res.returncode == 0 else None
 
 
 def cluster_list(h: NetHost, *args: str) -> list[dict[str, Any]]:
@@ -183,6 +193,78 @@ def test_evacuate_three_domains(cl: Cluster) -> None:
     # No placement on h2 now.
     res = h0.xenia("create", str(h0.write_cfg("g5", memory=MEM)), "--host", "h2", check=False)
     assert "on host 'h2': it is in maintenance" in res.stderr
+
+
+def etcd_pid(h: NetHost) -> int:
+    from xenia.cluster.etcd_member import ClusterFiles
+    from xenia.paths import Paths
+
+    return int(ClusterFiles.of(Paths.from_env(str(h.root))).pidfile.read_text().split()[0])
+
+
+# Every etcd peer packet of a host dropped, both ways: a killed etcd that its xeniad
+# restarts stays out of the cluster. Its client port stays open to its own xeniad.
+PEERS_CUT = ("table inet xq {\n chain i { type filter hook input priority -10;"
+             " tcp dport 2380 drop; tcp sport 2380 drop; }\n"
+             " chain o { type filter hook output priority -10;"
+             " tcp dport 2380 drop; tcp sport 2380 drop; }\n}\n")
+TICKS = re.compile(r"tick-(\d+)")
+
+
+def test_quorum_loss_keeps_ha_guests_running(cl: Cluster) -> None:
+    """Two of three etcd members killed (and kept out): nobody can fail anything over, so
+    g1's host holds its HA guest past the fencing deadline instead of killing it; with
+    etcd back the cluster goes on and the guest was never restarted."""
+    h0, h1, h2 = cl.hosts
+    h1.xenia("ha", "g1", "on")  # no disks: allowed
+    uuid = h1.domain("g1")["uuid"]
+    pids = qemu_pids_with(uuid)
+    assert len(pids) == 1
+    h1.run("g1", "(n=0; while :; do n=$((n+1)); echo tick-$n; usleep 100000; done)"
+           " >/dev/ttyS0 2>&1 & echo $! >/tmp/ticker")
+
+    def ticks() -> int:
+        return max((int(n) for n in TICKS.findall(h1.console_log("g1"))), default=0)
+
+    wait_until(lambda: ticks() >= 3, 20, what="the guest's ticks")
+    for h in (h0, h2):
+        nft(h.ns, PEERS_CUT)
+        os.kill(etcd_pid(h), signal.SIGKILL)
+    t_kill = time.monotonic()
+    try:
+        st = wait_for(lambda: (s := status_or_none(h1)) and s.get("hold") and s, 20,
+                      "h1 to hold")
+        assert not st["quorum"] and st["failover"] == "quorum lost, failover suspended"
+        text = h1.xenia("cluster", "status").stdout
+        assert "QUORUM LOST" in text and "quorum lost, failover suspended" in text
+        # Past the fencing deadline (the lease's TTL after the last renewal, at most 5 s
+        # after the kill) and 2 s more: no fence, same QEMU, the guest still ticking.
+        wait_until(lambda: time.monotonic() - t_kill > 7, 10, what="the deadline to pass")
+        seen = ticks()
+        wait_until(lambda: ticks() >= seen + 5, 10, what="ticks past the deadline")
+        ha = json.loads(h1.xenia("ha", "status").stdout)
+        assert ha["fences"] == [] and ha["lease_state"] == "held"
+        assert qemu_pids_with(uuid) == pids
+        assert not any(d["name"] == "g1" for h in (h0, h2) for d in cluster_list(h, "--local"))
+    finally:
+        for h in (h0, h2):
+            nft(h.ns, "delete table inet xq\n")
+    try:
+        # etcd back (the killed members were restarted by their xeniads): a new etcd
+        # leader gives every lease a fresh TTL, renewals succeed, nothing fails over.
+        wait_for(lambda: (s := status_or_none(h1)) and s["quorum"] and not s.get("hold"),
+                 30, "quorum back")
+        ha = json.loads(h1.xenia("ha", "status").stdout)
+        assert ha["lease_state"] == "live" and ha["fences"] == []
+        assert qemu_pids_with(uuid) == pids
+        assert cluster_list(h1, "--local")[0]["state"] == "running"
+        seen = ticks()
+        wait_until(lambda: ticks() >= seen + 3, 10, what="ticks after the quorum came back")
+        h1.run("g1", "kill $(cat /tmp/ticker)")
+    finally:
+        # The later tests need g1 plain again (leave refuses a host with HA domains).
+        wait_until(lambda: h1.xenia("ha", "g1", "off", check=False).returncode == 0, 30,
+                   what="g1's HA off")
 
 
 def test_remove_a_dead_member_and_leave(cl: Cluster) -> None:

@@ -12,6 +12,12 @@ from tests.integration.harness import Host, listen, wait_until
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+def host(shared_host: Host) -> Host:
+    """One xeniad for this module's tests (conftest.py's shared_host)."""
+    return shared_host
+
 # virtio-net feature bits (virtio spec): checksum offload both ways, TSO both ways.
 F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_HOST_TSO4 = 0, 1, 7, 11
 

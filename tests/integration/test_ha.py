@@ -189,8 +189,10 @@ def test_quorum_loss_stops_failover_and_the_status_says_so(ha: HACluster) -> Non
     try:
         st = ha.wait_status(y, lambda s: not s["quorum"], 20, "quorum loss reported")
         assert "quorum" in st["etcd_error"].lower() or st["etcd_error"]
-        # No member can renew: the HA guest's host fences it (it cannot tell this from
-        # being cut off itself); nothing is started anywhere without a quorum.
+        # No member can renew. These members were made without the cluster verbs (no
+        # member records or credentials), so they cannot ask each other whether the whole
+        # cluster lost its quorum (cluster/quorum.py; test_cluster.py tests the hold):
+        # the HA guest's host fences it; nothing is started anywhere without a quorum.
         wait_for(lambda: ha.status(y)["fences"] and not ha.running_on(NAME, [y]), 20,
                  "the fence on the HA guest's host")
         assert not ha.running_on(NAME, lost)

@@ -7,6 +7,7 @@ One guest serves every assertion (module-scoped); they run in file order.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import pwd
@@ -21,6 +22,10 @@ from qemu.qmp import QMPClient
 from qemu.qmp.qmp_client import ExecuteError
 
 from tests.integration.harness import Host, Image, wait_until
+from xenia.hostos import devbpf, qemuids
+from xenia.hostos.cgroupfs import host_layout
+from xenia.hostos.qemuids import UidRange
+from xenia.qemu import confine
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +43,32 @@ def status(pid: int) -> dict[str, str]:
 def owner(p: Path) -> tuple[int, int, int]:
     st = os.stat(p)
     return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+def blockdev_add(host: Host, uuid: str, path: Path, read_only: bool) -> str:
+    """QMP straight to a domain's QEMU (xeniad stopped: QEMU serves one QMP client):
+    "opened" or QEMU's error."""
+    qmp_sock = host.root / "run" / "domains" / uuid / "qmp.sock"
+
+    async def add() -> str:
+        qmp = QMPClient("test")
+        await qmp.connect(str(qmp_sock))
+        try:
+            await qmp.execute("blockdev-add", {"driver": "file", "node-name": "stolen",
+                                               "filename": str(path),
+                                               "read-only": read_only})
+            return "opened"
+        except ExecuteError as e:
+            return str(e)
+        finally:
+            await qmp.disconnect()
+
+    return asyncio.run(add())
+
+
+def v2_mount() -> Path | None:
+    v2 = [h for h in host_layout().hierarchies if h.version == 2]
+    return v2[0].mount if v2 else None
 
 
 def disk_file(path: Path) -> Path:
@@ -70,10 +101,11 @@ def test_qemu_runs_as_its_own_user_with_seccomp(confined: tuple[Host, dict[str, 
                                                  ) -> None:
     _, dom, _ = confined
     st = status(dom["runtime"]["pid"])
-    qemu_uid = pwd.getpwnam("xenia-qemu").pw_uid
-    assert qemu_uid != 0
+    qemu_uid = dom["runtime"]["confinement"]["uid"]  # its own, from Xenia's range
+    assert qemu_uid != 0 and UidRange.from_env().holds(qemu_uid)
     assert st["Uid"].split() == [str(qemu_uid)] * 4
-    assert st["Gid"].split()[0] != "0" and st["Groups"] == ""
+    assert st["Gid"].split() == [str(pwd.getpwnam("xenia-qemu").pw_gid)] * 4
+    assert st["Groups"] == ""
     assert st["Seccomp"] == "2"
     assert st["NoNewPrivs"] == "1"
 
@@ -88,7 +120,7 @@ def test_private_dev_and_device_allow_list(confined: tuple[Host, dict[str, Any],
     assert sorted(os.listdir(dev)) == sorted(["full", "net", "null", "random", "urandom",
                                               "zero", *uffd])
     if uffd:
-        assert os.stat(dev / "userfaultfd").st_uid == pwd.getpwnam("xenia-qemu").pw_uid
+        assert os.stat(dev / "userfaultfd").st_uid == dom["runtime"]["confinement"]["uid"]
     assert os.listdir(dev / "net") == ["tun"]
     assert os.stat(f"/proc/{pid}/root/dev").st_dev != os.stat("/dev").st_dev
     groups = dict(line.split(":", 2)[1:] for line in
@@ -100,37 +132,35 @@ def test_private_dev_and_device_allow_list(confined: tuple[Host, dict[str, Any],
         assert allowed == {"c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
                            "c 10:200 rwm", *(["c 10:257 rwm"] if uffd else [])}
     assert dom["runtime"]["confinement"]["user"] == "xenia-qemu"
+    # cgroup v2 (here the unified mount of a hybrid host): the BPF allow-list is attached
+    # to QEMU's v2 group.
+    v2 = v2_mount()
+    assert v2 is not None, "this test host has cgroup2 mounted"
+    group = v2 / groups[""].lstrip("/")
+    assert group.name == dom["uuid"]
+    gfd = os.open(group, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert len(devbpf.query(gfd)) == 1
+    finally:
+        os.close(gfd)
+    conf = dom["runtime"]["confinement"]
+    assert conf["device_cgroup"] is True and "bpf" in conf["device_cgroup_layers"]
 
 
 def test_given_disk_is_qemus_and_an_ungiven_one_is_refused(
         confined: tuple[Host, dict[str, Any], Path]) -> None:
     host, dom, disks = confined
-    qemu = pwd.getpwnam("xenia-qemu")
-    assert owner(disks / "mine.img")[:2] == (qemu.pw_uid, qemu.pw_gid)
+    # Its QEMU's uid; the group kept (the QEMU group is every QEMU's).
+    assert owner(disks / "mine.img")[:2] == (dom["runtime"]["confinement"]["uid"], ORIG_GID)
     assert owner(disks / "other-domain.img") == (ORIG_UID, ORIG_GID, ORIG_MODE)
     # QMP straight to QEMU (xeniad lets go of it while stopped; the guest runs on).
     host.kill_daemon()
-    qmp_sock = host.root / "run" / "domains" / dom["uuid"] / "qmp.sock"
-
-    async def blockdev_add(path: Path, read_only: bool) -> str:
-        qmp = QMPClient("test")
-        await qmp.connect(str(qmp_sock))
-        try:
-            await qmp.execute("blockdev-add", {"driver": "file", "node-name": "stolen",
-                                               "filename": str(path),
-                                               "read-only": read_only})
-            return "opened"
-        except ExecuteError as e:
-            return str(e)
-        finally:
-            await qmp.disconnect()
-
     for ro in (True, False):
-        err = asyncio.run(blockdev_add(disks / "other-domain.img", ro))
+        err = blockdev_add(host, dom["uuid"], disks / "other-domain.img", ro)
         assert "Permission denied" in err, err
     # A host file outside anything given: the same.
-    assert "Permission denied" in asyncio.run(blockdev_add(host.root / "state" / "xenia.db",
-                                                           True))
+    assert "Permission denied" in blockdev_add(host, dom["uuid"],
+                                               host.root / "state" / "xenia.db", True)
 
 
 def test_adoption_waits_out_a_stalled_qmp(confined: tuple[Host, dict[str, Any], Path]
@@ -157,18 +187,49 @@ def test_adoption_waits_out_a_stalled_qmp(confined: tuple[Host, dict[str, Any], 
     assert host.domain("c1")["runtime"]["pid"] == dom["runtime"]["pid"]
 
 
+def test_two_running_domains_cannot_open_each_others_disks(
+        confined: tuple[Host, dict[str, Any], Path]) -> None:
+    """Issue 10's acceptance test across two running domains: each QEMU has its own uid,
+    and B's QEMU cannot open A's disk (nor A B's); a restarted xeniad gives B's files
+    back and frees its uid."""
+    host, a, disks = confined
+    disk_file(disks / "b.img")
+    # No need to wait for B's guest: its QEMU is what is tested.
+    b = host.create("c2", wait_ready=False,
+                    disk=[f"format=raw,vdev=xvdb,access=rw,target={disks}/b.img"])
+    uid_a, uid_b = (d["runtime"]["confinement"]["uid"] for d in (a, b))
+    assert uid_a != uid_b and 0 not in (uid_a, uid_b)
+    assert status(a["runtime"]["pid"])["Uid"].split()[0] == str(uid_a)  # ps's view
+    assert status(b["runtime"]["pid"])["Uid"].split()[0] == str(uid_b)
+    assert owner(disks / "b.img")[0] == uid_b and owner(disks / "mine.img")[0] == uid_a
+    host.kill_daemon()
+    try:
+        for ro in (True, False):
+            err = blockdev_add(host, b["uuid"], disks / "mine.img", ro)
+            assert "Permission denied" in err, err
+        err = blockdev_add(host, a["uuid"], disks / "b.img", True)
+        assert "Permission denied" in err, err
+    finally:
+        host.start_daemon(40.0)
+    claim = qemuids.CLAIMS / str(uid_b)
+    assert claim.exists()
+    host.xenia("destroy", "c2")
+    assert owner(disks / "b.img") == (ORIG_UID, ORIG_GID, ORIG_MODE)
+    assert not claim.exists()  # uid b freed
+
+
 def test_hotplugged_disk_given_then_given_back(confined: tuple[Host, dict[str, Any], Path]
                                                ) -> None:
     host, _, disks = confined
     extra = disk_file(disks / "extra.img")
     host.xenia("block-attach", "c1", f"format=raw,vdev=xvdc,access=rw,target={extra}")
-    assert owner(extra)[0] == pwd.getpwnam("xenia-qemu").pw_uid
+    assert owner(extra)[0] == host.domain("c1")["runtime"]["confinement"]["uid"]
     host.xenia("block-detach", "c1", "xvdc")
     assert owner(extra) == (ORIG_UID, ORIG_GID, ORIG_MODE)
 
 
 def test_files_given_back_after_destroy(confined: tuple[Host, dict[str, Any], Path]) -> None:
-    host, _, disks = confined
+    host, dom, disks = confined
     host.xenia("destroy", "c1")
     assert owner(disks / "mine.img") == (ORIG_UID, ORIG_GID, ORIG_MODE)
     # The directory QEMU could search for the disk: its ACL entry is gone again.
@@ -177,3 +238,59 @@ def test_files_given_back_after_destroy(confined: tuple[Host, dict[str, Any], Pa
         os.getxattr(disks, "system.posix_acl_access")
     ledger = host.root / "state" / "ownership.json"
     assert json.loads(ledger.read_text()) == {}
+    v2 = v2_mount()
+    assert v2 is not None and not (v2 / "xenia" / dom["uuid"]).exists()
+
+
+def test_v2_device_program_allows_only_listed_nodes(tmp_path: Path) -> None:
+    """The BPF program alone (the process joins only the v2 group): /dev/null opens, a
+    /dev/mem node (c 1:1) and a /dev/zero node (c 1:5) made elsewhere do not, even for
+    root; once the second is allowed (as a hot-plugged device is), it opens, the first
+    still does not, and the old program is gone."""
+    uuid = "0badc0de-0000-4000-8000-00000000beef"
+    procs, layers = confine.setup_device_cgroup(uuid, [("/dev/null", False)])
+    mem, zero = tmp_path / "mem", tmp_path / "zero"
+    os.mknod(mem, stat.S_IFCHR | 0o600, os.makedev(1, 1))
+    os.mknod(zero, stat.S_IFCHR | 0o600, os.makedev(1, 5))
+    v2_procs = [p for p in procs if v2_mount() in p.parents]
+
+    def opens() -> str:
+        rd, wr = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            out = []
+            try:
+                v2_procs[0].write_text(str(os.getpid()))
+                for path in ("/dev/null", str(mem), str(zero)):
+                    try:
+                        os.close(os.open(path, os.O_RDONLY))
+                        out.append("ok")
+                    except OSError as e:
+                        out.append(str(e.errno))
+            finally:
+                os.write(wr, ",".join(out).encode())
+                os._exit(0)
+        os.close(wr)
+        os.waitpid(pid, 0)
+        with os.fdopen(rd) as f:
+            return f.read()
+
+    def programs() -> list[int]:
+        gfd = os.open(v2_procs[0].parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return devbpf.query(gfd)
+        finally:
+            os.close(gfd)
+
+    try:
+        assert "bpf" in layers and len(v2_procs) == 1
+        assert os.geteuid() == 0
+        assert opens() == f"ok,{errno.EPERM},{errno.EPERM}"
+        before = programs()
+        confine.allow_node(uuid, str(zero), ["/dev/null"])
+        assert opens() == f"ok,{errno.EPERM},ok"
+        after = programs()
+        assert len(after) == 1 and after != before
+    finally:
+        confine.remove_device_cgroup(uuid)
+    assert not v2_procs[0].parent.exists()

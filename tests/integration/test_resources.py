@@ -13,6 +13,12 @@ from tests.integration.harness import Host, wait_until
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+def host(shared_host: Host) -> Host:
+    """One xeniad for this module's tests (conftest.py's shared_host)."""
+    return shared_host
+
+
 def mem_total_kb(host: Host, name: str) -> int:
     return int(host.run(name, "grep MemTotal /proc/meminfo").split()[1])
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import socket
 import stat
 import struct
@@ -23,6 +22,7 @@ import pytest
 
 from tests.integration.harness import READY, Host, Image
 from xenia.errors import PermissionDenied
+from xenia.hostos.qemuids import UidRange
 from xenia.peers.client import PeerClient
 
 pytestmark = pytest.mark.integration
@@ -155,14 +155,16 @@ def test_audit_log_and_modes(tcp_host: TcpHost) -> None:
 
 
 def root_only(p: Path) -> bool:
-    """0700, or 0710 with an ACL whose only grant beyond root is search for the confined
-    QEMUs' user (docs/security.md, QEMU confinement): nobody else gets in."""
+    """0700, or 0710 with an ACL whose only grants beyond root are search for confined
+    QEMUs' uids (docs/security.md, QEMU confinement): nobody else gets in."""
     m = stat.S_IMODE(p.stat().st_mode)
     if m == 0o700:
         return True
     raw = os.getxattr(p, "system.posix_acl_access")
     entries = {struct.unpack_from("<HHI", raw, o) for o in range(4, len(raw), 8)}
-    qemu = pwd.getpwnam("xenia-qemu").pw_uid
-    others = {e for e in entries if e[0] in (0x02, 0x04, 0x08, 0x20)}
-    return m == 0o710 and others == {(0x02, 1, qemu), (0x04, 0, 0xFFFFFFFF),
-                                     (0x20, 0, 0xFFFFFFFF)}
+    qemu_uids = UidRange.from_env()
+    users = {e for e in entries if e[0] == 0x02}
+    others = {e for e in entries if e[0] in (0x04, 0x08, 0x20)}
+    return (m == 0o710 and bool(users)
+            and all(perm == 1 and qemu_uids.holds(uid) for _, perm, uid in users)
+            and others == {(0x04, 0, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)})

@@ -4,34 +4,37 @@ xeniad serving TLS on 127.0.0.1, and /metrics against a real guest doing I/O.
 One PV guest, created from the UI's create page, is shared by every test; one HVM guest
 (firmware only, a blank disk: its screen is SeaBIOS's) for the VNC screen. Every request any
 page makes is recorded; the last test checks that none went to another origin. A failed
-test keeps a screenshot of its page in $XENIA_UI_SHOTS (default /var/tmp/xenia-ui-shots).
+test keeps a screenshot of its page in $XENIA_UI_SHOTS (tests/integration/browser.py).
+The cluster page and migration between hosts: test_ui_cluster.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
+import shutil
 import socket
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from playwright import sync_api as playwright_api
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import failed
-from tests.integration.harness import READY, Host, Image, volume, wait_until, write_xl_cfg
+from tests.integration.browser import Browser, chromium, screenshots_on_failure
+from tests.integration.conftest import CACHE
+from tests.integration.harness import (
+    READY,
+    Host,
+    Image,
+    volume,
+    wait_until,
+    write_xl_cfg,
+)
 
 pytestmark = pytest.mark.integration
-
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(os.environ.get("XENIA_UI_SHOTS", "/var/tmp/xenia-ui-shots"))
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -39,29 +42,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass
-class Ui:
+@dataclass(kw_only=True)
+class Ui(Browser):
     h: Host
-    base: str
-    browser: Any
-    tokens: dict[str, str]
     disk: Path
-    requests: list[str] = field(default_factory=list)
-    pages: list[Any] = field(default_factory=list)
-
-    def page(self, token: str | None = "full") -> Any:
-        """A new browser context (its own cookies), logged in with `token` when given."""
-        ctx = self.browser.new_context(ignore_https_errors=True)
-        page = ctx.new_page()
-        page.on("request", lambda r: self.requests.append(r.url))
-        page.set_default_timeout(30_000)
-        self.pages.append(page)
-        if token is not None:
-            page.goto(self.base + "/ui/login")
-            page.fill("#token", self.tokens[token])
-            page.click("button[type=submit]")
-            page.wait_for_url(self.base + "/ui/")
-        return page
+    saves: Path  # a directory the TCP listener allows
 
     def metrics(self) -> str:
         ctx = ssl.create_default_context()
@@ -74,27 +59,25 @@ class Ui:
 
 @pytest.fixture(scope="module")
 def ui(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[Ui]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-deps.sh --test")
     h = Host(tiny_image)
     h.env["XENIA_HISTORY_INTERVAL"] = "1"  # graphs get points within seconds
     port = free_port()
-    pw = playwright_api.sync_playwright().start()
-    browser = None
+    saves = h.root / "saves"  # allowed over TCP: the save test writes there
+    saves.mkdir()
     try:
-        h.start_daemon(20.0, "--listen", f"127.0.0.1:{port}",
-                       "--allow-path", str(tiny_image.kernel.parent))
-        tokens = {name: h.xenia("host", "token", "create", "--name", name, "--scope",
-                                scopes).stdout.strip()
-                  for name, scopes in (("full", "read,power,console,create"), ("ro", "read"),
-                                       ("prom", "metrics"))}
-        disk = volume(h, "data", "16M", fmt="raw")
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield Ui(h, f"https://127.0.0.1:{port}", browser, tokens, disk)
+        with chromium() as b:
+            h.start_daemon(20.0, "--listen", f"127.0.0.1:{port}",
+                           "--allow-path", str(tiny_image.kernel.parent),
+                           "--allow-path", str(saves))
+            tokens = {name: h.xenia("host", "token", "create", "--name", name, "--scope",
+                                    scopes).stdout.strip()
+                      for name, scopes in (("full", "read,power,console,create"),
+                                           ("ro", "read"), ("prom", "metrics"),
+                                           ("admin", "read,admin"))}
+            disk = volume(h, "data", "16M", fmt="raw")
+            yield Ui(b.browser, f"https://127.0.0.1:{port}", tokens, h=h, disk=disk,
+                     saves=saves)
     finally:
-        if browser is not None:
-            browser.close()
-        pw.stop()
         if request.session.testsfailed:
             h.dump_logs()
         h.cleanup()
@@ -102,18 +85,7 @@ def ui(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[Ui]:
 
 @pytest.fixture(autouse=True)
 def screenshots(request: pytest.FixtureRequest, ui: Ui) -> Iterator[None]:
-    yield
-    if failed(request):
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        for i, page in enumerate(ui.pages):
-            if not page.is_closed():
-                path = SHOTS / f"{request.node.name}-{i}.png"
-                page.screenshot(path=str(path), full_page=True)
-                print(f"screenshot: {path}")
-    for page in ui.pages:
-        if not page.is_closed():
-            page.context.close()  # closes the page's WebSockets (the console takes one)
-    ui.pages.clear()
+    yield from screenshots_on_failure(request, ui)
 
 
 def test_login_create_from_xlcfg_and_see_it_running(ui: Ui) -> None:
@@ -232,8 +204,84 @@ def test_hvm_screen_through_novnc(ui: Ui) -> None:
                what="a non-blank VNC screen")
 
 
+def test_single_host_page_shows_this_host(ui: Ui) -> None:
+    page = ui.page()
+    page.goto(ui.base + "/ui/host")
+    page.wait_for_selector("#hosts tbody tr")
+    assert "not part of a cluster" in page.inner_text("#cluster-note")
+    rows = page.locator("#hosts tbody tr")
+    assert rows.count() == 1
+    host = page.evaluate("() => window.xenia.api('GET', '/v1/host')")
+    assert rows.first.get_attribute("data-host") == host["host"]
+    assert rows.first.locator("td.state").inner_text() == "up"
+    assert rows.first.locator("td.domains").inner_text() == str(len(ui.h.domains()))
+    # No cluster: nothing to put in maintenance or evacuate.
+    assert page.locator("#hosts button").count() == 0
+
+
+def test_save_shows_progress_then_the_result(ui: Ui) -> None:
+    page = ui.page()
+    page.goto(ui.base + "/ui/domain?name=web-1")
+    page.wait_for_selector("#dom-state")
+    target = ui.saves / "web-1.save"
+    page.fill("#save-file", str(target))
+    page.check("#save-keep")
+    seen: list[str] = []
+    page.expose_function("xeniaSeen", lambda status: seen.append(status))
+    # Every status the progress box takes, as the page sets it.
+    page.evaluate("""() => new MutationObserver(() => window.xeniaSeen(
+        document.getElementById('progress').dataset.status || '')).observe(
+        document.getElementById('progress'), {attributes: true})""")
+    page.click("button[data-act=save]")
+    page.wait_for_selector("#progress[data-status=completed]", timeout=120_000)
+    assert "saving" in seen  # shown while the save ran, before its answer
+    text = page.inner_text("#progress .text")
+    assert f"Saved to {target}" in text and " MiB in " in text
+    assert page.get_attribute("#progress", "data-pct") == "100.0"
+    assert target.stat().st_size > 1 << 20
+    assert ui.h.domain("web-1")["state"] == "running"  # -c: kept running
+
+
+def test_image_build_shows_its_progress_lines(ui: Ui) -> None:
+    # The build's one package comes from the test cache, as a fresh host's first build
+    # would have downloaded it.
+    cache = ui.h.root / "state" / "images" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    for deb in (CACHE / "debs").glob("busybox-static_*.deb"):
+        shutil.copy(deb, cache / deb.name)
+    # Without the admin scope: the server's refusal, naming the scope.
+    page = ui.page()
+    page.goto(ui.base + "/ui/images")
+    page.select_option("#build-name", "rootfs")
+    page.click("#build-go")
+    page.wait_for_selector("#msg:not([hidden])")
+    assert "admin" in page.inner_text("#msg")
+    page = ui.page("admin")
+    page.goto(ui.base + "/ui/images")
+    page.select_option("#build-name", "rootfs")
+    page.check("#build-force")
+    page.click("#build-go")
+    page.wait_for_selector("#progress[data-status=completed]", timeout=120_000)
+    log = page.inner_text("#build-log")
+    # The lines `xenia image build rootfs` prints, in order, ending with the result.
+    assert log.index("Unpacking busybox-static") < log.index("Image rootfs ready")
+    text = page.inner_text("#progress .text")
+    tree = Path(text.split(": rootfs ", 1)[1].strip())
+    assert text.startswith("Image rootfs built") and (tree / "bin" / "busybox").is_file()
+    assert tree.is_relative_to(ui.h.root / "state" / "images")
+
+
+def test_failed_test_keeps_screenshots(ui: Ui) -> None:
+    # What the autouse fixture does for a failed test, checked on a page of this one.
+    page = ui.page()
+    page.goto(ui.base + "/ui/")
+    page.wait_for_selector("#domains tbody tr")
+    kept = ui.keep_screenshots("keep-screenshots-check")
+    assert kept and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in kept)
+    for p in kept:
+        p.unlink()
+
+
 def test_no_page_requested_another_origin(ui: Ui) -> None:
     assert len(ui.requests) > 20  # the tests above did load pages
-    foreign = [u for u in ui.requests
-               if not (u.startswith(ui.base + "/") or u.startswith(("data:", "blob:")))]
-    assert foreign == []
+    assert ui.foreign_requests() == []

@@ -46,8 +46,9 @@ def test_give_and_give_back_restore_owner_mode_and_acl(tmp_path: Path, tree: Pat
     ledger = Ledger(tmp_path / "ledger.json", WHO)
     before = {p: owner(p) for p in (tree, tree / "a.img", tree / "b.img")}
     ledger.give("dom1", write=[tree / "a.img", tree / "b.img"])
-    assert owner(tree / "a.img")[:2] == (WHO.uid, WHO.gid)
-    assert owner(tree / "b.img")[:2] == (WHO.uid, WHO.gid)
+    # Owned by the domain's uid; the group is kept (the QEMU group is every QEMU's).
+    assert owner(tree / "a.img")[:2] == (WHO.uid, 0)
+    assert owner(tree / "b.img")[:2] == (WHO.uid, 4321)
     # The directory above: searchable by QEMU's user through an ACL, not by others.
     assert acl(tree) is not None
     assert owner(tree)[2] & 0o007 == 0
@@ -67,14 +68,68 @@ def test_read_only_file_readable_already_is_not_chowned(tmp_path: Path, tree: Pa
     assert acl(tree) is None
 
 
-def test_shared_file_given_back_when_the_last_holder_ends(tmp_path: Path, tree: Path) -> None:
-    ledger = Ledger(tmp_path / "ledger.json", WHO)
-    ledger.give("dom1", read=[tree / "ro.iso"])
-    ledger.give("dom2", read=[tree / "ro.iso"])
+def user_entries(p: Path) -> dict[int, int]:
+    raw = acl(p)
+    if raw is None:
+        return {}
+    entries = [struct.unpack_from("<HHI", raw, o) for o in range(4, len(raw), 8)]
+    return {uid: perm for tag, perm, uid in entries if tag == 0x02}
+
+
+A, B = Identity(70001, 995), Identity(70002, 995)
+
+
+def test_shared_read_only_file_gets_an_acl_entry_per_domain(tmp_path: Path, tree: Path
+                                                            ) -> None:
+    ledger = Ledger(tmp_path / "ledger.json")
+    ledger.give("dom1", read=[tree / "ro.iso"], who=A)
+    ledger.give("dom2", read=[tree / "ro.iso"], who=B)
+    assert owner(tree / "ro.iso")[:2] == (0, 0)  # not chowned: read through the ACL
+    assert user_entries(tree / "ro.iso") == {A.uid: 4, B.uid: 4}
+    assert user_entries(tree) == {A.uid: 1, B.uid: 1}
     ledger.give_back("dom1")
-    assert owner(tree / "ro.iso")[0] == WHO.uid  # dom2 still has it
+    assert user_entries(tree / "ro.iso") == {B.uid: 4}  # dom2 still has it; dom1 not
+    assert user_entries(tree) == {B.uid: 1}
     ledger.give_back("dom2")
     assert owner(tree / "ro.iso") == (0, 0, 0o600)
+    assert acl(tree / "ro.iso") is None and acl(tree) is None
+
+
+def test_a_written_file_is_one_domains_and_a_second_writer_gets_an_acl(
+        tmp_path: Path, tree: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.json")
+    ledger.give("dom1", write=[tree / "b.img"], who=A)
+    ledger.give("dom2", write=[tree / "b.img"], who=B)  # a shared (w!) disk
+    assert owner(tree / "b.img")[:2] == (A.uid, 4321)
+    assert user_entries(tree / "b.img") == {B.uid: 6}
+    # dom1 ends first: its uid may go to another domain next, so the file is not its.
+    ledger.give_back("dom1")
+    assert owner(tree / "b.img")[:2] == (1234, 4321)
+    assert user_entries(tree / "b.img") == {B.uid: 6}
+    ledger.give_back("dom2")
+    assert owner(tree / "b.img") == (1234, 4321, 0o600)
+    assert acl(tree / "b.img") is None
+
+
+def test_another_domains_file_is_not_open_to_a_domain(tmp_path: Path, tree: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.json")
+    ledger.give("dom1", write=[tree / "a.img"], who=A)
+    ledger.give("dom2", write=[tree / "b.img"], who=B)
+    st = os.stat(tree / "a.img")
+    assert st.st_uid == A.uid and B.uid not in user_entries(tree / "a.img")
+    assert st.st_mode & 0o077 == 0  # neither group nor others: B cannot open it
+    ledger.give_back("dom1")
+    ledger.give_back("dom2")
+
+
+def test_an_older_ledger_is_given_back(tmp_path: Path, tree: Path) -> None:
+    """An entry an older xeniad wrote (one QEMU user, holders a list)."""
+    import json
+    os.chown(tree / "a.img", WHO.uid, WHO.gid)
+    (tmp_path / "ledger.json").write_text(json.dumps({str(tree / "a.img"): {
+        "uid": 0, "gid": 0, "mode": 0o600, "acl": None, "how": "own", "holders": ["dom1"]}}))
+    Ledger(tmp_path / "ledger.json").give_back("dom1")
+    assert owner(tree / "a.img") == (0, 0, 0o600)
 
 
 def test_a_missing_file_gives_nothing(tmp_path: Path, tree: Path) -> None:
@@ -136,3 +191,19 @@ def test_acl_with_search_keeps_existing_entries() -> None:
     assert (0x10, 5, 0xFFFFFFFF) in entries  # mask: group r-x | x
     again = acl_with_search(raw, 0o750, 42)
     assert again == raw
+
+
+def test_a_file_another_roots_gone_qemu_had_goes_back_to_root(tmp_path: Path, tree: Path
+                                                              ) -> None:
+    """A migration between two Xenia roots on one machine: the file was the source
+    QEMU's (uid 70001) when this root gave it; that QEMU is gone at give-back, and its
+    uid may go to another domain next, so the file goes to root, not to it."""
+    os.chown(tree / "a.img", A.uid, 4321)
+    os.setxattr(tree, ACL_XATTR, acl_with_search(None, 0o700, A.uid))
+    gone = {A.uid}
+    ledger = Ledger(tmp_path / "ledger.json", stale_uid=lambda uid: uid in gone)
+    ledger.give("dom2", write=[tree / "a.img"], who=B)
+    assert owner(tree / "a.img")[0] == B.uid
+    ledger.give_back("dom2")
+    assert owner(tree / "a.img") == (0, 4321, 0o600)
+    assert user_entries(tree) == {}  # the gone QEMU's search entry is not put back

@@ -276,3 +276,14 @@ def test_device_model_args_refuse_words_that_are_no_argument(arg: str) -> None:
     with pytest.raises(InvalidConfig, match="device_model_args holds"):
         check_config(cfg)
     check_config(DomainConfig(name="dm", kernel="/bin/true", device_model_args=["-S"]))
+
+
+def test_a_replicated_disk_is_refused_by_the_migration_preflight() -> None:
+    from xenia.migration.preflight import replicated_disks
+
+    cfg = build('disk = ["/pool/a.qcow2,qcow2,xvda,rw", "/pool/b.qcow2,qcow2,xvdb,rw"]')
+    hosts = {"/pool/b.qcow2": "h2"}
+    problems = replicated_disks(cfg, hosts.get)
+    assert len(problems) == 1
+    assert "xvdb" in problems[0] and "'h2'" in problems[0] and "not supported" in problems[0]
+    assert replicated_disks(build(""), hosts.get) == []

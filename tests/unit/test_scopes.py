@@ -62,14 +62,17 @@ def test_scope_table_follows_the_issue() -> None:
     assert lookup("POST", "/v1/domains").scopes == ("create",)  # type: ignore[union-attr]
     assert lookup("POST", "/v1/networks").scopes == ("admin",)  # type: ignore[union-attr]
     assert lookup("GET", d + "/screenshot").scopes == ("console",)  # type: ignore[union-attr]
-    # `migrate` opens the incoming side and what a peer reads first, nothing else.
+    # `migrate` opens the incoming side, what a peer reads first, and keeping a
+    # replicated volume's copy for a peer (its data, like a migration's), nothing else.
     migrate = sorted(k for k, r in RULES.items() if "migrate" in r.scopes)
     assert migrate == sorted([
         ("GET", "/v1/host"), ("GET", "/v1/host/certificate"),
         ("POST", "/v1/migrations/check"), ("POST", "/v1/migrations/incoming"),
         ("POST", "/v1/migrations/incoming/{job_id}/commit"),
         ("DELETE", "/v1/migrations/incoming/{job_id}"),
-        ("GET", "/v1/migrations/incoming/{job_id}")])
+        ("GET", "/v1/migrations/incoming/{job_id}"),
+        ("GET", "/v1/replicas"), ("POST", "/v1/replicas"),
+        ("DELETE", "/v1/replicas/{pool}/{name}")])
 
 
 def test_parse_scopes_and_patterns() -> None:

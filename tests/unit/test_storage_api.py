@@ -11,6 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from xenia.api.app import make_app
+from xenia.host.manager import DomainManager
+from xenia.migration.replication import Replication
 from xenia.paths import Paths
 from xenia.storage.manager import StorageManager
 from xenia.store.sqlite import SqliteStore
@@ -21,8 +23,10 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     paths = Paths(state=tmp_path / "state", run=tmp_path / "run")
     sm = StorageManager(paths, SqliteStore(paths.db))
     asyncio.run(sm.start())
-    # The routers reach the storage manager as app.state.engine.storage.
-    app = make_app(SimpleNamespace(storage=sm))  # type: ignore[arg-type]
+    # The routers reach the storage manager as app.state.engine.storage (and volume
+    # delete the replicated volumes' service, which has none here).
+    replication = Replication(DomainManager(paths, sm.store, []), sm)
+    app = make_app(SimpleNamespace(storage=sm, replication=replication))  # type: ignore[arg-type]
     with TestClient(app) as c:
         yield c
     sm.store.close()

@@ -199,3 +199,27 @@ def test_console_websocket_needs_scope_and_origin_then_relays(ui: Ui, tmp_path: 
         ws.send_bytes(b"uname\r")
         assert ws.receive_bytes() == b"UNAME\r"
     server.close()
+
+
+def test_migration_targets_name_members_and_peers_for_read_tokens(tmp_path: Path) -> None:
+    from xenia.peers.kinds import PEER_KIND
+
+    app, _, _, store, tokens = fake_app(tmp_path)
+    guarded = TokenAuth(app, tokens.verify, make_access_factory(app, []), None)
+    with TestClient(guarded) as c:  # type: ignore[arg-type]
+        _, ro = tokens.create("ro", ["read"])
+        _, prom = tokens.create("prom", ["metrics"])
+        r = c.get("/v1/host/targets", headers={"Authorization": f"Bearer {ro}"})
+        assert r.status_code == 200 and r.json() == {"members": [], "peers": []}
+        for name in ("zed", "b"):
+            store.obj_put(PEER_KIND, name, {"name": name, "address": "10.0.0.9:8443"},
+                          create=True)
+        # On a cluster member: the other members, then the peers that are not members.
+        app.state.cluster = SimpleNamespace(is_member=True, name="a",
+                                            members={"c": {}, "a": {}, "b": {}})
+        r = c.get("/v1/host/targets", headers={"Authorization": f"Bearer {ro}"})
+        assert r.json() == {"members": ["b", "c"], "peers": ["zed"]}
+        assert "10.0.0.9" not in r.text  # names only
+        r = c.get("/v1/host/targets", headers={"Authorization": f"Bearer {prom}"})
+        assert r.status_code == 403 and "lacks the scope 'read'" in r.json()["message"]
+    store.close()

@@ -17,10 +17,12 @@ from xenia.api import (
     devices,
     domains,
     ha,
+    images,
     metrics,
     migration,
     network,
     peers,
+    replicas,
     snapshots,
     storage,
     usb,
@@ -48,6 +50,7 @@ def make_app(engine: Engine) -> FastAPI:
     app.include_router(devices.host_router)
     app.include_router(migration.router)
     app.include_router(storage.router)
+    app.include_router(replicas.router)
     app.include_router(snapshots.router)
     app.include_router(network.router)
     app.include_router(peers.router)
@@ -59,6 +62,7 @@ def make_app(engine: Engine) -> FastAPI:
     app.include_router(ha.router)
     app.include_router(cluster.router)
     app.include_router(console.router)
+    app.include_router(images.router)
     # On a cluster member: another member's domains are reached through it (forward.py).
     app.add_middleware(ClusterForward)
 

@@ -86,7 +86,21 @@ async def status(n: Node) -> dict[str, Any]:
         return {"member": False}
     from xenia.cluster.status import cluster_status
 
-    return await asyncio.to_thread(cluster_status, n.client(), n.name)
+    st = await asyncio.to_thread(cluster_status, n.client(), n.name)
+    hold = n.agent.hold_status() if n.agent is not None else None
+    if hold is not None:
+        # This member keeps its HA domains through the quorum loss (cluster/quorum.py).
+        st["failover"] = hold["state"]
+        st["hold"] = hold
+    return st
+
+
+@router.get("/quorum")
+async def quorum(n: Node) -> dict[str, Any]:
+    """What this host's etcd member knows (a member asks before it fences: quorum.py)."""
+    from xenia.cluster.quorum import local_answer
+
+    return {"host": n.name, **await asyncio.to_thread(local_answer, n.runtime)}
 
 
 @router.post("/init", status_code=201)

@@ -137,6 +137,12 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/pools/{pool}/volumes/{name}/snapshots"): _r("admin"),
     ("DELETE", "/v1/pools/{pool}/volumes/{name}/snapshots/{snap}"): _r("admin"),
     ("POST", "/v1/pools/{pool}/volumes/{name}/snapshots/{snap}/restore"): _r("admin"),
+    # -- replicated volumes (api/replicas.py): the replica host's side is a peer's.
+    ("POST", "/v1/pools/{pool}/replicated-volumes"): _r("admin"),
+    ("POST", "/v1/pools/{pool}/volumes/{name}/resync"): _r("admin"),
+    ("GET", "/v1/replicas"): _r("read|migrate|cluster"),
+    ("POST", "/v1/replicas"): _r("migrate|cluster"),
+    ("DELETE", "/v1/replicas/{pool}/{name}"): _r("migrate|cluster"),
     # -- domain snapshots (api/snapshots.py): a snapshot outlives its domain, so the
     # handler checks the domain name in the path.
     ("POST", D + "/snapshots"): _r("create", REF),
@@ -174,6 +180,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/cluster/admit"): _r("cluster"),
     ("POST", "/v1/cluster/paths"): _r("cluster"),
     ("POST", "/v1/cluster/forward"): _r("cluster"),
+    ("GET", "/v1/cluster/quorum"): _r("cluster"),
     # /openapi.json, /docs and /redoc are not path operations: closed over TCP.
     # -- Prometheus (api/metrics.py): rows filtered by the token's domain patterns.
     ("GET", "/metrics"): _r("metrics", HANDLER),
@@ -184,6 +191,11 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", D + "/history"): _r("read", REF),
     ("GET", "/v1/host/history"): _r("read"),
     ("GET", "/v1/host/audit"): _r("admin"),  # who did what: tokens and clients
+    ("GET", "/v1/host/targets"): _r("read"),  # migration targets' names, for the picker
+    # -- guest images (api/images.py): a build writes the host's image dir: admin's.
+    ("GET", "/v1/images"): _r("read"),
+    ("POST", "/v1/images/builds"): _r("admin"),
+    ("GET", "/v1/images/builds/{build_id}"): _r("admin"),
 }
 
 

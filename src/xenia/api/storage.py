@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from xenia.api.access import Acc
-from xenia.api.deps import Storage
+from xenia.api.deps import ReplicationDep, Storage
 
 router = APIRouter(prefix="/v1")
 
@@ -94,8 +94,9 @@ def volume_get(pool: str, name: str, s: Storage) -> dict[str, Any]:
 
 
 @router.delete("/pools/{pool}/volumes/{name}")
-def volume_delete(pool: str, name: str, s: Storage) -> dict[str, Any]:
+def volume_delete(pool: str, name: str, s: Storage, r: ReplicationDep) -> dict[str, Any]:
     s.delete_volume(pool, name)
+    r.forget(pool, name)  # a replicated volume: its copy elsewhere is no longer served
     return {}
 
 

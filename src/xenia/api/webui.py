@@ -1,6 +1,6 @@
 """Routes the web UI needs beyond the CLI's: the server's dry run of a pasted xl.cfg, the
 serial console and the VNC screen over WebSockets (xterm.js and noVNC in the browser), the
-graphs' history and the event log.
+graphs' history, the event log and the hosts a domain may migrate to.
 
 All are ordinary API routes with entries in api/scopes.py, so a token (or the browser
 session holding it) gets exactly the rights it has on every other route.
@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel
 
 from xenia.api.deps import Manager
+from xenia.api.peers import Peers
 from xenia.config.build import build_config
 from xenia.config.xlcfg import parse_config
 from xenia.errors import BackendError, InvalidConfig, NotSupported, XeniaError
@@ -124,6 +125,18 @@ async def audit(request: Request, limit: int = 200) -> list[dict[str, Any]]:
     """The event log: who changed what over TCP, when, with what result (peers/audit.py)."""
     path = request.app.state.engine.paths.audit_log
     return await asyncio.to_thread(audit_tail, path, max(1, min(limit, 2000)))
+
+
+@router.get("/host/targets")
+async def migration_targets(request: Request, p: Peers) -> dict[str, Any]:
+    """Where this host's domains may migrate to, for the domain page's picker: the other
+    cluster members (when this host is one) and the peers added with `xenia host add`.
+    Names only: a peer's address and token stay the admin's (GET /v1/peers)."""
+    node = getattr(request.app.state, "cluster", None)
+    members = ([n for n in sorted(node.members) if n != node.name]
+               if node is not None and node.is_member else [])
+    peers = sorted(str(r["name"]) for r in p.peers.list())
+    return {"members": members, "peers": [n for n in peers if n not in members]}
 
 
 @router.post("/config/parse")

@@ -89,6 +89,9 @@ def format_status(st: dict[str, Any]) -> list[str]:
     else:
         lines.append("etcd: QUORUM LOST - failover decisions are stopped; running domains "
                      "keep running")
+    if st.get("hold"):
+        lines.append(f"this host: {st['hold']['state']} (HA domains kept running: "
+                     f"{st['hold'].get('why', '')})")
     lines.append(f"HA leader: {st.get('leader') or '-'}")
     rows = [[("*" if h["this"] else "") + h["name"], str(h.get("address") or "-"),
              _lease(h), "-" if h.get("free_mib") is None else f"{h['free_mib']} MiB",

@@ -119,13 +119,22 @@ def volume() -> None:
 @pool_option
 @click.option("--format", "-f", "fmt", type=click.Choice(FORMATS), default=None,
               help="Image format (default: qcow2; raw in LVM pools).")
+@click.option("--replica", default=None, metavar="HOST",
+              help="Keep a synchronous copy on this peer or cluster member "
+                   "(docs/storage.md, Replicated volumes).")
 @click.argument("name")
 @click.argument("size")
 @pass_ctx
-def volume_create(c: Ctx, pool: str, fmt: str | None, name: str, size: str) -> None:
+def volume_create(c: Ctx, pool: str, fmt: str | None, replica: str | None, name: str,
+                  size: str) -> None:
     """Create an empty volume NAME of SIZE (e.g. 512M, 10G, 10GiB)."""
-    url = _vol_url(pool, None, f"to create volume '{name}' in pool '{pool}'")
-    v = c.client.post(url, {"name": name, "size": size, "format": fmt})
+    doing = f"to create volume '{name}' in pool '{pool}'"
+    if replica is not None:
+        v = c.client.post(f"/v1/pools/{_seg('pool', pool, doing)}/replicated-volumes",
+                          {"name": name, "size": size, "format": fmt, "replica": replica})
+    else:
+        v = c.client.post(_vol_url(pool, None, doing),
+                          {"name": name, "size": size, "format": fmt})
     out(f"Volume '{v['name']}' created in pool '{v['pool']}': {v['path']} "
         f"({v['format']}, {format_size(v['virtual_size'])})")
 
@@ -141,8 +150,9 @@ def volume_list(c: Ctx, pool: str, as_json: bool) -> None:
         _dump(vols)
         return
     rows = [[v["name"], v["format"], format_size(v["virtual_size"]),
-             format_size(v["allocation"]), v["path"], v["backing"] or "-"] for v in vols]
-    table(["NAME", "FORMAT", "SIZE", "ALLOCATED", "PATH", "BACKING"], rows)
+             format_size(v["allocation"]), v["path"], v["backing"] or "-",
+             replica_text(v.get("replica"))] for v in vols]
+    table(["NAME", "FORMAT", "SIZE", "ALLOCATED", "PATH", "BACKING", "REPLICA"], rows)
     for v in vols:
         if v.get("error"):
             click.echo(f"xenia: volume '{v['name']}': {v['error']}", err=True)
@@ -155,6 +165,31 @@ def volume_list(c: Ctx, pool: str, as_json: bool) -> None:
 def volume_info(c: Ctx, pool: str, name: str) -> None:
     """Show a volume as JSON."""
     _dump(c.client.get(_vol_url(pool, name, f"to find volume '{name}'")))
+
+
+def replica_text(r: dict[str, Any] | None) -> str:
+    """A volume's replication for the list: "h1 in-sync", "h1 syncing 42%", ..."""
+    if not r:
+        return "-"
+    if r.get("role") == "replica":
+        return f"copy of {r.get('primary') or '?'}"
+    state = str(r.get("state"))
+    if state == "syncing":
+        state += f" {r.get('progress') or 0:.0f}%"
+    return f"{r.get('host')} {state}"
+
+
+@volume.command("resync")
+@pool_option
+@click.option("--replica", default=None, metavar="HOST",
+              help="Make the copy on this host instead of the current replica host.")
+@click.argument("name")
+@pass_ctx
+def volume_resync(c: Ctx, pool: str, replica: str | None, name: str) -> None:
+    """Make the replica copy of volume NAME anew, while its domain runs."""
+    url = _vol_url(pool, name, f"to resync volume '{name}' in pool '{pool}'")
+    v = c.client.post(f"{url}/resync", {"replica": replica})
+    out(f"Volume '{v['name']}': {replica_text(v.get('replica'))}")
 
 
 @volume.command("path")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -39,7 +40,9 @@ from xenia.cluster.election import Campaign, Election
 from xenia.cluster.ha import HAController, check_ha
 from xenia.cluster.kv import Compare, Delete, Event
 from xenia.cluster.lease import LeaseKeeper, LeaseTiming
+from xenia.cluster.quorum import LATE, QuorumProbe
 from xenia.cluster.watch import Watch
+from xenia.cluster.watchdog import DEFAULT_PATH as DEFAULT_WATCHDOG
 from xenia.cluster.watchdog import Watchdog, open_watchdog
 from xenia.config.model import DomainConfig
 from xenia.errors import BackendError, InUse, NotFound, XeniaError
@@ -67,8 +70,15 @@ def kill_all(pids: list[int], wait: float = KILL_WAIT) -> bool:
 class MemberAgent:
     def __init__(self, client: EtcdClient, host: str, manager: DomainManager,
                  shared_pool_of: Callable[[str], str | None],
-                 timing: LeaseTiming | None = None, lease_file: Path | None = None) -> None:
+                 timing: LeaseTiming | None = None, lease_file: Path | None = None,
+                 ask: Callable[[str], tuple[str, float]] | None = None,
+                 watchdog: str = "auto", watchdog_path: Path = DEFAULT_WATCHDOG) -> None:
         self.client = client
+        # /dev/watchdog, the fence's backstop: "auto" arms it where the device exists,
+        # "on" refuses to join without it, "off" never (xeniad --ha-watchdog).
+        self.watchdog_mode = watchdog
+        self.watchdog_path = watchdog_path
+        self._watchdog_tried = False
         self.host = keys.check_host(host)
         self.manager = manager
         self.shared_pool_of = shared_pool_of
@@ -87,11 +97,22 @@ class MemberAgent:
         self.restarts: list[dict[str, Any]] = []  # HA domains this member started for others
         self._watch: Watch | None = None
         self._watchdog: Watchdog | None = None
+        # While renewals are late: is it the whole cluster that lost its etcd quorum (hold
+        # the HA domains) or only this member (fence)? `ask(host)` asks that member's
+        # xeniad (quorum.py); without it (no member credentials) this member always fences.
+        self.quorum: QuorumProbe | None = None
+        if ask is not None:
+            self.quorum = QuorumProbe(self._voters, ask, self._renewals_late)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._tasks: set[concurrent.futures.Future[Any]] = set()
         self._recover = threading.Thread(target=self._recover_loop, name="lease-recover",
                                          daemon=True)
+        # Replicated disks (set by service.make_agent): the host keeping a disk's copy
+        # (HA restarts the domain only there), and making that copy this host's own
+        # when a failover starts the domain here (its new path, or None).
+        self.replica_host_of: Callable[[str], str | None] = lambda path: None
+        self.promote: Callable[[str, str], Path | None] = lambda path, former: None
 
     # -- start and stop ------------------------------------------------------------------
     async def start(self) -> MemberAgent:
@@ -102,6 +123,8 @@ class MemberAgent:
                 Watch(self.client, keys.DOMAINS, self._events).start)
         if not self._recover.is_alive():
             self._recover.start()
+        if self.quorum is not None and not self.quorum.started:
+            self.quorum.start()
         await self.reconcile_all()
         return self
 
@@ -130,6 +153,8 @@ class MemberAgent:
         self._end_lease(revoke)
         if self._recover.is_alive():
             self._recover.join(timeout=5)
+        if self.quorum is not None:
+            self.quorum.stop()
         if self._watchdog is not None:
             self._watchdog.disarm()
 
@@ -139,12 +164,11 @@ class MemberAgent:
 
     def _join(self) -> None:
         """Grant the member lease, put alive/<host> on it, campaign."""
-        if self._watchdog is None and os.environ.get("XENIA_HA_WATCHDOG") == "1":
-            # Opt-in for now: an armed watchdog resets the host when xeniad is killed,
-            # HA domains or not (docs/cluster.md, "The watchdog").
-            self._watchdog = open_watchdog(self.timing.watchdog)
+        self._open_watchdog()
         keeper = LeaseKeeper(self._keeper_client(), self._fence, self.timing,
-                             watchdog=self._watchdog)
+                             watchdog=self._watchdog,
+                             hold=self.quorum.hold if self.quorum is not None else None,
+                             pending=self.quorum.pending if self.quorum is not None else None)
         lease = 0
         old = self._saved_lease()
         if old:
@@ -167,6 +191,24 @@ class MemberAgent:
         self.campaign = Campaign(self.election, self._leading).start()
         self.fenced.clear()
         log.info("cluster member %s: lease %x, alive", self.host, lease)
+
+    def _open_watchdog(self) -> None:
+        """Arm the watchdog once (a rejoin keeps the one it has). Armed, it resets the host
+        if xeniad dies or hangs without disarming it (docs/cluster.md, "The watchdog")."""
+        if self._watchdog is not None or self._watchdog_tried or self.watchdog_mode == "off":
+            return
+        required = self.watchdog_mode == "on"
+        try:
+            self._watchdog = open_watchdog(self.timing.watchdog, self.watchdog_path,
+                                           required=required)
+        except BackendError as e:
+            if required:
+                raise
+            log.error("%s; HA fencing runs without a watchdog (--ha-watchdog off hides "
+                      "this)", e.message)
+        # NotSupported with "on" propagates each time (start_retrying says why); with
+        # "auto" a missing device was logged once.
+        self._watchdog_tried = not required
 
     def _saved_lease(self) -> int:
         if self.lease_file is None:
@@ -196,6 +238,21 @@ class MemberAgent:
             self.controller = None
 
     # -- fencing ---------------------------------------------------------------------------
+    def _voters(self) -> list[str]:
+        """The etcd voters' names (a member's etcd name is its host name)."""
+        return [str(m["name"]) for m in self.client.members()
+                if m.get("name") and not m.get("isLearner")]
+
+    def _renewals_late(self) -> bool:
+        """Probe while the last answered renewal is late (or while holding)."""
+        keeper = self.keeper
+        guard = keeper.guard if keeper is not None else None
+        if keeper is None or guard is None:
+            return False
+        if guard.state != "live":
+            return guard.state == "held"
+        return keeper.clock.now() - guard.last_sent > self.timing.interval + LATE
+
     def _fence(self, reason: str) -> bool:
         """The lease's guard thread: kill this host's HA domains' QEMUs now. No event loop,
         no etcd: only the local store and signals."""
@@ -274,11 +331,26 @@ class MemberAgent:
                             "or migrate it")
             expected = keys.Ownership(rec.uuid, self.host, kv.mod_revision)
             extra = {k: v for k, v in now.items() if k in ("restarts", "from")}
+        only_on = self._only_on(rec)
+        if only_on is not None:
+            extra["only_on"] = only_on
         self.client.put(keys.domain_config(rec.uuid), self._config_value(rec))
         won, owner = keys.claim(self.client, rec.uuid, self.host, expected, extra=extra)
         if not won:
             raise InUse(f"{doing}: member {owner.host if owner else '?'} took it over "
                         "meanwhile")
+
+    def _only_on(self, rec: DomainRecord) -> list[str] | None:
+        """The members an HA domain with replicated disks may fail over to: those
+        keeping a copy of every such disk (None: any member, all disks are shared)."""
+        hosts: set[str] | None = None
+        for d in rec.config.disks:
+            if not d.target or d.is_cdrom:
+                continue
+            h = self.replica_host_of(d.target)
+            if h is not None:
+                hosts = {h} if hosts is None else hosts & {h}
+        return sorted(hosts) if hosts is not None else None
 
     def confirm(self, rec: DomainRecord) -> None:
         """After the process started: still allowed (no fence since the gate)."""
@@ -365,7 +437,8 @@ class MemberAgent:
         if local is not None and local.config.ha and okv is not None and not mine:
             await self._drop_stale(local, str(owner.get("host")))
         elif local is None and mine and ckv is not None and not owner.get("gave_up"):
-            await self._start_here(uuid, DomainConfig.from_dict(keys.decode(ckv)))
+            await self._start_here(uuid, DomainConfig.from_dict(keys.decode(ckv)),
+                                   str(owner.get("from") or ""))
 
     async def _drop_stale(self, rec: DomainRecord, owner: str) -> None:
         m = self.manager
@@ -377,8 +450,14 @@ class MemberAgent:
                         rec.name, owner)
             await m.destroy_locked(rec)
 
-    async def _start_here(self, uuid: str, cfg: DomainConfig) -> None:
+    async def _start_here(self, uuid: str, cfg: DomainConfig, former: str = "") -> None:
         log.warning("domain %s is owned by this member: starting it (HA)", cfg.name)
+        # Replicated disks run on this host's copies (before the build opens them).
+        for i, d in enumerate(cfg.disks):
+            if d.target and former:
+                mine = await asyncio.to_thread(self.promote, d.target, former)
+                if mine is not None:
+                    cfg.disks[i] = dataclasses.replace(d, target=str(mine))
         rec = DomainRecord(uuid=uuid, name=cfg.name, domid=0, config=cfg, state=CREATING,
                            created_at=time.time())
         t = time.time()
@@ -391,6 +470,13 @@ class MemberAgent:
                               "running": time.time()})
 
     # -- status ----------------------------------------------------------------------------
+    def hold_status(self) -> dict[str, Any] | None:
+        """While the lease is held through a quorum loss: since when and why."""
+        keeper = self.keeper
+        if keeper is None or keeper.state != "held" or self.quorum is None:
+            return None
+        return {"state": "quorum lost, failover suspended", **(self.quorum.held or {})}
+
     def status(self) -> dict[str, Any]:
         """This member's view, for `xenia cluster status` (the cluster verbs) and tests."""
         keeper = self.keeper
@@ -413,6 +499,7 @@ class MemberAgent:
             "restarts": list(self.restarts),
             "leading": bool(self.election and self.election.is_leader),
             "ha": self.controller.state if self.controller else None,
+            "hold": self.hold_status(),
             "decisions": list(self.controller.decisions) if self.controller else [],
         }
 

@@ -105,8 +105,12 @@ class _Endpoint:
                                                timeouts.request))
         self.failed_at = 0.0
 
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.gw.post(self.gw.get_url(path), json=body))
+    def post(self, path: str, body: dict[str, Any], need_leader: bool = True
+             ) -> dict[str, Any]:
+        # need_leader=False drops the session's hasleader metadata (None removes a session
+        # header in requests): a serializable read answers from a member with no leader.
+        headers = None if need_leader else {"Grpc-Metadata-Hasleader": None}
+        return dict(self.gw.post(self.gw.get_url(path), json=body, headers=headers))
 
     def close(self) -> None:
         self.session.close()
@@ -151,7 +155,8 @@ class EtcdClient:
             return fresh + sorted([cur, *stale], key=lambda e: e.failed_at)
         return [cur, *fresh, *stale]
 
-    def call(self, path: str, body: dict[str, Any], doing: str) -> dict[str, Any]:
+    def call(self, path: str, body: dict[str, Any], doing: str, need_leader: bool = True
+             ) -> dict[str, Any]:
         """POST `body` to the gateway path on the first endpoint that can serve it.
 
         A request whose answer was lost (read timeout) may have been applied; it is sent
@@ -169,7 +174,7 @@ class EtcdClient:
         no_leader = 0
         for ep in self._order():
             try:
-                answer = ep.post(path, body)
+                answer = ep.post(path, body, need_leader)
             except (gwerr.ConnectionFailedError, gwerr.ConnectionTimeoutError,
                     gwerr.InternalServerError) as e:
                 msg = _etcd_message(e)
@@ -211,7 +216,8 @@ class EtcdClient:
         body: dict[str, Any] = {"key": b64(key)}
         if serializable:
             body["serializable"] = True
-        kvs = self.call("/kv/range", body, f"to read {key} from etcd").get("kvs", [])
+        kvs = self.call("/kv/range", body, f"to read {key} from etcd",
+                        need_leader=not serializable).get("kvs", [])
         return KV.from_json(kvs[0]) if kvs else None
 
     def range(self, prefix: str, serializable: bool = False) -> tuple[list[KV], int]:
@@ -219,7 +225,8 @@ class EtcdClient:
         body: dict[str, Any] = {"key": b64(prefix), "range_end": b64(prefix_end(prefix))}
         if serializable:
             body["serializable"] = True
-        answer = self.call("/kv/range", body, f"to read {prefix}* from etcd")
+        answer = self.call("/kv/range", body, f"to read {prefix}* from etcd",
+                           need_leader=not serializable)
         return ([KV.from_json(kv) for kv in answer.get("kvs", [])],
                 int(answer.get("header", {}).get("revision", 0)))
 

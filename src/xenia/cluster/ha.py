@@ -1,8 +1,10 @@
 """High availability: which domains may be HA, and the leader's failover decisions.
 
 - check_ha(cfg, shared_pool_of): an HA domain's disks must all be on pools marked shared
-  (a directory every member mounts), or it has none: another member must be able to open
-  them after its host died.
+  (a directory every member mounts) or replicated to another member, or it has none:
+  another member must be able to open them after its host died. With replicated disks
+  the owner key's "only_on" names the members keeping the copies: plan() restarts the
+  domain there only.
 - HAController: runs on the HA leader only (election.py). When a member's alive/ key goes
   (its lease expired) it gives each HA domain that member owned to another live member,
   highest ha_priority first, by a revision-checked claim guarded by the leader's term
@@ -49,6 +51,7 @@ def check_ha(cfg: DomainConfig, shared_pool_of: Callable[[str], str | None]) -> 
             f"{doing}: disk(s) {', '.join(bad)} are not on a shared pool, so no other "
             "member could open them after this host died; move them to a pool made with "
             "`xenia pool create NAME --path DIR --shared` (DIR mounted by every member), "
+            "use replicated volumes (`xenia volume create --replica MEMBER`), "
             "or set ha = 0")
 
 
@@ -93,15 +96,18 @@ def plan(domains: list[HADomain], alive: dict[str, dict[str, Any]],
     highest ha_priority first; new owners by free memory (as the alive records say,
     less what this plan already put there)."""
     free = {h: int(rec.get("free_mib", 0)) for h, rec in alive.items() if h not in excluded}
+    # A domain with replicated disks restarts only where their copies are ("only_on").
     orphans = [d for d in domains
                if d.owner.host not in alive and not d.record.get("gave_up")]
     orphans.sort(key=lambda d: (-d.config.ha_priority, d.config.name))
     out: list[tuple[HADomain, str | None]] = []
     for d in orphans:
-        if d.restarts >= d.config.ha_max_restarts or not free:
+        only = d.record.get("only_on")
+        fits = sorted(h for h in free if only is None or h in only)
+        if d.restarts >= d.config.ha_max_restarts or not fits:
             out.append((d, None))
             continue
-        host = max(sorted(free), key=lambda h: free[h])
+        host = max(fits, key=lambda h: free[h])
         free[host] -= d.config.effective_maxmem
         out.append((d, host))
     return out

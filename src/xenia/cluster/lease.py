@@ -63,8 +63,10 @@ class LeaseTiming:
         if self.ttl < 2:
             problems.append("ttl must be at least 2 s (etcd raises shorter ones to 1.5 x its "
                             "election timeout anyway)")
-        if self.margin < MIN_MARGIN:
-            problems.append(f"margin must be at least {MIN_MARGIN} s")
+        if self.margin - HOLD_GRACE < MIN_MARGIN:
+            problems.append(f"margin must be at least {MIN_MARGIN + HOLD_GRACE} s "
+                            f"({MIN_MARGIN} s, and {HOLD_GRACE} s a quorum-loss proof may "
+                            "take from it)")
         if 2 * self.interval + self.attempt > fence_after:
             problems.append(f"two renewals and one attempt ({2 * self.interval + self.attempt}"
                             f" s) must fit before the fence at ttl - margin ({fence_after} s)")
@@ -76,21 +78,35 @@ class LeaseTiming:
         return self
 
 
+HOLD_RECHECK = 0.1  # while holding, the guard asks hold() again this often
+# A quorum-loss proof still being gathered at the deadline (a majority answers "no leader"
+# or "dead", not yet for long enough) may delay the fence by this much, taken from the
+# margin: the fence then comes at the latest margin - HOLD_GRACE before the earliest expiry.
+HOLD_GRACE = 0.5
+
+
 class FenceGuard:
     """When to fence and whether the watchdog may be fed; fence(reason) -> True when every
-    HA domain here is confirmed stopped. States: live, fenced (renewals may resume: the
-    lease was still alive), lost (etcd no longer has the lease)."""
+    HA domain here is confirmed stopped. States: live, held (past the deadline, but
+    `hold()` says the whole cluster lost its etcd quorum: nobody can take the domains over;
+    quorum.py), fenced (renewals may resume: the lease was still alive), lost (etcd no
+    longer has the lease)."""
 
     def __init__(self, timing: LeaseTiming, clock: Clock, fence: Callable[[str], bool],
-                 granted_sent: float, ttl: int) -> None:
+                 granted_sent: float, ttl: int,
+                 hold: Callable[[], float | None] | None = None,
+                 pending: Callable[[], bool] | None = None) -> None:
         self.timing = timing
         self.clock = clock
         self._fence = fence
+        self._hold = hold
+        self._pending = pending
         self.last_sent = granted_sent
         self.ttl = ttl
         self.state = "live"
         self.fence_ok = False
         self.fenced_at: float | None = None
+        self.held_until = 0.0  # while held: no etcd leader is proven up to this moment
         self.fences = 0
         self._lock = threading.Lock()
 
@@ -107,7 +123,12 @@ class FenceGuard:
                 return
             self.last_sent = max(self.last_sent, sent)
             self.ttl = ttl
-            if self.state == "fenced" and self.clock.now() < self.deadline():
+            if self.state == "held":
+                # etcd answered with a TTL: the lease lives (a new etcd leader gave it a
+                # fresh TTL) and is renewed from `sent` on.
+                log.warning("lease renewed again while holding; live")
+                self.state = "live"
+            elif self.state == "fenced" and self.clock.now() < self.deadline():
                 # The lease outlived the outage: it is ours again; the HA domains stay
                 # stopped until the cluster (its HA controller) decides otherwise.
                 log.warning("lease renewed again after fencing; re-armed")
@@ -120,10 +141,46 @@ class FenceGuard:
     def poll(self) -> float:
         """Fence if the deadline has come; seconds until the guard must look again."""
         now = self.clock.now()
+        if self.state in ("live", "held") and now >= self.deadline():
+            if self._may_hold():
+                return HOLD_RECHECK
+            if self.state == "live" and now < self.deadline() + HOLD_GRACE \
+                    and self._still_pending():
+                return min(HOLD_RECHECK / 2, self.deadline() + HOLD_GRACE - now)
         if self.state == "live" and now >= self.deadline():
             self._do_fence(f"no renewal answered for {now - self.last_sent:.2f} s "
                            f"(ttl {self.ttl} s, margin {self.timing.margin} s)", final=False)
         return max(0.0, self.deadline() - self.clock.now()) if self.state == "live" else 1.0
+
+    def _may_hold(self) -> bool:
+        """Past the deadline: hold (True) while the quorum probe proves that no etcd leader
+        exists. When that proof ends (a leader is back, or a majority cannot be asked),
+        the last proof counts as a renewal sent at its time: any leader after it is a new
+        one, and etcd 3.4's new leader gives every lease a fresh TTL plus an election
+        timeout from its election on (docs/cluster.md, "Quorum loss")."""
+        if self._hold is None:
+            return False
+        try:
+            proven = self._hold()
+        except Exception:
+            log.exception("the quorum check failed: fencing")
+            proven = None
+        with self._lock:
+            if proven is not None and self.state in ("live", "held"):
+                self.state = "held"
+                self.held_until = max(self.held_until, proven)
+                return True
+            if self.state == "held":
+                self.state = "live"
+                self.last_sent = max(self.last_sent, self.held_until)
+        return False
+
+    def _still_pending(self) -> bool:
+        try:
+            return bool(self._pending is not None and self._pending())
+        except Exception:
+            log.exception("the quorum check failed: fencing")
+            return False
 
     def _do_fence(self, reason: str, final: bool) -> None:
         with self._lock:
@@ -148,6 +205,10 @@ class FenceGuard:
                       "any) is no longer fed")
 
     def may_feed(self) -> bool:
+        if self.state == "held":
+            # Confirmed within the last HOLD_RECHECK: no lease can expire before a new etcd
+            # leader's fresh TTL (docs/cluster.md), so a reset now would protect nothing.
+            return True
         if self.state != "live":
             return self.fence_ok
         wd = self.timing.watchdog + WATCHDOG_SLACK
@@ -161,8 +222,12 @@ class LeaseKeeper:
 
     def __init__(self, client: EtcdClient, fence: Callable[[str], bool],
                  timing: LeaseTiming | None = None, clock: Clock | None = None,
-                 watchdog: Watchdog | None = None) -> None:
+                 watchdog: Watchdog | None = None,
+                 hold: Callable[[], float | None] | None = None,
+                 pending: Callable[[], bool] | None = None) -> None:
         self.client = client
+        self._hold = hold
+        self._pending = pending
         self.timing = (timing or LeaseTiming()).check()
         self.clock = clock or MonotonicClock()
         self.watchdog = watchdog
@@ -187,7 +252,8 @@ class LeaseKeeper:
         else:
             lease_id, ttl = self.client.lease_grant(self.timing.ttl)
         self.lease_id = lease_id
-        self.guard = FenceGuard(self.timing, self.clock, self._fence, sent, ttl)
+        self.guard = FenceGuard(self.timing, self.clock, self._fence, sent, ttl, self._hold,
+                                self._pending)
         for target, name in ((self._renew_loop, "lease-renew"), (self._guard_loop, "fence")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()

@@ -17,8 +17,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--etcd-ca", type=Path, metavar="FILE", help="CA of the etcd cluster")
     g.add_argument("--etcd-cert", type=Path, metavar="FILE", help="client certificate")
     g.add_argument("--etcd-key", type=Path, metavar="FILE", help="client certificate's key")
+    env = {"1": "on", "0": "off"}.get(os.environ.get("XENIA_HA_WATCHDOG", ""), None)
+    g.add_argument("--ha-watchdog", choices=("auto", "on", "off"),
+                   default=env or os.environ.get("XENIA_HA_WATCHDOG") or "auto",
+                   help="arm /dev/watchdog as the backstop of HA fencing on a cluster "
+                   "member: auto (default: where the device exists), on (refuse to run "
+                   "HA without it), off; $XENIA_HA_WATCHDOG")
 
 
 def external_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
@@ -143,6 +150,32 @@ async def serve_cluster(paths: Paths, external: ExternalEtcd | None = None
             runtime.client.close()
 
 
+def quorum_asker(runtime: ClusterRuntime, state: Any
+                 ) -> Callable[[str], tuple[str, float]]:
+    """ask(host) for the quorum probe (quorum.py): this host's etcd directly, another
+    member's through its xeniad (GET /v1/cluster/quorum, TLS pinned, this member's
+    credential: the ClusterNode in `state.cluster` has them once the verbs made it a
+    member). Blocking; raises when the member cannot be asked."""
+    from xenia.cluster.quorum import ASK_TIMEOUT, UNKNOWN, local_answer
+    from xenia.errors import XeniaError
+
+    def ask(host: str) -> tuple[str, float]:
+        if host == runtime.host:
+            ans = local_answer(runtime)
+        else:
+            node = getattr(state, "cluster", None)
+            if node is None or not node.is_member:
+                return UNKNOWN, 0.0
+            ans = node.peer(host, timeout=ASK_TIMEOUT).request("GET", "/v1/cluster/quorum")
+        if not isinstance(ans, dict):
+            return UNKNOWN, 0.0
+        if ans.get("etcd") == UNKNOWN:
+            raise XeniaError(str(ans.get("why", "no answer")))
+        return str(ans.get("etcd", UNKNOWN)), float(ans.get("for", 0.0) or 0.0)
+
+    return ask
+
+
 def make_agent(runtime: ClusterRuntime, engine: Engine, state: Any) -> MemberAgent:
     """This member's agent, made the domain manager's ownership gate and put in
     `state.ha` (the API's). Not started: `await agent.start()` (or a task of
@@ -150,9 +183,19 @@ def make_agent(runtime: ClusterRuntime, engine: Engine, state: Any) -> MemberAge
     init/join) calls this once its runtime exists, and `await agent.stop()` on leave."""
     from xenia.cluster.agent import MemberAgent
 
-    agent = MemberAgent(runtime.client, runtime.host, engine.manager,
-                        engine.storage.shared_pool_of,
-                        lease_file=engine.paths.run / "member-lease")
+    def ha_storage_of(path: str) -> str | None:
+        # A disk qualifies for HA on a shared pool, or replicated (then the domain may
+        # restart on its replica's host only: agent.only_on).
+        replica = engine.replication.replica_host_of(path)
+        return engine.storage.shared_pool_of(path) or (
+            f"replica on {replica}" if replica is not None else None)
+
+    agent = MemberAgent(runtime.client, runtime.host, engine.manager, ha_storage_of,
+                        lease_file=engine.paths.run / "member-lease",
+                        ask=quorum_asker(runtime, state),
+                        watchdog=str(getattr(state, "ha_watchdog", "auto")))
+    agent.replica_host_of = engine.replication.replica_host_of
+    agent.promote = engine.replica_exports.promote
     engine.manager.gate = agent
     state.ha = agent
     return agent

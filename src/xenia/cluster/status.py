@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from xenia.cluster import keys
-from xenia.cluster.client import EtcdClient, QuorumLost
+from xenia.cluster.client import EtcdClient
 from xenia.cluster.kv import KV
 from xenia.errors import XeniaError
 
@@ -81,7 +81,9 @@ def cluster_status(client: EtcdClient, me: str) -> dict[str, Any]:
     quorum, error = True, None
     try:
         data = _read(client, serializable=False)
-    except QuorumLost as e:
+    except XeniaError as e:
+        # QuorumLost, or a member that still believes in a dead leader and lets the read
+        # time out: either way no linearizable answer, so no quorum this member can use.
         quorum, error = False, e.message
         data = _read(client, serializable=True)
     etcd = _etcd_health(client)

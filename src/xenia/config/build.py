@@ -49,7 +49,8 @@ _BUILDERS = {"hvm": "hvm", "generic": "pv", "linux": "pv"}
 
 _STRINGS = ("kernel", "ramdisk", "cmdline", "root", "extra", "firmware", "vnclisten",
             "vncpasswd", "rootfs", "init", "machine")
-_BOOLEANS = ("acpi", "vnc", "vncunused", "sdl", "nographic", "usb", "ha")
+_BOOLEANS = ("acpi", "vnc", "vncunused", "sdl", "nographic", "usb", "ha",
+             "driver_domain")
 _STRING_LISTS = ("serial", "usbdevice")
 
 class _Reader:

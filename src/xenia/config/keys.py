@@ -118,6 +118,7 @@ channel: virtio-serial ports; `connection=pty` is a socket in the run directory
 spicehost: an IP address; default 127.0.0.1 (xl: every interface)
 device_model_args: appended to QEMU's arguments; over TCP needs the `admin` scope
 device_model_args_pv: as `device_model_args`, pv/pvh domains only
+driver_domain: serves disks (NBD) and NICs (its switch) of front ends with `backend=`
 device_model_args_hvm: as `device_model_args`, hvm domains only
 nestedhvm: the host's `vmx`/`svm` (KVM needs nested=1); TCG: `svm` only
 usbctrl: QEMU's UHCI/EHCI/xHCI (`version=1|2|3`, `ports=`); PV USB (`qusb`) refused
@@ -136,7 +137,6 @@ max_grant_frames: Xen grant tables; virtio needs none
 max_maptrack_frames: Xen grant tables
 max_grant_version: Xen grant tables
 max_event_channels: Xen event channels; KVM uses interrupts
-driver_domain: Xen backend domains; KVM backends run in QEMU on the host
 xend_suspend_evtchn_compat: xend's suspend event channel
 vmtrace_buf_kb: Xen's Intel PT buffer per vCPU
 vpmu: Xen's vPMU switch; QEMU/KVM expose the PMU with the CPU model
@@ -187,7 +187,7 @@ stubdomain_cmdline: no stub domains
 stubdomain_ramdisk: no stub domains
 stubdomain_memory: no stub domains
 dm_restrict: QEMU runs confined by Xenia always
-device_model_user: QEMU runs as xeniad's user
+device_model_user: each domain's QEMU runs as its own uid (`XENIA_QEMU_UIDS`)
 bios_path_override: use `firmware = "PATH"`
 acpi_firmware: Xen hvmloader ACPI tables
 smbios_firmware: Xen hvmloader SMBIOS blob; use `smbios`

@@ -165,6 +165,8 @@ class DomainConfig:
     # another member when its host dies; higher ha_priority first; at most ha_max_restarts
     # failovers (the count lives with the domain's owner key in etcd).
     ha: bool = False
+    # Xen's driver_domain: serves disks and NICs of other domains (drivers/qemu_drvdom.py).
+    driver_domain: bool = False
     ha_priority: int = 0
     ha_max_restarts: int = 3
 

@@ -60,6 +60,42 @@ def is_empty(spec: DiskSpec) -> bool:
     return spec.target is None or spec.format == "empty"
 
 
+# backend= values that mean the host itself (xl's Domain-0).
+HOST_BACKENDS = ("0", "Domain-0")
+# How long a driver domain's disk waits for its server to come back before I/O fails, and
+# how long the first connection is retried (s). See docs/decisions.md (driver domains).
+NBD_RECONNECT_DELAY = 5
+NBD_OPEN_TIMEOUT = 30
+
+
+def is_remote(spec: DiskSpec) -> bool:
+    """Served by a driver domain (`backend=DOMNAME`): `target` is a path inside it."""
+    return spec.backend is not None and spec.backend not in HOST_BACKENDS
+
+
+def has_host_file(spec: DiskSpec) -> bool:
+    """The disk is a file or block device of the host."""
+    return not is_empty(spec) and not is_remote(spec)
+
+
+def nbd_blockdevs(spec: DiskSpec, host: str, port: int, export: str) -> list[dict[str, Any]]:
+    """QEMU's NBD client for a disk a driver domain serves, then the raw format node.
+
+    reconnect-delay: after the server goes away, requests wait that long for it to come
+    back, then fail with EIO (the guest sees I/O errors, QEMU keeps running) while QEMU
+    keeps reconnecting in the background; open-timeout retries the first connection.
+    """
+    ro = spec.readonly
+    return [
+        {"driver": "nbd", "node-name": f"file-{spec.vdev}",
+         "server": {"type": "inet", "host": host, "port": str(port)}, "export": export,
+         "reconnect-delay": NBD_RECONNECT_DELAY, "open-timeout": NBD_OPEN_TIMEOUT,
+         "read-only": ro},
+        {"driver": "raw", "node-name": f"drive-{spec.vdev}", "file": f"file-{spec.vdev}",
+         "read-only": ro},
+    ]
+
+
 def target_path(spec: DiskSpec) -> Path:
     """The image path as written, with xl's `phy:hda1` meaning /dev/hda1."""
     assert spec.target is not None
@@ -161,8 +197,10 @@ class DiskPlan:
 
 
 def plan(spec: DiskSpec, path: Path | None, dtype: str, port: str | None,
-         bootindex: int | None = None) -> DiskPlan:
-    """The -blockdev and -device JSON of one disk. `port`: its root port for virtio."""
+         bootindex: int | None = None,
+         remote: list[dict[str, Any]] | None = None) -> DiskPlan:
+    """The -blockdev and -device JSON of one disk. `port`: its root port for virtio;
+    `remote`: the blockdevs of a disk a driver domain serves (nbd_blockdevs)."""
     kind = bus_kind(spec, dtype)
     qid = qdev_id(spec)
     ro = spec.readonly or spec.is_cdrom
@@ -177,6 +215,9 @@ def plan(spec: DiskSpec, path: Path | None, dtype: str, port: str | None,
             {"driver": FORMATS[spec.format], "node-name": node, "file": f"file-{spec.vdev}",
              "read-only": ro},
         ]
+    elif remote is not None:
+        node = f"drive-{spec.vdev}"
+        blockdevs = remote
     _, index = disk_index(spec.vdev)
     dev: dict[str, Any]
     if kind == "virtio":

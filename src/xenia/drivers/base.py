@@ -357,3 +357,18 @@ class Driver(abc.ABC):
         """Destination, once the source handed the domain over and it runs here: end
         the NBD export and TLS, and tell the network where the guest is now."""
         raise self._cannot_move(inst, "receive")
+
+    # -- replicated volumes (migration/replication.py) -----------------------------------
+    async def attach_replica(self, inst: Instance, link: Any) -> None:
+        """Mirror a disk into its replica (a drivers.qemu_replica.ReplicaLink) with every
+        write synchronous from now on; the initial copy runs in the background."""
+        raise NotSupported(f"Failed to replicate a disk of '{inst.record.name}': its "
+                           "domain type keeps no replicated disks")
+
+    async def replica_status(self, inst: Instance) -> dict[str, dict[str, Any]]:
+        """{vdev: {"state", "progress", "error"}} of the disks being mirrored."""
+        return {}
+
+    async def detach_replica(self, inst: Instance, vdev: str) -> None:
+        """Stop mirroring `vdev` (for a resync to another host)."""
+        return None

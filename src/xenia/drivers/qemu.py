@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from xenia.devices import display, spice
-from xenia.drivers import qemu_boot, qemu_cpu, qemu_migrate
+from xenia.drivers import qemu_boot, qemu_cpu, qemu_migrate, qemu_replica
 from xenia.drivers.base import (
     Driver,
     GuestEvents,
@@ -38,7 +38,7 @@ from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
 from xenia.peers.psk import PSK_FILE
 from xenia.qemu import accel as accel_mod
-from xenia.qemu import confine, hostfds, platform, stream, vtpm, xldevices
+from xenia.qemu import hostfds, platform, stream, vtpm, xldevices
 from xenia.qemu.binary import machine_alias, qemu_info
 from xenia.qemu.cmdline import RunFiles, build_argv, tcg_params_added
 from xenia.qemu.commands import Qmp
@@ -361,6 +361,7 @@ class QemuDriver(Driver):
 
     def release(self, record: DomainRecord) -> None:
         self.devices.unplug_host(record)
+        self.devices.links.collect(record)  # after its taps: a bridge goes empty
         qemu_cpu.remove_cgroup(record)
         if self.confinement.confined(record):
             self.confinement.release(record)
@@ -424,10 +425,10 @@ class QemuDriver(Driver):
                 "already (a stale domain?)"
             )
         record.runtime["accel"] = choice.name
-        # Before the taps: they are made owned by QEMU's user (it opens them as that).
-        who = await asyncio.to_thread(self.confinement.identity)
-        self.devices.network.tap_owner = (who.uid, who.gid)
         async with Revert() as revert:
+            # Before the taps: they are made owned by QEMU's uid (it opens them as that).
+            await asyncio.to_thread(self.confinement.assign, record)
+            revert.add(lambda: asyncio.to_thread(self.confinement.free_uid, record))
             await asyncio.to_thread(self.devices.plug_host, record)
             revert.add(lambda: asyncio.to_thread(self.release, record))
             proc = QemuProcess(record.name, record.uuid, files)
@@ -442,9 +443,11 @@ class QemuDriver(Driver):
             files.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             cfg = await asyncio.to_thread(qemu_boot.boot_config, record, files.dir)
             added = tcg_params_added(cfg, choice.name)
+            if cfg.kernel:
+                added += self.devices.links.kernel_params(record)
             tpm: list[str] = []
             if cfg.vtpm:
-                who = confine.qemu_identity()
+                who = self.confinement.identity(record)
                 sock = await asyncio.to_thread(vtpm.start_swtpm, self.vtpm_dir(record),
                                                files.dir, (who.uid, who.gid))
                 revert.add(lambda: vtpm.stop_swtpm(files.dir))
@@ -588,3 +591,17 @@ class QemuDriver(Driver):
 
     async def finalize_migration(self, inst: Instance, setup: IncomingSetup) -> None:
         await qemu_migrate.finalize(self._qmp(inst), setup)
+
+    # -- replicated volumes (the QMP side: qemu_replica.py) ------------------------------
+    async def attach_replica(self, inst: Instance, link: Any) -> None:
+        assert isinstance(link, qemu_replica.ReplicaLink), link
+        # QEMU reads the PSK at each TLS handshake (a reconnect, a resync): given for the
+        # domain's life, taken back with the rest at release.
+        await self._give_psk(inst, link.tls_dir)
+        await qemu_replica.attach(self._qmp(inst), link)
+
+    async def replica_status(self, inst: Instance) -> dict[str, dict[str, Any]]:
+        return await qemu_replica.status(self._qmp(inst))
+
+    async def detach_replica(self, inst: Instance, vdev: str) -> None:
+        await qemu_replica.detach(self._qmp(inst), vdev)

@@ -36,7 +36,7 @@ def check_bootloader(cfg: DomainConfig) -> None:
 
 
 def _boot_disk(cfg: DomainConfig) -> DiskSpec | None:
-    return next((d for d in cfg.disks if not d.is_cdrom and not diskdev.is_empty(d)), None)
+    return next((d for d in cfg.disks if not d.is_cdrom and diskdev.has_host_file(d)), None)
 
 
 def boot_config(record: DomainRecord, run_dir: Path) -> DomainConfig:

@@ -17,8 +17,9 @@ from pathlib import Path
 from xenia.config.model import DiskSpec
 from xenia.devices import disk as diskdev
 from xenia.devices import display
-from xenia.errors import XeniaError
-from xenia.hostos.ownership import Identity, Ledger
+from xenia.errors import BackendError, XeniaError
+from xenia.hostos.ownership import Identity
+from xenia.hostos.qemuids import UidRange, UidsAndLedger
 from xenia.paths import Paths
 from xenia.qemu import confine
 from xenia.qemu.cmdline import RunFiles
@@ -56,20 +57,47 @@ def disk_files(spec: DiskSpec, path: Path | None) -> tuple[list[str], list[str]]
     return [str(path)], below
 
 
-class QemuConfinement:
-    def __init__(self, paths: Paths, user: str = confine.QEMU_USER) -> None:
+class QemuConfinement(UidsAndLedger):
+    def __init__(self, paths: Paths, user: str = confine.QEMU_USER,
+                 uids: UidRange | None = None) -> None:
+        super().__init__(paths.state / "ownership.json", uids)
         self.paths = paths
         self.user = user
-        self._ledger: Ledger | None = None
 
-    def identity(self) -> Identity:
-        return confine.qemu_identity(self.user)
+    def assign(self, rec: DomainRecord) -> Identity:
+        """Give the domain's QEMU a uid of its own (group: the QEMU user's), recorded in
+        rec.runtime["confinement"] so a restarted xeniad knows it. Undo: release()."""
+        group = confine.qemu_identity(self.user).gid
+        old = (rec.runtime.get("confinement") or {}).get("uid")
+        if isinstance(old, int) and self.uids.stale(old):
+            # A new QEMU for the same record (a restart after a crash) whose last one
+            # was not released: its claim would otherwise stay while xeniad runs.
+            self.uids.free(old, rec.uuid)
+        uid = self.uids.allocate(rec.uuid)
+        rec.runtime["confinement"] = {"user": self.user, "uid": uid, "gid": group}
+        return Identity(uid, group)
 
-    @property
-    def ledger(self) -> Ledger:
-        if self._ledger is None:
-            self._ledger = Ledger(self.paths.state / "ownership.json", self.identity())
-        return self._ledger
+    @staticmethod
+    def identity(rec: DomainRecord) -> Identity:
+        """Who the domain's QEMU runs as (from its record). A QEMU confined by an older
+        xeniad (all as xenia-qemu) has its uid there but no gid: the QEMU user's."""
+        conf = rec.runtime.get("confinement") or {}
+        if not isinstance(conf.get("uid"), int):
+            raise BackendError(f"Failed to find the QEMU uid of '{rec.name}': its record "
+                               "has none (a QEMU started by an older Xenia?)")
+        gid = conf.get("gid")
+        if not isinstance(gid, int):
+            gid = confine.qemu_identity(str(conf.get("user") or confine.QEMU_USER)).gid
+        return Identity(conf["uid"], gid)
+
+    @staticmethod
+    def tap_owner(rec: DomainRecord) -> tuple[int, int | None]:
+        """The owner of the domain's taps: its QEMU's uid, and no group (never the QEMU
+        group, through which every other QEMU could attach to the tap; nor group 0: the
+        kernel wants the owner and the group to match when both are set)."""
+        conf = rec.runtime.get("confinement") or {}
+        uid = conf.get("uid")
+        return (uid, None) if isinstance(uid, int) else (0, 0)
 
     def given_files(self, rec: DomainRecord, nvram: Path | None) -> tuple[list[str], list[str]]:
         """(written, read) files domain `rec` is given at start."""
@@ -81,7 +109,7 @@ class QemuConfinement:
         if nvram is not None:
             write.append(str(nvram))
         for spec in cfg.disks:
-            if diskdev.is_empty(spec):
+            if not diskdev.has_host_file(spec):
                 continue
             w, r = disk_files(spec, diskdev.target_path(spec))
             write += w
@@ -92,21 +120,22 @@ class QemuConfinement:
                 argv: list[str]) -> list[str]:
         """Give the domain its files and run dir, make its device cgroup; the argv that
         starts its QEMU confined. Undo: release()."""
-        who = self.identity()
+        who = self.identity(rec)
         write, read = self.given_files(rec, nvram)
         nodes = confine.device_nodes(accel, bool(rec.config.pci))
         nodes += [(p, True) for p in read + write if Path(p).is_block_device()]
         try:
-            self.ledger.give(rec.uuid, write=[*write, str(files.dir)], read=read)
-            procs = confine.setup_device_cgroup(rec.uuid, nodes)
+            self.ledger.give(rec.uuid, write=[*write, str(files.dir)], read=read, who=who)
+            procs, layers = confine.setup_device_cgroup(rec.uuid, nodes)
         except XeniaError:
             self.release(rec)
             raise
         rec.runtime["confinement"] = {
-            "user": self.user, "uid": who.uid, "sandbox": confine.SANDBOX,
+            "user": self.user, "uid": who.uid, "gid": who.gid, "sandbox": confine.SANDBOX,
             "private_dev": [p for p, _ in nodes],
-            # False on cgroup v2 hosts: no devices.allow there (docs/security.md).
-            "device_cgroup": procs is not None,
+            # "v1" devices.allow, "bpf" the v2 program; False where neither could be
+            # made (docs/security.md).
+            "device_cgroup": bool(layers), "device_cgroup_layers": layers,
         }
         return confine.jail_argv(who, nodes, procs, argv, files.stderr)
 
@@ -115,13 +144,15 @@ class QemuConfinement:
         if not self.confined(rec):
             return []
         write, read = disk_files(spec, path)
-        given = self.ledger.give(rec.uuid, write=write, read=read)
+        given = self.ledger.give(rec.uuid, write=write, read=read, who=self.identity(rec))
         pid = rec.runtime.get("pid")
         for p in write + read:
             if Path(p).is_block_device() and isinstance(pid, int):
                 try:
-                    confine.add_block_device(rec.uuid, pid, p,
-                                             self.identity())
+                    conf = rec.runtime["confinement"]
+                    confine.add_block_device(rec.uuid, pid, p, self.identity(rec),
+                                             list(conf.get("private_dev", [])))
+                    conf["private_dev"] = [*conf.get("private_dev", []), p]
                 except XeniaError:
                     self.give_back(rec, given)
                     raise
@@ -131,7 +162,7 @@ class QemuConfinement:
         """Give a file QEMU writes for a while (a save file)."""
         if not self.confined(rec):
             return []
-        return self.ledger.give(rec.uuid, write=[str(path)])
+        return self.ledger.give(rec.uuid, write=[str(path)], who=self.identity(rec))
 
     def give_back(self, rec: DomainRecord, paths: list[str]) -> None:
         if paths:
@@ -139,12 +170,12 @@ class QemuConfinement:
 
     def give_back_disk(self, rec: DomainRecord, spec: DiskSpec) -> None:
         """After a disk's blockdev-del: give back its files no other disk still uses."""
-        if not self.confined(rec) or diskdev.is_empty(spec):
+        if not self.confined(rec) or not diskdev.has_host_file(spec):
             return
         write, read = disk_files(spec, diskdev.target_path(spec))
         keep: set[str] = set()
         for other in rec.config.disks:
-            if other is not spec and not diskdev.is_empty(other):
+            if other is not spec and diskdev.has_host_file(other):
                 w, r = disk_files(other, diskdev.target_path(other))
                 keep.update(w + r)
         gone = [p for p in write + read if p not in keep]
@@ -163,3 +194,11 @@ class QemuConfinement:
         except XeniaError as e:
             log.warning("domain %s: giving its files back failed: %s", rec.name, e)
         confine.remove_device_cgroup(rec.uuid)
+        self.free_uid(rec)
+
+    def free_uid(self, rec: DomainRecord) -> None:
+        """The domain's QEMU uid back to the range (after QEMU exited: a uid handed on
+        while its QEMU runs would give the next domain its files)."""
+        uid = (rec.runtime.get("confinement") or {}).get("uid")
+        if isinstance(uid, int) and self.uids.holds(uid):
+            self.uids.free(uid, rec.uuid)

@@ -19,6 +19,7 @@ from xenia.devices import display
 from xenia.devices import nic as nicdev
 from xenia.devices.layout import SPARE_ROOT_PORTS, Layout
 from xenia.drivers.qemu_confine import QemuConfinement
+from xenia.drivers.qemu_drvdom import LINK_VIF, SWITCH_VIF, DriverLinks
 from xenia.errors import AlreadyExists, InvalidConfig, XeniaError
 from xenia.hostos.pci import PciAssign
 from xenia.network.manager import NetworkManager
@@ -34,6 +35,7 @@ class QemuDevices:
         self.storage = storage
         self.network = network
         self.confinement: QemuConfinement | None = None  # set by QemuDriver
+        self.links = DriverLinks(store, network)
 
     # -- disks ---------------------------------------------------------------------------
     def disk_users(self, path: Path, me: str) -> list[tuple[str, bool]]:
@@ -44,7 +46,7 @@ class QemuDevices:
             if rec.uuid == me:
                 continue
             for d in rec.config.disks:
-                if not diskdev.is_empty(d) and os.path.realpath(diskdev.target_path(d)) == real:
+                if diskdev.has_host_file(d) and os.path.realpath(diskdev.target_path(d)) == real:
                     users.append((rec.name, d.readonly or d.is_cdrom))
         return users
 
@@ -55,6 +57,8 @@ class QemuDevices:
 
     def check_disk(self, rec: DomainRecord, spec: DiskSpec) -> Path | None:
         diskdev.bus_kind(spec, rec.config.type)  # a vdev QEMU can place
+        if diskdev.is_remote(spec):
+            return None  # inside its driver domain: DriverLinks.check
         path = diskdev.resolve_target(spec, rec.name)
         if path is None:
             return None
@@ -76,7 +80,8 @@ class QemuDevices:
     # -- NICs ----------------------------------------------------------------------------
     def check_vif(self, rec: DomainRecord, vif: VifSpec) -> None:
         nicdev.model_of(vif, rec.config.type)
-        self.network.check_vif(vif)
+        if vif.spec not in (LINK_VIF, SWITCH_VIF):  # a driver domain's own: made at start
+            self.network.check_vif(self.links.host_vif(rec, vif))
         if vif.mac is not None:
             for other in self.store.list():
                 if other.uuid == rec.uuid:
@@ -125,6 +130,7 @@ class QemuDevices:
 
     # -- whole domains -------------------------------------------------------------------
     def check(self, rec: DomainRecord) -> None:
+        self.links.check(rec)
         self.check_disks(rec)
         self.check_vifs(rec)
         pci = PciAssign(self.store)
@@ -135,6 +141,7 @@ class QemuDevices:
 
     def prepare(self, rec: DomainRecord) -> None:
         """Fill in generated values and place devices on root ports (once, at create)."""
+        self.links.prepare(rec)  # a driver domain's link NICs, placed like its own
         for vif in rec.config.vifs:
             self.fill_in_vif(rec, vif)
         if "slots" in rec.runtime:
@@ -161,10 +168,13 @@ class QemuDevices:
     def plug_host(self, rec: DomainRecord) -> None:
         """Create the taps of every vif; on failure none is left."""
         taps: dict[str, str] = {}
+        self.links.bring_up(rec)
+        rec.runtime["nbd"] = self.links.remote_disks(rec)
         with Revert() as revert:
             for vif in rec.config.vifs:
                 tap = self.tap_for(rec, vif)
-                self.network.plug(tap, vif)
+                self.network.plug(tap, self.links.host_vif(rec, vif),
+                                  QemuConfinement.tap_owner(rec))
                 revert.add(functools.partial(self.network.unplug, tap))
                 taps[str(vif.devid)] = tap
             revert.success()
@@ -187,9 +197,12 @@ def argv_devices(rec: DomainRecord) -> tuple[Layout, list[tuple[str, dict[str, A
     if diskdev.SCSI_CONTROLLER in layout.slots:
         out.append(("-device", diskdev.scsi_controller(layout.slots[diskdev.SCSI_CONTROLLER])))
     for spec in rec.config.disks:
-        path = None if diskdev.is_empty(spec) else diskdev.target_path(spec)
+        path = diskdev.target_path(spec) if diskdev.has_host_file(spec) else None
+        nbd = rec.runtime.get("nbd", {}).get(spec.vdev) if diskdev.is_remote(spec) else None
+        remote = None if nbd is None else diskdev.nbd_blockdevs(
+            spec, str(nbd["host"]), int(nbd["port"]), str(nbd["export"]))
         plan = diskdev.plan(spec, path, dtype, layout.slots.get(diskdev.qdev_id(spec)),
-                            boot.get(diskdev.qdev_id(spec)))
+                            boot.get(diskdev.qdev_id(spec)), remote)
         out += [("-blockdev", b) for b in plan.blockdevs]
         out.append(("-device", plan.device))
     taps = rec.runtime.get("taps", {})

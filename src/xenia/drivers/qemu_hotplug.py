@@ -22,6 +22,7 @@ from xenia.devices import nic as nicdev
 from xenia.devices.layout import Layout
 from xenia.drivers import qemu_cpu
 from xenia.drivers.base import DeviceControl
+from xenia.drivers.qemu_confine import QemuConfinement
 from xenia.drivers.qemu_devices import QemuDevices, hostdev_id
 from xenia.drivers.qemu_usb import UsbHotplugMixin
 from xenia.errors import (
@@ -102,6 +103,10 @@ class QemuHotplug(UsbHotplugMixin, DeviceControl):
         if any(d.vdev == spec.vdev for d in rec.config.disks):
             raise AlreadyExists(f"Failed to attach disk {spec.vdev} to '{rec.name}': it has a "
                                 f"disk {spec.vdev} already (see `xenia block-list {rec.name}`)")
+        if diskdev.is_remote(spec):
+            raise NotSupported(f"Failed to attach disk {spec.vdev} to '{rec.name}': a disk a "
+                               "driver domain serves is attached at create only (add it to "
+                               "the config and restart the domain)")
         path = await asyncio.to_thread(self.host.check_disk, rec, spec)
         kind = diskdev.bus_kind(spec, rec.config.type)
         if kind == "ide":
@@ -140,7 +145,7 @@ class QemuHotplug(UsbHotplugMixin, DeviceControl):
             raise NotSupported(f"Failed to detach disk {spec.vdev} from '{rec.name}': IDE/AHCI "
                                "disks cannot be hot-unplugged")
         await self._device_del(qdev, f"disk {spec.vdev} from '{rec.name}'")
-        if not diskdev.is_empty(spec):
+        if not diskdev.is_empty(spec):  # driver domain disks too: file- is their nbd node
             await self._blockdev_del([f"file-{spec.vdev}", f"drive-{spec.vdev}"])
             await self._give_back(rec, spec)
         rec.config.disks.remove(spec)
@@ -199,7 +204,10 @@ class QemuHotplug(UsbHotplugMixin, DeviceControl):
         port = layout.take(qdev)
         plan = nicdev.plan(vif, vif.devid, tap, rec.config.type, port)
         async with Revert() as revert:
-            await asyncio.to_thread(self.host.network.plug, tap, vif)
+            # backend=DOM: a tap on that driver domain's switch (qemu_drvdom.py).
+            await asyncio.to_thread(self.host.network.plug, tap,
+                                    self.host.links.host_vif(rec, vif),
+                                    QemuConfinement.tap_owner(rec))
             revert.add(lambda: asyncio.to_thread(self.host.network.unplug, tap))
             await self.qmp.netdev_add(plan.netdev)
             revert.add(lambda: self.qmp.netdev_del(plan.netdev["id"]))

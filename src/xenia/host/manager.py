@@ -87,6 +87,9 @@ class DomainManager:
         self._adopting: dict[str, asyncio.Task[None]] = {}
         # Set by xeniad on a cluster member: every start of an HA domain's process asks it.
         self.gate: OwnershipGate | None = None
+        # Called after a domain's process is built, before its guest runs (a boot, not a
+        # restore or an incoming migration): replicated disks start their mirrors here.
+        self.start_hooks: list[Callable[[DomainRecord, Instance], Awaitable[None]]] = []
 
     # -- finding domains -----------------------------------------------------------------
     def driver_for(self, cfg: DomainConfig) -> Driver:
@@ -344,6 +347,9 @@ class DomainManager:
                 self.gate.confirm(rec)  # no fence since may_start (else undone here)
             if receive is not None:
                 await receive(inst)
+            elif incoming is None:
+                for hook in self.start_hooks:
+                    await hook(rec, inst)
             if not paused:
                 await inst.resume()
             revert.success()

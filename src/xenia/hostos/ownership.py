@@ -1,9 +1,10 @@
 """Dynamic ownership of the files a confined QEMU is given; the main class is Ledger.
 
 As libvirt's DAC driver does: before QEMU starts (or a disk is hot-plugged, a cdrom
-inserted, a save file written), each file the domain was given is chowned to the QEMU
-user, and every directory above it that the QEMU user could not search gets an ACL entry
-`user:<qemu>:--x` (search only: no listing, no other file in it becomes readable). The
+inserted, a save file written), each file the domain writes is chowned to its QEMU's own
+uid, each file it only reads and could not gets an ACL entry `user:<uid>:r--`, and every
+directory above them that this uid could not search gets an ACL entry `user:<uid>:--x`
+(search only: no listing, no other file in it becomes readable). The
 original owner, group, mode and ACL are written to a ledger file first and given back
 when the last domain holding the file lets go (a read-only image two domains share is
 given back once both have ended).
@@ -22,7 +23,7 @@ import os
 import stat
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,12 +58,12 @@ def _acl_entries(raw: bytes | None, mode: int) -> list[tuple[int, int, int]]:
     return [struct.unpack_from("<HHI", raw, off) for off in range(4, len(raw), 8)]
 
 
-def acl_with_search(raw: bytes | None, mode: int, uid: int) -> bytes:
-    """The ACL `raw` (None: the one `mode` implies) plus search permission for `uid`."""
+def acl_with(raw: bytes | None, mode: int, uid: int, perm: int) -> bytes:
+    """The ACL `raw` (None: the one `mode` implies) plus permission `perm` for `uid`."""
     entries = [e for e in _acl_entries(raw, mode) if e[0] != _MASK]
     old_mask = next((e[1] for e in _acl_entries(raw, mode) if e[0] == _MASK), None)
     users = {e[2]: e for e in entries if e[0] == _USER}
-    perm = users[uid][1] | _SEARCH if uid in users else _SEARCH
+    perm = users[uid][1] | perm if uid in users else perm
     entries = [e for e in entries if not (e[0] == _USER and e[2] == uid)]
     entries.append((_USER, perm, uid))
     if old_mask is None:
@@ -71,7 +72,20 @@ def acl_with_search(raw: bytes | None, mode: int, uid: int) -> bytes:
         for tag, p, _ in entries:
             if tag in (_GROUP_OBJ, _GROUP, _USER):
                 old_mask |= p
-    entries.append((_MASK, old_mask | _SEARCH, _NO_ID))
+    entries.append((_MASK, old_mask | perm, _NO_ID))
+    return _pack(entries)
+
+
+def acl_with_search(raw: bytes | None, mode: int, uid: int) -> bytes:
+    return acl_with(raw, mode, uid, _SEARCH)
+
+
+def acl_without(raw: bytes, mode: int, uid: int) -> bytes:
+    """The ACL `raw` less `uid`'s own entry (the mask is left: it only limits)."""
+    return _pack([e for e in _acl_entries(raw, mode) if not (e[0] == _USER and e[2] == uid)])
+
+
+def _pack(entries: list[tuple[int, int, int]]) -> bytes:
     entries.sort(key=lambda e: (e[0], e[2]))
     return struct.pack("<I", _ACL_VERSION) + b"".join(struct.pack("<HHI", *e) for e in entries)
 
@@ -101,12 +115,32 @@ def can_read(st: os.stat_result, who: Identity) -> bool:
 
 
 # -- the ledger --------------------------------------------------------------------------
-class Ledger:
-    """Which files are given to which domains, and what they were before."""
+# Permission bits each kind of gift needs (a directory given outright: rwx).
+_NEED = {"own": 6, "read": 4, "search": _SEARCH}
 
-    def __init__(self, path: Path, who: Identity) -> None:
+
+class Ledger:
+    """Which files are given to which domains, and what they were before.
+
+    Each domain's QEMU has its own uid (hostos/qemuids.py). A file given to be written is
+    chowned to the first domain that writes it (its group is kept: the QEMU group
+    `xenia-qemu` all QEMUs share must not open it); every other gift is a POSIX ACL entry
+    for that domain's uid alone: `r--` for a read-only file (an image shared by several
+    domains gets one entry per domain), `--x` for a directory above a given file, `rw-`
+    for a second writer of a shared disk. Entries: {"uid", "gid", "mode", "acl" (the
+    originals), "owner": the holder it is chowned to or None, "holders": {holder: {"uid",
+    "perm", "acl": whether an ACL entry was added}}}.
+    """
+
+    def __init__(self, path: Path, who: Identity | None = None,
+                 stale_uid: Callable[[int], bool] | None = None) -> None:
         self.path = path
-        self.who = who
+        self.who = who  # the identity of a give() that names none
+        # Whether a uid is a QEMU uid whose QEMU is gone. A file another Xenia root on
+        # this machine had given to its QEMU (a migration between two roots) was
+        # recorded here with that QEMU's uid as its owner: it is given back to root
+        # instead once that QEMU is gone, since the uid may go to another domain next.
+        self.stale_uid = stale_uid or (lambda uid: False)
         self._lock = threading.Lock()
 
     def _load(self) -> dict[str, Any]:
@@ -118,7 +152,17 @@ class Ledger:
             raise BackendError(f"Failed to read the file ownership ledger {self.path}: {e}; "
                                "move it aside to start afresh (files it lists keep the "
                                "QEMU user as owner until chowned back by hand)") from e
-        return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        for entry in data.values():
+            if isinstance(entry.get("holders"), list):
+                # An older xeniad's entry (one QEMU user for all): given back whole when
+                # its last holder ends, as it was written.
+                holders = entry["holders"]
+                entry["owner"] = holders[0] if entry.get("how") == "own" and holders else None
+                entry["holders"] = {h: {"uid": None, "perm": 0, "acl": False}
+                                    for h in holders}
+        return data
 
     def _save(self, data: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,12 +174,14 @@ class Ledger:
         return sorted(p for p, e in data.items() if holder in e["holders"])
 
     def give(self, holder: str, write: Iterable[Path | str] = (),
-             read: Iterable[Path | str] = ()) -> list[str]:
-        """Give `write` (files and dirs QEMU writes: chowned to its user) and `read`
-        (files it only reads: chowned only if its user could not read them) to `holder`,
-        with search ACLs on the directories above them. Returns the paths newly held,
-        for a caller that must undo just these (a hot-plug). All or nothing: on a
-        failure, what this call changed is given back."""
+             read: Iterable[Path | str] = (), who: Identity | None = None) -> list[str]:
+        """Give `write` (files and dirs QEMU writes) and `read` (files it only reads) to
+        `holder`, whose QEMU runs as `who`, with search ACLs on the directories above
+        them. Returns the paths newly held, for a caller that must undo just these (a
+        hot-plug). All or nothing: on a failure, what this call changed is given back."""
+        who = who or self.who
+        if who is None:
+            raise BackendError(f"Failed to give files to the QEMU of {holder}: no uid")
         wanted = [(self._checked(p, holder), "own") for p in write]
         wanted += [(self._checked(p, holder), "read") for p in read]
         with self._lock:
@@ -143,10 +189,10 @@ class Ledger:
             done: list[str] = []
             try:
                 for path, how in wanted:
-                    self._take(data, holder, path, how, done)
+                    self._take(data, holder, who, path, how, done)
                     parent = os.path.dirname(path)
                     while parent and parent != "/":
-                        self._take(data, holder, parent, "search", done)
+                        self._take(data, holder, who, parent, "search", done)
                         parent = os.path.dirname(parent)
             except OSError as e:
                 self._release(data, holder, done)
@@ -165,40 +211,39 @@ class Ledger:
         # cannot make us chown something else back.
         return os.path.realpath(p)
 
-    def _take(self, data: dict[str, Any], holder: str, path: str, how: str,
+    def _take(self, data: dict[str, Any], holder: str, who: Identity, path: str, how: str,
               done: list[str]) -> None:
-        entry = data.get(path)
-        if entry is not None:
-            if holder not in entry["holders"]:
-                entry["holders"].append(holder)
-                done.append(path)
-            if how == "own" and entry["how"] == "search":
-                # A directory searched so far is now given outright: QEMU writes in it.
-                self._chown(path)
-                entry["how"] = "own"
-            return
         st = os.stat(path, follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):
             raise OSError(0, "a symbolic link after resolving", path)
-        if how == "search" and (not stat.S_ISDIR(st.st_mode) or can_search(st, self.who)):
-            return  # searchable already: nothing to change, nothing to give back
-        if how == "read":
-            if can_read(st, self.who):
-                return
-            how = "own"
-        acl = _get_acl(path) if how == "search" else None
-        data[path] = {"uid": st.st_uid, "gid": st.st_gid, "mode": stat.S_IMODE(st.st_mode),
-                      "acl": acl.hex() if acl is not None else None, "how": how,
-                      "holders": [holder]}
-        done.append(path)
-        if how == "own":
-            self._chown(path)
-        else:
-            os.setxattr(path, ACL_XATTR, acl_with_search(acl, st.st_mode, self.who.uid),
+        isdir = stat.S_ISDIR(st.st_mode)
+        if how == "search" and not isdir:
+            return
+        need = 7 if how == "own" and isdir else _NEED[how]
+        entry = data.get(path)
+        grant = entry["holders"].get(holder) if entry is not None else None
+        if grant is not None and (entry is not None and entry["owner"] == holder
+                                  or grant["perm"] & need == need):
+            return  # it has that already
+        if entry is None and how != "own" and _may(st, who, need):
+            return  # open to it already: nothing to change, nothing to give back
+        if entry is None:
+            acl = _get_acl(path)
+            entry = data[path] = {
+                "uid": st.st_uid, "gid": st.st_gid, "mode": stat.S_IMODE(st.st_mode),
+                "acl": acl.hex() if acl is not None else None, "owner": None, "holders": {}}
+        if grant is None:
+            grant = entry["holders"][holder] = {"uid": who.uid, "perm": 0, "acl": False}
+            done.append(path)
+        if how == "own" and entry["owner"] is None:
+            # The group is kept: the QEMU group is every QEMU's.
+            os.chown(path, who.uid, -1, follow_symlinks=False)
+            entry["owner"] = holder
+        elif not _may(st, who, need):
+            os.setxattr(path, ACL_XATTR, acl_with(_get_acl(path), st.st_mode, who.uid, need),
                         follow_symlinks=False)
-
-    def _chown(self, path: str) -> None:
-        os.chown(path, self.who.uid, self.who.gid, follow_symlinks=False)
+            grant["acl"] = True
+        grant["perm"] |= need
 
     def give_back(self, holder: str, only: Iterable[str] | None = None) -> None:
         """Give back what `holder` holds (or just `only` of it) to its original owners."""
@@ -217,26 +262,46 @@ class Ledger:
             entry = data.get(path)
             if entry is None or holder not in entry["holders"]:
                 continue
-            entry["holders"].remove(holder)
-            if entry["holders"]:
-                continue
-            del data[path]
+            grant = entry["holders"].pop(holder)
             try:
-                _restore(path, entry)
+                if entry["uid"] != 0 and self.stale_uid(entry["uid"]):
+                    entry["uid"] = 0
+                if not entry["holders"]:
+                    del data[path]
+                    _restore(path, entry, self.stale_uid)
+                else:
+                    _withdraw(path, entry, holder, grant)
             except FileNotFoundError:
-                pass  # gone (a run dir removed, a volume deleted): nothing to give back
+                data.pop(path, None)  # gone (a run dir removed, a volume deleted)
             except OSError as e:
                 log.warning("giving %s back to uid %s failed: %s", path, entry["uid"], e)
 
 
-def _restore(path: str, entry: dict[str, Any]) -> None:
-    if entry["how"] == "own":
-        os.chown(path, entry["uid"], entry["gid"], follow_symlinks=False)
-    if entry["how"] == "search" or entry["acl"] is not None:
-        if entry["acl"] is not None:
-            os.setxattr(path, ACL_XATTR, bytes.fromhex(entry["acl"]), follow_symlinks=False)
-        else:
-            with contextlib.suppress(OSError):
-                os.removexattr(path, ACL_XATTR, follow_symlinks=False)
+def _withdraw(path: str, entry: dict[str, Any], holder: str, grant: dict[str, Any]) -> None:
+    """One holder of a shared file lets go: its ACL entry goes, and a file chowned to it
+    goes back to its original owner (its uid may be handed to another domain next)."""
+    st = os.stat(path, follow_symlinks=False)
+    if grant["acl"] and grant["uid"] is not None:
+        raw = _get_acl(path)
+        if raw is not None:
+            os.setxattr(path, ACL_XATTR, acl_without(raw, st.st_mode, grant["uid"]),
+                        follow_symlinks=False)
+    if entry["owner"] == holder:
+        os.chown(path, entry["uid"], -1, follow_symlinks=False)
+        os.chmod(path, stat.S_IMODE(st.st_mode))  # chown cleared set-id bits
+        entry["owner"] = None
+
+
+def _restore(path: str, entry: dict[str, Any], stale_uid: Callable[[int], bool]) -> None:
+    os.chown(path, entry["uid"], entry["gid"], follow_symlinks=False)
+    if entry["acl"] is not None:
+        raw = bytes.fromhex(entry["acl"])
+        for tag, _perm, uid in _acl_entries(raw, entry["mode"]):
+            if tag == _USER and stale_uid(uid):
+                raw = acl_without(raw, entry["mode"], uid)  # another root's gone QEMU
+        os.setxattr(path, ACL_XATTR, raw, follow_symlinks=False)
+    else:
+        with contextlib.suppress(OSError):
+            os.removexattr(path, ACL_XATTR, follow_symlinks=False)
     # Last: setting or removing an ACL rewrote the group bits of the mode.
     os.chmod(path, entry["mode"])

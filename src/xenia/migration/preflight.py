@@ -8,6 +8,7 @@ together.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from xenia.config.model import DomainConfig
@@ -50,6 +51,21 @@ def check_source(cfg: DomainConfig, state: DomainState, accel: str, qemu_version
     return problems
 
 
+def replicated_disks(cfg: DomainConfig, replica_host_of: Callable[[str], str | None]
+                     ) -> list[str]:
+    """A replicated disk's copy is kept in step by the source QEMU's mirror job, which a
+    live migration would leave behind: refused, with the ways that do move it."""
+    problems = []
+    for disk in cfg.disks:
+        host = replica_host_of(disk.target) if disk.target else None
+        if host is not None:
+            problems.append(
+                f"disk {disk.vdev} is a replicated volume (its copy is on '{host}'); live "
+                "migration of replicated disks is not supported: with `ha = 1` the domain "
+                f"fails over to '{host}', or shut it down and move the volume")
+    return problems
+
+
 def check_destination(cfg: DomainConfig, facts: dict[str, Any], *, my_accel: str,
                       my_qemu: str, my_machines: set[str], names: set[str],
                       uuids: set[str], uuid: str, copy_storage: bool,
@@ -83,6 +99,10 @@ def check_destination(cfg: DomainConfig, facts: dict[str, Any], *, my_accel: str
         problems.append(f"the domain needs {cfg.effective_maxmem} MiB, only {free} MiB "
                         "are free here")
     for spec in cfg.disks:
+        if diskdev.is_remote(spec):
+            problems.append(f"disk {spec.vdev} is served by driver domain '{spec.backend}' "
+                            "of the source host; it cannot move")
+            continue
         if diskdev.is_empty(spec):
             continue
         path = diskdev.target_path(spec)

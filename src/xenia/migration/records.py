@@ -36,5 +36,5 @@ def arrived(data: dict[str, Any]) -> DomainRecord:
 
 
 def copied_disks(cfg: DomainConfig) -> list[DiskSpec]:
-    """The disks --copy-storage copies: every disk with an image, no cdrom."""
-    return [spec for spec in cfg.disks if not diskdev.is_empty(spec) and not spec.is_cdrom]
+    """The disks --copy-storage copies: every disk with a host image, no cdrom."""
+    return [spec for spec in cfg.disks if diskdev.has_host_file(spec) and not spec.is_cdrom]

@@ -80,6 +80,8 @@ class Sender:
         # On a cluster member: name -> client of that member (cluster/node.py), so that a
         # migration inside the cluster needs no `xenia host add`. Known peers go first.
         self.cluster_peer: Callable[[str], PeerClient | None] | None = None
+        # Replicated volumes (engine.py wires Replication.replica_host_of): path -> host.
+        self.replica_host_of: Callable[[str], str | None] = lambda path: None
 
     def job_for(self, uuid: str) -> MigrationJob | None:
         for job in self.jobs.values():
@@ -142,6 +144,7 @@ class Sender:
         accel = str(rec.runtime.get("accel", info.get("accel")))
         qver = str(info.get("qemu_version"))
         problems = preflight.check_source(rec.config, rec.state, accel, qver, live=True)
+        problems += preflight.replicated_disks(rec.config, self.replica_host_of)
         await drv.check_migrate(inst)
         record = portable(rec)
         facts = preflight.source_facts(record, accel, qver)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xenia.config.model import DiskSpec
-from xenia.devices.disk import FORMATS, is_empty, target_path
+from xenia.devices.disk import FORMATS, has_host_file, target_path
 from xenia.errors import AlreadyExists, InUse, InvalidConfig, NotFound
 from xenia.migration.records import portable
 from xenia.migration.saving import SaveRestore
@@ -54,7 +54,7 @@ def snapshot_disks(rec: DomainRecord) -> list[DiskSpec]:
     """The disks a snapshot holds: every writable one with an image (cdroms and
     read-only disks cannot change, so the snapshot refers to them as they are)."""
     return [d for d in rec.config.disks
-            if not d.is_cdrom and not d.readonly and not is_empty(d)]
+            if not d.is_cdrom and not d.readonly and has_host_file(d)]
 
 
 def split_ref(ref: str, doing: str) -> tuple[str, str]:

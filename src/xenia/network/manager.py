@@ -98,7 +98,7 @@ class NetworkManager:
         self.store = store
         self.nft = nft or Nft()
         # Owner (uid, gid) of the taps plug() makes: QEMU's user (drivers/qemu.py sets it).
-        self.tap_owner: tuple[int, int] = (0, 0)
+        self.tap_owner: tuple[int, int | None] = (0, 0)
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
         # Set in the worker thread only: a call from there runs directly (no deadlock).
@@ -165,6 +165,11 @@ class NetworkManager:
         problems behind a state other than active."""
         return self._run(self._get, name)
 
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(*args) on the network worker thread: pyroute2 cannot run on the event
+        loop's thread (drivers/qemu_drvdom.py's bridges go through here)."""
+        return self._run(fn, *args)
+
     # -- guest NICs ----------------------------------------------------------------------
     @staticmethod
     def tap_name(domid: int, devid: int, vifname: str | None = None) -> str:
@@ -185,16 +190,18 @@ class NetworkManager:
         """
         self._run(self._check_vif, vif)
 
-    def plug(self, tap: str, vif: VifSpec) -> None:
+    def plug(self, tap: str, vif: VifSpec, owner: tuple[int, int | None] | None = None
+             ) -> None:
         """Create the host side of a guest NIC, ready for QEMU's `-netdev tap,ifname=TAP`.
 
         A persistent tap `tap` (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, single queue, owned by
-        tap_owner: QEMU's user), MAC fe:xx (the guest's vif.mac with first byte fe, if
-        given), MTU vif.mtu or the bridge's, enslaved to the bridge, up, and vif.rate
-        applied to both directions (ratelimit.py). InUse if a device `tap` exists or
-        another tap on this host carries vif.mac; on any failure, nothing is left behind.
+        `owner`, or else tap_owner: the uid and group of the domain's QEMU), MAC fe:xx
+        (the guest's vif.mac with first byte fe, if given), MTU vif.mtu or the bridge's,
+        enslaved to the bridge, up, and vif.rate applied to both directions
+        (ratelimit.py). InUse if a device `tap` exists or another tap on this host
+        carries vif.mac; on any failure, nothing is left behind.
         """
-        self._run(self._plug, tap, vif)
+        self._run(self._plug, tap, vif, owner or self.tap_owner)
 
     def unplug(self, tap: str) -> None:
         """Delete the tap and its rate-limit device. Idempotent; refuses a non-tap device."""
@@ -559,7 +566,7 @@ class NetworkManager:
         with IPRoute() as ipr, _kernel_errors(doing):
             self._find_bridge(ipr, bridge, doing, restore=False)
 
-    def _plug(self, tap: str, vif: VifSpec) -> None:
+    def _plug(self, tap: str, vif: VifSpec, owner: tuple[int, int | None]) -> None:
         doing = f"to attach vif {tap}"
         check_ifname(tap, "tap name", doing)
         bridge = self._check_vif_spec(vif, doing)
@@ -570,7 +577,7 @@ class NetworkManager:
             guest_mac = macs.check_guest_mac(vif.mac) if vif.mac else None
             if guest_mac is not None:
                 self._check_mac(guest_mac, tap, ipr)
-            t = nl.create_tap(ipr, tap, *self.tap_owner)
+            t = nl.create_tap(ipr, tap, *owner)
             undo.callback(_quietly, self._remove_tap, ipr, t)
             mtu = vif.mtu or br.mtu
             settings: dict[str, Any] = {"mtu": mtu}

@@ -100,10 +100,13 @@ def delete_link(ipr: Any, name: str) -> bool:
     return bool(found)
 
 
-def create_tap(ipr: Any, name: str, uid: int = 0, gid: int = 0) -> Link:
+def create_tap(ipr: Any, name: str, uid: int = 0, gid: int | None = 0) -> Link:
     """A persistent tap (it stays when QEMU closes it, until unplug), owned by `uid`:
-    the confined QEMU's user, who may then attach to it without CAP_NET_ADMIN."""
-    ipr.link("add", ifname=name, kind="tuntap", mode="tap", uid=uid, gid=gid, ifr=TAP_FLAGS)
+    the confined QEMU's user, who may then attach to it without CAP_NET_ADMIN. With
+    `gid` None the tap has no group: the kernel then checks the owner alone (with a
+    group, a process must match both)."""
+    owner: dict[str, int] = {"uid": uid} if gid is None else {"uid": uid, "gid": gid}
+    ipr.link("add", ifname=name, kind="tuntap", mode="tap", ifr=TAP_FLAGS, **owner)
     return _created(ipr, name)
 
 

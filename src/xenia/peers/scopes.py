@@ -22,7 +22,8 @@ SCOPES: dict[str, str] = {
     "console": "the guest's screen (screenshot) and, later, its console over TCP",
     "power": "start, shut down, reboot, pause, unpause domains",
     "create": "create, destroy, rename, save, restore, migrate away; devices, memory, vCPUs",
-    "migrate": "receive a live migration from a peer (the incoming-migration routes)",
+    "migrate": "receive a live migration from a peer (the incoming-migration routes); "
+               "keep a replicated volume's copy for a peer",
     "admin": "pools, volumes, networks, tokens, peers, PCI assignment",
     "metrics": "the Prometheus metrics endpoint",
     "cluster": "join this host's cluster: get a member certificate from the cluster CA and "

@@ -157,10 +157,19 @@ class Qmp:
         return list(await self._call("query-named-block-nodes"))
 
     async def blockdev_mirror(self, job_id: str, device: str, target: str,
-                              sync: str = "full", auto_dismiss: bool = True) -> None:
-        await self._call("blockdev-mirror", {"job-id": job_id, "device": device,
-                                             "target": target, "sync": sync,
-                                             "auto-dismiss": auto_dismiss})
+                              sync: str = "full", auto_dismiss: bool = True,
+                              copy_mode: str | None = None,
+                              on_target_error: str | None = None) -> None:
+        args: dict[str, Any] = {"job-id": job_id, "device": device, "target": target,
+                                "sync": sync, "auto-dismiss": auto_dismiss}
+        if copy_mode is not None:  # "write-blocking": the active mirror (replicas)
+            args["copy-mode"] = copy_mode
+        if on_target_error is not None:
+            args["on-target-error"] = on_target_error
+        await self._call("blockdev-mirror", args)
+
+    async def job_dismiss(self, job_id: str) -> None:
+        await self._call("job-dismiss", {"id": job_id})
 
     async def query_block_jobs(self) -> list[dict[str, Any]]:
         return list(await self._call("query-block-jobs"))

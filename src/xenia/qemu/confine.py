@@ -7,10 +7,10 @@ The layers (docs/security.md, "QEMU confinement"):
   host set up by an older install step keeps working. It is dropped to before exec by
   qemu/jail.py, which also gives QEMU
 - a private mount namespace with a tmpfs /dev holding only device_nodes(), and
-- the domain's device cgroup (v1 devices.allow: the same nodes and nothing else).
-  cgroup v2 has no devices.allow; it needs a BPF program, which Xenia does not load yet:
-  there the private /dev is the only device layer, and the domain's record says so
-  (runtime["confinement"]).
+- the domain's device cgroups allowing the same nodes and nothing else: v1 devices.allow,
+  and on cgroup v2 a BPF_PROG_TYPE_CGROUP_DEVICE program (hostos/devbpf.py) attached to
+  the domain's v2 group; a hybrid host gets both. The record says which were made
+  (runtime["confinement"]["device_cgroup_layers"]).
 - -sandbox (QEMU's seccomp filter): SANDBOX.
 
 The files a domain is given are chowned to the QEMU user for its life (hostos/ownership).
@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from xenia.errors import BackendError, NotSupported
+from xenia.hostos import devbpf
 from xenia.hostos.cgroupfs import ROOT_NAME, check_name, host_layout
 from xenia.hostos.ownership import Identity
 from xenia.tools import find_tool, run_tool
@@ -87,7 +88,7 @@ def device_nodes(accel: str, pci: bool) -> list[tuple[str, bool]]:
     return nodes
 
 
-# -- the device cgroup (v1) -----------------------------------------------------------
+# -- the device cgroups: v1 devices.allow, v2 a BPF program -----------------------------
 def _devices_dir(uuid: str) -> Path | None:
     h = host_layout().hierarchy_for("devices")
     if h is None or h.version != 1:
@@ -96,37 +97,77 @@ def _devices_dir(uuid: str) -> Path | None:
     return h.mount / ROOT_NAME / uuid
 
 
-def device_rule(path: str) -> str:
-    st = os.stat(path)
-    kind = "c" if (st.st_mode & 0o170000) == 0o020000 else "b"
-    return f"{kind} {os.major(st.st_rdev)}:{os.minor(st.st_rdev)} rwm"
-
-
-def setup_device_cgroup(uuid: str, nodes: list[tuple[str, bool]]) -> Path | None:
-    """Make the domain's devices group allowing just `nodes`; its cgroup.procs (for the
-    jail to join), or None on a host without a v1 devices controller."""
-    group = _devices_dir(uuid)
-    if group is None:
+def _v2_dir(uuid: str) -> Path | None:
+    """The domain's group in the v2 hierarchy (on a pure v2 host the very group
+    DomainCgroup uses; on a hybrid host one under the unified mount), or None."""
+    v2 = next((h for h in host_layout().hierarchies if h.version == 2), None)
+    if v2 is None:
         return None
+    check_name("key", uuid)
+    return v2.mount / ROOT_NAME / uuid
+
+
+def device_rule(path: str) -> str:
+    return str(devbpf.Rule.of_node(path))
+
+
+def setup_device_cgroup(uuid: str, nodes: list[tuple[str, bool]]
+                        ) -> tuple[list[Path], list[str]]:
+    """Make the domain's device groups allowing just `nodes`: the v1 devices group and,
+    where the host has cgroup v2, a v2 group with a BPF allow-list (both on a hybrid
+    host: the kernel checks both). (cgroup.procs files for the jail to join, the layers
+    made: "v1", "bpf"). A kernel that cannot load the program (no CONFIG_CGROUP_BPF)
+    gets a warning and no "bpf" layer, as libvirt does; the record says so."""
+    procs: list[Path] = []
+    layers: list[str] = []
+    group = _devices_dir(uuid)
     doing = f"to set the device allow-list of domain {uuid}"
-    try:
-        group.parent.mkdir(exist_ok=True)
-        group.mkdir(exist_ok=True)
-        # Deny all first, then allow each node: a group starts with its parent's list.
-        (group / "devices.deny").write_text("a")
-        for path, _ in nodes:
-            (group / "devices.allow").write_text(device_rule(path))
-    except OSError as e:
-        remove_device_cgroup(uuid)
-        raise BackendError(f"Failed {doing}: {group}: {e.strerror}") from e
-    return group / "cgroup.procs"
+    if group is not None:
+        try:
+            group.parent.mkdir(exist_ok=True)
+            group.mkdir(exist_ok=True)
+            # Deny all first, then allow each node: a group starts with its parent's list.
+            (group / "devices.deny").write_text("a")
+            for path, _ in nodes:
+                (group / "devices.allow").write_text(device_rule(path))
+        except OSError as e:
+            remove_device_cgroup(uuid)
+            raise BackendError(f"Failed {doing}: {group}: {e.strerror}") from e
+        procs.append(group / "cgroup.procs")
+        layers.append("v1")
+    v2 = _v2_dir(uuid)
+    if v2 is not None:
+        try:
+            v2.parent.mkdir(exist_ok=True)
+            v2.mkdir(exist_ok=True)
+        except OSError as e:
+            remove_device_cgroup(uuid)
+            raise BackendError(f"Failed {doing}: {v2}: {e.strerror}") from e
+        try:
+            devbpf.install(str(v2), [devbpf.Rule.of_node(p) for p, _ in nodes])
+        except OSError as e:
+            log.warning("domain %s: no BPF device allow-list on cgroup v2 (%s): the kernel "
+                        "needs CONFIG_CGROUP_BPF; its private /dev%s still applies", uuid,
+                        e.strerror or e, " and the v1 list" if layers else "")
+        else:
+            layers.append("bpf")
+        procs.append(v2 / "cgroup.procs")
+    return procs, layers
 
 
 def remove_device_cgroup(uuid: str) -> None:
+    """After QEMU exited: its device groups gone (the BPF program detached first, so it
+    goes even if the v2 group stays, e.g. held by a process left in it)."""
     group = _devices_dir(uuid)
     if group is not None:
-        with contextlib.suppress(FileNotFoundError, OSError):
+        with contextlib.suppress(OSError):
             group.rmdir()
+    v2 = _v2_dir(uuid)
+    if v2 is not None and v2.is_dir():
+        with contextlib.suppress(OSError):
+            devbpf.uninstall(str(v2))
+        with contextlib.suppress(OSError):
+            v2.rmdir()
 
 
 def device_cgroup_of(pid: int) -> str | None:
@@ -141,28 +182,46 @@ def device_cgroup_of(pid: int) -> str | None:
     return None
 
 
-def jail_argv(who: Identity, nodes: list[tuple[str, bool]], procs: Path | None,
-              argv: list[str], stderr: Path) -> list[str]:
+def jail_argv(who: Identity, nodes: list[tuple[str, bool]], procs: list[Path],
+              argv: list[str], stderr: Path, sandbox: bool = True) -> list[str]:
     """QEMU's argv, run through qemu/jail.py, which daemonizes it (not -daemonize: the
-    sandbox forbids its fork and setsid) with its stderr into `stderr`."""
+    sandbox forbids its fork and setsid) with its stderr into `stderr`. `sandbox`: add
+    -sandbox (qemu-storage-daemon has no such option)."""
     if who.uid == 0:
         raise NotSupported("Failed to confine QEMU: its user must not be root")
     spec = {"uid": who.uid, "gid": who.gid, "devices": nodes,
-            "cgroup": str(procs) if procs is not None else None, "stderr": str(stderr)}
+            "cgroups": [str(p) for p in procs], "stderr": str(stderr)}
     qemu = [a for a in argv if a != "-daemonize"]
     return [sys.executable, "-m", "xenia.qemu.jail", json.dumps(spec), "--", *qemu,
-            *sandbox_argv()]
+            *(sandbox_argv() if sandbox else [])]
 
 
-def add_block_device(uuid: str, pid: int, path: str, who: Identity) -> None:
-    """A hot-plugged block device: allowed in the domain's device cgroup and made in its
-    QEMU's private /dev (qemu/jail.py --add-node), before QEMU is asked to open it."""
+def allow_node(uuid: str, path: str, nodes: list[str]) -> None:
+    """One more node in the domain's device cgroups: v1 one more devices.allow line; v2 a
+    program for `nodes` (its private /dev so far) plus `path` replaces the old one."""
+    doing = f"to give device {path} to domain {uuid}"
     group = _devices_dir(uuid)
-    doing = f"to give block device {path} to domain {uuid}"
-    if group is not None and group.is_dir():
-        try:
+    try:
+        if group is not None and group.is_dir():
             (group / "devices.allow").write_text(device_rule(path))
-        except OSError as e:
-            raise BackendError(f"Failed {doing}: {e.strerror}") from e
+        v2 = _v2_dir(uuid)
+        if v2 is not None and v2.is_dir():
+            gfd = os.open(v2, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                had_program = bool(devbpf.query(gfd))
+            finally:
+                os.close(gfd)
+            if had_program:  # none: the kernel could not load one at start
+                devbpf.install(str(v2), [devbpf.Rule.of_node(p)
+                                         for p in [*nodes, path] if os.path.exists(p)])
+    except OSError as e:
+        raise BackendError(f"Failed {doing}: {e.strerror or e}") from e
+
+
+def add_block_device(uuid: str, pid: int, path: str, who: Identity,
+                     nodes: list[str]) -> None:
+    """A hot-plugged block device: allowed in the domain's device cgroups and made in its
+    QEMU's private /dev (qemu/jail.py --add-node), before QEMU is asked to open it."""
+    allow_node(uuid, path, nodes)
     run_tool([sys.executable, "-m", "xenia.qemu.jail", "--add-node", str(pid), path,
-              f"{who.uid}:{who.gid}", "--"], doing)
+              f"{who.uid}:{who.gid}", "--"], f"to give block device {path} to domain {uuid}")

@@ -4,7 +4,8 @@ A separate, single-threaded process, so that nothing here runs in a forked copy 
 multi-threaded xeniad (a preexec_fn there may deadlock on a lock another thread held).
 In order:
 
-1. join the domain's device cgroup (its allow-list is set already), so every device
+1. join the domain's device cgroups (v1 and v2: their allow-lists, devices.allow and the
+   BPF program, are set already), so every device
    QEMU opens from its first instruction on is checked;
 2. a private mount namespace (nothing propagates back to the host), and in it a fresh
    tmpfs on /dev with only the nodes the spec lists (copied from the host's: same
@@ -15,8 +16,8 @@ In order:
    QEMU's own -run-with user= cannot be used with elevateprivileges=deny (the seccomp
    filter is in force before QEMU's setuid, which then kills it), hence this helper.
 
-SPEC is JSON: {"uid", "gid", "devices": [[path, owned_by_qemu], ...], "cgroup": path of
-cgroup.procs or null, "stderr": path}. With "stderr" the jail daemonizes QEMU itself: a
+SPEC is JSON: {"uid", "gid", "devices": [[path, owned_by_qemu], ...], "cgroups": [paths
+of cgroup.procs: v1 devices, v2], "stderr": path}. With "stderr" the jail daemonizes QEMU itself: a
 child in a session of its own, stdio on /dev/null and that file, and prints its pid.
 QEMU's own -daemonize cannot be used under -sandbox: spawn=deny forbids its fork and
 elevateprivileges=deny its setsid (measured: QEMU 10.0 exits 1 at once). Errors go to
@@ -109,8 +110,8 @@ def main(argv: list[str]) -> int:
         return EXIT_JAIL
     libc = _libc()
     try:
-        if spec.get("cgroup"):
-            with open(spec["cgroup"], "w") as f:
+        for procs in spec.get("cgroups") or []:
+            with open(procs, "w") as f:
                 f.write(str(os.getpid()))
         private_dev(libc, [(str(p), bool(o)) for p, o in spec["devices"]], uid, gid)
         if spec.get("stderr"):

@@ -28,6 +28,7 @@ from xenia.storage.dir import DirDriver
 from xenia.storage.driver import VOLUME_FORMATS, PoolDriver, SnapshotInfo, VolumeInfo
 from xenia.storage.lvm import LvmDriver
 from xenia.storage.qemuimg import QemuImg
+from xenia.storage.replica_records import EXPORT_KIND, export_key, replica_view
 from xenia.storage.units import check_name, parse_size
 from xenia.store.base import Store
 
@@ -151,6 +152,11 @@ class StorageManager:
         return self._in_use(str(path))
 
     def _refuse_in_use(self, drv: PoolDriver, name: str, doing: str, why: str) -> None:
+        served = self.store.obj_get(EXPORT_KIND, export_key(drv.name, name))
+        if served is not None:
+            raise InUse(f"Failed {doing}: it is the replica copy of a volume of "
+                        f"{served.get('primary') or 'another host'}, served to it; delete "
+                        "or resync the volume there first")
         if self._in_use is None:
             return
         paths = [drv.volume_path(name)]
@@ -316,6 +322,7 @@ class StorageManager:
         """A volume as the API shows it: its info and the domain using it, if any."""
         d = info.to_dict()
         d["used_by"] = self._user(info.path)
+        d["replica"] = replica_view(self.store, info.pool, info.name)
         return d
 
     def volume_path(self, pool: str, name: str) -> Path:

@@ -46,6 +46,8 @@ XTERM = ('<link rel="stylesheet" href="/ui/static/vendor/xterm/xterm.css">\n',
 UPLOT = ('<link rel="stylesheet" href="/ui/static/vendor/uplot/uPlot.min.css">\n',
          '<script src="/ui/static/vendor/uplot/uPlot.iife.min.js"></script>\n')
 NOVNC = ("", '<script type="module" src="/ui/static/vnc.js"></script>\n')
+CLUSTER = ("", '<script src="/ui/static/cluster.js"></script>\n')
+IMAGES = ("", '<script src="/ui/static/images.js"></script>\n')
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,9 @@ PAGES: dict[str, tuple[str, Page]] = {
     "login": ("login", Page("Log in")),
     "domain": ("domain", Page("Domain", (XTERM, UPLOT, NOVNC))),
     "create": ("create", Page("Create")),
-    "host": ("host", Page("Host", (UPLOT,))),
+    "host": ("host", Page("Cluster", (UPLOT, CLUSTER))),
     "events": ("events", Page("Events")),
+    "images": ("images", Page("Images", (IMAGES,))),
     "tokens": ("tokens", Page("Tokens")),
 }
 

@@ -100,10 +100,22 @@ const xenia = (() => {
   }
 
   // -- domain list ---------------------------------------------------------------------
-  async function listPage() {
+  // Every domain with its host: the cluster-wide list on a member (as `xenia list`),
+  // else this host's own. Rows of other members carry no config or uptime.
+  async function domainRows() {
+    const cl = await api("GET", "/v1/cluster/domains").catch(() => ({ member: false }));
+    if (cl.member) {
+      const local = await api("GET", "/v1/domains");
+      const mine = new Map(local.map((d) => [d.name, d]));
+      return cl.domains.map((d) => ({ ...(d.host === cl.host ? mine.get(d.name) : {}), ...d }));
+    }
     const [doms, host] = await Promise.all([api("GET", "/v1/domains"), api("GET", "/v1/host")]);
-    const rows = doms.filter((d) => d.domid !== 0).map((d) => ({
-      name: d.name, host: host.host, type: d.type, state: d.state, memory: d.memory,
+    return doms.filter((d) => d.domid !== 0).map((d) => ({ ...d, host: host.host }));
+  }
+
+  async function listPage() {
+    const rows = (await domainRows()).map((d) => ({
+      name: d.name, host: d.host, type: d.type, state: d.state, memory: d.memory,
       vcpus: d.vcpus, ha: (d.config && d.config.ha) ? "yes" : "-", uptime: d.uptime || 0,
     }));
     const tbody = document.querySelector("#domains tbody");
@@ -116,7 +128,7 @@ const xenia = (() => {
       shown.sort((a, b) => (a[key] > b[key] ? 1 : a[key] < b[key] ? -1 : 0) * dir);
       tbody.replaceChildren(...shown.map((r) => el("tr", { "data-name": r.name },
         el("td", {}, el("a", { href: "/ui/domain?name=" + encodeURIComponent(r.name), text: r.name })),
-        el("td", { text: r.host }), el("td", { text: r.type }),
+        el("td", { text: r.host, class: "host" }), el("td", { text: r.type }),
         el("td", { text: r.state, class: "state" }), el("td", { text: String(r.memory) }),
         el("td", { text: String(r.vcpus) }), el("td", { text: r.ha }),
         el("td", { text: uptime(r.uptime) }))));
@@ -130,6 +142,7 @@ const xenia = (() => {
       draw();
     }));
     filter.addEventListener("input", draw);
+    filter.value = new URLSearchParams(location.search).get("q") || "";  // the host page's links
     draw();
   }
 
@@ -230,7 +243,7 @@ const xenia = (() => {
       destroy: () => api("DELETE", base),
       "mem-set": () => api("POST", base + "/memory", { mib: Number(val("mem")) }),
       "vcpu-set": () => api("POST", base + "/vcpus", { count: Number(val("vcpus")) }),
-      save: () => api("POST", base + "/save", { file: val("save-file") }),
+      save: () => save(base, val("save-file"), document.getElementById("save-keep").checked),
       migrate: () => migrate(base, val("migrate-host")),
       "disk-attach": () => api("POST", base + "/disks", { args: [val("disk-spec")] }),
       "nic-attach": () => api("POST", base + "/nics", { args: [val("nic-spec")] }),
@@ -249,23 +262,93 @@ const xenia = (() => {
       window.dispatchEvent(new CustomEvent("xenia-vnc", { detail: { ref } }));
     });
     startGraphs(`/v1/domains/${ref}/history`);
+    targets();
   }
 
-  // A long operation: start it, then follow its job as `xenia migrate` does.
-  async function migrate(base, host) {
-    const job = await api("POST", base + "/migrate", { host });
-    const p = document.getElementById("progress");
-    p.hidden = false;
-    for (;;) {
-      const st = await api("GET", `/v1/migrations/${job.id}`);
-      const pr = st.progress || {};
-      p.textContent = `migration: ${st.status}` + (pr.transferred !== undefined
-        ? ` · ${Math.round(pr.transferred / 1048576)} MiB sent` : "") + (st.message ? ` · ${st.message}` : "");
-      if (["completed", "failed", "cancelled"].includes(st.status)) {
-        if (st.status !== "completed") throw new Error(st.message || `migration ${st.status}`);
-        return st;
+  // The migrate picker: the other cluster members and the configured peers.
+  async function targets() {
+    const pick = document.getElementById("migrate-host");
+    const t = await api("GET", "/v1/host/targets").catch(() => ({ members: [], peers: [] }));
+    const opts = [...t.members.map((n) => el("option", { value: n, text: `${n} (cluster member)` })),
+      ...t.peers.map((n) => el("option", { value: n, text: `${n} (peer)` }))];
+    if (!opts.length) {
+      opts.push(el("option", { value: "", text: "(no other host: join a cluster or `xenia host add`)" }));
+    }
+    pick.replaceChildren(...opts);
+  }
+
+  // -- progress of long operations ---------------------------------------------------------
+  // One box a page (#progress): a <progress> bar (no value: not known yet) and a line of
+  // text; data-status and data-pct say the same for scripts and tests.
+  function progress() {
+    const box = document.getElementById("progress");
+    const bar = box.querySelector("progress");
+    const line = box.querySelector(".text");
+    function set(status, pct, text) {
+      box.hidden = false;
+      box.dataset.status = status;
+      if (pct === null) { bar.removeAttribute("value"); delete box.dataset.pct; } else {
+        bar.value = Math.max(0, Math.min(100, pct));
+        box.dataset.pct = bar.value.toFixed(1);
       }
-      await new Promise((r) => setTimeout(r, 500));
+      line.textContent = text;
+    }
+    return { set };
+  }
+
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+  // The same line as `xenia migrate` prints (cli/migrate.py's _render), from the same job.
+  function migrationLine(job) {
+    const p = job.progress || {};
+    if (["checking", "preparing"].includes(job.status)) return [null, `${job.status}...`];
+    if (job.status === "mirroring") return [null, "copying disks (live mirror)..."];
+    const mib = 1048576, total = Number(p.total || 0), left = Number(p.remaining || 0);
+    const pct = total ? 100 * (total - left) / total : 0;
+    const throttle = Number(p.throttle || 0);
+    return [pct, `${job.status}: pass ${p.passes || 0}, ${pct.toFixed(1)}% of RAM, `
+      + `${Math.round(Number(p.transferred || 0) / mib)} MiB sent, ${Math.round(left / mib)} MiB left, `
+      + `dirtying ${(Number(p.dirty_rate || 0) * 4096 / mib).toFixed(1)} MiB/s`
+      + (throttle ? `, throttle ${throttle}%` : "")];
+  }
+
+  // A live migration: start it, then follow its job as `xenia migrate` does.
+  async function migrate(base, host) {
+    if (!host) throw new Error("Failed to migrate: there is no host to migrate to; join a cluster or add a peer (`xenia host add`)");
+    const bar = progress();
+    bar.set("starting", null, `migrating to ${host}...`);
+    let job = await api("POST", base + "/migrate", { host });
+    while (job.finished === null || job.finished === undefined) {
+      await sleep(300);
+      job = await api("GET", `/v1/migrations/${job.id}`);
+      const [pct, text] = migrationLine(job);
+      bar.set(job.status, pct, text);
+    }
+    if (job.status !== "completed") {
+      bar.set(job.status, null, `migration ${job.status}: ${job.message || ""}`);
+      throw new Error(job.message || `migration ${job.status}`);
+    }
+    bar.set("completed", 100, job.message || `migrated to ${host}`);
+    return job;
+  }
+
+  // A save: the API answers when the file is written (the CLI prints nothing before
+  // either), so the bar shows the time spent until the answer, then the result.
+  async function save(base, file, keep) {
+    const bar = progress();
+    const t0 = Date.now();
+    const tick = () => bar.set("saving", null, `saving to ${file}... ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+    tick();
+    const timer = setInterval(tick, 500);
+    try {
+      const res = await api("POST", base + "/save", { file, keep });
+      bar.set("completed", 100, `Saved to ${res.file} (${(res.bytes / 1048576).toFixed(1)} MiB in ${res.seconds.toFixed(2)} s)`);
+      return res;
+    } catch (e) {
+      bar.set("failed", null, e.message);
+      throw e;
+    } finally {
+      clearInterval(timer);
     }
   }
 
@@ -292,25 +375,6 @@ const xenia = (() => {
     };
     term.onData((d) => { if (ws.readyState === 1) ws.send(enc.encode(d)); });
     window.xeniaTerm = term;  // for the browser tests: what the terminal shows
-  }
-
-  // -- host page -----------------------------------------------------------------------
-  async function hostPage() {
-    const h = await api("GET", "/v1/host");
-    // The cluster (etcd membership, leases, fencing) is the cluster work's (branches
-    // etcd/clusterops). The seam: once this host is a member, a route listing the
-    // members in this row shape fills the table; until then this host is shown alone.
-    document.getElementById("cluster-note").textContent =
-      "This host is not part of a cluster: it is shown alone.";
-    const hosts = [{
-      name: h.host, state: "up", lease: "-", cpus: h.nr_cpus,
-      memory: `${h.free_memory} / ${h.total_memory}`, domains: h.domains, accel: h.accel || "-",
-    }];
-    document.querySelector("#hosts tbody").replaceChildren(...hosts.map((r) => el("tr", {},
-      el("td", { text: r.name }), el("td", { text: r.state }), el("td", { text: r.lease }),
-      el("td", { text: String(r.cpus) }), el("td", { text: r.memory }),
-      el("td", { text: String(r.domains) }), el("td", { text: r.accel }))));
-    startGraphs("/v1/host/history");
   }
 
   // -- event log and tokens (admin) ------------------------------------------------------
@@ -360,7 +424,7 @@ const xenia = (() => {
       if (page === "index") await listPage();
       else if (page === "create") createPage();
       else if (page === "domain") await domainPage();
-      else if (page === "host") await hostPage();
+      else if (pages[page]) await pages[page](helpers);
       else if (page === "events") await eventsPage();
       else if (page === "tokens") await tokensPage();
     } catch (e) {
@@ -368,6 +432,10 @@ const xenia = (() => {
     }
   }
 
+  // Pages in scripts of their own (cluster.js) register here; they load before this one.
+  const pages = window.xeniaPages || {};
+  const helpers = { api, act, show, el, progress, sleep, startGraphs, domainRows,
+    session: () => session };
   return { main, api, show };
 })();
 
