@@ -10,27 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from xenia.config.build import build_config
+from tests.unit.test_platform_keys import argv, build, devices
 from xenia.config.cpuid import parse_cpuid
-from xenia.config.model import DomainConfig
-from xenia.config.xlcfg import parse_config
 from xenia.devices.layout import Layout
 from xenia.errors import InvalidConfig, NotFound, NotSupported
 from xenia.qemu import xldevices
-from xenia.qemu.cmdline import RunFiles, build_argv
-
-
-def build(text: str) -> DomainConfig:
-    return build_config(parse_config('name = "g"\n' + text, "g.cfg"), "g.cfg")
-
-
-def argv(cfg: DomainConfig, accel: str = "tcg") -> list[str]:
-    return build_argv(cfg, uuid="00000000-0000-0000-0000-000000000001", accel=accel,
-                      files=RunFiles(Path("/run/x")))
-
-
-def devices(args: list[str]) -> list[dict[str, object]]:
-    return [json.loads(args[i + 1]) for i, a in enumerate(args) if a == "-device"]
 
 
 def cpu_arg(args: list[str]) -> str:
