@@ -234,3 +234,44 @@ def test_container_refuses_the_vm_keys(text: str) -> None:
     cfg = build(f'type = "container"\nrootfs = "/r"\n{text}')
     with pytest.raises(InvalidConfig, match="a container cannot have"):
         check_config(cfg)
+
+
+# --- suspend / resume refusals (a fake QMP: error paths only) --------------------------
+
+
+class _FakeQmp:
+    def __init__(self, status: str) -> None:
+        self.status = status
+
+    async def query_status(self) -> str:
+        return self.status
+
+
+def _verbs(text: str, status: str) -> object:
+    from xenia.drivers.qemu_xlverbs import XlVerbsMixin
+    from xenia.store.base import DomainRecord
+
+    v = XlVerbsMixin()
+    v.qmp = _FakeQmp(status)  # type: ignore[assignment]
+    v.record = DomainRecord(uuid="u", name="g", domid=1, config=build(text))
+    v.console_path = lambda: Path("/nonexistent/console.sock")
+    return v
+
+
+@pytest.mark.parametrize(("text", "status", "match"), [
+    ("acpi_s3 = 0", "running", "no S3 sleep state"),
+    ("", "paused", "it is paused, not running"),
+    ("", "running", "no guest agent to ask.*echo mem"),
+])
+def test_suspend_refused(text: str, status: str, match: str) -> None:
+    import asyncio
+
+    with pytest.raises((NotSupported, InvalidConfig), match=match):
+        asyncio.run(_verbs(text, status).suspend())  # type: ignore[attr-defined]
+
+
+def test_resume_refused_unless_suspended() -> None:
+    import asyncio
+
+    with pytest.raises(InvalidConfig, match="it is running, not suspended"):
+        asyncio.run(_verbs("", "running").wakeup())  # type: ignore[attr-defined]
