@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -95,6 +97,42 @@ def create(h: NetHost, name: str, *args: str, check: bool = True
     return h.xenia("create", str(cfg), *args, check=check)
 
 
+def interactive_console(h: NetHost, name: str, typed: bytes, expect: bytes,
+                        timeout: float = 30.0) -> tuple[bytes, int]:
+    """`xenia console NAME` on a pseudo-terminal: type `typed` once attached, wait for
+    `expect`, then Ctrl-]. The terminal's output and the exit status."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI, as a person runs it
+        os.execve(sys.executable, [sys.executable, "-m", "xenia.cli", "console", name],
+                  h.env)
+    out, sent, detached, status = b"", False, False, None
+    deadline = time.monotonic() + timeout
+    try:
+        while status is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    out += os.read(fd, 65536)
+                except OSError:  # EIO: the child closed the terminal (it exited)
+                    pass
+            if not sent and b"Connected to the console" in out:
+                os.write(fd, typed)
+                sent = True
+            if sent and not detached and expect in out:
+                os.write(fd, b"\x1d")
+                detached = True
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = os.waitstatus_to_exitcode(st)
+    finally:
+        if status is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert detached and status is not None, f"the console did not answer: {out!r}"
+    return out, status
+
+
 def test_init_token_join_status(cl: Cluster) -> None:
     h0, h1, h2 = cl.hosts
     h0.xenia("cluster", "init", "--name", "h0", "--cluster", "t")
@@ -138,6 +176,12 @@ def test_list_across_the_cluster_and_a_verb_on_a_remote_domain(cl: Cluster) -> N
     # The console's --run from h0, on h1's guest.
     ran = h0.xenia("console", "--run", "echo on-$((40+2))", "g1", "--timeout", "60").stdout
     assert ran.count("on-42") == 1
+    # The interactive console from h0, on h1's guest, on a terminal: relayed by h0's
+    # xeniad from h1's; Ctrl-] detaches with status 0.
+    out, rc = interactive_console(h0, "g1", b"echo via-$((6*7))-pty\n", b"via-42-pty")
+    assert rc == 0 and b"Connected to the console" in out, out
+    # The detach closed h1's side too: QEMU takes one console client, and it is free.
+    assert h1.run("g1", "echo free-$((1+1))").count("free-2") == 1
     info = json.loads(h0.xenia("list", "-l", "g1").stdout)
     assert info[0]["host"] == "h1"
     # A name taken on another member is refused.

@@ -70,6 +70,27 @@ def _replay(body: bytes) -> Receive:
     return receive
 
 
+async def owner(node: Any, ref: str) -> str | None:
+    """The member that has domain `ref`, if it is not this one (None: let the app
+    answer, found or not). Also the console relay's (cluster/console.py)."""
+    try:
+        node.engine.manager.resolve(ref)
+        return None
+    except XeniaError:
+        pass
+    import asyncio
+
+    from xenia.cluster.status import cluster_rows
+
+    rows = await asyncio.to_thread(cluster_rows, node.client())
+    hits = {r["host"] for r in rows if r.get("host") != node.name
+            and ref in (r.get("name"), r.get("uuid"))}
+    if len(hits) > 1:
+        raise InvalidConfig(f"Failed to find domain '{ref}': members {', '.join(sorted(hits))}"
+                            " each have one of that name; name it by its UUID")
+    return hits.pop() if hits else None
+
+
 class ClusterForward:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -106,7 +127,7 @@ class ClusterForward:
         host = None
         m = _DOMAIN.match(path)
         if m:
-            host = await self._owner(node, m.group(1))
+            host = await owner(node, m.group(1))
         j = _JOB.match(path)
         if j and j.group(1) not in node.engine.sender.jobs:
             host = node.jobs.get(j.group(1))
@@ -119,26 +140,6 @@ class ClusterForward:
         if m and (m.group(2) or "") == "/migrate" and isinstance(ans, dict) and ans.get("id"):
             node.jobs[str(ans["id"])] = host
         await _respond(send, status, ans)
-
-    async def _owner(self, node: Any, ref: str) -> str | None:
-        """The member that has domain `ref`, if it is not this one (None: let the app
-        answer, found or not)."""
-        try:
-            node.engine.manager.resolve(ref)
-            return None
-        except XeniaError:
-            pass
-        import asyncio
-
-        from xenia.cluster.status import cluster_rows
-
-        rows = await asyncio.to_thread(cluster_rows, node.client())
-        hits = {r["host"] for r in rows if r.get("host") != node.name
-                and ref in (r.get("name"), r.get("uuid"))}
-        if len(hits) > 1:
-            raise InvalidConfig(f"Failed to find domain '{ref}': members {', '.join(sorted(hits))}"
-                                " each have one of that name; name it by its UUID")
-        return hits.pop() if hits else None
 
     async def _forward(self, node: Any, host: str, method: str, path: str, body: Any
                        ) -> tuple[int, Any]:

@@ -186,7 +186,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/metrics"): _r("metrics", HANDLER),
     # -- the web UI's own (api/webui.py): a dry run starts nothing, so it is not audited.
     ("POST", "/v1/config/parse"): _r("create", readonly=True),
-    ("WEBSOCKET", D + "/console"): _r("console", REF),
+    # `cluster`: a member relays `xenia console` of a domain here (cluster/console.py).
+    ("WEBSOCKET", D + "/console"): _r("console|cluster", REF),
     ("WEBSOCKET", D + "/vnc"): _r("console", REF),
     ("GET", D + "/history"): _r("read", REF),
     ("GET", "/v1/host/history"): _r("read"),

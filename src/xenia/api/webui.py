@@ -157,7 +157,12 @@ async def _running(m: Any, ref: str, what: str) -> tuple[Any, Any]:
 async def console(ws: WebSocket, ref: str) -> None:
     """The domain's serial console (a container's pty) as binary WebSocket messages both
     ways. QEMU takes one console client at a time, as xl's console: while `xenia console`
-    is attached, this waits for it."""
+    is attached, this waits for it. On the local socket of a cluster member, a domain of
+    another member is relayed from there (cluster/console.py)."""
+    from xenia.cluster.console import relay_if_remote
+
+    if await relay_if_remote(ws, ref):  # a domain of another cluster member
+        return
     m = ws.app.state.engine.manager  # (deps.Manager takes a Request, not a WebSocket)
 
     async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -55,7 +55,12 @@ def attach(path: Path, linger: float = 2.0, escape: bytes = ESCAPE) -> None:
     session at once: output is still shown until the console has been quiet for `linger`
     seconds, so `echo cmd | xenia console dom` prints the command's answer.
     """
-    sock = connect(path)
+    attach_socket(connect(path), linger, escape)
+
+
+def attach_socket(sock: socket.socket, linger: float = 2.0, escape: bytes = ESCAPE) -> None:
+    """attach() on a connected stream socket (closed on return): the console's own, or
+    one end of the relay of another cluster member's (cli/remote_console.py)."""
     stdin = sys.stdin.buffer
     stdout = sys.stdout.buffer
     fd_in = stdin.fileno()

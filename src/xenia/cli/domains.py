@@ -15,7 +15,7 @@ import xenia
 from xenia.cli import console as con
 from xenia.cli.base import Ctx, cli, out, pass_ctx, warn
 from xenia.config.model import DomainConfig
-from xenia.errors import InvalidConfig, NotFound, NotSupported, TimedOut, XeniaError
+from xenia.errors import InvalidConfig, NotFound, TimedOut, XeniaError
 
 
 # -- create ------------------------------------------------------------------------------
@@ -412,7 +412,7 @@ def console_cmd(c: Ctx, ctype: str | None, num: int, escape: str, run_cmd: str |
         raise InvalidConfig(f"Failed to attach console {num}: domains have one console (0)")
     d = c.client.get(f"/v1/domains/{dom}")
     if d.get("host"):
-        _remote_console(c, d, run_cmd, show_log, wait_for, timeout, dom)
+        _remote_console(c, d, run_cmd, show_log, wait_for, timeout, dom, escape_byte)
         return
     if not d.get("console"):
         raise XeniaError(f"Failed to attach to the console of '{dom}': it has none running")
@@ -430,9 +430,10 @@ def console_cmd(c: Ctx, ctype: str | None, num: int, escape: str, run_cmd: str |
 
 
 def _remote_console(c: Ctx, d: dict[str, Any], run_cmd: str | None, show_log: bool,
-                    wait_for: str | None, timeout: float, dom: str) -> None:
+                    wait_for: str | None, timeout: float, dom: str, escape: bytes) -> None:
     """The console of a domain on another cluster member: --run, --log and --wait go
-    through the API (forwarded to that member); the interactive console does not."""
+    through the API (forwarded to that member); the interactive console is relayed by
+    this host's xeniad from that member's (cli/remote_console.py)."""
     ref = d["uuid"]
     if run_cmd is not None:
         ans = c.client.post(f"/v1/domains/{ref}/console/run",
@@ -452,6 +453,9 @@ def _remote_console(c: Ctx, d: dict[str, Any], run_cmd: str | None, show_log: bo
             raise XeniaError(f"Failed waiting for '{wait_for}' on the console of '{dom}': "
                              f"not seen in {timeout:.0f} s")
         return
-    raise NotSupported(f"Failed to attach to the console of '{dom}': it runs on cluster "
-                       f"member {d['host']}; attach there (`xenia console {dom}` on that "
-                       "host); --run, --log and --wait work from here")
+    if not d.get("console"):
+        raise XeniaError(f"Failed to attach to the console of '{dom}': it has none running "
+                         f"(on cluster member '{d['host']}'); start it first")
+    from xenia.cli import remote_console
+
+    remote_console.attach(c.client.paths.api_socket, ref, escape=escape)
