@@ -50,8 +50,9 @@ def free_port() -> int:
 
 
 def run_with_peer(tmp_path: Path, body: Callable[[PeerService, str], Awaitable[None]],
-                  tls: bool = True) -> None:
-    """Serve a host "b" on 127.0.0.1 and run `body(its service, its address)`."""
+                  tls: bool = True, manager: Any = None) -> None:
+    """Serve a host "b" on 127.0.0.1 and run `body(its service, its address)`; its
+    domains are `manager`'s (default: none)."""
     paths = Paths(state=tmp_path / "b" / "state", run=tmp_path / "b" / "run")
     paths.ensure()
     store = SqliteStore(paths.db)
@@ -59,7 +60,8 @@ def run_with_peer(tmp_path: Path, body: Callable[[PeerService, str], Awaitable[N
                                                "accel": "tcg", "free_memory": 1234,
                                                "domains": 2}, describe=dict)
     app = make_app(SimpleNamespace(paths=paths, store=store,  # type: ignore[arg-type]
-                                   manager=SimpleNamespace(resolve=resolve), views=views))
+                                   manager=manager or SimpleNamespace(resolve=resolve),
+                                   views=views))
     spec = ListenSpec("127.0.0.1", free_port(), tls=tls)
 
     async def main() -> None:

@@ -41,8 +41,9 @@ class Stream:
     ends the other: the WebSocket's close shuts the socket; the socket's close (a detach)
     closes the WebSocket. `error`: why the relay ended, if it broke or was refused."""
 
-    def __init__(self, ws: ClientConnection, ref: str) -> None:
+    def __init__(self, ws: ClientConnection, ref: str, stack: contextlib.ExitStack) -> None:
         self.ws = ws
+        self._stack = stack  # the connect()'s context: websockets 15+ wants one
         self.ref = ref
         self.error: XeniaError | None = None
         self.sock, self._theirs = socket.socketpair()
@@ -85,6 +86,7 @@ class Stream:
         for t in self._threads:
             t.join(timeout)
         self._theirs.close()
+        self._stack.close()
         if self.error is not None:
             raise self.error
 
@@ -93,16 +95,18 @@ def open_stream(api_socket: Path, ref: str) -> Stream:
     from websockets.exceptions import InvalidStatus, WebSocketException
     from websockets.sync.client import unix_connect
 
+    stack = contextlib.ExitStack()
     try:
-        ws = unix_connect(str(api_socket), f"ws://xeniad/v1/domains/{ref}/console",
-                          open_timeout=OPEN_TIMEOUT, compression=None, max_size=None)
+        ws = stack.enter_context(unix_connect(
+            str(api_socket), f"ws://xeniad/v1/domains/{ref}/console",
+            open_timeout=OPEN_TIMEOUT, compression=None, max_size=None))
     except InvalidStatus as e:
         raise BackendError(f"Failed to attach to the console of '{ref}': xeniad refused "
                            f"it (HTTP {e.response.status_code}); see its log") from e
     except (OSError, TimeoutError, WebSocketException) as e:
         raise BackendError(f"Failed to attach to the console of '{ref}': cannot open the "
                            f"relay on {api_socket} ({e}); is xeniad running?") from e
-    return Stream(ws, ref)
+    return Stream(ws, ref, stack)
 
 
 def attach(api_socket: Path, ref: str, escape: bytes = con.ESCAPE) -> None:

@@ -73,7 +73,7 @@ async def open_upstream(peer: PeerClient, ref: str) -> ClientConnection:
             "and that this host is still a member (`xenia cluster status`)") from e
     except (OSError, TimeoutError, WebSocketException, EOFError) as e:
         if pinned.mismatch is not None:
-            raise peer._mismatch(pinned.mismatch) from None  # noqa: SLF001
+            raise peer.mismatch(pinned.mismatch) from None
         raise Unreachable(f"Failed to attach to the console of '{ref}': cannot reach "
                           f"cluster member '{peer.name}' at {peer.address} ({e}); check "
                           "`xenia cluster status`") from e

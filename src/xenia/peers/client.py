@@ -153,7 +153,9 @@ class PeerClient:
             return _PinnedConnection(self.host, self.port, timeout, self.fingerprint)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
-    def _mismatch(self, actual: str) -> FingerprintMismatch:
+    def mismatch(self, actual: str) -> FingerprintMismatch:
+        """The error for a certificate that is not the pinned one (the console relay's
+        WebSocket, cluster/console.py, raises it too)."""
         name = self.name or "NAME"
         return FingerprintMismatch(
             f"Failed to connect to {self._who} at {self.address}: its certificate's SHA-256 "
@@ -179,7 +181,7 @@ class PeerClient:
             resp = conn.getresponse()
             status, body = resp.status, resp.read()
         except _Mismatch as e:
-            raise self._mismatch(e.actual) from None
+            raise self.mismatch(e.actual) from None
         except (OSError, http.client.HTTPException, ssl.SSLError) as e:
             raise _unreachable(self._who, self.address, e, timeout) from e
         finally:
