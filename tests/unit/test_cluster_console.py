@@ -206,3 +206,36 @@ def test_the_cluster_scope_opens_the_console_only() -> None:
     # Not the screen, nor the console's other routes (those are forwarded verbs).
     assert RULES[("WEBSOCKET", d + "/vnc")].scopes == ("console",)
     assert RULES[("POST", d + "/console/run")].scopes == ("console",)
+
+
+@pytest.mark.parametrize("broken", [True, False])
+def test_relay_ends_with_the_member(local_relay: tuple[Path, list[Any]],
+                                    monkeypatch: pytest.MonkeyPatch, broken: bool) -> None:
+    """The member's side ending ends the local client's: a normal close as a close, a
+    broken connection as an error message and close code 1011."""
+    from websockets.asyncio.client import unix_connect
+
+    path, handlers = local_relay
+
+    def member(conn: ServerConnection) -> None:
+        conn.send(b"boot\r\n")
+        if broken:
+            conn.socket.shutdown(socket.SHUT_RDWR)
+        else:
+            conn.close()
+
+    handlers.append(member)
+
+    async def upstream(peer: Any, ref: str) -> Any:
+        return await unix_connect(str(path), "ws://member/console")
+
+    monkeypatch.setattr(relay_mod, "open_upstream", upstream)
+    app = relay_app({"status": 200, "body": {"name": "g1", "console": "/run/c.sock"}})
+    with TestClient(app) as client, client.websocket_connect("/c/g1") as ws:
+        assert ws.receive_bytes() == b"boot\r\n"
+        if broken:
+            err = json.loads(ws.receive_text())
+            assert err["error"] == "backend" and "cluster member 'h1' broke" in err["message"]
+            assert ws.receive()["code"] == relay_mod.CLOSE_BROKEN
+        else:
+            assert ws.receive()["code"] == 1000

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -216,17 +216,27 @@ async def relay(ws: WebSocket, connect: Callable[[], Awaitable[
             writer.write(data)
             await writer.drain()
 
-    tasks = [asyncio.create_task(to_browser()), asyncio.create_task(to_server())]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await until_first(to_browser(), to_server())
     except WebSocketDisconnect:
         pass
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await ws.close()
+
+
+async def until_first(*copies: Coroutine[Any, Any, None]) -> list[asyncio.Task[None]]:
+    """Run a relay's copies until one ends, then cancel and reap the others: the end of
+    either direction ends the session. The tasks, in order (the ended one's exception is
+    still there to read)."""
+    tasks = [asyncio.create_task(c) for c in copies]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
-        writer.close()
-        with contextlib.suppress(Exception):
-            await ws.close()
+    return tasks

@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus, WebSocketException
 
 from xenia.api.forward import owner, raise_answer
+from xenia.api.webui import until_first
 from xenia.errors import BackendError, Unreachable, XeniaError
 from xenia.peers import fingerprint as fp
 from xenia.peers.client import PeerClient, client_context
@@ -121,21 +122,16 @@ async def relay(ws: WebSocket, node: Any, host: str, ref: str) -> None:
                 return
             await up.send(msg.get("bytes") or (msg.get("text") or "").encode())
 
-    tasks = [asyncio.create_task(down()), asyncio.create_task(upward())]
-    broken: XeniaError | None = None
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if tasks[0] in done and isinstance(tasks[0].exception(), ConnectionClosedError):
-            broken = BackendError(f"Failed to relay the console of '{ref}': the connection "
-                                  f"to cluster member '{host}' broke ({tasks[0].exception()})")
+        ended = (await until_first(down(), upward()))[0]
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
         with contextlib.suppress(Exception):
             await up.close()
+    broken: XeniaError | None = None
+    if ended.done() and not ended.cancelled() and isinstance(ended.exception(),
+                                                             ConnectionClosedError):
+        broken = BackendError(f"Failed to relay the console of '{ref}': the connection to "
+                              f"cluster member '{host}' broke ({ended.exception()})")
     if broken is not None:
         await _fail(ws, broken)
     else:
