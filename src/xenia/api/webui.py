@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from xenia.api.deps import Manager
 from xenia.api.peers import Peers
+from xenia.api.relaying import until_first
 from xenia.config.build import build_config
 from xenia.config.xlcfg import parse_config
 from xenia.errors import BackendError, InvalidConfig, NotSupported, XeniaError
@@ -225,18 +226,3 @@ async def relay(ws: WebSocket, connect: Callable[[], Awaitable[
         with contextlib.suppress(Exception):
             await ws.close()
 
-
-async def until_first(*copies: Coroutine[Any, Any, None]) -> list[asyncio.Task[None]]:
-    """Run a relay's copies until one ends, then cancel and reap the others: the end of
-    either direction ends the session. The tasks, in order (the ended one's exception is
-    still there to read)."""
-    tasks = [asyncio.create_task(c) for c in copies]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
-    return tasks

@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus, WebSocketException
 
 from xenia.api.forward import owner, raise_answer
-from xenia.api.webui import until_first
+from xenia.api.relaying import until_first
 from xenia.errors import BackendError, Unreachable, XeniaError
 from xenia.peers import fingerprint as fp
 from xenia.peers.client import PeerClient, client_context
