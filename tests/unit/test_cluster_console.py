@@ -8,7 +8,7 @@ import asyncio
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,8 +27,9 @@ from xenia.peers.client import FingerprintMismatch, PeerClient
 from xenia.peers.service import PeerService
 
 
-def echo_console(path: Path) -> socket.socket:
-    """A stand-in for QEMU's console socket: one client, echoed back."""
+def echo_console(path: Path, answer: Callable[[bytes], bytes] = bytes) -> socket.socket:
+    """A stand-in for QEMU's console socket: one client, whose bytes come back as
+    `answer(bytes)` (the UI's tests upper-case them)."""
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(str(path))
     srv.listen(1)
@@ -37,7 +38,7 @@ def echo_console(path: Path) -> socket.socket:
         conn, _ = srv.accept()
         with conn:
             while data := conn.recv(4096):
-                conn.sendall(data)
+                conn.sendall(answer(data))
 
     threading.Thread(target=serve, daemon=True).start()
     return srv

@@ -160,24 +160,13 @@ def test_event_log_shows_who_did_what_to_admins_only(ui: Ui) -> None:
 
 
 def test_console_websocket_needs_scope_and_origin_then_relays(ui: Ui, tmp_path: Path) -> None:
-    import socket
-    import threading
-
     from starlette.websockets import WebSocketDisconnect
+
+    from tests.unit.test_cluster_console import echo_console
 
     # A console socket like QEMU's: whatever comes in goes back upper-cased.
     path = tmp_path / "console.sock"
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen(1)
-
-    def serve() -> None:
-        conn, _ = server.accept()
-        with conn:
-            while data := conn.recv(1024):
-                conn.sendall(data.upper())
-
-    threading.Thread(target=serve, daemon=True).start()
+    server = echo_console(path, bytes.upper)
     inst = SimpleNamespace(alive=True, console_path=lambda: path)
     ui.m.instance_of = lambda uuid: inst  # type: ignore[attr-defined]
     def headers(origin: str = "http://testserver") -> dict[str, str]:
