@@ -97,14 +97,15 @@ def create(h: NetHost, name: str, *args: str, check: bool = True
     return h.xenia("create", str(cfg), *args, check=check)
 
 
-def interactive_console(h: NetHost, name: str, typed: bytes, expect: bytes,
-                        timeout: float = 30.0) -> tuple[bytes, int]:
-    """`xenia console NAME` on a pseudo-terminal: type `typed` once attached, wait for
-    `expect`, then Ctrl-]. The terminal's output and the exit status."""
+def interactive_console(h: NetHost, args: list[str], typed: bytes, expect: bytes,
+                        first: bytes = b"Connected to the console", timeout: float = 60.0
+                        ) -> tuple[bytes, int]:
+    """`xenia ARGS` (an interactive console) on a pseudo-terminal: type `typed` once
+    `first` shows, wait for `expect`, then Ctrl-]. The terminal's output and the exit
+    status."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: the CLI, as a person runs it
-        os.execve(sys.executable, [sys.executable, "-m", "xenia.cli", "console", name],
-                  h.env)
+        os.execve(sys.executable, [sys.executable, "-m", "xenia.cli", *args], h.env)
     out, sent, detached, status = b"", False, False, None
     deadline = time.monotonic() + timeout
     try:
@@ -115,7 +116,7 @@ def interactive_console(h: NetHost, name: str, typed: bytes, expect: bytes,
                     out += os.read(fd, 65536)
                 except OSError:  # EIO: the child closed the terminal (it exited)
                     pass
-            if not sent and b"Connected to the console" in out:
+            if not sent and first in out:
                 os.write(fd, typed)
                 sent = True
             if sent and not detached and expect in out:
@@ -178,10 +179,18 @@ def test_list_across_the_cluster_and_a_verb_on_a_remote_domain(cl: Cluster) -> N
     assert ran.count("on-42") == 1
     # The interactive console from h0, on h1's guest, on a terminal: relayed by h0's
     # xeniad from h1's; Ctrl-] detaches with status 0.
-    out, rc = interactive_console(h0, "g1", b"echo via-$((6*7))-pty\n", b"via-42-pty")
+    out, rc = interactive_console(h0, ["console", "g1"], b"echo via-$((6*7))-pty\n",
+                                  b"via-42-pty")
     assert rc == 0 and b"Connected to the console" in out, out
     # The detach closed h1's side too: QEMU takes one console client, and it is free.
     assert h1.run("g1", "echo free-$((1+1))").count("free-2") == 1
+    # `create -c` placed on another member: its boot from the start, then a shell.
+    cfg = h0.write_cfg("gc", memory=MEM)
+    out, rc = interactive_console(h0, ["create", "-c", str(cfg), "--host", "h2"],
+                                  b"echo c-$((6*7))\n", b"c-42", first=READY.encode())
+    assert rc == 0 and b"placed on cluster member h2" in out and b"Linux version" in out, out
+    h0.xenia("destroy", "gc")
+    assert not cluster_list(cl.hosts[2], "--local")
     info = json.loads(h0.xenia("list", "-l", "g1").stdout)
     assert info[0]["host"] == "h1"
     # A name taken on another member is refused.

@@ -148,6 +148,12 @@ def test_cli_stream_raises_the_relays_error(local_relay: tuple[Path, list[Any]])
     stream.sock.close()
     with pytest.raises(NotFound, match="Failed to find domain 'g1'"):
         stream.finish()
+    # attach(): the error before any "Connected", and nothing resumed.
+    handlers.append(refuse)
+    resumed: list[bool] = []
+    with pytest.raises(NotFound, match="Failed to find domain 'g1'"):
+        remote_console.attach(path, "g1", connected=lambda: resumed.append(True))
+    assert resumed == []
 
 
 def test_cli_stream_broken_relay_is_an_error(local_relay: tuple[Path, list[Any]]) -> None:
@@ -186,11 +192,13 @@ def test_cli_stream_detach_and_normal_end(local_relay: tuple[Path, list[Any]]) -
     assert closed.wait(5) and seen == [b"ls\r"]
 
     def hang_up(conn: ServerConnection) -> None:
+        conn.send(b"")  # the relay's "connected": not console data
         conn.send(b"bye")
         conn.close()  # the guest went away: a normal close
 
     handlers.append(hang_up)
     stream = remote_console.open_stream(path, "g1")
+    stream.wait_ready()
     assert drain(stream.sock) == b"bye"
     stream.sock.close()
     stream.finish()
@@ -233,6 +241,7 @@ def test_relay_ends_with_the_member(local_relay: tuple[Path, list[Any]],
     monkeypatch.setattr(relay_mod, "open_upstream", upstream)
     app = relay_app({"status": 200, "body": {"name": "g1", "console": "/run/c.sock"}})
     with TestClient(app) as client, client.websocket_connect("/c/g1") as ws:
+        assert ws.receive_bytes() == b""  # "connected"
         assert ws.receive_bytes() == b"boot\r\n"
         if broken:
             err = json.loads(ws.receive_text())

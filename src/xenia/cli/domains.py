@@ -85,10 +85,14 @@ def create(c: Ctx, attach: bool, paused: bool, dryrun: bool, quiet: bool,
         return
     # Built paused, the console attached, then resumed: so -c shows the boot from the start.
     dom = c.client.post("/v1/domains", {**body, "paused": True})
-    if dom.get("host"):
-        raise InvalidConfig(f"Failed to attach to the console of '{cfg.name}': it was placed "
-                            f"on cluster member {dom['host']} and is left paused there; "
-                            f"attach on that host, or create it with --host of this one")
+    if dom.get("host"):  # placed on another member: its console relayed from there
+        from xenia.cli import remote_console
+
+        click.echo(f"xenia: '{cfg.name}' placed on cluster member {dom['host']}", err=True)
+        unpause = None if paused else (
+            lambda: c.client.post(f"/v1/domains/{dom['uuid']}/unpause"))
+        remote_console.attach(c.client.paths.api_socket, dom["uuid"], connected=unpause)
+        return
     if not paused:
         sock = con.connect(con.Path(dom["console"]))
         c.client.post(f"/v1/domains/{dom['uuid']}/unpause")

@@ -15,6 +15,7 @@ import contextlib
 import json
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,8 @@ class Stream:
         self._stack = stack  # the connect()'s context: websockets 15+ wants one
         self.ref = ref
         self.error: XeniaError | None = None
+        self.ready = threading.Event()  # the member's console is connected, or the end
+        self.connected = False
         self.sock, self._theirs = socket.socketpair()
         self._threads = [threading.Thread(target=self._down, daemon=True),
                          threading.Thread(target=self._up, daemon=True)]
@@ -60,6 +63,10 @@ class Stream:
                 if isinstance(msg, str):
                     self.error = _error(msg, self.ref)
                     return
+                if not msg:  # the relay's "connected"
+                    self.connected = True
+                    self.ready.set()
+                    continue
                 self._theirs.sendall(msg)
         except ConnectionClosedError as e:
             self.error = BackendError(f"Failed to relay the console of '{self.ref}': the "
@@ -67,6 +74,7 @@ class Stream:
         except OSError:
             pass  # the other end was closed: a detach
         finally:
+            self.ready.set()
             # EOF to attach_socket(), which then returns.
             with contextlib.suppress(OSError):
                 self._theirs.shutdown(socket.SHUT_RDWR)
@@ -79,9 +87,21 @@ class Stream:
                 self.ws.send(data)
         self.ws.close()
 
+    def wait_ready(self, timeout: float = OPEN_TIMEOUT) -> None:
+        """Until the member's console is connected; its error if the relay ended first."""
+        if self.ready.wait(timeout) and self.connected:
+            return
+        self.sock.close()
+        if self.error is None:
+            self.error = BackendError(f"Failed to attach to the console of '{self.ref}': the "
+                                      "relay ended, or had not reached the member's console "
+                                      f"in {timeout:.0f} s; see xeniad's log")
+        self.finish()
+
     def finish(self, timeout: float = 5.0) -> None:
         """After attach_socket() returned (it closed self.sock): wait for the copies to
         end and the WebSocket to close; raise the relay's error, if it had one."""
+        self.sock.close()  # (attach_socket() closed it already, unless it never ran)
         self.ws.close()
         for t in self._threads:
             t.join(timeout)
@@ -109,10 +129,16 @@ def open_stream(api_socket: Path, ref: str) -> Stream:
     return Stream(ws, ref, stack)
 
 
-def attach(api_socket: Path, ref: str, escape: bytes = con.ESCAPE) -> None:
-    """The interactive console of `ref`, a domain of another cluster member."""
+def attach(api_socket: Path, ref: str, escape: bytes = con.ESCAPE,
+           connected: Callable[[], object] | None = None) -> None:
+    """The interactive console of `ref`, a domain of another cluster member.
+    `connected`: called once the member's console is connected (create -c resumes the
+    guest there, so the console shows its boot from the start)."""
     stream = open_stream(api_socket, ref)
+    stream.wait_ready()
     try:
+        if connected is not None:
+            connected()
         con.attach_socket(stream.sock, escape=escape)
     finally:
         stream.finish()

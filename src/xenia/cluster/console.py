@@ -8,7 +8,8 @@ ways. H's route relays the domain's serial console (a container's pty), as for t
 
 Errors reach the local client as one text message, JSON {"error": kind, "message": ...},
 then a close with code 1011: a close reason is cut at 123 bytes and a refused WebSocket
-upgrade carries none, so the message goes as data. Data is only ever binary messages.
+upgrade carries none, so the message goes as data. Data is only ever binary messages; the
+first, empty, says the member's console is connected.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ async def relay(ws: WebSocket, node: Any, host: str, ref: str) -> None:
         log.info("console of %s on %s refused: %s", ref, host, e.message)
         await _fail(ws, e)
         return
+    # One empty binary message: the member's console is connected. The CLI waits for it
+    # before it says "Connected" (and `create -c` before it resumes the guest).
+    await ws.send_bytes(b"")
 
     async def down() -> None:  # member -> local client
         async for msg in up:
