@@ -106,15 +106,24 @@ def parse_usbdev(spec: str) -> dict[str, Any]:
     return out
 
 
-def _usb_storage(spec: str, opts: dict[str, str]) -> dict[str, Any]:
-    path = opts.get("path", "")
+def _path(spec: str, what: str, path: str, hint: str) -> str:
     if not path.startswith("/") or "\0" in path:
-        raise InvalidConfig(f"Failed to parse usbdev '{spec}': type=storage needs path= "
-                            "an absolute path of a disk image")
-    fmt = opts.get("format", "raw")
-    if fmt not in USB_STORAGE_FORMATS:
-        raise InvalidConfig(f"Failed to parse usbdev '{spec}': format= must be one of "
-                            f"{', '.join(USB_STORAGE_FORMATS)}")
+        raise InvalidConfig(f"Failed to parse {what} '{spec}': {hint}")
+    return path
+
+
+def _one_of(spec: str, what: str, key: str, value: str, choices: tuple[str, ...],
+            why: str = "") -> str:
+    if value not in choices:
+        raise InvalidConfig(f"Failed to parse {what} '{spec}': {key}= must be one of "
+                            f"{', '.join(choices)}{why}")
+    return value
+
+
+def _usb_storage(spec: str, opts: dict[str, str]) -> dict[str, Any]:
+    path = _path(spec, "usbdev", opts.get("path", ""),
+                 "type=storage needs path= an absolute path of a disk image")
+    fmt = _one_of(spec, "usbdev", "format", opts.get("format", "raw"), USB_STORAGE_FORMATS)
     readonly = _number(spec, "usbdev", "readonly", opts.get("readonly", "0"), 0, 1)
     return {"path": path, "format": fmt, "readonly": readonly}
 
@@ -134,14 +143,9 @@ def parse_p9(spec: str) -> dict[str, str]:
     if not _TAG_RE.match(tag):
         raise InvalidConfig(f"Failed to parse p9 '{spec}': tag= must be 1 to 31 letters, "
                             "digits, '_', '.' or '-'")
-    model = opts.get("security_model", "none")
-    if model not in P9_MODELS:
-        raise InvalidConfig(f"Failed to parse p9 '{spec}': security_model= must be one of "
-                            f"{', '.join(P9_MODELS)} (passthrough needs QEMU as root)")
-    path = opts.get("path", "")
-    if not path.startswith("/") or "\0" in path:
-        raise InvalidConfig(f"Failed to parse p9 '{spec}': path= must be an absolute "
-                            "directory")
+    model = _one_of(spec, "p9", "security_model", opts.get("security_model", "none"),
+                    P9_MODELS, " (passthrough needs QEMU as root)")
+    path = _path(spec, "p9", opts.get("path", ""), "path= must be an absolute directory")
     return {"tag": tag, "security_model": model, "path": path}
 
 
