@@ -155,6 +155,19 @@ def qmp_cont_when_loaded(path: Path, timeout: float = 30.0) -> None:
         raise TimeoutError("the bare QEMU did not load the state")
 
 
+def make_template(host: Host) -> Path:
+    """The template: the tiny image with a 16 MiB qcow2 disk, snapshotted with its memory
+    at its shell as tmpl@base, then destroyed; the snapshot's directory."""
+    host.xenia("volume", "create", "tmpl-disk", "16M")
+    disk = host.xenia("volume", "path", "tmpl-disk").stdout.strip()
+    host.create("tmpl", disk=[f"format=qcow2,vdev=xvda,access=rw,target={disk}"])
+    host.run("tmpl", "echo template-ready")
+    print(host.xenia("snapshot-create", "--memory", "tmpl", "base").stdout.strip(),
+          flush=True)
+    host.xenia("destroy", "tmpl")
+    return host.root / "state" / "snapshots" / "tmpl" / "base"
+
+
 def main() -> None:
     ap = arg_parser(runs=5)
     ap.add_argument("--clones", type=int, default=20, help="clones in a row (default 20)")
@@ -170,14 +183,7 @@ def main() -> None:
     uuids: set[str] = set()
     try:
         host.start_daemon()
-        host.xenia("volume", "create", "tmpl-disk", "16M")
-        disk = host.xenia("volume", "path", "tmpl-disk").stdout.strip()
-        keys = {"disk": [f"format=qcow2,vdev=xvda,access=rw,target={disk}"]}
-        host.create("tmpl", **keys)
-        host.run("tmpl", "echo template-ready")
-        print(host.xenia("snapshot-create", "--memory", "tmpl", "base").stdout.strip(),
-              flush=True)
-        host.xenia("destroy", "tmpl")
+        make_template(host)
         b = Bench(host)
         cfg = {"name": "cold", "type": "pv", "kernel": str(kernel), "ramdisk": str(initrd),
                "extra": "console=ttyS0", "memory": 256, "vcpus": 1}
