@@ -65,12 +65,12 @@ def test_not_applicable_keys_name_why() -> None:
 
 
 def test_three_answers(caplog: pytest.LogCaptureFixture) -> None:
-    messages = load('name = "g"\nmemroy = 256\nmax_grant_frames = 64\np9 = ["tag=x"]\n'
+    messages = load('name = "g"\nmemroy = 256\nmax_grant_frames = 64\nvscsi = ["x"]\n'
                     "zzqq = 1\n", caplog)
     assert "g.cfg:2:1: unknown setting 'memroy' (did you mean 'memory'?); ignored" in messages
     assert any(m.startswith("g.cfg:3:1: 'max_grant_frames' is a Xen setting with no meaning "
                             "on KVM (Xen grant tables") for m in messages)
-    assert any(m.startswith("g.cfg:4:1: 'p9' is an xl setting Xenia does not "
+    assert any(m.startswith("g.cfg:4:1: 'vscsi' is an xl setting Xenia does not "
                             "support yet") for m in messages)
     assert "g.cfg:5:1: unknown setting 'zzqq'; ignored" in messages
 

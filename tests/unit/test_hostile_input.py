@@ -146,9 +146,11 @@ WORST: dict[str, Callable[[int], Callable[[], Any]]] = {
 def test_parsers_are_linear(case: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.CRITICAL, logger="xenia.config")
     make = WORST[case]
-    small = min(timed(make(64 * 1024)) for _ in range(3))
+    # The best of 5: under a loaded machine (the suite's guests on both cores) the best
+    # of 3 still caught a descheduled run now and then.
+    small = min(timed(make(64 * 1024)) for _ in range(5))
     assert small < FAST, f"{case}: 64 KB took {small * 1000:.0f} ms"
-    big = min(timed(make(256 * 1024)) for _ in range(3))
+    big = min(timed(make(256 * 1024)) for _ in range(5))
     # Linear: 4x the input, about 4x the time; quadratic would be 16x. Generous for noise
     # (another test run may share the CPU), and an absolute floor for tiny times.
     assert big < max(10 * small, 0.05), (

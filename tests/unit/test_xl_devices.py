@@ -227,7 +227,8 @@ def test_new_keys_do_not_warn(caplog: pytest.LogCaptureFixture) -> None:
 
 @pytest.mark.parametrize("text", ['cpuid = "aes=1"', "nestedhvm = 1", 'soundhw = "hda"',
                                   'usbdev = ["type=tablet"]', 'keymap = "de"',
-                                  'vnuma = [["size=128", "vcpus=0"]]'])
+                                  'vnuma = [["size=128", "vcpus=0"]]',
+                                  'p9 = ["tag=t,path=/s"]'])
 def test_container_refuses_the_vm_keys(text: str) -> None:
     from xenia.containers.spec import check_config
 
@@ -275,3 +276,144 @@ def test_resume_refused_unless_suspended() -> None:
 
     with pytest.raises(InvalidConfig, match="it is running, not suspended"):
         asyncio.run(_verbs("", "running").wakeup())  # type: ignore[attr-defined]
+
+
+# --- p9 and USB storage ---------------------------------------------------------------
+
+
+def test_p9_share_as_fsdev_and_virtio_9p_on_a_root_port() -> None:
+    cfg = build('p9 = ["tag=share0,security_model=none,path=/srv/a", '
+                '"tag=s.1,path=/srv/c,security_model=mapped,type=qemu,backend=0"]')
+    assert cfg.p9 == [{"tag": "share0", "security_model": "none", "path": "/srv/a"},
+                      {"tag": "s.1", "security_model": "mapped", "path": "/srv/c"}]
+    layout = Layout(2)
+    layout.take(xldevices.p9_id(0))
+    args = xldevices.p9_args(cfg, layout.slots)
+    assert args[0:2] == ["-fsdev", "local,id=fsdev0,path=/srv/a,security_model=none"]
+    assert json.loads(args[3]) == {"driver": "virtio-9p-pci", "id": "p9-0", "fsdev": "fsdev0",
+                                   "mount_tag": "share0", "bus": "rp0"}
+    assert args[5] == "local,id=fsdev1,path=/srv/c,security_model=mapped-xattr"
+
+
+def test_p9_path_comma_is_escaped_not_spliced() -> None:
+    cfg = build("")
+    cfg.p9 = [{"tag": "t", "security_model": "none", "path": "/srv/x,readonly=on"}]
+    args = xldevices.p9_args(cfg, {})
+    assert args[1] == "local,id=fsdev0,path=/srv/x,,readonly=on,security_model=none"
+
+
+def test_p9_share_in_the_full_argv_after_its_root_port() -> None:
+    from xenia.qemu.cmdline import RunFiles, build_argv
+
+    cfg = build('p9 = ["tag=t,security_model=none,path=/srv/a"]')
+    layout = Layout(2)
+    layout.take("p9-0")
+    args = build_argv(cfg, uuid="00000000-0000-0000-0000-000000000001", accel="tcg",
+                      files=RunFiles(Path("/run/x")), layout=layout)
+    ids = [d.get("id") for d in devices(args)]
+    assert ids.index("rp0") < ids.index("p9-0")
+    assert "-fsdev" in args
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ('p9 = ["tag=t,path=rel"]', "absolute directory"),
+    ('p9 = ["path=/srv/a"]', "tag= must be 1 to 31"),
+    ('p9 = ["tag=a b,path=/srv/a"]', "tag= must be 1 to 31"),
+    ('p9 = ["tag=t,path=/srv/a,security_model=passthrough"]', "passthrough needs QEMU"),
+    ('p9 = ["tag=t,path=/srv/a,type=xen_9pfsd"]', "only type=qemu exists on KVM"),
+    ('p9 = ["tag=t,path=/srv/a,max-open-files=5"]', "only type=qemu"),
+    ('p9 = ["tag=t,path=/srv/a,backend=dd"]', "backend= must be 0"),
+    ('p9 = ["tag=t,path=/srv/a", "tag=t,path=/srv/b"]', "two p9 shares have one tag"),
+    ('p9 = ["tag=t,path=/srv/a,cache=loose"]', "unknown option 'cache=loose'"),
+])
+def test_p9_refused(text: str, match: str) -> None:
+    with pytest.raises(InvalidConfig, match=match):
+        build(text)
+
+
+def test_p9_directory_must_exist(tmp_path: Path) -> None:
+    cfg = build(f'p9 = ["tag=t,security_model=none,path={tmp_path / "gone"}"]')
+    with pytest.raises(NotFound, match="not a directory"):
+        xldevices.check(cfg)
+    (tmp_path / "gone").mkdir()
+    xldevices.check(cfg)
+
+
+def test_usb_storage_blockdevs_and_device(tmp_path: Path) -> None:
+    img = tmp_path / "stick.img"
+    cfg = build(f'usbdev = ["type=storage,path={img}", '
+                f'"type=storage,path={img}.q,format=qcow2,readonly=1"]')
+    assert cfg.usbdev[0] == {"type": "storage", "path": str(img), "format": "raw",
+                             "readonly": 0, "controller": 0, "port": 1}
+    args = xldevices.usb_args(cfg, {})
+    assert [o for o, _ in args] == ["-device", "-blockdev", "-blockdev", "-device",
+                                    "-blockdev", "-blockdev", "-device"]
+    assert args[1][1] == {"driver": "file", "node-name": "usbdisk0-1-file",
+                          "filename": str(img), "read-only": False}
+    assert args[2][1]["driver"] == "raw" and args[5][1]["driver"] == "qcow2"
+    assert args[5][1]["read-only"] is True
+    assert args[3][1] == {"driver": "usb-storage", "id": "usbdev0-1", "bus": "usbctrl0.0",
+                          "port": "1", "drive": "usbdisk0-1"}
+    assert xldevices.usb_storage_files(cfg.usbdev) == ([str(img)], [f"{img}.q"])
+    with pytest.raises(NotFound, match="no such image file"):
+        xldevices.check(cfg)
+    img.touch()
+    Path(f"{img}.q").touch()
+    xldevices.check(cfg)
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ('usbdev = ["type=storage"]', "needs path= an absolute path"),
+    ('usbdev = ["type=storage,path=/i,format=vmdk"]', "format= must be one of raw, qcow2"),
+    ('usbdev = ["type=storage,path=/i,readonly=2"]', "readonly= must be a number from 0"),
+    ('usbdev = ["type=tablet,path=/i"]', "are for type=storage"),
+])
+def test_usb_storage_refused(text: str, match: str) -> None:
+    with pytest.raises(InvalidConfig, match=match):
+        build(text)
+
+
+def test_api_p9_values_checked() -> None:
+    cfg = build("")
+    cfg.p9 = [{"tag": "t", "security_model": "none", "path": "/x", "extra": "1"}]
+    with pytest.raises(InvalidConfig, match="unknown option 'extra=1'"):
+        xldevices.check(cfg)
+    cfg.p9 = [{"tag": "t,x=1", "security_model": "none", "path": "/x"}]
+    with pytest.raises(InvalidConfig):
+        xldevices.check(cfg)
+
+
+def test_p9_and_usb_stick_paths_follow_the_path_rule(tmp_path: Path) -> None:
+    from xenia.api.pathrule import PathRule, config_paths
+    from xenia.errors import PermissionDenied
+
+    cfg = build('p9 = ["tag=t,path=/etc"]\nusbdev = ["type=storage,path=/root/s.img"]')
+    assert ("p9 share 't'", "/etc") in config_paths(cfg)
+    assert ("usbdev storage", "/root/s.img") in config_paths(cfg)
+    with pytest.raises(PermissionDenied, match="p9 share 't' '/etc'"):
+        PathRule([tmp_path], lambda: []).check_config(cfg)
+
+
+def test_confined_qemu_is_given_the_share_and_the_stick(tmp_path: Path) -> None:
+    from xenia.drivers.qemu_confine import QemuConfinement
+    from xenia.paths import Paths
+    from xenia.store.base import DomainRecord
+
+    cfg = build(f'p9 = ["tag=t,path={tmp_path}"]\n'
+                f'usbdev = ["type=storage,path=/s.img", "type=storage,path=/r.img,readonly=1"]')
+    rec = DomainRecord(uuid="u", name="g", domid=1, config=cfg)
+    conf = QemuConfinement(Paths(state=tmp_path / "state", run=tmp_path / "run"))
+    write, read = conf.given_files(rec, None)
+    assert str(tmp_path) in write and "/s.img" in write and "/r.img" in read
+
+
+def test_usb_storage_hotplug_refused() -> None:
+    import asyncio
+
+    from xenia.drivers.qemu_usb import UsbHotplugMixin
+    from xenia.store.base import DomainRecord
+
+    rec = DomainRecord(uuid="u", name="g", domid=1, config=build('usbdev = ["type=tablet"]'))
+    with pytest.raises(NotSupported, match="type=storage is given only in the config"):
+        asyncio.run(UsbHotplugMixin.usbdev_attach(
+            object(), rec, {"type": "storage", "path": "/s.img"}))  # type: ignore[arg-type]

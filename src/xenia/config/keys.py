@@ -122,7 +122,8 @@ driver_domain: serves disks (NBD) and NICs (its switch) of front ends with `back
 device_model_args_hvm: as `device_model_args`, hvm domains only
 nestedhvm: the host's `vmx`/`svm` (KVM needs nested=1); TCG: `svm` only
 usbctrl: QEMU's UHCI/EHCI/xHCI (`version=1|2|3`, `ports=`); PV USB (`qusb`) refused
-usbdev: `hostdev` (usb-host); Xenia adds `type=tablet|mouse|keyboard`
+usbdev: `hostdev` (usb-host); Xenia adds `type=tablet|mouse|keyboard|storage`
+p9: virtio-9p (`security_model=none|mapped`); `xen_9pfsd` and containers refuse it
 """)
 
 _NOT_APPLICABLE = _table(NOT_APPLICABLE, """
@@ -220,7 +221,6 @@ xauthority: SDL's X authority; xeniad has none
 """)
 
 _LATER = _table(LATER, """
-p9: not yet: the guest kernel has no 9p; virtiofs needs virtiofsd
 spiceusbredirection: refused (no USB redirection channels yet)
 spicetls_port: refused: needs TLS certificates Xenia does not set up yet
 vscsi: SUSE's Xen PV SCSI; use `sdX` disks (virtio-scsi)

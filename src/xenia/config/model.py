@@ -206,6 +206,7 @@ class DomainConfig:
     usbversion: int | None = None  # usb=1's controller: 1 UHCI, 2 EHCI, 3 xHCI (default)
     soundhw: list[str] = field(default_factory=list)  # hda, ac97, es1370, sb16
     keymap: str | None = None  # the VNC keyboard layout (QEMU's -k)
+    p9: list[dict[str, Any]] = field(default_factory=list)  # tag, security_model, path
 
     # Where the config came from (file path or "<overrides>"), for messages.
     source: str | None = None

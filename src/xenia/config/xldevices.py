@@ -1,5 +1,6 @@
-"""xl keys for the guest's CPU, NUMA layout, USB and sound: cpuid, nestedhvm, vnuma,
-usbctrl, usbdev, usbversion, soundhw and keymap; the main function is read_devices.
+"""xl keys for the guest's CPU, NUMA layout, USB, sound and shares: cpuid, nestedhvm,
+vnuma, usbctrl, usbdev, usbversion, soundhw, keymap and p9; the main function is
+read_devices.
 
 Only the values are checked here (and again by `check_values` for a config from the API,
 which no parser saw); qemu/xldevices.py turns them into QEMU arguments.
@@ -26,8 +27,15 @@ SOUNDHW = ("hda", "ac97", "es1370", "sb16")
 USB_VERSIONS = (1, 2, 3)
 # Ports a controller of each USB version offers (QEMU's UHCI 2, EHCI 6, xHCI up to 15).
 USB_PORTS = {1: 2, 2: 6, 3: 15}
-# usbdev types: xl's hostdev (a host USB device) and Xenia's emulated input devices.
-USBDEV_TYPES = ("hostdev", "tablet", "mouse", "keyboard")
+# usbdev types: xl's hostdev (a host USB device), Xenia's emulated input devices and
+# Xenia's USB stick (storage: a disk image as QEMU's usb-storage).
+USBDEV_TYPES = ("hostdev", "tablet", "mouse", "keyboard", "storage")
+USB_STORAGE_FORMATS = ("raw", "qcow2")
+# p9's security models: xl's none, and QEMU's mapped (mapped-xattr).
+P9_MODELS = ("none", "mapped")
+MAX_P9 = 8
+# A 9p mount tag: what the guest names in `mount -t 9p TAG`; plain words only.
+_TAG_RE = re.compile(r"[A-Za-z0-9_.-]{1,31}\Z")
 MAX_USBCTRL = 4
 MAX_VNUMA_NODES = 16
 log = logging.getLogger("xenia.config")
@@ -71,9 +79,10 @@ def parse_usbctrl(spec: str) -> dict[str, int]:
 
 def parse_usbdev(spec: str) -> dict[str, Any]:
     """xl's usbdev entry: type=hostdev,hostbus=B,hostaddr=A[,controller=C][,port=P]; Xenia
-    adds type=tablet|mouse|keyboard (emulated devices, as usbdevice= has)."""
-    opts = _options(spec, ("type", "hostbus", "hostaddr", "controller", "port", "devtype"),
-                    "usbdev")
+    adds type=tablet|mouse|keyboard (emulated devices, as usbdevice= has) and
+    type=storage,path=IMAGE[,format=raw|qcow2][,readonly=0|1] (a USB stick)."""
+    opts = _options(spec, ("type", "hostbus", "hostaddr", "controller", "port", "devtype",
+                           "path", "format", "readonly"), "usbdev")
     kind = opts.get("type", opts.get("devtype", "hostdev"))
     if kind not in USBDEV_TYPES:
         raise InvalidConfig(f"Failed to parse usbdev '{spec}': type= must be one of "
@@ -85,11 +94,67 @@ def parse_usbdev(spec: str) -> dict[str, Any]:
                                 "hostbus= and hostaddr= (see lsusb)")
         out["hostbus"] = _number(spec, "usbdev", "hostbus", opts["hostbus"], 1, 255)
         out["hostaddr"] = _number(spec, "usbdev", "hostaddr", opts["hostaddr"], 1, 127)
+    if kind == "storage":
+        out.update(_usb_storage(spec, opts))
+    elif {"path", "format", "readonly"} & set(opts):
+        raise InvalidConfig(f"Failed to parse usbdev '{spec}': path=, format= and readonly= "
+                            "are for type=storage")
     for key in ("controller", "port"):
         if key in opts:
             out[key] = _number(spec, "usbdev", key, opts[key], 0 if key == "controller" else 1,
                                15)
     return out
+
+
+def _path(spec: str, what: str, path: str, hint: str) -> str:
+    if not path.startswith("/") or "\0" in path:
+        raise InvalidConfig(f"Failed to parse {what} '{spec}': {hint}")
+    return path
+
+
+def _one_of(spec: str, what: str, key: str, value: str, choices: tuple[str, ...],
+            why: str = "") -> str:
+    if value not in choices:
+        raise InvalidConfig(f"Failed to parse {what} '{spec}': {key}= must be one of "
+                            f"{', '.join(choices)}{why}")
+    return value
+
+
+def _usb_storage(spec: str, opts: dict[str, str]) -> dict[str, Any]:
+    path = _path(spec, "usbdev", opts.get("path", ""),
+                 "type=storage needs path= an absolute path of a disk image")
+    fmt = _one_of(spec, "usbdev", "format", opts.get("format", "raw"), USB_STORAGE_FORMATS)
+    readonly = _number(spec, "usbdev", "readonly", opts.get("readonly", "0"), 0, 1)
+    return {"path": path, "format": fmt, "readonly": readonly}
+
+
+def parse_p9(spec: str) -> dict[str, str]:
+    """xl's p9 entry: tag=T,security_model=none,path=DIR[,type=qemu][,backend=0]. Xen's
+    own 9p daemon (type=xen_9pfsd, max-files=, max-open-files=) does not exist on KVM."""
+    opts = _options(spec, ("tag", "security_model", "path", "type", "backend", "max-files",
+                           "max-open-files"), "p9")
+    if opts.get("type", "qemu") != "qemu" or {"max-files", "max-open-files"} & set(opts):
+        raise InvalidConfig(f"Failed to parse p9 '{spec}': only type=qemu exists on KVM "
+                            "(Xen's xen_9pfsd and its max-files=/max-open-files= do not)")
+    if opts.get("backend", "0") not in ("0", "Domain-0"):
+        raise InvalidConfig(f"Failed to parse p9 '{spec}': backend= must be 0 (the host); "
+                            "driver domains do not serve 9p")
+    tag = opts.get("tag", "")
+    if not _TAG_RE.match(tag):
+        raise InvalidConfig(f"Failed to parse p9 '{spec}': tag= must be 1 to 31 letters, "
+                            "digits, '_', '.' or '-'")
+    model = _one_of(spec, "p9", "security_model", opts.get("security_model", "none"),
+                    P9_MODELS, " (passthrough needs QEMU as root)")
+    path = _path(spec, "p9", opts.get("path", ""), "path= must be an absolute directory")
+    return {"tag": tag, "security_model": model, "path": path}
+
+
+def check_p9(shares: list[dict[str, str]], fail: str) -> None:
+    if len(shares) > MAX_P9:
+        raise InvalidConfig(f"{fail}: at most {MAX_P9} p9 shares")
+    tags = [s["tag"] for s in shares]
+    if len(set(tags)) != len(tags):
+        raise InvalidConfig(f"{fail}: two p9 shares have one tag; give each its own tag=")
 
 
 def place_usb(ctrls: list[dict[str, int]], devs: list[dict[str, Any]],
@@ -207,7 +272,7 @@ def check_vnuma(nodes: list[dict[str, Any]], vcpus: int, memory: int, fail: str)
 
 
 def read_devices(r: Reader, cfg: DomainConfig) -> None:
-    """Reads cpuid, nestedhvm, vnuma, usbctrl, usbdev, usbversion, soundhw and keymap."""
+    """Reads cpuid, nestedhvm, vnuma, usbctrl, usbdev, usbversion, soundhw, keymap, p9."""
     raw = r.get("cpuid")
     if raw is not None:
         value = raw if isinstance(raw, list) else r.string("cpuid") or ""
@@ -238,6 +303,8 @@ def read_devices(r: Reader, cfg: DomainConfig) -> None:
             raise r.fail("soundhw", f"unknown sound card '{name}' (one of "
                                     f"{', '.join(SOUNDHW)}, or all)")
     cfg.keymap = r.choice("keymap", KEYMAPS)
+    cfg.p9 = r.each("p9", parse_p9)
+    _at(r, "p9", lambda: check_p9(cfg.p9, "Failed to parse p9"))
     if cfg.firmware in PVGRUBS and cfg.type != "container":
         # Xen's PV-GRUB runs GRUB inside the guest; Xenia reads the same grub config on
         # the guest's disk from the host, as for bootloader = "pygrub".
@@ -279,3 +346,8 @@ def check_values(cfg: DomainConfig) -> None:
         if not isinstance(d, dict) or parse_usbdev(spec) != d:
             raise InvalidConfig(f"{fail}: bad usbdev entry {d!r}")
     place_usb(cfg.usbctrl, cfg.usbdev, cfg.name)
+    for p in cfg.p9:
+        spec = ",".join(f"{k}={v}" for k, v in p.items()) if isinstance(p, dict) else "?"
+        if not isinstance(p, dict) or parse_p9(spec) != p:
+            raise InvalidConfig(f"{fail}: bad p9 entry {p!r}")
+    check_p9(cfg.p9, fail)

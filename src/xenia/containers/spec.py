@@ -82,6 +82,7 @@ _DEVICE_KEYS = (
     ("usbdev", "usbdev", "USB devices"),
     ("soundhw", "soundhw", "sound cards"),
     ("keymap", "keymap", "a VNC keyboard layout"),
+    ("p9", "p9", "9p shares (virtio-9p is a QEMU device; put the files in its rootfs)"),
 )
 SUPPORTED = ("rootfs, init, memory/maxmem (a limit), vcpus/maxvcpus and cpus (a cpuset), "
              "cpu_weight, cap, vif (veth NICs), extra/cmdline (given to init as "

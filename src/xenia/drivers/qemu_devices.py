@@ -159,6 +159,8 @@ class QemuDevices:
             layout.slots[hostdev_id(bdf)] = ""
         for ctrl in rec.config.usbctrl:
             layout.slots[xldevices.usbctrl_id(ctrl["devid"])] = ""
+        for i in range(len(rec.config.p9)):
+            layout.slots[xldevices.p9_id(i)] = ""
         wanted = list(layout.slots)
         layout = Layout(len(wanted) + SPARE_ROOT_PORTS)
         for qdev in wanted:

@@ -13,7 +13,7 @@ from typing import Any
 
 from xenia.config.xldevices import MAX_USBCTRL, place_usb
 from xenia.devices.layout import Layout
-from xenia.errors import InUse, NotFound, XeniaError
+from xenia.errors import InUse, NotFound, NotSupported, XeniaError
 from xenia.qemu import xldevices
 from xenia.qemu.commands import Qmp
 from xenia.store.base import DomainRecord
@@ -63,6 +63,11 @@ class UsbHotplugMixin:
         """Plugs a device into a free port (or the controller= and port= it names);
         returns it with its controller and port."""
         fail = f"Failed to attach a USB device to '{rec.name}'"
+        if dev.get("type") == "storage":
+            # Its image would need blockdev-add, the confinement and the path rule of a
+            # hot-plugged disk; a USB stick is given at create (usbdev=) for now.
+            raise NotSupported(f"{fail}: type=storage is given only in the config's "
+                               "usbdev= (at create); hot-plug a disk with block-attach")
         devs = [dict(d) for d in rec.config.usbdev] + [dict(dev)]
         try:
             place_usb([dict(c) for c in rec.config.usbctrl], devs, rec.name)

@@ -160,7 +160,11 @@ class ModuleTree:
 
     def full_depends(self, mod: Module) -> list[Module]:
         """All (transitive) dependencies of `mod` in depmod's order: loading goes right to left."""
-        deps = self.closure(mod.depends + mod.softdeps_pre)
+        # A soft pre-dependency may name an alias or a module this kernel lacks (the
+        # generic kernel's crc-t10dif: `pre: crct10dif`): followed only where it exists,
+        # as closure() does.
+        soft = [s for s in mod.softdeps_pre if s in self]
+        deps = self.closure(mod.depends + soft)
         return list(reversed(deps))
 
 

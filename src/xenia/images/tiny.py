@@ -223,17 +223,34 @@ class ImageInfo:
         )
 
 
-def _fail(cause: str) -> BackendError:
-    return BackendError(f"Failed building image {NAME}: {cause}")
+@dataclass(frozen=True)
+class Variant:
+    """What a variant of the tiny image changes: its name (and directory), the kernel
+    metapackage, and modules added to the on-demand list. The default is the tiny image
+    itself; a test that needs drivers the cloud kernel lacks (9p, USB) builds one from
+    Debian's generic kernel (`linux-image-amd64`) under another name."""
+
+    name: str = NAME
+    kernel_package: str = KERNEL_METAPACKAGE
+    extra_modules: tuple[str, ...] = ()
+
+
+DEFAULT = Variant()
+
+
+def _fail(cause: str, name: str = NAME) -> BackendError:
+    return BackendError(f"Failed building image {name}: {cause}")
 
 
 def _data(name: str) -> bytes:
     return (resources.files("xenia.images") / "data" / name).read_bytes()
 
 
-def recipe_hash() -> str:
+def recipe_hash(variant: Variant = DEFAULT) -> str:
     """Identifies what goes into the image besides the packages; part of the manifest."""
     h = hashlib.sha256(f"format={FORMAT}\n".encode())
+    if variant != DEFAULT:  # the default's hash stays what it was: no rebuild
+        h.update(f"{variant.kernel_package}|{' '.join(variant.extra_modules)}\n".encode())
     for name in sorted(DATA_FILES):
         h.update(f"{name} {DATA_FILES[name]}\n".encode())
         h.update(_data(name))
@@ -244,12 +261,12 @@ def recipe_hash() -> str:
     return h.hexdigest()
 
 
-def _valid(image_dir: Path) -> ImageInfo | None:
+def _valid(image_dir: Path, variant: Variant = DEFAULT) -> ImageInfo | None:
     """The image in `image_dir` if its manifest matches its files and the current recipe."""
     manifest = read_manifest(image_dir)
     if manifest is None or manifest.get("format") != FORMAT:
         return None
-    if manifest.get("recipe") != recipe_hash():
+    if manifest.get("recipe") != recipe_hash(variant):
         return None
     try:
         for fname in (KERNEL_FILE, INITRD_FILE):
@@ -294,34 +311,38 @@ def build_tiny(
     cache_dir: Path | None = None,
     force: bool = False,
     progress: Callable[[str], None] = print,
+    variant: Variant = DEFAULT,
 ) -> ImageInfo:
-    """Build the tiny image into `images_dir/tiny` (or return it if already built and valid)."""
+    """Build the tiny image (or `variant` of it) into `images_dir/<name>` (or return it if
+    already built and valid)."""
     images_dir = Path(images_dir)
-    target = images_dir / NAME
-    if not force and (info := _valid(target)) is not None:
+    name = variant.name
+    target = images_dir / name
+    if not force and (info := _valid(target, variant)) is not None:
         return info
     try:
         images_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise _fail(f"cannot create {images_dir}: {e.strerror}") from e
-    with build_lock(images_dir, NAME):
+        raise _fail(f"cannot create {images_dir}: {e.strerror}", name) from e
+    with build_lock(images_dir, name):
         # Another process may have built it while we waited for the lock.
-        if not force and (info := _valid(target)) is not None:
+        if not force and (info := _valid(target, variant)) is not None:
             return info
         cache = Path(cache_dir) if cache_dir is not None else images_dir / "cache"
-        with build_dir(images_dir, NAME) as tmp, build_errors(f"image {NAME}", ModinfoError):
-            replace_dir(_build(tmp, cache, progress), target, NAME)
-    progress(f"Image {NAME} ready in {target}")
-    info = _valid(target)
+        with build_dir(images_dir, name) as tmp, build_errors(f"image {name}", ModinfoError):
+            replace_dir(_build(tmp, cache, progress, variant), target, name)
+    progress(f"Image {name} ready in {target}")
+    info = _valid(target, variant)
     if info is None:  # pragma: no cover - we just wrote it
-        raise _fail(f"{target} does not match its manifest after the build")
+        raise _fail(f"{target} does not match its manifest after the build", name)
     return info
 
 
-def _build(tmp: Path, cache: Path, progress: Callable[[str], None]) -> Path:
+def _build(tmp: Path, cache: Path, progress: Callable[[str], None],
+           variant: Variant = DEFAULT) -> Path:
     fetcher = DebFetcher(cache, progress)
-    progress(f"Resolving {KERNEL_METAPACKAGE} and {BUSYBOX_PACKAGE} with apt-cache")
-    kpkg = fetcher.resolve_meta(KERNEL_METAPACKAGE, "linux-image-")
+    progress(f"Resolving {variant.kernel_package} and {BUSYBOX_PACKAGE} with apt-cache")
+    kpkg = fetcher.resolve_meta(variant.kernel_package, "linux-image-")
     bpkg = fetcher.show(BUSYBOX_PACKAGE)
     for pkg in (kpkg, bpkg):
         if pkg.architecture != ARCH:
@@ -338,19 +359,20 @@ def _build(tmp: Path, cache: Path, progress: Callable[[str], None]) -> Path:
 
     versions = [d.name for d in (kroot / "lib/modules").iterdir() if d.is_dir()]
     if len(versions) != 1:
-        raise _fail(f"{kpkg.name} holds {len(versions)} module trees, expected one")
+        raise _fail(f"{kpkg.name} holds {len(versions)} module trees, expected one",
+                    variant.name)
     kver = versions[0]
     vmlinuz = kroot / "boot" / f"vmlinuz-{kver}"
     if not vmlinuz.is_file():
-        raise _fail(f"{kpkg.name} has no boot/vmlinuz-{kver}")
+        raise _fail(f"{kpkg.name} has no boot/vmlinuz-{kver}", variant.name)
     busybox = broot / "bin/busybox"
     if not busybox.is_file():
-        raise _fail(f"{bpkg.name} has no bin/busybox")
+        raise _fail(f"{bpkg.name} has no bin/busybox", variant.name)
 
     out = tmp / "image"
     out.mkdir()
     fs, boot, missing = _initramfs(
-        kroot / "lib/modules" / kver, kver, busybox, kpkg, bpkg, progress
+        kroot / "lib/modules" / kver, kver, busybox, kpkg, bpkg, progress, variant
     )
     progress(f"Writing initramfs ({len(fs)} files)")
     fs.write(out / INITRD_FILE)
@@ -362,9 +384,9 @@ def _build(tmp: Path, cache: Path, progress: Callable[[str], None]) -> Path:
         for f in (KERNEL_FILE, INITRD_FILE)
     }
     manifest = {
-        "name": NAME,
+        "name": variant.name,
         "format": FORMAT,
-        "recipe": recipe_hash(),
+        "recipe": recipe_hash(variant),
         "built": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "kernel_version": kver,
         "packages": {kpkg.name: kpkg.version, bpkg.name: bpkg.version},
@@ -385,6 +407,7 @@ def _initramfs(
     kpkg: DebPackage,
     bpkg: DebPackage,
     progress: Callable[[str], None],
+    variant: Variant = DEFAULT,
 ) -> tuple[Initramfs, list[str], list[str]]:
     fs = Initramfs()
     for d in DIRS:
@@ -418,8 +441,9 @@ def _initramfs(
     boot = [m for m in BOOT_MODULES if m in tree]
     builtin = [m for m in BOOT_MODULES if m not in tree and tree.is_builtin(m)]
     missing = [m for m in BOOT_MODULES if m not in tree and not tree.is_builtin(m)]
-    on_demand = [m for m in ON_DEMAND_MODULES if m in tree]
-    missing += [m for m in ON_DEMAND_MODULES if m not in tree and not tree.is_builtin(m)]
+    wanted = ON_DEMAND_MODULES + variant.extra_modules
+    on_demand = [m for m in wanted if m in tree]
+    missing += [m for m in wanted if m not in tree and not tree.is_builtin(m)]
     mods = tree.closure(boot + on_demand)
     progress(
         f"Adding {len(mods)} kernel modules ({len(boot)} loaded at boot; "
@@ -435,7 +459,7 @@ def _initramfs(
         fs.add_file(f"{base}/modules.builtin", (moddir / "modules.builtin").read_bytes())
     fs.add_file("etc/xenia/modules", _boot_groups(tree).encode())
     release = (
-        f"XENIA_IMAGE={NAME}\nKERNEL={kver}\n"
+        f"XENIA_IMAGE={variant.name}\nKERNEL={kver}\n"
         f"KERNEL_PACKAGE={kpkg.name}={kpkg.version}\nBUSYBOX_PACKAGE={bpkg.name}={bpkg.version}\n"
     )
     fs.add_file("etc/xenia/release", release.encode())

@@ -191,6 +191,7 @@ def build_argv(
         argv += ["-device", jarg(cpu.device(i, accel))]
     for dev in layout.port_devices():
         argv += ["-device", jarg(dev)]
+    argv += xldevices.p9_args(cfg, layout.slots)  # after the root ports they sit on
     argv += [
         "-device",
         jarg({"driver": "virtio-balloon-pci", "id": "balloon0", "bus": "pcie.0", "addr": "0x1e"}),

@@ -1,9 +1,11 @@
-"""QEMU arguments for cpuid, nestedhvm, vnuma, soundhw, keymap, usbversion and the USB
-controllers and devices of usbctrl/usbdev (config/xldevices.py checked the values).
+"""QEMU arguments for cpuid, nestedhvm, vnuma, soundhw, keymap, usbversion, the USB
+controllers and devices of usbctrl/usbdev, and p9's virtio-9p shares (config/xldevices.py
+checked the values).
 
 Everything that can be JSON is; -numa, -audiodev and -k carry only numbers and fixed
-words. USB controllers sit on PCIe root ports (devices/layout.py) so `usbctrl-attach`
-and `-detach` can hot-plug them; sound cards are fixed functions on pcie.0.
+words; -fsdev has no JSON form, so its path goes through escape_opt. USB controllers and
+9p devices sit on PCIe root ports (devices/layout.py), so `usbctrl-attach` and `-detach`
+can hot-plug controllers; sound cards are fixed functions on pcie.0.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from typing import Any
 
 from xenia.config.model import DomainConfig
 from xenia.errors import NotFound, NotSupported
+from xenia.qemu.opts import escape_opt
 
 # Sound cards' fixed slots on pcie.0 (qemu/platform.py and cmdline.py name the others).
 SOUND_ADDRS = {"hda": "0x19", "ac97": "0x18", "es1370": "0x17"}
 AUDIODEV = "snd0"
 USB_DRIVERS = {1: "piix3-usb-uhci", 2: "usb-ehci", 3: "qemu-xhci"}
 USBDEV_DRIVERS = {"tablet": "usb-tablet", "mouse": "usb-mouse", "keyboard": "usb-kbd",
-                  "hostdev": "usb-host"}
+                  "hostdev": "usb-host", "storage": "usb-storage"}
+# p9's security models as QEMU names them.
+P9_MODELS = {"none": "none", "mapped": "mapped-xattr"}
 
 
 def _j(obj: dict[str, Any]) -> str:
@@ -145,7 +150,71 @@ def usbdev_device(dev: dict[str, Any]) -> dict[str, Any]:
                            "port": str(int(dev["port"]))}
     if dev["type"] == "hostdev":
         out.update({"hostbus": int(dev["hostbus"]), "hostaddr": int(dev["hostaddr"])})
+    elif dev["type"] == "storage":
+        out["drive"] = usb_storage_node(dev)
     return out
+
+
+def usb_storage_node(dev: dict[str, Any]) -> str:
+    return f"usbdisk{int(dev['controller'])}-{int(dev['port'])}"
+
+
+def usb_storage_blockdevs(dev: dict[str, Any]) -> list[dict[str, Any]]:
+    """The image of a type=storage usbdev: its file, then its format on top."""
+    node, ro = usb_storage_node(dev), bool(dev.get("readonly"))
+    return [{"driver": "file", "node-name": f"{node}-file", "filename": str(dev["path"]),
+             "read-only": ro},
+            {"driver": str(dev["format"]), "node-name": node, "file": f"{node}-file",
+             "read-only": ro}]
+
+
+def usb_storage_files(devs: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(written, read) image files of the type=storage usbdevs, for the confined QEMU."""
+    write: list[str] = []
+    read: list[str] = []
+    for d in devs:
+        if d["type"] == "storage":
+            (read if d.get("readonly") else write).append(str(d["path"]))
+    return write, read
+
+
+def p9_id(index: int) -> str:
+    return f"p9-{int(index)}"
+
+
+def p9_args(cfg: DomainConfig, slots: dict[str, str]) -> list[str]:
+    """One -fsdev (QEMU's local backend on the share's directory) and one virtio-9p-pci
+    on its root port in `slots` a p9 share; the guest mounts it by its tag."""
+    argv: list[str] = []
+    for i, share in enumerate(cfg.p9):
+        fsdev = f"fsdev{i}"
+        argv += ["-fsdev", f"local,id={fsdev},path={escape_opt(str(share['path']))},"
+                           f"security_model={P9_MODELS[share['security_model']]}",
+                 "-device", _j({"driver": "virtio-9p-pci", "id": p9_id(i), "fsdev": fsdev,
+                                "mount_tag": str(share["tag"]),
+                                "bus": slots.get(p9_id(i), "pcie.0")})]
+    return argv
+
+
+def p9_dirs(cfg: DomainConfig) -> list[str]:
+    """The shared directories: the confined QEMU owns each while the domain runs (it
+    creates the guest's files in it; files already inside keep their owner and mode)."""
+    return [str(s["path"]) for s in cfg.p9]
+
+
+def check_p9_dirs(cfg: DomainConfig) -> None:
+    for share in cfg.p9:
+        if not Path(share["path"]).is_dir():
+            raise NotFound(f"Failed to share '{share['path']}' with '{cfg.name}' as 9p tag "
+                           f"'{share['tag']}': it is not a directory; create it or fix "
+                           "path= in p9")
+
+
+def check_usb_images(devs: list[dict[str, Any]], name: str) -> None:
+    for d in devs:
+        if d["type"] == "storage" and not Path(d["path"]).is_file():
+            raise NotFound(f"Failed to give USB storage '{d['path']}' to '{name}': no such "
+                           "image file; create it (qemu-img create) or fix path= in usbdev")
 
 
 def check(cfg: DomainConfig) -> None:
@@ -155,6 +224,8 @@ def check(cfg: DomainConfig) -> None:
 
     check_values(cfg)
     check_usb_host(cfg.usbdev, cfg.name)
+    check_usb_images(cfg.usbdev, cfg.name)
+    check_p9_dirs(cfg)
 
 
 def check_usb_host(devs: list[dict[str, Any]], name: str,
@@ -175,5 +246,8 @@ def usb_args(cfg: DomainConfig, slots: dict[str, str]) -> list[tuple[str, dict[s
     for ctrl in cfg.usbctrl:
         out.append(("-device", usbctrl_device(ctrl, slots.get(usbctrl_id(ctrl["devid"]),
                                                               "pcie.0"))))
-    out += [("-device", usbdev_device(d)) for d in cfg.usbdev]
+    for d in cfg.usbdev:
+        if d["type"] == "storage":
+            out += [("-blockdev", b) for b in usb_storage_blockdevs(d)]
+        out.append(("-device", usbdev_device(d)))
     return out
