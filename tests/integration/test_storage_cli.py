@@ -115,11 +115,13 @@ def test_default_pool_and_volume_create(host: Host) -> None:
     assert r["actual-size"] < MiB  # sparse
 
     table = host.xenia("volume", "list").stdout.splitlines()
-    assert table[0].split() == ["NAME", "FORMAT", "SIZE", "ALLOCATED", "PATH", "BACKING"]
+    assert table[0].split() == ["NAME", "FORMAT", "SIZE", "ALLOCATED", "PATH", "BACKING",
+                                "REPLICA"]
     rows = {line.split()[0]: line.split() for line in table[1:]}
     assert rows["disk1"][1:3] == ["qcow2", "64MiB"]
     assert rows["disk2"][1:3] == ["raw", "10GiB"]
     assert rows["disk1"][4] == str(pool_dir(host) / "disk1.qcow2") and rows["disk1"][5] == "-"
+    assert rows["disk1"][6] == "-"  # no replica
     vols = volumes(host)
     assert vols["disk2"]["virtual_size"] == 10 * 2**30 and vols["disk2"]["backing"] is None
     assert host.xenia("volume", "path", "disk1").stdout.strip() == \
