@@ -334,7 +334,9 @@ def test_remove_a_dead_member_and_leave(cl: Cluster) -> None:
     st = status(h1)
     assert [h["name"] for h in st["hosts"]] == ["h0", "h1"] and st["quorum"]
     assert len(st["etcd"]["members"]) == 2
-    # h1 leaves; its domains stay on it, outside the cluster.
+    # h1 leaves as etcd's leader; its domains stay on it, outside the cluster. It hands
+    # the leadership over first, so h0 is not left leaderless (without quorum) meanwhile.
+    make_leader(h1, "h1")
     local = {d["name"] for d in cluster_list(h1, "--local")}
     h1.xenia("cluster", "leave")
     assert not json.loads(h1.xenia("cluster", "status", "--json").stdout)["member"]
@@ -342,6 +344,27 @@ def test_remove_a_dead_member_and_leave(cl: Cluster) -> None:
     st = status(h0)
     assert [h["name"] for h in st["hosts"]] == ["h0"] and st["quorum"]
     assert not any(r["host"] == "h1" for r in cluster_list(h0))
+
+
+def make_leader(h: NetHost, name: str) -> None:
+    """Move etcd's leadership to h's member (`name`) (asked of the leader, as etcd requires)."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from xenia.cluster.client import EtcdClient\n"
+        "from xenia.cluster.membership import member_id\n"
+        "from xenia.cluster.pki import MemberTLS\n"
+        "c = EtcdClient([sys.argv[2]], MemberTLS.under(Path(sys.argv[1])))\n"
+        "me = member_id(c, sys.argv[3])\n"
+        "lead = int(c.status(sys.argv[2])['leader'])\n"
+        "if lead != me:\n"
+        "    url = next(m['clientURLs'][0] for m in c.members() if int(m['ID']) == lead)\n"
+        "    c.move_leader(url, me)\n"
+        "assert int(c.status(sys.argv[2])['leader']) == me\n"
+    )
+    subprocess.run(["ip", "netns", "exec", h.ns, sys.executable, "-c", code,
+                    str(h.root / "state" / "cluster" / "tls"), f"https://{h.address}:2379",
+                    name], check=True, cwd=REPO, timeout=60)
 
 
 def test_twenty_members_list_quickly(cl: Cluster) -> None:

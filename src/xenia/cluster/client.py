@@ -307,6 +307,20 @@ class EtcdClient:
         self.call("/cluster/member/remove", {"ID": member_id},
                   f"to remove the etcd member {member_id:x}")
 
+    def move_leader(self, url: str, target_id: int) -> None:
+        """Hand etcd's leadership to member `target_id`; only the leader (at `url`) can."""
+        ep = next((e for e in self._eps if e.url == url), None)
+        own = ep is None
+        ep = ep or _Endpoint(parse_endpoints(url)[0], self.tls, self.timeouts)
+        try:
+            ep.post("/maintenance/transfer-leadership", {"targetID": target_id})
+        except gwerr.Etcd3Exception as e:
+            raise BackendError(f"Failed to hand etcd's leadership to member {target_id:x}: "
+                               f"{_etcd_message(e)}") from None
+        finally:
+            if own:
+                ep.close()
+
     def status(self, url: str) -> dict[str, Any]:
         """One member's own status (leader, raft term and index, db size); asks the member
         at `url` only (an endpoint of this client or not), and works without quorum."""

@@ -34,6 +34,7 @@ START_TIMEOUT = 30.0
 T = TypeVar("T")
 PROMOTE_TIMEOUT = 30.0
 ADD_TIMEOUT = 15.0
+LEADER_TIMEOUT = 10.0
 
 
 def _client(files: ClusterFiles, endpoints: Sequence[str]) -> EtcdClient:
@@ -168,13 +169,49 @@ def leave(member: EtcdMember, endpoints: Sequence[str]) -> None:
                      or endpoints)
     try:
         mid = member_id(client, member.cfg.name)
+        others = [m for m in client.members() if int(m["ID"]) != mid]
+        _hand_over_leadership(client, member.cfg.client_url, mid, others)
         _healthy(lambda: client.member_remove(mid))
+        _wait_for_leader(client, others)
     finally:
         client.close()
     member.stop()
     member.wipe()
     with contextlib.suppress(FileNotFoundError):
         member.files.config.unlink()
+
+
+def _hand_over_leadership(client: EtcdClient, own_url: str, mid: int,
+                          others: list[dict[str, Any]]) -> None:
+    """A leader that removes itself steps down and leaves the others leaderless for an
+    election timeout (a full run: `cluster status` on the one member left answered "no
+    quorum" right after the other left). Handing leadership over first avoids that gap;
+    best effort: if it fails, the election still comes."""
+    voters = [m for m in others if not m.get("isLearner")]
+    if not voters:
+        return
+    try:
+        if int(client.status(own_url).get("leader", 0)) != mid:
+            return
+        client.move_leader(own_url, int(voters[0]["ID"]))
+    except XeniaError as e:
+        log.warning("leaving the cluster as etcd's leader: %s; the others elect one", e)
+
+
+def _wait_for_leader(client: EtcdClient, others: list[dict[str, Any]]) -> None:
+    """Return once a remaining member reports a leader, so the cluster this member left is
+    usable when `leave` returns; bounded, since it is the others' business."""
+    urls = [u for m in others if not m.get("isLearner") for u in m.get("clientURLs", [])]
+    deadline = time.monotonic() + LEADER_TIMEOUT
+    while urls and time.monotonic() < deadline:
+        for url in urls:
+            with contextlib.suppress(XeniaError):
+                if int(client.status(url).get("leader", 0)):
+                    return
+        time.sleep(0.2)
+    if urls:
+        log.warning("the members left (%s) had no etcd leader %.0f s after this one left",
+                    ", ".join(urls), LEADER_TIMEOUT)
 
 
 def remove(client: EtcdClient, name: str) -> None:
