@@ -67,27 +67,40 @@ def identity_line(rec: DomainRecord, token: str) -> str:
     return "; ".join(cmds) + "\n"
 
 
-def send_identity(console: Path, line: str, answer: str, timeout: float) -> float:
-    """Type `line` on the console socket and wait for `answer`; the seconds it took."""
-    t0 = time.monotonic()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+def send_identity(console: Path, line: str, timeout: float) -> socket.socket:
+    """Connect to the console socket and type `line`; the open connection.
+
+    It must stay open until the guest has answered: QEMU drops a client's unread input
+    when the client hangs up, and the serial port takes 16 bytes at a time. While it is
+    open, QEMU accepts no other client, so a user's command that connects next waits
+    in the socket's backlog and reaches the guest after the identity line."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
         sock.settimeout(timeout)
+        sock.connect(str(console))
+        sock.sendall(line.encode())
+    except OSError as e:
+        sock.close()
+        raise BackendError(f"Failed to give the clone its identity on {console}: {e}"
+                           ) from e
+    return sock
+
+
+def wait_answer(sock: socket.socket, answer: str) -> None:
+    """Read the console until `answer` (the identity line ran), then hang up."""
+    seen = b""
+    with sock:
         try:
-            sock.connect(str(console))
-            sock.sendall(line.encode())
-            seen = b""
             while answer.encode() not in seen:
                 chunk = sock.recv(4096)
                 if not chunk:
                     break
                 seen = seen[-4096:] + chunk
         except OSError as e:
-            raise BackendError(f"Failed to give the clone its identity on {console}: {e}"
-                               ) from e
+            raise BackendError(f"Failed to give the clone its identity: {e}") from e
     if answer.encode() not in seen:
         raise BackendError(f"Failed to give the clone its identity: the console closed "
                            f"before the guest answered ({seen[-200:]!r})")
-    return time.monotonic() - t0
 
 
 class Clones:
@@ -96,6 +109,7 @@ class Clones:
         self.m = manager
         self.snapshots = snapshots
         self.qemu_img = qemu_img or QemuImg()
+        self._tasks: set[asyncio.Task[None]] = set()  # identity answers awaited
 
     @property
     def root(self) -> Path:
@@ -140,7 +154,7 @@ class Clones:
             await self._tell(rec)
         # Where a clone's start goes (docs/decisions.md has the numbers).
         log.info("clone %s of %s: prepare + disks %.3f s, QEMU start + load %.3f s, "
-                 "identity %.3f s", name, ref, t1 - t0, t2 - t1, time.monotonic() - t2)
+                 "identity typed %.3f s", name, ref, t1 - t0, t2 - t1, time.monotonic() - t2)
         return rec
 
     def _identity(self, rec: DomainRecord, name: str, ref: str) -> DomainRecord:
@@ -172,14 +186,30 @@ class Clones:
             raise
 
     async def _tell(self, rec: DomainRecord) -> None:
+        """Type the identity line; its answer is awaited in the background (the console
+        keeps input in order, so whatever is typed next runs after it)."""
         token = f"xenia-clone-{secrets.token_hex(4)}"
         line = identity_line(rec, token)
         inst = self.m.instance(rec)
+        t0 = time.monotonic()
         try:
-            took = await asyncio.to_thread(send_identity, inst.console_path(), line,
-                                           f"{token}-42", IDENTITY_TIMEOUT)
+            sock = await asyncio.to_thread(send_identity, inst.console_path(), line,
+                                           IDENTITY_TIMEOUT)
         except BackendError as e:
             # The domain runs; only its guest does not know its new name yet.
             log.warning("domain %s: %s", rec.name, e.message)
             return
-        log.debug("clone %s told its identity in %.3f s", rec.name, took)
+        task = asyncio.get_running_loop().create_task(
+            self._answered(rec.name, sock, f"{token}-42", t0), name=f"identity-{rec.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _answered(name: str, sock: socket.socket, answer: str, t0: float) -> None:
+        try:
+            await asyncio.to_thread(wait_answer, sock, answer)
+        except BackendError as e:
+            log.warning("domain %s: %s", name, e.message)
+            return
+        log.info("clone %s answered its identity line %.3f s after it was sent", name,
+                 time.monotonic() - t0)
