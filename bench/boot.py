@@ -19,7 +19,14 @@ import time
 import uuid as uuidlib
 from pathlib import Path
 
-from bench.common import arg_parser, median, tiny_image, write_section
+from bench.common import (
+    arg_parser,
+    launch_bare,
+    median,
+    stop_bare,
+    tiny_image,
+    write_section,
+)
 
 READY = b"xenia-tiny: ready"
 
@@ -86,12 +93,11 @@ def bare_boot(argv: list[str], tmp: Path) -> float:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     t0 = time.monotonic()
-    subprocess.run(args, check=True, capture_output=True)
-    t1 = wait_for(tmp / "console.log", READY)
-    pid = int((tmp / "qemu.pid").read_text())
-    os.kill(pid, signal.SIGKILL)
-    while Path(f"/proc/{pid}").exists():
-        time.sleep(0.01)
+    proc = launch_bare(args)
+    try:
+        t1 = wait_for(tmp / "console.log", READY)
+    finally:
+        stop_bare(proc)
     shutil.rmtree(tmp, ignore_errors=True)
     return t1 - t0
 

@@ -66,3 +66,17 @@ def write_section(title: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + section
     RESULTS.write_text(text.rstrip() + "\n")
+
+
+
+def launch_bare(argv: list[str]) -> subprocess.Popen[bytes]:
+    """Run a QEMU argv read back from a running domain, in the background. Xenia's jail
+    (qemu/jail.py) runs QEMU in the foreground and confined by -sandbox (spawn=deny),
+    so the argv neither daemonizes nor may be made to."""
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_bare(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    proc.wait()

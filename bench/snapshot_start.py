@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
+import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -33,7 +32,14 @@ from pathlib import Path
 from tests.integration.harness import READY, Host, Image
 
 from bench.boot import wait_for
-from bench.common import arg_parser, median, tiny_image, write_section
+from bench.common import (
+    arg_parser,
+    launch_bare,
+    median,
+    stop_bare,
+    tiny_image,
+    write_section,
+)
 from xenia.cli.client import Client
 from xenia.migration import savefile
 from xenia.paths import Paths
@@ -96,10 +102,19 @@ def _argv(rundir: Path) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
 
 
-def bare_incoming(argv: list[str], clone_dir: Path, snap_dir: Path, tmp: Path) -> float:
+def clone_dir(argv: list[str]) -> Path:
+    """The clone's disk directory, as its QEMU argv names it (named after the clone, or
+    after the pool entry it was started from)."""
+    found = re.search(r'"filename":"([^"]*/state/clones/[^/"]+)/', " ".join(argv))
+    assert found is not None, argv
+    return Path(found.group(1))
+
+
+def bare_incoming(argv: list[str], snap_dir: Path, tmp: Path) -> float:
     """The clone's argv with its run dir and disk directory moved to `tmp`, and -incoming
     reading the snapshot's memory file itself."""
     rundir = Path(argv[argv.index("-pidfile") + 1]).parent
+    cdir = clone_dir(argv)
     memory = snap_dir / "memory.save"
     offset = savefile.verify(memory, digest=False).offset
     shutil.rmtree(tmp, ignore_errors=True)
@@ -111,27 +126,32 @@ def bare_incoming(argv: list[str], clone_dir: Path, snap_dir: Path, tmp: Path) -
     for a in argv:
         if a == "-S":
             continue
-        a = a.replace(str(rundir), str(tmp)).replace(str(clone_dir), str(tmp))
+        a = a.replace(str(rundir), str(tmp)).replace(str(cdir), str(tmp))
         args.append(f"file:{memory},offset={offset}" if a == "defer" else a)
     t0 = time.monotonic()
-    subprocess.run(args, check=True, capture_output=True)
-    pid = int((tmp / "qemu.pid").read_text())
+    proc = launch_bare(args)
     try:
         # The state was saved from a stopped guest, so QEMU keeps it stopped after the
         # load whatever -S says; `cont` once loaded, as Xenia does.
         qmp_cont_when_loaded(tmp / "qmp.sock")
         t1 = answer(tmp / "console.sock", "echo bench-$((40+2))", "bench-42", timeout=30)
     finally:
-        os.kill(pid, signal.SIGKILL)
-        while Path(f"/proc/{pid}").exists():
-            time.sleep(0.01)
+        stop_bare(proc)
     return t1 - t0
 
 
 def qmp_cont_when_loaded(path: Path, timeout: float = 30.0) -> None:
     """A bare QMP client: poll query-status every 5 ms until the state is in, then cont."""
+    deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(str(path))
+        while True:  # QEMU was started in the background: until it listens
+            try:
+                sock.connect(str(path))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.002)
         f = sock.makefile("rwb")
 
         def call(cmd: str) -> dict[str, object]:
@@ -195,8 +215,7 @@ def main() -> None:
         for i in range(args.runs):
             x, argv = b.clone(f"r{i}")
             c = b.cold(cold_cfg)
-            bare = bare_incoming(argv, host.root / "state" / "clones" / f"r{i}", snap_dir,
-                                 tmp / "bare")
+            bare = bare_incoming(argv, snap_dir, tmp / "bare")
             xs.append(x)
             cs.append(c)
             bs.append(bare)

@@ -138,8 +138,7 @@ def main() -> None:
         for i in range(args.runs):
             x, argv = b.clone(f"s{i}")
             xs.append(x)
-            bs.append(bare_incoming(argv, host.root / "state" / "clones" / f"s{i}", snap_dir,
-                                    tmp / "bare-snap"))
+            bs.append(bare_incoming(argv, snap_dir, tmp / "bare-snap"))
         results[SNAPSHOT] = (xs, bs)
         print(f"{SNAPSHOT}: xenia {median(xs):.3f} s, bare -incoming {median(bs):.3f} s "
               f"(ratio {median(xs) / median(bs):.2f})", flush=True)

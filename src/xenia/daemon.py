@@ -138,6 +138,8 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     finally:
         sampler.cancel()
         replication.cancel()
+        # Before the domains are let go: a QEMU started ahead is no domain to leave running.
+        await engine.clone_pool.close()
         await engine.manager.detach_all()
         await network.stop()
         await storage.stop()

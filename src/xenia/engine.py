@@ -16,6 +16,7 @@ from xenia.host.manager import DomainManager
 from xenia.host.views import DomainViews
 from xenia.hostos.pci import PciAssign
 from xenia.images.builds import ImageBuilds
+from xenia.migration.clonepool import ClonePool
 from xenia.migration.clones import Clones
 from xenia.migration.receiver import Receiver
 from xenia.migration.replication import Replication
@@ -43,6 +44,7 @@ class Engine:
     network: NetworkManager
     snapshots: DomainSnapshots  # snapshot-create/-list/-revert/-delete
     clones: Clones  # create --from DOMAIN@SNAPSHOT
+    clone_pool: ClonePool  # QEMUs started ahead for create --from
     replication: Replication  # replicated volumes here (volume create --replica, resync)
     replica_exports: ReplicaExports  # the copies this host keeps for other hosts
     image_builds: ImageBuilds  # `xenia image build` run by xeniad, for the web UI
@@ -55,11 +57,14 @@ class Engine:
         snapshots = DomainSnapshots(manager, saves, storage.qemu_img)
         sender, replication = Sender(manager, storage), Replication(manager, storage)
         sender.replica_host_of = replication.replica_host_of
+        clones = Clones(manager, snapshots, storage.qemu_img)
+        clones.pool = pool = ClonePool(clones)
+        snapshots.before_delete = pool.drain
         return cls(paths=paths, store=store, manager=manager, views=DomainViews(manager),
                    devices=DeviceVerbs(manager, PciAssign(store)), saves=saves,
                    sender=sender, receiver=Receiver(manager, network),
                    storage=storage, network=network,
-                   snapshots=snapshots, clones=Clones(manager, snapshots, storage.qemu_img),
+                   snapshots=snapshots, clones=clones, clone_pool=pool,
                    replication=replication,
                    replica_exports=ReplicaExports(paths, store, storage),
                    image_builds=ImageBuilds(paths.images))

@@ -7,8 +7,11 @@ read its old data again, on its disk and in its RAM (a tmpfs file).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +22,7 @@ from tests.integration.harness import (
     Host,
     Image,
     counter,
+    qemu_pids_with,
     volume,
     wait_until,
 )
@@ -89,9 +93,36 @@ def test_disk_snapshot_and_its_rules(host: Host) -> None:
     assert names == ["s1"]
 
 
+def pooled(host: Host, listed: set[str] | None = None) -> dict[int, str]:
+    """{pid: UUID} of this host's QEMUs that are no listed domain: those started ahead
+    for clones (migration/clonepool.py). `listed`: the domains' UUIDs, when xeniad is
+    not there to ask."""
+    if listed is None:
+        listed = {d["uuid"] for d in host.domains()}
+    out = {}
+    for pid in qemu_pids_with(str(host.root)):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        uuid = argv[argv.index(b"-uuid") + 1].decode()
+        if uuid not in listed:
+            out[pid] = uuid
+    return out
+
+
+def one_pooled(host: Host, but: str = "") -> tuple[int, str]:
+    """The one QEMU the clone pool keeps ready (waiting for it), other than `but`'s."""
+    ready = wait_until(lambda: [(p, u) for p, u in pooled(host).items() if u != but],
+                       what="the clone pool to start a QEMU")
+    assert len(ready) == 1, ready
+    return ready[0]
+
+
 def test_clones_start_from_the_memory_snapshot_each_with_its_own_identity(host: Host) -> None:
     uuids = set()
     for i in (1, 2, 3):
+        ahead = pooled(host)
         t0 = time.monotonic()
         host.xenia("create", "--from", "g1@s1", f"name=c{i}")
         # create --from does not wait for the identity line's answer: the first command
@@ -103,6 +134,13 @@ def test_clones_start_from_the_memory_snapshot_each_with_its_own_identity(host: 
         d = host.domain(f"c{i}")
         assert host.run(f"c{i}", "cat /run/xenia/uuid").strip() == d["uuid"]
         uuids.add(d["uuid"])
+        if i > 1:
+            # c1 made the snapshot's clone pool: c2 and c3 are QEMUs it started ahead,
+            # each with the UUID it was started with (in QEMU's argv).
+            assert d["uuid"] in ahead.values(), (d["uuid"], ahead)
+        # The pool refills, with a QEMU of its own (not listed as a domain).
+        one_pooled(host, but=d["uuid"])
+        assert not any(x["name"].startswith("pool-") for x in host.domains())
         print(f"clone c{i}: create --from to a console answer in {took:.2f} s (CLI included)")
     assert len(uuids | {host.domain("g1")["uuid"]}) == 4
     assert READY not in host.console_log("c1")  # never booted
@@ -113,9 +151,34 @@ def test_clones_start_from_the_memory_snapshot_each_with_its_own_identity(host: 
     assert res.returncode != 0 and "c1, c2, c3 run from it" in res.stderr
     res = host.xenia("create", "--from", "g1@s1", "name=c1", check=False)
     assert res.returncode != 0 and "exists already" in res.stderr
-    for i in (1, 2, 3):
+
+
+def test_clone_pool_replaces_a_dead_qemu_and_ends_with_xeniad_and_snapshot(host: Host) -> None:
+    pid, dead = one_pooled(host)
+    os.kill(pid, signal.SIGKILL)
+    # Not handed out: c4 runs, under a UUID of its own, answering as c4.
+    host.xenia("create", "--from", "g1@s1", "name=c4")
+    assert host.run("c4", "hostname").strip() == "c4"
+    assert host.domain("c4")["uuid"] != dead
+    one_pooled(host, but=dead)  # replaced
+    # A killed xeniad: its restart reaps the waiting QEMU as a half-built domain.
+    host.kill_daemon()
+    host.start_daemon()
+    assert not pooled(host)
+    host.xenia("create", "--from", "g1@s1", "name=c5")  # the pool comes back
+    one_pooled(host)
+    # A stopped xeniad leaves its domains running, but no QEMU started ahead.
+    listed = {d["uuid"] for d in host.domains()}
+    host.kill_daemon(signal.SIGTERM)
+    assert not pooled(host, listed)
+    assert len(qemu_pids_with(str(host.root))) == len(listed) == 6  # g1, c1-c5 run on
+    host.start_daemon()
+    host.xenia("create", "--from", "g1@s1", "name=c6")  # a pool for the delete to end
+    one_pooled(host)
+    for i in range(1, 7):
         host.xenia("destroy", f"c{i}")
     host.xenia("snapshot-delete", "g1", "s1")
+    assert not pooled(host)
     assert not list((host.root / "state" / "clones").iterdir())
 
 

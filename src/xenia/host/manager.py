@@ -59,6 +59,14 @@ DOM0_NAME = "Domain-0"
 # Seconds between the attempts to adopt a running domain whose QMP did not answer; the
 # last is repeated for as long as its process runs.
 ADOPT_RETRY = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+# runtime key: a QEMU started ahead for `create --from` (migration/clonepool.py), not a
+# domain yet: kept in the store (a killed xeniad's restart reaps it as half-built) but
+# not listed. Its value is the snapshot it is for.
+POOLED = "pooled"
+
+
+def pooled(rec: DomainRecord) -> bool:
+    return POOLED in rec.runtime
 
 
 class OwnershipGate(Protocol):
@@ -465,6 +473,12 @@ class DomainManager:
     async def rename(self, ref: str, new_name: str) -> DomainRecord:
         check_name(new_name)
         rec = self.resolve(ref)
+        await self.rename_record(rec, new_name)
+        return rec
+
+    async def rename_record(self, rec: DomainRecord, new_name: str) -> None:
+        """Give `rec` (this very object: a build under way holds it) a name no other
+        domain has, and store it."""
         async with self._create_lock:
             for other in self.store.list():
                 if other.name == new_name and other.uuid != rec.uuid:
@@ -474,5 +488,5 @@ class DomainManager:
                     )
             rec.name = new_name
             rec.config.name = new_name
+            rec.runtime.pop(POOLED, None)
             self.store.put(rec)
-        return rec

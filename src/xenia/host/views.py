@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from xenia.errors import XeniaError
-from xenia.host.manager import DOM0_NAME, DomainManager
+from xenia.host.manager import DOM0_NAME, DomainManager, pooled
 from xenia.hostos import hostinfo
 from xenia.store.base import DomainRecord
 from xenia.store.state import CRASHED, DYING, PAUSED, RUNNING, SHUTDOWN, DomainState
@@ -80,7 +80,8 @@ class DomainViews:
         }
 
     def list(self) -> list[dict[str, Any]]:
-        return [self.dom0()] + [self.describe(r) for r in self.m.store.list()]
+        return [self.dom0()] + [self.describe(r) for r in self.m.store.list()
+                                if not pooled(r)]
 
     def host_info(self) -> dict[str, Any]:
         """`xenia info`: the host's facts, QEMU and the accelerator, the domain count."""
@@ -88,7 +89,7 @@ class DomainViews:
         drv = self.m.drivers.get("pv")
         if drv is not None:
             out.update(drv.host_info())
-        out["domains"] = len(self.m.store.list())
+        out["domains"] = sum(not pooled(r) for r in self.m.store.list())
         out["xenia_root"] = str(self.m.paths.state.parent)
         return out
 
@@ -129,5 +130,6 @@ class DomainViews:
         # Concurrently: each live domain costs QMP round trips and a netlink read, and a
         # /metrics scrape of 50 domains must answer within 100 ms (bench/metrics.py).
         rows += await asyncio.gather(*(self._stats_row(rec, now, host_kib)
-                                       for rec in self.m.store.list()))
+                                       for rec in self.m.store.list()
+                                       if not pooled(rec)))
         return rows

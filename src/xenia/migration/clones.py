@@ -24,9 +24,10 @@ import shutil
 import socket
 import time
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from xenia.config.model import DomainConfig
 from xenia.drivers.base import Instance
@@ -103,6 +104,22 @@ def wait_answer(sock: socket.socket, answer: str) -> None:
                            f"before the guest answered ({seen[-200:]!r})")
 
 
+class Pool(Protocol):
+    """QEMUs started ahead for clones (clonepool.ClonePool)."""
+
+    async def claim(self, ref: str, name: str) -> DomainRecord | None: ...
+
+
+@dataclass
+class Source:
+    """What a clone starts from: the snapshot's document, directory and memory file."""
+
+    doc: dict[str, Any]
+    directory: Path
+    memory: Path
+    header: savefile.SaveHeader
+
+
 class Clones:
     def __init__(self, manager: DomainManager, snapshots: DomainSnapshots,
                  qemu_img: QemuImg | None = None) -> None:
@@ -110,6 +127,7 @@ class Clones:
         self.snapshots = snapshots
         self.qemu_img = qemu_img or QemuImg()
         self._tasks: set[asyncio.Task[None]] = set()  # identity answers awaited
+        self.pool: Pool | None = None  # QEMUs started ahead (set by the engine)
 
     @property
     def root(self) -> Path:
@@ -120,32 +138,30 @@ class Clones:
         doing = f"to create domain '{name}' from snapshot '{ref}'"
         t0 = time.monotonic()
         check_name(name)
-        dom, snap = split_ref(ref, doing)
-        doc = self.snapshots.get(dom, snap, doing)
-        if not doc["memory"]:
-            raise InvalidConfig(f"Failed {doing}: the snapshot has no memory state; take "
-                                f"one with `xenia snapshot-create --memory {dom} NAME`")
-        directory = self.snapshots.directory(dom, snap)
-        memory = directory / MEMORY_FILE
-        # No checksum pass: Xenia wrote this file and it is read for every clone.
-        header = await asyncio.to_thread(savefile.verify, memory, False)
-        rec = self._identity(arrived(header.meta["record"]), name, ref)
+        stage = await self._source(ref, doing)
+        rec = self._identity(arrived(stage.header.meta["record"]), name, ref)
         if admit is not None:
             await asyncio.to_thread(admit, rec.config)
         check_config(rec.config)
         if any(other.name == name for other in self.m.store.list()):
             raise AlreadyExists(f"Failed {doing}: a domain named '{name}' exists already")
+        if self.pool is not None and not paused and not rec.config.ha:
+            # A QEMU started ahead for this snapshot (clonepool.py); None: none at hand.
+            t1 = time.monotonic()
+            claimed = await self.pool.claim(ref, name)
+            if claimed is not None:
+                t2 = time.monotonic()
+                await self._tell(claimed)
+                log.info("clone %s of %s: prepare %.3f s, pooled QEMU load + cont %.3f s, "
+                         "identity typed %.3f s", name, ref, t1 - t0, t2 - t1,
+                         time.monotonic() - t2)
+                return claimed
         cdir = self.root / name
-        await asyncio.to_thread(self._disks, rec, doc, directory, cdir, doing)
+        await asyncio.to_thread(self._disks, rec, stage.doc, stage.directory, cdir, doing)
         t1 = time.monotonic()
-        drv = self.m.driver_for(rec.config)
-
-        async def receive(inst: Instance) -> None:
-            await drv.restore(inst, memory, header.offset)
-
         try:
-            rec = await self.m.build(rec, paused=paused, incoming="defer", receive=receive,
-                                     doing="create")
+            rec = await self.m.build(rec, paused=paused, incoming="defer",
+                                     receive=self.receiver(rec, stage), doing="create")
         except BaseException:
             shutil.rmtree(cdir, ignore_errors=True)
             raise
@@ -156,6 +172,39 @@ class Clones:
         log.info("clone %s of %s: prepare + disks %.3f s, QEMU start + load %.3f s, "
                  "identity typed %.3f s", name, ref, t1 - t0, t2 - t1, time.monotonic() - t2)
         return rec
+
+    async def _source(self, ref: str, doing: str) -> Source:
+        dom, snap = split_ref(ref, doing)
+        doc = self.snapshots.get(dom, snap, doing)
+        if not doc["memory"]:
+            raise InvalidConfig(f"Failed {doing}: the snapshot has no memory state; take "
+                                f"one with `xenia snapshot-create --memory {dom} NAME`")
+        directory = self.snapshots.directory(dom, snap)
+        memory = directory / MEMORY_FILE
+        # No checksum pass: Xenia wrote this file and it is read for every clone.
+        header = await asyncio.to_thread(savefile.verify, memory, False)
+        return Source(doc, directory, memory, header)
+
+    async def stage(self, ref: str, name: str) -> tuple[DomainRecord, Source, Path]:
+        """A clone's record under `name` with its copy-on-write disks made (the pool's
+        entries, before their QEMU starts): (record, source, disk directory)."""
+        doing = f"to start a QEMU ahead for snapshot '{ref}'"
+        stage = await self._source(ref, doing)
+        rec = self._identity(arrived(stage.header.meta["record"]), name, ref)
+        check_config(rec.config)
+        cdir = self.root / name
+        await asyncio.to_thread(self._disks, rec, stage.doc, stage.directory, cdir, doing)
+        return rec, stage, cdir
+
+    def receiver(self, rec: DomainRecord,
+                 stage: Source) -> Callable[[Instance], Awaitable[None]]:
+        """build()'s `receive`: load the snapshot's memory into the clone's QEMU."""
+        drv = self.m.driver_for(rec.config)
+
+        async def receive(inst: Instance) -> None:
+            await drv.restore(inst, stage.memory, stage.header.offset)
+
+        return receive
 
     def _identity(self, rec: DomainRecord, name: str, ref: str) -> DomainRecord:
         rec.name = rec.config.name = name

@@ -26,6 +26,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,8 @@ class DomainSnapshots:
         self.m = manager
         self.saves = saves
         self.qemu_img = qemu_img or QemuImg()
+        # Called with "dom@snap" before a snapshot is deleted (the clone pool's drain).
+        self.before_delete: Callable[[str], Awaitable[None]] | None = None
 
     @property
     def root(self) -> Path:
@@ -205,6 +208,11 @@ class DomainSnapshots:
         doing = f"to delete snapshot '{snap}' of domain '{dom}'"
         self.get(dom, snap, doing)
         running, stale = self.clones_of(dom, snap)
+        if not running and self.before_delete is not None:
+            # The QEMUs started ahead for its clones (clonepool.py) go first; their
+            # overlay directories are then among the stale ones.
+            await self.before_delete(f"{dom}@{snap}")
+            running, stale = self.clones_of(dom, snap)
         if running:
             raise InUse(f"Failed {doing}: {', '.join(running)} "
                         f"{'runs' if len(running) == 1 else 'run'} from it (clone disks read "
@@ -226,16 +234,19 @@ class DomainSnapshots:
         if not clones.is_dir():
             return [], []
         mine = str(self.directory(dom, snap))
-        names = {r.name for r in self.m.store.list()}
+        # A clone's disks are in its directory, named after the clone or, for one started
+        # from the clone pool, after its pool entry.
+        users = {str(Path(d.target).parent): r.name for r in self.m.store.list()
+                 for d in r.config.disks if d.target}
         running, stale = [], []
         for d in sorted(clones.iterdir()):
             with contextlib.suppress(OSError):
                 if (d / "origin").read_text().strip() == mine:
-                    if d.name in names:
-                        running.append(d.name)
+                    if str(d) in users:
+                        running.append(users[str(d)])
                     else:
                         stale.append(d)
-        return running, stale
+        return sorted(running), stale
 
 
 def _meta(rec: DomainRecord, snap: str) -> dict[str, Any]:
