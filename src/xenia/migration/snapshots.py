@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from xenia.config.model import DiskSpec
 from xenia.devices.disk import FORMATS, has_host_file, target_path
 from xenia.errors import AlreadyExists, InUse, InvalidConfig, NotFound
+from xenia.host.manager import pooled
 from xenia.migration.records import portable
 from xenia.migration.saving import SaveRestore
 from xenia.revert import Revert
@@ -236,12 +237,16 @@ class DomainSnapshots:
         mine = str(self.directory(dom, snap))
         # A clone's disks are in its directory, named after the clone or, for one started
         # from the clone pool, after its pool entry.
-        users = {str(Path(d.target).parent): r.name for r in self.m.store.list()
+        # QEMUs started ahead for clones (pooled) are neither: delete() ends them first.
+        recs = self.m.store.list()
+        users = {str(Path(d.target).parent): r.name for r in recs if not pooled(r)
+                 for d in r.config.disks if d.target}
+        ahead = {str(Path(d.target).parent) for r in recs if pooled(r)
                  for d in r.config.disks if d.target}
         running, stale = [], []
         for d in sorted(clones.iterdir()):
             with contextlib.suppress(OSError):
-                if (d / "origin").read_text().strip() == mine:
+                if (d / "origin").read_text().strip() == mine and str(d) not in ahead:
                     if str(d) in users:
                         running.append(users[str(d)])
                     else:
