@@ -235,8 +235,8 @@ def main() -> None:
         # Where the clones' time went, as xeniad logged it.
         with contextlib.suppress(OSError):
             lines = [ln for ln in host.daemon_log.read_text().splitlines()
-                     if "QEMU start + load" in ln]
-            print("\n".join(lines[-5:]), flush=True)
+                     if "identity typed" in ln or "answered its identity" in ln]
+            print("\n".join(lines[-10:]), flush=True)
         host.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
     mx, mc, mb = median(xs), median(cs), median(bs)

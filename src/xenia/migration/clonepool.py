@@ -89,9 +89,9 @@ class ClonePool:
         hand (the caller starts the clone itself). The pool is refilled either way."""
         if self.size <= 0 or self._closed:
             return None
+        self.fill(ref)  # the pool's first claim makes it; it may wait for that entry
         entry = await self._pick(ref)
         if entry is None:
-            self.fill(ref)
             return None
         assert entry.task is not None
         entry.claim.set_result(name)
@@ -102,8 +102,10 @@ class ClonePool:
             log.warning("clone %s: the QEMU started ahead failed (%s); starting one",
                         name, e.message)
             return None
-        finally:
-            self.fill(ref)
+        # The next QEMU starts now, though its start shares the host's CPU with the new
+        # clone's first commands: put off by 1 s, 20 clones in a row each waited for a
+        # whole QEMU start (docs/decisions.md).
+        self.fill(ref)
         return rec
 
     async def _pick(self, ref: str) -> Entry | None:
