@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -30,12 +31,16 @@ from bench.snapshot_start import Bench as SnapshotBench
 from bench.snapshot_start import bare_incoming, make_template
 from xenia.config.model import DomainConfig
 from xenia.containers import spec
+from xenia.containers.idmap import IdMap
 from xenia.images.hvm import build_hvm_images
 from xenia.images.rootfs import build_rootfs
 
 CT_READY = b"xenia-rootfs: ready"
 VM_READY = b"xenia-tiny: ready"
 SNAPSHOT = "pv from a snapshot"
+# Host ids of the bare crun's container: a range no Xenia allocation uses (those are
+# from containers/idmap.py's and hostos/qemuids.py's own ranges).
+BARE_IDS = 0x5F000000
 
 
 def xenia_start(host: Host, cfg: Path, ready: bytes) -> tuple[float, list[str]]:
@@ -55,15 +60,31 @@ def xenia_start(host: Host, cfg: Path, ready: bytes) -> tuple[float, list[str]]:
     return t1 - t0, argv
 
 
+def shift_ids(root: Path, base: int) -> None:
+    """Own every file of `root` by base + its uid (and gid), links not followed."""
+    for d, dirs, files in os.walk(root):
+        # Each directory once, as the walk's `d`; links to directories are not walked.
+        links = [n for n in dirs if os.path.islink(os.path.join(d, n))]
+        for p in [d, *(os.path.join(d, n) for n in [*links, *files])]:
+            st = os.lstat(p)
+            os.lchown(p, base + st.st_uid, base + st.st_gid)
+            if not stat.S_ISLNK(st.st_mode):
+                os.chmod(p, stat.S_IMODE(st.st_mode))  # chown cleared setuid bits
+
+
 def crun_start(rootfs: Path, tmp: Path) -> float:
     bundle = tmp / "bundle"
     shutil.rmtree(bundle, ignore_errors=True)
     bundle.mkdir(mode=0o755)
     root = bundle / "rootfs"
     subprocess.run(["cp", "-a", str(rootfs), str(root)], check=True)
+    # A container gets host ids of its own (containers/idmap.py): the copy is shifted to
+    # them, as Xenia's idmapped mount shows its rootfs to the container.
+    idmap = IdMap(BARE_IDS, BARE_IDS)
+    shift_ids(root, BARE_IDS)
     cfg = DomainConfig(name="bare", type="container", rootfs=str(rootfs), memory=64)
     doc = spec.build_spec(cfg, uuid=str(uuidlib.uuid4()), rootfs=root,
-                          argv=spec.init_argv(cfg), idmap=spec.idmap_for(root))
+                          argv=spec.init_argv(cfg), idmap=idmap)
     (bundle / "config.json").write_text(json.dumps(doc))
     cid = f"xb{os.getpid()}"
     t0 = time.monotonic()
