@@ -6,7 +6,8 @@ xeniad adopts it by pidfile and command line, never starting a second copy. Whil
 runs, the Supervisor thread restarts an etcd that died, with a bounded back-off. Guests
 never depend on etcd: QEMU does not talk to it; only HA decisions and the cluster view do.
 
-Files (ClusterFiles): <state>/cluster/etcd.json (this member's settings), tls/ (pki.py),
+Files (ClusterFiles): <state>/cluster/etcd.json (this member's settings; a client member,
+past the voter cap, has etcd-client.json instead: voters.py), tls/ (pki.py),
 etcd-data/ (etcd's data dir), etcd.log; <run>/etcd.pid.
 
 etcd's settings that matter (docs/cluster.md, "Timeouts", says why):
@@ -62,6 +63,11 @@ class ClusterFiles:
     @property
     def config(self) -> Path:
         return self.dir / "etcd.json"
+
+    @property
+    def client_config(self) -> Path:
+        """A client member's settings (voters.ClientConfig): it runs no etcd member."""
+        return self.dir / "etcd-client.json"
 
     @property
     def tls(self) -> MemberTLS:
