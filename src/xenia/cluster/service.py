@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xenia.errors import InvalidConfig
 from xenia.paths import Paths
 
 if TYPE_CHECKING:
@@ -142,14 +143,47 @@ def _start_client(files: ClusterFiles) -> ClusterRuntime:
 
     cfg = ClientConfig.load(files.client_config)
     client = EtcdClient(cfg.endpoints, files.tls)
-    refresher = EndpointRefresher(client, cfg, files.client_config)
+    runtime = ClusterRuntime(client, endpoints=client.endpoints, host=cfg.name, role="client")
+    refresher = EndpointRefresher(client, cfg, files.client_config,
+                                  promote=lambda: _promote(runtime, files))
     try:
         refresher.refresh()  # voters may have changed while xeniad was down
     except Exception as e:  # not fatal: the daemon starts without etcd all the same
         log.warning("could not read the etcd voter list yet: %s", e)
     log.info("cluster member %s: an etcd client of %s", cfg.name, ", ".join(client.endpoints))
-    return ClusterRuntime(client, endpoints=client.endpoints, host=cfg.name, role="client",
-                          refresher=refresher.start())
+    runtime.refresher = refresher.start()
+    return runtime
+
+
+def _promote(runtime: ClusterRuntime, files: ClusterFiles) -> bool:
+    """This client member took a free voter seat (voters.claim_promotion): start its etcd
+    member (learner, then promoted: membership.join) and make the runtime a voter's.
+    Runs in the refresher's thread; a failure gives the seat back."""
+    from xenia.cluster import keys, membership, voters
+    from xenia.cluster.etcd_member import Supervisor
+
+    client, name = runtime.client, runtime.host
+    try:
+        rec, cluster = client.get(keys.member(name)), client.get(keys.CLUSTER)
+        token = keys.decode(cluster).get("etcd_token") if cluster else None
+        if rec is None or not token:
+            raise InvalidConfig("Failed to become an etcd voter: the cluster record has no "
+                                "etcd token (a cluster made before the voter cap)")
+        member = membership.join(files, name, str(keys.decode(rec)["address"]),
+                                 voters.voter_urls(client), str(token))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            voters.give_back(client, name)
+        raise
+    # etcd.json exists now (join saved it), so the next xeniad starts a voter; only then
+    # the client settings go.
+    runtime.member, runtime.role = member, voters.VOTER
+    runtime.supervisor = Supervisor(member).start()
+    client.set_endpoints([member.cfg.client_url, *voters.voter_urls(client)])
+    runtime.endpoints = client.endpoints
+    files.client_config.unlink(missing_ok=True)
+    log.warning("cluster member %s is an etcd voter now", name)
+    return True
 
 
 def start_member(paths: Paths) -> ClusterRuntime | None:

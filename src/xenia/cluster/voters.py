@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,6 +116,36 @@ def seat(client: EtcdClient, name: str, rec: dict[str, Any], doing: str
                 "again")
 
 
+def claim_promotion(client: EtcdClient, name: str) -> bool:
+    """Take a free voter seat for client member `name` (its record's role becomes voter),
+    if it is the one choose_promotion() picks now; in one transaction compared with the
+    cluster record's revision, as seat() does. Blocking."""
+    cluster = client.get(keys.CLUSTER)
+    if cluster is None:
+        return False
+    kvs, _ = client.range(keys.MEMBERS)
+    records = {keys.host_of(kv.key, keys.MEMBERS): keys.decode(kv) for kv in kvs}
+    alive = [keys.host_of(kv.key, keys.ALIVE) for kv in client.range(keys.ALIVE)[0]]
+    etcd_names = [str(m.get("name") or m["ID"]) for m in client.members()]
+    cap = cap_of(keys.decode(cluster))
+    # A seat is free only if the records agree: a voter admitted but not started yet is
+    # not in etcd's member list, yet it has its seat.
+    if choose_role(records, cap) != VOTER or \
+            choose_promotion(records, etcd_names, alive, cap) != name:
+        return False
+    res = client.txn([Compare.mod(keys.CLUSTER, cluster.mod_revision)],
+                     [Put(keys.member(name), keys.encode({**records[name], "etcd": VOTER})),
+                      Put(keys.CLUSTER, cluster.value)])
+    return res.succeeded
+
+
+def give_back(client: EtcdClient, name: str) -> None:
+    """A promotion that failed: the member's record says client again."""
+    kv = client.get(keys.member(name))
+    if kv is not None:
+        client.put(keys.member(name), keys.encode({**keys.decode(kv), "etcd": CLIENT}))
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     """A client member's etcd settings: its member name and the voters' client URLs."""
@@ -150,14 +180,19 @@ def voter_urls(client: EtcdClient) -> list[str]:
 
 
 class EndpointRefresher:
-    """Keeps a client member's endpoints at the current voters (a thread)."""
+    """Keeps a client member's endpoints at the current voters (a thread). With
+    `promote`, it also takes a free voter seat when this member is the one to: promote()
+    starts the etcd member (blocking) and returns True once this host is a voter, which
+    ends the refresher."""
 
     def __init__(self, client: EtcdClient, cfg: ClientConfig, path: Path,
-                 every: float = REFRESH_EVERY) -> None:
+                 every: float = REFRESH_EVERY,
+                 promote: Callable[[], bool] | None = None) -> None:
         self.client = client
         self.cfg = cfg
         self.path = path
         self.every = every
+        self.promote = promote
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="etcd-endpoints",
                                         daemon=True)
@@ -186,5 +221,10 @@ class EndpointRefresher:
         while not self._stop.wait(self.every):
             try:
                 self.refresh()
+                if self.promote is not None and claim_promotion(self.client, self.cfg.name):
+                    log.warning("cluster member %s takes a free etcd voter seat",
+                                self.cfg.name)
+                    if self.promote():
+                        return
             except Exception as e:  # no voter answers now: keep the URLs known so far
-                log.debug("etcd voter list not read: %s", e)
+                log.info("etcd voter list not read, or no promotion: %s", e)
