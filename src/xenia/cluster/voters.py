@@ -116,18 +116,23 @@ def seat(client: EtcdClient, name: str, rec: dict[str, Any], doing: str
                 "again")
 
 
-def claim_promotion(client: EtcdClient, name: str) -> bool:
+def claim_promotion(client: EtcdClient, name: str, members: list[dict[str, Any]]) -> bool:
     """Take a free voter seat for client member `name` (its record's role becomes voter),
     if it is the one choose_promotion() picks now; in one transaction compared with the
-    cluster record's revision, as seat() does. Blocking."""
+    cluster record's revision, as seat() does. `members`: etcd's member list, just read
+    (a full etcd cluster, the usual case, costs no further read). Blocking."""
+    etcd_names = [str(m.get("name") or m["ID"]) for m in members]
+    if not members:
+        return False
     cluster = client.get(keys.CLUSTER)
     if cluster is None:
         return False
     kvs, _ = client.range(keys.MEMBERS)
     records = {keys.host_of(kv.key, keys.MEMBERS): keys.decode(kv) for kv in kvs}
-    alive = [keys.host_of(kv.key, keys.ALIVE) for kv in client.range(keys.ALIVE)[0]]
-    etcd_names = [str(m.get("name") or m["ID"]) for m in client.members()]
     cap = cap_of(keys.decode(cluster))
+    if len(etcd_names) >= cap:
+        return False
+    alive = [keys.host_of(kv.key, keys.ALIVE) for kv in client.range(keys.ALIVE)[0]]
     # A seat is free only if the records agree: a voter admitted but not started yet is
     # not in etcd's member list, yet it has its seat.
     if choose_role(records, cap) != VOTER or \
@@ -173,10 +178,11 @@ class ClientConfig:
         return cfg
 
 
-def voter_urls(client: EtcdClient) -> list[str]:
+def voter_urls(client: EtcdClient, members: list[dict[str, Any]] | None = None
+               ) -> list[str]:
     """The client URLs of the etcd voters (learners are still catching up: not yet)."""
-    return [u for m in client.members() if not m.get("isLearner")
-            for u in m.get("clientURLs", [])]
+    return [u for m in (client.members() if members is None else members)
+            if not m.get("isLearner") for u in m.get("clientURLs", [])]
 
 
 class EndpointRefresher:
@@ -206,22 +212,23 @@ class EndpointRefresher:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
-    def refresh(self) -> bool:
-        """Read the voters once; True when the endpoints changed."""
-        urls = voter_urls(self.client)
-        if not urls or sorted(urls) == sorted(self.client.endpoints):
-            return False
-        log.info("etcd voters now at %s", ", ".join(urls))
-        self.client.set_endpoints(urls)
-        self.cfg = ClientConfig(self.cfg.name, urls)
-        self.cfg.save(self.path)
-        return True
+    def refresh(self) -> list[dict[str, Any]]:
+        """Read the voters once and follow them; etcd's member list."""
+        members = self.client.members()
+        urls = voter_urls(self.client, members)
+        if urls and sorted(urls) != sorted(self.client.endpoints):
+            log.info("etcd voters now at %s", ", ".join(urls))
+            self.client.set_endpoints(urls)
+            self.cfg = ClientConfig(self.cfg.name, urls)
+            self.cfg.save(self.path)
+        return members
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             try:
-                self.refresh()
-                if self.promote is not None and claim_promotion(self.client, self.cfg.name):
+                members = self.refresh()
+                if self.promote is not None and claim_promotion(self.client, self.cfg.name,
+                                                                members):
                     log.warning("cluster member %s takes a free etcd voter seat",
                                 self.cfg.name)
                     if self.promote():
