@@ -83,10 +83,10 @@ class Cluster:
         self.n = n
         self.links: list[str] = []
 
-    def start(self, parallel: bool = False) -> None:
+    def start(self, parallel: bool = False, wait: bool = True) -> None:
         """Make the switch and the hosts; their daemons one by one, or with `parallel` all
         launched first and then waited for (the start-up is mostly Python imports: on 2
-        cores two run at once)."""
+        cores two run at once); without `wait` the caller waits for each (wait_daemon)."""
         # Namespaces of these names can only be left by an earlier run that died (the tag
         # is this process's pid modulo 40): clear them, or `netns add` fails every test of
         # the module with "File exists".
@@ -113,7 +113,7 @@ class Cluster:
                 host.launch_daemon()
             else:
                 host.start_daemon()
-        if parallel:
+        if parallel and wait:
             for host in self.hosts:
                 host.wait_daemon(60.0)
 

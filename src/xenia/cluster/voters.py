@@ -138,6 +138,10 @@ def claim_promotion(client: EtcdClient, name: str, members: list[dict[str, Any]]
     if choose_role(records, cap) != VOTER or \
             choose_promotion(records, etcd_names, alive, cap) != name:
         return False
+    log.info("free etcd voter seat: etcd members %s (asked %s); voter records %s",
+             ", ".join(f"{n}{'(learner)' if m.get('isLearner') else ''}"
+                       for n, m in zip(etcd_names, members, strict=True)),
+             client.pick(), ", ".join(n for n, r in records.items() if role_of(r) == VOTER))
     res = client.txn([Compare.mod(keys.CLUSTER, cluster.mod_revision)],
                      [Put(keys.member(name), keys.encode({**records[name], "etcd": VOTER})),
                       Put(keys.CLUSTER, cluster.value)])
@@ -217,7 +221,10 @@ class EndpointRefresher:
         members = self.client.members()
         urls = voter_urls(self.client, members)
         if urls and sorted(urls) != sorted(self.client.endpoints):
-            log.info("etcd voters now at %s", ", ".join(urls))
+            log.info("etcd voters now at %s (etcd members: %s)", ", ".join(urls),
+                     ", ".join(f"{m.get('name') or m.get('ID')}"
+                               f"{' (learner)' if m.get('isLearner') else ''}"
+                               for m in members))
             self.client.set_endpoints(urls)
             self.cfg = ClientConfig(self.cfg.name, urls)
             self.cfg.save(self.path)
