@@ -21,7 +21,6 @@ etcd's settings that matter (docs/cluster.md, "Timeouts", says why):
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -30,12 +29,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenia.cluster import settings
 from xenia.cluster.pki import MemberTLS, check_address
 from xenia.cluster.watch import PROGRESS_INTERVAL
-from xenia.errors import BackendError, InvalidConfig, NotFound
+from xenia.errors import BackendError, InvalidConfig
 from xenia.network.dnsmasq import pid_alive
 from xenia.paths import Paths
 from xenia.peers.identity import write_atomic
@@ -121,19 +121,11 @@ class MemberConfig:
         return self._url(self.peer_port)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(asdict(self), indent=1).encode(), 0o600)
+        settings.save(self, path)
 
     @classmethod
     def load(cls, path: Path) -> MemberConfig:
-        try:
-            return cls(**json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise NotFound(f"Failed to load the etcd member settings: {path} is missing; "
-                           "this host is not a cluster member") from None
-        except (ValueError, TypeError) as e:
-            raise InvalidConfig(f"Failed to load the etcd member settings from {path}: {e}"
-                                ) from None
+        return settings.load(cls, path, "etcd member settings")
 
 
 def etcd_argv(binary: str, cfg: MemberConfig, files: ClusterFiles) -> list[str]:

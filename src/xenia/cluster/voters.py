@@ -19,18 +19,16 @@ with an external etcd (`xeniad --etcd`) does.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xenia.cluster import keys
+from xenia.cluster import keys, settings
 from xenia.cluster.kv import Compare, Get, Put
-from xenia.errors import AlreadyExists, InUse, InvalidConfig, NotFound
-from xenia.peers.identity import write_atomic
+from xenia.errors import AlreadyExists, InUse, InvalidConfig
 
 if TYPE_CHECKING:
     from xenia.cluster.client import EtcdClient
@@ -163,19 +161,11 @@ class ClientConfig:
     endpoints: list[str]
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(asdict(self), indent=1).encode(), 0o600)
+        settings.save(self, path)
 
     @classmethod
     def load(cls, path: Path) -> ClientConfig:
-        try:
-            cfg = cls(**json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise NotFound(f"Failed to load the etcd client settings: {path} is missing; "
-                           "this host is not a cluster member") from None
-        except (ValueError, TypeError) as e:
-            raise InvalidConfig(f"Failed to load the etcd client settings from {path}: {e}"
-                                ) from None
+        cfg = settings.load(cls, path, "etcd client settings")
         if not cfg.endpoints:
             raise InvalidConfig(f"Failed to load the etcd client settings from {path}: no "
                                 "endpoints; leave and join the cluster again")
