@@ -172,3 +172,15 @@ def test_a_failed_start_leaves_it_preserved(tmp_path: Path) -> None:
 def test_start_is_a_command_and_its_abbreviation() -> None:
     assert LazyGroup.resolve_abbreviation("start") == "start"
     assert LazyGroup.resolve_abbreviation("sta") == "start"
+
+
+def test_dry_run_start_sends_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from xenia.cli.base import cli
+    from xenia.cli.client import DryRun
+
+    monkeypatch.setenv("XENIA_ROOT", str(tmp_path))  # no daemon there: nothing could answer
+    res = CliRunner().invoke(cli, ["-N", "start", "web"])
+    assert isinstance(res.exception, DryRun)
+    assert "dry run: would POST /v1/domains/web/start" in res.stderr
