@@ -231,11 +231,26 @@ const xenia = (() => {
       document.getElementById("mem").value = dom.memory;
       document.getElementById("vcpus").value = dom.vcpus;
       document.getElementById("vnc-section").hidden = dom.type !== "hvm";
+      startButton();
+    }
+    // Start boots a preserved domain (xl's s and c states) again: shown only then, and
+    // usable only with the scope the server asks for it (api/scopes.py: power).
+    function startButton() {
+      const preserved = ["shutdown", "crashed"].includes(dom.state);
+      const power = session.scopes.includes("power");
+      const b = document.querySelector("button[data-act=start]");
+      b.hidden = !preserved;
+      b.disabled = !power;
+      const hint = document.getElementById("start-hint");
+      hint.hidden = !preserved || power;
+      hint.textContent = `Start: token '${session.token}' lacks the scope 'power'; `
+        + "log in with a token that has it";
     }
     facts();
     const base = `/v1/domains/${ref}`;
     const val = (id) => document.getElementById(id).value;
     const actions = {
+      start: () => api("POST", base + "/start"),
       shutdown: () => api("POST", base + "/shutdown", {}),
       reboot: () => api("POST", base + "/reboot", {}),
       pause: () => api("POST", base + "/pause"),
