@@ -118,18 +118,18 @@ def claim_promotion(client: EtcdClient, name: str, members: list[dict[str, Any]]
     """Take a free voter seat for client member `name` (its record's role becomes voter),
     if it is the one choose_promotion() picks now; in one transaction compared with the
     cluster record's revision, as seat() does. `members`: etcd's member list, just read
-    (a full etcd cluster, the usual case, costs no further read). Blocking."""
+    (a full etcd cluster, the usual case, costs one more read: the cap). Blocking."""
     etcd_names = [str(m.get("name") or m["ID"]) for m in members]
     if not members:
         return False
     cluster = client.get(keys.CLUSTER)
     if cluster is None:
         return False
-    kvs, _ = client.range(keys.MEMBERS)
-    records = {keys.host_of(kv.key, keys.MEMBERS): keys.decode(kv) for kv in kvs}
     cap = cap_of(keys.decode(cluster))
     if len(etcd_names) >= cap:
         return False
+    kvs, _ = client.range(keys.MEMBERS)
+    records = {keys.host_of(kv.key, keys.MEMBERS): keys.decode(kv) for kv in kvs}
     alive = [keys.host_of(kv.key, keys.ALIVE) for kv in client.range(keys.ALIVE)[0]]
     # A seat is free only if the records agree: a voter admitted but not started yet is
     # not in etcd's member list, yet it has its seat.
