@@ -193,6 +193,8 @@ def test_start_button_boots_a_preserved_domain(ui: Ui) -> None:
     page.click("#domains tr[data-name=web-1] a")
     page.wait_for_selector("button[data-act=start]:visible")
     assert page.is_disabled("button[data-act=start]")
+    # What a stopped domain cannot do is not offered.
+    assert page.is_hidden("button[data-act=shutdown]") and page.is_hidden("button[data-act=pause]")
     assert "token 'ro' lacks the scope 'power'" in page.inner_text("#start-hint")
     said = page.evaluate("""() => window.xenia.api('POST', '/v1/domains/web-1/start')
         .then(() => 'started', (e) => e.message)""")
@@ -206,6 +208,8 @@ def test_start_button_boots_a_preserved_domain(ui: Ui) -> None:
     page.click("button[data-act=start]")
     page.wait_for_selector("button[data-act=start]", state="hidden")
     assert " · running · " in page.inner_text("#dom-state")
+    assert page.is_visible("button[data-act=shutdown]")
+    assert page.is_hidden("button[data-act=unpause]")
     assert page.inner_text("#msg") == "Start: done"
     ui.h.wait_console("web-1", READY)  # the console log is the new boot's
     assert ui.h.domain("web-1")["state"] == "running"

@@ -231,12 +231,21 @@ const xenia = (() => {
       document.getElementById("mem").value = dom.memory;
       document.getElementById("vcpus").value = dom.vcpus;
       document.getElementById("vnc-section").hidden = dom.type !== "hvm";
-      startButton();
+      stateButtons();
     }
-    // Start boots a preserved domain (xl's s and c states) again: shown only then, and
-    // usable only with the scope the server asks for it (api/scopes.py: power).
-    function startButton() {
+    // Only the actions the domain's state allows are shown (the server refuses the others
+    // anyway). Start boots a preserved domain (xl's s and c states) again: shown only
+    // then, and usable only with the scope the server asks for it (api/scopes.py: power).
+    const LIVE_ONLY = ["shutdown", "reboot", "pause", "unpause", "save", "migrate"];
+    function stateButtons() {
       const preserved = ["shutdown", "crashed"].includes(dom.state);
+      for (const act of LIVE_ONLY) {
+        const other = document.querySelector(`button[data-act=${act}]`);
+        if (other) {
+          other.hidden = preserved || (act === "pause" && dom.state === "paused")
+            || (act === "unpause" && dom.state !== "paused");
+        }
+      }
       const power = session.scopes.includes("power");
       const b = document.querySelector("button[data-act=start]");
       b.hidden = !preserved;
