@@ -12,6 +12,7 @@ devices on them are checked on QEMU's USB bus (`usb-list`, from `info usb`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,9 +114,17 @@ def test_suspend_and_resume_from_inside_a_guest(tiny_image: Image) -> None:
         h.xenia("suspend", "s3")
         status = h.xenia("qemu-monitor-command", "s3", "info status").stdout
         assert "suspended" in status, status
+        # list, list -l and top show it as xl does: shutdown column, state "suspended".
+        assert "--s---" in next(ln for ln in h.xenia("list").stdout.splitlines()
+                                if ln.startswith("s3 ")), h.xenia("list").stdout
+        assert h.domain("s3")["state"] == "suspended"
+        top = json.loads(h.xenia("top", "--json", "-i", "1").stdout.splitlines()[-1])
+        row = next(d for d in top["domains"] if d["name"] == "s3")
+        assert (row["state"], row["state_letters"]) == ("suspended", "--s---"), row
         h.xenia("resume", "s3")
         h.wait_console("s3", "woke-42", timeout=60)
         assert "running" in h.xenia("qemu-monitor-command", "s3", "info status").stdout
+        assert h.domain("s3")["state"] == "running"
         assert h.run("s3", "echo alive-$((1+1))").strip().endswith("alive-2")
         # Refused once running again: resume of a domain that is not suspended.
         res = h.xenia("resume", "s3", check=False)

@@ -85,6 +85,7 @@ class QemuInstance(BootWatchMixin, XlVerbsMixin, Instance):
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = False
+        self.suspended = False  # in S3: QEMU's SUSPEND until its WAKEUP
         self._boot = 0
         self._crash_boot = -1
         self._watch: BootWatch | None = None
@@ -109,6 +110,9 @@ class QemuInstance(BootWatchMixin, XlVerbsMixin, Instance):
             self._report("watchdog", data)
         elif name in ("RESUME", "STOP"):
             self._running = name == "RESUME"
+        elif name in ("SUSPEND", "WAKEUP"):
+            # S3 stops the vCPUs without a STOP event, and WAKEUP runs them again.
+            self.suspended = name == "SUSPEND"
         elif name == "DEVICE_DELETED":
             # Unplugged CPUs are reported only through their lapic child's path
             # (/machine/peripheral/vcpu2/lapic), without "device".
@@ -520,6 +524,8 @@ class QemuDriver(Driver):
             raise AdoptLater(f"Failed to adopt '{record.name}': QEMU pid {proc.pid} runs "
                              f"but its QMP fails ({e.message})") from e
         record.runtime["pid"] = proc.pid
+        # A guest that went to S3 while no daemon watched sent its SUSPEND to nobody.
+        inst.suspended = status == "suspended"
         inst.adopt_watch(running=status == "running")
         return inst
 
