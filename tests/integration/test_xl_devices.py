@@ -12,6 +12,7 @@ devices on them are checked on QEMU's USB bus (`usb-list`, from `info usb`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.integration
 AGENT = "org.qemu.guest_agent.0"
 # The PCI ids of what soundhw and usbctrl give the guest.
 HDA, AC97, XHCI, EHCI = "0x8086:0x2668", "0x8086:0x2415", "0x1b36:0x000d", "0x8086:0x24cd"
+VSCSI_DATA = hashlib.sha256(b"vscsi").digest() * (1 << 15)  # 1 MiB the host wrote
 PCI_IDS = "for d in /sys/bus/pci/devices/*; do echo $(cat $d/vendor):$(cat $d/device); done"
 
 
@@ -34,12 +36,14 @@ def xd(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[Host]:
     failed_before = request.session.testsfailed
     ok = False
     try:
+        lun = h.root / "vscsi.img"
+        lun.write_bytes(VSCSI_DATA)
         h.start_daemon()
         cfg = h.write_cfg(
             "xd", type="hvm", memory=256, vcpus=2, vnc=1, keymap="de",
             cpuid="host,aes=1,lahfsahf=0", nestedhvm=1, soundhw="hda,ac97",
             usbctrl=["version=3,ports=4"], usbdev=["type=tablet"],
-            channel=[f"name={AGENT},connection=pty"])
+            channel=[f"name={AGENT},connection=pty"], vscsi=[f"{lun}, 0:0:1:2"])
         with cfg.open("a") as f:  # a list of lists: written here, not by write_cfg
             f.write('vnuma = [ ["size=128", "vcpus=0", "vdistances=10,21"], '
                     '["size=128", "vcpus=1", "vdistances=21,10"] ]\n')
@@ -76,6 +80,18 @@ def test_sound_cards_and_usb_controller_on_pci(xd: Host) -> None:
     assert argv[argv.index(b"-k") + 1] == b"de"
     out = xd.xenia("usb-list", "xd").stdout
     assert "Port 1: tablet - Device" in out and "QEMU USB Tablet" in out, out
+
+
+def test_vscsi_lun_at_its_address_with_the_hosts_data(xd: Host) -> None:
+    """vscsi = ["IMG, 0:0:1:2"]: a SCSI disk at channel 0, target 1, lun 2 of a
+    virtio-scsi host (the guest numbers its hosts itself, as Xen's scsifront does)."""
+    out = xd.run("xd", "for d in /sys/class/scsi_device/*:0:1:2; do echo ${d##*/} "
+                       "$(ls $d/device/block) $(cat $d/device/type) "
+                       "$(readlink -f $d/device | grep -c virtio); done")
+    hctl, disk, scsi_type, on_virtio = out.split()[-4:]
+    assert hctl.endswith(":0:1:2") and scsi_type == "0" and on_virtio == "1", out
+    got = xd.run("xd", f"dd if=/dev/{disk} bs=65536 count=16 2>/dev/null | md5sum")
+    assert got.split()[0] == hashlib.md5(VSCSI_DATA).hexdigest(), got
 
 
 def test_usb_hotplug(xd: Host) -> None:

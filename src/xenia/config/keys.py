@@ -124,6 +124,7 @@ nestedhvm: the host's `vmx`/`svm` (KVM needs nested=1); TCG: `svm` only
 usbctrl: QEMU's UHCI/EHCI/xHCI (`version=1|2|3`, `ports=`); PV USB (`qusb`) refused
 usbdev: `hostdev` (usb-host); Xenia adds `type=tablet|mouse|keyboard|storage`
 p9: virtio-9p (`security_model=none|mapped`); `xen_9pfsd` and containers refuse it
+vscsi: virtio-scsi, a controller a vdev host; `scsi-block` for a host SCSI LUN, else `scsi-hd`
 """)
 
 _NOT_APPLICABLE = _table(NOT_APPLICABLE, """
@@ -223,7 +224,6 @@ xauthority: SDL's X authority; xeniad has none
 _LATER = _table(LATER, """
 spiceusbredirection: refused (no USB redirection channels yet)
 spicetls_port: refused: needs TLS certificates Xenia does not set up yet
-vscsi: SUSE's Xen PV SCSI; use `sdX` disks (virtio-scsi)
 """)
 
 _XENIA = _table(XENIA, """

@@ -21,7 +21,7 @@ from xenia.errors import BackendError, XeniaError
 from xenia.hostos.ownership import Identity
 from xenia.hostos.qemuids import UidRange, UidsAndLedger
 from xenia.paths import Paths
-from xenia.qemu import confine, xldevices
+from xenia.qemu import confine, vscsi, xldevices
 from xenia.qemu.cmdline import RunFiles
 from xenia.store.base import DomainRecord
 from xenia.tools import find_tool, run_tool
@@ -117,7 +117,7 @@ class QemuConfinement(UidsAndLedger):
         w, r = xldevices.usb_storage_files(cfg.usbdev)
         # A p9 share's directory is written (security_model none and mapped both create
         # the guest's files as QEMU's own user).
-        return write + w + xldevices.p9_dirs(cfg), read + r
+        return write + w + xldevices.p9_dirs(cfg) + vscsi.paths(cfg), read + r
 
     def prepare(self, rec: DomainRecord, files: RunFiles, nvram: Path | None, accel: str,
                 argv: list[str]) -> list[str]:
