@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import ssl
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.harness import Host, Image, wait_until
+from xenia.cluster.pki import member_request
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +34,34 @@ VSCSI_DATA = hashlib.sha256(b"vscsi").digest() * (1 << 15)  # 1 MiB the host wro
 PCI_IDS = "for d in /sys/bus/pci/devices/*; do echo $(cat $d/vendor):$(cat $d/device); done"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spice_certificates(d: Path) -> Path:
+    """A CA and a server certificate for 127.0.0.1, as QEMU's x509-dir names them."""
+    from xenia.cluster.pki import ClusterCA
+
+    ca = ClusterCA.create("spice")
+    key, csr = member_request("spice-server")
+    d.mkdir(mode=0o700)
+    (d / "ca-cert.pem").write_bytes(ca.cert_pem)
+    (d / "server-cert.pem").write_bytes(ca.issue(csr, "127.0.0.1"))
+    (d / "server-key.pem").write_bytes(key)
+    (d / "server-key.pem").chmod(0o600)
+    return d
+
+
+def spice_link(sock: socket.socket | ssl.SSLSocket) -> bytes:
+    """A SPICE client's first message (link to the main channel); the magic of the
+    server's answer."""
+    mess = struct.pack("<IBBIII", 0, 1, 0, 0, 0, 18)
+    sock.sendall(b"REDQ" + struct.pack("<III", 2, 2, len(mess)) + mess)
+    return sock.recv(4)
+
+
 @pytest.fixture(scope="module")
 def xd(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[Host]:
     h = Host(tiny_image)
@@ -38,12 +70,15 @@ def xd(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[Host]:
     try:
         lun = h.root / "vscsi.img"
         lun.write_bytes(VSCSI_DATA)
-        h.start_daemon()
+        tls = spice_certificates(h.root / "spice-tls")
+        h.start_daemon(20.0, "--spice-tls-dir", str(tls))
         cfg = h.write_cfg(
             "xd", type="hvm", memory=256, vcpus=2, vnc=1, keymap="de",
             cpuid="host,aes=1,lahfsahf=0", nestedhvm=1, soundhw="hda,ac97",
             usbctrl=["version=3,ports=4"], usbdev=["type=tablet"],
-            channel=[f"name={AGENT},connection=pty"], vscsi=[f"{lun}, 0:0:1:2"])
+            channel=[f"name={AGENT},connection=pty"], vscsi=[f"{lun}, 0:0:1:2"],
+            spice=1, spiceport=free_port(), spicetls_port=free_port(),
+            spicedisable_ticketing=1, spiceusbredirection=2)
         with cfg.open("a") as f:  # a list of lists: written here, not by write_cfg
             f.write('vnuma = [ ["size=128", "vcpus=0", "vdistances=10,21"], '
                     '["size=128", "vcpus=1", "vdistances=21,10"] ]\n')
@@ -92,6 +127,39 @@ def test_vscsi_lun_at_its_address_with_the_hosts_data(xd: Host) -> None:
     assert hctl.endswith(":0:1:2") and scsi_type == "0" and on_virtio == "1", out
     got = xd.run("xd", f"dd if=/dev/{disk} bs=65536 count=16 2>/dev/null | md5sum")
     assert got.split()[0] == hashlib.md5(VSCSI_DATA).hexdigest(), got
+
+
+def test_spice_tls_and_plain_ports(xd: Host) -> None:
+    """spicetls_port: a TLS handshake checked against the admin's CA, then SPICE's link
+    answered over it; the plain spiceport speaks SPICE without TLS, as configured."""
+    spice = xd.domain("xd")["config"]["spice"]
+    ctx = ssl.create_default_context(cafile=str(xd.root / "spice-tls" / "ca-cert.pem"))
+    with socket.create_connection(("127.0.0.1", spice["tls_port"]), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert tls.version() is not None  # the handshake and the certificate passed
+            assert spice_link(tls) == b"REDQ"
+    with socket.create_connection(("127.0.0.1", spice["port"]), timeout=10) as plain:
+        assert spice_link(plain) == b"REDQ"
+    with socket.create_connection(("127.0.0.1", spice["port"]), timeout=10) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionError, TimeoutError)):
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def test_spice_usb_redirection_channels_wait_for_a_client(xd: Host) -> None:
+    """spiceusbredirection = 2: two usb-redir devices in QEMU; with no SPICE client
+    connected none is attached to a USB port, so the guest sees no new USB device."""
+    peripherals = xd.xenia("qemu-monitor-command", "xd", "qom-list /machine/peripheral").stdout
+    assert "usbredir0 (child<usb-redir>)" in peripherals, peripherals
+    assert "usbredir1 (child<usb-redir>)" in peripherals, peripherals
+    chardevs = xd.xenia("qemu-monitor-command", "xd", "info chardev").stdout
+    assert "usbredirchardev0" in chardevs and "usbredirchardev1" in chardevs, chardevs
+    usb = xd.xenia("qemu-monitor-command", "xd", "info usb").stdout
+    assert "USB Hub" not in usb, usb  # each on a port of its own, no hub chained in
+    for dev, attached in (("usbredir0", "false"), ("usbredir1", "false"),
+                          ("usbdev0-1", "true")):  # the tablet: attached, for contrast
+        got = xd.xenia("qemu-monitor-command", "xd",
+                       f"qom-get /machine/peripheral/{dev} attached").stdout
+        assert got.strip() == attached, (dev, got)
 
 
 def test_usb_hotplug(xd: Host) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from xenia.config.model import DiskSpec
 from xenia.devices import disk as diskdev
-from xenia.devices import display
+from xenia.devices import display, spice
 from xenia.errors import BackendError, XeniaError
 from xenia.hostos.ownership import Identity
 from xenia.hostos.qemuids import UidRange, UidsAndLedger
@@ -117,6 +117,7 @@ class QemuConfinement(UidsAndLedger):
         w, r = xldevices.usb_storage_files(cfg.usbdev)
         # A p9 share's directory is written (security_model none and mapped both create
         # the guest's files as QEMU's own user).
+        read += spice.tls_files(rec.runtime.get(spice.RUNTIME_TLS_DIR))
         return write + w + xldevices.p9_dirs(cfg) + vscsi.paths(cfg), read + r
 
     def prepare(self, rec: DomainRecord, files: RunFiles, nvram: Path | None, accel: str,

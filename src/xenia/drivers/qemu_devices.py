@@ -15,7 +15,7 @@ from typing import Any
 
 from xenia.config.model import DiskSpec, VifSpec
 from xenia.devices import disk as diskdev
-from xenia.devices import display
+from xenia.devices import display, spice
 from xenia.devices import nic as nicdev
 from xenia.devices.layout import SPARE_ROOT_PORTS, Layout
 from xenia.drivers.qemu_confine import QemuConfinement
@@ -163,6 +163,8 @@ class QemuDevices:
             layout.slots[xldevices.p9_id(i)] = ""
         for h in vscsi.hosts(rec.config):
             layout.slots[vscsi.controller_id(h)] = ""
+        if rec.config.spice.get("usbredirection"):
+            layout.slots[spice.USBREDIR_CTRL] = ""
         wanted = list(layout.slots)
         layout = Layout(len(wanted) + SPARE_ROOT_PORTS)
         for qdev in wanted:
