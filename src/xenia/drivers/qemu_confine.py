@@ -162,6 +162,12 @@ class QemuConfinement(UidsAndLedger):
                     raise
         return given
 
+    def give_files(self, rec: DomainRecord, write: list[str], read: list[str]) -> list[str]:
+        """Give files a hot-plugged device's QEMU node opens (a USB stick's image)."""
+        if not self.confined(rec):
+            return []
+        return self.ledger.give(rec.uuid, write=write, read=read, who=self.identity(rec))
+
     def give_file(self, rec: DomainRecord, path: Path) -> list[str]:
         """Give a file QEMU writes for a while (a save file)."""
         if not self.confined(rec):
