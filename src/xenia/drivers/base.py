@@ -288,7 +288,13 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def release(self, record: DomainRecord) -> None:
-        """Remove the host-side parts of a domain that is gone (taps, cgroups). Blocking."""
+        """Remove the host-side parts of a domain whose process is gone (taps, cgroups);
+        what the domain keeps across a restart of its process stays. Blocking."""
+
+    @abc.abstractmethod
+    def discard(self, record: DomainRecord) -> None:
+        """Remove what a domain keeps across restarts of its process (firmware variables,
+        vTPM state), once the domain is gone for good. Blocking."""
 
     @abc.abstractmethod
     async def start(self, record: DomainRecord, events: GuestEvents,

@@ -372,6 +372,10 @@ class QemuDriver(Driver):
             self.confinement.release(record)
         # The channel sockets xeniad bound (qemu/hostfds.py); QEMU had only their fds.
         hostfds.remove_sockets(record.runtime.pop(BOUND_SOCKETS, None) or {})
+
+    def discard(self, record: DomainRecord) -> None:
+        # Not in release(): a relaunch (on_crash=restart, a reboot into an updated config,
+        # `xenia start`) is the same machine, whose UEFI variables and TPM keys must stay.
         with contextlib.suppress(FileNotFoundError):
             self.nvram(record).unlink()
         shutil.rmtree(self.vtpm_dir(record), ignore_errors=True)

@@ -154,6 +154,7 @@ class DomainManager:
         if drv is not None:
             try:
                 drv.release(rec)
+                drv.discard(rec)
             except XeniaError as e:
                 log.warning("domain %s: cleaning up its host side failed: %s", rec.name, e)
         self.store.delete(rec.uuid)
@@ -322,6 +323,8 @@ class DomainManager:
         try:
             async with Revert() as revert:
                 revert.add(lambda: self.store.delete(rec.uuid))
+                # A new domain's firmware variables and vTPM state go with a failed build.
+                revert.add(lambda: asyncio.to_thread(drv.discard, rec))
                 await self._start(rec, drv, paused, incoming, receive)
                 revert.success()
         finally:
