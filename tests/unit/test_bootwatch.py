@@ -344,6 +344,9 @@ def test_s3_events_mark_the_instance_suspended_and_list_shows_it(tmp_path: Path)
         await s.inst.on_qmp_event("WAKEUP", {})
         assert not s.inst.suspended
         assert shown_state(RUNNING, s.inst.suspended) == "running"
+        await s.inst.on_qmp_event("SUSPEND", {})
+        await s.inst.on_qmp_event("RESET", {})
+        assert not s.inst.suspended
         # A paused domain is paused, whatever its guest did before.
         assert state_letters(PAUSED, False, True) == "--p---"
         assert shown_state(PAUSED, True) == "paused"

@@ -110,8 +110,9 @@ class QemuInstance(BootWatchMixin, XlVerbsMixin, Instance):
             self._report("watchdog", data)
         elif name in ("RESUME", "STOP"):
             self._running = name == "RESUME"
-        elif name in ("SUSPEND", "WAKEUP"):
-            # S3 stops the vCPUs without a STOP event, and WAKEUP runs them again.
+        elif name in ("SUSPEND", "WAKEUP", "RESET"):
+            # S3 stops the vCPUs without a STOP event, and WAKEUP runs them again; a
+            # reset (xenia reboot -F of a sleeping guest) wakes it without a WAKEUP.
             self.suspended = name == "SUSPEND"
         elif name == "DEVICE_DELETED":
             # Unplugged CPUs are reported only through their lapic child's path
