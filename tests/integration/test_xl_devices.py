@@ -143,6 +143,17 @@ def test_spice_tls_and_plain_ports(xd: Host) -> None:
     with socket.create_connection(("127.0.0.1", spice["port"]), timeout=10) as raw:
         with pytest.raises((ssl.SSLError, ConnectionError, TimeoutError)):
             ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    # Without the key a TLS domain is refused before anything starts, naming the file.
+    key = xd.root / "spice-tls" / "server-key.pem"
+    key.rename(key.with_suffix(".away"))
+    try:
+        cfg = xd.write_cfg("tlsbad", type="hvm", memory=64, spice=1, spicetls_port=1,
+                           spicedisable_ticketing=1)
+        res = xd.xenia("create", str(cfg), check=False)
+        assert res.returncode != 0 and "has no server-key.pem" in res.stderr, res.stderr
+        assert not xd.has_domain("tlsbad")
+    finally:
+        key.with_suffix(".away").rename(key)
 
 
 def test_spice_usb_redirection_channels_wait_for_a_client(xd: Host) -> None:
