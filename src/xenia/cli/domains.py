@@ -385,6 +385,14 @@ def unpause(c: Ctx, dom: str) -> None:
 
 @cli.command()
 @click.argument("dom")
+@pass_ctx
+def start(c: Ctx, dom: str) -> None:
+    """Xenia: boot a preserved (shutdown or crashed) domain again, same UUID and devices."""
+    c.client.post(f"/v1/domains/{dom}/start")
+
+
+@cli.command()
+@click.argument("dom")
 @click.argument("new_name")
 @pass_ctx
 def rename(c: Ctx, dom: str, new_name: str) -> None:

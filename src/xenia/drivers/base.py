@@ -380,3 +380,8 @@ class Driver(abc.ABC):
     async def detach_replica(self, inst: Instance, vdev: str) -> None:
         """Stop mirroring `vdev` (for a resync to another host)."""
         return None
+
+    async def cut_replica(self, inst: Instance, vdev: str) -> None:
+        """Drop the connection to `vdev`'s replica at once (it went silent): the volume
+        is degraded, the guest's writes go on locally."""
+        return None

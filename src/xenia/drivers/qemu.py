@@ -621,3 +621,6 @@ class QemuDriver(Driver):
 
     async def detach_replica(self, inst: Instance, vdev: str) -> None:
         await qemu_replica.detach(self._qmp(inst), vdev)
+
+    async def cut_replica(self, inst: Instance, vdev: str) -> None:
+        await qemu_replica.cut(self._qmp(inst), vdev)
