@@ -293,7 +293,7 @@ def info(c: Ctx) -> None:
 def _all_or_one(c: Ctx, all_: bool, dom: str | None, verb: str) -> list[str]:
     if all_:
         return [r["uuid"] for r in c.client.get("/v1/domains") if r["domid"] != 0
-                and r["state"] in ("running", "paused")]
+                and r["state"] in ("running", "paused", "suspended")]
     if not dom:
         raise InvalidConfig(f"Failed to {verb}: name a domain, or give -a for all")
     return [dom]

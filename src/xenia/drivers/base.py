@@ -135,6 +135,8 @@ class Instance(abc.ABC):
 
     record: DomainRecord
     devices: DeviceControl
+    # True while the guest sleeps in S3 (xl suspend); its record stays running.
+    suspended: bool = False
 
     @abc.abstractmethod
     async def resume(self) -> None: ...
