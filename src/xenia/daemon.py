@@ -25,6 +25,7 @@ from xenia.api.app import make_app
 from xenia.cluster import service as cluster
 from xenia.cluster.node import ClusterNode
 from xenia.cluster.publish import Publisher
+from xenia.devices import spice
 from xenia.drivers.container import ContainerDriver
 from xenia.drivers.qemu import QemuDriver
 from xenia.engine import Engine
@@ -88,13 +89,15 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
                 allowed: list[Path] | None = None, boot_watchdog: int = 0,
                 ui_listen: ListenSpec | None = None,
                 etcd: cluster.ExternalEtcd | None = None,
-                allow_plain_migration: bool = False, ha_watchdog: str = "auto") -> None:
+                allow_plain_migration: bool = False, ha_watchdog: str = "auto",
+                spice_tls_dir: Path = spice.TLS_DIR) -> None:
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
     network = NetworkManager(paths, store)
     await storage.start()
     await network.start()
     qemu = QemuDriver(paths, store, storage, network, host_accel, boot_watchdog)
+    qemu.spice_tls_dir = spice_tls_dir
     engine = Engine.create(paths, store, [qemu, ContainerDriver(paths, store, network)],
                            storage=storage, network=network)
     storage.set_in_use_check(qemu.devices.path_in_use)
@@ -193,6 +196,10 @@ def main(argv: list[str] | None = None) -> None:
                         default=os.environ.get("XENIA_ALLOW_PLAIN_MIGRATION") == "1",
                         help="accept incoming live migrations without TLS (default: "
                         "refused; never with --copy-storage)")
+    parser.add_argument("--spice-tls-dir", type=Path, metavar="DIR",
+                        default=os.environ.get("XENIA_SPICE_TLS_DIR", str(spice.TLS_DIR)),
+                        help="the host's SPICE TLS certificates for spicetls_port: "
+                        "ca-cert.pem, server-cert.pem, server-key.pem (default: %(default)s)")
     peers.add_arguments(parser)
     cluster.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -215,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     take_lock(paths)
     try:
         asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog, ui_listen,
-                          etcd, args.allow_plain_migration, args.ha_watchdog))
+                          etcd, args.allow_plain_migration, args.ha_watchdog,
+                          args.spice_tls_dir))
     except KeyboardInterrupt:
         pass
     except XeniaError as e:

@@ -114,10 +114,18 @@ class Host:
 
     def start_daemon(self, timeout: float = 20.0, *args: str) -> None:
         """Start xeniad (`args` are its options) and wait until its CLI answers."""
+        self.launch_daemon(*args)
+        self.wait_daemon(timeout, *args)
+
+    def launch_daemon(self, *args: str) -> None:
+        """Start xeniad without waiting (several hosts start at once: wait_daemon each)."""
         log = open(self.daemon_log, "ab")  # noqa: SIM115
         self.daemon = subprocess.Popen(self.daemon_argv(*args), env=self.env, stdout=log,
                                        stderr=log, start_new_session=True)
         log.close()
+
+    def wait_daemon(self, timeout: float = 20.0, *args: str) -> None:
+        assert self.daemon is not None
         sock = self.root / "run" / "xeniad.sock"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -83,7 +83,10 @@ class Cluster:
         self.n = n
         self.links: list[str] = []
 
-    def start(self) -> None:
+    def start(self, parallel: bool = False, wait: bool = True) -> None:
+        """Make the switch and the hosts; their daemons one by one, or with `parallel` all
+        launched first and then waited for (the start-up is mostly Python imports: on 2
+        cores two run at once); without `wait` the caller waits for each (wait_daemon)."""
         # Namespaces of these names can only be left by an earlier run that died (the tag
         # is this process's pid modulo 40): clear them, or `netns add` fails every test of
         # the module with "File exists".
@@ -106,7 +109,13 @@ class Cluster:
             host = NetHost(self.image, ns, f"{self.net}.{i + 1}", self.private.get(i, ()),
                            self.allow)
             self.hosts.append(host)
-            host.start_daemon()
+            if parallel:
+                host.launch_daemon()
+            else:
+                host.start_daemon()
+        if parallel and wait:
+            for host in self.hosts:
+                host.wait_daemon(60.0)
 
     def guest_lan(self, bridge: str) -> None:
         """Create Xenia network `bridge` on every host and join them into one L2 segment."""

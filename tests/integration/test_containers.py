@@ -361,8 +361,14 @@ def test_poweroff_inside_with_on_poweroff_preserve(ct: Containers, host: Host) -
     wait_until(lambda: host.domain("ct1")["state"] == "shutdown", what="state shutdown")
     assert host.domain("ct1")["state_letters"] == "---s--"
     assert "Requesting system poweroff" in host.console_log("ct1")
+    host.xenia("start", "ct1")  # Xenia's start (issue 12): the same container boots again
+    again = host.domain("ct1")
+    assert again["state"] == "running" and again["uuid"] == dom["uuid"]
+    assert again["runtime"]["pid"] != dom["runtime"]["pid"] and not pid_alive(dom["runtime"]["pid"])
+    host.wait_console("ct1", CT_READY, timeout=60)
+    assert ct.run("ct1", "echo alive-$((6*7))").strip().endswith("alive-42")
     host.xenia("destroy", "ct1")
-    assert ct.leftovers(dom) == []
+    assert ct.leftovers(dom) == [] and ct.leftovers(again) == []
 
 
 def test_create_paused_runs_nothing_until_unpaused(ct: Containers, host: Host) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import READY, Host, pid_alive
+from tests.integration.harness import READY, Host, pid_alive, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -139,17 +139,36 @@ def test_on_crash_destroy_is_default(host: Host) -> None:
     assert not pid_alive(dom["runtime"]["pid"])
 
 
-def test_on_poweroff_preserve(host: Host) -> None:
+def power_off_inside(host: Host, name: str) -> dict[str, Any]:
+    """`poweroff -f` in the guest; on_poweroff = "preserve" keeps it, shut down."""
+    host.xenia("console", name, input="poweroff -f\n", check=False)
+    wait_until(lambda: host.domain(name)["state"] == "shutdown", timeout=60,
+               what=f"{name} shut down")
+    return host.domain(name)
+
+
+def test_on_poweroff_preserve_then_start(host: Host) -> None:
     dom = host.create("g1", on_poweroff="preserve")
-    host.xenia("console", "g1", input="poweroff\n", check=False)
-    deadline = time.monotonic() + 60
-    while host.domain("g1")["state"] != "shutdown" and time.monotonic() < deadline:
-        time.sleep(0.3)
-    d = host.domain("g1")
-    assert d["state"] == "shutdown" and d["state_letters"] == "---s--"
+    boot_id = host.run("g1", "cat /proc/sys/kernel/random/boot_id").strip()
+    d = power_off_inside(host, "g1")
+    assert d["state_letters"] == "---s--"
     assert pid_alive(dom["runtime"]["pid"])  # kept for inspection
+    # Issue 12: `xenia start` boots the preserved domain again, as the same domain.
+    host.xenia("start", "g1")
+    d = host.domain("g1")
+    assert d["state"] == "running" and (d["uuid"], d["domid"]) == (dom["uuid"], dom["domid"])
+    assert not pid_alive(dom["runtime"]["pid"]) and pid_alive(d["runtime"]["pid"])
+    host.wait_console("g1", READY)  # the log is the new boot's
+    out = host.run("g1", "cat /proc/sys/kernel/random/boot_id /sys/class/dmi/id/product_uuid "
+                         "/proc/uptime").split()
+    assert out[0] != boot_id and out[1].lower() == dom["uuid"] and float(out[2]) < 60
+    res = host.xenia("start", "g1", check=False)
+    assert res.returncode != 0
+    assert "Failed to start domain 'g1': it is running; only a domain kept" in res.stderr
+    # Its config came along: powered off again, it is preserved again; destroy ends it.
+    d = power_off_inside(host, "g1")
     host.xenia("destroy", "g1")
-    assert not host.has_domain("g1") and not pid_alive(dom["runtime"]["pid"])
+    assert not host.has_domain("g1") and not pid_alive(d["runtime"]["pid"])
 
 
 def test_rename(host: Host) -> None:

@@ -94,7 +94,7 @@ def test_login_create_from_xlcfg_and_see_it_running(ui: Ui) -> None:
         "name": "web-1", "type": "pv", "kernel": str(ui.h.image.kernel),
         "ramdisk": str(ui.h.image.initrd), "extra": "console=ttyS0", "memory": 256,
         "vcpus": 1, "vif": [], "disk": [f"format=raw,vdev=xvda,target={ui.disk}"],
-        "frobnicate": 1})
+        "on_poweroff": "preserve", "frobnicate": 1})
     page.goto(ui.base + "/ui/create")
     page.fill("#cfg-text", cfg.read_text())
     page.click("#check")
@@ -178,6 +178,40 @@ def test_read_only_token_sees_the_refusal(ui: Ui) -> None:
     page.click("button[data-act=pause]")
     page.wait_for_selector("#msg:not([hidden])")
     assert "lacks the scope 'power'" in page.inner_text("#msg")
+    assert ui.h.domain("web-1")["state"] == "running"
+
+
+def test_start_button_boots_a_preserved_domain(ui: Ui) -> None:
+    ui.h.xenia("console", "web-1", input="poweroff -f\n", check=False)
+    wait_until(lambda: ui.h.domain("web-1")["state"] == "shutdown", timeout=60,
+               what="web-1 shut down (on_poweroff = preserve)")
+    # Without `power`: the list shows the state; the page shows Start, unusable, saying
+    # why, and the server refuses the request itself.
+    page = ui.page("ro")
+    page.goto(ui.base + "/ui/?q=web-1")
+    assert page.locator("#domains tr[data-name=web-1] td.state").inner_text() == "shutdown"
+    page.click("#domains tr[data-name=web-1] a")
+    page.wait_for_selector("button[data-act=start]:visible")
+    assert page.is_disabled("button[data-act=start]")
+    # What a stopped domain cannot do is not offered.
+    assert page.is_hidden("button[data-act=shutdown]") and page.is_hidden("button[data-act=pause]")
+    assert "token 'ro' lacks the scope 'power'" in page.inner_text("#start-hint")
+    said = page.evaluate("""() => window.xenia.api('POST', '/v1/domains/web-1/start')
+        .then(() => 'started', (e) => e.message)""")
+    assert "token 'ro' lacks the scope 'power'" in said
+    assert ui.h.domain("web-1")["state"] == "shutdown"
+    # With it: a click boots it again, and the page says so.
+    page = ui.page()
+    page.goto(ui.base + "/ui/domain?name=web-1")
+    page.wait_for_selector("button[data-act=start]:visible")
+    assert page.is_hidden("#start-hint")
+    page.click("button[data-act=start]")
+    page.wait_for_selector("button[data-act=start]", state="hidden")
+    assert " · running · " in page.inner_text("#dom-state")
+    assert page.is_visible("button[data-act=shutdown]")
+    assert page.is_hidden("button[data-act=unpause]")
+    assert page.inner_text("#msg") == "Start: done"
+    ui.h.wait_console("web-1", READY)  # the console log is the new boot's
     assert ui.h.domain("web-1")["state"] == "running"
 
 

@@ -247,12 +247,29 @@ def test_config_update_applies_at_the_next_reboot(xk: tuple[Host, Path]) -> None
                                          disk=[]))
     res = host.xenia("config-update", "xk", str(bad), check=False)
     assert res.returncode != 0 and "block-/network-/pci-attach" in res.stderr
+    resets = tpm_reset_count(host, "xk")
     host.xenia("trigger", "xk", "reset")  # a reboot: on_reboot=restart with the new config
     wait_until(lambda: host.domain("xk")["memory"] == 320, timeout=60,
                what="the updated config to take effect")
     host.wait_console("xk", "xenia-tiny: ready")
     kib = int(host.run("xk", "grep MemTotal /proc/meminfo").split()[1])
     assert 260_000 < kib <= 320 * 1024, kib
+    # A new QEMU, the same domain: its vTPM's state is kept (a wiped one would be a new,
+    # unprovisioned TPM whose resetCount starts again), so the count went on.
+    assert tpm_reset_count(host, "xk") > resets
+
+
+def tpm_reset_count(host: Host, name: str) -> int:
+    """The vTPM's resetCount (TPM2_ReadClock, sent raw to /dev/tpm0 from inside the
+    guest): it lives in the TPM's NV state and grows by one at each TPM reset."""
+    # One write() of the whole command (the driver takes no partial ones): dd, not printf.
+    out = host.run(name, "printf '\\200\\001\\000\\000\\000\\012\\000\\000\\001\\201' "
+                         ">/tmp/readclock; exec 3<>/dev/tpm0; "
+                         "dd if=/tmp/readclock bs=10 count=1 >&3 2>/dev/null; "
+                         "dd bs=64 count=1 <&3 2>/dev/null | od -An -tx1 -v; exec 3<&-")
+    data = bytes.fromhex("".join(out.split()))
+    assert len(data) >= 35 and data[6:10] == b"\0\0\0\0", data.hex()  # TPM_RC_SUCCESS
+    return int.from_bytes(data[26:30], "big")
 
 
 def test_watchdog_fires_and_on_watchdog_acts(xk: tuple[Host, Path]) -> None:

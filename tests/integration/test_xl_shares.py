@@ -92,3 +92,30 @@ def test_usb_storage_appears_as_sd_disk(xs: tuple[Host, Path, str]) -> None:
     assert got.split()[0] == md5, got
     usb_list = h.xenia("usb-list", "xs").stdout
     assert "Port 1: storage" in usb_list, usb_list
+
+
+def test_usb_storage_hotplug_and_unplug(xs: tuple[Host, Path, str]) -> None:
+    """usbdev-attach type=storage on the running guest: the stick's image goes to QEMU
+    (blockdev-add, then usb-storage on the xHCI controller), the guest reads it as a new
+    sdX disk; usbdev-detach removes the disk from the guest and the image comes back."""
+    h, _, _ = xs
+    stick = h.root / "hot.img"
+    data = os.urandom(2 * STICK_SIZE)  # its size tells it from the cold-plugged stick
+    stick.write_bytes(data)
+    res = h.xenia("usbdev-attach", "xs", "type=storage", f"path={stick}")
+    assert res.stdout.strip() == "controller 0 port 2", res.stdout
+    assert stick.stat().st_uid != 0  # owned by the domain's QEMU uid while plugged
+    sizes = ("for d in /sys/block/sd*; do echo $(basename $d) $(cat $d/size); done")
+    want = str(2 * STICK_SIZE // 512)
+    out = h.run("xs", f"i=0; while [ $i -lt 300 ] && ! ({sizes}) | grep -q ' {want}$'; do "
+                      f"sleep 0.1; i=$((i+1)); done; {sizes}", timeout=60)
+    disk = next((ln.split()[0] for ln in out.splitlines() if ln.endswith(" " + want)), None)
+    assert disk, out
+    got = h.run("xs", f"dd if=/dev/{disk} bs={STICK_BYTES} count=1 2>/dev/null | md5sum")
+    assert got.split()[0] == hashlib.md5(data[:STICK_BYTES]).hexdigest(), got
+    h.xenia("usbdev-detach", "xs", "0", "2")
+    out = h.run("xs", f"i=0; while [ $i -lt 300 ] && [ -e /sys/block/{disk} ]; do sleep 0.1; "
+                      f"i=$((i+1)); done; ls /sys/block", timeout=60)
+    assert disk not in out.split(), out
+    assert stick.stat().st_uid == 0  # given back
+    assert "Port 2" not in h.xenia("usb-list", "xs").stdout

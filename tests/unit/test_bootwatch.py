@@ -326,3 +326,29 @@ def test_adopted_watch_goes_on_and_reports_a_stored_verdict(tmp_path: Path) -> N
     for d in "abc":
         (tmp_path / d).mkdir()
     asyncio.run(run())
+
+
+def test_s3_events_mark_the_instance_suspended_and_list_shows_it(tmp_path: Path) -> None:
+    """SUSPEND/WAKEUP (no STOP/RESUME for S3) set what `xenia list` and `top` show."""
+    from xenia.host.views import shown_state, state_letters
+    from xenia.store.state import PAUSED, RUNNING
+
+    async def run() -> None:
+        s = Scripted(tmp_path)
+        await s.inst.on_qmp_event("RESUME", {})
+        assert not s.inst.suspended
+        await s.inst.on_qmp_event("SUSPEND", {})
+        assert s.inst.suspended
+        assert state_letters(RUNNING, False, s.inst.suspended) == "--s---"
+        assert shown_state(RUNNING, s.inst.suspended) == "suspended"
+        await s.inst.on_qmp_event("WAKEUP", {})
+        assert not s.inst.suspended
+        assert shown_state(RUNNING, s.inst.suspended) == "running"
+        await s.inst.on_qmp_event("SUSPEND", {})
+        await s.inst.on_qmp_event("RESET", {})
+        assert not s.inst.suspended
+        # A paused domain is paused, whatever its guest did before.
+        assert state_letters(PAUSED, False, True) == "--p---"
+        assert shown_state(PAUSED, True) == "paused"
+
+    asyncio.run(run())

@@ -84,6 +84,15 @@ def test_a_remote_domain_goes_to_its_member(app_node: tuple[TestClient, FakeNode
                                  "body": {}})]
 
 
+def test_start_goes_to_the_member_with_the_domain(app_node: tuple[TestClient, FakeNode]
+                                                  ) -> None:
+    client, node = app_node
+    res = client.post("/v1/domains/web/start", json={})
+    assert res.status_code == 200 and res.json()["host"] == "h1"
+    assert node.sent == [("h1", {"method": "POST", "path": "/v1/domains/web/start",
+                                 "body": {}})]
+
+
 def test_a_local_domain_and_an_unknown_one_stay_here(app_node: tuple[TestClient, FakeNode]
                                                      ) -> None:
     client, node = app_node

@@ -15,7 +15,7 @@ from xenia.config.build import build_config
 from xenia.config.extras import parse_channel
 from xenia.config.model import DiskSpec, DomainConfig
 from xenia.config.xlcfg import parse_config
-from xenia.errors import InvalidConfig, NotSupported, PermissionDenied
+from xenia.errors import InvalidConfig, NotFound, PermissionDenied
 from xenia.migration.preflight import check_source
 from xenia.peers.scopes import Grant
 from xenia.qemu import platform, vtpm
@@ -240,9 +240,10 @@ def test_spice_keys_become_one_checked_spice_option() -> None:
     assert not any("s3cret" in a for a in argv(with_pw))
     for bad, match in (('spiceport = 5930\nspicehost = "example.com"', "not an IP"),
                        ("spiceport = 5930", "spicepasswd"),
-                       ("spicetls_port = 5931", "certificates"),
+                       ("spicetls_port = 5931\nspicedisable_ticketing = 1",
+                        "has no ca-cert.pem"),
                        ("", "spiceport")):
-        with pytest.raises((InvalidConfig, NotSupported), match=match):
+        with pytest.raises((InvalidConfig, NotFound), match=match):
             spice.check_spice(build(f'type = "hvm"\nspice = 1\n{bad}'))
     with pytest.raises(InvalidConfig, match="image_compression"):
         build('spice_image_compression = "jpeg"')

@@ -157,6 +157,10 @@ class FakeManager:
     async def destroy(self, ref: str) -> None:
         self.calls.append(("destroy", self.resolve(ref).name))
 
+    async def start(self, ref: str) -> Dom:
+        self.calls.append(("start", self.resolve(ref).name))
+        return self.resolve(ref)
+
     async def rename(self, ref: str, new: str) -> Dom:
         self.calls.append(("rename", new))
         return Dom(new, "u", 1)
@@ -250,6 +254,20 @@ def test_missing_scope_is_403_naming_it(host: Host) -> None:
     assert host.tcp.post("/v1/domains/web-1/shutdown", headers=power, json={}).status_code == 200
     refused(host.tcp.get("/v1/domains", headers=power), "'read'")
     assert host.m.calls == [("shutdown", "web-1")]
+
+
+def test_start_needs_power(host: Host) -> None:
+    assert lookup("POST", "/v1/domains/{ref}/start").scopes == ("power",)  # type: ignore[union-attr]
+    for scopes in (("read",), ("read", "create", "console")):
+        refused(host.tcp.post("/v1/domains/web-1/start", headers=host.token(*scopes, name="t"
+                              + str(len(scopes)))), "lacks the scope 'power'", "--scope power")
+    assert host.m.calls == []
+    # A power token limited to web-*: web-1 starts (the domain's view comes back), db-1 not.
+    power = host.token("power", domains=("web-*",))
+    r = host.tcp.post("/v1/domains/web-1/start", headers=power)
+    assert r.status_code == 200 and r.json() == {"name": "web-1", "domid": 1}
+    refused(host.tcp.post("/v1/domains/db-1/start", headers=power), "web-*")
+    assert host.m.calls == [("start", "web-1")]
 
 
 def test_peer_and_legacy_tokens_only_migrate(host: Host) -> None:

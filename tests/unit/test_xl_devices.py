@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.unit.test_platform_keys import argv, build, devices
 from xenia.config.cpuid import parse_cpuid
 from xenia.devices.layout import Layout
-from xenia.errors import InvalidConfig, NotFound, NotSupported
+from xenia.errors import BackendError, InvalidConfig, NotFound, NotSupported
 from xenia.qemu import xldevices
 
 
@@ -407,13 +408,75 @@ def test_confined_qemu_is_given_the_share_and_the_stick(tmp_path: Path) -> None:
     assert str(tmp_path) in write and "/s.img" in write and "/r.img" in read
 
 
-def test_usb_storage_hotplug_refused() -> None:
-    import asyncio
+class StickQmp:
+    """What QemuHotplug sends over QMP, with device_add failing if told to."""
 
-    from xenia.drivers.qemu_usb import UsbHotplugMixin
+    def __init__(self, fail_device_add: bool = False) -> None:
+        self.sent: list[tuple[str, Any]] = []
+        self.fail = fail_device_add
+
+    async def command(self, cmd: str, args: dict[str, Any] | None = None,
+                      timeout: float = 30.0) -> Any:
+        self.sent.append((cmd, (args or {}).get("node-name") or (args or {}).get("driver")
+                          or (args or {}).get("id")))
+        if cmd == "device_add" and self.fail:
+            raise BackendError("Failed to add a device: scripted")
+        return {}
+
+
+class StickConfinement:
+    def __init__(self) -> None:
+        self.given: list[str] = []
+
+    def give_files(self, rec: object, write: list[str], read: list[str]) -> list[str]:
+        self.given += write + read
+        return write + read
+
+    def give_back(self, rec: object, paths: list[str]) -> None:
+        self.given = [p for p in self.given if p not in paths]
+
+
+def stick_hotplug(tmp_path: Path, fail: bool) -> tuple[Any, Any, StickQmp, StickConfinement]:
+    from types import SimpleNamespace
+
+    from xenia.drivers.qemu_hotplug import QemuHotplug
+    from xenia.qemu.commands import Qmp
     from xenia.store.base import DomainRecord
 
     rec = DomainRecord(uuid="u", name="g", domid=1, config=build('usbdev = ["type=tablet"]'))
-    with pytest.raises(NotSupported, match="type=storage is given only in the config"):
-        asyncio.run(UsbHotplugMixin.usbdev_attach(
-            object(), rec, {"type": "storage", "path": "/s.img"}))  # type: ignore[arg-type]
+    script, conf = StickQmp(fail), StickConfinement()
+    proc = SimpleNamespace(qmp=Qmp(script))
+    host = SimpleNamespace(confinement=conf)
+    return QemuHotplug(rec, proc, host), rec, script, conf  # type: ignore[arg-type]
+
+
+def test_usb_storage_hotplug_adds_the_image_then_the_device(tmp_path: Path) -> None:
+    import asyncio
+
+    img = tmp_path / "s.img"
+    img.touch()
+    plug, rec, script, conf = stick_hotplug(tmp_path, fail=False)
+    new = asyncio.run(plug.usbdev_attach(rec, {"type": "storage", "path": str(img),
+                                                "format": "raw", "readonly": 0}))
+    assert (new["controller"], new["port"]) == (0, 2)
+    assert script.sent == [("blockdev-add", "usbdisk0-2-file"), ("blockdev-add", "usbdisk0-2"),
+                           ("device_add", "usb-storage")]
+    assert conf.given == [str(img)] and rec.config.usbdev[-1] == new
+    with pytest.raises(NotFound, match="no such image file"):
+        asyncio.run(plug.usbdev_attach(rec, {"type": "storage", "path": str(img) + ".x",
+                                             "format": "raw", "readonly": 0}))
+
+
+def test_usb_storage_hotplug_failure_leaves_nothing(tmp_path: Path) -> None:
+    import asyncio
+
+    img = tmp_path / "s.img"
+    img.touch()
+    plug, rec, script, conf = stick_hotplug(tmp_path, fail=True)
+    with pytest.raises(BackendError, match="scripted"):
+        asyncio.run(plug.usbdev_attach(rec, {"type": "storage", "path": str(img),
+                                             "format": "raw", "readonly": 0}))
+    # Both nodes deleted again, the image given back, the config as it was.
+    assert script.sent[-2:] == [("blockdev-del", "usbdisk0-2"),
+                                ("blockdev-del", "usbdisk0-2-file")]
+    assert conf.given == [] and len(rec.config.usbdev) == 1

@@ -49,6 +49,7 @@ class InitRequest(BaseModel):
     name: str | None = None
     address: str | None = None
     cluster: str = "xenia"
+    etcd_voters: int = 5
 
 
 class JoinRequest(BaseModel):
@@ -105,7 +106,7 @@ async def quorum(n: Node) -> dict[str, Any]:
 
 @router.post("/init", status_code=201)
 async def init(req: InitRequest, n: Node) -> dict[str, Any]:
-    return await n.init(req.name, req.address, req.cluster)
+    return await n.init(req.name, req.address, req.cluster, req.etcd_voters)
 
 
 @router.post("/token", status_code=201)

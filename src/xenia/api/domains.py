@@ -103,6 +103,12 @@ async def unpause(ref: str, m: Manager) -> dict[str, Any]:
     return {}
 
 
+@router.post("/domains/{ref}/start")
+async def start(ref: str, m: Manager, v: Views) -> dict[str, Any]:
+    """Boot a preserved (shutdown, crashed) domain again: its view, running."""
+    return v.describe(await m.start(ref))
+
+
 @router.post("/domains/{ref}/rename")
 async def rename(ref: str, req: RenameRequest, m: Manager, v: Views, a: Acc
                  ) -> dict[str, Any]:

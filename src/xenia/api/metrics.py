@@ -25,12 +25,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from xenia.api.access import HOST_ROW, Acc
 from xenia.api.deps import Views
+from xenia.host.views import SUSPENDED
 from xenia.hostos import hostinfo
 from xenia.store.state import CRASHED, DYING, PAUSED, RUNNING, SHUTDOWN
 
 router = APIRouter()
 
-STATES = (RUNNING, PAUSED, SHUTDOWN, CRASHED, DYING)
+STATES = (RUNNING, PAUSED, SUSPENDED, SHUTDOWN, CRASHED, DYING)
 DOM = ("domain", "uuid")
 
 # (metric suffix, help, stats key) of a disk (drivers/qemu.py's disk_io rows).

@@ -2,9 +2,9 @@
 
 A token that may create domains or attach disks must not thereby read or write any file
 of the host: every disk, cdrom, kernel, ramdisk, firmware, rootfs, p9 share, USB stick
-image, save file and pool path that arrives over TCP is resolved (symlinks and `..`,
-os.path.realpath) and must then lie inside a storage pool's directory or a directory the
-host's admin allowed with `xeniad --allow-path DIR` (or $XENIA_ALLOW_PATHS,
+image, vscsi device, save file and pool path that arrives over TCP is resolved (symlinks
+and `..`, os.path.realpath) and must then lie inside a storage pool's directory or a
+directory the host's admin allowed with `xeniad --allow-path DIR` (or $XENIA_ALLOW_PATHS,
 colon-separated). An image's backing chain is followed too, one link at a time and each
 checked before it is opened: a guest can write a qcow2 header naming any host file into
 its raw disk. The UNIX socket (root) is not limited.
@@ -69,6 +69,7 @@ def config_paths(cfg: DomainConfig) -> list[tuple[str, str]]:
     out += [(f"p9 share '{s.get('tag')}'", str(s.get("path"))) for s in cfg.p9]
     out += [("usbdev storage", str(d.get("path"))) for d in cfg.usbdev
             if d.get("type") == "storage"]
+    out += [("vscsi pdev", str(d.get("pdev"))) for d in cfg.vscsi]
     return out
 
 

@@ -55,6 +55,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", D + "/reboot"): _r("power", REF),
     ("POST", D + "/pause"): _r("power", REF),
     ("POST", D + "/unpause"): _r("power", REF),
+    ("POST", D + "/start"): _r("power", REF),  # a preserved domain's boot
     ("POST", D + "/ha"): _r("admin", REF),  # HA: docs/cluster.md
     ("GET", "/v1/ha"): _r("read"),
     ("POST", D + "/rename"): _r("create", REF),  # the new name is checked by the handler

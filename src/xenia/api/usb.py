@@ -40,6 +40,8 @@ async def usbctrl_detach(ref: str, devid: int, d: Devices) -> dict[str, Any]:
 async def usbdev_attach(ref: str, req: UsbRequest, d: Devices, a: Acc) -> dict[str, Any]:
     dev = parse_usbdev(req.spec)
     a.require_admin_for_host_usb([dev], f"to attach a USB device to '{ref}'")
+    if dev["type"] == "storage":
+        a.check_path(str(dev["path"]), "usbdev storage")
     return await d.usbdev_attach(ref, dev)
 
 

@@ -22,11 +22,16 @@ def cluster() -> None:
 @click.option("--address", help="This host's cluster IP address (default: xeniad's --listen).")
 @click.option("--cluster", "cluster_name", default="xenia", show_default=True,
               help="The cluster's name.")
+@click.option("--etcd-voters", type=int, default=5, show_default=True,
+              help="At most this many members run an etcd voter (odd, 3..7); the members "
+              "that join past it are etcd clients.")
 @pass_ctx
-def init(c: Ctx, name: str | None, address: str | None, cluster_name: str) -> None:
+def init(c: Ctx, name: str | None, address: str | None, cluster_name: str,
+         etcd_voters: int) -> None:
     """Make a new cluster with this host as its first member."""
     ans = c.client.post("/v1/cluster/init", {"name": name, "address": address,
-                                             "cluster": cluster_name}, timeout=120)
+                                             "cluster": cluster_name,
+                                             "etcd_voters": etcd_voters}, timeout=120)
     out(f"cluster '{ans['cluster']}' made; this host is member '{ans['name']}' "
         f"({ans['address']}). Add hosts: `xenia cluster token` here, then `xenia cluster "
         "join` there.")
@@ -57,7 +62,7 @@ def join(c: Ctx, address: str, join_token: str, name: str | None,
                                              "name": name, "own_address": own_address},
                         timeout=180)
     out(f"joined cluster '{ans['cluster']}' as '{ans['name']}' (admitted by "
-        f"{ans['admitted_by']})")
+        f"{ans['admitted_by']}; etcd {ans.get('etcd_role', 'voter')})")
 
 
 def _lease(h: dict[str, Any]) -> str:
@@ -84,8 +89,11 @@ def _state(h: dict[str, Any]) -> str:
 
 def format_status(st: dict[str, Any]) -> list[str]:
     lines = [f"cluster {st.get('cluster') or '?'}; this host: {st['name']}"]
+    seats = st.get("etcd_voters") or {}
+    voters = f"; {seats['have']} of {seats['want']} etcd voters" if seats else ""
     if st["quorum"]:
-        lines.append("etcd: quorum ok; leader " + str(st["etcd"].get("leader") or "?"))
+        lines.append("etcd: quorum ok; leader " + str(st["etcd"].get("leader") or "?")
+                     + voters)
     else:
         lines.append("etcd: QUORUM LOST - failover decisions are stopped; running domains "
                      "keep running")
@@ -95,8 +103,8 @@ def format_status(st: dict[str, Any]) -> list[str]:
     lines.append(f"HA leader: {st.get('leader') or '-'}")
     rows = [[("*" if h["this"] else "") + h["name"], str(h.get("address") or "-"),
              _lease(h), "-" if h.get("free_mib") is None else f"{h['free_mib']} MiB",
-             str(h["domains"]), _state(h)] for h in st["hosts"]]
-    lines += table(["Host", "Address", "Lease", "Free", "Domains", "State"], rows)
+             str(h["domains"]), str(h.get("etcd") or "-"), _state(h)] for h in st["hosts"]]
+    lines += table(["Host", "Address", "Lease", "Free", "Domains", "Etcd", "State"], rows)
     bad = [m for m in st["etcd"].get("members", []) if not m.get("healthy")]
     for m in bad:
         lines.append(f"etcd member {m['name']} ({m.get('url') or '-'}): "

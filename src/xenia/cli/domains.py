@@ -293,7 +293,7 @@ def info(c: Ctx) -> None:
 def _all_or_one(c: Ctx, all_: bool, dom: str | None, verb: str) -> list[str]:
     if all_:
         return [r["uuid"] for r in c.client.get("/v1/domains") if r["domid"] != 0
-                and r["state"] in ("running", "paused")]
+                and r["state"] in ("running", "paused", "suspended")]
     if not dom:
         raise InvalidConfig(f"Failed to {verb}: name a domain, or give -a for all")
     return [dom]
@@ -381,6 +381,14 @@ def pause(c: Ctx, dom: str) -> None:
 def unpause(c: Ctx, dom: str) -> None:
     """Unpause a paused domain."""
     c.client.post(f"/v1/domains/{dom}/unpause")
+
+
+@cli.command()
+@click.argument("dom")
+@pass_ctx
+def start(c: Ctx, dom: str) -> None:
+    """Xenia: boot a preserved (shutdown or crashed) domain again, same UUID and devices."""
+    c.client.post(f"/v1/domains/{dom}/start")
 
 
 @cli.command()

@@ -16,7 +16,7 @@ from xenia.cli.client import DryRun
 from xenia.errors import XeniaError
 
 register("domains", "create", "list", "uptime", "domid", "domname", "info", "shutdown",
-         "reboot", "destroy", "pause", "unpause", "rename", "console")
+         "reboot", "destroy", "pause", "unpause", "rename", "console", "start")
 register("devices", "block-attach", "block-detach", "block-list", "cd-insert", "cd-eject",
          "network-attach", "network-detach", "network-list", "pci-list", "mem-set", "mem-max",
          "vcpu-set", "vcpu-list", "vcpu-pin", "sched-credit", "pci-assignable-add",

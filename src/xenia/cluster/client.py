@@ -135,6 +135,19 @@ class EtcdClient:
     def endpoints(self) -> list[str]:
         return [e.url for e in self._eps]
 
+    def set_endpoints(self, urls: Sequence[str]) -> None:
+        """Use these endpoints from now on (the voters changed): the ones kept keep their
+        connections and failure times, new ones are added at the end. The dropped ones are
+        not closed: a call in another thread may be using one; they go with it."""
+        wanted = parse_endpoints(urls)
+        with self._lock:
+            kept = [e for e in self._eps if e.url in wanted]
+            have = {e.url for e in kept}
+            self._eps = kept + [_Endpoint(u, self.tls, self.timeouts) for u in wanted
+                                if u not in have]
+            if self._current not in self._eps:
+                self._current = self._eps[0]
+
     def close(self) -> None:
         for e in self._eps:
             e.close()

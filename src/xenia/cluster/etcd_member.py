@@ -6,7 +6,8 @@ xeniad adopts it by pidfile and command line, never starting a second copy. Whil
 runs, the Supervisor thread restarts an etcd that died, with a bounded back-off. Guests
 never depend on etcd: QEMU does not talk to it; only HA decisions and the cluster view do.
 
-Files (ClusterFiles): <state>/cluster/etcd.json (this member's settings), tls/ (pki.py),
+Files (ClusterFiles): <state>/cluster/etcd.json (this member's settings; a client member,
+past the voter cap, has etcd-client.json instead: voters.py), tls/ (pki.py),
 etcd-data/ (etcd's data dir), etcd.log; <run>/etcd.pid.
 
 etcd's settings that matter (docs/cluster.md, "Timeouts", says why):
@@ -20,7 +21,6 @@ etcd's settings that matter (docs/cluster.md, "Timeouts", says why):
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -29,12 +29,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenia.cluster import settings
 from xenia.cluster.pki import MemberTLS, check_address
 from xenia.cluster.watch import PROGRESS_INTERVAL
-from xenia.errors import BackendError, InvalidConfig, NotFound
+from xenia.errors import BackendError, InvalidConfig
 from xenia.network.dnsmasq import pid_alive
 from xenia.paths import Paths
 from xenia.peers.identity import write_atomic
@@ -62,6 +63,11 @@ class ClusterFiles:
     @property
     def config(self) -> Path:
         return self.dir / "etcd.json"
+
+    @property
+    def client_config(self) -> Path:
+        """A client member's settings (voters.ClientConfig): it runs no etcd member."""
+        return self.dir / "etcd-client.json"
 
     @property
     def tls(self) -> MemberTLS:
@@ -115,19 +121,11 @@ class MemberConfig:
         return self._url(self.peer_port)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(asdict(self), indent=1).encode(), 0o600)
+        settings.save(self, path)
 
     @classmethod
     def load(cls, path: Path) -> MemberConfig:
-        try:
-            return cls(**json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise NotFound(f"Failed to load the etcd member settings: {path} is missing; "
-                           "this host is not a cluster member") from None
-        except (ValueError, TypeError) as e:
-            raise InvalidConfig(f"Failed to load the etcd member settings from {path}: {e}"
-                                ) from None
+        return settings.load(cls, path, "etcd member settings")
 
 
 def etcd_argv(binary: str, cfg: MemberConfig, files: ClusterFiles) -> list[str]:

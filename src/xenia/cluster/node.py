@@ -31,8 +31,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from xenia.cluster import keys
-from xenia.cluster.kv import Compare, Put
+from xenia.cluster import keys, voters
 from xenia.errors import AlreadyExists, InUse, InvalidConfig, NotFound, NotSupported, XeniaError
 from xenia.paths import Paths
 from xenia.peers import fingerprint as fp
@@ -184,7 +183,7 @@ class ClusterNode:
         return self.listen
 
     def _not_member(self, doing: str) -> None:
-        if self.is_member or self.files.config.exists():
+        if self.is_member or self.files.config.exists() or self.files.client_config.exists():
             raise AlreadyExists(f"Failed {doing}: this host is a cluster member already "
                                 "(`xenia cluster status`; `xenia cluster leave` first)")
 
@@ -225,13 +224,15 @@ class ClusterNode:
         await self.start()
 
     # -- init, token, admit, join ----------------------------------------------------------
-    async def init(self, name: str | None, address: str | None, cluster: str) -> dict[str, Any]:
+    async def init(self, name: str | None, address: str | None, cluster: str,
+                   etcd_voters: int = voters.DEFAULT_VOTERS) -> dict[str, Any]:
         from xenia.cluster import membership
         from xenia.cluster.client import EtcdClient
         from xenia.cluster.etcd_member import MemberConfig
 
         doing = "to make a cluster"
         self._not_member(doing)
+        voters.check_voters(etcd_voters)
         listen = self._need_listener(doing)
         cfg = NodeConfig(keys.check_host(name or _hostname()), _address(address, listen),
                          join_hostport(_address(address, listen), listen.port), listen.tls,
@@ -241,13 +242,15 @@ class ClusterNode:
         credential = new_token()
         try:
             def write() -> None:
-                url = MemberConfig.load(self.files.config).client_url
-                client = EtcdClient([url], self.files.tls)
+                etcd_cfg = MemberConfig.load(self.files.config)
+                client = EtcdClient([etcd_cfg.client_url], self.files.tls)
                 try:
-                    client.put(keys.CLUSTER, keys.encode({"name": cfg.cluster,
-                                                          "created": time.time()}))
-                    client.put(keys.member(cfg.name), keys.encode(member_record(
-                        cfg, self.fingerprint or "", hash_token(credential))))
+                    client.put(keys.CLUSTER, keys.encode({
+                        "name": cfg.cluster, "created": time.time(),
+                        "etcd_voters": etcd_voters, "etcd_token": etcd_cfg.token}))
+                    client.put(keys.member(cfg.name), keys.encode({**member_record(
+                        cfg, self.fingerprint or "", hash_token(credential)),
+                        "etcd": voters.VOTER}))
                 finally:
                     client.close()
             await asyncio.to_thread(write)
@@ -257,7 +260,8 @@ class ClusterNode:
         write_atomic(self.credential_file, credential.encode(), 0o600)
         cfg.save(self.files)
         await self._activate(cfg)
-        return {"name": cfg.name, "cluster": cfg.cluster, "address": cfg.address}
+        return {"name": cfg.name, "cluster": cfg.cluster, "address": cfg.address,
+                "etcd_voters": etcd_voters}
 
     def make_token(self) -> dict[str, Any]:
         self.client()
@@ -288,31 +292,26 @@ class ClusterNode:
         ca = ClusterCA.load(self.files.tls.ca.parent)
         cert = ca.issue(str(req.get("csr", "")).encode(), address)
 
-        def write() -> tuple[bool, list[str]]:
-            others, _ = client.range(keys.MEMBERS)
-            for kv in others:
-                if keys.decode(kv).get("address") == address:
-                    raise AlreadyExists(
-                        f"Failed {doing}: member '{keys.host_of(kv.key, keys.MEMBERS)}' has "
-                        f"the address {address} already; remove it first (`xenia cluster "
-                        "remove`)")
-            res = client.txn([Compare.absent(keys.member(name))],
-                             [Put(keys.member(name), keys.encode(rec))])
+        def write() -> tuple[bool, str, list[str], str]:
+            written, role = voters.seat(client, name, rec, doing)
             urls = [u for m in client.members() for u in m.get("clientURLs", [])]
-            return res.succeeded, urls
+            cluster = client.get(keys.CLUSTER)
+            token = keys.decode(cluster).get("etcd_token", "") if cluster else ""
+            return written, role, urls, str(token)
 
-        ok, urls = await asyncio.to_thread(write)
+        ok, role, urls, etcd_token = await asyncio.to_thread(write)
         if not ok:
             raise AlreadyExists(f"Failed {doing}: a member of that name exists; give the "
                                 "joining host another --name, or `xenia cluster remove` it")
         if grant is not None and grant.token.startswith(JOIN_NAME):
             with contextlib.suppress(NotFound):
                 TokenRegistry(self.engine.store).revoke(grant.token)  # single use
-        etcd_cfg = MemberConfig.load(self.files.config)
+        # A cluster made before the voter cap keeps its token in the voters' settings only.
+        etcd_token = etcd_token or MemberConfig.load(self.files.config).token
         assert self.cfg is not None
         return {"cluster": self.cfg.cluster, "ca_cert": ca.cert_pem.decode(),
                 "ca_key": ca.key_pem.decode(), "cert": cert.decode(), "endpoints": urls,
-                "etcd_token": etcd_cfg.token, "admitted_by": self.name}
+                "etcd_token": etcd_token, "etcd_role": role, "admitted_by": self.name}
 
     async def join(self, address: str, token: str, name: str | None,
                    own_address: str | None) -> dict[str, Any]:
@@ -337,8 +336,12 @@ class ClusterNode:
         ca = ClusterCA(ans["ca_cert"].encode(), ans["ca_key"].encode())
         try:
             install_member(self.files.tls.ca.parent, ca, key_pem, ans["cert"].encode())
-            await asyncio.to_thread(membership.join, self.files, cfg.name, cfg.address,
-                                    ans["endpoints"], ans["etcd_token"])
+            if ans.get("etcd_role") == voters.CLIENT:  # past the voter cap: no etcd here
+                voters.ClientConfig(cfg.name, list(ans["endpoints"])).save(
+                    self.files.client_config)
+            else:
+                await asyncio.to_thread(membership.join, self.files, cfg.name, cfg.address,
+                                        ans["endpoints"], ans["etcd_token"])
         except BaseException:
             def undo() -> None:
                 with contextlib.suppress(XeniaError, OSError):
@@ -351,7 +354,8 @@ class ClusterNode:
         write_atomic(self.credential_file, credential.encode(), 0o600)
         cfg.save(self.files)
         await self._activate(cfg)
-        return {"name": cfg.name, "cluster": cfg.cluster, "admitted_by": ans["admitted_by"]}
+        return {"name": cfg.name, "cluster": cfg.cluster, "admitted_by": ans["admitted_by"],
+                "etcd_role": ans.get("etcd_role", voters.VOTER)}
 
     # -- leave, remove --------------------------------------------------------------------
     async def leave(self) -> dict[str, Any]:
@@ -361,10 +365,15 @@ class ClusterNode:
         runtime, name = self.runtime, self.name
         assert runtime is not None
         member = runtime.member
-        if member is None:
+        if member is None and runtime.role != voters.CLIENT:
             raise NotSupported("Failed to leave the cluster: this host uses an external etcd "
                                "(--etcd); remove it from that cluster there")
         owned = await asyncio.to_thread(_owned_by, client, name)
+        others = [n for n in await asyncio.to_thread(_member_names, client) if n != name]
+        voters_now = await asyncio.to_thread(client.members) if member is not None else []
+        if member is not None and len(voters_now) <= 1 and others:
+            raise InUse("Failed to leave the cluster: this host runs its last etcd voter, "
+                        f"and {', '.join(others)} use(s) it; they leave first")
         if owned:
             raise InUse(f"Failed to leave the cluster: this host owns HA domains "
                         f"({', '.join(owned)}); the cluster would restart them elsewhere. "
@@ -374,18 +383,18 @@ class ClusterNode:
 
         def run() -> int:
             _forget(client, name)
-            members = client.members()
-            # The supervisor first: it would restart the etcd that leave() stops.
-            if runtime.supervisor is not None:
-                runtime.supervisor.stop()
-            if len(members) <= 1:  # the last member: the cluster ends with it
-                member.stop()
-                member.wipe()
-            else:
-                membership.leave(member, runtime.endpoints)
-            client.close()
+            if member is not None:
+                # The supervisor first: it would restart the etcd that leave() stops.
+                if runtime.supervisor is not None:
+                    runtime.supervisor.stop()
+                if len(voters_now) <= 1:  # the last member: the cluster ends with it
+                    member.stop()
+                    member.wipe()
+                else:
+                    membership.leave(member, runtime.endpoints)
+            runtime.close()
             self._wipe()
-            return len(members) - 1
+            return len(others)
 
         left = await asyncio.to_thread(run)
         self.runtime, self.cfg = None, None
@@ -427,7 +436,7 @@ class ClusterNode:
 
     def _wipe(self) -> None:
         """Forget this host's cluster files (after leave or a failed init/join)."""
-        for f in ("node.json", "credential", "etcd.json"):
+        for f in ("node.json", "credential", "etcd.json", "etcd-client.json"):
             with contextlib.suppress(FileNotFoundError):
                 (self.files.dir / f).unlink()
         shutil.rmtree(self.files.tls.ca.parent, ignore_errors=True)
@@ -440,6 +449,10 @@ def _forget(client: Any, host: str) -> None:
                 keys.fenced(host)):
         client.delete(key)
     client.delete(keys.view_of(host), prefix=True)
+
+
+def _member_names(client: Any) -> list[str]:
+    return [keys.host_of(kv.key, keys.MEMBERS) for kv in client.range(keys.MEMBERS)[0]]
 
 
 def _address(given: str | None, listen: ListenSpec) -> str:

@@ -52,7 +52,10 @@ def local_answer(runtime: Any) -> dict[str, Any]:
     ClusterRuntime (service.py, which imports this module), or None. Blocking."""
     member = runtime.member if runtime is not None else None
     if member is None:
-        return {"etcd": UNKNOWN, "why": "this host runs no etcd member (external etcd)"}
+        # A client member (past the voter cap) or an external etcd: never a voter, so the
+        # hold rule never counts this answer (QuorumProbe asks the etcd voters only).
+        role = getattr(runtime, "role", "external")
+        return {"etcd": UNKNOWN, "why": f"this host runs no etcd member ({role})"}
     sup = runtime.supervisor
     since = sup.down_since if sup is not None else None
     pid = member.pid()

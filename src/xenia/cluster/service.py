@@ -6,6 +6,8 @@
   xeniad runs, and stopping xeniad leaves it running (the next xeniad adopts it).
 - `--etcd URL,... --etcd-ca --etcd-cert --etcd-key`: an external etcd cluster instead of
   a member of xeniad's own; then no local etcd is run.
+- A client member (joined past the cluster's voter cap, voters.py): no local etcd either;
+  its client reaches the voters (<state>/cluster/etcd-client.json) and follows their list.
 
 The lease, the election and the HA controller come on top (the cluster verbs); they get
 the client from ClusterRuntime.
@@ -24,13 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xenia.errors import InvalidConfig
 from xenia.paths import Paths
 
 if TYPE_CHECKING:
     from xenia.cluster.agent import MemberAgent
     from xenia.cluster.client import EtcdClient
-    from xenia.cluster.etcd_member import EtcdMember, Supervisor
+    from xenia.cluster.etcd_member import ClusterFiles, EtcdMember, Supervisor
     from xenia.cluster.pki import MemberTLS
+    from xenia.cluster.voters import EndpointRefresher
     from xenia.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,16 @@ class ClusterRuntime:
     supervisor: Supervisor | None = None
     endpoints: list[str] = field(default_factory=list)
     host: str = ""  # this member's name in the cluster (its etcd member's name)
+    # "voter" (runs an etcd member), "client" (past the voter cap: voters.py) or
+    # "external" (--etcd); a client member's refresher follows the voter list.
+    role: str = "voter"
+    refresher: EndpointRefresher | None = None
+
+    def close(self) -> None:
+        """Stop following the voters and close the client (the etcd member keeps running)."""
+        if self.refresher is not None:
+            self.refresher.stop()
+        self.client.close()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +116,7 @@ def _start_member(paths: Paths) -> ClusterRuntime | None:
 
     files = ClusterFiles.of(paths)
     if not files.config.exists():
-        return None
+        return _start_client(files) if files.client_config.exists() else None
     member = EtcdMember(files, MemberConfig.load(files.config))
     pid, adopted = member.ensure()
     log.info("etcd member %s %s (pid %d)", member.cfg.name,
@@ -122,6 +136,56 @@ def _start_member(paths: Paths) -> ClusterRuntime | None:
                           member.cfg.name)
 
 
+def _start_client(files: ClusterFiles) -> ClusterRuntime:
+    """A client member (past the voter cap): an etcd client of the voters, no etcd."""
+    from xenia.cluster.client import EtcdClient
+    from xenia.cluster.voters import ClientConfig, EndpointRefresher
+
+    cfg = ClientConfig.load(files.client_config)
+    client = EtcdClient(cfg.endpoints, files.tls)
+    runtime = ClusterRuntime(client, endpoints=client.endpoints, host=cfg.name, role="client")
+    refresher = EndpointRefresher(client, cfg, files.client_config,
+                                  promote=lambda: _promote(runtime, files))
+    try:
+        refresher.refresh()  # voters may have changed while xeniad was down
+    except Exception as e:  # not fatal: the daemon starts without etcd all the same
+        log.warning("could not read the etcd voter list yet: %s", e)
+    log.info("cluster member %s: an etcd client of %s", cfg.name, ", ".join(client.endpoints))
+    runtime.refresher = refresher.start()
+    return runtime
+
+
+def _promote(runtime: ClusterRuntime, files: ClusterFiles) -> bool:
+    """This client member took a free voter seat (voters.claim_promotion): start its etcd
+    member (learner, then promoted: membership.join) and make the runtime a voter's.
+    Runs in the refresher's thread; a failure gives the seat back."""
+    from xenia.cluster import keys, membership, voters
+    from xenia.cluster.etcd_member import Supervisor
+
+    client, name = runtime.client, runtime.host
+    try:
+        rec, cluster = client.get(keys.member(name)), client.get(keys.CLUSTER)
+        token = keys.decode(cluster).get("etcd_token") if cluster else None
+        if rec is None or not token:
+            raise InvalidConfig("Failed to become an etcd voter: the cluster record has no "
+                                "etcd token (a cluster made before the voter cap)")
+        member = membership.join(files, name, str(keys.decode(rec)["address"]),
+                                 voters.voter_urls(client), str(token))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            voters.give_back(client, name)
+        raise
+    # etcd.json exists now (join saved it), so the next xeniad starts a voter; only then
+    # the client settings go.
+    runtime.member, runtime.role = member, voters.VOTER
+    runtime.supervisor = Supervisor(member).start()
+    client.set_endpoints([member.cfg.client_url, *voters.voter_urls(client)])
+    runtime.endpoints = client.endpoints
+    files.client_config.unlink(missing_ok=True)
+    log.warning("cluster member %s is an etcd voter now", name)
+    return True
+
+
 def start_member(paths: Paths) -> ClusterRuntime | None:
     """The runtime of a member made while xeniad runs (cluster init or join): its etcd
     adopted, supervised, and a client with every member's endpoint. Blocking."""
@@ -137,7 +201,7 @@ async def serve_cluster(paths: Paths, external: ExternalEtcd | None = None
 
         runtime: ClusterRuntime | None = ClusterRuntime(
             EtcdClient(external.endpoints, external.tls()), endpoints=external.endpoints,
-            host=socket.gethostname().split(".")[0])
+            host=socket.gethostname().split(".")[0], role="external")
     else:
         runtime = await asyncio.to_thread(_start_member, paths)
     try:
@@ -147,7 +211,7 @@ async def serve_cluster(paths: Paths, external: ExternalEtcd | None = None
             if runtime.supervisor is not None:
                 # Only the supervision ends: the member keeps serving the cluster.
                 await asyncio.to_thread(runtime.supervisor.stop)
-            runtime.client.close()
+            await asyncio.to_thread(runtime.close)
 
 
 def quorum_asker(runtime: ClusterRuntime, state: Any

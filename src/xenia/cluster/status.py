@@ -15,6 +15,7 @@ from typing import Any
 from xenia.cluster import keys
 from xenia.cluster.client import EtcdClient
 from xenia.cluster.kv import KV
+from xenia.cluster.voters import CLIENT, VOTER, cap_of, role_of
 from xenia.errors import XeniaError
 
 
@@ -92,6 +93,7 @@ def cluster_status(client: EtcdClient, me: str) -> dict[str, Any]:
     for r in rows:
         counts[r.get("host", "")] = counts.get(r.get("host", ""), 0) + 1
     etcd_ok = {r["name"]: r["healthy"] for r in etcd["members"]}
+    learners = {r["name"] for r in etcd["members"] if r["learner"]}
     hosts = []
     now = time.time()
     for name, rec in sorted(data["members"].items()):
@@ -113,8 +115,15 @@ def cluster_status(client: EtcdClient, me: str) -> dict[str, Any]:
             "maintenance": name in data["maintenance"], "fenced": name in data["fenced"],
             "fenced_reason": data["fenced"].get(name, {}).get("reason"),
             "etcd_healthy": etcd_ok.get(name),
+            # From etcd's member list when it answered, else from the admitted role.
+            "etcd": ("learner" if name in learners else VOTER if name in etcd_ok
+                     else CLIENT) if etcd["members"] else role_of(rec),
         })
+    cap = cap_of(data["cluster"])
+    have = sum(1 for r in etcd["members"] if not r["learner"]) if etcd["members"] else \
+        sum(1 for h in hosts if h["etcd"] == VOTER)
     return {"member": True, "name": me, "cluster": data["cluster"].get("name"),
             "quorum": quorum, "quorum_error": error,
             "failover": "running" if quorum else "stopped: no etcd quorum",
-            "leader": data["leader"], "etcd": etcd, "hosts": hosts}
+            "leader": data["leader"], "etcd": etcd, "hosts": hosts,
+            "etcd_voters": {"have": have, "want": cap}}

@@ -96,6 +96,7 @@ spicevdagent: the agent's virtio-serial channel
 spice_clipboard_sharing:
 spice_image_compression:
 spice_streaming_video:
+spicetls_port: TLS with the host's certificates (`xeniad --spice-tls-dir`)
 pool: the domain's cpupool (`xenia cpupool-*`): its vCPUs run on the pool's CPUs
 vga: `stdvga`, `cirrus`, `qxl`, `none`; default `stdvga` (xl: cirrus)
 on_watchdog: with a watchdog device (i6300esb unless `watchdog=` says otherwise)
@@ -123,7 +124,9 @@ device_model_args_hvm: as `device_model_args`, hvm domains only
 nestedhvm: the host's `vmx`/`svm` (KVM needs nested=1); TCG: `svm` only
 usbctrl: QEMU's UHCI/EHCI/xHCI (`version=1|2|3`, `ports=`); PV USB (`qusb`) refused
 usbdev: `hostdev` (usb-host); Xenia adds `type=tablet|mouse|keyboard|storage`
+spiceusbredirection: N usb-redir channels on an xHCI controller of their own
 p9: virtio-9p (`security_model=none|mapped`); `xen_9pfsd` and containers refuse it
+vscsi: virtio-scsi, a controller a vdev host; `scsi-block` for a host SCSI LUN, else `scsi-hd`
 """)
 
 _NOT_APPLICABLE = _table(NOT_APPLICABLE, """
@@ -220,11 +223,8 @@ vcpu_soft_affinity: an old name of `cpus_soft`; Linux has no soft affinity
 xauthority: SDL's X authority; xeniad has none
 """)
 
-_LATER = _table(LATER, """
-spiceusbredirection: refused (no USB redirection channels yet)
-spicetls_port: refused: needs TLS certificates Xenia does not set up yet
-vscsi: SUSE's Xen PV SCSI; use `sdX` disks (virtio-scsi)
-""")
+# None today: a key Xenia does not apply yet goes here, with why.
+_LATER = _table(LATER, "")
 
 _XENIA = _table(XENIA, """
 accel: `auto`, `kvm` or `tcg`

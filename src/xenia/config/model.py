@@ -207,6 +207,8 @@ class DomainConfig:
     soundhw: list[str] = field(default_factory=list)  # hda, ac97, es1370, sb16
     keymap: str | None = None  # the VNC keyboard layout (QEMU's -k)
     p9: list[dict[str, Any]] = field(default_factory=list)  # tag, security_model, path
+    # xl's vscsi: pdev, host, channel, target, lun (config/vscsi.py, qemu/vscsi.py)
+    vscsi: list[dict[str, Any]] = field(default_factory=list)
 
     # Where the config came from (file path or "<overrides>"), for messages.
     source: str | None = None

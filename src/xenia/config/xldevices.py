@@ -1,6 +1,6 @@
 """xl keys for the guest's CPU, NUMA layout, USB, sound and shares: cpuid, nestedhvm,
-vnuma, usbctrl, usbdev, usbversion, soundhw, keymap and p9; the main function is
-read_devices.
+vnuma, usbctrl, usbdev, usbversion, soundhw, keymap, p9 and vscsi (config/vscsi.py);
+the main function is read_devices.
 
 Only the values are checked here (and again by `check_values` for a config from the API,
 which no parser saw); qemu/xldevices.py turns them into QEMU arguments.
@@ -16,6 +16,7 @@ from xenia.config.cpuid import parse_cpuid, valid_flag
 from xenia.config.cpulist import normalize_cpulist
 from xenia.config.extras import Reader
 from xenia.config.model import DomainConfig
+from xenia.config.vscsi import check_vscsi, parse_vscsi
 from xenia.errors import InvalidConfig
 
 # QEMU's keyboard layouts (/usr/share/qemu/keymaps), the names xl's keymap= takes.
@@ -272,7 +273,8 @@ def check_vnuma(nodes: list[dict[str, Any]], vcpus: int, memory: int, fail: str)
 
 
 def read_devices(r: Reader, cfg: DomainConfig) -> None:
-    """Reads cpuid, nestedhvm, vnuma, usbctrl, usbdev, usbversion, soundhw, keymap, p9."""
+    """Reads cpuid, nestedhvm, vnuma, usbctrl, usbdev, usbversion, soundhw, keymap, p9,
+    vscsi."""
     raw = r.get("cpuid")
     if raw is not None:
         value = raw if isinstance(raw, list) else r.string("cpuid") or ""
@@ -305,6 +307,8 @@ def read_devices(r: Reader, cfg: DomainConfig) -> None:
     cfg.keymap = r.choice("keymap", KEYMAPS)
     cfg.p9 = r.each("p9", parse_p9)
     _at(r, "p9", lambda: check_p9(cfg.p9, "Failed to parse p9"))
+    cfg.vscsi = r.each("vscsi", parse_vscsi)
+    _at(r, "vscsi", lambda: check_vscsi(cfg.vscsi, "Failed to parse vscsi"))
     if cfg.firmware in PVGRUBS and cfg.type != "container":
         # Xen's PV-GRUB runs GRUB inside the guest; Xenia reads the same grub config on
         # the guest's disk from the host, as for bootloader = "pygrub".
@@ -351,3 +355,4 @@ def check_values(cfg: DomainConfig) -> None:
         if not isinstance(p, dict) or parse_p9(spec) != p:
             raise InvalidConfig(f"{fail}: bad p9 entry {p!r}")
     check_p9(cfg.p9, fail)
+    check_vscsi(cfg.vscsi, fail)

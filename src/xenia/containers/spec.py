@@ -83,6 +83,7 @@ _DEVICE_KEYS = (
     ("soundhw", "soundhw", "sound cards"),
     ("keymap", "keymap", "a VNC keyboard layout"),
     ("p9", "p9", "9p shares (virtio-9p is a QEMU device; put the files in its rootfs)"),
+    ("vscsi", "vscsi", "SCSI devices"),
 )
 SUPPORTED = ("rootfs, init, memory/maxmem (a limit), vcpus/maxvcpus and cpus (a cpuset), "
              "cpu_weight, cap, vif (veth NICs), extra/cmdline (given to init as "

@@ -5,20 +5,51 @@ Every value that reaches QEMU's comma-separated -spice option is a number, an IP
 or one of a few fixed words, checked here; the password is set over QMP after start, as
 VNC's, never on the command line. Like VNC, SPICE listens on 127.0.0.1 unless
 `spicehost` says otherwise (xl: every interface).
+
+`spicetls_port` is SPICE over TLS with the host admin's x509 certificates, in one
+directory set in xeniad (`--spice-tls-dir`, default TLS_DIR; as libvirt's
+spice_tls_x509_cert_dir): TLS_FILES, the names QEMU's `x509-dir` reads. The confined
+QEMU is given read access to them (an ACL entry, hostos/ownership.py) while it runs.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+from pathlib import Path
 from typing import Any
 
 from xenia.config.extras import IMAGE_COMPRESSION, STREAMING_VIDEO
 from xenia.config.model import DomainConfig
-from xenia.errors import InvalidConfig, NotSupported
+from xenia.errors import InvalidConfig, NotFound
+from xenia.qemu.opts import escape_opt
+
+TLS_DIR = Path("/etc/xenia/spice-tls")
+TLS_FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem")
+# spiceusbredirection's devices sit on an xHCI controller of their own (its ports are
+# theirs: usbdev placement on the usbctrl controllers never meets them).
+USBREDIR_CTRL = "usbredir-ctrl"
+MAX_USBREDIR = 15  # qemu-xhci's ports of one speed
+# runtime key: the certificate directory a domain's QEMU was started with.
+RUNTIME_TLS_DIR = "spice_tls_dir"
 
 
-def check_spice(cfg: DomainConfig) -> None:
+def check_tls(cfg: DomainConfig, tls_dir: Path) -> None:
+    """spicetls_port needs the host's certificates: the directory and its three files."""
+    missing = [f for f in TLS_FILES if not (tls_dir / f).is_file()]
+    if missing:
+        raise NotFound(f"Failed to set up SPICE TLS of '{cfg.name}': {tls_dir} has no "
+                       f"{', '.join(missing)}; put the host's CA certificate, server "
+                       f"certificate and key there as {', '.join(TLS_FILES)} (or point "
+                       "xeniad --spice-tls-dir at them), or drop spicetls_port")
+
+
+def tls_files(tls_dir: str | None) -> list[str]:
+    """The certificate files the confined QEMU reads (none without TLS)."""
+    return [str(Path(tls_dir) / f) for f in TLS_FILES] if tls_dir else []
+
+
+def check_spice(cfg: DomainConfig, tls_dir: Path = TLS_DIR) -> None:
     s = cfg.spice
     if not s:
         return
@@ -37,14 +68,13 @@ def check_spice(cfg: DomainConfig) -> None:
             raise InvalidConfig(f"{fail}: bad value for spice key '{key}'")
     if cfg.type != "hvm":
         raise InvalidConfig(f"{fail}: spice is for hvm domains (they have a display)")
-    if s.get("tls_port"):
-        raise NotSupported(f"{fail}: spicetls_port needs TLS certificates, which Xenia does "
-                           "not set up yet; use spiceport on 127.0.0.1 (or an SSH tunnel)")
-    if s.get("usbredirection"):
-        raise NotSupported(f"{fail}: spiceusbredirection: the guest needs a USB controller "
-                           "and redirection channels, not supported yet")
-    if not s.get("port"):
-        raise InvalidConfig(f"{fail}: give spiceport = N")
+    if s.get("usbredirection", 0) > MAX_USBREDIR:
+        raise InvalidConfig(f"{fail}: spiceusbredirection is at most {MAX_USBREDIR} (the "
+                            "ports of its USB controller)")
+    if not s.get("port") and not s.get("tls_port"):
+        raise InvalidConfig(f"{fail}: give spiceport = N (or spicetls_port = N)")
+    if s.get("port") and s.get("port") == s.get("tls_port"):
+        raise InvalidConfig(f"{fail}: spiceport and spicetls_port must differ")
     try:
         ipaddress.ip_address(str(s.get("host", "127.0.0.1")))
     except ValueError:
@@ -52,14 +82,21 @@ def check_spice(cfg: DomainConfig) -> None:
     if not s.get("disable_ticketing") and not cfg.spicepasswd:
         raise InvalidConfig(f"{fail}: set spicepasswd, or spicedisable_ticketing = 1 for "
                             "no password")
+    if s.get("tls_port"):
+        check_tls(cfg, tls_dir)
 
 
-def spice_argv(cfg: DomainConfig) -> list[str]:
+def spice_argv(cfg: DomainConfig, tls_dir: str | None = None) -> list[str]:
+    """-spice and its channels; `tls_dir` is the certificate directory (spicetls_port)."""
     s = cfg.spice
     if not s or cfg.type != "hvm":
         return []
     host = ipaddress.ip_address(str(s.get("host", "127.0.0.1")))
-    opts = [f"port={int(s['port'])}", f"addr={host}"]
+    opts = [f"port={int(s['port'])}"] if s.get("port") else []
+    if s.get("tls_port") and tls_dir:
+        # The admin's directory, escaped: a comma in it must not start an option.
+        opts += [f"tls-port={int(s['tls_port'])}", f"x509-dir={escape_opt(tls_dir)}"]
+    opts.append(f"addr={host}")
     if s.get("disable_ticketing"):
         opts.append("disable-ticketing=on")  # else: no client until the QMP password
     if "agent_mouse" in s:
@@ -77,6 +114,25 @@ def spice_argv(cfg: DomainConfig) -> list[str]:
                  "-device", _j({"driver": "virtserialport", "id": "vdagent0port",
                                 "bus": "vser0.0", "chardev": "vdagent0",
                                 "name": "com.redhat.spice.0"})]
+    return argv
+
+
+def usbredir_args(cfg: DomainConfig, slots: dict[str, str]) -> list[str]:
+    """spiceusbredirection = N: N usb-redir devices, each on a spicevmc channel, on their
+    controller's root port in `slots` (so after the root ports). A SPICE client plugs a
+    USB device of its machine into one; until then the guest sees no device there."""
+    n = int(cfg.spice.get("usbredirection") or 0) if cfg.type == "hvm" else 0
+    if not n:
+        return []
+    argv = ["-device", _j({"driver": "qemu-xhci", "id": USBREDIR_CTRL, "p2": n, "p3": n,
+                           "bus": slots.get(USBREDIR_CTRL, "pcie.0")})]
+    for i in range(n):
+        argv += ["-chardev", f"spicevmc,id=usbredirchardev{i},name=usbredir",
+                 # Each its own USB 2 port: without one QEMU chains a hub in (a device
+                 # the guest would see) when one free port is left.
+                 "-device", _j({"driver": "usb-redir", "id": f"usbredir{i}",
+                                "chardev": f"usbredirchardev{i}",
+                                "bus": f"{USBREDIR_CTRL}.0", "port": str(i + 1)})]
     return argv
 
 

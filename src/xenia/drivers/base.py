@@ -135,6 +135,8 @@ class Instance(abc.ABC):
 
     record: DomainRecord
     devices: DeviceControl
+    # True while the guest sleeps in S3 (xl suspend); its record stays running.
+    suspended: bool = False
 
     @abc.abstractmethod
     async def resume(self) -> None: ...
@@ -286,7 +288,13 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def release(self, record: DomainRecord) -> None:
-        """Remove the host-side parts of a domain that is gone (taps, cgroups). Blocking."""
+        """Remove the host-side parts of a domain whose process is gone (taps, cgroups);
+        what the domain keeps across a restart of its process stays. Blocking."""
+
+    @abc.abstractmethod
+    def discard(self, record: DomainRecord) -> None:
+        """Remove what a domain keeps across restarts of its process (firmware variables,
+        vTPM state), once the domain is gone for good. Blocking."""
 
     @abc.abstractmethod
     async def start(self, record: DomainRecord, events: GuestEvents,
@@ -371,4 +379,9 @@ class Driver(abc.ABC):
 
     async def detach_replica(self, inst: Instance, vdev: str) -> None:
         """Stop mirroring `vdev` (for a resync to another host)."""
+        return None
+
+    async def cut_replica(self, inst: Instance, vdev: str) -> None:
+        """Drop the connection to `vdev`'s replica at once (it went silent): the volume
+        is degraded, the guest's writes go on locally."""
         return None

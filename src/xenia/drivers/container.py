@@ -206,6 +206,10 @@ class ContainerDriver(Driver):
     def release(self, record: DomainRecord) -> None:
         self.host.teardown(record)
 
+    def discard(self, record: DomainRecord) -> None:
+        """Nothing: a container keeps no state of its own across restarts (its root
+        filesystem is the user's)."""
+
     def host_info(self) -> dict[str, Any]:
         try:
             path = self.host.crun.path

@@ -85,6 +85,7 @@ class QemuInstance(BootWatchMixin, XlVerbsMixin, Instance):
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = False
+        self.suspended = False  # in S3: QEMU's SUSPEND until its WAKEUP
         self._boot = 0
         self._crash_boot = -1
         self._watch: BootWatch | None = None
@@ -109,6 +110,10 @@ class QemuInstance(BootWatchMixin, XlVerbsMixin, Instance):
             self._report("watchdog", data)
         elif name in ("RESUME", "STOP"):
             self._running = name == "RESUME"
+        elif name in ("SUSPEND", "WAKEUP", "RESET"):
+            # S3 stops the vCPUs without a STOP event, and WAKEUP runs them again; a
+            # reset (xenia reboot -F of a sleeping guest) wakes it without a WAKEUP.
+            self.suspended = name == "SUSPEND"
         elif name == "DEVICE_DELETED":
             # Unplugged CPUs are reported only through their lapic child's path
             # (/machine/peripheral/vcpu2/lapic), without "device".
@@ -289,6 +294,7 @@ class QemuDriver(Driver):
         self.paths = paths
         self.host_accel = host_accel
         self.boot_watchdog = boot_watchdog  # the default of the domains' boot_watchdog
+        self.spice_tls_dir = spice.TLS_DIR  # xeniad --spice-tls-dir
         self.devices = QemuDevices(store, storage, network)
         self.confinement = confinement or QemuConfinement(paths)
         self.devices.confinement = self.confinement
@@ -323,7 +329,7 @@ class QemuDriver(Driver):
             )
         platform.check(cfg)
         xldevices.check(cfg)
-        spice.check_spice(cfg)
+        spice.check_spice(cfg, self.spice_tls_dir)
         if cfg.pool and cfg.pool != POOL0:
             CpuPoolTable(self.devices.store).cpus(cfg.pool)  # NotFound names the pools
         _check_readable(cfg.kernel, "kernel", name, "kernel")
@@ -367,6 +373,10 @@ class QemuDriver(Driver):
             self.confinement.release(record)
         # The channel sockets xeniad bound (qemu/hostfds.py); QEMU had only their fds.
         hostfds.remove_sockets(record.runtime.pop(BOUND_SOCKETS, None) or {})
+
+    def discard(self, record: DomainRecord) -> None:
+        # Not in release(): a relaunch (on_crash=restart, a reboot into an updated config,
+        # `xenia start`) is the same machine, whose UEFI variables and TPM keys must stay.
         with contextlib.suppress(FileNotFoundError):
             self.nvram(record).unlink()
         shutil.rmtree(self.vtpm_dir(record), ignore_errors=True)
@@ -460,12 +470,16 @@ class QemuDriver(Driver):
             # QEMU inherits the fds (its user could not open the paths).
             host_fds = await asyncio.to_thread(hostfds.open_host_fds, cfg)
             record.runtime[BOUND_SOCKETS] = hostfds.bound_sockets(cfg)
+            if cfg.spice.get("tls_port"):
+                # Before the confinement gives QEMU its files: the certificates are some.
+                record.runtime[spice.RUNTIME_TLS_DIR] = str(self.spice_tls_dir)
             try:
                 argv = build_argv(cfg, uuid=record.uuid, accel=choice.name, files=files,
                                   qemu=info.path, layout=layout, devices=devices,
                                   incoming=incoming, machine=machine, firmware=firmware,
                                   vnc_display=vnc, kernel_params=added, tpm=tpm,
-                                  host_fds=host_fds)
+                                  host_fds=host_fds,
+                                  spice_tls=record.runtime.get(spice.RUNTIME_TLS_DIR))
                 files.dir.mkdir(parents=True, exist_ok=True)  # pygrub and swtpm made it
                 nvram = (self.nvram(record) if firmware and self.nvram(record).exists()
                          else None)
@@ -520,6 +534,8 @@ class QemuDriver(Driver):
             raise AdoptLater(f"Failed to adopt '{record.name}': QEMU pid {proc.pid} runs "
                              f"but its QMP fails ({e.message})") from e
         record.runtime["pid"] = proc.pid
+        # A guest that went to S3 while no daemon watched sent its SUSPEND to nobody.
+        inst.suspended = status == "suspended"
         inst.adopt_watch(running=status == "running")
         return inst
 
@@ -605,3 +621,6 @@ class QemuDriver(Driver):
 
     async def detach_replica(self, inst: Instance, vdev: str) -> None:
         await qemu_replica.detach(self._qmp(inst), vdev)
+
+    async def cut_replica(self, inst: Instance, vdev: str) -> None:
+        await qemu_replica.cut(self._qmp(inst), vdev)

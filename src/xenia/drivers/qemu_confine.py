@@ -16,12 +16,12 @@ from pathlib import Path
 
 from xenia.config.model import DiskSpec
 from xenia.devices import disk as diskdev
-from xenia.devices import display
+from xenia.devices import display, spice
 from xenia.errors import BackendError, XeniaError
 from xenia.hostos.ownership import Identity
 from xenia.hostos.qemuids import UidRange, UidsAndLedger
 from xenia.paths import Paths
-from xenia.qemu import confine, xldevices
+from xenia.qemu import confine, vscsi, xldevices
 from xenia.qemu.cmdline import RunFiles
 from xenia.store.base import DomainRecord
 from xenia.tools import find_tool, run_tool
@@ -117,7 +117,8 @@ class QemuConfinement(UidsAndLedger):
         w, r = xldevices.usb_storage_files(cfg.usbdev)
         # A p9 share's directory is written (security_model none and mapped both create
         # the guest's files as QEMU's own user).
-        return write + w + xldevices.p9_dirs(cfg), read + r
+        read += spice.tls_files(rec.runtime.get(spice.RUNTIME_TLS_DIR))
+        return write + w + xldevices.p9_dirs(cfg) + vscsi.paths(cfg), read + r
 
     def prepare(self, rec: DomainRecord, files: RunFiles, nvram: Path | None, accel: str,
                 argv: list[str]) -> list[str]:
@@ -160,6 +161,12 @@ class QemuConfinement(UidsAndLedger):
                     self.give_back(rec, given)
                     raise
         return given
+
+    def give_files(self, rec: DomainRecord, write: list[str], read: list[str]) -> list[str]:
+        """Give files a hot-plugged device's QEMU node opens (a USB stick's image)."""
+        if not self.confined(rec):
+            return []
+        return self.ledger.give(rec.uuid, write=write, read=read, who=self.identity(rec))
 
     def give_file(self, rec: DomainRecord, path: Path) -> list[str]:
         """Give a file QEMU writes for a while (a save file)."""

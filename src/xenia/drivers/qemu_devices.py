@@ -15,7 +15,7 @@ from typing import Any
 
 from xenia.config.model import DiskSpec, VifSpec
 from xenia.devices import disk as diskdev
-from xenia.devices import display
+from xenia.devices import display, spice
 from xenia.devices import nic as nicdev
 from xenia.devices.layout import SPARE_ROOT_PORTS, Layout
 from xenia.drivers.qemu_confine import QemuConfinement
@@ -23,7 +23,7 @@ from xenia.drivers.qemu_drvdom import LINK_VIF, SWITCH_VIF, DriverLinks
 from xenia.errors import AlreadyExists, InvalidConfig, XeniaError
 from xenia.hostos.pci import PciAssign
 from xenia.network.manager import NetworkManager
-from xenia.qemu import xldevices
+from xenia.qemu import vscsi, xldevices
 from xenia.revert import Revert
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord, Store
@@ -161,6 +161,10 @@ class QemuDevices:
             layout.slots[xldevices.usbctrl_id(ctrl["devid"])] = ""
         for i in range(len(rec.config.p9)):
             layout.slots[xldevices.p9_id(i)] = ""
+        for h in vscsi.hosts(rec.config):
+            layout.slots[vscsi.controller_id(h)] = ""
+        if rec.config.spice.get("usbredirection"):
+            layout.slots[spice.USBREDIR_CTRL] = ""
         wanted = list(layout.slots)
         layout = Layout(len(wanted) + SPARE_ROOT_PORTS)
         for qdev in wanted:
@@ -218,6 +222,7 @@ def argv_devices(rec: DomainRecord) -> tuple[Layout, list[tuple[str, dict[str, A
         out.append(("-device", {"driver": "vfio-pci", "host": bdf, "id": hostdev_id(bdf),
                                 "bus": layout.slots[hostdev_id(bdf)]}))
     out += xldevices.usb_args(rec.config, layout.slots)
+    out += vscsi.vscsi_args(rec.config, layout.slots)
     return layout, out
 
 

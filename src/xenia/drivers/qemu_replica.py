@@ -89,6 +89,15 @@ async def status(qmp: Qmp) -> dict[str, dict[str, Any]]:
     return out
 
 
+async def cut(qmp: Qmp, vdev: str) -> None:
+    """Drop the connection to a replica that went silent: the write waiting on it fails
+    on the target side only, the job ends with that error (on-target-error=report), and
+    the guest's write completes on the local copy. Without this, a host that died without
+    a word (power loss, a cut link: no TCP reset) holds every guest write until TCP gives
+    up retransmitting, about 15 minutes with Linux's defaults (tcp_retries2 = 15)."""
+    await qmp.yank_block_node(job_id(vdev))
+
+
 async def detach(qmp: Qmp, vdev: str) -> None:
     """End the mirror of `vdev` (the replica keeps what it has) and drop its node and
     TLS object; harmless where there is none. The ordering matters: the node can only

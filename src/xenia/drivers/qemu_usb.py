@@ -2,27 +2,41 @@
 a QEMU domain (part of QemuHotplug, whose device_del waiting it uses).
 
 A controller is hot-plugged onto a free PCIe root port (devices/layout.py), a device onto
-a free port of a controller. Each verb updates the record's config (usbctrl, usbdev) and
-slot map for the caller to store, so a restart or a migration rebuilds the same machine.
+a free port of a controller; a USB stick (type=storage) after its image's blockdevs,
+which go again, with the confined QEMU's access to the image, when it is unplugged. Each
+verb updates the record's config (usbctrl, usbdev) and slot map for the caller to store,
+so a restart or a migration rebuilds the same machine.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 from xenia.config.xldevices import MAX_USBCTRL, place_usb
 from xenia.devices.layout import Layout
-from xenia.errors import InUse, NotFound, NotSupported, XeniaError
+from xenia.errors import InUse, NotFound, XeniaError
 from xenia.qemu import xldevices
 from xenia.qemu.commands import Qmp
+from xenia.revert import Revert
 from xenia.store.base import DomainRecord
+
+if TYPE_CHECKING:
+    from xenia.drivers.qemu_devices import QemuDevices
 
 
 class UsbHotplugMixin:
     qmp: Qmp
+    host: QemuDevices
 
     async def _device_del(self, qdev: str, what: str, timeout: float = 30.0) -> None:
+        raise NotImplementedError  # QemuHotplug's
+
+    async def _add_blockdevs(self, nodes: list[dict[str, Any]], revert: Revert) -> None:
+        raise NotImplementedError  # QemuHotplug's
+
+    async def _blockdev_del(self, nodes: list[str]) -> None:
         raise NotImplementedError  # QemuHotplug's
 
     async def usbctrl_attach(self, rec: DomainRecord, ctrl: dict[str, Any]) -> int:
@@ -63,11 +77,6 @@ class UsbHotplugMixin:
         """Plugs a device into a free port (or the controller= and port= it names);
         returns it with its controller and port."""
         fail = f"Failed to attach a USB device to '{rec.name}'"
-        if dev.get("type") == "storage":
-            # Its image would need blockdev-add, the confinement and the path rule of a
-            # hot-plugged disk; a USB stick is given at create (usbdev=) for now.
-            raise NotSupported(f"{fail}: type=storage is given only in the config's "
-                               "usbdev= (at create); hot-plug a disk with block-attach")
         devs = [dict(d) for d in rec.config.usbdev] + [dict(dev)]
         try:
             place_usb([dict(c) for c in rec.config.usbctrl], devs, rec.name)
@@ -75,9 +84,26 @@ class UsbHotplugMixin:
             raise type(e)(f"{fail}: {e.message}") from None
         new = devs[-1]
         await asyncio.to_thread(xldevices.check_usb_host, [new], rec.name)
-        await self.qmp.device_add(xldevices.usbdev_device(new))
+        await asyncio.to_thread(xldevices.check_usb_images, [new], rec.name)
+        async with Revert() as revert:
+            if new["type"] == "storage":
+                # Ordering: QEMU opens the image at blockdev-add, as its own uid, so it
+                # is given the file first; the device needs the node.
+                await self._give_stick(rec, new, revert)
+                await self._add_blockdevs(xldevices.usb_storage_blockdevs(new), revert)
+            await self.qmp.device_add(xldevices.usbdev_device(new))
+            revert.success()
         rec.config.usbdev.append(new)
         return new
+
+    async def _give_stick(self, rec: DomainRecord, dev: dict[str, Any],
+                          revert: Revert) -> None:
+        conf = self.host.confinement
+        if conf is None:
+            return
+        write, read = xldevices.usb_storage_files([dev])
+        given = await asyncio.to_thread(conf.give_files, rec, write, read)
+        revert.add(lambda: asyncio.to_thread(conf.give_back, rec, given))
 
     async def usbdev_detach(self, rec: DomainRecord, controller: int, port: int) -> None:
         dev = next((d for d in rec.config.usbdev
@@ -87,6 +113,14 @@ class UsbHotplugMixin:
                            f"'{rec.name}': nothing is on that port (see `xenia usb-list`)")
         await self._device_del(xldevices.usbdev_id(dev),
                                f"USB device {controller}.{port} from '{rec.name}'")
+        if dev["type"] == "storage":
+            node = xldevices.usb_storage_node(dev)
+            await self._blockdev_del([f"{node}-file", node])  # the format node first
+            conf = self.host.confinement
+            others = {str(d.get("path")) for d in rec.config.usbdev
+                      if d is not dev and d["type"] == "storage"}
+            if conf is not None and str(dev["path"]) not in others:
+                await asyncio.to_thread(conf.give_back, rec, [os.path.realpath(dev["path"])])
         rec.config.usbdev.remove(dev)
 
     async def usb_rows(self, rec: DomainRecord) -> list[dict[str, Any]]:

@@ -49,6 +49,7 @@ from xenia.store.state import (
     PRESERVED,
     RUNNING,
     DomainState,
+    not_startable,
     require,
     transition,
 )
@@ -98,6 +99,8 @@ class DomainManager:
         # Called after a domain's process is built, before its guest runs (a boot, not a
         # restore or an incoming migration): replicated disks start their mirrors here.
         self.start_hooks: list[Callable[[DomainRecord, Instance], Awaitable[None]]] = []
+        # Domains a `xenia start` is booting (start refuses a second one at once).
+        self._starting: set[str] = set()
 
     # -- finding domains -----------------------------------------------------------------
     def driver_for(self, cfg: DomainConfig) -> Driver:
@@ -162,6 +165,7 @@ class DomainManager:
         if drv is not None:
             try:
                 drv.release(rec)
+                drv.discard(rec)
             except XeniaError as e:
                 log.warning("domain %s: cleaning up its host side failed: %s", rec.name, e)
         self.store.delete(rec.uuid)
@@ -330,6 +334,8 @@ class DomainManager:
         try:
             async with Revert() as revert:
                 revert.add(lambda: self.store.delete(rec.uuid))
+                # A new domain's firmware variables and vTPM state go with a failed build.
+                revert.add(lambda: asyncio.to_thread(drv.discard, rec))
                 await self._start(rec, drv, paused, incoming, receive)
                 revert.success()
         finally:
@@ -387,6 +393,16 @@ class DomainManager:
 
     async def relaunch(self, rec: DomainRecord) -> None:
         """Start the domain afresh after its process died (on_crash=restart)."""
+        try:
+            await self._launch_again(rec)
+        except XeniaError as e:
+            log.error("restart of %s failed: %s", rec.name, e)
+            self.forget(rec)
+
+    async def _launch_again(self, rec: DomainRecord) -> None:
+        """A new process for the domain from its stored config (same UUID, name, domid,
+        devices and MACs). The old process goes first: it holds the disks' image locks
+        and the taps the new one opens."""
         inst = self._inst.pop(rec.uuid, None)
         if inst is not None:
             with contextlib.suppress(Exception):
@@ -394,11 +410,24 @@ class DomainManager:
         drv = self.driver_for(rec.config)
         with contextlib.suppress(XeniaError):
             await asyncio.to_thread(drv.release, rec)  # the dead QEMU's taps and cgroup
+        await self._start(rec, drv, paused=False)
+
+    async def start(self, ref: str) -> DomainRecord:
+        """Boot a preserved domain (shutdown, crashed) again. If that fails it stays
+        preserved, without a process: to start again or destroy."""
+        rec = self.resolve(ref)
+        if rec.uuid in self._starting:  # a second click while the first one boots it
+            raise not_startable(rec.name, CREATING)
+        self._starting.add(rec.uuid)
         try:
-            await self._start(rec, drv, paused=False)
-        except XeniaError as e:
-            log.error("restart of %s failed: %s", rec.name, e)
-            self.forget(rec)
+            async with self.locked(rec.uuid):
+                rec = self.store.get(rec.uuid) or rec
+                if rec.state not in PRESERVED:
+                    raise not_startable(rec.name, rec.state)
+                await self._launch_again(rec)
+        finally:
+            self._starting.discard(rec.uuid)
+        return rec
 
     # -- lifecycle verbs -----------------------------------------------------------------
     async def destroy(self, ref: str) -> None:

@@ -21,9 +21,19 @@ log = logging.getLogger(__name__)
 
 # xl's six state columns: running, blocked, paused, shutdown, crashed, dying.
 STATE_COLUMNS = "rbpscd"
+# What list, info and top call a running domain whose guest sleeps in S3 (xl suspend).
+# Not a DomainState: the store keeps it running (its QEMU runs, every live verb applies);
+# xl(1) says a suspended domain "is in a shutdown state, but not dying": its s column.
+SUSPENDED = "suspended"
 
 
-def state_letters(state: DomainState, running_now: bool) -> str:
+def shown_state(state: DomainState, suspended: bool) -> str:
+    return SUSPENDED if state == RUNNING and suspended else str(state)
+
+
+def state_letters(state: DomainState, running_now: bool, suspended: bool = False) -> str:
+    if state == RUNNING and suspended:
+        return "--s---"
     letter = {
         RUNNING: "r" if running_now else "b",
         PAUSED: "p",
@@ -42,7 +52,9 @@ class DomainViews:
 
     def describe(self, rec: DomainRecord) -> dict[str, Any]:
         inst = self.m.instance_of(rec.uuid)
-        running_now = inst.running_now() if inst is not None and inst.alive else False
+        alive = inst is not None and inst.alive
+        running_now = inst.running_now() if inst is not None and alive else False
+        suspended = inst.suspended if inst is not None and alive else False
         return {
             "name": rec.name,
             "domid": rec.domid,
@@ -51,8 +63,8 @@ class DomainViews:
             "memory": rec.config.memory,
             "maxmem": rec.config.effective_maxmem,
             "vcpus": rec.config.vcpus,
-            "state": rec.state,
-            "state_letters": state_letters(rec.state, running_now),
+            "state": shown_state(rec.state, suspended),
+            "state_letters": state_letters(rec.state, running_now, suspended),
             "cpu_time": inst.cpu_seconds() if inst is not None else 0.0,
             "created_at": rec.created_at,
             "started_at": rec.started_at,
@@ -98,9 +110,12 @@ class DomainViews:
         inst = self.m.instance_of(rec.uuid)
         alive = inst is not None and inst.alive
         # Not describe(rec): that also serializes the config and reads the CPU time again.
-        letters = state_letters(rec.state, inst.running_now() if inst and alive else False)
+        suspended = inst.suspended if inst is not None and alive else False
+        letters = state_letters(rec.state, inst.running_now() if inst and alive else False,
+                                suspended)
         row: dict[str, Any] = {
-            "name": rec.name, "uuid": rec.uuid, "state": rec.state, "domid": rec.domid,
+            "name": rec.name, "uuid": rec.uuid, "domid": rec.domid,
+            "state": shown_state(rec.state, suspended),
             "type": rec.config.type, "state_letters": letters,
             "maxmem_kib": rec.config.effective_maxmem * 1024, "host_memory_kib": host_kib,
             "timestamp": now, "cpu_time": 0.0, "vcpus": rec.config.vcpus,

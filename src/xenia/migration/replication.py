@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,11 @@ from xenia.store.base import DomainRecord
 log = logging.getLogger(__name__)
 
 POLL = 1.0
+# A replica whose host accepts no TCP connection for this long is cut off (its mirror
+# connection yanked, the volume degraded): DRBD's default peer timeout is 6 s as well.
+# Shorter would degrade volumes over a network blip (a resync copies the whole disk).
+SILENT_AFTER = 6.0
+PROBE_TIMEOUT = 1.0
 IN_SYNC, SYNCING, DEGRADED, PENDING = "in-sync", "syncing", "degraded", "pending"
 
 
@@ -47,6 +53,7 @@ class Replication:
         # Set by xeniad on a cluster member: a member reachable without `host add`.
         self.cluster_peer: Callable[[str], PeerClient | None] | None = None
         manager.start_hooks.append(self.on_start)
+        self._silent_since: dict[str, float] = {}  # export key -> first failed probe
 
     # -- helpers -------------------------------------------------------------------------
     def _dir(self, key: str) -> Path:
@@ -236,10 +243,59 @@ class Replication:
                        error=st.get("error") or rec.get("error")
                        if st["state"] == DEGRADED else None)
 
+    async def watch_peers(self) -> None:
+        """Cut off the replicas whose host went silent. A dead host that sent no TCP reset
+        leaves the mirror's NBD write unanswered, and the guest's write with it (the
+        mirror is write-blocking); a host that refused the connection would have failed
+        the write itself. So: a TCP connect to each live mirror's export, once a poll;
+        silent for SILENT_AFTER seconds -> the connection is yanked."""
+        live = [rec for rec in self.m.store.obj_list(REPLICA_KIND)
+                if rec.get("state") in (IN_SYNC, SYNCING) and rec.get("port")]
+        keys = {export_key(r["pool"], r["volume"]) for r in live}
+        for gone in set(self._silent_since) - keys:
+            del self._silent_since[gone]
+        answers = await asyncio.gather(*(asyncio.to_thread(
+            _answers, str(r["address"]), int(r["port"])) for r in live))
+        now = time.monotonic()
+        for rec, ok in zip(live, answers, strict=True):
+            key = export_key(rec["pool"], rec["volume"])
+            if ok:
+                self._silent_since.pop(key, None)
+                continue
+            since = self._silent_since.setdefault(key, now)
+            if now - since < SILENT_AFTER:
+                continue
+            inst, drec = self._user(rec)
+            if inst is None or drec is None:
+                continue
+            why = (f"its host {rec['host']} ({rec['address']}) accepted no connection for "
+                   f"{now - since:.0f} s")
+            log.warning("replica of %s/%s cut off: %s; the guest goes on with the local "
+                        "copy", rec["pool"], rec["volume"], why)
+            try:
+                await self.m.driver_for(drec.config).cut_replica(inst, str(rec["vdev"]))
+            except XeniaError as e:
+                log.warning("cutting off the replica of %s/%s failed: %s", rec["pool"],
+                            rec["volume"], e.message)
+                continue
+            del self._silent_since[key]
+            self._save(rec, state=DEGRADED, error=f"cut off: {why}")
+
     async def run(self) -> None:
         while True:
             try:
+                await self.watch_peers()
                 await self.poll()
             except Exception:  # noqa: BLE001 - the monitor must outlive one bad poll
                 log.exception("replication monitor")
             await asyncio.sleep(POLL)
+
+
+def _answers(address: str, port: int) -> bool:
+    """Does the replica's export accept a TCP connection? (Closed at once: the storage
+    daemon drops a client that never starts the NBD handshake, and says nothing.)"""
+    try:
+        with socket.create_connection((address, port), timeout=PROBE_TIMEOUT):
+            return True
+    except OSError:
+        return False

@@ -137,6 +137,7 @@ def build_argv(
     kernel_params: Sequence[str] = (),
     tpm: Sequence[str] = (),
     host_fds: Mapping[str, int] | None = None,
+    spice_tls: str | None = None,
 ) -> list[str]:
     """The full QEMU argv for a domain, started paused (-S) and daemonized.
 
@@ -144,7 +145,8 @@ def build_argv(
     the root ports of `layout`. HVM: `firmware` are the firmware's arguments (OVMF flash),
     `vnc_display` the VNC display chosen for it. `kernel_params` are added to a direct
     kernel boot's command line (tcg_params_added). `host_fds` are the fds xeniad opened
-    for QEMU (qemu/hostfds.py), inherited by it.
+    for QEMU (qemu/hostfds.py), inherited by it. `spice_tls` is xeniad's SPICE
+    certificate directory, for spicetls_port.
     """
     layout = layout or Layout(SPARE_ROOT_PORTS)
     argv: list[str] = [
@@ -179,7 +181,8 @@ def build_argv(
     argv += display.usb_argv(cfg)
     argv += xldevices.sound_args(cfg, platform.dm_args(cfg)) + xldevices.keymap_args(cfg)
     argv += platform.platform_argv(cfg, files.dir, host_fds)
-    argv += spice.spice_argv(cfg)  # after the channels' controller (its vdagent port)
+    # After the channels' controller (its vdagent port).
+    argv += spice.spice_argv(cfg, spice_tls)
     argv += list(tpm)  # the vTPM's backend and device (qemu/vtpm.py)
     if cfg.kernel:
         argv += ["-kernel", cfg.kernel]
@@ -192,6 +195,7 @@ def build_argv(
     for dev in layout.port_devices():
         argv += ["-device", jarg(dev)]
     argv += xldevices.p9_args(cfg, layout.slots)  # after the root ports they sit on
+    argv += spice.usbredir_args(cfg, layout.slots)
     argv += [
         "-device",
         jarg({"driver": "virtio-balloon-pci", "id": "balloon0", "bus": "pcie.0", "addr": "0x1e"}),

@@ -174,6 +174,11 @@ class Qmp:
     async def query_block_jobs(self) -> list[dict[str, Any]]:
         return list(await self._call("query-block-jobs"))
 
+    async def yank_block_node(self, node: str) -> None:
+        """Shut down the network connection of block node `node` (an NBD client): its
+        requests in flight fail at once instead of waiting out TCP's retransmissions."""
+        await self._call("yank", {"instances": [{"type": "block-node", "node-name": node}]})
+
     async def block_job_cancel(self, device: str, force: bool = False) -> None:
         args: dict[str, Any] = {"device": device}
         if force:

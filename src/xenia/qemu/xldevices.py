@@ -16,6 +16,7 @@ from typing import Any
 
 from xenia.config.model import DomainConfig
 from xenia.errors import NotFound, NotSupported
+from xenia.qemu import vscsi
 from xenia.qemu.opts import escape_opt
 
 # Sound cards' fixed slots on pcie.0 (qemu/platform.py and cmdline.py name the others).
@@ -226,6 +227,7 @@ def check(cfg: DomainConfig) -> None:
     check_usb_host(cfg.usbdev, cfg.name)
     check_usb_images(cfg.usbdev, cfg.name)
     check_p9_dirs(cfg)
+    vscsi.check(cfg)
 
 
 def check_usb_host(devs: list[dict[str, Any]], name: str,

@@ -19,7 +19,7 @@ import enum
 import logging
 from typing import Protocol
 
-from xenia.errors import InvalidConfig, XeniaError
+from xenia.errors import InUse, InvalidConfig, XeniaError
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +92,14 @@ def require(rec: Stateful, doing: str, states: frozenset[DomainState] | DomainSt
     wanted = states if isinstance(states, frozenset) else frozenset({states})
     if rec.state not in wanted:
         raise InvalidConfig(f"Failed {doing} '{rec.name}': it is {rec.state}")
+
+
+# Why `xenia start` refuses a domain that is not preserved, by its state.
+NOT_STARTABLE = {RUNNING: "it is running", PAUSED: "it is paused (`xenia unpause` runs it)",
+                 CREATING: "it is starting already", DYING: "it is being destroyed"}
+
+
+def not_startable(name: str, state: DomainState) -> InUse:
+    """`xenia start`'s refusal (409: the domain is busy being something else)."""
+    return InUse(f"Failed to start domain '{name}': {NOT_STARTABLE[DomainState(state)]}; "
+                 "only a domain kept after it stopped (shutdown or crashed) can be started")

@@ -231,11 +231,35 @@ const xenia = (() => {
       document.getElementById("mem").value = dom.memory;
       document.getElementById("vcpus").value = dom.vcpus;
       document.getElementById("vnc-section").hidden = dom.type !== "hvm";
+      stateButtons();
+    }
+    // Only the actions the domain's state allows are shown (the server refuses the others
+    // anyway). Start boots a preserved domain (xl's s and c states) again: shown only
+    // then, and usable only with the scope the server asks for it (api/scopes.py: power).
+    const LIVE_ONLY = ["shutdown", "reboot", "pause", "unpause", "save", "migrate"];
+    function stateButtons() {
+      const preserved = ["shutdown", "crashed"].includes(dom.state);
+      for (const act of LIVE_ONLY) {
+        const other = document.querySelector(`button[data-act=${act}]`);
+        if (other) {
+          other.hidden = preserved || (act === "pause" && dom.state === "paused")
+            || (act === "unpause" && dom.state !== "paused");
+        }
+      }
+      const power = session.scopes.includes("power");
+      const b = document.querySelector("button[data-act=start]");
+      b.hidden = !preserved;
+      b.disabled = !power;
+      const hint = document.getElementById("start-hint");
+      hint.hidden = !preserved || power;
+      hint.textContent = `Start: token '${session.token}' lacks the scope 'power'; `
+        + "log in with a token that has it";
     }
     facts();
     const base = `/v1/domains/${ref}`;
     const val = (id) => document.getElementById(id).value;
     const actions = {
+      start: () => api("POST", base + "/start"),
       shutdown: () => api("POST", base + "/shutdown", {}),
       reboot: () => api("POST", base + "/reboot", {}),
       pause: () => api("POST", base + "/pause"),
