@@ -262,10 +262,10 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     mx, mc, mb = median(xs), median(cs), median(bs)
     # xeniad's split of the clones started from its pool (all of them after the first).
-    loads = [float(x) for x in re.findall(r"pooled QEMU load \+ cont ([\d.]+) s", log_text)]
+    loads = [float(x) for x in re.findall(r"pooled QEMU claim \+ cont ([\d.]+) s", log_text)]
     idents = [float(x) for x in re.findall(r"answered its identity line ([\d.]+) s", log_text)]
-    split = (f"xeniad's split over the {len(loads)} clones from its pool: claim, memory "
-             f"load and `cont` median {median(loads):.3f} s; the identity line typed to "
+    split = (f"xeniad's split over the {len(loads)} clones from its pool: claim and "
+             f"`cont` median {median(loads):.3f} s; the identity line typed to "
              f"its answer from the guest median {median(idents):.3f} s."
              if loads and idents else "")
     print(f"median: clone {mx:.3f} s, cold boot {mc:.3f} s, bare -incoming {mb:.3f} s")
@@ -285,8 +285,8 @@ every verb, is not counted).
 
 {args.clones} clones started in a row from one snapshot, each answering its own hostname
 on its console: median {median(row):.3f} s, slowest {max(row):.3f} s.
-{split} The QEMU the pool keeps waiting with `-incoming` holds
-{", ".join(map(str, rss))} MiB resident (the guest's 256 MiB are not loaded before a claim).
+{split} The QEMU the pool keeps waiting, the snapshot's memory loaded, holds
+{", ".join(map(str, rss))} MiB resident (QEMU's own ~54 MiB and the template's used RAM).
 """)
 
 

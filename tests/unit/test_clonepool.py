@@ -19,11 +19,12 @@ class FakeInst:
     def __init__(self) -> None:
         self.alive = True
         self.loaded = False
+        self.ran = False  # the build went on past receive: claimed, resumed
 
 
 class FakeManager:
-    """build(): start (an instance), hand it to receive (which waits for the claim and
-    loads), then it runs; the undo is not modelled, only that the build ends."""
+    """build(): start (an instance), hand it to receive (which loads, then waits for the
+    claim), then it runs; the undo is not modelled, only that the build ends."""
 
     def __init__(self) -> None:
         self.insts: list[FakeInst] = []
@@ -33,6 +34,7 @@ class FakeManager:
         inst = FakeInst()
         self.insts.append(inst)
         await receive(inst)
+        inst.ran = True
         return rec
 
     async def rename_record(self, rec: Any, name: str) -> None:
@@ -103,7 +105,7 @@ def test_a_dead_entry_is_not_handed_out_and_is_replaced(tmp_path: Path,
         dead.alive = False
         rec = await pool.claim("t@s", "c1")
         assert rec is not None and rec.name == "c1"
-        assert not dead.loaded and clones.m.insts[1].loaded
+        assert not dead.ran and clones.m.insts[1].ran
         await pool.close()
 
     asyncio.run(run())

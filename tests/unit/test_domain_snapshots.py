@@ -35,7 +35,8 @@ def test_identity_line_sets_name_uuid_macs_and_ends_in_a_marker() -> None:
                        config=cfg)
     line = identity_line(rec, "tok")
     assert line.endswith("echo tok-$((40+2))\n") and line.count("\n") == 1
-    assert "hostname c7;" in line and f"echo {rec.uuid} > /run/xenia/uuid" in line
+    assert "echo c7 >/proc/sys/kernel/hostname;" in line
+    assert f"echo {rec.uuid} >/run/xenia/uuid" in line
     assert "ip link set dev eth1 address 00:16:3e:04:05:06" in line
     # The answer the caller waits for is not in the echoed input.
     assert "tok-42" not in line
