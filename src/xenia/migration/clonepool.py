@@ -7,7 +7,8 @@ under a fresh identity chosen now (UUID, MACs: what QEMU's argv holds) and a pla
 name, with its copy-on-write disks made and given to its own QEMU uid like any domain's.
 The entry also loads the snapshot's memory (`migrate-incoming`) and waits, paused.
 `create --from` claims one: the entry is renamed to the clone's name, runs (`cont`) and
-is the domain from then on; its overlay directory keeps the placeholder's name. Then the next entry starts in the background.
+is the domain from then on; its overlay directory keeps the placeholder's name. Then
+the next entry starts in the background.
 
 An entry is in the store (so a killed xeniad's restart reaps it like any half-built
 domain) but marked (host.manager.POOLED) and not listed. Entries go with their
