@@ -322,29 +322,29 @@ class EtcdClient:
 
     def move_leader(self, url: str, target_id: int) -> None:
         """Hand etcd's leadership to member `target_id`; only the leader (at `url`) can."""
-        ep = next((e for e in self._eps if e.url == url), None)
-        own = ep is None
-        ep = ep or _Endpoint(parse_endpoints(url)[0], self.tls, self.timeouts)
         try:
-            ep.post("/maintenance/transfer-leadership", {"targetID": target_id})
+            self._post_to(url, "/maintenance/transfer-leadership", {"targetID": target_id})
         except gwerr.Etcd3Exception as e:
             raise BackendError(f"Failed to hand etcd's leadership to member {target_id:x}: "
                                f"{_etcd_message(e)}") from None
-        finally:
-            if own:
-                ep.close()
 
     def status(self, url: str) -> dict[str, Any]:
         """One member's own status (leader, raft term and index, db size); asks the member
         at `url` only (an endpoint of this client or not), and works without quorum."""
+        try:
+            return self._post_to(url, "/maintenance/status", {})
+        except gwerr.Etcd3Exception as e:
+            raise Unreachable(f"Failed to read the status of etcd member {url}: "
+                              f"{_etcd_message(e)}") from None
+
+    def _post_to(self, url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A request to the member at `url` only: one of this client's endpoints, or one
+        made for this request."""
         ep = next((e for e in self._eps if e.url == url), None)
         own = ep is None
         ep = ep or _Endpoint(parse_endpoints(url)[0], self.tls, self.timeouts)
         try:
-            return ep.post("/maintenance/status", {})
-        except gwerr.Etcd3Exception as e:
-            raise Unreachable(f"Failed to read the status of etcd member {url}: "
-                              f"{_etcd_message(e)}") from None
+            return ep.post(path, body)
         finally:
             if own:
                 ep.close()
