@@ -11,8 +11,8 @@ import pytest
 
 from xenia.config.model import DomainConfig
 from xenia.drivers import qemu_bootwatch
-from xenia.drivers.qemu_instance import QemuInstance
 from xenia.drivers.qemu_bootwatch import GRACE_SECONDS, IDLE_SHARE, BootWatch, Verdict
+from xenia.drivers.qemu_instance import QemuInstance
 from xenia.qemu.cmdline import RunFiles
 from xenia.qemu.commands import Qmp
 from xenia.store.base import DomainRecord
