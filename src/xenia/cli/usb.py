@@ -33,8 +33,9 @@ def usbctrl_detach(c: Ctx, dom: str, devid: int) -> None:
 @click.argument("options", nargs=-1, required=True)
 @pass_ctx
 def usbdev_attach(c: Ctx, dom: str, options: tuple[str, ...]) -> None:
-    """Plug a USB device in: hostbus=B hostaddr=A (a host device, see lsusb) or
-    type=tablet|mouse|keyboard; controller=C port=P to choose the port."""
+    """Plug a USB device in: hostbus=B hostaddr=A (a host device, see lsusb),
+    type=tablet|mouse|keyboard, or type=storage,path=IMAGE (a USB stick); controller=C
+    port=P to choose the port."""
     res = c.client.post(f"/v1/domains/{dom}/usbdev", {"spec": ",".join(options)})
     if res:
         out(f"controller {res['controller']} port {res['port']}")
