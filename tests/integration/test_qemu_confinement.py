@@ -13,6 +13,7 @@ import os
 import pwd
 import socket
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,7 @@ def test_private_dev_and_device_allow_list(confined: tuple[Host, dict[str, Any],
         assert os.stat(dev / "userfaultfd").st_uid == dom["runtime"]["confinement"]["uid"]
     assert os.listdir(dev / "net") == ["tun"]
     assert os.stat(f"/proc/{pid}/root/dev").st_dev != os.stat("/dev").st_dev
-    groups = dict(line.split(":", 2)[1:] for line in
-                  Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+    groups = qemu_groups(pid)
     if "devices" in groups:  # cgroup v1 (this machine); v2 has no devices.allow
         path = Path("/sys/fs/cgroup/devices") / groups["devices"].lstrip("/")
         assert path.name == dom["uuid"]
@@ -145,6 +145,81 @@ def test_private_dev_and_device_allow_list(confined: tuple[Host, dict[str, Any],
         os.close(gfd)
     conf = dom["runtime"]["confinement"]
     assert conf["device_cgroup"] is True and "bpf" in conf["device_cgroup_layers"]
+
+
+def open_in_group(procs: Path, paths: list[str]) -> str:
+    """Open each of `paths` (read-only) from a child process that joined only the cgroup
+    of `procs` (cgroup.procs): "ok" or the errno for each, comma-separated."""
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        out = []
+        try:
+            procs.write_text(str(os.getpid()))
+            for path in paths:
+                try:
+                    os.close(os.open(path, os.O_RDONLY))
+                    out.append("ok")
+                except OSError as e:
+                    out.append(str(e.errno))
+        finally:
+            os.write(wr, ",".join(out).encode())
+            os._exit(0)
+    os.close(wr)
+    os.waitpid(pid, 0)
+    with os.fdopen(rd) as f:
+        return f.read()
+
+
+def qemu_groups(pid: int) -> dict[str, str]:
+    """controller list -> group path of process `pid` ("" is cgroup v2's)."""
+    return dict(line.split(":", 2)[1:] for line in
+                Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+
+
+def test_hotplugged_block_device_leaves_qemus_dev_when_detached(
+        confined: tuple[Host, dict[str, Any], Path]) -> None:
+    """A `phy:` disk (a loop device) hot-plugged: its node is made in QEMU's private /dev
+    and allowed in both device cgroups; detached, it is gone from both and QEMU cannot
+    open it again (QMP blockdev-add of its path fails)."""
+    host, dom, disks = confined
+    backing = disk_file(disks / "loop.img")
+    loop = subprocess.run(["losetup", "--find", "--show", "--", str(backing)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    try:
+        rdev = os.stat(loop).st_rdev
+        rule = f"b {os.major(rdev)}:{os.minor(rdev)} rwm"
+        pid = dom["runtime"]["pid"]
+        groups = qemu_groups(pid)
+        v1 = Path("/sys/fs/cgroup/devices") / groups["devices"].lstrip("/")
+        v2 = v2_mount()
+        assert v2 is not None
+        v2_procs = v2 / groups[""].lstrip("/") / "cgroup.procs"
+        assert open_in_group(v2_procs, [loop]) == str(errno.EPERM)  # not given yet
+        host.xenia("block-attach", "c1", f"format=raw,vdev=xvdd,access=rw,target={loop}")
+        in_qemu = Path(f"/proc/{pid}/root{loop}")
+        assert stat.S_ISBLK(os.stat(in_qemu).st_mode) and os.stat(in_qemu).st_rdev == rdev
+        assert os.stat(in_qemu).st_uid == dom["runtime"]["confinement"]["uid"]
+        assert rule in (v1 / "devices.list").read_text().splitlines()
+        assert open_in_group(v2_procs, [loop]) == "ok"  # the replaced v2 program allows it
+        assert loop in host.domain("c1")["runtime"]["confinement"]["private_dev"]
+        host.xenia("block-detach", "c1", "xvdd")
+        assert not os.path.lexists(in_qemu)
+        assert rule not in (v1 / "devices.list").read_text().splitlines()
+        assert open_in_group(v2_procs, [loop]) == str(errno.EPERM)
+        assert loop not in host.domain("c1")["runtime"]["confinement"]["private_dev"]
+        assert os.stat(loop).st_uid == 0  # the host's node given back
+        gfd = os.open(v2_procs.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert len(devbpf.query(gfd)) == 1  # replaced, never piled up
+        finally:
+            os.close(gfd)
+        # QMP straight to QEMU (the next test needs xeniad stopped too).
+        host.kill_daemon()
+        err = blockdev_add(host, dom["uuid"], Path(loop), False)
+        assert "No such file or directory" in err, err
+    finally:
+        subprocess.run(["losetup", "--detach", loop], check=False)
 
 
 def test_given_disk_is_qemus_and_an_ungiven_one_is_refused(
@@ -255,25 +330,7 @@ def test_v2_device_program_allows_only_listed_nodes(tmp_path: Path) -> None:
     v2_procs = [p for p in procs if v2_mount() in p.parents]
 
     def opens() -> str:
-        rd, wr = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            out = []
-            try:
-                v2_procs[0].write_text(str(os.getpid()))
-                for path in ("/dev/null", str(mem), str(zero)):
-                    try:
-                        os.close(os.open(path, os.O_RDONLY))
-                        out.append("ok")
-                    except OSError as e:
-                        out.append(str(e.errno))
-            finally:
-                os.write(wr, ",".join(out).encode())
-                os._exit(0)
-        os.close(wr)
-        os.waitpid(pid, 0)
-        with os.fdopen(rd) as f:
-            return f.read()
+        return open_in_group(v2_procs[0], ["/dev/null", str(mem), str(zero)])
 
     def programs() -> list[int]:
         gfd = os.open(v2_procs[0].parent, os.O_RDONLY | os.O_DIRECTORY)

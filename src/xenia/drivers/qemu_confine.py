@@ -9,9 +9,11 @@ blockdev-add and given back after blockdev-del.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 
 from xenia.config.model import DiskSpec
@@ -55,6 +57,16 @@ def disk_files(spec: DiskSpec, path: Path | None) -> tuple[list[str], list[str]]
     if spec.readonly or spec.is_cdrom:
         return [], [str(path), *below]
     return [str(path)], below
+
+
+def _is_block(node: str, pid: int) -> bool:
+    """Whether `node` is a block device on the host or in QEMU `pid`'s private /dev (never
+    one of its base nodes, which a disk may name too: `target=/dev/zero`)."""
+    for where in (node, f"/proc/{pid}/root{node}"):
+        with contextlib.suppress(OSError):
+            if stat.S_ISBLK(os.stat(where).st_mode):
+                return True
+    return False
 
 
 class QemuConfinement(UidsAndLedger):
@@ -175,8 +187,30 @@ class QemuConfinement(UidsAndLedger):
         return self.ledger.give(rec.uuid, write=[str(path)], who=self.identity(rec))
 
     def give_back(self, rec: DomainRecord, paths: list[str]) -> None:
-        if paths:
-            self.ledger.give_back(rec.uuid, only=paths)
+        """Give back `paths` (after QEMU closed them); a block device among them is first
+        taken out of QEMU's private /dev and its device cgroups, or QEMU could reopen it."""
+        if not paths:
+            return
+        self._remove_nodes(rec, {os.path.realpath(p) for p in paths})
+        self.ledger.give_back(rec.uuid, only=paths)
+
+    def _remove_nodes(self, rec: DomainRecord, paths: set[str]) -> None:
+        conf = rec.runtime.get("confinement") or {}
+        pid = rec.runtime.get("pid")
+        if not isinstance(pid, int):
+            return
+        for node in list(conf.get("private_dev", [])):
+            if os.path.realpath(node) not in paths or not _is_block(node, pid):
+                continue
+            rest = [p for p in conf["private_dev"] if p != node]
+            try:
+                confine.remove_block_device(rec.uuid, pid, node, rest)
+            except XeniaError as e:
+                # The disk is gone from QEMU already: the detach goes on; the node
+                # stays listed, so the domain's end still drops its cgroups.
+                log.error("domain %s: %s is still in its QEMU's /dev: %s", rec.name, node, e)
+                continue
+            conf["private_dev"] = rest
 
     def give_back_disk(self, rec: DomainRecord, spec: DiskSpec) -> None:
         """After a disk's blockdev-del: give back its files no other disk still uses."""

@@ -196,6 +196,19 @@ def jail_argv(who: Identity, nodes: list[tuple[str, bool]], procs: list[Path],
             *(sandbox_argv() if sandbox else [])]
 
 
+def _replace_program(v2: Path, nodes: list[str]) -> None:
+    """The v2 group's BPF program replaced by one for `nodes` (devbpf.install attaches
+    the new one before it detaches the old), if it has one: none means the kernel could
+    not load one at start, and the record says so."""
+    gfd = os.open(v2, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        had_program = bool(devbpf.query(gfd))
+    finally:
+        os.close(gfd)
+    if had_program:
+        devbpf.install(str(v2), [devbpf.Rule.of_node(p) for p in nodes if os.path.exists(p)])
+
+
 def allow_node(uuid: str, path: str, nodes: list[str]) -> None:
     """One more node in the domain's device cgroups: v1 one more devices.allow line; v2 a
     program for `nodes` (its private /dev so far) plus `path` replaces the old one."""
@@ -206,14 +219,23 @@ def allow_node(uuid: str, path: str, nodes: list[str]) -> None:
             (group / "devices.allow").write_text(device_rule(path))
         v2 = _v2_dir(uuid)
         if v2 is not None and v2.is_dir():
-            gfd = os.open(v2, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                had_program = bool(devbpf.query(gfd))
-            finally:
-                os.close(gfd)
-            if had_program:  # none: the kernel could not load one at start
-                devbpf.install(str(v2), [devbpf.Rule.of_node(p)
-                                         for p in [*nodes, path] if os.path.exists(p)])
+            _replace_program(v2, [*nodes, path])
+    except OSError as e:
+        raise BackendError(f"Failed {doing}: {e.strerror or e}") from e
+
+
+def deny_node(uuid: str, rule: devbpf.Rule | None, nodes: list[str]) -> None:
+    """A node out of the domain's device cgroups: v1 a devices.deny line for `rule` (the
+    group denies all else already, so this drops its allow entry; None: its numbers are
+    unknown); v2 a program for `nodes` (its private /dev without it) replaces the old."""
+    doing = f"to take device {rule or 'nodes'} from domain {uuid}"
+    group = _devices_dir(uuid)
+    try:
+        if rule is not None and group is not None and group.is_dir():
+            (group / "devices.deny").write_text(str(rule))
+        v2 = _v2_dir(uuid)
+        if v2 is not None and v2.is_dir():
+            _replace_program(v2, nodes)
     except OSError as e:
         raise BackendError(f"Failed {doing}: {e.strerror or e}") from e
 
@@ -225,3 +247,19 @@ def add_block_device(uuid: str, pid: int, path: str, who: Identity,
     allow_node(uuid, path, nodes)
     run_tool([sys.executable, "-m", "xenia.qemu.jail", "--add-node", str(pid), path,
               f"{who.uid}:{who.gid}", "--"], f"to give block device {path} to domain {uuid}")
+
+
+def remove_block_device(uuid: str, pid: int, path: str, nodes: list[str]) -> None:
+    """A detached block device (after QEMU closed it): denied in the domain's device
+    cgroups, then unlinked from its QEMU's private /dev (qemu/jail.py --remove-node), so
+    QEMU cannot open it again. `nodes`: its private /dev without it. The node's numbers
+    come from the host's node, or from QEMU's copy if the host's is gone (a loop device
+    deleted meanwhile)."""
+    rule = None
+    for where in (path, f"/proc/{pid}/root{path}"):
+        with contextlib.suppress(OSError):
+            rule = devbpf.Rule.of_node(where)
+            break
+    deny_node(uuid, rule, nodes)
+    run_tool([sys.executable, "-m", "xenia.qemu.jail", "--remove-node", str(pid), path, "--"],
+             f"to take block device {path} from domain {uuid}")

@@ -89,12 +89,46 @@ def add_node(libc: Any, pid: int, path: str, uid: int, gid: int) -> None:
     os.chown(path, uid, gid)
 
 
+def remove_node(libc: Any, pid: int, path: str) -> None:
+    """Take block device `path` out of the private /dev of running QEMU `pid` (a detached
+    disk, an ejected medium): enter its mount namespace, then unlink it there (and the
+    directories add_node made for it, if empty). The host's node is never touched: this
+    process is in QEMU's namespace before it looks."""
+    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(libc.setns(fd, CLONE_NEWNS), "entering QEMU's mount namespace")
+    finally:
+        os.close(fd)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # gone already (a retried give-back)
+    if not stat.S_ISBLK(st.st_mode):
+        raise OSError(0, f"{path} in QEMU's /dev is not a block device")
+    os.unlink(path)
+    parent = os.path.dirname(path)
+    while parent.startswith("/dev/") and parent != "/dev":
+        try:
+            os.rmdir(parent)
+        except OSError:
+            break  # not empty: another node is in it
+        parent = os.path.dirname(parent)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 5 and argv[0] == "--add-node":
         # --add-node PID PATH UID:GID -- from xeniad, for a hot-plugged block device.
         uid, gid = (int(x) for x in argv[3].split(":"))
         try:
             add_node(_libc(), int(argv[1]), argv[2], uid, gid)
+        except OSError as e:
+            print(f"xenia jail: {e}", file=sys.stderr)
+            return EXIT_JAIL
+        return 0
+    if len(argv) == 4 and argv[0] == "--remove-node":
+        # --remove-node PID PATH -- from xeniad, for a detached block device.
+        try:
+            remove_node(_libc(), int(argv[1]), argv[2])
         except OSError as e:
             print(f"xenia jail: {e}", file=sys.stderr)
             return EXIT_JAIL
