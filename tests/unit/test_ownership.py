@@ -207,3 +207,47 @@ def test_a_file_another_roots_gone_qemu_had_goes_back_to_root(tmp_path: Path, tr
     ledger.give_back("dom2")
     assert owner(tree / "a.img") == (0, 4321, 0o600)
     assert user_entries(tree) == {}  # the gone QEMU's search entry is not put back
+
+
+def in_qemu_range(uid: int) -> bool:
+    return 70000 <= uid < 80000
+
+
+def test_a_qemu_uid_is_never_recorded_as_an_original_owner(tmp_path: Path, tree: Path
+                                                           ) -> None:
+    """Shared storage, migration between two hosts: when the destination gives the disk,
+    the source's QEMU (uid 70001 on the source) still holds it. That uid is not stale
+    here (on another host it may be a running domain's): the file still goes to root."""
+    os.chown(tree / "a.img", A.uid, 4321)
+    ledger = Ledger(tmp_path / "ledger.json", qemu_uid=in_qemu_range)
+    ledger.give("dom2", write=[tree / "a.img"], who=B)
+    assert owner(tree / "a.img")[0] == B.uid
+    ledger.give_back("dom2")
+    assert owner(tree / "a.img") == (0, 4321, 0o600)
+
+
+def test_a_file_another_qemu_took_meanwhile_is_not_taken_back(tmp_path: Path, tree: Path
+                                                              ) -> None:
+    """The source of a migration between two roots ends after the destination gave the
+    disk to its own QEMU (uid B): the source's give-back leaves it with B."""
+    ledger = Ledger(tmp_path / "ledger.json", qemu_uid=in_qemu_range)
+    ledger.give("dom1", write=[tree / "b.img"], who=A)
+    assert owner(tree / "b.img")[0] == A.uid
+    os.chown(tree / "b.img", B.uid, -1)  # the other root's give
+    ledger.give_back("dom1")
+    assert owner(tree / "b.img")[0] == B.uid
+    assert ledger.held_by("dom1") == []
+
+
+def test_a_shared_file_another_qemu_took_is_not_withdrawn(tmp_path: Path, tree: Path
+                                                          ) -> None:
+    """The same when another domain of this root still holds the file (_withdraw)."""
+    ledger = Ledger(tmp_path / "ledger.json", qemu_uid=in_qemu_range)
+    ledger.give("dom1", write=[tree / "b.img"], who=A)
+    ledger.give("dom3", write=[tree / "b.img"], who=WHO)  # a second writer: an ACL entry
+    os.chown(tree / "b.img", B.uid, -1)
+    ledger.give_back("dom1")
+    assert owner(tree / "b.img")[0] == B.uid
+    ledger.give_back("dom3")
+    assert owner(tree / "b.img")[0] == B.uid
+    assert WHO.uid not in user_entries(tree / "b.img")

@@ -133,9 +133,16 @@ class Ledger:
     """
 
     def __init__(self, path: Path, who: Identity | None = None,
-                 stale_uid: Callable[[int], bool] | None = None) -> None:
+                 stale_uid: Callable[[int], bool] | None = None,
+                 qemu_uid: Callable[[int], bool] | None = None) -> None:
         self.path = path
         self.who = who  # the identity of a give() that names none
+        # Whether a uid is in the QEMU range (hostos/qemuids.py). A file owned by such a
+        # uid when first given is held by another QEMU (the source of a shared-storage
+        # migration, on this machine or another): that uid is never recorded as its
+        # original owner (root is), as it may be a different domain's by the time this
+        # one gives the file back.
+        self.qemu_uid = qemu_uid or (lambda uid: False)
         # Whether a uid is a QEMU uid whose QEMU is gone. A file another Xenia root on
         # this machine had given to its QEMU (a migration between two roots) was
         # recorded here with that QEMU's uid as its owner: it is given back to root
@@ -230,7 +237,8 @@ class Ledger:
         if entry is None:
             acl = _get_acl(path)
             entry = data[path] = {
-                "uid": st.st_uid, "gid": st.st_gid, "mode": stat.S_IMODE(st.st_mode),
+                "uid": 0 if self.qemu_uid(st.st_uid) else st.st_uid, "gid": st.st_gid,
+                "mode": stat.S_IMODE(st.st_mode),
                 "acl": acl.hex() if acl is not None else None, "owner": None, "holders": {}}
         if grant is None:
             grant = entry["holders"][holder] = {"uid": who.uid, "perm": 0, "acl": False}
@@ -268,7 +276,7 @@ class Ledger:
                     entry["uid"] = 0
                 if not entry["holders"]:
                     del data[path]
-                    _restore(path, entry, self.stale_uid)
+                    _restore(path, entry, holder, grant, self.stale_uid)
                 else:
                     _withdraw(path, entry, holder, grant)
             except FileNotFoundError:
@@ -277,22 +285,49 @@ class Ledger:
                 log.warning("giving %s back to uid %s failed: %s", path, entry["uid"], e)
 
 
-def _withdraw(path: str, entry: dict[str, Any], holder: str, grant: dict[str, Any]) -> None:
-    """One holder of a shared file lets go: its ACL entry goes, and a file chowned to it
-    goes back to its original owner (its uid may be handed to another domain next)."""
-    st = os.stat(path, follow_symlinks=False)
+def _taken(st: os.stat_result, entry: dict[str, Any], holder: str,
+           grant: dict[str, Any]) -> bool:
+    """Whether a file chowned to `holder`'s uid has another owner now: another Xenia root
+    gave it to its QEMU (the destination of a migration), or an admin chowned it. Its
+    owner is then not ours to change back."""
+    if entry.get("taken"):
+        return True  # seen when an earlier holder let go: the file stays theirs
+    uid = grant.get("uid")
+    return entry["owner"] == holder and isinstance(uid, int) and st.st_uid != uid
+
+
+def _drop_acl_entry(path: str, st: os.stat_result, grant: dict[str, Any]) -> None:
     if grant["acl"] and grant["uid"] is not None:
         raw = _get_acl(path)
         if raw is not None:
             os.setxattr(path, ACL_XATTR, acl_without(raw, st.st_mode, grant["uid"]),
                         follow_symlinks=False)
-    if entry["owner"] == holder:
+
+
+def _withdraw(path: str, entry: dict[str, Any], holder: str, grant: dict[str, Any]) -> None:
+    """One holder of a shared file lets go: its ACL entry goes, and a file chowned to it
+    goes back to its original owner (its uid may be handed to another domain next)."""
+    st = os.stat(path, follow_symlinks=False)
+    _drop_acl_entry(path, st, grant)
+    if _taken(st, entry, holder, grant):
+        log.info("not giving %s back to uid %s: it is uid %s's now", path, entry["uid"],
+                 st.st_uid)
+        entry["owner"], entry["taken"] = None, True
+    elif entry["owner"] == holder:
         os.chown(path, entry["uid"], -1, follow_symlinks=False)
         os.chmod(path, stat.S_IMODE(st.st_mode))  # chown cleared set-id bits
         entry["owner"] = None
 
 
-def _restore(path: str, entry: dict[str, Any], stale_uid: Callable[[int], bool]) -> None:
+def _restore(path: str, entry: dict[str, Any], holder: str, grant: dict[str, Any],
+             stale_uid: Callable[[int], bool]) -> None:
+    st = os.stat(path, follow_symlinks=False)
+    if _taken(st, entry, holder, grant):
+        # Owner, mode and ACL are the new holder's business now: only our entry goes.
+        _drop_acl_entry(path, st, grant)
+        log.info("not giving %s back to uid %s: it is uid %s's now", path, entry["uid"],
+                 st.st_uid)
+        return
     os.chown(path, entry["uid"], entry["gid"], follow_symlinks=False)
     if entry["acl"] is not None:
         raw = bytes.fromhex(entry["acl"])

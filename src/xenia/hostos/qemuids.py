@@ -213,5 +213,6 @@ class UidsAndLedger:
     @property
     def ledger(self) -> Ledger:
         if self._ledger is None:
-            self._ledger = Ledger(self.ledger_path, stale_uid=self.uids.stale)
+            self._ledger = Ledger(self.ledger_path, stale_uid=self.uids.stale,
+                                  qemu_uid=self.uids.holds)
         return self._ledger
