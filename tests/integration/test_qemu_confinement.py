@@ -288,6 +288,12 @@ def test_two_running_domains_cannot_open_each_others_disks(
         host.start_daemon(40.0)
     claim = qemuids.CLAIMS / str(uid_b)
     assert claim.exists()
+    # Adopted: both uids' claims name the new xeniad (the old one's pid would make them
+    # stale, and free for a new domain, the moment their QEMU dies).
+    assert host.daemon is not None
+    for uid, d in ((uid_a, a), (uid_b, b)):
+        wait_until(lambda u=uid, d=d: (qemuids.CLAIMS / str(u)).read_text().split()
+                   == [str(host.daemon.pid), d["uuid"]], 20.0, what=f"uid {uid}'s claim")
     host.xenia("destroy", "c2")
     assert owner(disks / "b.img") == (ORIG_UID, ORIG_GID, ORIG_MODE)
     assert not claim.exists()  # uid b freed

@@ -124,3 +124,41 @@ def test_an_older_confined_record_keeps_its_shared_user() -> None:
     rec.runtime["confinement"] = {"user": "xenia-qemu", "uid": qemu.pw_uid}
     who = QemuConfinement.identity(rec)
     assert (who.uid, who.gid) == (qemu.pw_uid, qemu.pw_gid)
+
+
+def test_adopting_a_qemu_makes_its_uids_claim_this_xeniads(tmp_path: Path, etc: Path
+                                                           ) -> None:
+    """After a xeniad restart the claim names the dead xeniad; adopting the QEMU moves it
+    to this one, so the uid is not handed on when that QEMU dies, before its domain's
+    files are given back."""
+    from xenia.config.model import DomainConfig
+    from xenia.drivers.qemu_confine import QemuConfinement
+    from xenia.paths import Paths
+    from xenia.store.base import DomainRecord
+
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    uid = 3_000_000_000
+    (claims / str(uid)).write_text(f"{dead} dom-a\n")  # the crashed xeniad's
+    (claims / str(uid + 1)).write_text(f"{dead} dom-other\n")
+    uids = UidRange(uid, 8, claims=claims, etc=etc)
+    conf = QemuConfinement(Paths(state=tmp_path / "s", run=tmp_path / "r"), uids=uids)
+    cfg = DomainConfig.from_dict({"name": "a", "type": "pv", "kernel": "/k"})
+    rec = DomainRecord(uuid="dom-a", name="a", domid=1, config=cfg, state="running")
+    rec.runtime["confinement"] = {"user": "xenia-qemu", "uid": uid, "gid": 995}
+    conf.adopt(rec)
+    assert (claims / str(uid)).read_text() == f"{os.getpid()} dom-a\n"
+    # Its QEMU gone (no process runs as the uid here), the claim still holds.
+    assert uids.allocate("dom-new") == uid + 1  # the other dead claim: stale, taken
+    rec.runtime["confinement"]["uid"] = uid + 1
+    conf.adopt(rec)  # another domain's claim: left as it is
+    assert (claims / str(uid + 1)).read_text() == f"{os.getpid()} dom-new\n"
+
+
+def test_the_ledger_knows_the_qemu_range(tmp_path: Path) -> None:
+    both = qemuids.UidsAndLedger(tmp_path / "o.json", UidRange(3_000_000_000, 8))
+    assert both.ledger.qemu_uid(3_000_000_007) and not both.ledger.qemu_uid(1234)

@@ -302,6 +302,8 @@ class QemuDriver(Driver):
         proc = QemuProcess(record.name, record.uuid, self.files(record.uuid))
         if not proc.adopt():
             return None
+        # Its QEMU runs: its uid's claim is this xeniad's (also while QMP is retried).
+        await asyncio.to_thread(self.confinement.adopt, record)
         inst = QemuInstance(record, proc, events, self.devices, self.hang_timeout(record))
         try:
             await proc.connect_qmp(inst.on_qmp_event)

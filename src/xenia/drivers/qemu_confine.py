@@ -240,6 +240,15 @@ class QemuConfinement(UidsAndLedger):
         confine.remove_device_cgroup(rec.uuid)
         self.free_uid(rec)
 
+    def adopt(self, rec: DomainRecord) -> None:
+        """A restarted xeniad found the domain's QEMU running: the uid's claim names this
+        xeniad now. Otherwise it names the dead one, and once the QEMU dies the claim is
+        stale and its uid could go to a new domain before this one's files are given
+        back (release frees the uid only after)."""
+        uid = (rec.runtime.get("confinement") or {}).get("uid")
+        if isinstance(uid, int) and self.uids.holds(uid):
+            self.uids.adopt(uid, rec.uuid)
+
     def free_uid(self, rec: DomainRecord) -> None:
         """The domain's QEMU uid back to the range (after QEMU exited: a uid handed on
         while its QEMU runs would give the next domain its files)."""
