@@ -4,6 +4,9 @@ scripted vCPU demand, and how a QemuInstance reports what it decides (a scripted
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +153,44 @@ def test_state_file_round_trip(console: Console, tmp_path: Path) -> None:
 
 
 # -- a QemuInstance with a scripted QEMU process ------------------------------------------
+def in_thread(fn: Any, timeout: float = 5.0) -> Any:
+    """fn() in a thread; fails (instead of hanging the suite) if it does not return."""
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"{fn} blocked"
+    return out[0]
+
+
+def test_a_fifo_as_console_log_returns_at_once(tmp_path: Path) -> None:
+    """A compromised QEMU owns its run dir and may put a FIFO where its console log was:
+    the watch (on the event loop) and the tail must not block on it."""
+    log = tmp_path / "console.log"
+    os.mkfifo(log)
+    try:
+        watch = BootWatch(log, 5, 0)
+        assert in_thread(lambda: watch.poll(0.0, 0.0, True)) is None
+        assert in_thread(lambda: qemu_bootwatch.console_tail(log)) == ""
+    finally:
+        # Let a reader the old code left blocked in open() go.
+        with contextlib.suppress(OSError):
+            os.close(os.open(log, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_a_link_as_console_log_is_not_followed(tmp_path: Path) -> None:
+    """A symlink to a host file (a secret; here one with a panic line) is read neither by
+    the watch nor by the tail."""
+    secret = tmp_path / "shadow"
+    secret.write_bytes(KERNEL + PANIC)
+    log = tmp_path / "console.log"
+    log.symlink_to(secret)
+    watch = BootWatch(log, 5, 0)
+    assert watch.poll(0.0, 0.0, True) is None
+    assert watch.offset == 0
+    assert qemu_bootwatch.console_tail(log) == ""
+
+
 class ScriptedProcess:
     """What QemuInstance uses of a QemuProcess: files, liveness, QMP commands, vCPU demand."""
 

@@ -12,9 +12,11 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from xenia.api.deps import Manager, Views
-from xenia.errors import NotFound
+from xenia.errors import BackendError, NotFound
+from xenia.hostos.procfs import read_nofollow
 
 router = APIRouter(prefix="/v1")
+LOG_LIMIT = 1 << 20  # bytes of the console log's tail an answer carries
 
 
 class RunRequest(BaseModel):
@@ -41,8 +43,17 @@ async def run(ref: str, req: RunRequest, m: Manager, v: Views) -> dict[str, Any]
 @router.get("/domains/{ref}/console/log")
 async def log(ref: str, m: Manager, v: Views) -> dict[str, Any]:
     d = _paths(ref, m, v)
+    path = Path(d["console_log"])
+    # In the run dir of a QEMU, which owns it: its last LOG_LIMIT bytes, never through a
+    # link (to /etc/shadow, say), never from a FIFO or a device (/dev/zero).
     try:
-        text = await asyncio.to_thread(Path(d["console_log"]).read_text, errors="replace")
+        data = await asyncio.to_thread(read_nofollow, path, LOG_LIMIT)
     except FileNotFoundError:
-        text = ""
+        data = b""
+    except OSError as e:
+        raise BackendError(f"Failed to read the console log of '{ref}': {path} is not a "
+                           f"regular file ({e.strerror}); destroy and recreate the domain "
+                           "if its QEMU replaced it") from None
+    # Newlines as a text-mode read gives them (\r\n and \r as \n), as before.
+    text = data.decode(errors="replace").replace("\r\n", "\n").replace("\r", "\n")
     return {"text": text}

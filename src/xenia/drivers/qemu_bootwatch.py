@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import stat
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,11 +70,10 @@ class Verdict:
 
 
 def console_tail(path: Path, lines: int = 15) -> str:
-    """The last `lines` lines of a console log (read from its last 16 KiB)."""
+    """The last `lines` lines of a console log (read from its last 16 KiB; never through
+    a link, nor from anything but a regular file: the log is in QEMU's run dir)."""
     try:
-        with path.open("rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
-            data = f.read()
+        data = read_nofollow(path, 16384)
     except OSError:
         return ""
     text = data.decode(errors="replace").replace("\r", "")
@@ -136,12 +136,21 @@ class BootWatch:
         return bool(text) and not _KERNEL_LINE.match(text)
 
     def _read(self) -> bytes:
+        # On the event loop, from QEMU's run dir: a FIFO planted there must not block
+        # (O_NONBLOCK, regular files only), a link must not be followed to a host file.
         try:
-            with self.console_log.open("rb") as f:
-                f.seek(self.offset)
-                data = f.read(_READ_LIMIT)
+            fd = os.open(self.console_log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC)
         except OSError:
             return b""
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return b""
+            data = os.pread(fd, _READ_LIMIT, self.offset)
+        except OSError:
+            return b""
+        finally:
+            os.close(fd)
         self.offset += len(data)
         return data
 
@@ -208,7 +217,7 @@ class BootWatchMixin:
         if self.hang_timeout is None:
             return
         try:
-            start = self.proc.files.console_log.stat().st_size
+            start = self.proc.files.console_log.lstat().st_size
         except OSError:
             start = 0
         self._start_watch(BootWatch(self.proc.files.console_log, self.hang_timeout, start))
