@@ -40,8 +40,10 @@ def backing_chain(path: Path, fmt: str) -> list[str]:
         return []
     doing = f"to read the backing chain of {path}"
     img = find_tool("qemu-img", "qemu-utils", doing)
-    res = run_tool([img, "info", "--backing-chain", "--output=json", "-U", "--", str(path)],
-                   doing)
+    # -f: the format the config gives, never probed from the content (a guest can write
+    # a qcow2 header naming any host file into a raw disk it owns).
+    res = run_tool([img, "info", "--backing-chain", "--output=json", "-U", "-f", fmt, "--",
+                    str(path)], doing)
     try:
         chain = json.loads(res.stdout)
     except ValueError:
