@@ -109,6 +109,12 @@ def test_qemu_runs_as_its_own_user_with_seccomp(confined: tuple[Host, dict[str, 
     assert st["Groups"] == ""
     assert st["Seccomp"] == "2"
     assert st["NoNewPrivs"] == "1"
+    # QEMU's own filter, with exactly the options docs/security.md names, once.
+    argv = Path(f"/proc/{dom['runtime']['pid']}/cmdline").read_bytes().split(b"\0")
+    assert argv.count(b"-sandbox") == 1
+    assert argv[argv.index(b"-sandbox") + 1] == confine.SANDBOX.encode()
+    assert confine.SANDBOX == ("on,obsolete=deny,elevateprivileges=deny,spawn=deny,"
+                               "resourcecontrol=deny")
 
 
 def test_private_dev_and_device_allow_list(confined: tuple[Host, dict[str, Any], Path]
