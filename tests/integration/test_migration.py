@@ -8,6 +8,7 @@ storage, for --copy-storage).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -115,6 +116,7 @@ def test_live_migration_keeps_the_guest_disk_and_peers(hosts: tuple[NetHost, Net
     start_guest(a, "p", "10.66.0.3")
     a.run("p", "ping -c 40 -i 0.2 10.66.0.2 > /tmp/ping 2>&1 &")
     before = counter(a, "m")
+    source_uid = a.domain("m")["runtime"]["confinement"]["uid"]
     res = a.xenia("migrate", "m", "h1", timeout=300)
     assert "Migrated 'm' to 'h1'" in res.stdout and "downtime" in res.stdout
     assert not a.has_domain("m")
@@ -134,6 +136,20 @@ def test_live_migration_keeps_the_guest_disk_and_peers(hosts: tuple[NetHost, Net
     m = re.search(r"(\d+) packets transmitted, (\d+) packets received", stats)
     assert m and int(m[1]) == 40 and int(m[2]) >= 35, stats
     assert "0% packet loss" in b.run("m", "ping -c 2 -W 2 10.66.0.3")
+    # Confined on the destination too: its own uid (the source's QEMU ran beside it on
+    # this machine, so another one), seccomp on.
+    uid = moved["runtime"]["confinement"]["uid"]
+    assert uid not in (0, source_uid)
+    status = Path(f"/proc/{moved['runtime']['pid']}/status").read_text()
+    assert f"\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n" in status
+    assert "\nSeccomp:\t2\n" in status
+    # Every file given back on both sides (the source's give-back left the disk to the
+    # destination's QEMU, which had it by then; the destination's, to its owner).
+    b.xenia("destroy", "m")
+    a.xenia("destroy", "p")
+    for h in (a, b):
+        assert json.loads((h.root / "state" / "ownership.json").read_text()) == {}
+    assert disk.stat().st_uid == 0
 
 
 def test_copy_storage_moves_a_private_disk(hosts: tuple[NetHost, NetHost]) -> None:

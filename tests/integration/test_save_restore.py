@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +34,13 @@ def test_save_restore_continues_the_guest(host: Host) -> None:
     d = host.domain("g1")
     assert d["uuid"] == dom["uuid"] and d["domid"] != dom["domid"]
     assert host.run("g1", "cat /proc/sys/kernel/tainted").strip() == "0"
+    # The restored QEMU is confined as a created one is: its own uid, seccomp on.
+    uid = d["runtime"]["confinement"]["uid"]
+    status = Path(f"/proc/{d['runtime']['pid']}/status").read_text()
+    assert uid != 0 and f"\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n" in status
+    assert "\nSeccomp:\t2\n" in status
+    host.xenia("destroy", "g1")
+    assert json.loads((host.root / "state" / "ownership.json").read_text()) == {}
 
 
 def test_save_c_and_p(host: Host) -> None:
