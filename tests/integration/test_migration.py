@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 
 from tests.integration.harness import COUNTER, Image, counter, qemu_pids_with, wait_until
 from tests.integration.multihost import Cluster, NetHost, tag
+from xenia.peers.psk import write_psk_dir
 
 pytestmark = pytest.mark.integration
 
@@ -152,6 +154,52 @@ def test_live_migration_keeps_the_guest_disk_and_peers(hosts: tuple[NetHost, Net
     assert disk.stat().st_uid == 0
 
 
+def nbd_info(a: NetHost, b: NetHost, port: int, export: str,
+             psk: tuple[str, str] | None, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """qemu-img info of b's NBD export `export`, from a's namespace (a peer's place), with
+    TLS-PSK credentials `psk` (identity, hex key) or none."""
+    opts = f"driver=nbd,host={b.address},port={port},export={export}"
+    argv = ["ip", "netns", "exec", a.ns, "qemu-img", "info"]
+    if psk is not None:
+        write_psk_dir(tmp, *psk)
+        argv += ["--object", f"tls-creds-psk,id=t0,endpoint=client,dir={tmp},"
+                 f"username={psk[0]}"]
+        opts += ",tls-creds=t0"
+    return subprocess.run([*argv, "--image-opts", opts], capture_output=True, text=True,
+                          timeout=30)
+
+
+def assert_nbd_takes_only_the_psk(a: NetHost, b: NetHost, export: str) -> None:
+    """While b prepares an incoming --copy-storage migration: its NBD export answers the
+    migration's PSK, and refuses a client without TLS and one with a wrong key."""
+    psk_file = wait_until(lambda: next((a.root / "run" / "migrations").glob("*/keys.psk"),
+                                       None), what="the migration's PSK")
+    ident, key = psk_file.read_text().strip().split(":")
+    tmp = Path(tempfile.mkdtemp(prefix="xt-nbd-"))
+
+    def nbd_port() -> int | None:
+        # b's QEMU listens for NBD first, then for the migration stream, and stops the
+        # latter once the source connected: a lone port (xeniad's aside) is the NBD
+        # export's. Never connect to the migration's: the stream would break.
+        out = subprocess.run(["ip", "netns", "exec", b.ns, "ss", "-Hltn"], check=True,
+                             capture_output=True, text=True).stdout
+        ports = {int(m[1]) for m in re.finditer(rf"{re.escape(b.address)}:(\d+)\s", out)}
+        ports.discard(8443)
+        return ports.pop() if len(ports) == 1 else None
+
+    try:
+        port = wait_until(nbd_port, timeout=60, what="b's NBD export alone listening")
+        # The migration's own credentials get in: the export is up.
+        good = nbd_info(a, b, port, export, (ident, key), tmp / "good")
+        assert good.returncode == 0 and "virtual size" in good.stdout, good.stderr
+        plain = nbd_info(a, b, port, export, None, tmp)
+        assert plain.returncode != 0, plain.stdout
+        wrong = nbd_info(a, b, port, export, (ident, "00" * 32), tmp / "wrong")
+        assert wrong.returncode != 0, wrong.stdout
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def test_copy_storage_moves_a_private_disk(hosts: tuple[NetHost, NetHost]) -> None:
     a, b = hosts
     disk = PRIVATE / "c.qcow2"
@@ -165,6 +213,20 @@ def test_copy_storage_moves_a_private_disk(hosts: tuple[NetHost, NetHost]) -> No
     assert res.returncode != 0 and "not visible here" in res.stderr and "--copy-storage" in \
         res.stderr
     assert a.domain("c")["state"] == "running"
+    # §3: while the destination's NBD export runs (a migration held in slow pre-copy,
+    # then cancelled), only the peer with the migration's PSK gets in.
+    # Rewriting 8 MiB over and over at 1 MiB/s: every pre-copy pass takes 8 s.
+    a.run("c", "(while :; do cp /tmp/keep /tmp/x; done) >/dev/null 2>&1 & "
+               "echo $! > /tmp/dirty.pid")
+    proc = migrate_bg(a, "--copy-storage", "--bandwidth", "1", "c", "h1")
+    wait_prepared(b, "c", proc)
+    try:
+        assert_nbd_takes_only_the_psk(a, b, "drive-xvda")
+    finally:
+        a.xenia("migrate", "--cancel", "c", check=False)
+        proc.communicate(timeout=120)
+    wait_until(lambda: not b.has_domain("c"), timeout=60, what="the destination cleaned up")
+    a.run("c", "kill $(cat /tmp/dirty.pid)")
     a.xenia("migrate", "--copy-storage", "c", "h1", timeout=300)
     assert b.sees(disk) and b.domain("c")["state"] == "running"
     assert md5(b, "c", "/dev/vda") == disk_sum
