@@ -59,13 +59,19 @@ def test_each_domain_gets_its_own_uid_and_frees_it(tmp_path: Path, etc: Path) ->
     assert other.allocate("dom-d") == a
 
 
+def dead_pid() -> int:
+    """The pid of a process that has ended (a crashed xeniad's)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
 def test_stale_claim_is_taken_over(tmp_path: Path, etc: Path) -> None:
     claims = tmp_path / "claims"
     claims.mkdir()
-    dead = os.fork()
-    if dead == 0:
-        os._exit(0)
-    os.waitpid(dead, 0)
+    dead = dead_pid()
     (claims / "3000000000").write_text(f"{dead} dom-gone\n")  # a crashed xeniad's
     (claims / "3000000001").write_text(f"{os.getpid()} dom-live\n")
     r = UidRange(3_000_000_000, 3, claims=claims, etc=etc)
@@ -138,10 +144,7 @@ def test_adopting_a_qemu_makes_its_uids_claim_this_xeniads(tmp_path: Path, etc: 
 
     claims = tmp_path / "claims"
     claims.mkdir()
-    dead = os.fork()
-    if dead == 0:
-        os._exit(0)
-    os.waitpid(dead, 0)
+    dead = dead_pid()
     uid = 3_000_000_000
     (claims / str(uid)).write_text(f"{dead} dom-a\n")  # the crashed xeniad's
     (claims / str(uid + 1)).write_text(f"{dead} dom-other\n")
