@@ -164,14 +164,20 @@ class QemuConfinement(UidsAndLedger):
         write, read = disk_files(spec, path)
         given = self.ledger.give(rec.uuid, write=write, read=read, who=self.identity(rec))
         pid = rec.runtime.get("pid")
+        conf = rec.runtime["confinement"]
         for p in write + read:
+            if p in conf.get("private_dev", []):
+                continue  # another disk of this domain has it in QEMU's /dev already
             if Path(p).is_block_device() and isinstance(pid, int):
                 try:
-                    conf = rec.runtime["confinement"]
                     confine.add_block_device(rec.uuid, pid, p, self.identity(rec),
                                              list(conf.get("private_dev", [])))
                     conf["private_dev"] = [*conf.get("private_dev", []), p]
                 except XeniaError:
+                    # Allowed in the cgroups, maybe made in QEMU's /dev: undone first.
+                    with contextlib.suppress(XeniaError):
+                        confine.remove_block_device(rec.uuid, pid, p,
+                                                    list(conf.get("private_dev", [])))
                     self.give_back(rec, given)
                     raise
         return given
