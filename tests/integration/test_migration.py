@@ -176,19 +176,25 @@ def assert_nbd_takes_only_the_psk(a: NetHost, b: NetHost, export: str) -> None:
                                        None), what="the migration's PSK")
     ident, key = psk_file.read_text().strip().split(":")
     tmp = Path(tempfile.mkdtemp(prefix="xt-nbd-"))
+    seen: list[str] = []
 
     def nbd_port() -> int | None:
-        # b's QEMU listens for NBD first, then for the migration stream, and stops the
-        # latter once the source connected: a lone port (xeniad's aside) is the NBD
-        # export's. Never connect to the migration's: the stream would break.
-        out = subprocess.run(["ip", "netns", "exec", b.ns, "ss", "-Hltn"], check=True,
+        # b's QEMU listens for NBD (nbd-server-start) before it listens for the
+        # migration stream (migrate-incoming): of its listening sockets on b's address,
+        # the NBD one has the lower fd. Never connect to the migration's: the stream
+        # would break.
+        out = subprocess.run(["ip", "netns", "exec", b.ns, "ss", "-Hltnp"], check=True,
                              capture_output=True, text=True).stdout
-        ports = {int(m[1]) for m in re.finditer(rf"{re.escape(b.address)}:(\d+)\s", out)}
-        ports.discard(8443)
-        return ports.pop() if len(ports) == 1 else None
+        found = sorted((int(m[2]), int(m[1])) for m in re.finditer(
+            rf"{re.escape(b.address)}:(\d+)\s.*?\(\(\"qemu[^\"]*\",pid=\d+,fd=(\d+)\)", out))
+        seen[:] = [out]
+        return found[0][1] if found else None
 
     try:
-        port = wait_until(nbd_port, timeout=60, what="b's NBD export alone listening")
+        try:
+            port = wait_until(nbd_port, timeout=60, what="b's NBD export to listen")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; ss said: {seen}") from None
         # The migration's own credentials get in: the export is up.
         good = nbd_info(a, b, port, export, (ident, key), tmp / "good")
         assert good.returncode == 0 and "virtual size" in good.stdout, good.stderr
@@ -227,7 +233,9 @@ def test_copy_storage_moves_a_private_disk(hosts: tuple[NetHost, NetHost]) -> No
         proc.communicate(timeout=120)
     wait_until(lambda: not b.has_domain("c"), timeout=60, what="the destination cleaned up")
     a.run("c", "kill $(cat /tmp/dirty.pid)")
-    a.xenia("migrate", "--copy-storage", "c", "h1", timeout=300)
+    # --bandwidth: the cancelled migration's 1 MiB/s stays set in the source QEMU
+    # (max-bandwidth is set only when asked for) and would hold this one too.
+    a.xenia("migrate", "--copy-storage", "--bandwidth", "1000", "c", "h1", timeout=300)
     assert b.sees(disk) and b.domain("c")["state"] == "running"
     assert md5(b, "c", "/dev/vda") == disk_sum
     b.run("c", "echo written-on-b > /tmp/w; dd if=/tmp/w of=/dev/vda bs=512 seek=1 "
