@@ -341,19 +341,11 @@ class QemuDriver(Driver):
         return inst.qmp
 
     async def save(self, inst: Instance, path: Path, offset: int) -> None:
-        # QEMU writes the file itself, as its own user: given for the save's length.
-        given = await asyncio.to_thread(self.confinement.give_file, inst.record, path)
-        try:
-            await qemu_migrate.save(self._qmp(inst), path, offset)
-        finally:
-            await asyncio.to_thread(self.confinement.give_back, inst.record, given)
+        # QEMU gets a pipe, never the file (qemu_migrate.py): nothing to give it.
+        await qemu_migrate.save(self._qmp(inst), path, offset)
 
     async def restore(self, inst: Instance, path: Path, offset: int) -> None:
-        given = await asyncio.to_thread(self.confinement.give_file, inst.record, path)
-        try:
-            await qemu_migrate.restore(self._qmp(inst), lambda: inst.alive, path, offset)
-        finally:
-            await asyncio.to_thread(self.confinement.give_back, inst.record, given)
+        await qemu_migrate.restore(self._qmp(inst), lambda: inst.alive, path, offset)
 
     async def check_migrate(self, inst: Instance) -> None:
         await qemu_migrate.check_source(self._qmp(inst), inst.record.name)

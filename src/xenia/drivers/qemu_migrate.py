@@ -15,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import select
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -62,9 +65,97 @@ def tls_id(name: str) -> str:
 
 
 # -- save and restore -----------------------------------------------------------------------
+# QEMU never gets a save file, its path or an fd of it (a guest that took its QEMU over
+# could otherwise rewrite the file's header, or keep the fd and write later): it writes
+# its stream into a pipe and reads it from one (`fd:` in the JSON channels form, as
+# libvirt's iohelper does), and xeniad copies between the pipe and the file.
+SAVE_FD = "xenia-save"
+LOAD_FD = "xenia-load"
+# After QEMU says the stream is complete it closes its end of the pipe at once; one
+# that holds on to it this long is not trusted to have finished.
+PIPE_CLOSE_TIMEOUT = 30.0
+_CHUNK = 1 << 20
+
+
+def _drain(pipe: int, fd: int, offset: int, stop: threading.Event) -> int:
+    """Copy the pipe into `fd` from `offset` on, until QEMU closes its end (or `stop`)."""
+    n = 0
+    poll = select.poll()
+    poll.register(pipe, select.POLLIN)
+    while not stop.is_set():
+        if not poll.poll(200):
+            continue
+        try:
+            k = os.splice(pipe, fd, _CHUNK, offset_dst=offset + n, flags=os.SPLICE_F_NONBLOCK)
+        except BlockingIOError:
+            continue
+        except OSError as e:  # the file's disk full, say
+            raise BackendError(f"Failed to save: writing the state: {e}") from e
+        if k == 0:
+            return n
+        n += k
+    raise BackendError("Failed to save: QEMU kept the stream open after it ended")
+
+
+def _feed(fd: int, pipe: int, offset: int, stop: threading.Event) -> None:
+    """Copy `fd` from `offset` to its end into the pipe, until done, QEMU closes its
+    end (it stops reading at the stream's end marker), or `stop`."""
+    end = os.fstat(fd).st_size
+    poll = select.poll()
+    poll.register(pipe, select.POLLOUT)
+    try:
+        while offset < end and not stop.is_set():
+            if not poll.poll(200):
+                continue
+            try:
+                offset += os.splice(fd, pipe, min(_CHUNK, end - offset), offset_src=offset,
+                                    flags=os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                continue
+            except BrokenPipeError:
+                return
+    finally:
+        os.close(pipe)
+
+
 async def save(qmp: Qmp, path: Path, offset: int) -> None:
     """Stop the guest and write its state into `path` from `offset` on. Leaves QEMU
     stopped ("postmigrate"); on failure the guest runs on as before."""
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    stop = threading.Event()
+    try:
+        rd, wr = os.pipe2(os.O_CLOEXEC)
+        try:
+            copier = asyncio.ensure_future(asyncio.to_thread(_drain, rd, fd, offset, stop))
+            try:
+                await qmp.getfd(SAVE_FD, wr)
+            finally:
+                os.close(wr)  # QEMU holds the only write end now
+            try:
+                await _save(qmp, path)
+            except XeniaError:
+                cause = copier.exception() if copier.done() else None
+                if cause is not None:
+                    raise cause from None  # the cause, not QEMU's broken pipe
+                raise
+            finally:
+                # Unused (a failure before migrate took it): QEMU closes it, the copy ends.
+                with contextlib.suppress(XeniaError):
+                    await qmp.closefd(SAVE_FD)
+            try:
+                await asyncio.wait_for(asyncio.shield(copier), PIPE_CLOSE_TIMEOUT)
+            except TimeoutError:
+                stop.set()
+                await copier  # raises BackendError
+        finally:
+            stop.set()
+            await asyncio.gather(copier, return_exceptions=True)
+            os.close(rd)
+    finally:
+        os.close(fd)
+
+
+async def _save(qmp: Qmp, path: Path) -> None:
     was_running = await qmp.query_status() == "running"
     async with Revert() as revert:
         await qmp.stop()
@@ -73,17 +164,36 @@ async def save(qmp: Qmp, path: Path, offset: int) -> None:
         revert.add(lambda: cancel(qmp))
         await qmp.migrate_set_capabilities(auto_converge=False, postcopy_ram=False)
         await qmp.migrate_set_parameters(max_bandwidth=FILE_BANDWIDTH, tls_creds="")
-        await qmp.migrate(f"file:{path},offset={offset}")
+        await qmp.migrate_to_fd(SAVE_FD)
         await stream.wait(qmp, what=f"saving to {path}")
         revert.success()
 
 
 async def restore(qmp: Qmp, alive: Callable[[], bool], path: Path, offset: int) -> None:
     """On a QEMU started with -incoming defer: load the state from a save file."""
-    await qmp.migrate_incoming(f"file:{path},offset={offset}")
-    # Polled often: a restore from a local file (a clone's start) takes a few hundred
-    # ms, and each poll's wait is time the guest is not running yet.
-    await stream.wait_incoming(qmp, alive, what=f"restoring from {path}", interval=0.01)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    stop = threading.Event()
+    feeder: asyncio.Future[None] | None = None
+    try:
+        rd, wr = os.pipe2(os.O_CLOEXEC)
+        try:
+            try:
+                await qmp.getfd(LOAD_FD, rd)
+            except BaseException:
+                os.close(wr)
+                raise
+            feeder = asyncio.ensure_future(asyncio.to_thread(_feed, fd, wr, offset, stop))
+        finally:
+            os.close(rd)  # QEMU holds the only read end now
+        await qmp.migrate_incoming_fd(LOAD_FD)
+        # Polled often: a restore from a local file (a clone's start) takes a few hundred
+        # ms, and each poll's wait is time the guest is not running yet.
+        await stream.wait_incoming(qmp, alive, what=f"restoring from {path}", interval=0.01)
+    finally:
+        stop.set()
+        if feeder is not None:
+            await asyncio.gather(feeder, return_exceptions=True)
+        os.close(fd)
 
 
 async def cancel(qmp: Qmp) -> None:

@@ -26,6 +26,11 @@ class Channel(Protocol):
         """Send `fd` to QEMU (SCM_RIGHTS); the next getfd names it."""
 
 
+def _fd_channel(fdname: str) -> dict[str, Any]:
+    return {"channel-type": "main",
+            "addr": {"transport": "socket", "type": "fd", "str": fdname}}
+
+
 def _dashed(values: dict[str, Any]) -> dict[str, Any]:
     return {k.replace("_", "-"): v for k, v in values.items()}
 
@@ -214,6 +219,16 @@ class Qmp:
     async def migrate_incoming(self, uri: str) -> None:
         """On a QEMU started with -incoming defer: where the state comes from."""
         await self._call("migrate-incoming", {"uri": uri})
+
+    async def migrate_to_fd(self, fdname: str) -> None:
+        """Send the stream into the fd given as `fdname` (getfd); QEMU closes it after.
+        The JSON `channels` form: nothing is spliced into a URI."""
+        await self._call("migrate", {"channels": [_fd_channel(fdname)]})
+
+    async def migrate_incoming_fd(self, fdname: str) -> None:
+        """On a QEMU started with -incoming defer: the state comes from the fd given as
+        `fdname` (getfd)."""
+        await self._call("migrate-incoming", {"channels": [_fd_channel(fdname)]})
 
     async def migrate_set_capabilities(self, **caps: bool) -> None:
         await self._call("migrate-set-capabilities", {"capabilities": [
