@@ -43,6 +43,7 @@ class SaveHeader:
     offset: int  # where QEMU's stream starts
     meta: dict[str, Any]
     blob: bytes = b""  # the header JSON, as written (begin) or read (verify)
+    size: int = 0  # the whole file's, once finished
 
     @property
     def head(self) -> bytes:
