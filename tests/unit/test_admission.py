@@ -43,6 +43,17 @@ def test_a_portable_record_passes() -> None:
     check(record())
 
 
+def test_an_old_record_is_upgraded_before_it_is_checked() -> None:
+    # Schema 1 (no "schema" key): root_ports was "nports"; a save file of that release.
+    old = record()
+    del old["schema"]
+    old["runtime"]["nports"] = old["runtime"].pop("root_ports")
+    check(old)
+    old["runtime"]["nports"] = "many"  # and the upgraded value is checked as any other
+    with pytest.raises(InvalidConfig, match="runtime root_ports must be a number"):
+        check(old)
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"uuid": "../../../etc"}, "not a UUID"),
     ({"uuid": UUID.upper()}, "canonical"),

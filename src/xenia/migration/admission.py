@@ -22,6 +22,7 @@ from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig, XeniaError
 from xenia.host.validate import check_config
 from xenia.migration.records import PORTABLE_RUNTIME
+from xenia.store import schema
 
 _PORT = re.compile(r"rp[0-9]{1,3}\Z")
 _QDEV = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
@@ -86,6 +87,12 @@ def check_arriving(data: object, doing: str, machines: Callable[[], set[str]]) -
     """Everything about a record from elsewhere that is not a path (see the module doc)."""
     if not isinstance(data, dict):
         raise InvalidConfig(f"Failed {doing}: the domain record is not a mapping")
+    # A record of an older release (a save file, a sender not yet upgraded) is checked
+    # as this release reads it: upgraded first (its runtime "nports" is "root_ports").
+    try:
+        data = schema.upgrade_domain(data)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise InvalidConfig(f"Failed {doing}: the domain record is unreadable ({e})") from e
     check_uuid(data.get("uuid"), "the domain's uuid", doing)
     raw = data.get("config")
     if isinstance(raw, dict):
