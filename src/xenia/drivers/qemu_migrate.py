@@ -28,7 +28,7 @@ from typing import Any
 from xenia.drivers.base import IncomingSetup, MigrationOptions, MigrationReport, MigrationTarget
 from xenia.errors import BackendError, InUse, Unreachable, XeniaError
 from xenia.qemu import stream
-from xenia.qemu.commands import Qmp
+from xenia.qemu.commands import Qmp, fd_address, inet_address
 from xenia.revert import Revert
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ async def _save(qmp: Qmp, path: Path) -> None:
         revert.add(lambda: cancel(qmp))
         await qmp.migrate_set_capabilities(auto_converge=False, postcopy_ram=False)
         await qmp.migrate_set_parameters(max_bandwidth=FILE_BANDWIDTH, tls_creds="")
-        await qmp.migrate_to_fd(SAVE_FD)
+        await qmp.migrate_to(fd_address(SAVE_FD))
         await stream.wait(qmp, what=f"saving to {path}")
         revert.success()
 
@@ -185,7 +185,7 @@ async def restore(qmp: Qmp, alive: Callable[[], bool], path: Path, offset: int) 
             feeder = asyncio.ensure_future(asyncio.to_thread(_feed, fd, wr, offset, stop))
         finally:
             os.close(rd)  # QEMU holds the only read end now
-        await qmp.migrate_incoming_fd(LOAD_FD)
+        await qmp.migrate_incoming_from(fd_address(LOAD_FD))
         # Polled often: a restore from a local file (a clone's start) takes a few hundred
         # ms, and each poll's wait is time the guest is not running yet.
         await stream.wait_incoming(qmp, alive, what=f"restoring from {path}", interval=0.01)
@@ -397,7 +397,9 @@ async def accept(qmp: Qmp, setup: IncomingSetup) -> tuple[int, int]:
         await qmp.migrate_set_capabilities(**caps)
     if tls:
         await qmp.migrate_set_parameters(tls_creds=tls)
-    await qmp.migrate_incoming(f"tcp:{setup.listen_host}:0")
+    # The JSON form: the host (an IP of this host, admission.check_listen_host) is never
+    # spliced into a URI, and an IPv6 one needs no brackets.
+    await qmp.migrate_incoming_from(inet_address(setup.listen_host, 0))
     info = await qmp.query_migrate()
     return int(info["socket-address"][0]["port"]), nbd_port
 
