@@ -80,6 +80,9 @@ class NoBuild:
         self.store = SimpleNamespace(list=lambda: [])
         self.built: list[Any] = []
 
+    def driver_for(self, cfg: Any) -> None:
+        return None
+
     async def build(self, rec: Any, **kw: Any) -> Any:
         self.built.append(rec)
         raise AssertionError("a clone was started")
@@ -143,9 +146,19 @@ def test_a_clone_runs_the_checks_a_restore_runs(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(InvalidConfig, match="checksum mismatch"):
         asyncio.run(clones.start("tmpl@base", "c1"))
+    # Checked once per file: a clone that passed, then the file written again.
+    memory_file(path, good)
+    with pytest.raises(AssertionError, match="a clone was started"):
+        asyncio.run(clones.start("tmpl@base", "c1"))
+    with open(path, "r+b") as f:
+        f.seek(-100, 2)
+        f.write(b"\xff")
+    with pytest.raises(InvalidConfig, match="checksum mismatch"):
+        asyncio.run(clones.start("tmpl@base", "c1"))
+    m.built.clear()
     # A snapshot an older Xenia took has no pin: its file may be QEMU's work.
     memory_file(path, good)
     clones.snapshots.doc.pop("memory_header_sha256")  # type: ignore[attr-defined]
     with pytest.raises(InvalidConfig, match="no hash of its memory file's header"):
         asyncio.run(clones.stage("tmpl@base", "c1"))
-    assert m.built == [] and not (tmp_path / "state").exists()
+    assert m.built == [] and not list((tmp_path / "state").glob("clones/*"))
