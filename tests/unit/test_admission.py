@@ -12,11 +12,14 @@ from typing import Any
 import pytest
 
 from xenia.config.model import DomainConfig
+from xenia.drivers import qemu_migrate
+from xenia.drivers.base import IncomingSetup
 from xenia.errors import InvalidConfig
 from xenia.migration import admission, savefile
 from xenia.migration.receiver import Incoming, Receiver
 from xenia.migration.saving import SaveRestore
 from xenia.migration.sender import ip_of
+from xenia.qemu.commands import Qmp
 from xenia.store.base import DomainRecord
 
 UUID = "6b1f6c57-0000-4000-8000-000000000001"
@@ -248,3 +251,28 @@ def test_the_sender_names_an_ip_to_listen_on() -> None:
     assert ip_of("127.0.0.1") == "127.0.0.1" and ip_of("::1") == "::1"
     assert ip_of("localhost") in ("127.0.0.1", "::1")
     admission.check_listen_host(ip_of("localhost"))  # what the receiver accepts
+
+
+def test_the_listener_address_reaches_qemu_in_json() -> None:
+    """migrate-incoming gets the host as a JSON field (no URI to splice into, no brackets
+    for IPv6), and only the capabilities that passed check_caps."""
+    sent: list[tuple[str, Any]] = []
+
+    class Chan:
+        async def command(self, cmd: str, args: dict[str, Any] | None = None,
+                          timeout: float = 30.0) -> Any:
+            sent.append((cmd, args))
+            if cmd == "query-migrate":
+                return {"socket-address": [{"port": "4711"}]}
+
+        def send_fd(self, fd: int) -> None:
+            raise AssertionError("no fd here")
+
+    setup = IncomingSetup(name="m1", listen_host="::1",
+                          caps=admission.check_caps({"postcopy-ram": True}))
+    port, nbd = asyncio.run(qemu_migrate.accept(Qmp(Chan()), setup))
+    assert (port, nbd) == (4711, 0)
+    assert ("migrate-incoming", {"channels": [{"channel-type": "main", "addr": {
+        "transport": "socket", "type": "inet", "host": "::1", "port": "0"}}]}) in sent
+    assert ("migrate-set-capabilities", {"capabilities": [
+        {"capability": "postcopy-ram", "state": True}]}) in sent
