@@ -143,7 +143,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/pools/{pool}/volumes/{name}/resync"): _r("admin"),
     ("GET", "/v1/replicas"): _r("read|migrate|cluster"),
     ("POST", "/v1/replicas"): _r("migrate|cluster"),
-    ("DELETE", "/v1/replicas/{pool}/{name}"): _r("migrate|cluster"),
+    # An export is its maker's (storage/replicas.py): a token re-serves or ends only its
+    # own; admin ends any.
+    ("DELETE", "/v1/replicas/{pool}/{name}"): _r("migrate|cluster|admin"),
     # -- domain snapshots (api/snapshots.py): a snapshot outlives its domain, so the
     # handler checks the domain name in the path.
     ("POST", D + "/snapshots"): _r("create", REF),
