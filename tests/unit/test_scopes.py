@@ -186,6 +186,23 @@ class FakeManager:
 
 
 @dataclass
+class FakeClones:
+    """Clones.start: admits the snapshot's config (`config`, renamed), records the start."""
+
+    m: FakeManager
+    config: DomainConfig | None = None
+
+    async def start(self, ref: str, name: str, paused: bool = False, admit: Any = None
+                    ) -> Dom:
+        cfg = DomainConfig.from_dict({**(self.config or DomainConfig(name=name)).to_dict(),
+                                      "name": name})
+        if admit is not None:
+            admit(cfg)
+        self.m.calls.append(("clone", f"{ref}->{name}"))
+        return Dom(name, "u", 9)
+
+
+@dataclass
 class Host:
     tcp: TestClient
     local: TestClient
@@ -214,7 +231,7 @@ def fake_app(tmp_path: Path) -> tuple[Any, FakeManager, Paths, SqliteStore, Toke
     m = FakeManager(paths, store)
     # The fake stands for each engine part the routes under test use.
     engine = SimpleNamespace(paths=paths, store=store, manager=m, views=m, devices=m, saves=m,
-                             clones=m, storage=m.storage, receiver=m.receiver)
+                             clones=FakeClones(m), storage=m.storage, receiver=m.receiver)
     return make_app(engine), m, paths, store, TokenRegistry(store)  # type: ignore[arg-type]
 
 
@@ -333,6 +350,14 @@ def test_domain_patterns(host: Host) -> None:
     r = host.tcp.post("/v1/domains", headers=web, json={"config": {"name": "web-3"}})
     assert r.status_code == 201, r.text
     assert host.m.calls == [("shutdown", "web-2"), ("create", "web-3")]
+    # A clone of another domain's snapshot, under a name of its own patterns, is refused.
+    refused(host.tcp.post("/v1/domains", headers=web, json={
+        "config": {"name": "web-8", "from_snapshot": "db-1@s"}}),
+        "from a snapshot of 'db-1'", "'web-*'")
+    r = host.tcp.post("/v1/domains", headers=web,
+                      json={"config": {"name": "web-8", "from_snapshot": "web-1@s"}})
+    assert r.status_code == 201, r.text
+    assert host.m.calls[2:] == [("clone", "web-1@s->web-8")]
     # An incoming migration of another name is refused for a pattern-limited peer.
     mig = host.token("migrate", domains=("web-*",))
     refused(host.tcp.post("/v1/migrations/incoming", headers=mig,
