@@ -5,11 +5,18 @@ domains' names, the WebSocket refusal. The app and fakes of tests/unit/test_scop
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
-from tests.unit.test_scopes import Host, host, refused
+from tests.unit.test_scopes import Host, fake_app, host, refused
+from xenia.api.scopes import make_access_factory
+from xenia.peers.audit import AuditLog
+from xenia.peers.auth import TokenAuth
+from xenia.peers.scopes import Grant
 from xenia.storage.manager import StorageManager
 from xenia.storage.replicas import ReplicaExports
 
@@ -66,3 +73,76 @@ def test_a_peer_serves_and_ends_only_its_own_replicas(host: Host, exports: list[
     assert serve(host, b, "other").status_code == 201
     assert host.tcp.delete("/v1/replicas/default/other",
                            headers=host.token("admin")).status_code == 200
+
+
+# -- the cluster forward -------------------------------------------------------------------
+class FakeNode:
+    """A cluster member whose only other member is h1 (credential "cred-h1")."""
+
+    is_member = True
+    name = "h0"
+    publisher = None
+    members = {"h1": {"api": "192.0.2.2:8443"}}
+
+    def client(self) -> Any:
+        return self
+
+    def verify(self, token: str) -> Grant | None:
+        return Grant("member:h1", frozenset({"cluster"})) if token == "cred-h1" else None
+
+
+@pytest.fixture
+def member(tmp_path: Path) -> Iterator[Host]:
+    """test_scopes.py's host, a cluster member: its TCP door knows h1's credential."""
+    app, m, paths, store, tokens = fake_app(tmp_path)
+    app.state.cluster = FakeNode()
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    audit = AuditLog(paths.audit_log)
+
+    def verify(token: str) -> Grant | None:
+        return tokens.verify(token) or app.state.cluster.verify(token)
+
+    guarded = TokenAuth(app, verify, make_access_factory(app, [allowed]), audit)
+    with TestClient(guarded) as tcp, TestClient(app) as local:  # type: ignore[arg-type]
+        yield Host(tcp, local, m, tokens, allowed, tmp_path, paths.audit_log)
+    audit.close()
+    store.close()
+
+
+def test_only_members_forward_and_never_as_root(member: Host) -> None:
+    h1 = {"Authorization": "Bearer cred-h1"}
+
+    def fwd(h: dict[str, str], method: str, path: str, body: Any = None) -> Any:
+        return member.tcp.post("/v1/cluster/forward", headers=h,
+                               json={"method": method, "path": path, "body": body})
+
+    # A join token (a host token with the cluster scope), unused, and any other.
+    join = member.token("cluster", name="cluster-join-0123abcd")
+    other = member.token("cluster", "admin", name="ops")
+    for h, name in ((join, "cluster-join-0123abcd"), (other, "ops")):
+        refused(fwd(h, "POST", "/v1/domains/web-1/shutdown", {}),
+                "only a cluster member's own credential", f"token '{name}'")
+    assert member.m.calls == []
+    # A member forwards domain verbs ...
+    r = fwd(h1, "POST", "/v1/domains/web-1/shutdown", {})
+    assert r.json() == {"status": 200, "body": {}} and member.m.calls == [("shutdown", "web-1")]
+    # ... but nothing only admin (root) may do: the monitor, QEMU arguments, host USB,
+    # and paths outside the pools and allowed directories.
+    for path, body, words in (
+            ("/v1/domains/web-1/monitor", {"command": "info"}, "lacks the scope 'admin'"),
+            ("/v1/domains", {"config": {"name": "x", "device_model_args": ["-s"]}},
+             "device_model_args"),
+            ("/v1/domains", {"config": {"name": "x", "usbdev": [{"type": "hostdev"}]}},
+             "host USB device"),
+            ("/v1/domains", {"config": {"name": "x", "kernel": "/etc/shadow"}},
+             "the kernel '/etc/shadow'")):
+        ans = fwd(h1, "POST", path, body).json()
+        assert ans["status"] == 403 and words in ans["body"]["message"], ans
+    assert member.m.calls == [("shutdown", "web-1")]
+    # The audit log names the request run and its domain.
+    line = member.audit_lines()[2]
+    assert (line["token"], line["route"], line["domain"]) == ("member:h1",
+                                                              "/v1/cluster/forward", "web-1")
+    assert line["forwarded"] == {"method": "POST", "route": "/v1/domains/{ref}/shutdown",
+                                 "status": 200}
