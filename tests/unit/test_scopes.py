@@ -418,6 +418,31 @@ def test_paths_over_tcp(host: Host) -> None:
     assert [c for c in host.m.calls if c[0] != "create"] == [("pool", str(host.allowed / "p"))]
 
 
+def test_container_privileges_need_admin(host: Host) -> None:
+    """cap_add beyond the default set, pids_limit = 0 and idmap loosen a container's
+    hardening: over TCP only an admin token may ask for them."""
+    rootfs = host.allowed / "rootfs"
+    rootfs.mkdir()
+
+    def create(h: dict[str, str], **cfg: Any) -> Any:
+        return host.tcp.post("/v1/domains", headers=h, json={"config": {
+            "name": "ct", "type": "container", "rootfs": str(rootfs), **cfg}})
+
+    make = host.token("create")
+    for cfg, words in (({"cap_add": ["CAP_SYS_ADMIN"]}, "cap_add CAP_SYS_ADMIN"),
+                       ({"cap_add": ["net_admin"]}, "cap_add net_admin"),
+                       ({"pids_limit": 0}, "pids_limit = 0"),
+                       ({"idmap": "100000:65536"}, "idmap '100000:65536'")):
+        refused(create(make, **cfg), words, "'admin' scope")
+    assert host.m.calls == []
+    # The default set, a limit of its own and dropped capabilities are the creator's.
+    r = create(make, cap_add=["CAP_CHOWN"], cap_drop=["CAP_KILL"], pids_limit=50)
+    assert r.status_code == 201, r.text
+    r = create(host.token("create", "admin"), cap_add=["CAP_SYS_ADMIN"], pids_limit=0)
+    assert r.status_code == 201, r.text
+    assert host.m.calls == [("create", "ct"), ("create", "ct")]
+
+
 def test_a_pools_directory_is_allowed(host: Host, tmp_path: Path) -> None:
     pool = tmp_path / "pool"
     pool.mkdir()

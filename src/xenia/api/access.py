@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 
 from xenia.api.pathrule import PathRule
 from xenia.config.model import DiskSpec, DomainConfig
+from xenia.containers import caps
 from xenia.errors import PermissionDenied
 from xenia.peers.scopes import Grant
 from xenia.qemu.platform import channels
@@ -71,6 +72,7 @@ class Access:
         self.require_domain(cfg.name, doing)
         self.require_admin_for_qemu_args(cfg, doing)
         self.require_admin_for_host_usb(cfg.usbdev, doing)
+        self.require_admin_for_container_privileges(cfg, doing)
         if self.paths is not None:
             self.paths.check_config(cfg)
             for path in platform_paths(cfg):
@@ -87,6 +89,20 @@ class Access:
             f"token with the 'admin' scope; token '{self.grant.token}' lacks it"
         )
 
+    def require_admin_for_container_privileges(self, cfg: DomainConfig, doing: str) -> None:
+        """A container's hardening is the host's, not its creator's: over TCP, capabilities
+        beyond the default set (CAP_SYS_ADMIN opens mount and setns), no process limit
+        (pids_limit = 0) and chosen host ids (idmap) need the admin scope."""
+        if self.grant is None or self.grant.has("admin"):
+            return
+        extra = [c for c in cfg.cap_add if (caps.normalize(c) or c) not in caps.DEFAULT]
+        what = ([f"cap_add {', '.join(extra)}"] if extra else []) + \
+            (["pids_limit = 0"] if cfg.pids_limit == 0 else []) + \
+            ([f"idmap '{cfg.idmap}'"] if cfg.idmap is not None else [])
+        if what:
+            raise PermissionDenied(
+                f"Failed {doing}: {'; '.join(what)} loosen the container's confinement and "
+                f"need a token with the 'admin' scope; token '{self.grant.token}' lacks it")
 
     def require_admin_for_host_usb(self, devs: list[dict[str, Any]], doing: str) -> None:
         """A host USB device (usbdev type=hostdev) is the host's hardware, given to a
