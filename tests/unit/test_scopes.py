@@ -470,6 +470,21 @@ def test_backing_chain_is_checked(host: Host) -> None:
     r = host.tcp.post("/v1/domains/web-1/disks", headers=make,
                       json={"args": [f"format=qcow2,vdev=xvdc,target={good}"]})
     assert r.status_code == 201, r.text
+    # An external data file (qcow2's data_file) is opened by QEMU too: checked the same.
+    # (qemu-img create makes and truncates the data file: never name a host file here.)
+    victim = host.outside / "victim.raw"
+    data = host.allowed / "data.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                    f"data_file={victim},data_file_raw=on", str(data), "1M"], check=True)
+    refused(host.tcp.post("/v1/domains/web-1/disks", headers=make,
+                          json={"args": [f"format=qcow2,vdev=xvde,target={data}"]}),
+            f"data file of disk xvde '{victim}'")
+    inner = host.allowed / "inner.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                    "data_file=inner.raw", str(inner), "1M"], check=True)
+    r = host.tcp.post("/v1/domains/web-1/disks", headers=make,
+                      json={"args": [f"format=qcow2,vdev=xvde,target={inner}"]})
+    assert r.status_code == 201, r.text
     # Read as raw, the same file opens nothing else: allowed.
     r = host.tcp.post("/v1/domains/web-1/disks", headers=make,
                       json={"args": [f"format=raw,vdev=xvdd,target={evil}"]})
