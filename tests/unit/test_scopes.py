@@ -184,6 +184,10 @@ class FakeManager:
     async def cd_insert(self, ref: str, vdev: str, target: str, fmt: str) -> None:
         self.calls.append(("cd-insert", target))
 
+    async def usbdev_attach(self, ref: str, dev: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("usbdev", dev.get("path") or dev["type"]))
+        return {}
+
 
 @dataclass
 class FakeClones:
@@ -409,13 +413,56 @@ def test_paths_over_tcp(host: Host) -> None:
     (host.allowed / "s").write_text("")
     refused(host.tcp.post("/v1/restore", headers=make, json={"file": str(host.allowed / "s")}),
             "the kernel '/etc/passwd'")
+    host.m.restore_config = None
+    path_fields(host, make, outside, inside)
     admin = host.token("admin")
     refused(host.tcp.post("/v1/pools", headers=admin, json={"name": "p", "path": "/etc"}),
             "pool directory '/etc'")
     r = host.tcp.post("/v1/pools", headers=admin,
                       json={"name": "p", "path": str(host.allowed / "p")})
     assert r.status_code == 201, r.text
-    assert [c for c in host.m.calls if c[0] != "create"] == [("pool", str(host.allowed / "p"))]
+    assert [c for c in host.m.calls if c[0] == "pool"] == [("pool", str(host.allowed / "p"))]
+
+
+def path_fields(host: Host, make: dict[str, str], outside: Path, inside: Path) -> None:
+    """test_paths_over_tcp's other fields: serial and channel files, a core dump, USB
+    hot-plug, config-update, clones (create's from_snapshot, clone-start), host USB."""
+    before = list(host.m.calls)
+
+    def create(**cfg: Any) -> Any:
+        return host.tcp.post("/v1/domains", headers=make,
+                             json={"config": {"name": "web-5", **cfg}})
+
+    refused(create(serial=["pty", f"file:{outside}"]), "a serial port or channel socket",
+            str(outside))
+    refused(create(channel=[f"name=org.x.y,connection=socket,path={host.outside}/s"]),
+            f"'{host.outside}/s'")
+    refused(create(usbdev=[{"type": "hostdev", "hostbus": 1, "hostaddr": 2}]),
+            "host USB device (type=hostdev)", "'admin' scope")
+    w = "/v1/domains/web-1"
+    refused(host.tcp.post(w + "/dump-core", headers=make, json={"file": str(outside)}),
+            "core file")
+    refused(host.tcp.post(w + "/usbdev", headers=make,
+                          json={"spec": f"type=storage,path={outside}"}), "usbdev storage")
+    refused(host.tcp.post(w + "/usbdev", headers=make,
+                          json={"spec": "type=hostdev,hostbus=1,hostaddr=2"}),
+            "host USB device", "'admin' scope")
+    refused(host.tcp.post(w + "/config", headers=make,
+                          json={"config": {"name": "web-1", "ramdisk": str(outside)}}),
+            f"the ramdisk '{outside}'")
+    # A clone's config comes from the snapshot: its paths are checked as a create's.
+    host.local.app.state.engine.clones.config = DomainConfig(  # type: ignore[attr-defined]
+        name="x", kernel=str(outside))
+    refused(create(from_snapshot="web-1@s"), f"the kernel '{outside}'")
+    refused(host.tcp.post("/v1/domain-snapshots/web-1/s/start", headers=make,
+                          json={"name": "web-6"}), f"the kernel '{outside}'")
+    assert host.m.calls == before  # nothing ran
+    host.local.app.state.engine.clones.config = None  # type: ignore[attr-defined]
+    r = host.tcp.post(w + "/usbdev", headers=make, json={"spec": f"type=storage,path={inside}"})
+    assert r.status_code == 201, r.text
+    r = host.tcp.post("/v1/domain-snapshots/web-1/s/start", headers=make, json={"name": "web-6"})
+    assert r.status_code == 201, r.text
+    assert host.m.calls[len(before):] == [("usbdev", str(inside)), ("clone", "web-1@s->web-6")]
 
 
 def test_container_privileges_need_admin(host: Host) -> None:
