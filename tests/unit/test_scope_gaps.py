@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -29,7 +30,8 @@ def exports(host: Host, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     sm = StorageManager(host.m.paths, host.m.store)
     asyncio.run(sm.start())
     ex = ReplicaExports(host.m.paths, host.m.store, sm)
-    host.local.app.state.engine.replica_exports = ex  # type: ignore[attr-defined]
+    engine = host.local.app.state.engine  # type: ignore[attr-defined]
+    engine.replica_exports, engine.storage = ex, sm
     started: list[str] = []
 
     def launch(self: ReplicaExports, k: str, rec: dict[str, Any], doing: str) -> int:
@@ -146,3 +148,27 @@ def test_only_members_forward_and_never_as_root(member: Host) -> None:
                                                               "/v1/cluster/forward", "web-1")
     assert line["forwarded"] == {"method": "POST", "route": "/v1/domains/{ref}/shutdown",
                                  "status": 200}
+
+
+# -- names of domains outside a token's patterns -------------------------------------------
+def test_ha_view_and_volume_users_show_only_the_tokens_domains(host: Host,
+                                                               exports: list[str]) -> None:
+    agent = SimpleNamespace(status=lambda: {
+        "host": "h0", "restarts": [{"domain": "web-1"}, {"domain": "db-1"}],
+        "decisions": [{"domain": "db-1", "to": "h0"}],
+        "fences": [{"reason": "lease lost", "domains": ["db-1", "web-2"]}]})
+    host.local.app.state.ha = agent  # type: ignore[attr-defined]
+    web = host.token("read", domains=("web-*",))
+    st = host.tcp.get("/v1/ha", headers=web).json()
+    assert st["restarts"] == [{"domain": "web-1"}] and st["decisions"] == []
+    assert st["fences"] == [{"reason": "lease lost", "domains": ["web-2"]}]
+    assert len(host.tcp.get("/v1/ha", headers=host.token("read")).json()["restarts"]) == 2
+    sm: StorageManager = host.m.storage  # type: ignore[assignment]
+    sm.create_volume("default", "a", "1M", "raw")
+    sm.create_volume("default", "b", "1M", "raw")
+    sm.set_in_use_check(lambda path: "db-1" if path.endswith("/a.raw") else "web-1")
+    rows = host.tcp.get("/v1/pools/default/volumes", headers=web).json()
+    assert [(v["name"], v["used_by"]) for v in rows] == [("a", "(hidden)"), ("b", "web-1")]
+    assert host.tcp.get("/v1/pools/default/volumes/a", headers=web).json()["used_by"] \
+        == "(hidden)"
+    assert host.local.get("/v1/pools/default/volumes/a").json()["used_by"] == "db-1"

@@ -25,6 +25,8 @@ from xenia.qemu.platform import dm_args as platform_dm_args
 # The host's own row in `list`/`top`: shown to every reader (it is the host, not a domain
 # a token acts on; GET /v1/host tells the same).
 HOST_ROW = "Domain-0"
+# What a token sees instead of the name of a domain outside its patterns (a volume's user).
+HIDDEN = "(hidden)"
 
 
 class Access:
@@ -57,6 +59,15 @@ class Access:
             return list(rows)
         return [r for r in rows
                 if r.get(key) == HOST_ROW or self.grant.allows_domain(str(r.get(key)))]
+
+    def sees(self, name: str) -> bool:
+        """Whether this token may see domain `name` (in a list, a volume's user, ...)."""
+        return self.grant is None or self.grant.allows_domain(name)
+
+    def shown(self, name: str | None) -> str | None:
+        """A domain name as this token may see it: another's is HIDDEN (the field still
+        tells that some domain is there)."""
+        return name if name is None or self.sees(name) else HIDDEN
 
     def check_path(self, path: str, what: str) -> None:
         if self.paths is not None:

@@ -57,7 +57,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", D + "/unpause"): _r("power", REF),
     ("POST", D + "/start"): _r("power", REF),  # a preserved domain's boot
     ("POST", D + "/ha"): _r("admin", REF),  # HA: docs/cluster.md
-    ("GET", "/v1/ha"): _r("read"),
+    ("GET", "/v1/ha"): _r("read", HANDLER),  # restarts etc. filtered by patterns
     ("POST", D + "/rename"): _r("create", REF),  # the new name is checked by the handler
     ("POST", D + "/wait"): _r("read", REF, readonly=True),
     ("POST", D + "/save"): _r("create", REF),
