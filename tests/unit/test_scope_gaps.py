@@ -172,3 +172,17 @@ def test_ha_view_and_volume_users_show_only_the_tokens_domains(host: Host,
     assert host.tcp.get("/v1/pools/default/volumes/a", headers=web).json()["used_by"] \
         == "(hidden)"
     assert host.local.get("/v1/pools/default/volumes/a").json()["used_by"] == "db-1"
+
+
+def test_a_refused_websocket_names_the_scope_whatever_the_domains_name(host: Host) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    long = "web-" + "x" * 60  # the longest name a domain may have
+    read = host.token("read", name="reader-with-a-long-name")
+    with pytest.raises(WebSocketDisconnect) as refused, host.tcp.websocket_connect(
+            f"/v1/domains/{long}/console", headers=read):
+        pass
+    assert refused.value.code == 1008
+    reason = refused.value.reason
+    assert reason.startswith("needs the scope 'console' or 'cluster': ") and len(reason) <= 120
+    assert "'console'" in reason

@@ -203,6 +203,26 @@ RULES: dict[tuple[str, str], Rule] = {
 }
 
 
+class ScopeMissing(PermissionDenied):
+    """A 403 for a missing scope; `need` names it ("'console'" or "'read' or 'admin'")."""
+
+    def __init__(self, need: str, message: str) -> None:
+        super().__init__(message)
+        self.need = need
+
+
+# A WebSocket close reason is at most 123 bytes (RFC 6455): longer ones are cut.
+WS_REASON = 120
+
+
+def ws_reason(e: XeniaError) -> str:
+    """A refused WebSocket's close reason: what is missing first, so a long domain name
+    in the message cannot push the scope out of the cut."""
+    text = f"needs the scope {e.need}: {e.message}" if isinstance(e, ScopeMissing) \
+        else e.message
+    return text.encode()[:WS_REASON].decode(errors="ignore")
+
+
 def is_audited(method: str, rule: Rule | None) -> bool:
     return method not in ("GET", "HEAD") and not (rule is not None and rule.readonly)
 
@@ -227,7 +247,7 @@ def authorize(access: Access, method: str, path: str, template: str, params: dic
     assert grant is not None
     if not any(grant.has(s) for s in rule.scopes):
         need = " or ".join(f"'{s}'" for s in rule.scopes)
-        raise PermissionDenied(
+        raise ScopeMissing(need,
             f"Failed {method} {path}: token '{grant.token}' lacks the scope {need}; make a "
             f"token with it on that host (`xenia host token create --scope "
             f"{rule.scopes[0]}`)"
@@ -271,7 +291,7 @@ async def enforce(request: HTTPConnection) -> None:
             raise
         # The app's exception handlers answer HTTP only; a WebSocket is refused by
         # closing it before the accept (policy violation), with the message as reason.
-        raise WebSocketException(code=1008, reason=e.message[:120]) from e
+        raise WebSocketException(code=1008, reason=ws_reason(e)) from e
     state["audited"] = is_audited(method, rule)
     state["authorized"] = True
 
