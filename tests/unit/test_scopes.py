@@ -526,9 +526,16 @@ def test_backing_chain_is_checked(host: Host) -> None:
     refused(host.tcp.post("/v1/domains/web-1/disks", headers=make,
                           json={"args": [f"format=qcow2,vdev=xvde,target={data}"]}),
             f"data file of disk xvde '{victim}'")
+    # A relative name is opened from QEMU's working directory, wherever that is: refused.
+    rel = host.allowed / "rel.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file=rel.raw",
+                    str(rel), "1M"], check=True, cwd=host.allowed)
+    refused(host.tcp.post("/v1/domains/web-1/disks", headers=make,
+                          json={"args": [f"format=qcow2,vdev=xvde,target={rel}"]}),
+            "data file of disk xvde 'rel.raw'", "must be absolute")
     inner = host.allowed / "inner.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
-                    "data_file=inner.raw", str(inner), "1M"], check=True)
+                    f"data_file={host.allowed}/inner.raw", str(inner), "1M"], check=True)
     r = host.tcp.post("/v1/domains/web-1/disks", headers=make,
                       json={"args": [f"format=qcow2,vdev=xvde,target={inner}"]})
     assert r.status_code == 201, r.text

@@ -234,9 +234,9 @@ def _member_access(a: Access, n: ClusterNode, method: str, path: str) -> Access:
 async def run_inner(app: Any, access: Access, method: str, path: str, body: Any
                     ) -> tuple[int, Any, str]:
     """`method path` through `app` in this process with `access` (its scopes, patterns
-    and path rule checked as for a token): (status, decoded body, route template)."""
-    from urllib.parse import unquote
-
+    and path rule checked as for a token): (status, decoded body, route template).
+    `path` is as the sending member's ASGI scope had it: decoded already (decoding it
+    again would turn a checked %2e%2e into ..)."""
     from xenia.api.forward import replay
 
     where, _, query = path.partition("?")
@@ -246,7 +246,7 @@ async def run_inner(app: Any, access: Access, method: str, path: str, body: Any
         headers.append((b"content-type", b"application/json"))
     state: dict[str, Any] = {"access": access}
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": method, "scheme": "https", "path": unquote(where),
+             "method": method, "scheme": "https", "path": where,
              "raw_path": where.encode(), "query_string": query.encode(), "root_path": "",
              "headers": headers, "client": None, "server": None, "state": state}
     status, chunks = 500, []

@@ -113,12 +113,12 @@ class PathRule:
         for _ in range(MAX_CHAIN):
             info = self.image_info(Path(real), fmt)
             # A qcow2 header can also name an external data file, which QEMU opens for the
-            # guest's reads and writes (a relative name is beside the image).
+            # guest's reads and writes. A relative name is taken from QEMU's working
+            # directory, not the image's (QEMU 10, measured): check() refuses it.
             data_file = ((info.get("format-specific") or {}).get("data") or {}).get(
                 "data-file")
             if data_file:
-                self.check(os.path.join(os.path.dirname(real), str(data_file)),
-                           f"data file of {what}")
+                self.check(str(data_file), f"data file of {what}")
             backing = info.get("full-backing-filename") or info.get("backing-filename")
             if not backing:
                 return
