@@ -65,6 +65,8 @@ def test_a_peer_serves_and_ends_only_its_own_replicas(host: Host, exports: list[
     refused(host.tcp.delete("/v1/replicas/default/copy", headers=b),
             "token 'peer-b' did not make that export")
     assert [e["volume"] for e in host.local.get("/v1/replicas").json()] == ["copy"]
+    assert [e["owner"] for e in host.tcp.get("/v1/replicas", headers=a).json()] == ["peer-a"]
+    assert host.tcp.get("/v1/replicas", headers=b).json() == []  # not another peer's
     assert host.tcp.delete("/v1/replicas/default/copy", headers=a).status_code == 200
     assert host.local.get("/v1/replicas").json() == []
     # Not bigger than the pool's free space.

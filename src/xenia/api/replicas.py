@@ -51,8 +51,12 @@ async def volume_resync(pool: str, name: str, req: Resync,
 
 
 @router.get("/replicas")
-def replicas(e: ReplicaExportsDep) -> list[dict[str, Any]]:
-    return e.list()
+def replicas(e: ReplicaExportsDep, a: Acc) -> list[dict[str, Any]]:
+    rows = e.list()
+    if a.grant is None or a.grant.has("read") or a.grant.has("admin"):
+        return rows
+    # A peer's token (migrate, cluster) sees the exports it made, not other peers'.
+    return [r for r in rows if r.get("owner") == a.token]
 
 
 @router.post("/replicas", status_code=201)
