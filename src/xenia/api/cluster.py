@@ -195,7 +195,7 @@ async def forward(req: ForwardRequest, request: Request, n: Node, a: Acc) -> dic
     token, or any other token with the `cluster` scope, is refused).
 
     It runs here with the member's own Access, not root's: the scopes of FORWARD_SCOPES
-    (no `admin`: no /monitor, device_model_args, host USB or PCI, container privileges)
+    (no `admin`: no /monitor, device_model_args, host USB, container privileges)
     and this host's path rule. A member taken over is then no more than a `create` token
     on the others."""
     n.client()
