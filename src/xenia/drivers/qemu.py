@@ -76,6 +76,7 @@ class QemuDriver(Driver):
         self.host_accel = host_accel
         self.boot_watchdog = boot_watchdog  # the default of the domains' boot_watchdog
         self.spice_tls_dir = spice.TLS_DIR  # xeniad --spice-tls-dir
+        self.migration_stall = qemu_migrate.STALL_SECONDS  # xeniad --migration-stall-timeout
         self.devices = QemuDevices(store, storage, network)
         self.confinement = confinement or QemuConfinement(paths)
         self.devices.confinement = self.confinement
@@ -361,7 +362,8 @@ class QemuDriver(Driver):
                       report: MigrationReport) -> None:
         given = await self._give_psk(inst, target.tls_dir)
         try:
-            await qemu_migrate.send(self._qmp(inst), target, opts, report)
+            await qemu_migrate.send(self._qmp(inst), target, opts, report,
+                                    self.migration_stall)
         finally:
             await asyncio.to_thread(self.confinement.give_back, inst.record, given)
 

@@ -38,7 +38,9 @@ FILE_BANDWIDTH = 64 * 1024**3
 # Plain pre-copy gives up after this many passes over memory without the remainder
 # shrinking by a tenth (QEMU itself would go on forever).
 MAX_PASSES = 10
-# No bytes moved for this long: the link or the peer is gone.
+# No bytes moved for this long: the link or the peer is gone (xeniad
+# --migration-stall-timeout). A TCP retransmission after a brief loss comes within a few
+# seconds; 15 s outlasts those and a slow peer's pauses.
 STALL_SECONDS = 15.0
 POSTCOPY_AFTER_PASSES = 2
 # Xenia's default downtime limit. QEMU's own is 300 ms; measured here an idle 256 MiB
@@ -214,7 +216,7 @@ async def check_source(qmp: Qmp, name: str) -> None:
 
 
 async def send(qmp: Qmp, target: MigrationTarget, opts: MigrationOptions,
-               report: MigrationReport) -> None:
+               report: MigrationReport, stall: float = STALL_SECONDS) -> None:
     """Mirror the target's disks with copy_storage, then pre-copy the RAM to `target`.
     Returns with the guest stopped here and all its state there; on failure (or a
     cancel) rolls back: the guest runs here as before."""
@@ -231,7 +233,7 @@ async def send(qmp: Qmp, target: MigrationTarget, opts: MigrationOptions,
             report.status = "mirroring"
             mirrors = await mirror(qmp, target.disks, target.host, target.nbd_port, tls)
         report.status = "migrating"
-        await precopy(qmp, report, opts, f"tcp:{target.host}:{target.port}", tls)
+        await precopy(qmp, report, opts, f"tcp:{target.host}:{target.port}", tls, stall)
         # The source QEMU is stopped now ("postmigrate"); the disks are in sync. The
         # mirrors end without pivoting: the disks stay the source's own.
         report.status = "completing"
@@ -275,7 +277,7 @@ async def mirror(qmp: Qmp, disks: list[str], host: str, port: int, tls: str) -> 
 
 
 async def precopy(qmp: Qmp, report: MigrationReport, opts: MigrationOptions, uri: str,
-                  tls: str) -> None:
+                  tls: str, stall: float = STALL_SECONDS) -> None:
     """Pre-copy the RAM to `uri` until QEMU completes the switch-over, watching that it
     moves and converges (the policy above)."""
     params: dict[str, Any] = {"tls-creds": tls}
@@ -311,9 +313,9 @@ async def precopy(qmp: Qmp, report: MigrationReport, opts: MigrationOptions, uri
         now = time.monotonic()
         if prog.transferred != last_moved:
             last_moved, last_change = prog.transferred, now
-        elif now - last_change > STALL_SECONDS:
+        elif now - last_change > stall:
             raise Unreachable(f"Failed to migrate '{report.domain}': nothing moved for "
-                              f"{STALL_SECONDS:.0f} s (network cut, or the destination "
+                              f"{stall:.0f} s (network cut, or the destination "
                               "died); it keeps running here")
         if opts.postcopy and not postcopy_started and prog.passes >= POSTCOPY_AFTER_PASSES:
             await qmp.migrate_start_postcopy()
