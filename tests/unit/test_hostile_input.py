@@ -22,11 +22,15 @@ from fastapi.testclient import TestClient
 from xenia.api.app import make_app
 from xenia.config import cpulist
 from xenia.config.build import build_config, load_config
+from xenia.config.cpuid import FLAGS, parse_cpuid
 from xenia.config.cpulist import MAX_CPULIST, normalize_cpulist, union_cpulists
 from xenia.config.diskspec import parse_disk_spec
+from xenia.config.extras import parse_channel
 from xenia.config.model import DomainConfig
 from xenia.config.vifspec import parse_vif_spec
+from xenia.config.vscsi import parse_vscsi
 from xenia.config.xlcfg import parse_config, parse_statements, read_config_file
+from xenia.config.xldevices import parse_p9, parse_usbdev, parse_vnuma
 from xenia.drivers.qemu import QemuDriver
 from xenia.engine import Engine
 from xenia.errors import InvalidConfig, NotFound, XeniaError
@@ -152,7 +156,32 @@ WORST: dict[str, Callable[[int], Callable[[], Any]]] = {
     "xlcfg-long-list": lambda n: lambda: parse_config("a = [" + "1," * (n // 2) + "]"),
     "build-unknown-keys": lambda n: lambda: build_config(parse_config(
         "name = 'a'\n" + "".join(f"k{i}=1\n" for i in range(n // 8))), "x"),
+    # The parsers of the keys added later.
+    "vscsi-blanks": lambda n: lambda: parse_vscsi("/d, 0:0:0:0" + ", " * (n // 2)),
+    "vscsi-pdev": lambda n: lambda: parse_vscsi("/" + "d" * n + ", 0:0:0:0"),
+    "usbdev-options": lambda n: lambda: parse_usbdev("type=tablet," + "port=1," * (n // 7)),
+    "p9-options": lambda n: lambda: parse_p9("tag=t,path=/a," + "security_model=none,"
+                                             * (n // 20)),
+    "channel-options": lambda n: lambda: parse_channel("name=a,connection=pty,"
+                                                       + "backend=0," * (n // 10)),
+    "cpuid-flags": lambda n: lambda: parse_cpuid(_cpuid_flags(n)),
+    "cpuid-xend": lambda n: lambda: parse_cpuid(["0x1:ecx=" + "x" * 31 + "1"] * (n // 40)),
+    "vnuma-distances": lambda n: lambda: parse_vnuma(
+        [["size=1", "vcpus=0", "vdistances=10" + ",20" * (n // 3)]], 1, 1),
+    "vnuma-items": lambda n: lambda: parse_vnuma(
+        [["size=1"] * (n // 6) + ["vcpus=0"]], 1, 1),
 }
+
+
+def _cpuid_flags(n: int) -> str:
+    """Every flag name in turn, set and cleared, to about n bytes: the last one wins."""
+    names = sorted(FLAGS)
+    out: list[str] = ["host"]
+    size = 0
+    while size < n:
+        out.append(f"{names[len(out) % len(names)]}={len(out) % 2}")
+        size += len(out[-1]) + 1
+    return ",".join(out)
 
 
 @pytest.mark.parametrize("case", sorted(WORST))
@@ -265,3 +294,17 @@ def test_vcpu_pin_resolves_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -
     rec = DomainRecord(uuid="u", name="a", domid=1, config=DomainConfig(name="a"))
     asyncio.run(hotplug.pin_vcpus(rec, "all", "0"))
     assert ran_in and ran_in[0] is not threading.main_thread()
+
+
+@pytest.mark.parametrize("key", [
+    'usbdev = ["type=hostdev,hostbus=N,hostaddr=1"]', 'usbctrl = ["version=N"]',
+    'usbdev = ["type=tablet,port=N"]', 'vnuma = [["size=N", "vcpus=0"]]',
+    'vnuma = [["pnode=N", "size=256", "vcpus=0"]]', 'vnuma = [["size=256", "vdistances=N"]]',
+    'rtc_timeoffset = "N"', 'rtc_timeoffset = "-N"', 'cpuid = ["N:ecx=' + "x" * 32 + '"]',
+])
+def test_a_number_of_5000_digits_is_a_message(key: str) -> None:
+    # int() raises a ValueError past 4,300 decimal digits: a traceback (a 500 from the
+    # API) unless the parser bounds the digits first.
+    text = f"name = 'a'\ntype = 'hvm'\nmemory = 256\n{key.replace('N', '9' * 5000)}"
+    with pytest.raises(InvalidConfig):
+        build_config(parse_config(text, "f"), "f")
