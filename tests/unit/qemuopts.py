@@ -42,7 +42,7 @@ LEGACY: dict[str, tuple[str | None, frozenset[str]]] = {
     "-msg": (None, frozenset({"timestamp"})),
     "-action": (None, frozenset({"reboot", "shutdown", "panic", "watchdog"})),
     "-chardev": ("backend", frozenset({"backend", "id", "path", "server", "wait", "logfile",
-                                       "logappend", "append", "name"})),
+                                       "logappend", "append", "name", "fd"})),
     "-mon": ("chardev", frozenset({"chardev", "mode"})),
     "-vnc": ("vnc", frozenset({"vnc", "password"})),
     # The xl platform keys (qemu/platform.py, devices/spice.py, qemu/vtpm.py).
@@ -113,6 +113,8 @@ JSON_KEYS = frozenset({
     "discard", "file", "type", "ifname", "script", "downscript", "vhost", "vnet_hdr",
     "qom-type", "fd", "vhostfd", "queues", "x-pci-vendor-id", "slot", "hotplug",
     "index", "name", "tpmdev", "vgamem_mb",
+    # vnuma's memory backends, sound, 9p, xHCI ports, USB host devices, spice's usb-redir.
+    "size", "audiodev", "fsdev", "mount_tag", "p2", "p3", "hostbus", "hostaddr",
 })
 
 
