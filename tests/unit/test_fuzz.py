@@ -14,6 +14,7 @@ QemuDriver does, builds and checks the argv, and stops there: no QEMU is started
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import string
@@ -360,19 +361,29 @@ class DryRunDriver(QemuDriver):
         pass
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    paths = Paths.from_env(str(tmp_path_factory.mktemp("fuzz-root")))
+@contextlib.contextmanager
+def app_client(root: Path, driver_class: type[QemuDriver]) -> Iterator[TestClient]:
+    """The real FastAPI app and Engine under `root`, over one driver of `driver_class`
+    (a QemuDriver that starts nothing)."""
+    paths = Paths.from_env(str(root))
     paths.ensure()
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
     network = NetworkManager(paths, store)
-    driver = DryRunDriver(paths, store, storage, network, "tcg")
+    driver = driver_class(paths, store, storage, network, "tcg")
     driver.spice_tls_dir = fuzz_later.SPICE_TLS
     engine = Engine.create(paths, store, [driver], storage=storage, network=network)
-    with TestClient(make_app(engine), raise_server_exceptions=False) as client:
+    try:
+        with TestClient(make_app(engine), raise_server_exceptions=False) as client:
+            yield client
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    with app_client(tmp_path_factory.mktemp("fuzz-root"), DryRunDriver) as client:
         yield client
-    store.close()
 
 
 def assert_clear(res: Any) -> None:

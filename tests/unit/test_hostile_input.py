@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from xenia.api.app import make_app
+from tests.unit.test_fuzz import app_client
 from xenia.config import cpulist
 from xenia.config.build import build_config, load_config
 from xenia.config.cpuid import FLAGS, parse_cpuid
@@ -32,16 +32,11 @@ from xenia.config.vscsi import parse_vscsi
 from xenia.config.xlcfg import parse_config, parse_statements, read_config_file
 from xenia.config.xldevices import parse_p9, parse_usbdev, parse_vnuma
 from xenia.drivers.qemu import QemuDriver
-from xenia.engine import Engine
 from xenia.errors import InvalidConfig, NotFound, XeniaError
 from xenia.files import MAX_CONFIG_BYTES, read_regular
 from xenia.hostos import affinity
 from xenia.migration.savefile import verify
-from xenia.network.manager import NetworkManager
-from xenia.paths import Paths
-from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord
-from xenia.store.sqlite import SqliteStore
 
 # Far above what the parsers need, far below what the quadratic ones took (seconds).
 FAST = 0.5
@@ -231,17 +226,9 @@ def test_repeated_ignored_parameters_warn_once(caplog: pytest.LogCaptureFixture)
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """The real app and Engine over a QemuDriver that never starts anything."""
-    paths = Paths.from_env(str(tmp_path_factory.mktemp("hostile-root")))
-    paths.ensure()
-    store = SqliteStore(paths.db)
-    storage = StorageManager(paths, store)
-    network = NetworkManager(paths, store)
-    driver = QemuDriver(paths, store, storage, network, "tcg")
-    engine = Engine.create(paths, store, [driver], storage=storage, network=network)
-    with TestClient(make_app(engine), raise_server_exceptions=False) as client:
+    """The real app and Engine over a QemuDriver (nothing here gets to start a domain)."""
+    with app_client(tmp_path_factory.mktemp("hostile-root"), QemuDriver) as client:
         yield client
-    store.close()
 
 
 def _huge_cpulist() -> str:
