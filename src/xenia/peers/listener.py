@@ -196,7 +196,8 @@ async def serve_peers(app: FastAPI, paths: Paths, store: Store, listen: ListenSp
     try:
         async with contextlib.AsyncExitStack() as servers:
             if listen is not None:
-                front = UiFront(api, sessions, svc.tokens.verify, secure=listen.tls)
+                front = UiFront(api, sessions, svc.tokens.verify, secure=listen.tls,
+                                audit=audit)
                 ctx = svc.identity().ssl_server_context() if listen.tls else None
                 if ctx is None:
                     log.warning("!!! INSECURE: the API on %s is plain HTTP (--insecure-no-tls): "
@@ -205,7 +206,8 @@ async def serve_peers(app: FastAPI, paths: Paths, store: Store, listen: ListenSp
                                 "test network. !!!", listen)
                 await servers.enter_async_context(_serving(front, listen, ctx, "the API"))
             if ui_listen is not None:
-                front = UiFront(api, sessions, svc.tokens.verify, secure=False)
+                front = UiFront(api, sessions, svc.tokens.verify, secure=False,
+                                audit=audit)
                 await servers.enter_async_context(_serving(front, ui_listen, None,
                                                            "the web UI (loopback)"))
             yield svc
