@@ -230,6 +230,9 @@ async def _serving(asgi: Any, spec: ListenSpec, ssl_ctx: ssl.SSLContext | None, 
                             lifespan="off", timeout_graceful_shutdown=2, proxy_headers=False,
                             server_header=False, http=guarded_protocol(limits),
                             h11_max_incomplete_event_size=limits.header_bytes,
+                            # A WebSocket message is bounded as a body is (uvicorn's
+                            # default is 16 MiB); past it the socket closes with 1009.
+                            ws_max_size=limits.max_body,
                             timeout_keep_alive=5)
     config.load()
     # Our own context rather than uvicorn's ssl_* options: uvicorn's default cipher
