@@ -12,6 +12,7 @@ import pytest
 
 from tests.integration.conftest import CACHE
 from tests.integration.harness import (
+    GUEST_ARGS,
     READY,
     Host,
     Image,
@@ -43,7 +44,7 @@ def pair(tiny_image: Image) -> Iterator[tuple[Host, Path, dict[str, object]]]:
                                      "disk": [f"format=raw,vdev=xvda,target={disk}"]}
         h.create("dd", **dd_cfg)
         h.wait_console("dd", SERVING)
-        h.create("fe", extra="console=ttyS0 xenia.ip=192.168.77.2/24",
+        h.create("fe", extra=f"{GUEST_ARGS} xenia.ip=192.168.77.2/24",
                  disk=["format=raw,vdev=xvda,backend=dd,target=/dev/vda"],
                  vif=["backend=dd"])
         yield h, disk, dd_cfg

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import READY, Host, pid_alive, qemu_pids_with, wait_until
+from tests.integration.harness import (
+    GUEST_ARGS,
+    READY,
+    Host,
+    pid_alive,
+    qemu_pids_with,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +56,7 @@ def test_thirty_guests_at_once_all_reach_ready(host: Host) -> None:
     names = [f"b{i}" for i in range(30)]
     # quiet: the kernel's ~30 KB of boot messages cost each guest 15% of its boot CPU
     # (measured: 4.3 s -> 3.7 s alone); a panic's lines are printed all the same.
-    cfgs = [host.write_cfg(n, memory=96, extra="console=ttyS0 quiet") for n in names]
+    cfgs = [host.write_cfg(n, memory=96, extra=GUEST_ARGS) for n in names]
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(names)) as pool:
         for res in pool.map(lambda c: host.xenia("create", str(c), check=False), cfgs):

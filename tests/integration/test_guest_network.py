@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Host, listen, wait_until
+from tests.integration.harness import GUEST_ARGS, Host, listen, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def send_file(host: Host, src: str, dst: str, dst_ip: str, size_mb: int, port: i
 def test_two_guests_ping_and_move_100mb_verified(host: Host, bridge: str) -> None:
     for i in (1, 2):
         host.create(f"n{i}", memory=384, wait_ready=False, vif=[f"bridge={bridge}"],
-                    extra=f"console=ttyS0 xenia.ip=10.77.0.{i}/24")
+                    extra=f"{GUEST_ARGS} xenia.ip=10.77.0.{i}/24")
     for i in (1, 2):
         host.wait_console(f"n{i}", "xenia-tiny: ready")
     assert "0% packet loss" in host.run("n1", "ping -c 3 -W 2 10.77.0.2")
@@ -73,11 +73,11 @@ def test_two_guests_ping_and_move_100mb_verified(host: Host, bridge: str) -> Non
 
 def test_rate_limits_throughput(host: Host, bridge: str) -> None:
     host.create("slow", vif=[f"bridge={bridge},rate=8Mb/s"], wait_ready=False,
-                extra="console=ttyS0 xenia.ip=10.78.0.1/24")
+                extra=f"{GUEST_ARGS} xenia.ip=10.78.0.1/24")
     host.create("fast", vif=[f"bridge={bridge}"], wait_ready=False,
-                extra="console=ttyS0 xenia.ip=10.78.0.2/24")
+                extra=f"{GUEST_ARGS} xenia.ip=10.78.0.2/24")
     host.create("sink", vif=[f"bridge={bridge}"], wait_ready=False,
-                extra="console=ttyS0 xenia.ip=10.78.0.3/24")
+                extra=f"{GUEST_ARGS} xenia.ip=10.78.0.3/24")
     for n in ("slow", "fast", "sink"):
         host.wait_console(n, "xenia-tiny: ready")
     # 4 MiB at 8 Mbit/s (1 MB/s) takes about 4 s; unlimited well under 2 s.

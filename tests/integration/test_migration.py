@@ -22,7 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import COUNTER, Image, counter, qemu_pids_with, wait_until
+from tests.integration.harness import (
+    COUNTER,
+    GUEST_ARGS,
+    Image,
+    counter,
+    qemu_pids_with,
+    wait_until,
+)
 from tests.integration.multihost import Cluster, NetHost, tag
 from xenia.peers.psk import write_psk_dir
 
@@ -68,7 +75,7 @@ def hosts(cluster: Cluster) -> Iterator[tuple[NetHost, NetHost]]:
 
 def start_guest(h: NetHost, name: str, ip: str, **keys: object) -> dict[str, object]:
     keys.setdefault("memory", 128)
-    dom = h.create(name, vif=[f"bridge={BR}"], extra=f"console=ttyS0 xenia.ip={ip}/24",
+    dom = h.create(name, vif=[f"bridge={BR}"], extra=f"{GUEST_ARGS} xenia.ip={ip}/24",
                    **keys)
     h.run(name, "dd if=/dev/urandom of=/tmp/keep bs=64k count=128 2>/dev/null; " + COUNTER)
     return dom
