@@ -107,12 +107,15 @@ class ThrottledGuest:
     def __init__(self, converges_at_ms: int) -> None:
         self.converges_at_ms = converges_at_ms
         self.limits: list[int] = []
+        self.bandwidths: list[int] = []
         self.passes = 0
 
     async def command(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
         args = args or {}
         if cmd == "migrate-set-parameters" and "downtime-limit" in args:
             self.limits.append(int(args["downtime-limit"]))
+        if cmd == "migrate-set-parameters" and "max-bandwidth" in args:
+            self.bandwidths.append(int(args["max-bandwidth"]))
         if cmd != "query-migrate":
             return {}
         self.passes += 1
@@ -142,6 +145,16 @@ def test_auto_converge_keeps_an_explicit_downtime_and_gives_up() -> None:
                                            "to 99% and a downtime limit of 50 ms"):
         precopy(qemu, MigrationOptions(host="h", auto_converge=True, downtime_ms=50))
     assert qemu.limits == [50]
+
+
+def test_each_migration_sets_its_bandwidth_cap() -> None:
+    # QEMU keeps max-bandwidth from the last migration (a cancelled --bandwidth 1, a
+    # save's unlimited file rate): one without --bandwidth must put QEMU's default back.
+    qemu = ThrottledGuest(converges_at_ms=30)
+    precopy(qemu, MigrationOptions(host="h", bandwidth_mibs=1))
+    precopy(qemu, MigrationOptions(host="h"))
+    assert qemu.bandwidths == [1 << 20, qemu_migrate.QEMU_BANDWIDTH]
+    assert qemu_migrate.QEMU_BANDWIDTH == 128 << 20
 
 
 def test_auto_converge_stops_raising_at_the_cap() -> None:

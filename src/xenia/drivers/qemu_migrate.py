@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # Saving to a local file: no reason to hold QEMU to its default 128 MiB/s network cap.
 FILE_BANDWIDTH = 64 * 1024**3
+# QEMU's own default max-bandwidth: a migration's without --bandwidth.
+QEMU_BANDWIDTH = 128 * 1024**2
 # Plain pre-copy gives up after this many passes over memory without the remainder
 # shrinking by a tenth (QEMU itself would go on forever).
 MAX_PASSES = 10
@@ -283,8 +285,10 @@ async def precopy(qmp: Qmp, report: MigrationReport, opts: MigrationOptions, uri
     params: dict[str, Any] = {"tls-creds": tls}
     params["downtime-limit"] = (opts.downtime_ms if opts.downtime_ms is not None
                                 else DEFAULT_DOWNTIME_MS)
-    if opts.bandwidth_mibs is not None:
-        params["max-bandwidth"] = opts.bandwidth_mibs * 1024 * 1024
+    # Always set: QEMU keeps its parameters from one migration to the next, so a cancelled
+    # `--bandwidth 1` (or a `save -c`'s FILE_BANDWIDTH) would otherwise cap the next one.
+    params["max-bandwidth"] = (opts.bandwidth_mibs * 1024 * 1024
+                               if opts.bandwidth_mibs is not None else QEMU_BANDWIDTH)
     if opts.auto_converge:
         # QEMU's 20% + 10% a pass needs 8 passes to reach its 99% cap; a guest that
         # outruns the link is better slowed hard and briefly than mildly for long.
