@@ -216,6 +216,7 @@ def test_swap_is_held_to_the_memory_limit(ct: Containers, host: Host) -> None:
     dom = ct.create("ct1", memory=48, maxmem=128)
     cg = DomainCgroup(dom["uuid"])
     assert cg.memory_limit() == 48 << 20
+    assert dom["runtime"]["swap_limited"] is (limits.swap_limit(cg) is not None)
     swap = limits.swap_limit(cg)
     h = cg.layout.hierarchy_for("memory")
     assert h is not None
