@@ -26,6 +26,7 @@ from xenia.cluster import service as cluster
 from xenia.cluster.node import ClusterNode
 from xenia.cluster.publish import Publisher
 from xenia.devices import spice
+from xenia.drivers import qemu_migrate
 from xenia.drivers.container import ContainerDriver
 from xenia.drivers.qemu import QemuDriver
 from xenia.engine import Engine
@@ -90,7 +91,8 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
                 ui_listen: ListenSpec | None = None,
                 etcd: cluster.ExternalEtcd | None = None,
                 allow_plain_migration: bool = False, ha_watchdog: str = "auto",
-                spice_tls_dir: Path = spice.TLS_DIR) -> None:
+                spice_tls_dir: Path = spice.TLS_DIR,
+                migration_stall: float = qemu_migrate.STALL_SECONDS) -> None:
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
     network = NetworkManager(paths, store)
@@ -98,6 +100,7 @@ async def serve(paths: Paths, host_accel: str, listen: ListenSpec | None = None,
     await network.start()
     qemu = QemuDriver(paths, store, storage, network, host_accel, boot_watchdog)
     qemu.spice_tls_dir = spice_tls_dir
+    qemu.migration_stall = migration_stall
     engine = Engine.create(paths, store, [qemu, ContainerDriver(paths, store, network)],
                            storage=storage, network=network)
     storage.set_in_use_check(qemu.devices.path_in_use)
@@ -200,12 +203,20 @@ def main(argv: list[str] | None = None) -> None:
                         default=os.environ.get("XENIA_SPICE_TLS_DIR", str(spice.TLS_DIR)),
                         help="the host's SPICE TLS certificates for spicetls_port: "
                         "ca-cert.pem, server-cert.pem, server-key.pem (default: %(default)s)")
+    parser.add_argument("--migration-stall-timeout", type=float, metavar="SECONDS",
+                        default=os.environ.get("XENIA_MIGRATION_STALL_TIMEOUT",
+                                               str(qemu_migrate.STALL_SECONDS)),
+                        help="an outgoing live migration that moves no byte for this long "
+                        "is cancelled and the guest keeps running here (default: "
+                        "%(default)s)")
     peers.add_arguments(parser)
     cluster.add_arguments(parser)
     args = parser.parse_args(argv)
-    set_title(sys.argv[1:] if argv is None else argv)
+    if not 1 <= args.migration_stall_timeout <= 3600:
+        parser.error("--migration-stall-timeout must be between 1 and 3600 seconds")
     if args.boot_watchdog < 0:
         parser.error("--boot-watchdog must be 0 (off) or a number of seconds")
+    set_title(sys.argv[1:] if argv is None else argv)
     listen = peers.listen_from_args(parser, args)
     allowed = peers.allowed_from_args(parser, args)
     ui_listen = peers.ui_listen_from_args(parser, args)
@@ -223,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         asyncio.run(serve(paths, args.accel, listen, allowed, args.boot_watchdog, ui_listen,
                           etcd, args.allow_plain_migration, args.ha_watchdog,
-                          args.spice_tls_dir))
+                          args.spice_tls_dir, args.migration_stall_timeout))
     except KeyboardInterrupt:
         pass
     except XeniaError as e:

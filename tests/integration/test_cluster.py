@@ -185,7 +185,7 @@ def test_list_across_the_cluster_and_a_verb_on_a_remote_domain(cl: Cluster) -> N
     # The detach closed h1's side too: QEMU takes one console client, and it is free.
     assert h1.run("g1", "echo free-$((1+1))").count("free-2") == 1
     # `create -c` placed on another member: its boot from the start, then a shell.
-    cfg = h0.write_cfg("gc", memory=MEM)
+    cfg = h0.write_cfg("gc", memory=MEM, extra="console=ttyS0")  # not quiet: the banner
     out, rc = interactive_console(h0, ["create", "-c", str(cfg), "--host", "h2"],
                                   b"echo c-$((6*7))\n", b"c-42", first=READY.encode())
     assert rc == 0 and b"placed on cluster member h2" in out and b"Linux version" in out, out

@@ -8,6 +8,7 @@ storage, for --copy-storage).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -28,6 +29,7 @@ TAG = tag()
 SHARED = Path(f"/var/tmp/xt-shared-{TAG}")
 PRIVATE = Path(f"/var/tmp/xt-private-{TAG}")
 BR = "xmbr"
+STALL_ENV, STALL = "XENIA_MIGRATION_STALL_TIMEOUT", 6
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +39,16 @@ def cluster(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[Clust
         d.mkdir(parents=True)
     c = Cluster(tiny_image, 2, TAG, private={1: (PRIVATE,)}, allow=(SHARED, PRIVATE))
     failed_before = request.session.testsfailed
+    # A cut link is given up on after 6 s without a byte instead of 15 (xeniad
+    # --migration-stall-timeout): test_network_cut_mid_migration waits that long.
+    os.environ[STALL_ENV] = str(STALL)
     try:
         c.start()
         c.guest_lan(BR)
         c.peer(0, 1, "h1")
         yield c
     finally:
+        os.environ.pop(STALL_ENV, None)
         c.stop(dump=request.session.testsfailed > failed_before)
         for d in (SHARED, PRIVATE):
             shutil.rmtree(d, ignore_errors=True)
@@ -184,7 +190,7 @@ def test_network_cut_mid_migration(hosts: tuple[NetHost, NetHost], cluster: Clus
     cluster.set_link(0, False)
     try:
         out, err = proc.communicate(timeout=120)
-        assert proc.returncode != 0 and "nothing moved" in err, (out, err)
+        assert proc.returncode != 0 and f"nothing moved for {STALL} s" in err, (out, err)
         assert a.domain("n")["state"] == "running"
     finally:
         cluster.set_link(0, True)

@@ -1,7 +1,9 @@
 """Issue 10 §3: a real xeniad on TCP (TLS + a `migrate` token, as a peer calls it)
 refuses crafted incoming migrations before it makes anything: a record with runtime keys
 it does not accept, a machine its QEMU does not know, a uuid or migration id that is a
-path, a stream without TLS. No guest boots here."""
+path, a stream without TLS, a kernel or disk outside --allow-path, device_model_args
+without the admin scope, capabilities or a listen address it does not accept. No guest
+boots here."""
 
 from __future__ import annotations
 
@@ -62,6 +64,14 @@ def incoming(tiny_image: Image, runtime: dict[str, Any] | None = None,
     ("uuid", "the domain's uuid '../../../etc' is not a UUID"),
     ("job", "the migration id '../../../tmp/x' is not a UUID"),
     ("plain", "requires an encrypted stream"),
+    # The path rule over TCP, and the admin-only field, as `create` applies them.
+    ("kernel", "Failed to use the kernel '/etc/passwd': over TCP, paths must lie inside"),
+    ("disk", "Failed to use the disk xvda '/root/mig.img': over TCP, paths must lie"),
+    ("dm_args", "device_model_args pass arguments to QEMU unchecked and need a token with "
+                "the 'admin' scope"),
+    # What reaches QEMU besides the record.
+    ("caps", "caps 'x-ignore-shared' is not one this host sets"),
+    ("listen", "listen_host '127.0.0.1,to=99' is not an IP address of this host"),
 ])
 def test_crafted_incoming_migration_refused(peer: tuple[Host, PeerClient],
                                             tiny_image: Image, case: str, match: str) -> None:
@@ -77,6 +87,17 @@ def test_crafted_incoming_migration_refused(peer: tuple[Host, PeerClient],
         req["id"] = "../../../tmp/x"
     elif case == "plain":
         req["psk"] = None
+    elif case == "kernel":
+        req["record"]["config"]["kernel"] = "/etc/passwd"
+    elif case == "disk":
+        req["record"]["config"]["disks"] = [{"target": "/root/mig.img", "vdev": "xvda",
+                                             "format": "raw"}]
+    elif case == "dm_args":
+        req["record"]["config"]["device_model_args"] = ["-chardev", "file,path=/etc/x"]
+    elif case == "caps":
+        req["caps"] = {"x-ignore-shared": True}
+    elif case == "listen":
+        req["listen_host"] = "127.0.0.1,to=99"
     with pytest.raises(XeniaError) as info:
         client.post("/v1/migrations/incoming", req)
     assert match in info.value.message

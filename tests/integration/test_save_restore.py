@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import COUNTER, Host, counter, wait_until
+from tests.integration.harness import COUNTER, Host, counter, qemu_pids_with, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,11 +36,25 @@ def test_save_restore_continues_the_guest(host: Host) -> None:
     assert host.run("g1", "cat /proc/sys/kernel/tainted").strip() == "0"
 
 
+def assert_roots(path: Path) -> None:
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o600), (path, st)
+
+
 def test_save_c_and_p(host: Host) -> None:
     host.create("g1")
     host.run("g1", COUNTER)
     host.xenia("save", "-c", "g1", str(host.root / "a.save"))
     assert host.domain("g1")["state"] == "running"
+    # QEMU (running on: a guest may own it) never had the file: it is root's, 0600, and
+    # the QEMU holds no descriptor of it (it wrote into a pipe).
+    assert_roots(host.root / "a.save")
+    pids = qemu_pids_with(host.domain("g1")["uuid"])
+    assert pids
+    for pid in pids:
+        fds = Path(f"/proc/{pid}/fd")
+        held = {os.readlink(fds / n) for n in os.listdir(fds)}
+        assert not any("a.save" in h for h in held), held
     # It runs on after save -c: its counter moves past what it was at the save.
     c0 = counter(host, "g1")
     c = wait_until(lambda: (n := counter(host, "g1")) > c0 and n, what="the counter to move")
@@ -50,6 +66,7 @@ def test_save_c_and_p(host: Host) -> None:
     host.xenia("destroy", "g1")
     host.xenia("restore", "-p", str(host.root / "b.save"))
     assert host.domain("g1")["state"] == "paused"
+    assert_roots(host.root / "b.save")  # restore gave QEMU a pipe, not the file either
     host.xenia("unpause", "g1")
     assert counter(host, "g1") >= c
 

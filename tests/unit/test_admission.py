@@ -12,10 +12,14 @@ from typing import Any
 import pytest
 
 from xenia.config.model import DomainConfig
+from xenia.drivers import qemu_migrate
+from xenia.drivers.base import IncomingSetup
 from xenia.errors import InvalidConfig
 from xenia.migration import admission, savefile
-from xenia.migration.receiver import Receiver
+from xenia.migration.receiver import Incoming, Receiver
 from xenia.migration.saving import SaveRestore
+from xenia.migration.sender import ip_of
+from xenia.qemu.commands import Qmp
 from xenia.store.base import DomainRecord
 
 UUID = "6b1f6c57-0000-4000-8000-000000000001"
@@ -41,6 +45,17 @@ def check(data: Any) -> None:
 
 def test_a_portable_record_passes() -> None:
     check(record())
+
+
+def test_an_old_record_is_upgraded_before_it_is_checked() -> None:
+    # Schema 1 (no "schema" key): root_ports was "nports"; a save file of that release.
+    old = record()
+    del old["schema"]
+    old["runtime"]["nports"] = old["runtime"].pop("root_ports")
+    check(old)
+    old["runtime"]["nports"] = "many"  # and the upgraded value is checked as any other
+    with pytest.raises(InvalidConfig, match="runtime root_ports must be a number"):
+        check(old)
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -132,6 +147,57 @@ def test_prepare_refuses_a_crafted_record_before_anything_is_made(tmp_path: Path
         prepare(base_req(record=bad))
 
 
+@pytest.mark.parametrize("field, match", [
+    ({"caps": {"x-ignore-shared": True}}, "caps 'x-ignore-shared' is not one this host"),
+    ({"caps": {"postcopy-ram": "on"}}, "caps postcopy-ram must be true or false"),
+    ({"caps": ["postcopy-ram"]}, "caps is not a mapping"),
+    ({"listen_host": "127.0.0.1,to=9"}, "listen_host '127.0.0.1,to=9' is not an IP"),
+    ({"listen_host": "localhost"}, "listen_host 'localhost' is not an IP"),
+    ({"listen_host": "0.0.0.0"}, "is not an IP address of this host"),
+    ({"listen_host": 5}, "listen_host '5' is not an IP"),
+    ({"listen_host": "192.0.2.77"}, "listen_host '192.0.2.77' is not an address of this"),
+])
+def test_prepare_checks_what_reaches_qemu(field: dict[str, Any], match: str) -> None:
+    # Refused before anything is made (the manager is None: any use of it would fail).
+    with pytest.raises(InvalidConfig, match=match):
+        prepare(base_req(**field))
+
+
+def test_disk_sizes_are_bounded(tmp_path: Path) -> None:
+    disks = [("xvda", tmp_path / "a.img"), ("xvdb", tmp_path / "b.img")]
+    ok = admission.check_disk_sizes({"xvda": 1 << 20, "xvdb": 4096}, disks)
+    assert ok == {"xvda": 1 << 20, "xvdb": 4096}
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    for sizes, match in [
+        ({"xvda": free // 2 + 1, "xvdb": free // 2 + 1}, "need .* bytes in .*only .* free"),
+        ({"xvda": 1 << 60, "xvdb": 1}, "not a size in bytes"),
+        ({"xvda": -1, "xvdb": 1}, "not a size in bytes"),
+        ({"xvda": True, "xvdb": 1}, "not a size in bytes"),
+        ({"xvda": "10G", "xvdb": 1}, "not a size in bytes"),
+        ({"xvda": 1}, "disk xvdb: disk_sizes gives 'None'"),
+        ({"xvda": 1, "xvdb": 1, "../x": 1}, "names disks the domain does not copy"),
+    ]:
+        with pytest.raises(InvalidConfig, match=match):
+            admission.check_disk_sizes(sizes, disks)
+
+
+def test_an_incoming_disk_is_made_exclusively(tmp_path: Path) -> None:
+    """A file that appeared at a disk's path after preflight is neither written over nor
+    removed when the migration is undone."""
+    victim = tmp_path / "d.img"
+    victim.write_text("someone's disk")
+    cfg = DomainConfig.from_dict({"name": "web", "type": "pv", "kernel": "/k", "disks": [
+        {"target": str(tmp_path / "new.img"), "vdev": "xvda", "format": "raw"},
+        {"target": str(victim), "vdev": "xvdb", "format": "raw"}]})
+    r = Receiver(manager=None, network=None)  # type: ignore[arg-type]
+    job = Incoming(JOB, UUID, "web")
+    with pytest.raises(InvalidConfig, match=f"disk xvdb: {victim} exists here already"):
+        r._create_disks(cfg, job, {"xvda": 1 << 20, "xvdb": 1 << 20})
+    assert job.created_disks == [tmp_path / "new.img"]
+    r._cleanup(job)
+    assert victim.read_text() == "someone's disk" and not (tmp_path / "new.img").exists()
+
+
 # -- restore from a crafted save file ------------------------------------------------------
 def save_file(path: Path, rec: dict[str, Any]) -> Path:
     header = savefile.begin(path, {"record": rec})
@@ -179,3 +245,34 @@ def test_publish_renames_into_place(tmp_path: Path) -> None:
     tmp.write_text("data")
     savefile.publish(tmp, tmp_path / "a.save")
     assert (tmp_path / "a.save").read_text() == "data" and not tmp.exists()
+
+
+def test_the_sender_names_an_ip_to_listen_on() -> None:
+    assert ip_of("127.0.0.1") == "127.0.0.1" and ip_of("::1") == "::1"
+    assert ip_of("localhost") in ("127.0.0.1", "::1")
+    admission.check_listen_host(ip_of("localhost"))  # what the receiver accepts
+
+
+def test_the_listener_address_reaches_qemu_in_json() -> None:
+    """migrate-incoming gets the host as a JSON field (no URI to splice into, no brackets
+    for IPv6), and only the capabilities that passed check_caps."""
+    sent: list[tuple[str, Any]] = []
+
+    class Chan:
+        async def command(self, cmd: str, args: dict[str, Any] | None = None,
+                          timeout: float = 30.0) -> Any:
+            sent.append((cmd, args))
+            if cmd == "query-migrate":
+                return {"socket-address": [{"port": "4711"}]}
+
+        def send_fd(self, fd: int) -> None:
+            raise AssertionError("no fd here")
+
+    setup = IncomingSetup(name="m1", listen_host="::1",
+                          caps=admission.check_caps({"postcopy-ram": True}))
+    port, nbd = asyncio.run(qemu_migrate.accept(Qmp(Chan()), setup))
+    assert (port, nbd) == (4711, 0)
+    assert ("migrate-incoming", {"channels": [{"channel-type": "main", "addr": {
+        "transport": "socket", "type": "inet", "host": "::1", "port": "0"}}]}) in sent
+    assert ("migrate-set-capabilities", {"capabilities": [
+        {"capability": "postcopy-ram", "state": True}]}) in sent

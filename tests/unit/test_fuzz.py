@@ -14,6 +14,7 @@ QemuDriver does, builds and checks the argv, and stops there: no QEMU is started
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import string
@@ -28,6 +29,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.unit import fuzz_later
 from tests.unit.qemuopts import check_argv, values
 from xenia.api.app import make_app
 from xenia.config.build import build_config
@@ -36,7 +38,7 @@ from xenia.config.model import DiskSpec, DomainConfig
 from xenia.config.vifspec import parse_vif_spec
 from xenia.config.xlcfg import parse_config, render_config
 from xenia.devices import disk as diskdev
-from xenia.devices import display
+from xenia.devices import display, spice
 from xenia.devices import nic as nicdev
 from xenia.drivers.qemu import QemuDriver
 from xenia.drivers.qemu_devices import QemuDevices, argv_devices
@@ -45,6 +47,7 @@ from xenia.errors import InvalidConfig, XeniaError
 from xenia.host.validate import check_config
 from xenia.network.manager import NetworkManager
 from xenia.paths import Paths
+from xenia.qemu import platform, vscsi, vtpm, xldevices
 from xenia.qemu.cmdline import RunFiles, build_argv
 from xenia.storage.manager import StorageManager
 from xenia.store.base import DomainRecord
@@ -55,8 +58,8 @@ FILES = RunFiles(Path("/run/xenia/domains") / UUID)
 KERNEL = "/bin/true"  # a readable file: a generated config can name it and validate
 
 # How many examples each property runs; the sum is the campaign's size.
-EXAMPLES = {"xlcfg": 2500, "xlcfg_text": 1500, "disk": 2500, "vif": 1500, "api_create": 2000,
-            "api_devices": 600}
+EXAMPLES = {"xlcfg": 1700, "xlcfg_later": 800, "xlcfg_text": 1500, "disk": 2500, "vif": 1500,
+            "api_create": 2000, "api_devices": 600}
 FUZZ_EXAMPLES = sum(EXAMPLES.values())
 assert FUZZ_EXAMPLES >= 10_000
 
@@ -71,13 +74,23 @@ def fuzz(name: str) -> Any:
                                            HealthCheck.function_scoped_fixture])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _host_files() -> Iterator[None]:
+    """The directories, images and certificates the later keys' configs name."""
+    fuzz_later.make_root()
+    yield
+    fuzz_later.remove_root()
+
+
 @pytest.fixture(autouse=True)
 def _quiet_config_warnings() -> Iterator[None]:
-    logger = logging.getLogger("xenia.config")
-    old = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(n) for n in ("xenia.config", "xenia.qemu")]
+    old = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     yield
-    logger.setLevel(old)
+    for logger, level in zip(loggers, old, strict=True):
+        logger.setLevel(level)
 
 
 # -- strategies ------------------------------------------------------------------------
@@ -179,6 +192,10 @@ def argv_of(cfg: DomainConfig) -> list[str] | None:
         diskdev.bus_kind(spec, cfg.type)
     for vif in cfg.vifs:
         nicdev.model_of(vif, cfg.type)
+    # QemuDriver.check's checks of the later keys (the API's dry run runs them as well).
+    platform.check(cfg)
+    xldevices.check(cfg)
+    spice.check_spice(cfg, fuzz_later.SPICE_TLS)
     display.check_graphics(cfg)
     firmware: list[str] = []
     if cfg.type == "hvm":
@@ -188,42 +205,93 @@ def argv_of(cfg: DomainConfig) -> list[str] | None:
         if cfg.vnc:
             display.vnc_listen(cfg)
     layout, devices = argv_devices(rec)
+    # The fds xeniad would open (qemu/hostfds.py) for every other serial file and channel
+    # socket: both ways to QEMU are read back.
+    fds = {f"serial{i}": 20 + i for i, s in enumerate(cfg.serial[1:], start=1)
+           if s.startswith("file:") and i % 2}
+    fds.update({f"channel{i}": 30 + i for i in range(0, len(cfg.channel), 2)})
     return build_argv(cfg, uuid=UUID, accel="tcg", files=FILES, layout=layout,
                       devices=devices, firmware=firmware, machine="pc-q35-10.0",
-                      vnc_display=5 if cfg.vnc and not cfg.nographic else None)
+                      vnc_display=5 if cfg.vnc and not cfg.nographic else None,
+                      host_fds=fds, spice_tls=str(fuzz_later.SPICE_TLS),
+                      tpm=vtpm.tpm_args(FILES.dir / "swtpm.sock") if cfg.vtpm else ())
 
 
-def check_domain(cfg: DomainConfig) -> None:
+def check_domain(cfg: DomainConfig) -> str:
     """The property for a config that loaded: valid for the engine and a clean argv, or
-    a XeniaError saying why not."""
+    a XeniaError saying why not. Returns which ("refused", "container", "argv")."""
     try:
         check_config(cfg)
         argv = argv_of(cfg)
     except XeniaError as e:
         event(f"refused: {type(e).__name__}")
-        return
+        return "refused"
     if argv is None:
         event("valid container")
-        return
+        return "container"
     event("valid: argv checked")
     opts = check_argv(argv)
     assert values(opts, "-name")[0].keys["guest"] == cfg.name
     assert [o.arg for o in values(opts, "-kernel")] == ([cfg.kernel] if cfg.kernel else [])
     paths_in = {o.json["filename"] for o in values(opts, "-blockdev")
                 if o.json and "filename" in o.json and o.json["filename"] != "/dev/urandom"}
-    assert paths_in <= {str(diskdev.target_path(d)) for d in cfg.disks if d.target}
+    assert paths_in <= ({str(diskdev.target_path(d)) for d in cfg.disks if d.target}
+                        | {str(d["path"]) for d in cfg.usbdev if d["type"] == "storage"}
+                        | set(vscsi.paths(cfg)))
+    # The user's paths reach QEMU whole: 9p shares, serial files without an fd, spice.
+    assert [o.keys["path"] for o in values(opts, "-fsdev")] == [s["path"] for s in cfg.p9]
+    for o in values(opts, "-chardev"):
+        if o.keys.get("backend") == "file" and not o.keys["path"].startswith("/dev/fdset/"):
+            assert "file:" + o.keys["path"] in cfg.serial
+    if cfg.spice:
+        spice_opt = values(opts, "-spice")[0].keys
+        assert spice_opt["addr"] == str(cfg.spice.get("host", "127.0.0.1"))
+        assert ("disable-ticketing" in spice_opt) == bool(cfg.spice.get("disable_ticketing"))
+    return "argv"
 
 
 # -- xl.cfg ----------------------------------------------------------------------------
-@fuzz("xlcfg")
-@given(configs)
-def test_fuzz_xl_cfg(values_: dict[str, Any]) -> None:
-    text = render_config(values_)
-    try:
-        cfg = build_config(parse_config(text, "fuzz.cfg"), "fuzz.cfg")
-    except XeniaError:
-        return
-    check_domain(cfg)
+def test_fuzz_xl_cfg() -> None:
+    outcomes: dict[str, int] = {}
+
+    @fuzz("xlcfg")
+    @given(configs)
+    def run(values_: dict[str, Any]) -> None:
+        text = render_config(values_)
+        try:
+            cfg = build_config(parse_config(text, "fuzz.cfg"), "fuzz.cfg")
+        except XeniaError:
+            return
+        outcome = check_domain(cfg)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    run()
+    # Some configs must get through every check to the argv, or the fuzz proves little.
+    assert outcomes.get("argv", 0) >= 20, outcomes
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_fuzz_xl_cfg_later_keys() -> None:
+    """spice*, smbios, channel, serial file:, p9, usb, vscsi, vtpm, keymap, soundhw,
+    vnuma, cpuid, viridian, rtc, watchdog on a config that validates without them. Each
+    feature must reach a checked argv in some example, or the campaign proves little."""
+    reached: dict[str, int] = dict.fromkeys(fuzz_later.FEATURES, 0)
+
+    @fuzz("xlcfg_later")
+    @given(fuzz_later.later_configs)
+    def run(case: tuple[list[str], dict[str, Any]]) -> None:
+        features, values_ = case
+        try:
+            cfg = build_config(parse_config(render_config(values_), "f.cfg"), "f.cfg")
+        except XeniaError:
+            event("refused by the parser")
+            return
+        if check_domain(cfg) == "argv":
+            for f in features:
+                reached[f] += 1
+
+    run()
+    assert all(reached.values()), f"features never valid: {reached}"
 
 
 XL_TOKENS = ["name", "=", "+=", "'web'", '"a,b"', "[", "]", ",", ";", "\n", "#c\n", " ",
@@ -293,18 +361,29 @@ class DryRunDriver(QemuDriver):
         pass
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    paths = Paths.from_env(str(tmp_path_factory.mktemp("fuzz-root")))
+@contextlib.contextmanager
+def app_client(root: Path, driver_class: type[QemuDriver]) -> Iterator[TestClient]:
+    """The real FastAPI app and Engine under `root`, over one driver of `driver_class`
+    (a QemuDriver that starts nothing)."""
+    paths = Paths.from_env(str(root))
     paths.ensure()
     store = SqliteStore(paths.db)
     storage = StorageManager(paths, store)
     network = NetworkManager(paths, store)
-    driver = DryRunDriver(paths, store, storage, network, "tcg")
+    driver = driver_class(paths, store, storage, network, "tcg")
+    driver.spice_tls_dir = fuzz_later.SPICE_TLS
     engine = Engine.create(paths, store, [driver], storage=storage, network=network)
-    with TestClient(make_app(engine), raise_server_exceptions=False) as client:
+    try:
+        with TestClient(make_app(engine), raise_server_exceptions=False) as client:
+            yield client
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    with app_client(tmp_path_factory.mktemp("fuzz-root"), DryRunDriver) as client:
         yield client
-    store.close()
 
 
 def assert_clear(res: Any) -> None:
@@ -337,16 +416,23 @@ def _loaded(values_: dict[str, Any]) -> dict[str, Any]:
         return DomainConfig(name="fallback", kernel=KERNEL).to_dict()
 
 
-@fuzz("api_create")
-@given(st.one_of(
-    config_bodies().map(lambda c: {"config": c}),
-    config_bodies().map(lambda c: {"config": c, "paused": True}),
-    json_values.map(lambda v: {"config": v}),
-    json_values))
-def test_fuzz_api_create(api: TestClient, body: Any) -> None:
-    res = api.post("/v1/domains", json=body)
-    assert_clear(res)
-    event(f"api: {res.status_code} {res.json().get('error')}")
+def test_fuzz_api_create(api: TestClient) -> None:
+    before = DryRunDriver.reached
+
+    @fuzz("api_create")
+    @given(st.one_of(
+        config_bodies().map(lambda c: {"config": c}),
+        config_bodies().map(lambda c: {"config": c, "paused": True}),
+        json_values.map(lambda v: {"config": v}),
+        json_values))
+    def run(body: Any) -> None:
+        res = api.post("/v1/domains", json=body)
+        assert_clear(res)
+        event(f"api: {res.status_code} {res.json().get('error')}")
+
+    run()
+    # Some bodies must get through every check to the dry-run driver's checked argv.
+    assert DryRunDriver.reached - before >= 20, DryRunDriver.reached - before
 
 
 def test_api_fuzz_reaches_the_driver(api: TestClient) -> None:

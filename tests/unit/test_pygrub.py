@@ -103,3 +103,17 @@ def test_ext_filesystem_without_partition_table(tmp_path: Path) -> None:
     assert boot.kernel.read_bytes() == b"K" * 5000
     assert boot.ramdisk is not None and boot.ramdisk.read_bytes() == b"I" * 3000
     assert boot.cmdline == "root=/dev/xvda2"
+
+
+def test_an_image_named_like_an_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # debugfs gets `--` before the image: "-w.img" (relative, so nothing but `--` keeps
+    # it from being read as -w, read-write) is an image like any other.
+    root = tmp_path / "root"
+    (root / "grub").mkdir(parents=True)
+    (root / "grub" / "grub.cfg").write_text("menuentry 'Only' {\n linux /vmlinuz-1 x=1\n}\n")
+    (root / "vmlinuz-1").write_bytes(b"K" * 5000)
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-d", str(root),
+                    str(tmp_path / "-w.img"), "4M"], check=True, capture_output=True)
+    monkeypatch.chdir(tmp_path)
+    boot = pygrub.extract_boot(Path("-w.img"), tmp_path / "out")
+    assert boot.kernel.read_bytes() == b"K" * 5000 and boot.cmdline == "x=1"

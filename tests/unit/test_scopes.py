@@ -184,6 +184,27 @@ class FakeManager:
     async def cd_insert(self, ref: str, vdev: str, target: str, fmt: str) -> None:
         self.calls.append(("cd-insert", target))
 
+    async def usbdev_attach(self, ref: str, dev: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("usbdev", dev.get("path") or dev["type"]))
+        return {}
+
+
+@dataclass
+class FakeClones:
+    """Clones.start: admits the snapshot's config (`config`, renamed), records the start."""
+
+    m: FakeManager
+    config: DomainConfig | None = None
+
+    async def start(self, ref: str, name: str, paused: bool = False, admit: Any = None
+                    ) -> Dom:
+        cfg = DomainConfig.from_dict({**(self.config or DomainConfig(name=name)).to_dict(),
+                                      "name": name})
+        if admit is not None:
+            admit(cfg)
+        self.m.calls.append(("clone", f"{ref}->{name}"))
+        return Dom(name, "u", 9)
+
 
 @dataclass
 class Host:
@@ -214,7 +235,7 @@ def fake_app(tmp_path: Path) -> tuple[Any, FakeManager, Paths, SqliteStore, Toke
     m = FakeManager(paths, store)
     # The fake stands for each engine part the routes under test use.
     engine = SimpleNamespace(paths=paths, store=store, manager=m, views=m, devices=m, saves=m,
-                             clones=m, storage=m.storage, receiver=m.receiver)
+                             clones=FakeClones(m), storage=m.storage, receiver=m.receiver)
     return make_app(engine), m, paths, store, TokenRegistry(store)  # type: ignore[arg-type]
 
 
@@ -333,6 +354,14 @@ def test_domain_patterns(host: Host) -> None:
     r = host.tcp.post("/v1/domains", headers=web, json={"config": {"name": "web-3"}})
     assert r.status_code == 201, r.text
     assert host.m.calls == [("shutdown", "web-2"), ("create", "web-3")]
+    # A clone of another domain's snapshot, under a name of its own patterns, is refused.
+    refused(host.tcp.post("/v1/domains", headers=web, json={
+        "config": {"name": "web-8", "from_snapshot": "db-1@s"}}),
+        "from a snapshot of 'db-1'", "'web-*'")
+    r = host.tcp.post("/v1/domains", headers=web,
+                      json={"config": {"name": "web-8", "from_snapshot": "web-1@s"}})
+    assert r.status_code == 201, r.text
+    assert host.m.calls[2:] == [("clone", "web-1@s->web-8")]
     # An incoming migration of another name is refused for a pattern-limited peer.
     mig = host.token("migrate", domains=("web-*",))
     refused(host.tcp.post("/v1/migrations/incoming", headers=mig,
@@ -384,13 +413,81 @@ def test_paths_over_tcp(host: Host) -> None:
     (host.allowed / "s").write_text("")
     refused(host.tcp.post("/v1/restore", headers=make, json={"file": str(host.allowed / "s")}),
             "the kernel '/etc/passwd'")
+    host.m.restore_config = None
+    path_fields(host, make, outside, inside)
     admin = host.token("admin")
     refused(host.tcp.post("/v1/pools", headers=admin, json={"name": "p", "path": "/etc"}),
             "pool directory '/etc'")
     r = host.tcp.post("/v1/pools", headers=admin,
                       json={"name": "p", "path": str(host.allowed / "p")})
     assert r.status_code == 201, r.text
-    assert [c for c in host.m.calls if c[0] != "create"] == [("pool", str(host.allowed / "p"))]
+    assert [c for c in host.m.calls if c[0] == "pool"] == [("pool", str(host.allowed / "p"))]
+
+
+def path_fields(host: Host, make: dict[str, str], outside: Path, inside: Path) -> None:
+    """test_paths_over_tcp's other fields: serial and channel files, a core dump, USB
+    hot-plug, config-update, clones (create's from_snapshot, clone-start), host USB."""
+    before = list(host.m.calls)
+
+    def create(**cfg: Any) -> Any:
+        return host.tcp.post("/v1/domains", headers=make,
+                             json={"config": {"name": "web-5", **cfg}})
+
+    refused(create(serial=["pty", f"file:{outside}"]), "a serial port or channel socket",
+            str(outside))
+    refused(create(channel=[f"name=org.x.y,connection=socket,path={host.outside}/s"]),
+            f"'{host.outside}/s'")
+    refused(create(usbdev=[{"type": "hostdev", "hostbus": 1, "hostaddr": 2}]),
+            "host USB device (type=hostdev)", "'admin' scope")
+    w = "/v1/domains/web-1"
+    refused(host.tcp.post(w + "/dump-core", headers=make, json={"file": str(outside)}),
+            "core file")
+    refused(host.tcp.post(w + "/usbdev", headers=make,
+                          json={"spec": f"type=storage,path={outside}"}), "usbdev storage")
+    refused(host.tcp.post(w + "/usbdev", headers=make,
+                          json={"spec": "type=hostdev,hostbus=1,hostaddr=2"}),
+            "host USB device", "'admin' scope")
+    refused(host.tcp.post(w + "/config", headers=make,
+                          json={"config": {"name": "web-1", "ramdisk": str(outside)}}),
+            f"the ramdisk '{outside}'")
+    # A clone's config comes from the snapshot: its paths are checked as a create's.
+    host.local.app.state.engine.clones.config = DomainConfig(  # type: ignore[attr-defined]
+        name="x", kernel=str(outside))
+    refused(create(from_snapshot="web-1@s"), f"the kernel '{outside}'")
+    refused(host.tcp.post("/v1/domain-snapshots/web-1/s/start", headers=make,
+                          json={"name": "web-6"}), f"the kernel '{outside}'")
+    assert host.m.calls == before  # nothing ran
+    host.local.app.state.engine.clones.config = None  # type: ignore[attr-defined]
+    r = host.tcp.post(w + "/usbdev", headers=make, json={"spec": f"type=storage,path={inside}"})
+    assert r.status_code == 201, r.text
+    r = host.tcp.post("/v1/domain-snapshots/web-1/s/start", headers=make, json={"name": "web-6"})
+    assert r.status_code == 201, r.text
+    assert host.m.calls[len(before):] == [("usbdev", str(inside)), ("clone", "web-1@s->web-6")]
+
+
+def test_container_privileges_need_admin(host: Host) -> None:
+    """cap_add beyond the default set, pids_limit = 0 and idmap loosen a container's
+    hardening: over TCP only an admin token may ask for them."""
+    rootfs = host.allowed / "rootfs"
+    rootfs.mkdir()
+
+    def create(h: dict[str, str], **cfg: Any) -> Any:
+        return host.tcp.post("/v1/domains", headers=h, json={"config": {
+            "name": "ct", "type": "container", "rootfs": str(rootfs), **cfg}})
+
+    make = host.token("create")
+    for cfg, words in (({"cap_add": ["CAP_SYS_ADMIN"]}, "cap_add CAP_SYS_ADMIN"),
+                       ({"cap_add": ["net_admin"]}, "cap_add net_admin"),
+                       ({"pids_limit": 0}, "pids_limit = 0"),
+                       ({"idmap": "100000:65536"}, "idmap '100000:65536'")):
+        refused(create(make, **cfg), words, "'admin' scope")
+    assert host.m.calls == []
+    # The default set, a limit of its own and dropped capabilities are the creator's.
+    r = create(make, cap_add=["CAP_CHOWN"], cap_drop=["CAP_KILL"], pids_limit=50)
+    assert r.status_code == 201, r.text
+    r = create(host.token("create", "admin"), cap_add=["CAP_SYS_ADMIN"], pids_limit=0)
+    assert r.status_code == 201, r.text
+    assert host.m.calls == [("create", "ct"), ("create", "ct")]
 
 
 def test_a_pools_directory_is_allowed(host: Host, tmp_path: Path) -> None:
@@ -419,6 +516,28 @@ def test_backing_chain_is_checked(host: Host) -> None:
                     str(good)], check=True)
     r = host.tcp.post("/v1/domains/web-1/disks", headers=make,
                       json={"args": [f"format=qcow2,vdev=xvdc,target={good}"]})
+    assert r.status_code == 201, r.text
+    # An external data file (qcow2's data_file) is opened by QEMU too: checked the same.
+    # (qemu-img create makes and truncates the data file: never name a host file here.)
+    victim = host.outside / "victim.raw"
+    data = host.allowed / "data.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                    f"data_file={victim},data_file_raw=on", str(data), "1M"], check=True)
+    refused(host.tcp.post("/v1/domains/web-1/disks", headers=make,
+                          json={"args": [f"format=qcow2,vdev=xvde,target={data}"]}),
+            f"data file of disk xvde '{victim}'")
+    # A relative name is opened from QEMU's working directory, wherever that is: refused.
+    rel = host.allowed / "rel.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file=rel.raw",
+                    str(rel), "1M"], check=True, cwd=host.allowed)
+    refused(host.tcp.post("/v1/domains/web-1/disks", headers=make,
+                          json={"args": [f"format=qcow2,vdev=xvde,target={rel}"]}),
+            "data file of disk xvde 'rel.raw'", "must be absolute")
+    inner = host.allowed / "inner.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                    f"data_file={host.allowed}/inner.raw", str(inner), "1M"], check=True)
+    r = host.tcp.post("/v1/domains/web-1/disks", headers=make,
+                      json={"args": [f"format=qcow2,vdev=xvde,target={inner}"]})
     assert r.status_code == 201, r.text
     # Read as raw, the same file opens nothing else: allowed.
     r = host.tcp.post("/v1/domains/web-1/disks", headers=make,

@@ -5,10 +5,12 @@ against a real xeniad: tests/integration/test_ui.py."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -28,6 +30,11 @@ class Ui:
     client: TestClient
     m: FakeManager
     tokens: TokenRegistry
+    audit: Path | None = None
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        assert self.audit is not None
+        return [json.loads(line) for line in self.audit.read_text().splitlines()]
 
     def login(self, *scopes: str, name: str = "u") -> str:
         """Log in with a new token; the CSRF token of the session."""
@@ -44,9 +51,9 @@ def ui(tmp_path: Path) -> Iterator[Ui]:
     audit = AuditLog(paths.audit_log)
     front = UiFront(TokenAuth(app, tokens.verify, make_access_factory(app, []), audit,
                               session=sessions.authenticate),
-                    sessions, tokens.verify, secure=True)
+                    sessions, tokens.verify, secure=True, audit=audit)
     with TestClient(front, base_url="https://xenia.test") as client:  # type: ignore[arg-type]
-        yield Ui(client, m, tokens)
+        yield Ui(client, m, tokens, paths.audit_log)
     audit.close()
     store.close()
 
@@ -94,6 +101,23 @@ def test_revoked_token_and_logout_end_the_session(ui: Ui) -> None:
     r = ui.client.get("/v1/domains")
     assert r.status_code == 401
     assert ui.client.get("/ui/session").status_code == 401
+
+
+def test_logins_and_logouts_are_audited(ui: Ui) -> None:
+    """Token guessing through /ui/login leaves a trace; the secret never does."""
+    guess = "xenia_" + "G" * 40
+    assert ui.client.post("/ui/login", json={"token": guess}).status_code == 401
+    _, token = ui.tokens.create("web", ["read"])
+    csrf = str(ui.client.post("/ui/login", json={"token": token}).json()["csrf"])
+    assert ui.client.post("/ui/logout").status_code == 403
+    assert ui.client.post("/ui/logout", headers={"X-CSRF-Token": csrf}).status_code == 200
+    lines = ui.audit_lines()
+    assert [(x["token"], x["route"], x["status"]) for x in lines] == [
+        (None, "/ui/login", 401), ("web", "/ui/login", 200), ("web", "/ui/logout", 403),
+        ("web", "/ui/logout", 200)]
+    assert all(x["method"] == "POST" and x["client"] == "testclient" for x in lines)
+    text = ui.audit.read_text()  # type: ignore[union-attr]
+    assert guess not in text and token not in text
 
 
 def test_sessions_expire_when_idle_and_at_their_age() -> None:
@@ -151,12 +175,14 @@ def test_event_log_shows_who_did_what_to_admins_only(ui: Ui) -> None:
     assert r.status_code == 403 and "'admin'" in r.json()["message"]
     ui.login("admin", name="boss")
     events = ui.client.get("/v1/host/audit").json()
-    # Newest first: the refused shutdown (no session could be trusted: no token), then
-    # the shutdown by 'op'.
-    assert [(e["method"], e["path"], e["token"], e["status"]) for e in events[:2]] == [
+    # Newest first: boss's login, the refused shutdown (no session could be trusted: no
+    # token), the shutdown by 'op', op's login.
+    assert [(e["method"], e["path"], e["token"], e["status"]) for e in events[:4]] == [
+        ("POST", "/ui/login", "boss", 200),
         ("POST", "/v1/domains/web-1/shutdown", None, 403),
-        ("POST", "/v1/domains/web-2/shutdown", "op", 200)]
-    assert events[1]["domain"] == "web-2"
+        ("POST", "/v1/domains/web-2/shutdown", "op", 200),
+        ("POST", "/ui/login", "op", 200)]
+    assert events[2]["domain"] == "web-2"
 
 
 def test_console_websocket_needs_scope_and_origin_then_relays(ui: Ui, tmp_path: Path) -> None:

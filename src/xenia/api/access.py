@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 
 from xenia.api.pathrule import PathRule
 from xenia.config.model import DiskSpec, DomainConfig
+from xenia.containers import caps
 from xenia.errors import PermissionDenied
 from xenia.peers.scopes import Grant
 from xenia.qemu.platform import channels
@@ -24,6 +25,8 @@ from xenia.qemu.platform import dm_args as platform_dm_args
 # The host's own row in `list`/`top`: shown to every reader (it is the host, not a domain
 # a token acts on; GET /v1/host tells the same).
 HOST_ROW = "Domain-0"
+# What a token sees instead of the name of a domain outside its patterns (a volume's user).
+HIDDEN = "(hidden)"
 
 
 class Access:
@@ -57,6 +60,15 @@ class Access:
         return [r for r in rows
                 if r.get(key) == HOST_ROW or self.grant.allows_domain(str(r.get(key)))]
 
+    def sees(self, name: str) -> bool:
+        """Whether this token may see domain `name` (in a list, a volume's user, ...)."""
+        return self.grant is None or self.grant.allows_domain(name)
+
+    def shown(self, name: str | None) -> str | None:
+        """A domain name as this token may see it: another's is HIDDEN (the field still
+        tells that some domain is there)."""
+        return name if name is None or self.sees(name) else HIDDEN
+
     def check_path(self, path: str, what: str) -> None:
         if self.paths is not None:
             self.paths.check(path, what)
@@ -71,6 +83,7 @@ class Access:
         self.require_domain(cfg.name, doing)
         self.require_admin_for_qemu_args(cfg, doing)
         self.require_admin_for_host_usb(cfg.usbdev, doing)
+        self.require_admin_for_container_privileges(cfg, doing)
         if self.paths is not None:
             self.paths.check_config(cfg)
             for path in platform_paths(cfg):
@@ -87,6 +100,20 @@ class Access:
             f"token with the 'admin' scope; token '{self.grant.token}' lacks it"
         )
 
+    def require_admin_for_container_privileges(self, cfg: DomainConfig, doing: str) -> None:
+        """A container's hardening is the host's, not its creator's: over TCP, capabilities
+        beyond the default set (CAP_SYS_ADMIN opens mount and setns), no process limit
+        (pids_limit = 0) and chosen host ids (idmap) need the admin scope."""
+        if self.grant is None or self.grant.has("admin"):
+            return
+        extra = [c for c in cfg.cap_add if (caps.normalize(c) or c) not in caps.DEFAULT]
+        what = ([f"cap_add {', '.join(extra)}"] if extra else []) + \
+            (["pids_limit = 0"] if cfg.pids_limit == 0 else []) + \
+            ([f"idmap '{cfg.idmap}'"] if cfg.idmap is not None else [])
+        if what:
+            raise PermissionDenied(
+                f"Failed {doing}: {'; '.join(what)} loosen the container's confinement and "
+                f"need a token with the 'admin' scope; token '{self.grant.token}' lacks it")
 
     def require_admin_for_host_usb(self, devs: list[dict[str, Any]], doing: str) -> None:
         """A host USB device (usbdev type=hostdev) is the host's hardware, given to a

@@ -89,7 +89,11 @@ def make_app(engine: Engine) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        err = InvalidConfig(f"Failed to read the request: {exc.errors()}")
+        # Where and what, never the input: pydantic's errors carry the whole value (a
+        # 1 MiB string would come back in the answer).
+        where = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
+                          for e in exc.errors()[:10])
+        err = InvalidConfig(f"Failed to read the request: {where}")
         return JSONResponse(error_body(err), status_code=err.http_status)
 
     return app

@@ -9,17 +9,18 @@ requests about another member's domain to that member.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
-from xenia.api.access import Acc
+from xenia.api.access import Acc, Access
 from xenia.api.deps import Views
-from xenia.errors import InvalidConfig, NotSupported
+from xenia.errors import InvalidConfig, NotSupported, PermissionDenied
+from xenia.peers.scopes import Grant
 
 if TYPE_CHECKING:
     from xenia.cluster.node import ClusterNode
@@ -30,6 +31,11 @@ FORWARDED = "x-xenia-forwarded"
 # What a member may forward to another: the domain verbs and migration jobs; nothing that
 # changes the host itself (pools, networks, tokens, peers, cluster membership).
 FORWARDABLE = ("/v1/domains", "/v1/migrations/")
+# A forwarded request runs with these scopes (forward() below). Admin's only for a
+# domain's HA flag and evacuation, which name no file and pass nothing to QEMU.
+FORWARD_SCOPES = frozenset({"read", "power", "create", "console"})
+ADMIN_FORWARDS = re.compile(r"/v1/(domains/[^/?]+/ha|cluster/hosts/[^/?]+/evacuate)")
+MEMBER_PREFIX = "member:"  # cluster/node.py's grants of member credentials
 
 
 def _node(request: Request) -> ClusterNode:
@@ -183,9 +189,15 @@ async def paths(req: PathsRequest) -> dict[str, Any]:
 
 
 @router.post("/forward")
-async def forward(req: ForwardRequest, n: Node) -> dict[str, Any]:
-    """A request another member forwards, run here as on the local socket: the answer's
-    status and body. Only domain verbs, migration jobs and evacuation."""
+async def forward(req: ForwardRequest, request: Request, n: Node, a: Acc) -> dict[str, Any]:
+    """A request another member forwards: the answer's status and body. Only domain
+    verbs, migration jobs and evacuation, and only from a member's credential (a join
+    token, or any other token with the `cluster` scope, is refused).
+
+    It runs here with the member's own Access, not root's: the scopes of FORWARD_SCOPES
+    (no `admin`: no /monitor, device_model_args, host USB, container privileges)
+    and this host's path rule. A member taken over is then no more than a `create` token
+    on the others."""
     n.client()
     path = req.path
     allowed = path.startswith(FORWARDABLE) or (
@@ -193,27 +205,63 @@ async def forward(req: ForwardRequest, n: Node) -> dict[str, Any]:
     if not allowed or ".." in path or req.method not in ("GET", "POST", "DELETE", "PUT"):
         raise InvalidConfig(f"Failed to run a forwarded {req.method} {path}: only domain "
                             "verbs and migrations are forwarded between members")
-    return await asyncio.to_thread(_local, n, req.method, path, req.body)
+    inner = _member_access(a, n, req.method, path)
+    status, body, route = await run_inner(request.app, inner, req.method, path, req.body)
+    # The audit line of this call (peers/auth.py) names the request run, and its domain.
+    a.domain = inner.domain
+    request.scope.setdefault("state", {})["audit_extra"] = {
+        "forwarded": {"method": req.method, "route": route, "status": status}}
+    return {"status": status, "body": body}
 
 
-def _local(n: ClusterNode, method: str, path: str, body: Any) -> dict[str, Any]:
-    from xenia.cli.client import UnixHTTPConnection
+def _member_access(a: Access, n: ClusterNode, method: str, path: str) -> Access:
+    """The Access a forwarded request runs with: unlimited from the UNIX socket (root
+    here already); from TCP only a current member's credential (node.verify's
+    `member:NAME` grants; a token's name cannot hold a colon), with FORWARD_SCOPES."""
+    if a.grant is None:
+        return Access()
+    token = a.grant.token
+    member = token.removeprefix(MEMBER_PREFIX)
+    if not token.startswith(MEMBER_PREFIX) or member not in n.members:
+        raise PermissionDenied(
+            f"Failed to run a forwarded {method} {path}: only a cluster member's own "
+            f"credential may forward requests, and token '{token}' is not one (a join "
+            "token or a host token with the 'cluster' scope is not)")
+    scopes = FORWARD_SCOPES | ({"admin"} if ADMIN_FORWARDS.fullmatch(path) else set())
+    return Access(Grant(token, frozenset(scopes)), a.paths)
 
-    conn = UnixHTTPConnection(str(n.paths.api_socket), 3600)
-    try:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {FORWARDED: "1"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        conn.request(method, path, body=data, headers=headers)
-        resp = conn.getresponse()
-        status, raw = resp.status, resp.read()
-    except (OSError, http.client.HTTPException) as e:
-        raise NotSupported(f"Failed to run a forwarded {method} {path}: {e}") from e
-    finally:
-        conn.close()
+
+async def run_inner(app: Any, access: Access, method: str, path: str, body: Any
+                    ) -> tuple[int, Any, str]:
+    """`method path` through `app` in this process with `access` (its scopes, patterns
+    and path rule checked as for a token): (status, decoded body, route template).
+    `path` is as the sending member's ASGI scope had it: decoded already (decoding it
+    again would turn a checked %2e%2e into ..)."""
+    from xenia.api.forward import replay
+
+    where, _, query = path.partition("?")
+    data = b"" if body is None else json.dumps(body).encode()
+    headers = [(FORWARDED.encode(), b"1"), (b"content-length", str(len(data)).encode())]
+    if body is not None:
+        headers.append((b"content-type", b"application/json"))
+    state: dict[str, Any] = {"access": access}
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": method, "scheme": "https", "path": where,
+             "raw_path": where.encode(), "query_string": query.encode(), "root_path": "",
+             "headers": headers, "client": None, "server": None, "state": state}
+    status, chunks = 500, []
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, replay(data), send)
+    raw = b"".join(chunks)
     try:
         decoded = json.loads(raw) if raw else None
     except ValueError:
         decoded = {"error": "XeniaError", "message": raw[:200].decode(errors="replace")}
-    return {"status": status, "body": decoded}
+    return status, decoded, str(state.get("route", where))

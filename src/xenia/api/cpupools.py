@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from xenia.config.cpulist import MAX_CPULIST
 from xenia.host.cpupools import CpuPools
 
 router = APIRouter(prefix="/v1")
@@ -19,9 +20,13 @@ def _pools(request: Request) -> CpuPools:
 Pools = Annotated[CpuPools, Depends(_pools)]
 
 
+# A CPU list is refused past MAX_CPULIST characters before anything reads it (a 422).
+CpuList = Annotated[str, Field(max_length=MAX_CPULIST)]
+
+
 class PoolRequest(BaseModel):
     name: str
-    cpus: str
+    cpus: CpuList
 
 
 class NameRequest(BaseModel):
@@ -29,7 +34,7 @@ class NameRequest(BaseModel):
 
 
 class CpusRequest(BaseModel):
-    cpus: str
+    cpus: CpuList
     remove: bool = False
 
 
@@ -44,7 +49,7 @@ async def list_pools(p: Pools) -> list[dict[str, Any]]:
 
 @router.post("/cpupools", status_code=201)
 async def create(req: PoolRequest, p: Pools) -> dict[str, Any]:
-    p.create(req.name, req.cpus)
+    await p.create(req.name, req.cpus)
     return {}
 
 

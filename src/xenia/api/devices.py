@@ -8,10 +8,11 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from xenia.api.access import Acc
 from xenia.api.deps import Devices, Manager, Views
+from xenia.config.cpulist import MAX_CPULIST
 from xenia.config.diskspec import parse_disk_args
 from xenia.config.model import DiskSpec
 from xenia.config.vifspec import parse_vif_spec
@@ -116,8 +117,9 @@ async def vcpu_set(ref: str, req: VcpuRequest, d: Devices) -> dict[str, Any]:
 
 
 class PinRequest(BaseModel):
-    vcpu: str
-    hard: str
+    vcpu: Annotated[str, Field(max_length=16)]  # a number or "all"
+    # Refused past MAX_CPULIST characters before anything reads it (a 422).
+    hard: Annotated[str, Field(max_length=MAX_CPULIST)]
 
 
 class SchedRequest(BaseModel):

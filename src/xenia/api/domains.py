@@ -12,6 +12,7 @@ from xenia.api.access import Acc
 from xenia.api.deps import ClonesDep, Manager, Saves, Views
 from xenia.config.model import DomainConfig
 from xenia.errors import InvalidConfig
+from xenia.migration.snapshots import split_ref
 
 router = APIRouter(prefix="/v1")
 
@@ -55,8 +56,13 @@ async def create(req: CreateRequest, m: Manager, v: Views, a: Acc,
     except (TypeError, ValueError) as e:
         raise InvalidConfig(f"Failed to read the domain config: {e}") from e
     if cfg.from_snapshot:
-        # xl.cfg's from_snapshot: the snapshot's machine under this config's name.
-        a.require_domain(cfg.name, f"to create domain '{cfg.name}'")
+        # xl.cfg's from_snapshot: the snapshot's machine under this config's name. The
+        # snapshot's domain must be the token's too (as clone-start checks it): else a
+        # token limited to web-* could boot a copy of db-1's disks and memory.
+        doing = f"to create domain '{cfg.name}'"
+        source, _ = split_ref(cfg.from_snapshot, doing)
+        a.require_domain(source, f"{doing} from a snapshot of '{source}'", audit=False)
+        a.require_domain(cfg.name, doing)
 
         def admit(c: DomainConfig) -> None:
             a.check_config(c, f"to create domain '{c.name}'")

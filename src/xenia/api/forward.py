@@ -57,7 +57,7 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-def _replay(body: bytes) -> Receive:
+def replay(body: bytes) -> Receive:
     sent = False
 
     async def receive() -> Message:
@@ -174,7 +174,7 @@ class ClusterForward:
                                 f"'{taken[0]}' has a domain of that name; pick another name")
         decision = await choose(node, cfg, wanted)
         if decision.host == node.name:
-            await self.app(scope, _replay(json.dumps(body).encode()), send)
+            await self.app(scope, replay(json.dumps(body).encode()), send)
             return
         status, ans = await self._forward(node, decision.host, "POST", "/v1/domains", body)
         await _respond(send, status, ans)

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
+from xenia.api.access import Acc
 from xenia.errors import NotSupported
 
 router = APIRouter(prefix="/v1")
@@ -35,5 +36,12 @@ async def set_ha(ref: str, req: HASet, request: Request) -> dict[str, Any]:
 
 
 @router.get("/ha")
-def ha_status(request: Request) -> dict[str, Any]:
-    return dict(_agent(request, "to show the HA state").status())
+def ha_status(request: Request, a: Acc) -> dict[str, Any]:
+    """This member's HA view; the restarts, decisions and fences name only the domains
+    the caller's token may see."""
+    st = dict(_agent(request, "to show the HA state").status())
+    for key in ("restarts", "decisions"):
+        st[key] = [r for r in st.get(key) or [] if a.sees(str(r.get("domain")))]
+    st["fences"] = [{**f, "domains": [n for n in f.get("domains") or [] if a.sees(str(n))]}
+                    for f in st.get("fences") or []]
+    return st

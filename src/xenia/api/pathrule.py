@@ -7,7 +7,7 @@ and `..`, os.path.realpath) and must then lie inside a storage pool's directory 
 directory the host's admin allowed with `xeniad --allow-path DIR` (or $XENIA_ALLOW_PATHS,
 colon-separated). An image's backing chain is followed too, one link at a time and each
 checked before it is opened: a guest can write a qcow2 header naming any host file into
-its raw disk. The UNIX socket (root) is not limited.
+its raw disk; so is each qcow2 image's external data file. The UNIX socket (root) is not limited.
 """
 
 from __future__ import annotations
@@ -112,6 +112,13 @@ class PathRule:
         fmt: str | None = spec.format
         for _ in range(MAX_CHAIN):
             info = self.image_info(Path(real), fmt)
+            # A qcow2 header can also name an external data file, which QEMU opens for the
+            # guest's reads and writes. A relative name is taken from QEMU's working
+            # directory, not the image's (QEMU 10, measured): check() refuses it.
+            data_file = ((info.get("format-specific") or {}).get("data") or {}).get(
+                "data-file")
+            if data_file:
+                self.check(str(data_file), f"data file of {what}")
             backing = info.get("full-backing-filename") or info.get("backing-filename")
             if not backing:
                 return

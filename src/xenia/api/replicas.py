@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from xenia.api.access import Acc
 from xenia.api.deps import ReplicaExportsDep, ReplicationDep
 
 router = APIRouter(prefix="/v1")
@@ -50,18 +51,24 @@ async def volume_resync(pool: str, name: str, req: Resync,
 
 
 @router.get("/replicas")
-def replicas(e: ReplicaExportsDep) -> list[dict[str, Any]]:
-    return e.list()
+def replicas(e: ReplicaExportsDep, a: Acc) -> list[dict[str, Any]]:
+    rows = e.list()
+    if a.grant is None or a.grant.has("read") or a.grant.has("admin"):
+        return rows
+    # A peer's token (migrate, cluster) sees the exports it made, not other peers'.
+    return [r for r in rows if r.get("owner") == a.token]
 
 
 @router.post("/replicas", status_code=201)
-async def replica_serve(req: ServeReplica, e: ReplicaExportsDep) -> dict[str, Any]:
+async def replica_serve(req: ServeReplica, e: ReplicaExportsDep, a: Acc) -> dict[str, Any]:
+    # The export belongs to the caller's token: only it may serve it again or end it.
     return await asyncio.to_thread(e.serve, req.pool, req.volume, req.size, req.format,
                                    req.listen_host, req.identity, req.key, req.primary,
-                                   req.primary_path)
+                                   req.primary_path, a.token)
 
 
 @router.delete("/replicas/{pool}/{name}")
-def replica_drop(pool: str, name: str, e: ReplicaExportsDep) -> dict[str, Any]:
-    e.stop(pool, name)
+def replica_drop(pool: str, name: str, e: ReplicaExportsDep, a: Acc) -> dict[str, Any]:
+    admin = a.grant is None or a.grant.has("admin")
+    e.drop(pool, name, None if admin else a.token)
     return {}

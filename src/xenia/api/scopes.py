@@ -57,7 +57,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", D + "/unpause"): _r("power", REF),
     ("POST", D + "/start"): _r("power", REF),  # a preserved domain's boot
     ("POST", D + "/ha"): _r("admin", REF),  # HA: docs/cluster.md
-    ("GET", "/v1/ha"): _r("read"),
+    ("GET", "/v1/ha"): _r("read", HANDLER),  # restarts etc. filtered by patterns
     ("POST", D + "/rename"): _r("create", REF),  # the new name is checked by the handler
     ("POST", D + "/wait"): _r("read", REF, readonly=True),
     ("POST", D + "/save"): _r("create", REF),
@@ -143,7 +143,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/pools/{pool}/volumes/{name}/resync"): _r("admin"),
     ("GET", "/v1/replicas"): _r("read|migrate|cluster"),
     ("POST", "/v1/replicas"): _r("migrate|cluster"),
-    ("DELETE", "/v1/replicas/{pool}/{name}"): _r("migrate|cluster"),
+    # An export is its maker's (storage/replicas.py): a token re-serves or ends only its
+    # own; admin ends any.
+    ("DELETE", "/v1/replicas/{pool}/{name}"): _r("migrate|cluster|admin"),
     # -- domain snapshots (api/snapshots.py): a snapshot outlives its domain, so the
     # handler checks the domain name in the path.
     ("POST", D + "/snapshots"): _r("create", REF),
@@ -201,6 +203,26 @@ RULES: dict[tuple[str, str], Rule] = {
 }
 
 
+class ScopeMissing(PermissionDenied):
+    """A 403 for a missing scope; `need` names it ("'console'" or "'read' or 'admin'")."""
+
+    def __init__(self, need: str, message: str) -> None:
+        super().__init__(message)
+        self.need = need
+
+
+# A WebSocket close reason is at most 123 bytes (RFC 6455): longer ones are cut.
+WS_REASON = 120
+
+
+def ws_reason(e: XeniaError) -> str:
+    """A refused WebSocket's close reason: what is missing first, so a long domain name
+    in the message cannot push the scope out of the cut."""
+    text = f"needs the scope {e.need}: {e.message}" if isinstance(e, ScopeMissing) \
+        else e.message
+    return text.encode()[:WS_REASON].decode(errors="ignore")
+
+
 def is_audited(method: str, rule: Rule | None) -> bool:
     return method not in ("GET", "HEAD") and not (rule is not None and rule.readonly)
 
@@ -225,7 +247,7 @@ def authorize(access: Access, method: str, path: str, template: str, params: dic
     assert grant is not None
     if not any(grant.has(s) for s in rule.scopes):
         need = " or ".join(f"'{s}'" for s in rule.scopes)
-        raise PermissionDenied(
+        raise ScopeMissing(need,
             f"Failed {method} {path}: token '{grant.token}' lacks the scope {need}; make a "
             f"token with it on that host (`xenia host token create --scope "
             f"{rule.scopes[0]}`)"
@@ -269,7 +291,7 @@ async def enforce(request: HTTPConnection) -> None:
             raise
         # The app's exception handlers answer HTTP only; a WebSocket is refused by
         # closing it before the accept (policy violation), with the message as reason.
-        raise WebSocketException(code=1008, reason=e.message[:120]) from e
+        raise WebSocketException(code=1008, reason=ws_reason(e)) from e
     state["audited"] = is_audited(method, rule)
     state["authorized"] = True
 

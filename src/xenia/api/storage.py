@@ -12,8 +12,10 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from xenia.api.access import Acc
+from xenia.api.access import Acc, Access
 from xenia.api.deps import ReplicationDep, Storage
+from xenia.storage.driver import VolumeInfo
+from xenia.storage.manager import StorageManager
 
 router = APIRouter(prefix="/v1")
 
@@ -78,19 +80,27 @@ def pool_delete(pool: str, s: Storage) -> dict[str, Any]:
 
 
 # -- volumes -----------------------------------------------------------------------------
+def _view(s: StorageManager, a: Access, info: VolumeInfo) -> dict[str, Any]:
+    """A volume as this caller may see it: the name of a domain outside its token's
+    patterns that uses it is hidden."""
+    d = s.describe_volume(info)
+    d["used_by"] = a.shown(d.get("used_by"))
+    return d
+
+
 @router.get("/pools/{pool}/volumes")
-def volumes(pool: str, s: Storage) -> list[dict[str, Any]]:
-    return [s.describe_volume(v) for v in s.list_volumes(pool)]
+def volumes(pool: str, s: Storage, a: Acc) -> list[dict[str, Any]]:
+    return [_view(s, a, v) for v in s.list_volumes(pool)]
 
 
 @router.post("/pools/{pool}/volumes", status_code=201)
-def volume_create(pool: str, req: VolumeCreate, s: Storage) -> dict[str, Any]:
-    return s.describe_volume(s.create_volume(pool, req.name, req.size, req.format))
+def volume_create(pool: str, req: VolumeCreate, s: Storage, a: Acc) -> dict[str, Any]:
+    return _view(s, a, s.create_volume(pool, req.name, req.size, req.format))
 
 
 @router.get("/pools/{pool}/volumes/{name}")
-def volume_get(pool: str, name: str, s: Storage) -> dict[str, Any]:
-    return s.describe_volume(s.get_volume(pool, name))
+def volume_get(pool: str, name: str, s: Storage, a: Acc) -> dict[str, Any]:
+    return _view(s, a, s.get_volume(pool, name))
 
 
 @router.delete("/pools/{pool}/volumes/{name}")
@@ -101,13 +111,15 @@ def volume_delete(pool: str, name: str, s: Storage, r: ReplicationDep) -> dict[s
 
 
 @router.post("/pools/{pool}/volumes/{name}/clone", status_code=201)
-def volume_clone(pool: str, name: str, req: VolumeClone, s: Storage) -> dict[str, Any]:
-    return s.describe_volume(s.clone_volume(pool, name, req.name, req.linked))
+def volume_clone(pool: str, name: str, req: VolumeClone, s: Storage, a: Acc
+                 ) -> dict[str, Any]:
+    return _view(s, a, s.clone_volume(pool, name, req.name, req.linked))
 
 
 @router.post("/pools/{pool}/volumes/{name}/resize")
-def volume_resize(pool: str, name: str, req: VolumeResize, s: Storage) -> dict[str, Any]:
-    return s.describe_volume(s.resize_volume(pool, name, req.size, shrink=req.shrink))
+def volume_resize(pool: str, name: str, req: VolumeResize, s: Storage, a: Acc
+                  ) -> dict[str, Any]:
+    return _view(s, a, s.resize_volume(pool, name, req.size, shrink=req.shrink))
 
 
 # -- snapshots ---------------------------------------------------------------------------
@@ -128,5 +140,6 @@ def snapshot_delete(pool: str, name: str, snap: str, s: Storage) -> dict[str, An
 
 
 @router.post("/pools/{pool}/volumes/{name}/snapshots/{snap}/restore")
-def snapshot_restore(pool: str, name: str, snap: str, s: Storage) -> dict[str, Any]:
-    return s.describe_volume(s.restore_snapshot(pool, name, snap))
+def snapshot_restore(pool: str, name: str, snap: str, s: Storage, a: Acc
+                     ) -> dict[str, Any]:
+    return _view(s, a, s.restore_snapshot(pool, name, snap))

@@ -59,7 +59,8 @@ SMBIOS_FIELDS = {
     "enclosure_asset_tag": (3, "asset"), "oem": (11, "value"),
 }
 _CHANNEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-_SIGNED_RE = re.compile(r"\s*-?\d+\s*\Z")
+# At most 18 digits: int() refuses a decimal string past 4,300 digits with a ValueError.
+_SIGNED_RE = re.compile(r"\s*-?\d{1,18}\s*\Z")
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,9 @@ def _viridian(r: Reader) -> list[str]:
     if value is None:
         return []
     if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
-        return list(VIRIDIAN_DEFAULTS) if int(value) else []
+        # Not int() of the text: a string of 5,000 digits would raise a ValueError.
+        on = bool(value) if isinstance(value, int) else bool(value.strip().strip("0"))
+        return list(VIRIDIAN_DEFAULTS) if on else []
     groups: list[str] = []
     for item in r.items("viridian", single_ok=True) or []:
         name = item.strip()

@@ -46,7 +46,7 @@ type: prefix match as xl; Xenia adds `container`
 builder: xm's `hvm`/`generic`/`linux`
 vcpus:
 maxvcpus:
-cpus: hard affinity of each vCPU thread
+cpus: hard affinity of each vCPU thread; a CPU list has at most 4,096 characters
 cpu_weight: cgroup CPU weight (256 = the default share)
 cap: cgroup CPU quota, in percent of one host CPU
 memory:
@@ -114,7 +114,7 @@ serial: the first is always the console; others (ttyS1-3): `pty`, `file:/PATH`, 
 viridian: Hyper-V enlightenments (QEMU `hv-*`) under KVM only; TCG has none
 tsc_mode: `native` adds an invariant TSC (KVM); `always_emulate` refused
 nomigrate: refuses live migration; `save` still works
-smbios: types 0-3 and 11; battery entries refused (QEMU has no type 22)
+smbios: types 0-3 and 11; no battery (QEMU has no type 22); a key twice: the last wins
 channel: virtio-serial ports; `connection=pty` is a socket in the run directory
 spicehost: an IP address; default 127.0.0.1 (xl: every interface)
 device_model_args: appended to QEMU's arguments; over TCP needs the `admin` scope

@@ -41,7 +41,9 @@ MAX_USBCTRL = 4
 MAX_VNUMA_NODES = 16
 log = logging.getLogger("xenia.config")
 PVGRUBS = ("pvgrub32", "pvgrub64")
-_NUM_RE = re.compile(r"(0x[0-9a-fA-F]+|\d+)\Z")
+# At most 18 digits: int() refuses a decimal string past 4,300 digits with a ValueError
+# (a traceback, not a message), and no count or size here needs more.
+_NUM_RE = re.compile(r"(0x[0-9a-fA-F]{1,16}|\d{1,18})\Z")
 
 
 def _options(spec: str, allowed: tuple[str, ...], what: str) -> dict[str, str]:

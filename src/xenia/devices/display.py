@@ -28,6 +28,13 @@ VGA_DRIVERS = {"stdvga": "VGA", "cirrus": "cirrus-vga", "qxl": "qxl-vga", "none"
 _SCOPE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
 
 
+def bad_scope(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """An IPv6 address's scope id if it is not an interface name or index, else None
+    (vnclisten and spicehost: the scope id would reach a comma-separated option)."""
+    scope = getattr(addr, "scope_id", None)
+    return scope if scope is not None and not _SCOPE_RE.match(scope) else None
+
+
 def firmware_kind(cfg: DomainConfig) -> str:
     """'seabios', 'ovmf' or 'path' (a firmware image file, as xl's firmware=PATH)."""
     fw = (cfg.firmware or "bios").lower()
@@ -67,8 +74,8 @@ def vnc_listen(cfg: DomainConfig) -> tuple[str, int | None]:
         except ValueError:
             raise InvalidConfig(f"Failed to set up VNC of '{cfg.name}': vnclisten "
                                 f"'{text}' is not an IP address") from None
-        scope = getattr(addr, "scope_id", None)
-        if scope is not None and not _SCOPE_RE.match(scope):
+        scope = bad_scope(addr)
+        if scope is not None:
             raise InvalidConfig(f"Failed to set up VNC of '{cfg.name}': vnclisten '{text}' "
                                 f"has a bad scope id '%{scope}' (an interface name or index)")
     if display is not None and display > 65535 - VNC_BASE:

@@ -21,6 +21,7 @@ from typing import Any
 
 from xenia.config.extras import IMAGE_COMPRESSION, STREAMING_VIDEO
 from xenia.config.model import DomainConfig
+from xenia.devices.display import bad_scope
 from xenia.errors import InvalidConfig, NotFound
 from xenia.qemu.opts import escape_opt
 
@@ -76,9 +77,14 @@ def check_spice(cfg: DomainConfig, tls_dir: Path = TLS_DIR) -> None:
     if s.get("port") and s.get("port") == s.get("tls_port"):
         raise InvalidConfig(f"{fail}: spiceport and spicetls_port must differ")
     try:
-        ipaddress.ip_address(str(s.get("host", "127.0.0.1")))
+        host = ipaddress.ip_address(str(s.get("host", "127.0.0.1")))
     except ValueError:
         raise InvalidConfig(f"{fail}: spicehost '{s.get('host')}' is not an IP address") from None
+    # Python's ipaddress takes any scope id ("fe80::1%a,gl=on"): only an interface's.
+    scope = bad_scope(host)
+    if scope is not None:
+        raise InvalidConfig(f"{fail}: spicehost '{s.get('host')}' has a bad scope id "
+                            f"'%{scope}' (an interface name or index)")
     if not s.get("disable_ticketing") and not cfg.spicepasswd:
         raise InvalidConfig(f"{fail}: set spicepasswd, or spicedisable_ticketing = 1 for "
                             "no password")
@@ -96,7 +102,9 @@ def spice_argv(cfg: DomainConfig, tls_dir: str | None = None) -> list[str]:
     if s.get("tls_port") and tls_dir:
         # The admin's directory, escaped: a comma in it must not start an option.
         opts += [f"tls-port={int(s['tls_port'])}", f"x509-dir={escape_opt(tls_dir)}"]
-    opts.append(f"addr={host}")
+    # Escaped as well: check_spice refuses a scope id that is not an interface's, but
+    # the builder holds on its own (a record from a restore or a migration).
+    opts.append(f"addr={escape_opt(str(host))}")
     if s.get("disable_ticketing"):
         opts.append("disable-ticketing=on")  # else: no client until the QMP password
     if "agent_mouse" in s:

@@ -76,6 +76,7 @@ class QemuDriver(Driver):
         self.host_accel = host_accel
         self.boot_watchdog = boot_watchdog  # the default of the domains' boot_watchdog
         self.spice_tls_dir = spice.TLS_DIR  # xeniad --spice-tls-dir
+        self.migration_stall = qemu_migrate.STALL_SECONDS  # xeniad --migration-stall-timeout
         self.devices = QemuDevices(store, storage, network)
         self.confinement = confinement or QemuConfinement(paths)
         self.devices.confinement = self.confinement
@@ -341,19 +342,11 @@ class QemuDriver(Driver):
         return inst.qmp
 
     async def save(self, inst: Instance, path: Path, offset: int) -> None:
-        # QEMU writes the file itself, as its own user: given for the save's length.
-        given = await asyncio.to_thread(self.confinement.give_file, inst.record, path)
-        try:
-            await qemu_migrate.save(self._qmp(inst), path, offset)
-        finally:
-            await asyncio.to_thread(self.confinement.give_back, inst.record, given)
+        # QEMU gets a pipe, never the file (qemu_migrate.py): nothing to give it.
+        await qemu_migrate.save(self._qmp(inst), path, offset)
 
     async def restore(self, inst: Instance, path: Path, offset: int) -> None:
-        given = await asyncio.to_thread(self.confinement.give_file, inst.record, path)
-        try:
-            await qemu_migrate.restore(self._qmp(inst), lambda: inst.alive, path, offset)
-        finally:
-            await asyncio.to_thread(self.confinement.give_back, inst.record, given)
+        await qemu_migrate.restore(self._qmp(inst), lambda: inst.alive, path, offset)
 
     async def check_migrate(self, inst: Instance) -> None:
         await qemu_migrate.check_source(self._qmp(inst), inst.record.name)
@@ -369,7 +362,8 @@ class QemuDriver(Driver):
                       report: MigrationReport) -> None:
         given = await self._give_psk(inst, target.tls_dir)
         try:
-            await qemu_migrate.send(self._qmp(inst), target, opts, report)
+            await qemu_migrate.send(self._qmp(inst), target, opts, report,
+                                    self.migration_stall)
         finally:
             await asyncio.to_thread(self.confinement.give_back, inst.record, given)
 

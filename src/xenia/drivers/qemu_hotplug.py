@@ -298,7 +298,10 @@ class QemuHotplug(UsbHotplugMixin, DeviceControl):
         if vcpu != "all" and not vcpu.isdigit():
             raise InvalidConfig(f"Failed to pin vCPU '{vcpu}' of '{rec.name}': give a vCPU "
                                 "number or 'all'")
-        qemu_cpu.pin(rec, await self.vcpu_threads(), vcpu, hard)
+        threads = await self.vcpu_threads()
+        # In a worker thread: resolving a CPU list (up to MAX_CPULIST characters) and
+        # setting each thread's affinity is CPU and syscall work off the event loop.
+        await asyncio.to_thread(qemu_cpu.pin, rec, threads, vcpu, hard)
 
     # -- PCI -----------------------------------------------------------------------------
     async def pci_attach(self, rec: DomainRecord, bdf: str) -> None:

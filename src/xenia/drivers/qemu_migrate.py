@@ -15,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import select
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -25,7 +28,7 @@ from typing import Any
 from xenia.drivers.base import IncomingSetup, MigrationOptions, MigrationReport, MigrationTarget
 from xenia.errors import BackendError, InUse, Unreachable, XeniaError
 from xenia.qemu import stream
-from xenia.qemu.commands import Qmp
+from xenia.qemu.commands import Qmp, fd_address, inet_address
 from xenia.revert import Revert
 
 log = logging.getLogger(__name__)
@@ -35,7 +38,9 @@ FILE_BANDWIDTH = 64 * 1024**3
 # Plain pre-copy gives up after this many passes over memory without the remainder
 # shrinking by a tenth (QEMU itself would go on forever).
 MAX_PASSES = 10
-# No bytes moved for this long: the link or the peer is gone.
+# No bytes moved for this long: the link or the peer is gone (xeniad
+# --migration-stall-timeout). A TCP retransmission after a brief loss comes within a few
+# seconds; 15 s outlasts those and a slow peer's pauses.
 STALL_SECONDS = 15.0
 POSTCOPY_AFTER_PASSES = 2
 # Xenia's default downtime limit. QEMU's own is 300 ms; measured here an idle 256 MiB
@@ -62,9 +67,97 @@ def tls_id(name: str) -> str:
 
 
 # -- save and restore -----------------------------------------------------------------------
+# QEMU never gets a save file, its path or an fd of it (a guest that took its QEMU over
+# could otherwise rewrite the file's header, or keep the fd and write later): it writes
+# its stream into a pipe and reads it from one (`fd:` in the JSON channels form, as
+# libvirt's iohelper does), and xeniad copies between the pipe and the file.
+SAVE_FD = "xenia-save"
+LOAD_FD = "xenia-load"
+# After QEMU says the stream is complete it closes its end of the pipe at once; one
+# that holds on to it this long is not trusted to have finished.
+PIPE_CLOSE_TIMEOUT = 30.0
+_CHUNK = 1 << 20
+
+
+def _drain(pipe: int, fd: int, offset: int, stop: threading.Event) -> int:
+    """Copy the pipe into `fd` from `offset` on, until QEMU closes its end (or `stop`)."""
+    n = 0
+    poll = select.poll()
+    poll.register(pipe, select.POLLIN)
+    while not stop.is_set():
+        if not poll.poll(200):
+            continue
+        try:
+            k = os.splice(pipe, fd, _CHUNK, offset_dst=offset + n, flags=os.SPLICE_F_NONBLOCK)
+        except BlockingIOError:
+            continue
+        except OSError as e:  # the file's disk full, say
+            raise BackendError(f"Failed to save: writing the state: {e}") from e
+        if k == 0:
+            return n
+        n += k
+    raise BackendError("Failed to save: QEMU kept the stream open after it ended")
+
+
+def _feed(fd: int, pipe: int, offset: int, stop: threading.Event) -> None:
+    """Copy `fd` from `offset` to its end into the pipe, until done, QEMU closes its
+    end (it stops reading at the stream's end marker), or `stop`."""
+    end = os.fstat(fd).st_size
+    poll = select.poll()
+    poll.register(pipe, select.POLLOUT)
+    try:
+        while offset < end and not stop.is_set():
+            if not poll.poll(200):
+                continue
+            try:
+                offset += os.splice(fd, pipe, min(_CHUNK, end - offset), offset_src=offset,
+                                    flags=os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                continue
+            except BrokenPipeError:
+                return
+    finally:
+        os.close(pipe)
+
+
 async def save(qmp: Qmp, path: Path, offset: int) -> None:
     """Stop the guest and write its state into `path` from `offset` on. Leaves QEMU
     stopped ("postmigrate"); on failure the guest runs on as before."""
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    stop = threading.Event()
+    try:
+        rd, wr = os.pipe2(os.O_CLOEXEC)
+        try:
+            copier = asyncio.ensure_future(asyncio.to_thread(_drain, rd, fd, offset, stop))
+            try:
+                await qmp.getfd(SAVE_FD, wr)
+            finally:
+                os.close(wr)  # QEMU holds the only write end now
+            try:
+                await _save(qmp, path)
+            except XeniaError:
+                cause = copier.exception() if copier.done() else None
+                if cause is not None:
+                    raise cause from None  # the cause, not QEMU's broken pipe
+                raise
+            finally:
+                # Unused (a failure before migrate took it): QEMU closes it, the copy ends.
+                with contextlib.suppress(XeniaError):
+                    await qmp.closefd(SAVE_FD)
+            try:
+                await asyncio.wait_for(asyncio.shield(copier), PIPE_CLOSE_TIMEOUT)
+            except TimeoutError:
+                stop.set()
+                await copier  # raises BackendError
+        finally:
+            stop.set()
+            await asyncio.gather(copier, return_exceptions=True)
+            os.close(rd)
+    finally:
+        os.close(fd)
+
+
+async def _save(qmp: Qmp, path: Path) -> None:
     was_running = await qmp.query_status() == "running"
     async with Revert() as revert:
         await qmp.stop()
@@ -73,17 +166,36 @@ async def save(qmp: Qmp, path: Path, offset: int) -> None:
         revert.add(lambda: cancel(qmp))
         await qmp.migrate_set_capabilities(auto_converge=False, postcopy_ram=False)
         await qmp.migrate_set_parameters(max_bandwidth=FILE_BANDWIDTH, tls_creds="")
-        await qmp.migrate(f"file:{path},offset={offset}")
+        await qmp.migrate_to(fd_address(SAVE_FD))
         await stream.wait(qmp, what=f"saving to {path}")
         revert.success()
 
 
 async def restore(qmp: Qmp, alive: Callable[[], bool], path: Path, offset: int) -> None:
     """On a QEMU started with -incoming defer: load the state from a save file."""
-    await qmp.migrate_incoming(f"file:{path},offset={offset}")
-    # Polled often: a restore from a local file (a clone's start) takes a few hundred
-    # ms, and each poll's wait is time the guest is not running yet.
-    await stream.wait_incoming(qmp, alive, what=f"restoring from {path}", interval=0.01)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    stop = threading.Event()
+    feeder: asyncio.Future[None] | None = None
+    try:
+        rd, wr = os.pipe2(os.O_CLOEXEC)
+        try:
+            try:
+                await qmp.getfd(LOAD_FD, rd)
+            except BaseException:
+                os.close(wr)
+                raise
+            feeder = asyncio.ensure_future(asyncio.to_thread(_feed, fd, wr, offset, stop))
+        finally:
+            os.close(rd)  # QEMU holds the only read end now
+        await qmp.migrate_incoming_from(fd_address(LOAD_FD))
+        # Polled often: a restore from a local file (a clone's start) takes a few hundred
+        # ms, and each poll's wait is time the guest is not running yet.
+        await stream.wait_incoming(qmp, alive, what=f"restoring from {path}", interval=0.01)
+    finally:
+        stop.set()
+        if feeder is not None:
+            await asyncio.gather(feeder, return_exceptions=True)
+        os.close(fd)
 
 
 async def cancel(qmp: Qmp) -> None:
@@ -104,7 +216,7 @@ async def check_source(qmp: Qmp, name: str) -> None:
 
 
 async def send(qmp: Qmp, target: MigrationTarget, opts: MigrationOptions,
-               report: MigrationReport) -> None:
+               report: MigrationReport, stall: float = STALL_SECONDS) -> None:
     """Mirror the target's disks with copy_storage, then pre-copy the RAM to `target`.
     Returns with the guest stopped here and all its state there; on failure (or a
     cancel) rolls back: the guest runs here as before."""
@@ -121,7 +233,7 @@ async def send(qmp: Qmp, target: MigrationTarget, opts: MigrationOptions,
             report.status = "mirroring"
             mirrors = await mirror(qmp, target.disks, target.host, target.nbd_port, tls)
         report.status = "migrating"
-        await precopy(qmp, report, opts, f"tcp:{target.host}:{target.port}", tls)
+        await precopy(qmp, report, opts, f"tcp:{target.host}:{target.port}", tls, stall)
         # The source QEMU is stopped now ("postmigrate"); the disks are in sync. The
         # mirrors end without pivoting: the disks stay the source's own.
         report.status = "completing"
@@ -165,7 +277,7 @@ async def mirror(qmp: Qmp, disks: list[str], host: str, port: int, tls: str) -> 
 
 
 async def precopy(qmp: Qmp, report: MigrationReport, opts: MigrationOptions, uri: str,
-                  tls: str) -> None:
+                  tls: str, stall: float = STALL_SECONDS) -> None:
     """Pre-copy the RAM to `uri` until QEMU completes the switch-over, watching that it
     moves and converges (the policy above)."""
     params: dict[str, Any] = {"tls-creds": tls}
@@ -201,9 +313,9 @@ async def precopy(qmp: Qmp, report: MigrationReport, opts: MigrationOptions, uri
         now = time.monotonic()
         if prog.transferred != last_moved:
             last_moved, last_change = prog.transferred, now
-        elif now - last_change > STALL_SECONDS:
+        elif now - last_change > stall:
             raise Unreachable(f"Failed to migrate '{report.domain}': nothing moved for "
-                              f"{STALL_SECONDS:.0f} s (network cut, or the destination "
+                              f"{stall:.0f} s (network cut, or the destination "
                               "died); it keeps running here")
         if opts.postcopy and not postcopy_started and prog.passes >= POSTCOPY_AFTER_PASSES:
             await qmp.migrate_start_postcopy()
@@ -287,7 +399,9 @@ async def accept(qmp: Qmp, setup: IncomingSetup) -> tuple[int, int]:
         await qmp.migrate_set_capabilities(**caps)
     if tls:
         await qmp.migrate_set_parameters(tls_creds=tls)
-    await qmp.migrate_incoming(f"tcp:{setup.listen_host}:0")
+    # The JSON form: the host (an IP of this host, admission.check_listen_host) is never
+    # spliced into a URI, and an IPv6 one needs no brackets.
+    await qmp.migrate_incoming_from(inet_address(setup.listen_host, 0))
     info = await qmp.query_migrate()
     return int(info["socket-address"][0]["port"]), nbd_port
 

@@ -8,6 +8,7 @@ running member to the pool's CPUs.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from xenia.errors import InvalidConfig
@@ -33,8 +34,9 @@ class CpuPools:
         members = {k: [r.name for r in v] for k, v in self._members().items()}
         return self.table.describe(members)
 
-    def create(self, name: str, cpus: str) -> None:
-        self.table.create(name, cpus)
+    async def create(self, name: str, cpus: str) -> None:
+        # The CPU list is resolved in a worker thread (as vcpu-pin's): off the event loop.
+        await asyncio.to_thread(self.table.create, name, cpus)
 
     def destroy(self, name: str) -> None:
         self.table.destroy(name, in_use=bool(self._members().get(name)))
@@ -46,11 +48,11 @@ class CpuPools:
             self.m.store.put(rec)
 
     async def cpu_add(self, name: str, cpus: str) -> None:
-        self.table.cpu_add(name, cpus)
+        await asyncio.to_thread(self.table.cpu_add, name, cpus)
         await self._repin(name)
 
     async def cpu_remove(self, name: str, cpus: str) -> None:
-        self.table.cpu_remove(name, cpus)
+        await asyncio.to_thread(self.table.cpu_remove, name, cpus)
         await self._repin(name)
 
     async def migrate(self, ref: str, pool: str) -> None:

@@ -54,7 +54,9 @@ class _Fs:
             argv = [find_tool("mtype", "mtools", doing), "-i", f"{self.image}@@{self.offset}",
                     "--", f"::{path}"]
         else:
-            argv = [find_tool("debugfs", "e2fsprogs", doing), "-R", f"cat {path}",
+            # `--` before the image (debugfs reads options with GNU getopt): a name
+            # such as "-w.img" would otherwise be options (-w opens it read-write).
+            argv = [find_tool("debugfs", "e2fsprogs", doing), "-R", f"cat {path}", "--",
                     f"{self.image}?offset={self.offset}"]
         try:
             out = run_tool(argv, doing, timeout=60.0).stdout
@@ -69,7 +71,7 @@ class _Fs:
                     f"{self.image}@@{self.offset}", "--", f"::{path}", str(dest)]
         else:
             argv = [find_tool("debugfs", "e2fsprogs", doing), "-R",
-                    f"dump {path} {dest}", f"{self.image}?offset={self.offset}"]
+                    f"dump {path} {dest}", "--", f"{self.image}?offset={self.offset}"]
         try:
             run_tool(argv, doing, timeout=120.0)
         except BackendError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,30 +130,36 @@ class Receiver:
         record = dict(req["record"])
         await asyncio.to_thread(admission.check_arriving, record, "to accept the domain",
                                 machine_types)
+        # The request's other fields reach QEMU and the disk: checked as the record is.
+        caps = admission.check_caps(req.get("caps"))
+        host = admission.check_listen_host(req.get("listen_host"))
         problems = await asyncio.to_thread(self.check, record, req.get("facts", {}),
                                            bool(req.get("copy_storage")))
         if problems:
             raise InvalidConfig(f"Failed to accept '{record['config']['name']}' here: "
                                 + "; ".join(problems))
         rec = arrived(record)
+        sizes: dict[str, int] = {}
+        if req.get("copy_storage"):
+            sizes = await asyncio.to_thread(
+                admission.check_disk_sizes, req.get("disk_sizes") or {},
+                [(s.vdev, diskdev.target_path(s)) for s in copied_disks(rec.config)])
         job = Incoming(job_id, rec.uuid, rec.name)
         loop = asyncio.get_running_loop()
         job.listening, job.go = loop.create_future(), loop.create_future()
-        host = str(req["listen_host"])
         async with Revert() as revert:
             self.jobs[job_id] = job
             revert.add(lambda: self.jobs.pop(job_id, None))
             revert.add(lambda: self._cleanup(job))
             if req.get("copy_storage"):
-                await asyncio.to_thread(self._create_disks, rec.config, job,
-                                        dict(req.get("disk_sizes") or {}))
+                await asyncio.to_thread(self._create_disks, rec.config, job, sizes)
             if req.get("psk"):
                 job.tls_dir = self.m.paths.run / "migrations" / job_id
                 write_psk_dir(job.tls_dir, req["psk"]["identity"], req["psk"]["key"])
             revert.success()
         job.setup = IncomingSetup(
             name=job_id[:8], listen_host=host, copy_storage=bool(req.get("copy_storage")),
-            tls_dir=job.tls_dir, caps=dict(req.get("caps") or {}),
+            tls_dir=job.tls_dir, caps=caps,
             disks=[s.vdev for s in copied_disks(rec.config)] if req.get("copy_storage")
             else [])
 
@@ -183,8 +190,19 @@ class Receiver:
             if spec.vdev not in sizes:
                 raise InvalidConfig(f"Failed to copy disk {spec.vdev}: the source sent no size")
             path = diskdev.target_path(spec)
-            job.created_disks.append(path)  # before creating: a half-made one goes too
-            qemu_img_create(path, diskdev.FORMATS[spec.format], int(sizes[spec.vdev]))
+            # Made here, exclusively: preflight saw no file at the path, but one may have
+            # appeared since (or a link); it is never written over, nor removed on undo.
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, 0o600))
+            except FileExistsError as e:
+                raise InvalidConfig(f"Failed to copy disk {spec.vdev}: {path} exists here "
+                                    "already; --copy-storage will not overwrite it") from e
+            except OSError as e:
+                raise BackendError(f"Failed to copy disk {spec.vdev}: creating {path}: "
+                                   f"{e.strerror}") from e
+            job.created_disks.append(path)  # ours now: a half-made one goes too
+            qemu_img_create(path, diskdev.FORMATS[spec.format], sizes[spec.vdev])
 
     async def _receive(self, inst: Instance, job: Incoming) -> None:
         """The build's receive step: listen, take the state in, wait for the commit.

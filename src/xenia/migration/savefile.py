@@ -2,12 +2,17 @@
 
 Layout:
     MAGIC (16 bytes) | header length (8, big endian) | header JSON | zero padding to
-    STREAM_ALIGN | QEMU migration stream (written by QEMU itself via `file:PATH,offset=N`)
-    | trailer: TRAILER_MAGIC (16) + stream length (8) + SHA-256 of header JSON and stream (32)
+    STREAM_ALIGN | QEMU migration stream | trailer: TRAILER_MAGIC (16) + stream length (8)
+    + SHA-256 of header JSON and stream (32)
 
 The header carries the domain's config and device placement (everything needed to build
 the same machine again), the QEMU version and machine type. `verify()` refuses a
 truncated or corrupted file before anything is started.
+
+The stream comes from QEMU, which a guest may have taken over: it never gets the file
+(drivers/qemu_migrate.py copies its stream from a pipe), and even so `finish()` refuses
+a file whose header is not byte for byte what `begin()` wrote, digests the header from
+memory, not from disk, and gives the file to root, mode 0600, before the trailer.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +42,19 @@ _TRAILER_LEN = 16 + 8 + 32
 class SaveHeader:
     offset: int  # where QEMU's stream starts
     meta: dict[str, Any]
+    blob: bytes = b""  # the header JSON, as written (begin) or read (verify)
+    size: int = 0  # the whole file's, once finished
+
+    @property
+    def head(self) -> bytes:
+        """Every byte before the stream: magic, length, JSON and padding."""
+        head = MAGIC + struct.pack(">Q", len(self.blob)) + self.blob
+        return head + bytes(self.offset - len(head))
+
+    @property
+    def sha256(self) -> str:
+        """The header's hash: a record kept elsewhere (a snapshot's) pins it with this."""
+        return hashlib.sha256(self.head).hexdigest()
 
 
 # A save file's directory may be writable by others (/tmp, a shared dir): a file or a
@@ -53,30 +72,48 @@ def begin(path: Path, meta: dict[str, Any]) -> SaveHeader:
     return the offset at which QEMU must write its stream."""
     meta = dict(meta, format_version=FORMAT_VERSION)
     blob = json.dumps(meta, sort_keys=True).encode()
-    head = MAGIC + struct.pack(">Q", len(blob)) + blob
-    offset = -(-len(head) // STREAM_ALIGN) * STREAM_ALIGN
+    header = SaveHeader(_stream_offset(len(blob)), meta, blob)
     try:
         fd = os.open(path, _NEW, 0o600)
     except FileExistsError as e:
         raise InvalidConfig(f"Failed to save to {path}: something appeared at that name "
                             "(a planted file or link?); retry") from e
     with os.fdopen(fd, "wb") as f:
-        f.write(head + bytes(offset - len(head)))
-    return SaveHeader(offset, meta)
+        f.write(header.head)
+    return header
+
+
+def _stream_offset(blob_len: int) -> int:
+    return -(-(24 + blob_len) // STREAM_ALIGN) * STREAM_ALIGN
 
 
 def finish(path: Path, header: SaveHeader) -> int:
-    """After QEMU wrote its stream: append the trailer (length + checksum). Returns size."""
-    size = path.stat().st_size
-    stream_len = size - header.offset
-    if stream_len <= 0:
-        raise InvalidConfig(f"Failed to save to {path}: QEMU wrote no state")
-    digest = _digest(path, header.offset, stream_len)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "ab") as f:
-        f.write(TRAILER_MAGIC + struct.pack(">Q", stream_len) + digest)
-        f.flush()
-        os.fsync(f.fileno())
+    """After QEMU wrote its stream (and let go of it): check the header is the one
+    begin() wrote, append the trailer (length + checksum). Returns the size."""
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "r+b") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidConfig(f"Failed to save to {path}: it is no longer a regular file")
+        # Root's again before anything is read back: whoever wrote the stream keeps no
+        # say over the file by owning it.
+        if os.geteuid() == 0:
+            os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o600)
+        size = st.st_size
+        stream_len = size - header.offset
+        if stream_len <= 0:
+            raise InvalidConfig(f"Failed to save to {path}: QEMU wrote no state")
+        if os.pread(fd, header.offset, 0) != header.head:
+            # A guest that took over its QEMU could name any host file as its disk in a
+            # record that would then verify: refused, the save is not published.
+            raise InvalidConfig(f"Failed to save to {path}: the file's header is not the "
+                                "one Xenia wrote (it changed while QEMU wrote the stream; "
+                                "a QEMU that is not to be trusted?); the save is refused")
+        # The header hashed from memory: what xeniad wrote, whatever is on disk now.
+        digest = _digest(f, header.blob, header.offset, stream_len)
+        os.pwrite(fd, TRAILER_MAGIC + struct.pack(">Q", stream_len) + digest, size)
+        os.fsync(fd)
     return size + _TRAILER_LEN
 
 
@@ -97,23 +134,19 @@ def _read_header(f: Any, path: Path) -> tuple[bytes, dict[str, Any], int]:
         meta = json.loads(blob)
     except ValueError as e:
         raise InvalidConfig(f"Failed to restore from {path}: corrupted header ({e})") from e
-    offset = -(-(24 + n) // STREAM_ALIGN) * STREAM_ALIGN
-    return blob, meta, offset
+    return blob, meta, _stream_offset(n)
 
 
-def _digest(path: Path, offset: int, stream_len: int) -> bytes:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        blob, _, _ = _read_header(f, path)
-        h.update(blob)
-        f.seek(offset)
-        left = stream_len
-        while left:
-            chunk = f.read(min(left, 4 * 1024 * 1024))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
+def _digest(f: Any, blob: bytes, offset: int, stream_len: int) -> bytes:
+    h = hashlib.sha256(blob)
+    f.seek(offset)
+    left = stream_len
+    while left:
+        chunk = f.read(min(left, 4 * 1024 * 1024))
+        if not chunk:
+            break
+        h.update(chunk)
+        left -= len(chunk)
     return h.digest()
 
 
@@ -126,28 +159,28 @@ def verify(path: Path, digest: bool = True) -> SaveHeader:
     f = open_regular(path, f"to restore from {path}")
     with f:
         size = os.fstat(f.fileno()).st_size
-        _, meta, offset = _read_header(f, path)
+        blob, meta, offset = _read_header(f, path)
         if size < offset + _TRAILER_LEN:
             raise InvalidConfig(f"Failed to restore from {path}: the file is truncated "
                                 "(no trailer: the save did not finish or the copy was cut)")
         f.seek(size - _TRAILER_LEN)
         trailer = f.read(_TRAILER_LEN)
-    if trailer[:16] != TRAILER_MAGIC:
-        raise InvalidConfig(f"Failed to restore from {path}: the file is truncated or "
-                            "corrupted (no end marker)")
-    (stream_len,) = struct.unpack(">Q", trailer[16:24])
-    if offset + stream_len + _TRAILER_LEN != size:
-        raise InvalidConfig(
-            f"Failed to restore from {path}: the file is truncated or has trailing data "
-            f"({size} bytes, {offset + stream_len + _TRAILER_LEN} expected)"
-        )
-    if digest and _digest(path, offset, stream_len) != trailer[24:]:
-        raise InvalidConfig(f"Failed to restore from {path}: checksum mismatch, the file is "
-                            "corrupted")
+        if trailer[:16] != TRAILER_MAGIC:
+            raise InvalidConfig(f"Failed to restore from {path}: the file is truncated or "
+                                "corrupted (no end marker)")
+        (stream_len,) = struct.unpack(">Q", trailer[16:24])
+        if offset + stream_len + _TRAILER_LEN != size:
+            raise InvalidConfig(
+                f"Failed to restore from {path}: the file is truncated or has trailing data "
+                f"({size} bytes, {offset + stream_len + _TRAILER_LEN} expected)"
+            )
+        if digest and _digest(f, blob, offset, stream_len) != trailer[24:]:
+            raise InvalidConfig(f"Failed to restore from {path}: checksum mismatch, the "
+                                "file is corrupted")
     if meta.get("format_version") != FORMAT_VERSION:
         raise InvalidConfig(f"Failed to restore from {path}: save format version "
                             f"{meta.get('format_version')} is not supported")
-    return SaveHeader(offset, meta)
+    return SaveHeader(offset, meta, blob)
 
 
 def publish(tmp: Path, target: Path) -> None:

@@ -57,7 +57,7 @@ class SaveRestore:
                     "qemu_version": info.get("qemu_version"), "host": platform.node(),
                     "was_paused": rec.state == PAUSED}
             t0 = time.monotonic()
-            size = await self.write_state(rec, inst, target, meta)
+            size = (await self.write_state(rec, inst, target, meta)).size
             took = time.monotonic() - t0
             if keep:
                 if rec.state == RUNNING:
@@ -70,10 +70,10 @@ class SaveRestore:
         return {"file": str(target), "bytes": size, "seconds": took}
 
     async def write_state(self, rec: DomainRecord, inst: Instance, target: Path,
-                     meta: dict[str, Any]) -> int:
+                          meta: dict[str, Any]) -> savefile.SaveHeader:
         """The save file at `target`, written whole or not at all (a partial file is
-        renamed into place only once complete). Leaves the guest stopped; on failure
-        it runs on as it did."""
+        renamed into place only once complete); its header, with the file's size. Leaves
+        the guest stopped; on failure it runs on as it did."""
         tmp = savefile.partial_name(target)
         async with Revert() as revert:
             header = savefile.begin(tmp, meta)
@@ -81,10 +81,10 @@ class SaveRestore:
             await self.m.driver_for(rec.config).save(inst, tmp, header.offset)
             if rec.state == RUNNING:
                 revert.add(inst.resume)
-            size = savefile.finish(tmp, header)
+            header.size = savefile.finish(tmp, header)
             savefile.publish(tmp, target)
             revert.success()
-        return size
+        return header
 
     async def restore(self, path: str, paused: bool = False,
                       overrides: dict[str, Any] | None = None,

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
 import time
 import uuid as uuidlib
 from collections.abc import Callable
@@ -197,11 +199,13 @@ class Sender:
         psk = make_psk() if opts.tls else None
         disks = copied_disks(rec.config) if opts.copy_storage else []
         sizes = await asyncio.to_thread(self._disk_sizes, disks)
+        # The destination listens on an IP literal of its own (admission.check_listen_host).
+        listen = await asyncio.to_thread(ip_of, peer.host)
         prep = await peer.arequest("POST", "/v1/migrations/incoming", {
             "id": job.id, "record": record, "facts": facts,
             "copy_storage": opts.copy_storage, "disk_sizes": sizes,
             "psk": {"identity": psk[0], "key": psk[1]} if psk else None,
-            "listen_host": peer.host, "paused": rec.state == PAUSED,
+            "listen_host": listen, "paused": rec.state == PAUSED,
             "caps": {"postcopy-ram": opts.postcopy},
         }, timeout=120)
         if psk:
@@ -263,3 +267,15 @@ class Sender:
 
 class _Undecided(BackendError):
     """The switch-over could not be confirmed: keep the source paused, never resume it."""
+
+
+def ip_of(host: str) -> str:
+    """`host` as an IP literal: itself if it is one, else the first address it resolves to."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        return str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0])
+    except (OSError, IndexError) as e:
+        raise Unreachable(f"Failed to resolve peer host '{host}': {e}") from e

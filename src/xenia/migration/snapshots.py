@@ -34,6 +34,7 @@ from xenia.config.model import DiskSpec
 from xenia.devices.disk import FORMATS, has_host_file, target_path
 from xenia.errors import AlreadyExists, InUse, InvalidConfig, NotFound
 from xenia.host.manager import pooled
+from xenia.migration import savefile
 from xenia.migration.records import portable
 from xenia.migration.saving import SaveRestore
 from xenia.revert import Revert
@@ -115,10 +116,13 @@ class DomainSnapshots:
                 tmp.mkdir(parents=True, mode=0o700)
                 revert.add(lambda: shutil.rmtree(tmp, ignore_errors=True))
                 t0 = time.monotonic()
+                pinned = None
                 if memory:
                     # Stops the guest; QEMU flushes and lets go of the disks.
-                    await self.saves.write_state(rec, inst, tmp / MEMORY_FILE,
-                                                 _meta(rec, snap))
+                    header = await self.saves.write_state(rec, inst, tmp / MEMORY_FILE,
+                                                          _meta(rec, snap))
+                    # Clones check the file's header against this (migration/clones.py).
+                    pinned = header.sha256
                 else:
                     await inst.pause()  # QMP stop: drains and flushes every disk
                 if was_running:
@@ -137,6 +141,8 @@ class DomainSnapshots:
                 doc = {"domain": rec.name, "name": snap, "uuid": rec.uuid,
                        "created_at": time.time(), "memory": memory, "disks": disks,
                        "stopped_seconds": round(stopped, 3)}
+                if pinned is not None:
+                    doc["memory_header_sha256"] = pinned
                 self.m.store.obj_put(SNAP_KIND, key, doc, create=True)
                 revert.success()
         log.info("snapshot %s of domain %s: guest stopped %.3f s", snap, rec.name, stopped)
@@ -182,7 +188,11 @@ class DomainSnapshots:
                                     Path(disk["target"]), disk["format"], doing)
             log.info("reverted disk %s of %s to snapshot %s", vdev, dom, snap)
         if doc["memory"]:
-            rec = await self.saves.restore(str(directory / MEMORY_FILE))
+            memory = directory / MEMORY_FILE
+            # The header's hash here; restore() checks the rest (the checksum included).
+            check_pinned(doc, await asyncio.to_thread(savefile.verify, memory, False),
+                         memory, doing)
+            rec = await self.saves.restore(str(memory))
             return {"domain": rec.name, "uuid": rec.uuid, "running": True}
         return {"domain": dom, "running": False}
 
@@ -252,6 +262,21 @@ class DomainSnapshots:
                     else:
                         stale.append(d)
         return sorted(running), stale
+
+
+def check_pinned(doc: dict[str, Any], header: savefile.SaveHeader, memory: Path,
+                 doing: str) -> None:
+    """The memory file's header is the one hashed into the snapshot's record when it was
+    taken (a record xeniad keeps where no QEMU reaches)."""
+    pinned = doc.get("memory_header_sha256")
+    if pinned is None:
+        raise InvalidConfig(f"Failed {doing}: the snapshot's record has no hash of its "
+                            "memory file's header (taken by an older Xenia, whose QEMU "
+                            "could write that file); take the snapshot again")
+    if header.sha256 != pinned:
+        raise InvalidConfig(f"Failed {doing}: the header of {memory} is not the one "
+                            "recorded when the snapshot was taken (it was changed); "
+                            "delete the snapshot and take it again")
 
 
 def _meta(rec: DomainRecord, snap: str) -> dict[str, Any]:

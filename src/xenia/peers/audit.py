@@ -29,10 +29,12 @@ class AuditLog:
         os.fchmod(self._fd, MODE)  # an older file may have had another mode
 
     def record(self, *, token: str | None, client: str | None, method: str, route: str,
-               path: str, domain: str | None, status: int) -> dict[str, Any]:
+               path: str, domain: str | None, status: int,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`extra`: what a route adds (a cluster forward: the request it ran)."""
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": token,
                  "client": client, "method": method, "route": route, "path": path,
-                 "domain": domain, "status": status}
+                 "domain": domain, "status": status, **(extra or {})}
         line = json.dumps(entry, sort_keys=False) + "\n"
         with self._lock:
             try:

@@ -113,7 +113,8 @@ class TokenAuth:
             if self.audit is not None and method not in READS and state.get("audited", True):
                 self.audit.record(token=grant.token, client=client, method=method,
                                   route=state.get("route", path), path=path,
-                                  domain=access.domain, status=status)
+                                  domain=access.domain, status=status,
+                                  extra=state.get("audit_extra"))
 
         swallowed = False
 

@@ -196,7 +196,8 @@ async def serve_peers(app: FastAPI, paths: Paths, store: Store, listen: ListenSp
     try:
         async with contextlib.AsyncExitStack() as servers:
             if listen is not None:
-                front = UiFront(api, sessions, svc.tokens.verify, secure=listen.tls)
+                front = UiFront(api, sessions, svc.tokens.verify, secure=listen.tls,
+                                audit=audit)
                 ctx = svc.identity().ssl_server_context() if listen.tls else None
                 if ctx is None:
                     log.warning("!!! INSECURE: the API on %s is plain HTTP (--insecure-no-tls): "
@@ -205,7 +206,8 @@ async def serve_peers(app: FastAPI, paths: Paths, store: Store, listen: ListenSp
                                 "test network. !!!", listen)
                 await servers.enter_async_context(_serving(front, listen, ctx, "the API"))
             if ui_listen is not None:
-                front = UiFront(api, sessions, svc.tokens.verify, secure=False)
+                front = UiFront(api, sessions, svc.tokens.verify, secure=False,
+                                audit=audit)
                 await servers.enter_async_context(_serving(front, ui_listen, None,
                                                            "the web UI (loopback)"))
             yield svc
@@ -228,6 +230,9 @@ async def _serving(asgi: Any, spec: ListenSpec, ssl_ctx: ssl.SSLContext | None, 
                             lifespan="off", timeout_graceful_shutdown=2, proxy_headers=False,
                             server_header=False, http=guarded_protocol(limits),
                             h11_max_incomplete_event_size=limits.header_bytes,
+                            # A WebSocket message is bounded as a body is (uvicorn's
+                            # default is 16 MiB); past it the socket closes with 1009.
+                            ws_max_size=limits.max_body,
                             timeout_keep_alive=5)
     config.load()
     # Our own context rather than uvicorn's ssl_* options: uvicorn's default cipher

@@ -26,6 +26,16 @@ class Channel(Protocol):
         """Send `fd` to QEMU (SCM_RIGHTS); the next getfd names it."""
 
 
+def fd_address(fdname: str) -> dict[str, Any]:
+    """A migration address: the fd QEMU was given as `fdname` (getfd)."""
+    return {"transport": "socket", "type": "fd", "str": fdname}
+
+
+def inet_address(host: str, port: int) -> dict[str, Any]:
+    """A migration address: TCP on `host` (an IP literal, no brackets) and `port`."""
+    return {"transport": "socket", "type": "inet", "host": host, "port": str(port)}
+
+
 def _dashed(values: dict[str, Any]) -> dict[str, Any]:
     return {k.replace("_", "-"): v for k, v in values.items()}
 
@@ -211,9 +221,16 @@ class Qmp:
     async def migrate(self, uri: str) -> None:
         await self._call("migrate", {"uri": uri})
 
-    async def migrate_incoming(self, uri: str) -> None:
-        """On a QEMU started with -incoming defer: where the state comes from."""
-        await self._call("migrate-incoming", {"uri": uri})
+    async def migrate_to(self, addr: dict[str, Any]) -> None:
+        """Send the stream to `addr` (a QMP MigrationAddress, e.g. fd_address(NAME)): the
+        JSON `channels` form, nothing spliced into a URI."""
+        await self._call("migrate", {"channels": [{"channel-type": "main", "addr": addr}]})
+
+    async def migrate_incoming_from(self, addr: dict[str, Any]) -> None:
+        """On a QEMU started with -incoming defer: take the state from `addr` (as
+        migrate_to's)."""
+        await self._call("migrate-incoming",
+                         {"channels": [{"channel-type": "main", "addr": addr}]})
 
     async def migrate_set_capabilities(self, **caps: bool) -> None:
         await self._call("migrate-set-capabilities", {"capabilities": [

@@ -73,13 +73,16 @@ def rtc_arg(cfg: DomainConfig, now: dt.datetime | None = None) -> list[str]:
 
 
 def smbios_args(cfg: DomainConfig) -> list[str]:
-    fields: dict[int, list[str]] = {}
+    # A key given twice: the last one wins (one key=value each in -smbios, as QEMU
+    # reads an option's keys once; the fuzz found `vendor=,vendor=`).
+    fields: dict[int, dict[str, str]] = {}
     for item in cfg.smbios:
         key, _, value = item.partition("=")
         kind, name = SMBIOS_FIELDS[key.strip()]
-        fields.setdefault(kind, []).append(f"{name}={escape_opt(value)}")
+        fields.setdefault(kind, {})[name] = escape_opt(value)
     return [a for kind in sorted(fields)
-            for a in ("-smbios", ",".join([f"type={kind}"] + fields[kind]))]
+            for a in ("-smbios", ",".join([f"type={kind}"] + [f"{k}={v}" for k, v in
+                                                              fields[kind].items()]))]
 
 
 def check_values(cfg: DomainConfig) -> None:

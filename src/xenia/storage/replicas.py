@@ -31,7 +31,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xenia.errors import BackendError, InUse, NotFound, XeniaError
+from xenia.errors import (
+    AlreadyExists,
+    BackendError,
+    InUse,
+    InvalidConfig,
+    NotFound,
+    PermissionDenied,
+    XeniaError,
+)
 from xenia.hostos.ownership import Identity
 from xenia.hostos.procfs import pid_alive
 from xenia.hostos.qemuids import UidRange, UidsAndLedger
@@ -116,12 +124,15 @@ class ReplicaExports(UidsAndLedger):
 
     def serve(self, pool: str, volume: str, size: int, fmt: str, host: str,
               identity: str, key: str, primary: str,
-              primary_path: str = "") -> dict[str, Any]:
+              primary_path: str = "", owner: str | None = None) -> dict[str, Any]:
         """Keep a copy of `pool`/`volume` for `primary` and export it; returns where.
 
-        The volume is made if missing (a new replica) and kept if present (a resync to
-        the same host: the mirror overwrites it). Serving a volume again restarts its
-        QSD with the new key.
+        The volume is made if missing (a new replica) and kept if present only when it
+        is a copy `owner` (the caller's token name; None: root on the UNIX socket) had
+        served here before (a resync to the same host: the mirror overwrites it). Any
+        other volume of the pool is refused: the export is writable by whoever chose the
+        key, so serving a volume a peer did not make would hand it another's data.
+        Serving a volume again restarts its QSD with the new key.
         """
         doing = f"to serve a replica of volume '{volume}' in pool '{pool}'"
         check_name("pool", pool, doing)
@@ -131,8 +142,15 @@ class ReplicaExports(UidsAndLedger):
         try:
             self.storage.get_volume(pool, volume)
         except NotFound:
+            self._check_space(pool, size, doing)
             self.storage.create_volume(pool, volume, size, fmt)
             made = True
+        old = self.store.obj_get(EXPORT_KIND, k)
+        if not made and owner is not None and (old is None or old.get("owner") != owner):
+            raise AlreadyExists(
+                f"Failed {doing}: the pool has a volume of that name already, and it is not "
+                f"a copy token '{owner}' keeps here; pick another volume name (or the "
+                "host's admin deletes that volume)")
         path = self.storage.volume_path(pool, volume)
         user = self.storage.describe_volume(self.storage.get_volume(pool, volume))["used_by"]
         if user:
@@ -142,7 +160,8 @@ class ReplicaExports(UidsAndLedger):
         self.stop(pool, volume, forget=False)
         rec = {"pool": pool, "volume": volume, "host": host, "port": 0, "identity": identity,
                "key": key, "format": info.format, "path": str(path), "primary": primary,
-               "primary_path": primary_path, "created_at": time.time()}
+               "primary_path": primary_path, "created_at": time.time(),
+               "owner": owner if owner is not None else (old or {}).get("owner")}
         try:
             rec["port"] = self._launch(k, rec, doing)
         except Exception:
@@ -153,6 +172,32 @@ class ReplicaExports(UidsAndLedger):
         self.store.obj_put(EXPORT_KIND, k, rec)
         return {"host": host, "port": rec["port"], "export": EXPORT_NAME,
                 "path": str(path), "format": info.format}
+
+    def _check_space(self, pool: str, size: int, doing: str) -> None:
+        """InvalidConfig if a copy of `size` bytes could not fit in the pool's free space
+        (a peer must not fill this host's disk with one request)."""
+        free = self.storage.get_pool(pool).available
+        if size <= 0 or size > free:
+            raise InvalidConfig(
+                f"Failed {doing}: {size} bytes do not fit in pool '{pool}' ({free} bytes "
+                "free); free space there or pick another pool")
+
+    def drop(self, pool: str, volume: str, owner: str | None) -> None:
+        """DELETE /v1/replicas/...: end an export and forget it. `owner` None (root, or an
+        admin token) may end any; a peer's token only the exports it made."""
+        doing = f"to stop serving the replica of volume '{volume}' in pool '{pool}'"
+        check_name("pool", pool, doing)
+        check_name("volume", volume, doing)
+        rec = self.store.obj_get(EXPORT_KIND, export_key(pool, volume))
+        if owner is not None:
+            if rec is None:
+                raise NotFound(f"Failed {doing}: this host serves no such replica "
+                               "(`GET /v1/replicas` lists them)")
+            if rec.get("owner") != owner:
+                raise PermissionDenied(
+                    f"Failed {doing}: token '{owner}' did not make that export; only its "
+                    "maker or a token with the 'admin' scope may end it")
+        self.stop(pool, volume)
 
     def _launch(self, k: str, rec: dict[str, Any], doing: str) -> int:
         """Start the QSD of record `rec`; its port (a free one unless the record has one)."""

@@ -27,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from xenia.peers.audit import AuditLog
 from xenia.peers.scopes import Grant
 from xenia.ui.sessions import (
     BAD_CSRF,
@@ -105,11 +106,15 @@ class UiFront:
     `secure`: the listener is TLS (the cookie gets Secure)."""
 
     def __init__(self, api: ASGIApp, sessions: Sessions, verify: Callable[[str], Grant | None],
-                 secure: bool) -> None:
+                 secure: bool, audit: AuditLog | None = None) -> None:
         self.api = api
         self.sessions = sessions
         self.verify = verify
         self.secure = secure
+        # Logins (a refused one may be someone guessing tokens) and logouts are on record
+        # as the API's mutating calls are: the token's name and the result, never the
+        # token presented.
+        self.audit = audit
         self.ui = Starlette(routes=[
             Route("/", self.root),
             Route("/ui/login", self.login, methods=["POST"]),
@@ -154,8 +159,10 @@ class UiFront:
         if grant is None:
             log.warning("UI login refused from %s", request.client.host if request.client
                         else "?")
+            self._record(request, None, 401)
             return _error(401, "Unauthorized", BAD_LOGIN)
         sid, sess = self.sessions.open(grant)
+        self._record(request, grant.token, 200)
         log.info("UI login of token '%s'", grant.token)
         resp = JSONResponse(self._view(grant, sess.csrf, sess.expires()))
         resp.headers["set-cookie"] = cookie_header(sid, self.secure)
@@ -166,12 +173,21 @@ class UiFront:
         sess = self.sessions.lookup(sid) if sid else None
         if sess is not None:
             if request.headers.get(CSRF_HEADER, "") != sess.csrf:
+                self._record(request, sess.token, 403)
                 return _error(403, "PermissionDenied",
                               BAD_CSRF.format(method="POST", path="/ui/logout"))
             self.sessions.close(str(sid))
+        self._record(request, sess.token if sess is not None else None, 200)
         resp = JSONResponse({})
         resp.headers["set-cookie"] = clear_cookie_header(self.secure)
         return resp
+
+    def _record(self, request: Request, token: str | None, status: int) -> None:
+        if self.audit is not None:
+            path = request.url.path
+            self.audit.record(token=token, client=request.client.host if request.client
+                              else None, method=request.method, route=path, path=path,
+                              domain=None, status=status)
 
     async def session(self, request: Request) -> Response:
         """Who is logged in, with what scopes, and the CSRF token for the page's calls (a
