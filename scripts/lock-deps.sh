@@ -20,12 +20,15 @@ upgrade=""
 tool=$(mktemp -d)
 trap 'rm -rf "$tool"' EXIT
 # uv resolves and hashes; it is installed from PyPI into a throwaway venv, ignoring
-# every pip setting of this machine (--isolated; PIP_* are unset below too).
+# every pip setting of this machine (--isolated; PIP_* are unset below too). Pinned: a
+# new uv may resolve or hash differently, and a lock refresh should change only the locks.
+UV_VERSION=0.13.8
 env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_CONSTRAINT \
     PIP_CONFIG_FILE=/dev/null "$py" -m venv "$tool/venv"
 env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_CONSTRAINT \
-    PIP_CONFIG_FILE=/dev/null "$tool/venv/bin/pip" install -q --isolated uv
-printf 'setuptools>=77\n' > "$tool/build.in"
+    PIP_CONFIG_FILE=/dev/null "$tool/venv/bin/pip" install -q --isolated "uv==$UV_VERSION"
+# CVE-2025-47273 (PackageIndex path traversal) is fixed in 78.1.1.
+printf 'setuptools>=78.1.1\n' > "$tool/build.in"
 
 # Without --upgrade, uv keeps the versions already in the output file where they still
 # satisfy pyproject.toml: a refresh changes only what must change.

@@ -1,25 +1,72 @@
 """What holds a container domain in, tried from inside real containers (crun, the busybox
-rootfs): seccomp allow-list, capabilities, no new privileges, masked /proc, the pids limit
-against a fork bomb, swap held to the memory limit, and user ids of each container's own.
+rootfs): seccomp allow-list, capabilities, no new privileges, masked /proc, nft, device
+nodes, the pids limit against a fork bomb, swap held to the memory limit, and user ids of
+each container's own.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration import test_containers as base
+from tests.integration.conftest import CACHE
 from tests.integration.harness import Host, wait_until
 from tests.integration.test_containers import Containers, fails
 from xenia.containers import limits
 from xenia.hostos.cgroups import DomainCgroup
 
 pytestmark = base.pytestmark
-# The container fixtures of test_containers.py.
-rootfs_image = base.rootfs_image
+# The container fixture of test_containers.py, on this module's rootfs_image.
 ct = base.ct
+
+NFT = "/usr/sbin/nft"  # scripts/install-deps.sh installs nftables
+
+
+def _put(root: Path, src: Path, dest: str, owner: int) -> None:
+    """Copy host file `src` (links followed) to `dest` under `root`, it and the
+    directories made for it owned by `owner` (the rootfs's owner)."""
+    target = root / dest.lstrip("/")
+    for d in reversed(target.parents):  # from / down
+        if root in d.parents and not d.exists():
+            d.mkdir()
+            os.chown(d, owner, owner)
+    shutil.copy2(src, target)
+    os.chown(target, owner, owner)
+
+
+def _ldd_closure(binary: str) -> list[str]:
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    return sorted(set(re.findall(r"(/\S+) \(0x", out)))
+
+
+@pytest.fixture(scope="module")
+def rootfs_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The busybox rootfs of test_containers.py (the same cached build), copied, with
+    the host's nft and the libraries it loads (to show netfilter is shut, not that nft
+    is missing), and two device nodes a container could open but for its nodev overlay:
+    /root/mem (c 1 1, the host's memory) and /root/zero (c 1 5, harmless)."""
+    from xenia.images.rootfs import build_rootfs
+
+    src = build_rootfs(CACHE / "images", cache_dir=CACHE / "debs", progress=lambda s: None).path
+    root = tmp_path_factory.mktemp("confinement") / "rootfs"
+    subprocess.run(["cp", "-a", "--", str(src), str(root)], check=True)
+    owner = root.stat().st_uid
+    for lib in [NFT, *_ldd_closure(NFT)]:
+        _put(root, Path(lib), lib, owner)
+    for name, minor in (("mem", 1), ("zero", 5)):
+        node = root / "root" / name
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, minor))
+        os.chown(node, owner, owner)
+    return root
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_SYS_BOOT, CAP_MKNOD = 12, 21, 22, 27
 
@@ -28,6 +75,15 @@ def rc(host: Host, name: str, command: str) -> int:
     """Exit status of `command` in the container (its output dropped)."""
     out = host.run(name, f"{command} >/dev/null 2>&1; echo rc=$?").strip()
     return int(out.rsplit("rc=", 1)[1])
+
+
+def outputs(host: Host, name: str, *commands: str) -> list[tuple[str, int]]:
+    """Output (stderr too) and exit status of each command, run in turn in the container
+    in one console round trip."""
+    out = host.run(name, "; ".join(f"{c} 2>&1; echo @rc=$?" for c in commands))
+    parts = out.split("@rc=")
+    return [(text.split("\n", 1)[-1] if i else text, int(parts[i + 1].split()[0]))
+            for i, text in enumerate(parts[:-1])]
 
 
 def status_field(host: Host, name: str, field: str) -> str:
@@ -53,9 +109,30 @@ def test_a_container_cannot_reach_past_its_namespaces(ct: Containers, host: Host
                 "hostname other"):
         assert rc(host, "ct1", cmd) != 0, cmd
     assert host.run("ct1", "ip -o link show lo").count("UP") >= 1  # still up: set by Xenia
-    # The host's kernel memory and kernel state are masked; /proc/sys is read-only.
-    for path in ("/proc/kcore", "/proc/keys", "/proc/timer_list"):
-        assert host.run("ct1", f"head -c 64 {path} 2>/dev/null | wc -c").strip() == "0", path
+    # Nor netfilter: nft is there and runs (the NET_ADMIN test below), netlink refuses it.
+    # The host's kernel memory and kernel state are masked (/proc/interrupts is 0444 on
+    # the host: only the mask hides it); /proc/sys is read-only, which alone stops root of
+    # the container's namespaces writing their own sysctls (it may in a plain
+    # `unshare -U -r -i -n`, even without CAP_NET_ADMIN). No device cgroup: device nodes
+    # in its rootfs open nothing (the overlay is nodev), and it cannot make its own.
+    (nft_list, nft_add, masked, forward, shmmax, mem, zero, mknod) = outputs(
+        host, "ct1", "nft list ruleset", "nft add table inet t",
+        "for p in /proc/kcore /proc/keys /proc/timer_list /proc/interrupts; do "
+        "head -c 64 $p 2>/dev/null | wc -c; done",
+        "echo 1 > /proc/sys/net/ipv4/ip_forward", "echo 4096 > /proc/sys/kernel/shmmax",
+        "head -c 1 /root/mem", "head -c 1 /root/zero", "mknod /root/null c 1 3")
+    for out, code in (nft_list, nft_add):
+        assert code != 0 and "Operation not permitted" in out, out
+    assert masked[0].split() == ["0", "0", "0", "0"], masked
+    for out, code in (forward, shmmax):
+        assert code != 0 and "Read-only file system" in out, out
+    # Where the lower layer is an idmapped mount the nodes are there (a shifted copy
+    # leaves them out).
+    refused = ("ermission denied" if "--lower-uid-map" in dom["runtime"]["lower"]
+               else "No such file")
+    for out, code in (mem, zero):
+        assert code != 0 and refused in out, out
+    assert mknod[1] != 0 and "not found" not in mknod[0], mknod
     assert host.run("ct1", "ls -A /sys/firmware | wc -l").strip() == "0"
     assert rc(host, "ct1", "echo 1 > /proc/sys/kernel/sysrq") != 0
     assert rc(host, "ct1", "echo 1 > /proc/sysrq-trigger") != 0
@@ -75,6 +152,12 @@ def test_cap_add_net_admin_lets_it_manage_its_network(ct: Containers, host: Host
     assert rc(host, "ct1", "ip addr add 192.0.2.9/32 dev lo") == 0
     assert "xbr0" in host.run("ct1", "ip -o link show")
     assert "192.0.2.9/32" in host.run("ct1", "ip -o addr show dev lo")
+    # nft runs and manages its own netns's tables: the refusals above are netlink's.
+    # CAP_NET_ADMIN would let it write its netns's sysctls, the read-only /proc/sys not.
+    add, listed, forward = outputs(host, "ct1", "nft add table inet t", "nft list ruleset",
+                                   "echo 1 > /proc/sys/net/ipv4/ip_forward")
+    assert add[1] == 0 and listed[1] == 0 and "table inet t" in listed[0], (add, listed)
+    assert forward[1] != 0 and "Read-only file system" in forward[0], forward
     # A capability the config adds does not open what seccomp keeps shut.
     assert rc(host, "ct1", "unshare -U true") != 0
 
@@ -132,6 +215,7 @@ def test_swap_is_held_to_the_memory_limit(ct: Containers, host: Host) -> None:
     dom = ct.create("ct1", memory=48, maxmem=128)
     cg = DomainCgroup(dom["uuid"])
     assert cg.memory_limit() == 48 << 20
+    assert dom["runtime"]["swap_limited"] is (limits.swap_limit(cg) is not None)
     swap = limits.swap_limit(cg)
     h = cg.layout.hierarchy_for("memory")
     assert h is not None

@@ -163,10 +163,14 @@ def test_parse_request_forms() -> None:
 
 
 # -- the OCI spec -------------------------------------------------------------------------------
-def test_build_spec_confines() -> None:
+def test_build_spec_confines(tmp_path: Path) -> None:
     idmap = IdMap(BASE, BASE + BLOCK)
+    # A host sysfs whose CPUs 0 and 2 have thermal_throttle counters (1 has none).
+    cpus = tmp_path / "devices/system/cpu"
+    for d in ("cpu0/thermal_throttle", "cpu1", "cpu2/thermal_throttle", "cpufreq"):
+        (cpus / d).mkdir(parents=True)
     doc = spec.build_spec(cfg(cap_add=["NET_ADMIN"]), uuid=UUID, rootfs=Path("/r"),
-                          argv=["/sbin/init"], idmap=idmap, machine="x86_64")
+                          argv=["/sbin/init"], idmap=idmap, machine="x86_64", sysfs=tmp_path)
     json.dumps(doc)
     proc, linux = doc["process"], doc["linux"]
     assert proc["noNewPrivileges"] is True and proc["user"] == {"uid": 0, "gid": 0}
@@ -177,8 +181,14 @@ def test_build_spec_confines() -> None:
     assert linux["uidMappings"] == [{"containerID": 0, "hostID": BASE, "size": BLOCK}]
     assert linux["gidMappings"] == [{"containerID": 0, "hostID": BASE + BLOCK, "size": BLOCK}]
     for path in ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
-                 "/sys/firmware", "/sys/devices/virtual/powercap"):
-        assert path in linux["maskedPaths"]
+                 "/sys/firmware", "/sys/devices/virtual/powercap",
+                 # Docker's since GHSA-6fw5-f8r9-fgfm: /proc/interrupts, thermal_throttle.
+                 "/proc/interrupts", "/sys/devices/system/cpu/cpu0/thermal_throttle",
+                 "/sys/devices/system/cpu/cpu2/thermal_throttle"):
+        assert path in linux["maskedPaths"], path
+    assert not [p for p in linux["maskedPaths"] if p.startswith("/sys/devices/system/cpu/")
+                and "thermal_throttle" not in p]
+    assert len(set(linux["maskedPaths"])) == len(linux["maskedPaths"]) == 14
     assert {"/proc/sys", "/proc/sysrq-trigger", "/proc/bus", "/proc/irq"} <= set(
         linux["readonlyPaths"])
     assert linux["seccomp"] == seccomp.profile(caps.effective(["CAP_NET_ADMIN"]), "x86_64")

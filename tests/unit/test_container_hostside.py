@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from xenia.containers import idmount, limits
+from xenia.config.model import DomainConfig
+from xenia.containers import confine, idmount, limits
 from xenia.containers.idmap import IdMap
 from xenia.containers.lower import LowerLayers
 from xenia.hostos.cgroupfs import CgroupLayout, Hierarchy, host_layout
@@ -160,3 +161,34 @@ def test_limits_on_a_fake_v2_tree(tmp_path: Path) -> None:
     limits.set_memory(cg, 32 << 20)
     assert (group / "memory.max").read_text() == str(32 << 20)
     assert limits.swap_limit(cg) is None
+
+
+def test_no_swap_accounting_is_warned_once_and_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A v1 memory hierarchy without memory.memsw.* (a kernel booted without
+    # swapaccount=1): the memory limit is set, swap cannot be, and xeniad says so once.
+    monkeypatch.setattr(limits, "_warned_no_swap_accounting", False)
+    layout = CgroupLayout((Hierarchy(tmp_path, 1, frozenset({"memory", "pids"}),
+                                     frozenset({"memory", "pids"})),))
+    groups = []
+    for name in ("u1", "u2"):
+        group = tmp_path / "xenia" / name
+        group.mkdir(parents=True)
+        (group / "memory.limit_in_bytes").write_text(f"{2**63 - 4096}\n")
+        (group / "pids.max").write_text("max\n")
+        groups.append(DomainCgroup(name, layout=layout))
+    cfg = DomainConfig(name="ct1", type="container", memory=48)
+    with caplog.at_level("WARNING", logger="xenia.containers.limits"):
+        assert confine.set_limits(groups[0], cfg) is False
+        assert limits.set_memory(groups[1], 32 << 20) is False
+    assert (tmp_path / "xenia/u1/memory.limit_in_bytes").read_text() == str(48 << 20)
+    assert limits.swap_limit(groups[0]) is None
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "no swap accounting" in warnings[0], warnings
+    assert "memory.memsw.limit_in_bytes" in warnings[0] and "swapaccount=1" in warnings[0]
+    # With the accounting there, swap is held to the limit and nothing more is said.
+    (tmp_path / "xenia/u2/memory.memsw.limit_in_bytes").write_text(f"{2**63 - 4096}\n")
+    caplog.clear()
+    assert limits.set_memory(groups[1], 32 << 20) is True
+    assert limits.swap_limit(groups[1]) == 32 << 20 and caplog.records == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from ipaddress import IPv4Network
+from pathlib import Path
 
 import pytest
 
@@ -27,14 +28,16 @@ def container_config() -> DomainConfig:
 
 
 @pytest.mark.parametrize("extra_caps", [False, True], ids=["default", "cap-add"])
-def test_container_config_json(extra_caps: bool) -> None:
+def test_container_config_json(extra_caps: bool, tmp_path: Path) -> None:
     cfg = container_config()
+    for cpu in ("cpu0", "cpu1"):  # a fixed host sysfs: two CPUs with thermal_throttle
+        (tmp_path / "devices/system/cpu" / cpu / "thermal_throttle").mkdir(parents=True)
     if extra_caps:  # capabilities that also open syscalls (Docker's profile does the same)
         cfg.cap_add = ["CAP_NET_ADMIN", "CAP_SYS_ADMIN"]
         cfg.cap_drop = ["CAP_NET_RAW"]
     doc = spec.build_spec(cfg, uuid=UUID, rootfs=spec.MOUNT_BASE / UUID,
                           argv=spec.init_argv(cfg), idmap=IdMap(uid=1073741824, gid=1073741824),
-                          machine="x86_64")
+                          machine="x86_64", sysfs=tmp_path)
     # As the container driver writes it.
     name = "container-cap-add.json" if extra_caps else "container.json"
     compare(name, json.dumps(doc, indent=2) + "\n")

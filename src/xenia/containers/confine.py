@@ -109,11 +109,13 @@ def console_owner(rec: DomainRecord) -> str:
     return f"{idmap.uid}:{gid}"
 
 
-def set_limits(cg: DomainCgroup, cfg: DomainConfig) -> None:
-    """Memory (swap included) and process limits of a boot."""
-    limits.set_memory(cg, cfg.memory * 1024 * 1024)
+def set_limits(cg: DomainCgroup, cfg: DomainConfig) -> bool:
+    """Memory (swap included) and process limits of a boot; False if swap could not be
+    limited (no swap accounting on this host)."""
+    swap_limited = limits.set_memory(cg, cfg.memory * 1024 * 1024)
     limits.set_pids_max(cg, limits.DEFAULT_PIDS_LIMIT if cfg.pids_limit is None
                         else cfg.pids_limit)
+    return swap_limited
 
 
 def configure_network(rec: DomainRecord, pid: int) -> None:

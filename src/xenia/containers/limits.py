@@ -50,19 +50,38 @@ def _swap_file(cg: DomainCgroup) -> tuple[int, str] | None:
     return (h.version, name) if (cg.path("memory") / name).exists() else None
 
 
-def set_memory(cg: DomainCgroup, limit: int) -> None:
-    """Memory limit `limit` bytes, swap included (see the module docstring)."""
+_warned_no_swap_accounting = False
+
+
+def _warn_no_swap_accounting(cg: DomainCgroup) -> None:
+    global _warned_no_swap_accounting
+    if _warned_no_swap_accounting:
+        return
+    _warned_no_swap_accounting = True
+    h = cg.layout.hierarchy_for("memory")
+    name = "memory.swap.max" if h is not None and h.version == 2 else \
+        "memory.memsw.limit_in_bytes"
+    log.warning("this host has no swap accounting (no %s): a container's swap is not held "
+                "to its memory limit, and it can use the host's swap beyond it; boot the "
+                "kernel with swapaccount=1 (its record says swap_limited: false)", name)
+
+
+def set_memory(cg: DomainCgroup, limit: int) -> bool:
+    """Memory limit `limit` bytes, swap included (see the module docstring). False if
+    the host has no swap accounting, so swap stays unlimited (a warning, once a
+    process)."""
     swap = _swap_file(cg)
     if swap is None:
         cg.set_memory_limit(limit)
-        return
+        _warn_no_swap_accounting(cg)
+        return False
     version, name = swap
     path = cg.path("memory") / name
     doing = f"to set the memory+swap limit of '{cg.name}'"
     if version == 2:
         cg.set_memory_limit(limit)
         write_value(path, "0", doing)
-        return
+        return True
     # v1 keeps memsw >= limit at every moment: raise memsw first when growing, lower
     # the plain limit first when shrinking or when there was none (memsw may not go below
     # an unlimited limit).
@@ -78,6 +97,7 @@ def set_memory(cg: DomainCgroup, limit: int) -> None:
         raise InUse(f"Failed {doing} to {limit} bytes: the group uses "
                     f"{cg.memory_usage()} bytes and the kernel could not reclaim enough; "
                     "free memory in the domain first") from e
+    return True
 
 
 def swap_limit(cg: DomainCgroup) -> int | None:

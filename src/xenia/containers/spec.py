@@ -43,13 +43,18 @@ MOUNT_BASE = Path("/run/xenia-containers")
 MIN_MEMORY_MIB = 16
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-# runc's defaults (and Docker's): files of /proc and /sys that tell about or act on the
-# host's hardware and kernel, covered by /dev/null (or an empty read-only tmpfs)...
+# Docker's defaults (moby daemon/pkg/oci/defaults.go, runc's plus /proc/interrupts since
+# GHSA-6fw5-f8r9-fgfm): files of /proc and /sys that tell about or act on the host's
+# hardware and kernel, covered by /dev/null (or an empty read-only tmpfs)...
 MASKED_PATHS = (
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-    "/sys/firmware", "/sys/devices/virtual/powercap",
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
 )
+# ... and each CPU's thermal_throttle directory (Docker masks them too: their counters
+# tell a neighbour's load); one a CPU, so listed from the host's sysfs when a spec is
+# built: crun refuses nothing for a path that does not exist, but the list stays short.
+THERMAL_THROTTLE = "devices/system/cpu/cpu*/thermal_throttle"
 # ... and the ones left readable but not writable.
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
@@ -242,6 +247,13 @@ def environment(cfg: DomainConfig) -> list[str]:
     ]
 
 
+def masked_paths(sysfs: Path = Path("/sys")) -> list[str]:
+    """MASKED_PATHS and the host's thermal_throttle directories (as seen inside: /sys)."""
+    throttle = sorted(str(Path("/sys") / p.relative_to(sysfs))
+                      for p in sysfs.glob(THERMAL_THROTTLE))
+    return [*MASKED_PATHS, *throttle]
+
+
 def _mounts() -> list[dict[str, Any]]:
     def m(dest: str, fstype: str, source: str, *options: str) -> dict[str, Any]:
         return {"destination": dest, "type": fstype, "source": source,
@@ -262,11 +274,13 @@ def _mounts() -> list[dict[str, Any]]:
 
 
 def build_spec(cfg: DomainConfig, *, uuid: str, rootfs: Path, argv: list[str],
-               idmap: IdMap, machine: str | None = None) -> dict[str, Any]:
+               idmap: IdMap, machine: str | None = None,
+               sysfs: Path = Path("/sys")) -> dict[str, Any]:
     """The OCI runtime config (config.json) of container domain `cfg`.
 
     `rootfs` is the directory crun pivots into (the domain's overlay mount), `argv` its
-    init, `idmap` the host ids Xenia gave it. No `linux.resources` and no `cgroupsPath`:
+    init, `idmap` the host ids Xenia gave it, `sysfs` where the host's /sys is (the
+    masked thermal_throttle paths are read from it). No `linux.resources` and no `cgroupsPath`:
     the cgroups are Xenia's. NotSupported on an architecture without a seccomp profile.
     """
     if not seccomp.supported(machine):
@@ -280,7 +294,7 @@ def build_spec(cfg: DomainConfig, *, uuid: str, rootfs: Path, argv: list[str],
         "namespaces": namespaces,
         "uidMappings": [{"containerID": 0, "hostID": idmap.uid, "size": idmap.size}],
         "gidMappings": [{"containerID": 0, "hostID": idmap.gid, "size": idmap.size}],
-        "maskedPaths": list(MASKED_PATHS),
+        "maskedPaths": masked_paths(sysfs),
         "readonlyPaths": list(READONLY_PATHS),
         "seccomp": seccomp.profile(caps, machine),
     }

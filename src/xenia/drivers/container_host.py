@@ -201,7 +201,8 @@ class ContainerHost:
         rec.runtime["rootfs"] = str(lower)
         rec.runtime["lower"] = self.confine.lower(lower, idmap, files.lower, rec.name)
         cg = DomainCgroup.create(rec.uuid, name=rec.name)
-        confine.set_limits(cg, cfg)
+        # False where the host has no swap accounting (limits.py warns once).
+        rec.runtime["swap_limited"] = confine.set_limits(cg, cfg)
         if cfg.cpu_weight is not None:
             cg.set_weight(cfg.cpu_weight)
         if cfg.cap is not None:
