@@ -4,6 +4,12 @@ adopted later, never forgotten (host/manager.py, drivers/qemu.py)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +123,59 @@ def test_detach_all_stops_the_retries(tmp_path: Path,
 
     asyncio.run(main())
     assert store.get(UUID) is not None and drv.released == []
+
+
+# -- the driver's half: a QEMU that runs but whose QMP never greets ---------------------
+def test_qemu_driver_says_adopt_later_while_its_qemu_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """QemuDriver.adopt raises AdoptLater (keep the record, retry), not None (forget it),
+    while a process with the domain's -uuid runs and its QMP socket takes the connection
+    but never greets; None once that process is gone."""
+    from xenia.drivers.qemu import QemuDriver
+    from xenia.hostos.procfs import cmdline
+    from xenia.network.manager import NetworkManager
+    from xenia.qemu.qmp import QMPSession
+    from xenia.storage.manager import StorageManager
+
+    real_connect = QMPSession.connect
+
+    async def quick(self: QMPSession, on_event: Any = None, timeout: float = 10.0) -> None:
+        await real_connect(self, on_event, timeout=0.5)
+
+    monkeypatch.setattr(QMPSession, "connect", quick)
+    # A short root: a UNIX socket's path has at most 107 bytes (tmp_path is longer).
+    root = Path(tempfile.mkdtemp(prefix="xa-", dir="/tmp"))
+    paths = Paths.from_env(str(root))
+    paths.ensure()
+    store = SqliteStore(paths.db)
+    drv = QemuDriver(paths, store, StorageManager(paths, store), NetworkManager(paths, store))
+    files = drv.files(UUID)
+    files.dir.mkdir(parents=True)
+    qmp = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    qmp.bind(str(files.qmp))
+    qmp.listen(4)  # the kernel takes the connection; no greeting ever comes
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                 "-uuid", UUID])
+    try:
+        files.pidfile.write_text(f"{stand_in.pid}\n")
+        cfg = DomainConfig.from_dict({"name": "stuck", "type": "pv", "kernel": "/k"})
+        rec = DomainRecord(uuid=UUID, name="stuck", domid=7, config=cfg, state=RUNNING)
+
+        async def events(name: str, data: dict[str, Any]) -> None:
+            pass
+
+        # Popen returns once the child is in execve, before the kernel set up its new
+        # argv: /proc/PID/cmdline reads empty for a moment.
+        deadline = time.monotonic() + 10
+        while "-uuid" not in cmdline(stand_in.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(AdoptLater, match="runs but its QMP fails"):
+            asyncio.run(drv.adopt(rec, events))
+        stand_in.kill()
+        stand_in.wait()
+        assert asyncio.run(drv.adopt(rec, events)) is None
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+        qmp.close()
+        shutil.rmtree(root, ignore_errors=True)
