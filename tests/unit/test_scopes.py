@@ -466,8 +466,8 @@ def path_fields(host: Host, make: dict[str, str], outside: Path, inside: Path) -
 
 
 def test_container_privileges_need_admin(host: Host) -> None:
-    """cap_add beyond the default set, pids_limit = 0 and idmap loosen a container's
-    hardening: over TCP only an admin token may ask for them."""
+    """cap_add beyond the default set, pids_limit = 0 or above the default and idmap
+    loosen a container's hardening: over TCP only an admin token may ask for them."""
     rootfs = host.allowed / "rootfs"
     rootfs.mkdir()
 
@@ -479,11 +479,13 @@ def test_container_privileges_need_admin(host: Host) -> None:
     for cfg, words in (({"cap_add": ["CAP_SYS_ADMIN"]}, "cap_add CAP_SYS_ADMIN"),
                        ({"cap_add": ["net_admin"]}, "cap_add net_admin"),
                        ({"pids_limit": 0}, "pids_limit = 0"),
+                       ({"pids_limit": 4194304}, "pids_limit = 4194304"),
+                       ({"pids_limit": 2049}, "pids_limit = 2049"),
                        ({"idmap": "100000:65536"}, "idmap '100000:65536'")):
         refused(create(make, **cfg), words, "'admin' scope")
     assert host.m.calls == []
     # The default set, a limit of its own and dropped capabilities are the creator's.
-    r = create(make, cap_add=["CAP_CHOWN"], cap_drop=["CAP_KILL"], pids_limit=50)
+    r = create(make, cap_add=["CAP_CHOWN"], cap_drop=["CAP_KILL"], pids_limit=2048)
     assert r.status_code == 201, r.text
     r = create(host.token("create", "admin"), cap_add=["CAP_SYS_ADMIN"], pids_limit=0)
     assert r.status_code == 201, r.text

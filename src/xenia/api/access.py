@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 
 from xenia.api.pathrule import PathRule
 from xenia.config.model import DiskSpec, DomainConfig
-from xenia.containers import caps
+from xenia.containers import caps, limits
 from xenia.errors import PermissionDenied
 from xenia.peers.scopes import Grant
 from xenia.qemu.platform import channels
@@ -103,12 +103,13 @@ class Access:
     def require_admin_for_container_privileges(self, cfg: DomainConfig, doing: str) -> None:
         """A container's hardening is the host's, not its creator's: over TCP, capabilities
         beyond the default set (CAP_SYS_ADMIN opens mount and setns), no process limit
-        (pids_limit = 0) and chosen host ids (idmap) need the admin scope."""
+        or one above the default (pids_limit = 0, or up to the kernel's 4194304: no limit
+        in practice) and chosen host ids (idmap) need the admin scope."""
         if self.grant is None or self.grant.has("admin"):
             return
         extra = [c for c in cfg.cap_add if (caps.normalize(c) or c) not in caps.DEFAULT]
         what = ([f"cap_add {', '.join(extra)}"] if extra else []) + \
-            (["pids_limit = 0"] if cfg.pids_limit == 0 else []) + \
+            ([f"pids_limit = {cfg.pids_limit}"] if _loosens_pids(cfg.pids_limit) else []) + \
             ([f"idmap '{cfg.idmap}'"] if cfg.idmap is not None else [])
         if what:
             raise PermissionDenied(
@@ -124,6 +125,11 @@ class Access:
         raise PermissionDenied(
             f"Failed {doing}: a host USB device (type=hostdev) needs a token with the "
             f"'admin' scope; token '{self.grant.token}' lacks it")
+
+
+def _loosens_pids(limit: int | None) -> bool:
+    """No limit, or one above Xenia's default (a tighter one is the creator's to set)."""
+    return limit is not None and (limit == 0 or limit > limits.DEFAULT_PIDS_LIMIT)
 
 
 def platform_paths(cfg: DomainConfig) -> list[str]:
