@@ -95,3 +95,42 @@ def test_pool_images_are_written_to_private_temporaries(tmp_path: Path) -> None:
     assert name.startswith(".tmp-v.qcow2.") and len(name) == len(".tmp-v.qcow2.") + 16
     assert mode == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["v.qcow2"]
+
+
+def test_read_nofollow_reads_no_more_than_its_limit_of_a_growing_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A console log QEMU appends to while xeniad reads its tail: the read stops at
+    `limit` bytes, however fast the file grows (memory stays bounded)."""
+    from xenia.hostos import procfs
+
+    log = tmp_path / "console.log"
+    log.write_bytes(b"a" * 100)
+    real_pread, real_read = os.pread, os.read
+    grown = 0
+
+    def grow() -> None:
+        nonlocal grown
+        if grown < 50:  # QEMU writes 1 MiB more before each read
+            with log.open("ab") as f:
+                f.write(b"b" * (1 << 20))
+            grown += 1
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        grow()
+        return real_pread(fd, n, offset)
+
+    def read(fd: int, n: int) -> bytes:
+        grow()
+        return real_read(fd, n)
+
+    monkeypatch.setattr(procfs.os, "pread", pread)
+    monkeypatch.setattr(procfs.os, "read", read)
+    data = procfs.read_nofollow(log, 64)
+    assert data == b"a" * 64 and grown == 1  # one read, of what was there
+    # Links and non-regular files are still refused.
+    (tmp_path / "link").symlink_to(log)
+    with pytest.raises(OSError):
+        procfs.read_nofollow(tmp_path / "link")
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(OSError, match="not a regular file"):
+        procfs.read_nofollow(tmp_path / "fifo")

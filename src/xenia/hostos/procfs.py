@@ -37,12 +37,14 @@ def read_nofollow(path: Path, limit: int = 1 << 20) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        if st.st_size > limit:
-            os.lseek(fd, st.st_size - limit, os.SEEK_SET)
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
+        # At most `limit` bytes from where the last `limit` began at fstat: a file that
+        # grows while it is read (a console log QEMU appends to) is not followed.
+        start = max(0, st.st_size - limit)
+        chunks, got = [], 0
+        while got < limit and (chunk := os.pread(fd, min(1 << 16, limit - got), start + got)):
             chunks.append(chunk)
-        return b"".join(chunks)[-limit:]
+            got += len(chunk)
+        return b"".join(chunks)
     finally:
         os.close(fd)
 
