@@ -6,6 +6,7 @@ against a real xeniad: tests/integration/test_ui.py."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,3 +239,16 @@ def test_migration_targets_name_members_and_peers_for_read_tokens(tmp_path: Path
         r = c.get("/v1/host/targets", headers={"Authorization": f"Bearer {prom}"})
         assert r.status_code == 403 and "lacks the scope 'read'" in r.json()["message"]
     store.close()
+
+
+def test_submit_buttons_wait_for_their_handlers(ui: Ui) -> None:
+    """A form's button comes disabled and its page's script enables it once it handles
+    the submit: clicked earlier, the browser would submit the form itself (a reload, the
+    build or login never asked for; seen in a loaded full test run)."""
+    for page, button in (("/ui/images", "build-go"), ("/ui/login", "login-go")):
+        html = ui.client.get(page).text
+        tag = re.search(rf'<button[^>]*id="{button}"[^>]*>', html)
+        assert tag is not None and " disabled" in tag.group(0), (page, tag)
+    for script, button in (("images.js", "build-go"), ("app.js", "login-go")):
+        js = ui.client.get(f"/ui/static/{script}").text
+        assert f'getElementById("{button}").disabled = false' in js, script

@@ -97,6 +97,7 @@ const xenia = (() => {
         show(e.message);
       }
     });
+    document.getElementById("login-go").disabled = false;  // disabled until handled
   }
 
   // -- domain list ---------------------------------------------------------------------

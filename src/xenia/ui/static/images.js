@@ -56,5 +56,8 @@ window.xeniaPages = Object.assign(window.xeniaPages || {}, { images: async (x) =
       go.disabled = false;
     }
   });
+  // The button comes disabled: a click before the handler above existed would submit
+  // the form natively, reloading the page with the build never asked for.
+  document.getElementById("build-go").disabled = false;
   await draw();
 } });
