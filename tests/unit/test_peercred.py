@@ -15,7 +15,7 @@ import pytest
 
 from xenia.cli import console as con
 from xenia.errors import BackendError
-from xenia.hostos.peercred import Peer, check_peer, peer_of, qemu_peer
+from xenia.hostos.peercred import Peer, check_peer, check_stream, peer_of, qemu_peer
 from xenia.qemu.qmp import QMPSession
 
 OTHER_UID = 61917  # no user's; the child drops to it before listen() (SO_PEERCRED's moment)
@@ -183,3 +183,16 @@ def test_qmp_session_accepts_its_own_qemu(
     asyncio.run(go())
     assert proc.stdout is not None
     assert "qmp_capabilities" in proc.stdout.readline()
+
+
+def test_stream_of_another_listener_is_refused_and_closed(
+        other: tuple[Path, subprocess.Popen[str]]) -> None:
+    path, _ = other
+
+    async def go() -> asyncio.StreamWriter:
+        _, writer = await asyncio.open_unix_connection(str(path))
+        with pytest.raises(BackendError, match=f"uid {OTHER_UID}"):
+            check_stream(writer, Peer(4242), "the agent channel of 'a'")
+        return writer
+
+    assert asyncio.run(go()).is_closing()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from xenia.errors import BackendError, InvalidConfig, NotSupported
-from xenia.hostos.peercred import Peer, check_peer
+from xenia.hostos.peercred import Peer, check_stream
 from xenia.qemu.commands import Qmp
 from xenia.qemu.platform import channel_path, channels
 from xenia.store.base import DomainRecord
@@ -103,12 +103,7 @@ class XlVerbsMixin:
         request = json.dumps({"execute": "guest-suspend-ram"}).encode() + b"\n"
         try:
             _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(agent)), 5)
-            try:
-                check_peer(writer.get_extra_info("socket"), peer,
-                           f"the agent channel of '{name}' at {agent}")
-            except BackendError:
-                writer.close()
-                raise
+            check_stream(writer, peer, f"the agent channel of '{name}' at {agent}")
             writer.write(request)
             await writer.drain()
         except (OSError, TimeoutError) as e:

@@ -10,6 +10,7 @@ known), or the connection is closed and refused.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 from collections.abc import Mapping
@@ -68,3 +69,12 @@ def check_peer(sock: Any, expected: Peer, what: str) -> None:
             f"Failed to connect to {what}: its listener is uid {uid} (pid {pid}), not the "
             f"domain's QEMU ({want}); the socket was replaced, maybe by a link to another "
             "domain's. Refused; destroy the domain if its guest may be hostile")
+
+
+def check_stream(writer: asyncio.StreamWriter, expected: Peer, what: str) -> None:
+    """check_peer on an asyncio stream's socket; the stream is closed if refused."""
+    try:
+        check_peer(writer.get_extra_info("socket"), expected, what)
+    except BackendError:
+        writer.close()
+        raise
