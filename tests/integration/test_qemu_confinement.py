@@ -7,6 +7,7 @@ One guest serves every assertion (module-scoped); they run in file order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -283,6 +284,7 @@ def test_two_running_domains_cannot_open_each_others_disks(
     assert status(a["runtime"]["pid"])["Uid"].split()[0] == str(uid_a)  # ps's view
     assert status(b["runtime"]["pid"])["Uid"].split()[0] == str(uid_b)
     assert owner(disks / "b.img")[0] == uid_b and owner(disks / "mine.img")[0] == uid_a
+    console_linked_to_anothers_is_refused(host, a, b)
     host.kill_daemon()
     try:
         for ro in (True, False):
@@ -291,7 +293,18 @@ def test_two_running_domains_cannot_open_each_others_disks(
         err = blockdev_add(host, a["uuid"], disks / "b.img", True)
         assert "Permission denied" in err, err
     finally:
-        host.start_daemon(40.0)
+        # A's qmp.sock made a link to B's while no xeniad runs: the restarted one must
+        # not adopt A through B's QMP (its `destroy c1` would quit B).
+        with linked(host, a, b, "qmp.sock"):
+            host.start_daemon(40.0)
+            refused = [ln for ln in host.daemon_log.read_text().splitlines()
+                       if "cannot be adopted now" in ln and "QMP socket" in ln]
+            assert refused and f"its listener is uid {uid_b}" in refused[-1], refused
+            assert host.domain("c1")["uuid"] == a["uuid"]  # kept, adoption retried
+    wait_until(lambda: host.xenia("pause", "c1", check=False).returncode == 0, 20.0,
+               what="A's adoption once its qmp.sock is its own again")
+    host.xenia("unpause", "c1")
+    assert status(b["runtime"]["pid"])["State"][0] in "RS"  # B untouched
     claim = qemuids.CLAIMS / str(uid_b)
     assert claim.exists()
     # Adopted: both uids' claims name the new xeniad (the old one's pid would make them
@@ -303,6 +316,42 @@ def test_two_running_domains_cannot_open_each_others_disks(
     host.xenia("destroy", "c2")
     assert owner(disks / "b.img") == (ORIG_UID, ORIG_GID, ORIG_MODE)
     assert not claim.exists()  # uid b freed
+
+
+@contextlib.contextmanager
+def linked(host: Host, a: dict[str, Any], b: dict[str, Any], name: str) -> Iterator[None]:
+    """A's socket `name` a symlink to B's, as A's QEMU (owner of its run dir) could make
+    it; A's own socket put back after."""
+    run = host.root / "run" / "domains"
+    mine, aside = run / a["uuid"] / name, run / a["uuid"] / f"{name}.aside"
+    os.rename(mine, aside)
+    try:
+        os.symlink(run / b["uuid"] / name, mine)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(mine)
+        os.rename(aside, mine)
+
+
+def console_linked_to_anothers_is_refused(host: Host, a: dict[str, Any], b: dict[str, Any]
+                                          ) -> None:
+    """A's console.sock a link to B's: `xenia console c1` and the console WebSocket are
+    refused (naming B's QEMU's uid), never B's console; A's record is untouched."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import unix_connect
+
+    uid_a, uid_b = (d["runtime"]["confinement"]["uid"] for d in (a, b))
+    before = host.domain("c1")
+    with linked(host, a, b, "console.sock"):
+        res = host.xenia("console", "c1", "--run", "echo x", "--timeout", "5", check=False)
+        assert res.returncode != 0
+        assert f"uid {uid_b}" in res.stderr and f"uid {uid_a}" in res.stderr, res.stderr
+        with pytest.raises(InvalidStatus):  # refused before the WebSocket is accepted
+            unix_connect(str(host.root / "run" / "xeniad.sock"),
+                         "ws://xeniad/v1/domains/c1/console", open_timeout=10).close()
+    after = host.domain("c1")
+    assert (after["state"], after["runtime"]) == (before["state"], before["runtime"])
 
 
 def test_hotplugged_disk_given_then_given_back(confined: tuple[Host, dict[str, Any], Path]

@@ -48,7 +48,7 @@ def test_member_websocket_pinned_scoped_and_refused(tmp_path: Path) -> None:
     console = tmp_path / "console.sock"
     srv = echo_console(console)
     dom = SimpleNamespace(uuid="u1", name="g1")
-    inst = SimpleNamespace(alive=True, console_path=lambda: str(console))
+    inst = SimpleNamespace(alive=True, console_path=lambda: str(console), console_peer=lambda: None)
     manager = SimpleNamespace(resolve=lambda ref: dom, instance_of=lambda uuid: inst)
 
     async def body(svc: PeerService, address: str) -> None:

@@ -194,7 +194,7 @@ def test_console_websocket_needs_scope_and_origin_then_relays(ui: Ui, tmp_path: 
     # A console socket like QEMU's: whatever comes in goes back upper-cased.
     path = tmp_path / "console.sock"
     server = echo_console(path, bytes.upper)
-    inst = SimpleNamespace(alive=True, console_path=lambda: path)
+    inst = SimpleNamespace(alive=True, console_path=lambda: path, console_peer=lambda: None)
     ui.m.instance_of = lambda uuid: inst  # type: ignore[attr-defined]
     def headers(origin: str = "http://testserver") -> dict[str, str]:
         # The test client's WebSockets go to ws://testserver and leave its cookie jar

@@ -36,7 +36,8 @@ async def run(ref: str, req: RunRequest, m: Manager, v: Views) -> dict[str, Any]
     from xenia.cli import console as con
 
     d = _paths(ref, m, v)
-    text, rc = await asyncio.to_thread(con.run, Path(d["console"]), req.command, req.timeout)
+    text, rc = await asyncio.to_thread(con.run, Path(d["console"]), req.command, req.timeout,
+                                       con.peer_of_view(d))
     return {"output": text, "rc": rc}
 
 

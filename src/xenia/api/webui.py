@@ -28,6 +28,7 @@ from xenia.config.build import build_config
 from xenia.config.xlcfg import parse_config
 from xenia.errors import BackendError, InvalidConfig, NotSupported, XeniaError
 from xenia.host.history import History
+from xenia.hostos.peercred import check_stream
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
@@ -168,7 +169,12 @@ async def console(ws: WebSocket, ref: str) -> None:
 
     async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         _, inst = await _running(m, ref, "console")
-        return await asyncio.open_unix_connection(str(Path(inst.console_path())))
+        path = Path(inst.console_path())
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        peer = inst.console_peer()
+        if peer is not None:  # a QEMU's run dir is its own: the path may lead elsewhere
+            check_stream(writer, peer, f"the console of '{ref}' at {path}")
+        return reader, writer
 
     await relay(ws, connect)
 

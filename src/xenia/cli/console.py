@@ -12,24 +12,36 @@ import re
 import secrets
 import select
 import socket
+import stat
 import sys
 import termios
 import time
 import tty
 from pathlib import Path
-from typing import TextIO
+from typing import Any, BinaryIO, TextIO
 
 from xenia.errors import BackendError, InvalidConfig
+from xenia.hostos.peercred import Peer, check_peer
 
 ESCAPE = b"\x1d"  # Ctrl-], as xl console
 
 
-def connect(path: Path, timeout: float = 10.0) -> socket.socket:
+def peer_of_view(d: dict[str, Any]) -> Peer | None:
+    """The listener a domain's console must have, from its view ("console_peer")."""
+    peer = d.get("console_peer")
+    return Peer(peer[0], peer[1]) if peer else None
+
+
+def connect(path: Path, timeout: float = 10.0, peer: Peer | None = None) -> socket.socket:
+    """Connect to the console at `path`; with `peer`, refuse another listener (the
+    directory is QEMU's: it can make the path a link to another domain's console)."""
     deadline = time.monotonic() + timeout
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(str(path))
+            if peer is not None:
+                check_peer(sock, peer, f"the console at {path}")
             return sock
         except OSError as e:
             sock.close()
@@ -48,14 +60,15 @@ def escape_char(text: str) -> bytes:
                         "^X for Ctrl-X, or one character)")
 
 
-def attach(path: Path, linger: float = 2.0, escape: bytes = ESCAPE) -> None:
+def attach(path: Path, linger: float = 2.0, escape: bytes = ESCAPE,
+           peer: Peer | None = None) -> None:
     """Copy between the console and stdin/stdout until Ctrl-] or the guest goes away.
 
     On a terminal, stdin is put in raw mode. On pipes, end of input does not end the
     session at once: output is still shown until the console has been quiet for `linger`
     seconds, so `echo cmd | xenia console dom` prints the command's answer.
     """
-    attach_socket(connect(path), linger, escape)
+    attach_socket(connect(path, peer=peer), linger, escape)
 
 
 def attach_socket(sock: socket.socket, linger: float = 2.0, escape: bytes = ESCAPE) -> None:
@@ -102,7 +115,8 @@ def attach_socket(sock: socket.socket, linger: float = 2.0, escape: bytes = ESCA
         sock.close()
 
 
-def run(path: Path, command: str, timeout: float = 60.0) -> tuple[str, int]:
+def run(path: Path, command: str, timeout: float = 60.0,
+        peer: Peer | None = None) -> tuple[str, int]:
     """Run one shell command on the console; return its output and exit status.
 
     Needs a shell on the console (the tiny image has one). The markers are typed with an
@@ -116,7 +130,7 @@ def run(path: Path, command: str, timeout: float = 60.0) -> tuple[str, int]:
     command = command.strip()
     sep = " " if command.endswith("&") else "; "
     line = f"echo {typed_begin}; {command}{sep}echo {typed_end} $?\n"
-    sock = connect(path)
+    sock = connect(path, peer=peer)
     buf = b""
     try:
         sock.sendall(line.encode())
@@ -145,6 +159,18 @@ def run(path: Path, command: str, timeout: float = 60.0) -> tuple[str, int]:
         sock.close()
 
 
+def _open_log(log: Path) -> BinaryIO:
+    """The console log, never through a link (QEMU owns its directory and could make it
+    one to another domain's log, or to /etc/shadow) and only a regular file."""
+    fd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise BackendError(f"Failed to read the console log {log}: not a regular file; "
+                           "destroy and recreate the domain if its QEMU replaced it")
+    return f
+
+
 def follow(log: Path, until: str | None, timeout: float, out: TextIO | None = None) -> bool:
     """Print the console log (from its start) until `until` appears; False on timeout."""
     out = out or sys.stdout
@@ -153,7 +179,7 @@ def follow(log: Path, until: str | None, timeout: float, out: TextIO | None = No
     pos = 0
     while True:
         with contextlib.suppress(FileNotFoundError):
-            with open(log, "rb") as f:
+            with _open_log(log) as f:
                 f.seek(pos)
                 chunk = f.read()
                 pos += len(chunk)

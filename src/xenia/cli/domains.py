@@ -94,10 +94,10 @@ def create(c: Ctx, attach: bool, paused: bool, dryrun: bool, quiet: bool,
         remote_console.attach(c.client.paths.api_socket, dom["uuid"], connected=unpause)
         return
     if not paused:
-        sock = con.connect(con.Path(dom["console"]))
+        sock = con.connect(con.Path(dom["console"]), peer=con.peer_of_view(dom))
         c.client.post(f"/v1/domains/{dom['uuid']}/unpause")
         sock.close()
-    con.attach(con.Path(dom["console"]))
+    con.attach(con.Path(dom["console"]), peer=con.peer_of_view(dom))
 
 
 def _create_from(c: Ctx, ref: str, cfgfile: str | None, args: tuple[str, ...], paused: bool,
@@ -120,7 +120,7 @@ def _create_from(c: Ctx, ref: str, cfgfile: str | None, args: tuple[str, ...], p
     d = c.client.post(f"/v1/domain-snapshots/{quote(dom, safe='')}/{quote(snap, safe='')}"
                       "/start", {"name": name, "paused": paused})
     if attach:
-        con.attach(con.Path(d["console"]))
+        con.attach(con.Path(d["console"]), peer=con.peer_of_view(d))
 
 
 # -- list and friends --------------------------------------------------------------------
@@ -434,11 +434,11 @@ def console_cmd(c: Ctx, ctype: str | None, num: int, escape: str, run_cmd: str |
                              f"not seen in {timeout:.0f} s")
         return
     if run_cmd is not None:
-        text, rc = con.run(con.Path(d["console"]), run_cmd, timeout)
+        text, rc = con.run(con.Path(d["console"]), run_cmd, timeout, con.peer_of_view(d))
         sys.stdout.write(text)
         sys.stdout.flush()
         sys.exit(rc)
-    con.attach(con.Path(d["console"]), escape=escape_byte)
+    con.attach(con.Path(d["console"]), escape=escape_byte, peer=con.peer_of_view(d))
 
 
 def _remote_console(c: Ctx, d: dict[str, Any], run_cmd: str | None, show_log: bool,

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from xenia.config.model import DiskSpec, VifSpec
 from xenia.errors import NotSupported, XeniaError
+from xenia.hostos.peercred import Peer
 from xenia.network.manager import NetworkManager
 from xenia.store.base import DomainRecord
 
@@ -169,6 +170,11 @@ class Instance(abc.ABC):
 
     @abc.abstractmethod
     def console_path(self) -> Path: ...
+
+    def console_peer(self) -> Peer | None:
+        """Who must listen on console_path() (hostos/peercred.py), if its directory is
+        the domain's own to change; None: a root-owned one (a container's monitor)."""
+        return None
 
     @abc.abstractmethod
     def console_log(self) -> Path: ...

@@ -28,6 +28,7 @@ from xenia.drivers.qemu_instance import QemuInstance
 from xenia.errors import AdoptLater, BackendError, InvalidConfig, NotFound, XeniaError
 from xenia.hostos import affinity, hostinfo
 from xenia.hostos.cpupools import POOL0, CpuPoolTable
+from xenia.hostos.peercred import qemu_peer
 from xenia.images.hvm import ovmf_paths, ovmf_qemu_args
 from xenia.network.manager import NetworkManager
 from xenia.paths import MAX_SOCKET_PATH, Paths
@@ -223,7 +224,8 @@ class QemuDriver(Driver):
             revert.add(lambda: asyncio.to_thread(self.confinement.free_uid, record))
             await asyncio.to_thread(self.devices.plug_host, record)
             revert.add(lambda: asyncio.to_thread(self.release, record))
-            proc = QemuProcess(record.name, record.uuid, files)
+            proc = QemuProcess(record.name, record.uuid, files,
+                               qemu_peer(record.runtime).uid)
             revert.add(proc.remove_files)
             inst = QemuInstance(record, proc, events, self.devices, self.hang_timeout(record))
             revert.add(inst.destroy)
@@ -300,7 +302,8 @@ class QemuDriver(Driver):
         return inst
 
     async def adopt(self, record: DomainRecord, events: GuestEvents) -> Instance | None:
-        proc = QemuProcess(record.name, record.uuid, self.files(record.uuid))
+        proc = QemuProcess(record.name, record.uuid, self.files(record.uuid),
+                           qemu_peer(record.runtime).uid)
         if not proc.adopt():
             return None
         # Its QEMU runs: its uid's claim is this xeniad's (also while QMP is retried).

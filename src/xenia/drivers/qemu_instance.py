@@ -21,6 +21,7 @@ from xenia.drivers.qemu_devices import QemuDevices
 from xenia.drivers.qemu_hotplug import QemuHotplug
 from xenia.drivers.qemu_xlverbs import XlVerbsMixin
 from xenia.errors import BackendError, InvalidConfig, XeniaError
+from xenia.hostos.peercred import Peer
 from xenia.hostos.procfs import log_tail
 from xenia.qemu.process import QemuProcess
 from xenia.store.base import DomainRecord
@@ -185,6 +186,9 @@ class QemuInstance(BootWatchMixin, XlVerbsMixin, Instance):
 
     def console_path(self) -> Path:
         return self.proc.files.console
+
+    def console_peer(self) -> Peer:
+        return Peer(self.proc.uid, self.proc.pid)
 
     def console_log(self) -> Path:
         return self.proc.files.console_log

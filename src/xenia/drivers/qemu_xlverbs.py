@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from xenia.errors import BackendError, InvalidConfig, NotSupported
+from xenia.hostos.peercred import Peer, check_stream
 from xenia.qemu.commands import Qmp
 from xenia.qemu.platform import channel_path, channels
 from xenia.store.base import DomainRecord
@@ -34,6 +35,7 @@ class XlVerbsMixin:
     qmp: Qmp
     record: DomainRecord
     console_path: Callable[[], Path]  # the Instance's; its directory is the run dir
+    console_peer: Callable[[], Peer]  # who listens on the run dir's sockets: QEMU
 
     async def trigger(self, kind: str) -> None:
         name = self.record.name
@@ -87,17 +89,21 @@ class XlVerbsMixin:
         if status != "running":
             raise InvalidConfig(f"Failed to suspend domain '{name}': it is {status}, not "
                                 "running")
-        agent = next((channel_path(self.console_path().parent, i, c)
-                      for i, c in enumerate(channels(cfg)) if c.name == GUEST_AGENT), None)
-        if agent is None:
+        spec = next((c for c in channels(cfg) if c.name == GUEST_AGENT), None)
+        if spec is None:
             raise NotSupported(
                 f"Failed to suspend domain '{name}': it has no guest agent to ask; add "
                 f'channel = ["name={GUEST_AGENT},connection=pty"] and run '
                 "qemu-guest-agent in the guest, or suspend it from inside (echo mem > "
                 "/sys/power/state); `xenia resume` wakes it either way")
+        agent = channel_path(self.console_path().parent, channels(cfg).index(spec), spec)
+        # In the run dir, QEMU listens (and could make the path a link elsewhere); at a
+        # path= of the config, xeniad bound and listened as root (qemu/hostfds.py).
+        peer = Peer(0) if spec.path else self.console_peer()
         request = json.dumps({"execute": "guest-suspend-ram"}).encode() + b"\n"
         try:
             _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(agent)), 5)
+            check_stream(writer, peer, f"the agent channel of '{name}' at {agent}")
             writer.write(request)
             await writer.drain()
         except (OSError, TimeoutError) as e:

@@ -27,6 +27,11 @@ STATE_COLUMNS = "rbpscd"
 SUSPENDED = "suspended"
 
 
+def _peer(inst: Any) -> list[int | None] | None:
+    peer = inst.console_peer() if inst is not None else None
+    return None if peer is None else [peer.uid, peer.pid]
+
+
 def shown_state(state: DomainState, suspended: bool) -> str:
     return SUSPENDED if state == RUNNING and suspended else str(state)
 
@@ -71,6 +76,8 @@ class DomainViews:
             "uptime": time.time() - rec.started_at if rec.started_at else 0.0,
             "console": str(inst.console_path()) if inst is not None else None,
             "console_log": str(inst.console_log()) if inst is not None else None,
+            # [uid, pid] the console's listener must have (the CLI connects by path).
+            "console_peer": _peer(inst),
             "runtime": rec.runtime,
             "config": rec.config.to_dict(),
         }

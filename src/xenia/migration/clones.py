@@ -34,6 +34,7 @@ from xenia.config.model import DomainConfig
 from xenia.drivers.base import Instance
 from xenia.errors import AlreadyExists, BackendError, InvalidConfig
 from xenia.host.validate import check_config, check_name
+from xenia.hostos.peercred import Peer, check_peer
 from xenia.migration import admission, savefile
 from xenia.migration.records import arrived
 from xenia.migration.snapshots import MEMORY_FILE, DomainSnapshots, check_pinned, split_ref
@@ -72,7 +73,8 @@ def identity_line(rec: DomainRecord, token: str) -> str:
     return ";".join(cmds) + "\n"
 
 
-def send_identity(console: Path, line: str, timeout: float) -> socket.socket:
+def send_identity(console: Path, line: str, timeout: float,
+                  peer: Peer | None = None) -> socket.socket:
     """Connect to the console socket and type `line`; the open connection.
 
     It must stay open until the guest has answered: QEMU drops a client's unread input
@@ -83,6 +85,8 @@ def send_identity(console: Path, line: str, timeout: float) -> socket.socket:
     try:
         sock.settimeout(timeout)
         sock.connect(str(console))
+        if peer is not None:  # the run dir is QEMU's: the path may lead to another's
+            check_peer(sock, peer, f"the console at {console}")
         sock.sendall(line.encode())
     except OSError as e:
         sock.close()
@@ -267,7 +271,7 @@ class Clones:
         t0 = time.monotonic()
         try:
             sock = await asyncio.to_thread(send_identity, inst.console_path(), line,
-                                           IDENTITY_TIMEOUT)
+                                           IDENTITY_TIMEOUT, inst.console_peer())
         except BackendError as e:
             # The domain runs; only its guest does not know its new name yet.
             log.warning("domain %s: %s", rec.name, e.message)

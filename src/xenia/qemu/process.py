@@ -14,11 +14,13 @@ import logging
 import os
 import shutil
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from xenia.errors import BackendError
+from xenia.hostos.peercred import Peer, check_peer
 from xenia.hostos.procfs import (
     PidWatch,
     cmdline,
@@ -37,13 +39,15 @@ log = logging.getLogger(__name__)
 LAUNCH_TIMEOUT = 60.0
 
 
-async def _greets(path: Path) -> bool:
-    """True if a QMP server at `path` sends its greeting within a second."""
+async def _greets(path: Path, check: Callable[[socket.socket], None]) -> bool:
+    """True if a QMP server at `path` sends its greeting within a second. `check` sees
+    the socket first (it raises BackendError if the listener is not the domain's QEMU)."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 1.0)
     except (OSError, TimeoutError):
         return False
     try:
+        check(writer.get_extra_info("socket"))
         line = await asyncio.wait_for(reader.readline(), 1.0)
         return line.startswith(b'{"QMP"')
     except (OSError, TimeoutError, ValueError):
@@ -63,10 +67,11 @@ def pid_matches(pid: int, uuid: str) -> bool:
 class QemuProcess:
     """A QEMU process for one domain, identified by the domain's UUID."""
 
-    def __init__(self, name: str, uuid: str, files: RunFiles) -> None:
+    def __init__(self, name: str, uuid: str, files: RunFiles, uid: int = 0) -> None:
         self.name = name
         self.uuid = uuid
         self.files = files
+        self.uid = uid  # QEMU's: the one listener its run dir's sockets may lead to
         self.pid: int | None = None
         self._session: QMPSession | None = None
         self.qmp = Qmp(self)  # the typed commands, over this process's session
@@ -127,7 +132,7 @@ class QemuProcess:
                 msg = (log_tail(self.files.stderr) or log_tail(self.files.qemu_log)
                        or "it exited at once")
                 raise BackendError(f"Failed to start QEMU for {self.name}: {msg}")
-            if self.files.qmp.exists() and await _greets(self.files.qmp):
+            if self.files.qmp.exists() and await _greets(self.files.qmp, self._check_qmp):
                 return
             if asyncio.get_running_loop().time() > deadline:
                 raise BackendError(f"Failed to start QEMU for {self.name}: no QMP greeting "
@@ -161,8 +166,16 @@ class QemuProcess:
     def alive(self) -> bool:
         return self.pid is not None and not self._exited.is_set()
 
+    def check_peer(self, sock: socket.socket, what: str) -> None:
+        """Refuse `sock` (closed, BackendError) unless this QEMU listens on its other end:
+        its run dir is its own, so any socket path there may be a link elsewhere."""
+        check_peer(sock, Peer(self.uid, self.pid), f"the {what} of '{self.name}'")
+
+    def _check_qmp(self, sock: socket.socket) -> None:
+        self.check_peer(sock, f"QMP socket {self.files.qmp}")
+
     async def connect_qmp(self, on_event: EventHandler | None = None) -> None:
-        session = QMPSession(self.name, self.files.qmp)
+        session = QMPSession(self.name, self.files.qmp, self._check_qmp)
         await session.connect(on_event)
         self._session = session
 

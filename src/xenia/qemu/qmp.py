@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,18 +27,22 @@ EventHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 class QMPSession:
-    """One QMP connection. `on_event` gets (event name, data) for every event."""
+    """One QMP connection. `on_event` gets (event name, data) for every event.
+    `check_peer`, if given, sees the connected socket before the library does (and before
+    anything is sent): it raises BackendError to refuse the listener."""
 
-    def __init__(self, name: str, path: Path) -> None:
+    def __init__(self, name: str, path: Path,
+                 check_peer: Callable[[socket.socket], None] | None = None) -> None:
         self.name = name
         self.path = path
+        self._check_peer = check_peer
         self._client = QMPClient(name)
         self._listener: EventListener | None = None
         self._pump: asyncio.Task[None] | None = None
 
     async def connect(self, on_event: EventHandler | None = None, timeout: float = 10.0) -> None:
         try:
-            await asyncio.wait_for(self._client.connect(str(self.path)), timeout)
+            await asyncio.wait_for(self._open(), timeout)
         except (TimeoutError, QMPError, OSError) as e:
             raise BackendError(
                 f"Failed to connect to QMP of {self.name} at {self.path}: {e}"
@@ -46,6 +51,20 @@ class QMPSession:
             self._listener = EventListener()
             self._client.register_listener(self._listener)
             self._pump = asyncio.create_task(self._run_pump(on_event), name=f"qmp-{self.name}")
+
+    async def _open(self) -> None:
+        """Connect to `path` ourselves and check the listener before any QMP byte moves;
+        then qemu.qmp takes the socket as it is."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, str(self.path))
+        except BaseException:
+            sock.close()
+            raise
+        if self._check_peer is not None:
+            self._check_peer(sock)  # closes it and raises if it is not the domain's QEMU
+        await self._client.connect(sock)
 
     async def _run_pump(self, on_event: EventHandler) -> None:
         assert self._listener is not None
