@@ -10,6 +10,7 @@ none behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 from xenia.errors import BackendError
+from xenia.hostos.procfs import cmdline, read_nofollow
 from xenia.qemu.opts import escape_opt
 from xenia.tools import find_tool, run_tool
 
@@ -55,12 +57,19 @@ def start_swtpm(state_dir: Path, run_dir: Path, owner: tuple[int, int] | None = 
 
 
 def stop_swtpm(run_dir: Path) -> None:
-    """Ends a swtpm QEMU never connected to (a failed start); else --terminate does."""
+    """Ends a swtpm QEMU never connected to (a failed start); else --terminate does.
+
+    The pid file is in the run dir, which QEMU's uid can write: only a process that is
+    a swtpm serving this very run dir is signalled (never whatever pid was planted)."""
     try:
-        pid = int((run_dir / PIDFILE).read_text().strip())
-        os.kill(pid, signal.SIGTERM)
+        pid = int(read_nofollow(run_dir / PIDFILE, 64).decode().strip())
     except (OSError, ValueError):
-        pass
+        return
+    argv = cmdline(pid)
+    if not argv or Path(argv[0]).name != "swtpm" or not any(str(run_dir) in a for a in argv):
+        return
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
 
 
 def tpm_args(sock: Path) -> list[str]:
