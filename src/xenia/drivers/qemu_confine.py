@@ -189,10 +189,11 @@ class QemuConfinement(UidsAndLedger):
         return self.ledger.give(rec.uuid, write=write, read=read, who=self.identity(rec))
 
     def give_file(self, rec: DomainRecord, path: Path) -> list[str]:
-        """Give a file QEMU writes for a while (a save file)."""
+        """Let QEMU read a file for a while (a migration's PSK file): read only, so a QEMU
+        taken over cannot change the key it is handed."""
         if not self.confined(rec):
             return []
-        return self.ledger.give(rec.uuid, write=[str(path)], who=self.identity(rec))
+        return self.ledger.give(rec.uuid, read=[str(path)], who=self.identity(rec))
 
     def give_back(self, rec: DomainRecord, paths: list[str]) -> None:
         """Give back `paths` (after QEMU closed them); a block device among them is first
