@@ -99,10 +99,14 @@ def ha(request: pytest.FixtureRequest, tiny_image: Image) -> Iterator[HACluster]
         c.stop(dump=failed(request) or request.session.testsfailed > failures)
 
 
-def start_writer(c: HACluster, i: int, disk: Disk) -> None:
+def start_writer(c: HACluster, i: int, disk: Disk) -> float:
+    """Start the guest's writer on host i; the time its command returned (its first
+    record is written by then)."""
     before = disk.head()
     c.hosts[i].run(NAME, WRITER)
+    started = time.time()
     wait_for(lambda: disk.head() >= before + 5, 30, "the writer's records")
+    return started
 
 
 def one_copy(c: HACluster, uuid: str) -> None:
@@ -128,10 +132,13 @@ def test_host_death_restarts_the_guest_once_elsewhere(ha: HACluster) -> None:
     report("host death: kill -> decision (detection + decision)", decided[0]["at"] - t_kill)
     report("host death: decision -> QEMU running", started[0]["running"] - decided[0]["at"])
     report("host death: kill -> guest ready", t_ready - t_kill)
-    start_writer(ha, i, disk)
+    t_writing = start_writer(ha, i, disk)
     one_copy(ha, uuid)
     assert len(disk.check()) == 2
-    assert disk.handover_gap() <= t_ready - t_kill + 2
+    # No longer than from the kill to the new writer's start: the records' whole seconds
+    # (two guests' clocks) add up to 2 s. (Bounding by t_ready + 2 failed once at 14 s
+    # against 13.9: the writer's start over the console took more than 2 s there.)
+    assert disk.handover_gap() <= t_writing - t_kill + 2
     # The dead host comes back (xeniad restarts its etcd): it starts nothing it lost.
     ha.hosts[2].start_daemon()
     ha.wait_status(2, lambda s: s["lease_state"] == "live", 30, "host 2's lease")
