@@ -7,12 +7,12 @@ one client at a time, as xl's console does.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
 import select
 import socket
-import stat
 import sys
 import termios
 import time
@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, TextIO
 
 from xenia.errors import BackendError, InvalidConfig
 from xenia.hostos.peercred import Peer, check_peer
+from xenia.hostos.procfs import open_nofollow
 
 ESCAPE = b"\x1d"  # Ctrl-], as xl console
 
@@ -162,13 +163,14 @@ def run(path: Path, command: str, timeout: float = 60.0,
 def _open_log(log: Path) -> BinaryIO:
     """The console log, never through a link (QEMU owns its directory and could make it
     one to another domain's log, or to /etc/shadow) and only a regular file."""
-    fd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    f = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        f.close()
+    try:
+        fd, _ = open_nofollow(log)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
         raise BackendError(f"Failed to read the console log {log}: not a regular file; "
-                           "destroy and recreate the domain if its QEMU replaced it")
-    return f
+                           "destroy and recreate the domain if its QEMU replaced it") from e
+    return os.fdopen(fd, "rb")
 
 
 def follow(log: Path, until: str | None, timeout: float, out: TextIO | None = None) -> bool:

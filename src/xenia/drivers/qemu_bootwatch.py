@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import re
-import stat
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Any
 
 from xenia.errors import XeniaError
 from xenia.files import write_atomic
-from xenia.hostos.procfs import read_nofollow
+from xenia.hostos.procfs import open_nofollow, read_nofollow
 from xenia.qemu.process import QemuProcess
 from xenia.store.base import DomainRecord
 
@@ -139,13 +138,10 @@ class BootWatch:
         # On the event loop, from QEMU's run dir: a FIFO planted there must not block
         # (O_NONBLOCK, regular files only), a link must not be followed to a host file.
         try:
-            fd = os.open(self.console_log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-                         | os.O_CLOEXEC)
+            fd, _ = open_nofollow(self.console_log)
         except OSError:
             return b""
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return b""
             data = os.pread(fd, _READ_LIMIT, self.offset)
         except OSError:
             return b""

@@ -26,17 +26,29 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- pids ----------------------------------------------------------------------------------
+def open_nofollow(path: Path) -> tuple[int, os.stat_result]:
+    """An fd to read regular file `path` (and its fstat), never opened through a link and
+    never blocking on a FIFO planted there; OSError otherwise (EINVAL: not a regular
+    file). For files in a directory a confined QEMU owns (its run dir)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
 def read_nofollow(path: Path, limit: int = 1 << 20) -> bytes:
     """Up to the last `limit` bytes of regular file `path`, never through a link.
 
     For files in a directory a confined QEMU owns (its run dir): QEMU could replace one
     with a link to a host file, which xeniad, root, must not read on its behalf. A hard
     link to another user's file is refused by the kernel (fs.protected_hardlinks)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    fd, st = open_nofollow(path)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
         # At most `limit` bytes from where the last `limit` began at fstat: a file that
         # grows while it is read (a console log QEMU appends to) is not followed.
         start = max(0, st.st_size - limit)
